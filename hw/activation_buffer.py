@@ -1,0 +1,125 @@
+"""The activation buffer: a double-buffered token block, readable at K columns per cycle."""
+
+from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import ArrayConfig
+from .formats import CoreFormats
+
+__all__ = ["ActivationBuffer"]
+
+
+class ActivationBuffer(wiring.Component):
+    """Holds the activations of two blocks of T tokens and looks up K columns per cycle.
+
+    Each of the K read lanes has its own replica of the storage (one block RAM per lane and
+    bank pair), because the K columns of a chunk are arbitrary and a banked layout would stall
+    on conflicts. Every fill beat is written to all replicas. The two banks alternate: the
+    loader fills one while the array reads the other, so loading the next token block is
+    hidden behind computing the current one whenever the block computes for at least ``cols``
+    cycles.
+
+    Contract
+    --------
+    After ``start`` (one cycle, while ``job`` is valid) the buffer takes ``token_blocks``
+    blocks of ``cols`` beats on ``fill``, column 0 first. A bank is filled only when empty and
+    read only when full. ``chunks`` is accepted only while the current bank is full; a chunk
+    with ``block_last`` set frees that bank after it is read. Each accepted chunk leaves, one
+    cycle later, as an ``operands`` beat holding its weights and the T activations of each of
+    its K columns.
+
+    Attributes
+    ----------
+    start : In(1)
+    job : In(formats.job)
+    fill : In(stream.Signature(formats.activation_column))
+    chunks : In(stream.Signature(formats.chunk))
+    operands : Out(stream.Signature(formats.operands))
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+        self._formats = formats = CoreFormats(config)
+        super().__init__({
+            "start": In(1),
+            "job": In(formats.job),
+            "fill": In(stream.Signature(formats.activation_column)),
+            "chunks": In(stream.Signature(formats.chunk)),
+            "operands": Out(stream.Signature(formats.operands)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        address_width = config.column_address_width
+
+        cols = Signal.like(self.job.cols)
+        full = Array(Signal(name=f"bank{bank}_full") for bank in range(2))
+
+        # Loader: fills the banks in turn.
+        blocks_to_load = Signal.like(self.job.token_blocks)
+        load_bank = Signal()
+        load_column = Signal.like(self.job.cols)
+        m.d.comb += self.fill.ready.eq((blocks_to_load != 0) & ~full[load_bank])
+        with m.If(self.fill.valid & self.fill.ready):
+            with m.If(load_column == cols - 1):
+                m.d.sync += [
+                    load_column.eq(0),
+                    full[load_bank].eq(1),
+                    load_bank.eq(~load_bank),
+                    blocks_to_load.eq(blocks_to_load - 1),
+                ]
+            with m.Else():
+                m.d.sync += load_column.eq(load_column + 1)
+
+        # Reader: one lookup per lane; the read ports' registers are the pipeline stage.
+        read_bank = Signal()
+        advance = ~self.operands.valid | self.operands.ready
+        m.d.comb += self.chunks.ready.eq(advance & full[read_bank])
+        accept = self.chunks.valid & self.chunks.ready
+        for lane in range(config.lanes):
+            replica = memory.Memory(shape=self._formats.activation_column,
+                                    depth=2 * config.max_in_features, init=[])
+            m.submodules[f"replica{lane}"] = replica
+            write_port = replica.write_port()
+            read_port = replica.read_port()
+            m.d.comb += [
+                write_port.addr.eq(Cat(load_column[:address_width], load_bank)),
+                write_port.data.eq(self.fill.payload),
+                write_port.en.eq(self.fill.valid & self.fill.ready),
+                read_port.addr.eq(Cat(self.chunks.payload.columns[lane], read_bank)),
+                read_port.en.eq(accept),
+                self.operands.payload.activations[lane].eq(read_port.data),
+            ]
+
+        with m.If(accept):
+            m.d.sync += [
+                self.operands.valid.eq(1),
+                self.operands.payload.weights.eq(self.chunks.payload.values),
+                self.operands.payload.row_last.eq(self.chunks.payload.row_last),
+            ]
+            with m.If(self.chunks.payload.block_last):
+                m.d.sync += [
+                    full[read_bank].eq(0),
+                    read_bank.eq(~read_bank),
+                ]
+        with m.Elif(self.operands.ready):
+            m.d.sync += self.operands.valid.eq(0)
+
+        with m.If(self.start):
+            m.d.sync += [
+                cols.eq(self.job.cols),
+                blocks_to_load.eq(self.job.token_blocks),
+                load_column.eq(0),
+                load_bank.eq(0),
+                read_bank.eq(0),
+            ]
+
+        return m

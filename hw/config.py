@@ -1,0 +1,115 @@
+"""The one configuration object of the sparse MAC array, shared by hw/, sw/ and sim/."""
+
+from dataclasses import dataclass, asdict
+
+__all__ = ["ArrayConfig", "DEFAULT_CONFIG"]
+
+
+def _is_power_of_two(value):
+    return value >= 1 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Parameters of the sparse MAC array.
+
+    The default (8 nonzero lanes, 4 token lanes, 4096 input features) is 32 int8 multipliers and
+    eight 8192 x 32-bit activation buffer replicas: about 128 of the 208 block RAMs and a fifth of
+    the multipliers of an ECP5-85F (ULX3S), leaving room for the board's host link. 4096 input
+    features cover every BERT-base linear (the widest has 3072 inputs), so no layer needs to be
+    split along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
+    nonzeros) within a few percent of the ideal ceil(n/K) schedule.
+
+    Parameters
+    ----------
+    lanes : int
+        K, the number of nonzero weights consumed per cycle (1 to 32).
+    token_lanes : int
+        T, the number of tokens computed in parallel (1 to 64).
+    max_in_features : int
+        Activation buffer depth per token block: the widest layer input the core accepts.
+        A power of two from 8 (and at least ``lanes``) to 32768.
+    max_out_features : int
+        The most output rows one job may have (the width of the row counter).
+    max_token_blocks : int
+        The most T-token blocks one job may have.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer.
+    ValueError
+        If a parameter is out of its range.
+    """
+
+    lanes: int = 8
+    token_lanes: int = 4
+    max_in_features: int = 4096
+    max_out_features: int = 65535
+    max_token_blocks: int = 65535
+
+    #: Widths of the wire formats; fixed, not parameters, so the host format never changes
+    #: with the array size.
+    COLUMN_WIDTH = 16
+    ROW_POINTER_WIDTH = 32
+    VALUE_WIDTH = 8
+    SUM_WIDTH = 32
+    CYCLE_COUNTER_WIDTH = 48
+
+    def __post_init__(self):
+        for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
+                     "max_token_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
+        if not 1 <= self.lanes <= 32:
+            raise ValueError(f"ArrayConfig.lanes must be from 1 to 32, not {self.lanes!r}")
+        if not 1 <= self.token_lanes <= 64:
+            raise ValueError(
+                f"ArrayConfig.token_lanes must be from 1 to 64, not {self.token_lanes!r}")
+        if (not _is_power_of_two(self.max_in_features)
+                or not max(8, self.lanes) <= self.max_in_features <= 1 << (self.COLUMN_WIDTH - 1)):
+            raise ValueError(
+                f"ArrayConfig.max_in_features must be a power of two from {max(8, self.lanes)} "
+                f"to {1 << (self.COLUMN_WIDTH - 1)}, not {self.max_in_features!r}")
+        if not 1 <= self.max_out_features <= 65535:
+            raise ValueError(f"ArrayConfig.max_out_features must be from 1 to 65535, "
+                             f"not {self.max_out_features!r}")
+        if not 1 <= self.max_token_blocks <= 65535:
+            raise ValueError(f"ArrayConfig.max_token_blocks must be from 1 to 65535, "
+                             f"not {self.max_token_blocks!r}")
+
+    @property
+    def multipliers(self):
+        """K x T, the int8 multipliers of the array."""
+        return self.lanes * self.token_lanes
+
+    @property
+    def column_address_width(self):
+        """Bits of a column address inside one activation bank."""
+        return self.max_in_features.bit_length() - 1
+
+    @property
+    def max_tokens(self):
+        """The most tokens one job may carry."""
+        return self.max_token_blocks * self.token_lanes
+
+    @property
+    def activation_buffer_bits(self):
+        """Bits of activation storage: K read replicas of two banks of T int8 columns."""
+        return self.lanes * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
+
+    def describe(self):
+        """A short human-readable name, e.g. ``K=8 T=4 in<=4096``."""
+        return f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
+
+    def as_dict(self):
+        return asdict(self)
+
+    def key(self):
+        """A stable string naming this configuration, used in cache keys."""
+        return (f"k{self.lanes}_t{self.token_lanes}_i{self.max_in_features}"
+                f"_o{self.max_out_features}_b{self.max_token_blocks}")
+
+
+DEFAULT_CONFIG = ArrayConfig()

@@ -1,0 +1,122 @@
+"""The sparse MAC core: streamer, activation buffer and MAC array behind one job interface."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out, flipped
+
+from .activation_buffer import ActivationBuffer
+from .config import ArrayConfig
+from .csr_streamer import CSRWeightStreamer
+from .formats import CoreFormats
+from .mac_array import MACArray
+
+__all__ = ["SparseMACCore"]
+
+
+class SparseMACCore(wiring.Component):
+    """Computes ``Y[t][r] = sum over nonzeros (r, c, w) of w * X[t][c]`` for one layer.
+
+    ::
+
+        row_pointers, columns, values --> CSRWeightStreamer --chunks--+
+                                                                       v
+        activations ------------------------------------> ActivationBuffer --operands--> MACArray --> sums
+
+    A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
+    host streams the block's activations (``cols`` beats, one column of T tokens per beat) and
+    the whole weight matrix again; the core returns one ``sums`` beat per row per block, rows in
+    order, then reports on ``done`` how many cycles the job took.
+
+    Contract
+    --------
+    ``job`` is accepted only while idle. The cycle count on ``done`` is the number of cycles
+    from the one in which ``job`` was accepted to the one in which the last ``sums`` beat was
+    accepted, that one included. With every input valid and every output ready it equals
+    :func:`sparsemac.sw.cycle_model.job_cycles`. The host must keep ``rows``, ``cols`` and
+    ``token_blocks`` at least 1, ``cols`` at most ``max_in_features``, every column index below
+    ``cols``, and (sparse mode) the last row end pointer equal to ``nnz``; (dense mode) ``nnz``
+    equal to ``rows * cols``.
+
+    Attributes
+    ----------
+    job : In(stream.Signature(formats.job))
+    done : Out(stream.Signature(formats.cycles))
+    activations : In(stream.Signature(formats.activation_column))
+    row_pointers : In(stream.Signature(formats.row_pointer))
+    columns : In(stream.Signature(formats.column_word))
+    values : In(stream.Signature(formats.value_word))
+    sums : Out(stream.Signature(formats.sums))
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+        self._formats = formats = CoreFormats(config)
+        super().__init__({
+            "job": In(stream.Signature(formats.job)),
+            "done": Out(stream.Signature(formats.cycles)),
+            "activations": In(stream.Signature(formats.activation_column)),
+            "row_pointers": In(stream.Signature(formats.row_pointer)),
+            "columns": In(stream.Signature(formats.column_word)),
+            "values": In(stream.Signature(formats.value_word)),
+            "sums": Out(stream.Signature(formats.sums)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def formats(self):
+        return self._formats
+
+    def elaborate(self, platform):
+        m = Module()
+
+        m.submodules.streamer = streamer = CSRWeightStreamer(self._config)
+        m.submodules.activation_buffer = activation_buffer = ActivationBuffer(self._config)
+        m.submodules.mac_array = mac_array = MACArray(self._config)
+
+        wiring.connect(m, flipped(self.row_pointers), streamer.row_pointers)
+        wiring.connect(m, flipped(self.columns), streamer.columns)
+        wiring.connect(m, flipped(self.values), streamer.values)
+        wiring.connect(m, flipped(self.activations), activation_buffer.fill)
+        wiring.connect(m, streamer.chunks, activation_buffer.chunks)
+        wiring.connect(m, activation_buffer.operands, mac_array.operands)
+        wiring.connect(m, mac_array.sums, flipped(self.sums))
+
+        start = Signal()
+        m.d.comb += start.eq(self.job.valid & self.job.ready)
+        for block in (streamer, activation_buffer):
+            m.d.comb += [block.start.eq(start), block.job.eq(self.job.payload)]
+
+        # Count output rows to know when the job is over, and the cycles it took.
+        job = Signal.like(self.job.payload)
+        row = Signal.like(job.rows)
+        block = Signal.like(job.token_blocks)
+        cycles = Signal.like(self.done.payload)
+        last_sum = (row == job.rows - 1) & (block == job.token_blocks - 1)
+
+        with m.FSM():
+            with m.State("Idle"):
+                m.d.comb += self.job.ready.eq(1)
+                with m.If(self.job.valid):
+                    m.d.sync += [job.eq(self.job.payload), row.eq(0), block.eq(0), cycles.eq(0)]
+                    m.next = "Busy"
+            with m.State("Busy"):
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(self.sums.valid & self.sums.ready):
+                    with m.If(last_sum):
+                        m.d.sync += [self.done.valid.eq(1), self.done.payload.eq(cycles + 1)]
+                        m.next = "Report"
+                    with m.Elif(row == job.rows - 1):
+                        m.d.sync += [row.eq(0), block.eq(block + 1)]
+                    with m.Else():
+                        m.d.sync += row.eq(row + 1)
+            with m.State("Report"):
+                with m.If(self.done.ready):
+                    m.d.sync += self.done.valid.eq(0)
+                    m.next = "Idle"
+
+        return m

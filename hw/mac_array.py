@@ -1,0 +1,96 @@
+"""The MAC array: K x T int8 multipliers into T wrapping int32 accumulators."""
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import ArrayConfig
+from .formats import CoreFormats
+
+__all__ = ["MACArray"]
+
+
+class MACArray(wiring.Component):
+    """Multiplies K weights by their T activations each and accumulates one row per token.
+
+    Two pipeline stages: the K x T products and their K-input adder trees, then the T
+    accumulators. On the last beat of a row the accumulator's total goes straight to ``sums``
+    and the accumulator restarts from the next beat, so consecutive rows cost no bubble.
+    The accumulators are 32 bits and wrap on overflow, exactly as
+    :func:`sparsemac.sw.golden.golden_matmul` does.
+
+    Contract
+    --------
+    Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
+    of the current row; the beat with ``row_last`` set closes the row, which leaves on ``sums``
+    three cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
+    and not ready, so back-pressure loses nothing.
+
+    Attributes
+    ----------
+    operands : In(stream.Signature(formats.operands))
+    sums : Out(stream.Signature(formats.sums))
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+        self._formats = formats = CoreFormats(config)
+        super().__init__({
+            "operands": In(stream.Signature(formats.operands)),
+            "sums": Out(stream.Signature(formats.sums)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, token_lanes = self._config.lanes, self._config.token_lanes
+        operands = self.operands.payload
+        sum_width = self._config.SUM_WIDTH
+
+        advance = ~self.sums.valid | self.sums.ready
+        m.d.comb += self.operands.ready.eq(advance)
+
+        # Stage 1: products and adder trees. A K-term sum of int8 x int8 products fits in
+        # 16 + ceil(log2 K) bits.
+        partial_shape = signed(2 * self._config.VALUE_WIDTH + max(lanes - 1, 1).bit_length())
+        partials = [Signal(partial_shape, name=f"partial{token}") for token in range(token_lanes)]
+        partial_valid = Signal()
+        partial_last = Signal()
+
+        # Stage 2: accumulators.
+        accumulators = [Signal(signed(sum_width), name=f"accumulator{token}")
+                        for token in range(token_lanes)]
+
+        with m.If(advance):
+            m.d.sync += [
+                partial_valid.eq(self.operands.valid),
+                partial_last.eq(operands.row_last),
+                self.sums.valid.eq(partial_valid & partial_last),
+            ]
+            for token in range(token_lanes):
+                products = [operands.weights[lane] * operands.activations[lane][token]
+                            for lane in range(lanes)]
+                m.d.sync += partials[token].eq(_adder_tree(products))
+                total = (accumulators[token] + partials[token])[:sum_width].as_signed()
+                with m.If(partial_valid & partial_last):
+                    m.d.sync += [
+                        self.sums.payload[token].eq(total),
+                        accumulators[token].eq(0),
+                    ]
+                with m.Elif(partial_valid):
+                    m.d.sync += accumulators[token].eq(total)
+
+        return m
+
+
+def _adder_tree(terms):
+    """Sum ``terms`` pairwise, so the depth is ceil(log2 n) adders rather than n - 1."""
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + terms[len(terms) - len(terms) % 2:]
+    return terms[0]

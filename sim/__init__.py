@@ -1,0 +1,1 @@
+"""Verilog generation, Verilator builds, cocotb regressions and the simulated FPGA."""

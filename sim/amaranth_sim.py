@@ -1,0 +1,127 @@
+"""Runs jobs on the core in Amaranth's own simulator: slow, but needs no C++ compiler.
+
+Stream drivers and sinks here are shared by the Amaranth unit tests of every block and by the
+``amaranth`` back end of the host driver. Each stream side is its own testbench; drivers may
+insert random idle cycles and sinks random back-pressure, from a seeded generator.
+"""
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Value
+from amaranth.sim import Simulator
+
+from ..hw.core import SparseMACCore
+from ..sw.packing import beats_to_ints, beat_bytes
+
+__all__ = ["StallPattern", "stream_put_all", "stream_get_all", "run_core_job", "CoreRun"]
+
+
+@dataclass(frozen=True)
+class StallPattern:
+    """Probabilities of an idle cycle before each input beat and of a not-ready output cycle.
+
+    ``seed`` makes the pattern replayable; a zero pattern gives ideal streams.
+    """
+    idle: float = 0.0
+    backpressure: float = 0.0
+    seed: int = 0
+
+    @property
+    def ideal(self):
+        return self.idle == 0 and self.backpressure == 0
+
+
+IDEAL = StallPattern()
+
+
+async def stream_put_all(ctx, stream, beats, rng, idle):
+    """Sends every beat (integers) on ``stream``, going idle before a beat with ``idle``."""
+    for beat in beats:
+        while idle and rng.random() < idle:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+        ctx.set(stream.valid, 1)
+        ctx.set(Value.cast(stream.payload), beat)
+        await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def stream_get_all(ctx, stream, count, rng, backpressure):
+    """Receives ``count`` beats (integers) from ``stream``, refusing a cycle with
+    ``backpressure``."""
+    payload = Value.cast(stream.payload)
+    beats = []
+    while len(beats) < count:
+        ready = not (backpressure and rng.random() < backpressure)
+        ctx.set(stream.ready, ready)
+        _, _, valid, value = await ctx.tick().sample(stream.valid, payload)
+        if ready and valid:
+            beats.append(value)
+    ctx.set(stream.ready, 0)
+    return beats
+
+
+@dataclass
+class CoreRun:
+    """What the core returned for one job."""
+    sums: np.ndarray  # uint8 [token_blocks * rows, bytes per sums beat]
+    cycles: int
+
+
+def _to_bytes(beats, width):
+    return np.array([list(beat.to_bytes(width, "little")) for beat in beats],
+                    dtype=np.uint8).reshape(len(beats), width)
+
+
+def run_core_job(config, packed, stalls=IDEAL, vcd_path=None):
+    """Runs one packed job on a fresh :class:`SparseMACCore` in the Amaranth simulator.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    packed : PackedJob
+    stalls : StallPattern
+    vcd_path : str or None
+        Write a waveform here.
+
+    Returns
+    -------
+    CoreRun
+    """
+    core = SparseMACCore(config)
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    rng = random.Random(stalls.seed)
+    result = {}
+
+    def driver(stream, beats):
+        streams_rng = random.Random(rng.random())
+
+        async def testbench(ctx):
+            await stream_put_all(ctx, stream, beats, streams_rng, stalls.idle)
+        return testbench
+
+    async def control(ctx):
+        await stream_put_all(ctx, core.job, [packed.job], rng, 0)
+        sink_rng = random.Random(rng.random())
+        result["sums"] = await stream_get_all(ctx, core.sums, packed.token_blocks * packed.rows,
+                                              sink_rng, stalls.backpressure)
+        (cycles,) = await stream_get_all(ctx, core.done, 1, sink_rng, stalls.backpressure)
+        result["cycles"] = cycles
+
+    for stream, beats in ((core.activations, packed.activations),
+                          (core.row_pointers, packed.row_pointers),
+                          (core.columns, packed.columns),
+                          (core.values, packed.values)):
+        if len(beats):
+            sim.add_testbench(driver(stream, beats_to_ints(beats)), background=True)
+    sim.add_testbench(control)
+    if vcd_path is not None:
+        with sim.write_vcd(vcd_path):
+            sim.run()
+    else:
+        sim.run()
+    width = beat_bytes(core.formats.sums)
+    return CoreRun(sums=_to_bytes(result["sums"], width), cycles=result["cycles"])

@@ -1,0 +1,1 @@
+"""cocotb testbenches of the core and its blocks (run through cocotb_tools.runner)."""

@@ -1,0 +1,1 @@
+"""Host software: pruning, quantisation, CSR packing, golden and cycle models, the driver."""

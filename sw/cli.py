@@ -1,0 +1,41 @@
+"""The ``sparsemac`` command line: one program, one subcommand per job.
+
+Each subcommand lives in ``sparsemac.sw.commands.<name>`` and defines ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import heavy libraries
+(torch, transformers, the simulators) inside ``run`` so that ``sparsemac --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main"]
+
+COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="sparsemac",
+        description="Sparse MAC array co-design toolkit: prune a BERT, stream its weights in CSR "
+                    "to an int8 MAC array, and count the cycles saved against the dense baseline.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"sparsemac.sw.commands.{name}")
+        subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(subparser)
+        subparser.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return args.handler(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``sparsemac`` command line, one module each."""

@@ -1,0 +1,507 @@
+"""Weight pruning for the sparse MAC array: one-shot masks, whole-model pruning and the
+gradual (cubic schedule) pruner.
+
+A mask is a ``torch.bool`` tensor of the weight's shape with ``True`` where the weight is kept.
+Every method is deterministic: magnitude ties are broken by flat index (the earlier weight is
+pruned first) and random pruning draws from a ``torch.Generator`` seeded by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_BERT_PATTERNS",
+    "GradualPruner",
+    "LayerPruneReport",
+    "METHODS",
+    "cubic_sparsity",
+    "global_magnitude_masks",
+    "matching_linears",
+    "prune_mask",
+    "prune_model",
+]
+
+#: The named pruning methods; ``"N:M"`` strings such as ``"2:4"`` are accepted as well.
+METHODS = ("magnitude", "random", "n:m")
+
+#: Regular expressions (``re.search``) matching the qualified names of the six linears of each
+#: BERT encoder layer, with or without a prefix such as ``bert.``.
+DEFAULT_BERT_PATTERNS = (
+    r"(^|\.)encoder\.layer\.\d+\.attention\.self\.(query|key|value)$",
+    r"(^|\.)encoder\.layer\.\d+\.attention\.output\.dense$",
+    r"(^|\.)encoder\.layer\.\d+\.intermediate\.dense$",
+    r"(^|\.)encoder\.layer\.\d+\.output\.dense$",
+)
+
+_NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+# Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
+_NM_TOLERANCE = 1e-9
+
+
+def _check_weight(weight, what="weight"):
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, not {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"{what} must be 2-D (out_features, in_features), "
+                         f"got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {weight.dtype}")
+    if not bool(torch.isfinite(weight).all()):
+        # NaN has no place in a magnitude order, so no mask could be exact.
+        raise ValueError(f"{what} contains NaN or infinite values")
+
+
+def _check_sparsity(sparsity):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], not {sparsity!r}")
+
+
+def _prune_count(sparsity, numel):
+    # Python's round() is half-to-even: the documented "round(sparsity * numel)".
+    return int(round(sparsity * numel))
+
+
+def _keep_all_but_lowest(scores, count):
+    """Mask of a flat score vector pruning its ``count`` lowest scores, ties by position."""
+    order = torch.sort(scores, stable=True).indices
+    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[order[:count]] = False
+    return mask
+
+
+def _parse_method(method, n, m):
+    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, not {method!r}")
+    match = _NM_PATTERN.match(method)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        method = "n:m"
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; valid methods are "
+                         f"{', '.join(repr(x) for x in METHODS)} or an 'N:M' string such as '2:4'")
+    if method == "n:m":
+        for name, value in (("n", n), ("m", m)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+        if not 1 <= n <= m:
+            raise ValueError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
+    return method, n, m
+
+
+def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magnitude", *,
+               n: int = 2, m: int = 4, seed: int | None = None) -> torch.Tensor:
+    """The keep-mask of one weight matrix.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Floating-point ``(out_features, in_features)`` matrix. It is not modified.
+    sparsity : float or None
+        Fraction of weights to remove, in [0, 1]. ``"magnitude"`` and ``"random"`` remove exactly
+        ``round(sparsity * weight.numel())`` weights (Python rounding, half to even). For N:M
+        pruning the structure fixes the sparsity, so this must be None or equal ``1 - n/m``;
+        any other value is a mistake and raises rather than being silently ignored.
+    method : str
+        ``"magnitude"``: remove the smallest ``|w|``; of equal magnitudes the one with the lower
+        flat (row-major) index is removed first. ``"random"``: remove uniformly at random,
+        reproducibly from ``seed``. ``"n:m"``: in each group of ``m`` consecutive weights along
+        the input (last) dimension keep the ``n`` largest ``|w|`` (ties keep the lower index).
+        A string ``"N:M"`` such as ``"2:4"`` means ``"n:m"`` with those numbers, which then take
+        precedence over the ``n`` and ``m`` arguments.
+    n, m : int
+        The N:M pattern, used by ``"n:m"`` only.
+    seed : int or None
+        Seed of the ``torch.Generator`` for ``"random"``; required there, ignored elsewhere.
+
+    Returns
+    -------
+    torch.Tensor
+        ``torch.bool`` tensor of ``weight``'s shape, True where the weight is kept.
+
+    Raises
+    ------
+    TypeError
+        If ``weight`` is not a floating-point tensor or ``sparsity`` is not a number.
+    ValueError
+        If ``weight`` is not 2-D or not finite, ``sparsity`` is outside [0, 1] (or missing, or
+        inconsistent with N:M), the method is unknown, ``"random"`` has no seed, or
+        ``in_features`` is not a multiple of ``m``.
+    """
+    _check_weight(weight)
+    method, n, m = _parse_method(method, n, m)
+    if method == "n:m":
+        return _nm_mask(weight, sparsity, n, m)
+    if sparsity is None:
+        raise ValueError(f"method {method!r} needs a sparsity in [0, 1], got None")
+    _check_sparsity(sparsity)
+    count = _prune_count(sparsity, weight.numel())
+    if method == "magnitude":
+        flat = _keep_all_but_lowest(weight.detach().abs().flatten(), count)
+    else:
+        if seed is None:
+            raise ValueError("random pruning needs a seed so that the mask is reproducible")
+        generator = torch.Generator().manual_seed(seed)
+        flat = torch.ones(weight.numel(), dtype=torch.bool)
+        flat[torch.randperm(weight.numel(), generator=generator)[:count]] = False
+        flat = flat.to(weight.device)
+    return flat.view(weight.shape)
+
+
+def _nm_mask(weight, sparsity, n, m):
+    if sparsity is not None:
+        _check_sparsity(sparsity)
+        if abs(sparsity - (1 - n / m)) > _NM_TOLERANCE:
+            raise ValueError(f"{n}:{m} pruning has sparsity {1 - n / m!r}; pass that or None, "
+                             f"not {sparsity!r}")
+    rows, cols = weight.shape
+    if cols % m:
+        raise ValueError(f"{n}:{m} pruning needs in_features to be a multiple of {m}, "
+                         f"got {cols}")
+    groups = weight.detach().abs().reshape(rows, cols // m, m)
+    # Stable descending sort keeps the lower index of equal magnitudes.
+    keep = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., :n]
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(-1, keep, True)
+    return mask.view(rows, cols)
+
+
+def _global_masks(weights, sparsity, scores=None):
+    """Masks pruning the globally lowest scores (default ``|w|``) of a list of matrices."""
+    if scores is None:
+        scores = [w.detach().abs() for w in weights]
+    flat = torch.cat([s.flatten() for s in scores]) if scores else torch.zeros(0)
+    keep = _keep_all_but_lowest(flat, _prune_count(sparsity, flat.numel()))
+    masks, start = [], 0
+    for weight in weights:
+        masks.append(keep[start:start + weight.numel()].view(weight.shape))
+        start += weight.numel()
+    return masks
+
+
+def global_magnitude_masks(weights: dict[str, torch.Tensor] | Sequence[torch.Tensor],
+                           sparsity: float) -> dict[str, torch.Tensor] | list[torch.Tensor]:
+    """Keep-masks from one magnitude threshold over several matrices.
+
+    Exactly ``round(sparsity * total)`` weights are removed, where ``total`` counts the weights
+    of all matrices. Of equal magnitudes, the weight that comes first (in the order of the
+    matrices, then by flat index) is removed first.
+
+    Parameters
+    ----------
+    weights : dict of str to torch.Tensor, or sequence of torch.Tensor
+        Floating-point 2-D matrices, all on one device.
+    sparsity : float
+        Fraction of all weights to remove, in [0, 1].
+
+    Returns
+    -------
+    dict or list of torch.Tensor
+        ``torch.bool`` masks in the same structure: a dict with the same keys for a dict, else a
+        list in the same order.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`prune_mask` for each matrix and for ``sparsity``.
+    """
+    _check_sparsity(sparsity)
+    if isinstance(weights, dict):
+        names, tensors = list(weights), list(weights.values())
+    else:
+        names, tensors = None, list(weights)
+    for index, weight in enumerate(tensors):
+        _check_weight(weight, f"weights[{names[index] if names else index!r}]")
+    masks = _global_masks(tensors, sparsity)
+    return dict(zip(names, masks)) if names is not None else masks
+
+
+@dataclass
+class LayerPruneReport:
+    """What pruning did to one linear layer.
+
+    Attributes
+    ----------
+    name : str
+        Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
+    shape : tuple of int
+        ``(out_features, in_features)``.
+    sparsity_target : float
+        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
+    sparsity_achieved : float
+        Fraction of zero weights after pruning; weights that were already zero count too.
+    nnz : int
+        Nonzero weights after pruning.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    sparsity_target: float
+    sparsity_achieved: float
+    nnz: int
+
+
+def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS
+                     ) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` modules whose qualified name matches a pattern, in module order.
+
+    Parameters
+    ----------
+    model : nn.Module
+    patterns : iterable of str
+        Regular expressions tried with ``re.search`` against each qualified module name.
+
+    Returns
+    -------
+    list of (str, nn.Linear)
+        Possibly empty.
+
+    Raises
+    ------
+    re.error
+        If a pattern is not a valid regular expression.
+    """
+    compiled = [re.compile(p) for p in patterns]
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and any(p.search(name) for p in compiled)]
+
+
+def _require_linears(model, patterns):
+    patterns = tuple(patterns)  # read twice: to match and for the error message
+    linears = matching_linears(model, patterns)
+    if not linears:
+        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+    return linears
+
+
+def _report(name, weight, target):
+    nnz = int(torch.count_nonzero(weight))
+    numel = weight.numel()
+    return LayerPruneReport(name=name, shape=tuple(weight.shape), sparsity_target=float(target),
+                            sparsity_achieved=1.0 - nnz / numel if numel else 0.0, nnz=nnz)
+
+
+def _check_scope(scope, method):
+    if scope not in ("local", "global"):
+        raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")
+    if scope == "global" and method != "magnitude":
+        raise ValueError(f"global scope needs the 'magnitude' method, not {method!r}")
+
+
+def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitude",
+                scope: str = "local", patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
+                seed: int | None = None, n: int = 2, m: int = 4) -> list[LayerPruneReport]:
+    """Prune the matching linears of a model in place (``weight.data *= mask``).
+
+    Parameters
+    ----------
+    model : nn.Module
+    sparsity : float or None
+        As in :func:`prune_mask`; with global scope, the fraction of all matched weights.
+    method : str
+        As in :func:`prune_mask`. Random pruning gives layer ``i`` the seed ``seed + i`` so that
+        layers of equal shape get different masks.
+    scope : {"local", "global"}
+        ``"local"``: every layer reaches the sparsity on its own. ``"global"``: one magnitude
+        threshold over all matched layers (magnitude method only).
+    patterns : iterable of str
+        Regular expressions selecting the linears by qualified name (see
+        :func:`matching_linears`); biases are never pruned.
+    seed : int or None
+        For random pruning.
+    n, m : int
+        For N:M pruning.
+
+    Returns
+    -------
+    list of LayerPruneReport
+        One per pruned layer, in module order.
+
+    Raises
+    ------
+    ValueError
+        If no linear matches, the scope is unknown or global with another method than
+        magnitude, or as :func:`prune_mask`.
+    """
+    method_kind, n, m = _parse_method(method, n, m)
+    _check_scope(scope, method_kind)
+    linears = _require_linears(model, patterns)
+    weights = [linear.weight for _, linear in linears]
+    if scope == "global":
+        masks = global_magnitude_masks(weights, sparsity)
+        target = sparsity
+    else:
+        masks = [prune_mask(w, sparsity, method, n=n, m=m,
+                            seed=None if seed is None else seed + i)
+                 for i, w in enumerate(weights)]
+        target = 1 - n / m if method_kind == "n:m" else sparsity
+    reports = []
+    with torch.no_grad():
+        for (name, linear), mask in zip(linears, masks):
+            linear.weight.mul_(mask)
+            reports.append(_report(name, linear.weight, target))
+    return reports
+
+
+def cubic_sparsity(step: int, initial_sparsity: float, final_sparsity: float, begin_step: int,
+                   end_step: int, frequency: int = 1) -> float:
+    """The gradual pruning schedule of Zhu & Gupta (2017), "To prune, or not to prune".
+
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))**3`` with ``t0 = begin_step``,
+    ``n * dt = end_step - begin_step`` and ``dt = frequency``. The sparsity only changes at
+    pruning steps ``t0 + k * dt``: between them it holds the value of the last one. Before
+    ``begin_step`` it is ``s_i``; from ``end_step`` on it is ``s_f``.
+
+    Parameters
+    ----------
+    step : int
+        The training step t.
+    initial_sparsity, final_sparsity : float
+        ``s_i`` and ``s_f``, in [0, 1].
+    begin_step, end_step : int
+        First pruning step and the step at which ``s_f`` is reached; ``begin_step < end_step``.
+    frequency : int
+        ``dt``, steps between pruning steps, at least 1.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If a sparsity is outside [0, 1], ``begin_step >= end_step`` or ``frequency < 1``.
+    """
+    _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
+    if step < begin_step:
+        return float(initial_sparsity)
+    if step >= end_step:
+        return float(final_sparsity)
+    last_pruning_step = begin_step + (step - begin_step) // frequency * frequency
+    progress = (last_pruning_step - begin_step) / (end_step - begin_step)
+    return float(final_sparsity + (initial_sparsity - final_sparsity) * (1 - progress) ** 3)
+
+
+def _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency):
+    _check_sparsity(initial_sparsity)
+    _check_sparsity(final_sparsity)
+    if not begin_step < end_step:
+        raise ValueError(f"begin_step ({begin_step!r}) must be before end_step ({end_step!r})")
+    if frequency < 1:
+        raise ValueError(f"frequency must be at least 1, not {frequency!r}")
+
+
+class GradualPruner:
+    """Gradual magnitude pruning on the cubic schedule of :func:`cubic_sparsity`.
+
+    Call :meth:`step` once per training step (before the forward pass) and :meth:`apply_masks`
+    after every ``optimizer.step()``, so that pruned weights stay zero while the rest train.
+    Each new mask only ever removes weights that the previous mask kept (pruned weights rank
+    below every kept one), so weights once pruned stay pruned while the sparsity grows.
+
+    Parameters
+    ----------
+    model : nn.Module
+    final_sparsity : float
+    begin_step, end_step : int
+    frequency : int
+        As in :func:`cubic_sparsity`.
+    initial_sparsity : float
+        Sparsity at ``begin_step``.
+    method : str
+        Only ``"magnitude"``: random or N:M masks cannot grow gradually by a schedule.
+    scope : {"local", "global"}
+        Per-layer or one threshold over all matched layers, as :func:`prune_model`.
+    patterns : iterable of str
+        Which linears to prune, as :func:`prune_model`.
+
+    Attributes
+    ----------
+    masks : dict of str to torch.Tensor
+        The current keep-mask of each pruned layer by qualified name; empty before the first
+        pruning step.
+    sparsity : float or None
+        The sparsity of the last pruning step, None before the first.
+
+    Raises
+    ------
+    ValueError
+        If the schedule is invalid, the method or scope unknown, or no linear matches.
+    """
+
+    def __init__(self, model: nn.Module, final_sparsity: float, begin_step: int, end_step: int,
+                 frequency: int = 1, initial_sparsity: float = 0.0, method: str = "magnitude",
+                 scope: str = "local", patterns: Iterable[str] = DEFAULT_BERT_PATTERNS):
+        _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
+        if method != "magnitude":
+            raise ValueError(f"gradual pruning supports only the 'magnitude' method, "
+                             f"not {method!r}")
+        _check_scope(scope, method)
+        self.linears = _require_linears(model, patterns)
+        self.final_sparsity = final_sparsity
+        self.initial_sparsity = initial_sparsity
+        self.begin_step = begin_step
+        self.end_step = end_step
+        self.frequency = frequency
+        self.scope = scope
+        self.masks: dict[str, torch.Tensor] = {}
+        self.sparsity: float | None = None
+
+    def is_pruning_step(self, step: int) -> bool:
+        """Whether :meth:`step` recomputes the masks at ``step``."""
+        if step == self.end_step:
+            return True
+        return (self.begin_step <= step < self.end_step
+                and (step - self.begin_step) % self.frequency == 0)
+
+    def step(self, step: int) -> float | None:
+        """At a pruning step, recompute the masks at the scheduled sparsity and apply them.
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+
+        Returns
+        -------
+        float or None
+            The sparsity applied, or None if ``step`` is not a pruning step.
+        """
+        if not self.is_pruning_step(step):
+            return None
+        sparsity = cubic_sparsity(step, self.initial_sparsity, self.final_sparsity,
+                                  self.begin_step, self.end_step, self.frequency)
+        weights = [linear.weight.detach() for _, linear in self.linears]
+        scores = [self._scores(name, weight)
+                  for (name, _), weight in zip(self.linears, weights)]
+        if self.scope == "global":
+            masks = _global_masks(weights, sparsity, scores)
+        else:
+            masks = [_keep_all_but_lowest(s.flatten(), _prune_count(sparsity, s.numel()))
+                     .view(s.shape) for s in scores]
+        self.masks = {name: mask for (name, _), mask in zip(self.linears, masks)}
+        self.sparsity = sparsity
+        self.apply_masks()
+        return sparsity
+
+    def _scores(self, name, weight):
+        scores = weight.abs()
+        if name in self.masks:
+            # -1 ranks previously pruned weights below every kept one, however small.
+            scores = scores.masked_fill(~self.masks[name], -1.0)
+        return scores
+
+    def apply_masks(self) -> None:
+        """Zero the pruned weights again (call after every optimiser step)."""
+        with torch.no_grad():
+            for name, linear in self.linears:
+                if name in self.masks:
+                    linear.weight.mul_(self.masks[name])
