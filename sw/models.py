@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoTokenizer, BatchEncoding, BertConfig, BertModel
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer, BatchEncoding, BertConfig, BertModel, PreTrainedTokenizerFast,
+)
 
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",

@@ -386,8 +386,11 @@ def cubic_sparsity(step: int, initial_sparsity: float, final_sparsity: float, be
     if step >= end_step:
         return float(final_sparsity)
     last_pruning_step = begin_step + (step - begin_step) // frequency * frequency
-    progress = (last_pruning_step - begin_step) / (end_step - begin_step)
-    return float(final_sparsity + (initial_sparsity - final_sparsity) * (1 - progress) ** 3)
+    remaining = 1 - (last_pruning_step - begin_step) / (end_step - begin_step)
+    # The same formula written from s_i, so that it is exactly s_i at begin_step and the float
+    # rounding cannot make the schedule dip below s_i or step backwards.
+    done = 1 - remaining * remaining * remaining
+    return float(initial_sparsity + (final_sparsity - initial_sparsity) * done)
 
 
 def _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency):

