@@ -1,0 +1,162 @@
+"""Linear layers that run on a sparse MAC device, inside any PyTorch model."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..hw.formats import Mode
+from .csr import CSRMatrix
+from .driver import Device
+from .pruning import prune_mask
+from .quantisation import GRANULARITIES, quantise_activations, quantise_weights
+
+__all__ = ["OffloadStats", "OffloadedLinear"]
+
+
+@dataclass
+class OffloadStats:
+    """What an :class:`OffloadedLinear` has done since it was built (or last reset).
+
+    Attributes
+    ----------
+    calls, tokens, jobs : int
+    cycles : int
+        Device cycles of the sparse runs.
+    weight_bytes : int
+        Weight traffic of the sparse runs.
+    device_s : float
+        Host wall time spent in the device.
+    """
+    calls: int = 0
+    tokens: int = 0
+    jobs: int = 0
+    cycles: int = 0
+    weight_bytes: int = 0
+    device_s: float = 0.0
+
+
+class OffloadedLinear(nn.Module):
+    """An ``nn.Linear`` whose matrix product runs on a sparse MAC device.
+
+    It holds the pruned weight as int8 CSR with one float scale per output row. ``forward``
+    quantises the activations (dynamic, symmetric int8), runs the int32 product on the device,
+    dequantises with both scales and adds the float bias. The result is the hardware's: when
+    two devices agree bit for bit on the int32 sums, they agree exactly here too.
+
+    Parameters
+    ----------
+    weights : CSRMatrix
+        The int8 weight, ``out_features x in_features``.
+    weight_scale : torch.Tensor
+        Shape ``(out_features, 1)``.
+    bias : torch.Tensor or None
+    device : Device
+    granularity : {"tensor", "token"}
+        Activation scale per tensor or per token.
+
+    Attributes
+    ----------
+    stats : OffloadStats
+    last_sums : torch.Tensor or None
+        int32 sums of the last call, [tokens, out_features], for bit-exact comparisons.
+    """
+
+    def __init__(self, weights, weight_scale, bias, device, granularity="tensor"):
+        super().__init__()
+        if not isinstance(weights, CSRMatrix):
+            raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
+        if not isinstance(device, Device):
+            raise TypeError(f"device must be a Device (see open_device), not {device!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+        if tuple(weight_scale.shape) != (weights.rows, 1):
+            raise ValueError(f"weight_scale must have shape ({weights.rows}, 1), "
+                             f"not {tuple(weight_scale.shape)}")
+        config = device.config
+        if weights.cols > config.max_in_features:
+            raise ValueError(
+                f"the layer has {weights.cols} input features but the array holds at most "
+                f"{config.max_in_features}: use a config with max_in_features >= {weights.cols}")
+        self.weights = weights
+        self.device = device
+        self.granularity = granularity
+        self.in_features, self.out_features = weights.cols, weights.rows
+        self.register_buffer("weight_scale", weight_scale.detach().float().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.stats = OffloadStats()
+        self.last_sums = None
+
+    @classmethod
+    def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
+                    n=2, m=4, granularity="tensor"):
+        """Prunes, quantises and packs ``linear`` for ``device``.
+
+        Parameters
+        ----------
+        linear : nn.Linear
+        device : Device
+        sparsity : float
+            Fraction of weights to remove (ignored by N:M methods, whose pattern fixes it).
+        method : str
+            ``"magnitude"``, ``"random"`` or ``"N:M"`` (see :func:`prune_mask`).
+        seed : int or None
+            For random pruning.
+        n, m : int
+        granularity : {"tensor", "token"}
+
+        Returns
+        -------
+        OffloadedLinear
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
+        weight = linear.weight.detach().float()
+        is_n_m = method == "n:m" or ":" in method
+        mask = prune_mask(weight, None if is_n_m else sparsity, method, n=n, m=m, seed=seed)
+        quantised = quantise_weights(weight * mask)
+        return cls(CSRMatrix.from_dense(quantised.values), quantised.scale, linear.bias, device,
+                   granularity)
+
+    @property
+    def sparsity(self):
+        """Achieved fraction of zero weights (pruned, or rounded to zero by quantisation)."""
+        return self.weights.sparsity
+
+    def reset_stats(self):
+        self.stats = OffloadStats()
+
+    def integer_forward(self, x):
+        """Quantises ``x`` [..., in_features] and returns the device's MatmulResult and the
+        activation scale."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError("OffloadedLinear takes a floating-point tensor, not "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input of shape (..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        tokens = x.detach().reshape(-1, self.in_features).float()
+        activations = quantise_activations(tokens, self.granularity)
+        result = self.device.matmul(self.weights, activations.values, Mode.SPARSE)
+        return result, activations.scale
+
+    def forward(self, x):
+        result, activation_scale = self.integer_forward(x)
+        self.last_sums = result.sums
+        stats = self.stats
+        stats.calls += 1
+        stats.tokens += result.sums.shape[0]
+        stats.jobs += result.jobs
+        stats.cycles += result.cycles
+        stats.weight_bytes += result.weight_bytes
+        stats.device_s += result.wall_s
+        # Scales multiply in float64 so dequantisation adds no error of its own to compare.
+        output = (result.sums.double() * activation_scale.double().reshape(-1, 1)
+                  * self.weight_scale.double().reshape(1, -1)).float()
+        if self.bias is not None:
+            output = output + self.bias
+        return output.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"sparsity={self.sparsity:.3f}, device={self.device.name}")
