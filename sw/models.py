@@ -13,9 +13,14 @@ built-in sentence-similarity benchmark: :func:`similarity_scores` scores it with
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# Nothing here may reach a model hub: weights come from packages and local folders only. Set
+# before transformers is imported, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import scipy.stats

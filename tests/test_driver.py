@@ -1,0 +1,84 @@
+"""The host driver: tiling over rows and token blocks, back ends against each other, errors."""
+
+import pytest
+import torch
+
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.formats import Mode
+from sparsemac.sw.csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
+from sparsemac.sw.cycle_model import job_cycles
+from sparsemac.sw.driver import BACKENDS, MatmulResult, open_device
+from sparsemac.sw.golden import golden_matmul
+
+# Small limits so that one layer needs several jobs along both axes.
+TILED = ArrayConfig(lanes=4, token_lanes=2, max_in_features=32, max_out_features=3,
+                    max_token_blocks=2)
+
+
+def random_layer(seed, rows, cols, tokens, density):
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randint(-128, 128, (rows, cols), generator=generator, dtype=torch.int8)
+    weights[torch.rand(rows, cols, generator=generator) >= density] = 0
+    activations = torch.randint(-128, 128, (tokens, cols), generator=generator, dtype=torch.int8)
+    return CSRMatrix.from_dense(weights), activations
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())
+def test_reference_tiles_over_rows_and_tokens(mode):
+    weights, activations = random_layer(seed=11, rows=7, cols=20, tokens=9, density=0.4)
+    result = open_device("reference", TILED).matmul(weights, activations, mode)
+    assert isinstance(result, MatmulResult)
+    assert torch.equal(result.sums, golden_matmul(weights, activations))
+    # 7 rows in jobs of 3 (3 + 3 + 1) times 9 tokens in jobs of 4 (4 + 4 + 1).
+    assert result.jobs == 9
+    expected = []
+    for token_start in range(0, 9, 4):
+        tokens = min(4, 9 - token_start)
+        for row_start in range(0, 7, 3):
+            tile = weights.row_slice(row_start, min(7, row_start + 3))
+            expected.append(job_cycles(tile.row_lengths(), 20, tokens, TILED, mode).total)
+    assert result.job_cycles == expected
+    assert result.cycles == sum(expected)
+
+
+def test_weight_bytes_count_every_pass():
+    weights, activations = random_layer(seed=3, rows=3, cols=20, tokens=4, density=0.3)
+    device = open_device("reference", TILED)
+    sparse = device.matmul(weights, activations, Mode.SPARSE)
+    dense = device.matmul(weights, activations, Mode.DENSE)
+    # 4 tokens on 2 token lanes: the weights are streamed twice.
+    assert sparse.weight_bytes == 2 * csr_stream_bytes(weights, TILED.lanes)
+    assert dense.weight_bytes == 2 * dense_stream_bytes(3, 20, TILED.lanes)
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())
+def test_amaranth_equals_reference_when_tiled(mode):
+    weights, activations = random_layer(seed=5, rows=5, cols=9, tokens=5, density=0.5)
+    reference = open_device("reference", TILED).matmul(weights, activations, mode)
+    amaranth = open_device("amaranth", TILED).matmul(weights, activations, mode)
+    assert torch.equal(amaranth.sums, reference.sums)
+    assert amaranth.job_cycles == reference.job_cycles
+
+
+def test_layer_too_wide_says_what_to_do():
+    weights, activations = random_layer(seed=1, rows=2, cols=40, tokens=1, density=1.0)
+    with pytest.raises(ValueError, match="40 input features.*at most 32.*max_in_features >= 40"):
+        open_device("reference", TILED).matmul(weights, activations)
+
+
+def test_shape_mismatch_is_refused():
+    weights, _ = random_layer(seed=1, rows=2, cols=8, tokens=1, density=1.0)
+    activations = torch.zeros((3, 7), dtype=torch.int8)
+    with pytest.raises(ValueError, match="7 features but the weights have 8"):
+        open_device("reference", TILED).matmul(weights, activations)
+
+
+def test_float_activations_are_refused():
+    weights, _ = random_layer(seed=1, rows=2, cols=8, tokens=1, density=1.0)
+    with pytest.raises(TypeError, match="int8"):
+        open_device("reference", TILED).matmul(weights, torch.zeros((3, 8)))
+
+
+def test_unknown_backend_lists_the_choices():
+    with pytest.raises(ValueError, match="choose one of " + ", ".join(BACKENDS)):
+        open_device("quantum")

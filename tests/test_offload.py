@@ -1,0 +1,82 @@
+"""OffloadedLinear: a pruned, quantised nn.Linear on a device."""
+
+import pytest
+import torch
+from torch import nn
+
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.sw.driver import open_device
+from sparsemac.sw.golden import quantised_linear
+from sparsemac.sw.offload import OffloadedLinear
+from sparsemac.sw.pruning import prune_mask
+from sparsemac.sw.quantisation import quantise_activations, quantise_weights
+
+SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+
+
+def make_linear(seed, in_features=48, out_features=20):
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_forward_is_the_quantised_golden_path(granularity):
+    linear = make_linear(seed=0)
+    x = torch.randn(3, 5, 48, generator=torch.Generator().manual_seed(1))
+    offloaded = OffloadedLinear.from_linear(linear, open_device("reference", SMALL),
+                                            sparsity=0.5, granularity=granularity)
+    output = offloaded(x)
+    assert output.shape == (3, 5, 20)
+
+    pruned = nn.Linear(48, 20)
+    pruned.load_state_dict(linear.state_dict())
+    pruned.weight.data *= prune_mask(linear.weight.detach(), 0.5)
+    expected = quantised_linear(pruned, x, granularity=granularity)
+    torch.testing.assert_close(output, expected.output, rtol=1e-5, atol=1e-5)
+    # The int32 sums are the golden model's, bit for bit.
+    quantised_x = quantise_activations(x.reshape(-1, 48), granularity).values
+    golden = quantised_x.long() @ quantise_weights(pruned.weight.detach()).values.long().T
+    assert torch.equal(offloaded.last_sums, golden.int())
+
+
+def test_amaranth_device_gives_identical_outputs():
+    linear = make_linear(seed=2, in_features=12, out_features=6)
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(3))
+    outputs, cycles = [], []
+    for backend in ("reference", "amaranth"):
+        offloaded = OffloadedLinear.from_linear(linear, open_device(backend, SMALL),
+                                                sparsity=0.7)
+        outputs.append(offloaded(x))
+        cycles.append(offloaded.stats.cycles)
+    assert torch.equal(outputs[0], outputs[1])
+    assert cycles[0] == cycles[1]
+
+
+def test_stats_accumulate_over_calls():
+    offloaded = OffloadedLinear.from_linear(make_linear(seed=4), open_device("reference", SMALL),
+                                            sparsity=0.9)
+    x = torch.randn(7, 48)
+    offloaded(x)
+    first = offloaded.stats.cycles
+    offloaded(x)
+    assert offloaded.stats.calls == 2 and offloaded.stats.tokens == 14
+    assert offloaded.stats.cycles == 2 * first > 0
+    assert offloaded.sparsity == pytest.approx(0.9, abs=0.01)
+
+
+def test_n_m_pruning_fixes_the_sparsity():
+    offloaded = OffloadedLinear.from_linear(make_linear(seed=5), open_device("reference", SMALL),
+                                            method="2:4")
+    assert offloaded.sparsity >= 0.5
+
+
+def test_wrong_input_width_is_refused():
+    offloaded = OffloadedLinear.from_linear(make_linear(seed=6), open_device("reference", SMALL))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 48\)"):
+        offloaded(torch.randn(2, 47))
+
+
+def test_layer_too_wide_for_the_array_is_refused():
+    linear = make_linear(seed=7, in_features=100)
+    with pytest.raises(ValueError, match="max_in_features >= 100"):
+        OffloadedLinear.from_linear(linear, open_device("reference", SMALL))
