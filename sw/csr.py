@@ -289,7 +289,7 @@ class CSRMatrix:
                 and np.array_equal(self.indices, other.indices)
                 and np.array_equal(self.data, other.data))
 
-    __hash__ = None  # mutable-looking arrays inside: equal matrices need not hash alike
+    __hash__ = None  # numpy arrays are unhashable, and hashing the contents would cost O(nnz)
 
     def _row_of_each_nonzero(self):
         return np.repeat(np.arange(self.rows, dtype=np.int64), self.row_lengths())

@@ -9,7 +9,7 @@ from sparsemac.sw.quantisation import (
     quantise_weights,
 )
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)  # same cases every run
 
 
 def random_tensor(shape, seed, scale=1.0, dtype=torch.float32):
