@@ -89,7 +89,7 @@ class OffloadedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
-                    n=2, m=4, granularity="tensor"):
+                    n=2, m=4, granularity="tensor", mask=None):
         """Prunes, quantises and packs ``linear`` for ``device``.
 
         Parameters
@@ -104,6 +104,9 @@ class OffloadedLinear(nn.Module):
             For random pruning.
         n, m : int
         granularity : {"tensor", "token"}
+        mask : torch.Tensor of bool or None
+            A keep-mask computed elsewhere (e.g. one global threshold over many layers); the
+            pruning arguments are then not used.
 
         Returns
         -------
@@ -112,8 +115,12 @@ class OffloadedLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
-        is_n_m = method == "n:m" or ":" in method
-        mask = prune_mask(weight, None if is_n_m else sparsity, method, n=n, m=m, seed=seed)
+        if mask is None:
+            is_n_m = method == "n:m" or ":" in method
+            mask = prune_mask(weight, None if is_n_m else sparsity, method, n=n, m=m, seed=seed)
+        elif tuple(mask.shape) != tuple(weight.shape):
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
+                             f"{tuple(weight.shape)}")
         quantised = quantise_weights(weight * mask)
         return cls(CSRMatrix.from_dense(quantised.values), quantised.scale, linear.bias, device,
                    granularity)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ __all__ = [
     "METHODS",
     "cubic_sparsity",
     "global_magnitude_masks",
+    "parse_method",
     "matching_linears",
     "prune_mask",
     "prune_model",
@@ -70,14 +72,26 @@ def _prune_count(sparsity, numel):
 
 
 def _keep_all_but_lowest(scores, count):
-    """Mask of a flat score vector pruning its ``count`` lowest scores, ties by position."""
-    order = torch.sort(scores, stable=True).indices
-    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
-    mask[order[:count]] = False
-    return mask
+    """Mask of a flat score vector pruning its ``count`` lowest scores, ties by position.
+
+    A selection finds the threshold in linear time instead of a full sort: BERT-base's 85 M
+    weights then take well under a second instead of half a minute.
+    """
+    values = scores.detach().cpu().numpy()
+    keep = np.ones(values.size, dtype=bool)
+    if count >= values.size:
+        keep[:] = False
+    elif count > 0:
+        threshold = np.partition(values, count - 1)[count - 1]
+        below = values < threshold
+        # Of scores equal to the threshold, the lower positions are pruned first.
+        ties = np.flatnonzero(values == threshold)[:count - int(below.sum())]
+        keep[below] = False
+        keep[ties] = False
+    return torch.from_numpy(keep).to(scores.device)
 
 
-def _parse_method(method, n, m):
+def parse_method(method, n=2, m=4):
     """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m."""
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, not {method!r}")
@@ -137,7 +151,7 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
         ``in_features`` is not a multiple of ``m``.
     """
     _check_weight(weight)
-    method, n, m = _parse_method(method, n, m)
+    method, n, m = parse_method(method, n, m)
     if method == "n:m":
         return _nm_mask(weight, sparsity, n, m)
     if sparsity is None:
@@ -331,7 +345,7 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
         If no linear matches, the scope is unknown or global with another method than
         magnitude, or as :func:`prune_mask`.
     """
-    method_kind, n, m = _parse_method(method, n, m)
+    method_kind, n, m = parse_method(method, n, m)
     _check_scope(scope, method_kind)
     linears = _require_linears(model, patterns)
     weights = [linear.weight for _, linear in linears]

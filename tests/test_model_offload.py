@@ -1,0 +1,217 @@
+"""Whole-model offload: a tiny seeded BERT end to end, the cycle bookkeeping, both commands."""
+
+import argparse
+import copy
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.formats import Mode
+from sparsemac.sw.commands import bert, compare
+from sparsemac.sw.driver import open_device
+from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
+from sparsemac.sw.offload import OffloadedLinear
+
+from conftest import random_activations, random_weights
+
+#: Holds the tiny BERT (widest input 64) and keeps the Verilator build small.
+SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, vocab_size=100)
+    return BertModel(config).eval()
+
+
+def tiny_inputs(tokens=11, batch=2, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, 100, (batch, tokens), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def hidden(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+def run_command(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+# offload ----------------------------------------------------------------------------------------
+
+def test_every_encoder_linear_is_replaced_and_nothing_else():
+    model = tiny_bert()
+    linears_before = {name for name, module in model.named_modules()
+                      if isinstance(module, nn.Linear)}
+    _, report = offload(model, open_device("reference", SMALL), 0.5)
+    offloaded = [name for name, module in model.named_modules()
+                 if isinstance(module, OffloadedLinear)]
+    assert len(offloaded) == 2 * 6
+    assert [layer.name for layer in report.layers] == offloaded
+    # Only the pooler's dense stays a float linear; embeddings and norms are untouched.
+    assert linears_before - set(offloaded) == {"pooler.dense"}
+    assert isinstance(model.pooler.dense, nn.Linear)
+    assert isinstance(model.embeddings.word_embeddings, nn.Embedding)
+    assert all(abs(layer.sparsity - 0.5) < 0.02 for layer in report.layers)
+
+
+def test_bert_for_task_models_are_offloaded_through_their_prefix():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert().config).eval()
+    _, report = offload(model, open_device("reference", SMALL), 0.5)
+    assert len(report.layers) == 12
+    assert report.layers[0].name == "bert.encoder.layer.0.attention.self.query"
+    assert isinstance(model.classifier, nn.Linear)
+
+
+def test_sparsity_zero_stays_close_to_float():
+    model = tiny_bert()
+    inputs = tiny_inputs()
+    expected = hidden(model, inputs)
+    offload(model, open_device("reference", SMALL), 0.0)
+    cosine = torch.nn.functional.cosine_similarity(hidden(model, inputs).flatten(),
+                                                   expected.flatten(), dim=0)
+    assert cosine > 0.99
+
+
+@pytest.mark.parametrize("method, sparsity", [("magnitude", 0.7), ("random", 0.5),
+                                              ("2:4", None)])
+def test_report_totals_are_sums_of_layers_and_dense_is_the_reference_device(method, sparsity):
+    model = tiny_bert()
+    device = open_device("reference", SMALL)
+    _, report = offload(model, device, sparsity, method, seed=3, keep_sums=True)
+    hidden(model, tiny_inputs(tokens=7))
+    hidden(model, tiny_inputs(tokens=3, batch=1))
+    layers = report.layers
+    assert report.sparse_cycles == sum(layer.sparse_cycles for layer in layers) > 0
+    assert report.dense_cycles == sum(layer.dense_cycles for layer in layers)
+    assert report.sparse_weight_bytes == sum(layer.sparse_weight_bytes for layer in layers)
+    assert report.speedup == report.dense_cycles / report.sparse_cycles
+    for layer, module in zip(layers, report.modules):
+        assert layer.call_tokens == [14, 3] and layer.calls == 2 and layer.tokens == 17
+        # The predicted dense baseline is what the reference device measures, call by call.
+        measured = [device.matmul(module.weights, torch.zeros(tokens, layer.shape[1],
+                                                              dtype=torch.int8), Mode.DENSE)
+                    for tokens in layer.call_tokens]
+        assert layer.dense_cycles == sum(result.cycles for result in measured)
+        assert [sums.shape for sums in layer.sums] == [(14, layer.shape[0]), (3, layer.shape[0])]
+    if method == "2:4":
+        assert report.sparsity_target == 0.5
+    report.reset()
+    assert report.sparse_cycles == report.dense_cycles == 0
+    assert all(module.stats.calls == 0 for module in report.modules)
+
+
+def test_measured_dense_equals_predicted_dense():
+    model = tiny_bert()
+    predicted_model = copy.deepcopy(model)
+    inputs = tiny_inputs()
+    _, measured = offload(model, open_device("reference", SMALL), 0.8, measure_dense=True)
+    _, predicted = offload(predicted_model, open_device("reference", SMALL), 0.8)
+    hidden(model, inputs)
+    hidden(predicted_model, inputs)
+    assert measured.dense_measured and not predicted.dense_measured
+    assert measured.dense_cycles == predicted.dense_cycles
+    assert measured.cycles_for(SMALL) == (predicted.sparse_cycles, predicted.dense_cycles)
+
+
+def test_matmul_cycles_tiles_like_the_driver():
+    config = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features=5,
+                         max_token_blocks=3)
+    device = open_device("reference", config)
+    weights = random_weights(13, 40, 0.6, seed=5)
+    for tokens in (1, 6, 7, 20):
+        activations = random_activations(tokens, 40, seed=tokens)
+        for mode in Mode:
+            assert matmul_cycles(weights, tokens, config, mode) == \
+                device.matmul(weights, activations, mode).cycles
+
+
+def test_global_scope_reaches_the_target_over_all_layers():
+    _, report = offload(tiny_bert(), open_device("reference", SMALL), 0.6, scope="global")
+    sparsities = [layer.sparsity for layer in report.layers]
+    assert abs(report.sparsity - 0.6) < 0.01
+    assert max(sparsities) - min(sparsities) > 0.01  # one threshold, unequal layers
+
+
+def test_reference_and_verilator_agree_bit_for_bit_on_every_layer():
+    model = tiny_bert()
+    reference_model = copy.deepcopy(model)
+    inputs = tiny_inputs(tokens=9)
+    with open_device("verilator", SMALL) as device:
+        _, report = offload(model, device, 0.8, keep_sums=True)
+        verilator_out = hidden(model, inputs)
+    _, reference = offload(reference_model, open_device("reference", SMALL), 0.8,
+                           keep_sums=True)
+    reference_out = hidden(reference_model, inputs)
+    check = cross_check(reference, report)
+    assert check.bit_exact and check.cycles_equal, check
+    assert report.sparse_cycles == reference.sparse_cycles > 0
+    assert torch.equal(verilator_out, reference_out)
+
+
+def test_clear_errors():
+    device = open_device("reference", SMALL)
+    with pytest.raises(ValueError, match="no nn.Linear .* matches the encoder patterns"):
+        offload(nn.Sequential(nn.Linear(4, 4)), device, 0.5)
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="unknown pruning method 'lottery'"):
+        offload(model, device, 0.5, "lottery")
+    with pytest.raises(ValueError, match="global scope needs the 'magnitude' method"):
+        offload(model, device, 0.5, "random", seed=0, scope="global")
+    with pytest.raises(ValueError, match="input features"):
+        offload(model, open_device("reference", ArrayConfig(max_in_features=32)), 0.5)
+    # A failed offload replaces nothing.
+    assert not any(isinstance(module, OffloadedLinear) for module in model.modules())
+
+
+# Commands ---------------------------------------------------------------------------------------
+
+def test_bert_command_json_on_minilm(capsys):
+    assert run_command(bert, ["--json", "--backend", "reference", "--sparsity", "0.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("model", "backend", "sparsity", "tokens", "sparse_cycles", "dense_cycles",
+                "speedup", "ideal_speedup", "bit_exact", "embedding_cosine",
+                "ranking_agreement", "wall_s", "layers", "seed"):
+        assert key in result
+    assert result["model"] == "minilm" and result["bit_exact"] is None
+    assert len(result["layers"]) == 36
+    assert result["sparse_cycles"] == sum(layer["sparse_cycles"] for layer in result["layers"])
+    assert 1.5 < result["speedup"] <= result["ideal_speedup"]
+    assert 0.0 < result["embedding_cosine"] <= 1.0
+    assert -1.0 <= result["ranking_agreement"] <= 1.0
+
+
+def test_bert_command_reports_bad_method(capsys):
+    assert run_command(bert, ["--method", "lottery"]) == 2
+    assert "unknown pruning method 'lottery'" in capsys.readouterr().err
+
+
+def test_compare_writes_tables_and_plots(tmp_path, capsys):
+    output = tmp_path / "compare"
+    assert run_command(compare, ["--sparsities", "0,0.5", "--methods", "magnitude,2:4",
+                                 "--configs", "k8t4,k4t4", "--output", str(output)]) == 0
+    assert "seed 0" in capsys.readouterr().out
+    with (output / "compare.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["method"], row["config"]) for row in rows] == [
+        ("magnitude", "k8t4"), ("magnitude", "k4t4"), ("magnitude", "k8t4"),
+        ("magnitude", "k4t4"), ("2:4", "k8t4"), ("2:4", "k4t4")]
+    summary = json.loads((output / "compare.json").read_text())
+    assert len(summary["points"]) == 6 and summary["verify"] is None
+    half = summary["points"][2]
+    assert half["sparsity_target"] == 0.5 and 1.8 < half["speedup"] <= half["ideal_speedup"]
+    for plot in ("speedup_vs_sparsity.png", "fidelity_vs_sparsity.png"):
+        assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
