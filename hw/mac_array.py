@@ -22,8 +22,8 @@ class MACArray(wiring.Component):
     Contract
     --------
     Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
-    of the current row; the beat with ``row_last`` set closes the row, which leaves on ``sums``
-    three cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
+    of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
+    ``sums`` two cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
     and not ready, so back-pressure loses nothing.
 
     Attributes

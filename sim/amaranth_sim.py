@@ -15,7 +15,14 @@ from amaranth.sim import Simulator
 from ..hw.core import SparseMACCore
 from ..sw.packing import beats_to_ints, beat_bytes
 
-__all__ = ["StallPattern", "stream_put_all", "stream_get_all", "run_core_job", "CoreRun"]
+__all__ = ["StallPattern", "stream_put_all", "stream_get_all", "run_core_job", "CoreRun",
+           "CoreTimeout"]
+
+CLOCK_PERIOD = 1e-8
+
+
+class CoreTimeout(RuntimeError):
+    """The core did not finish a job within its cycle budget: it is stuck."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ def _to_bytes(beats, width):
                     dtype=np.uint8).reshape(len(beats), width)
 
 
-def run_core_job(config, packed, stalls=IDEAL, vcd_path=None):
+def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
     """Runs one packed job on a fresh :class:`SparseMACCore` in the Amaranth simulator.
 
     Parameters
@@ -85,14 +92,26 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None):
     stalls : StallPattern
     vcd_path : str or None
         Write a waveform here.
+    max_cycles : int or None
+        Give up after this many cycles; the default allows 50 cycles per beat, far above what
+        any stall pattern costs a working core.
 
     Returns
     -------
     CoreRun
+
+    Raises
+    ------
+    CoreTimeout
+        If the job is not done within ``max_cycles``.
     """
     core = SparseMACCore(config)
     sim = Simulator(core)
-    sim.add_clock(1e-8)
+    sim.add_clock(CLOCK_PERIOD)
+    if max_cycles is None:
+        beats = sum(len(stream) for stream in (packed.activations, packed.row_pointers,
+                                               packed.columns, packed.values))
+        max_cycles = 1000 + 50 * (beats + packed.token_blocks * packed.rows)
     rng = random.Random(stalls.seed)
     result = {}
 
@@ -111,6 +130,11 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None):
         (cycles,) = await stream_get_all(ctx, core.done, 1, sink_rng, stalls.backpressure)
         result["cycles"] = cycles
 
+    async def watchdog(ctx):
+        await ctx.delay(max_cycles * CLOCK_PERIOD)
+        raise CoreTimeout(f"the core did not finish the job within {max_cycles} cycles")
+
+    sim.add_testbench(watchdog, background=True)
     for stream, beats in ((core.activations, packed.activations),
                           (core.row_pointers, packed.row_pointers),
                           (core.columns, packed.columns),

@@ -48,7 +48,7 @@ def _pack_elements(layout, elements):
 
 def _words(elements, lanes):
     """``elements`` padded with zeros to whole words of ``lanes``: a pass's padding."""
-    padded = np.zeros(-(-len(elements) // lanes) * lanes, dtype=np.int64)
+    padded = np.zeros(-(-len(elements) // lanes) * lanes, dtype=elements.dtype)
     padded[:len(elements)] = elements
     return padded
 
@@ -122,18 +122,21 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     columns_of_blocks = padded.reshape(blocks, token_lanes, cols).transpose(0, 2, 1)
     activation_beats = _pack_elements(formats.activation_column, columns_of_blocks.reshape(-1))
 
+    # Pack one pass, then repeat its bytes for every token block: the weights are re-streamed
+    # per block, and repeating 8-bit bytes rather than 64-bit integers keeps big layers cheap.
     empty = np.zeros((0, 0), dtype=np.uint8)
     if mode == Mode.SPARSE:
         nnz = weights.nnz
-        row_pointers = _pack_elements(formats.row_pointer, np.tile(weights.indptr[1:], blocks))
-        columns = _pack_elements(formats.column_word,
-                                 np.tile(_words(weights.indices, lanes), blocks))
-        values = _pack_elements(formats.value_word, np.tile(_words(weights.data, lanes), blocks))
+        row_pointers = _pack_elements(formats.row_pointer, weights.indptr[1:])
+        columns = _pack_elements(formats.column_word, _words(weights.indices, lanes))
+        values = _pack_elements(formats.value_word, _words(weights.data, lanes))
     else:
         nnz = rows * cols
-        dense = weights.to_dense().numpy().reshape(-1).astype(np.int64)
+        dense = weights.to_dense().numpy().reshape(-1)
         row_pointers, columns = empty, empty
-        values = _pack_elements(formats.value_word, np.tile(_words(dense, lanes), blocks))
+        values = _pack_elements(formats.value_word, _words(dense, lanes))
+    row_pointers, columns, values = (np.tile(stream, (blocks, 1)) if stream.size else stream
+                                     for stream in (row_pointers, columns, values))
 
     job = formats.job.const({"mode": mode, "rows": rows, "cols": cols, "token_blocks": blocks,
                              "nnz": nnz}).as_value().value

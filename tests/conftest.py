@@ -7,9 +7,11 @@ deadlocks fails its test instead of hanging it. Test modules import these helper
 """
 
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
@@ -21,12 +23,48 @@ from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.golden import golden_matmul
 
 __all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
-           "random_weights", "random_activations", "weights_with_row_lengths", "wrap_int32"]
+           "random_weights", "random_activations", "weights_with_row_lengths", "wrap_int32",
+           "short", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
 STALLS = 0.3
 
 CLOCK_PERIOD = 1e-8
+
+#: Seconds a simulation test may take before it is failed as a deadlock (they take about 1).
+SIM_DEADLINE = 60
+
+
+@pytest.fixture
+def sim_deadline():
+    """Fail a test still running after SIM_DEADLINE seconds: a deadlocked core would otherwise
+    hang the run, as ``run_core_job`` waits for its sums without a watchdog."""
+    def expire(signum, frame):
+        raise TimeoutError(f"simulation still running after {SIM_DEADLINE} s: a deadlock?")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(SIM_DEADLINE)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# Configs small enough for the simulator: 64-column banks (8 for K = 1, T = 1, the minimum).
+
+K8T4 = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64)  # the default, but for the depth
+K8T1 = ArrayConfig(lanes=8, token_lanes=1, max_in_features=64)
+K4T2 = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+K3T2 = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64)
+K3T1 = ArrayConfig(lanes=3, token_lanes=1, max_in_features=64)
+K2T1 = ArrayConfig(lanes=2, token_lanes=1, max_in_features=64)
+K1T4 = ArrayConfig(lanes=1, token_lanes=4, max_in_features=64)
+K1T1 = ArrayConfig(lanes=1, token_lanes=1, max_in_features=8)
+K32T1 = ArrayConfig(lanes=32, token_lanes=1, max_in_features=64)
+
+
+def short(config):
+    """A config as a test id without spaces: ``K8T4``, with ``i<depth>`` if not 64."""
+    depth = "" if config.max_in_features == 64 else f"i{config.max_in_features}"
+    return f"K{config.lanes}T{config.token_lanes}{depth}"
 
 
 # Cases ------------------------------------------------------------------------------------------
@@ -84,24 +122,21 @@ class HandCase:
     fill: int
 
 
-_K8T4 = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64)
-_K2T1 = ArrayConfig(lanes=2, token_lanes=1, max_in_features=64)
-
 #: The derivations, in schedule terms (cycle 0 accepts the job; block j loads cols cycles):
 HAND_CASES = [
     # Load column 0 in cycle 1, bank readable in 2, first chunk in 3, issue 3, sums in 3 + 3.
-    HandCase("1x1x1-one-nonzero", _K8T4, (1,), 1, 1, Mode.SPARSE, 6, 1, 1, 1),
+    HandCase("1x1x1-one-nonzero", K8T4, (1,), 1, 1, Mode.SPARSE, 6, 1, 1, 1),
     # An empty row needs no weights: first chunk in cycle 2, sums 3 cycles later.
-    HandCase("1x1x1-empty", _K8T4, (0,), 1, 1, Mode.SPARSE, 5, 1, 1, 0),
-    HandCase("1x1x1-dense", _K8T4, (1,), 1, 1, Mode.DENSE, 6, 1, 1, 1),
+    HandCase("1x1x1-empty", K8T4, (0,), 1, 1, Mode.SPARSE, 5, 1, 1, 0),
+    HandCase("1x1x1-dense", K8T4, (1,), 1, 1, Mode.DENSE, 6, 1, 1, 1),
     # Rows of 10 and 3: 2 + 1 = 3 issues a block; 3 blocks of 16-column loads dominate.
     # Issue starts 17, 33, 49 (each right after its load); 49 + 3 - 1 + 3 = 54.
-    HandCase("load-bound-3-blocks", _K8T4, (10, 3), 16, 9, Mode.SPARSE, 54, 9, 42, 0),
+    HandCase("load-bound-3-blocks", K8T4, (10, 3), 16, 9, Mode.SPARSE, 54, 9, 42, 0),
     # K=2, 3 rows of 4: 6 issues a block against 4-cycle loads. Issue starts 5, 11, 17 (block 2
     # loads only after block 0 has issued, cycles 11-14); 17 + 6 - 1 + 3 = 25.
-    HandCase("compute-bound-3-blocks", _K2T1, (4, 4, 4), 4, 3, Mode.SPARSE, 25, 18, 4, 0),
+    HandCase("compute-bound-3-blocks", K2T1, (4, 4, 4), 4, 3, Mode.SPARSE, 25, 18, 4, 0),
     # Dense 2 x 5 at K=2: 3 issues a row, 6 a block; load 1-5, issue 6-11, sums 11 + 3 = 14.
-    HandCase("dense-2x5", _K2T1, (5, 5), 5, 1, Mode.DENSE, 14, 6, 5, 0),
+    HandCase("dense-2x5", K2T1, (5, 5), 5, 1, Mode.DENSE, 14, 6, 5, 0),
 ]
 
 

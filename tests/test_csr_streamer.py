@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import Bench, decode, layout_beats, random_weights, weights_with_row_lengths
+from conftest import (K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, random_weights,
+                      short, weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.csr_streamer import CSRWeightStreamer
 from sparsemac.hw.formats import CoreFormats, Mode
@@ -25,7 +26,7 @@ class Case:
 
     @property
     def id(self):
-        return f"{self.name}-{self.config.describe()}-{self.mode.name}-seed{self.seed}"
+        return f"{self.name}-{short(self.config)}-{self.mode.name}-seed{self.seed}"
 
 
 def _words(elements, lanes, pad):
@@ -100,26 +101,22 @@ def rtl_chunks(case, expected):
     return got, results["busy"]
 
 
-K4 = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
-K3 = ArrayConfig(lanes=3, token_lanes=1, max_in_features=64)
-K1 = ArrayConfig(lanes=1, token_lanes=1, max_in_features=64)
-K8 = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64)
 
 CASES = [
     # Rows of 0..9 nonzeros at K=4: whole words, a row across words, several chunks per row.
-    Case("lengths-0-to-9", K4, weights_with_row_lengths([0, 1, 4, 5, 9, 3, 8, 2], 30, 1), 3),
-    Case("first-last-empty", K4, weights_with_row_lengths([0, 6, 0, 0, 7, 0], 20, 2), 2),
-    Case("all-empty", K4, weights_with_row_lengths([0, 0, 0], 10, 3), 3),
-    Case("one-nonzero", K8, weights_with_row_lengths([0, 0, 1, 0, 0], 40, 4), 2),
-    Case("full-rows", K3, weights_with_row_lengths([13, 13, 13], 13, 5), 2),
-    Case("k1", K1, weights_with_row_lengths([3, 0, 1, 2], 8, 6), 3),
-    Case("1x1", K8, weights_with_row_lengths([1], 1, 7), 1),
-    Case("dense", K4, random_weights(5, 10, 0.5, 8), 3, Mode.DENSE),
-    Case("dense-k3", K3, random_weights(4, 7, 0.3, 9), 2, Mode.DENSE),
-    Case("dense-cols-past-max", K8, random_weights(3, 61, 0.5, 10), 2, Mode.DENSE),
+    Case("lengths-0-to-9", K4T2, weights_with_row_lengths([0, 1, 4, 5, 9, 3, 8, 2], 30, 1), 3),
+    Case("first-last-empty", K4T2, weights_with_row_lengths([0, 6, 0, 0, 7, 0], 20, 2), 2),
+    Case("all-empty", K4T2, weights_with_row_lengths([0, 0, 0], 10, 3), 3),
+    Case("one-nonzero", K8T4, weights_with_row_lengths([0, 0, 1, 0, 0], 40, 4), 2),
+    Case("full-rows", K3T1, weights_with_row_lengths([13, 13, 13], 13, 5), 2),
+    Case("k1", K1T1, weights_with_row_lengths([3, 0, 1, 2], 8, 6), 3),
+    Case("1x1", K8T4, weights_with_row_lengths([1], 1, 7), 1),
+    Case("dense", K4T2, random_weights(5, 10, 0.5, 8), 3, Mode.DENSE),
+    Case("dense-k3", K3T1, random_weights(4, 7, 0.3, 9), 2, Mode.DENSE),
+    Case("dense-cols-past-max", K8T4, random_weights(3, 61, 0.5, 10), 2, Mode.DENSE),
 ] + [
     Case(f"random-{sparsity}", config, random_weights(8, 40, sparsity, seed), 3, seed=seed)
-    for config in (K4, K3, K8)
+    for config in (K4T2, K3T1, K8T4)
     for sparsity, seed in ((0.5, 100 + config.lanes), (0.9, 200 + config.lanes),
                            (0.0, 300 + config.lanes))
 ]

@@ -1,0 +1,82 @@
+"""ArrayConfig: validation that names the bad value, derived sizes, stable names and keys."""
+
+import dataclasses
+
+import pytest
+
+from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"lanes": 0}, ValueError, r"lanes must be from 1 to 32, not 0"),
+    ({"lanes": 33}, ValueError, r"lanes must be from 1 to 32, not 33"),
+    ({"token_lanes": 0}, ValueError, r"token_lanes must be from 1 to 64, not 0"),
+    ({"token_lanes": 65}, ValueError, r"token_lanes must be from 1 to 64, not 65"),
+    ({"max_in_features": 100}, ValueError, r"max_in_features must be a power of two.*not 100"),
+    ({"max_in_features": 4}, ValueError, r"from 8 to 32768, not 4"),
+    ({"max_in_features": 65536}, ValueError, r"not 65536"),
+    ({"lanes": 16, "max_in_features": 8}, ValueError, r"power of two from 16 .*not 8"),
+    ({"max_in_features": 0}, ValueError, r"max_in_features.*not 0"),
+    ({"max_out_features": 0}, ValueError, r"max_out_features must be from 1 to 65535, not 0"),
+    ({"max_out_features": 65536}, ValueError, r"max_out_features.*not 65536"),
+    ({"max_token_blocks": 0}, ValueError, r"max_token_blocks must be from 1 to 65535, not 0"),
+    ({"max_token_blocks": 70000}, ValueError, r"max_token_blocks.*not 70000"),
+    ({"lanes": 8.0}, TypeError, r"lanes must be an integer, not 8\.0"),
+    ({"token_lanes": True}, TypeError, r"token_lanes must be an integer, not True"),
+    ({"max_in_features": "4096"}, TypeError, r"max_in_features must be an integer, not '4096'"),
+    ({"max_out_features": None}, TypeError, r"max_out_features must be an integer, not None"),
+], ids=lambda value: str(value) if isinstance(value, dict) else None)
+def test_validation_names_the_bad_value(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ArrayConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"lanes": 1, "token_lanes": 1, "max_in_features": 8},
+    {"lanes": 32, "token_lanes": 64, "max_in_features": 32},
+    {"max_in_features": 32768, "max_out_features": 1, "max_token_blocks": 1},
+    {"max_out_features": 65535, "max_token_blocks": 65535},
+    {"lanes": 3, "max_in_features": 8},
+], ids=str)
+def test_range_limits_are_accepted(kwargs):
+    config = ArrayConfig(**kwargs)
+    assert {name: getattr(config, name) for name in kwargs} == kwargs
+
+
+def test_default_config_and_derived_sizes():
+    assert DEFAULT_CONFIG == ArrayConfig(lanes=8, token_lanes=4, max_in_features=4096,
+                                         max_out_features=65535, max_token_blocks=65535)
+    assert DEFAULT_CONFIG.multipliers == 32
+    assert DEFAULT_CONFIG.column_address_width == 12
+    assert DEFAULT_CONFIG.max_tokens == 4 * 65535
+    # 8 replicas x 2 banks x 4096 columns x 4 tokens x 8 bits.
+    assert DEFAULT_CONFIG.activation_buffer_bits == 2_097_152
+    small = ArrayConfig(lanes=3, token_lanes=5, max_in_features=8, max_token_blocks=7)
+    assert (small.multipliers, small.column_address_width, small.max_tokens,
+            small.activation_buffer_bits) == (15, 3, 35, 3 * 2 * 8 * 5 * 8)
+
+
+def test_describe_and_key_are_stable():
+    assert DEFAULT_CONFIG.describe() == "K=8 T=4 in<=4096"
+    assert DEFAULT_CONFIG.key() == "k8_t4_i4096_o65535_b65535"
+    config = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, max_out_features=10,
+                         max_token_blocks=20)
+    assert config.describe() == "K=3 T=2 in<=64"
+    assert config.key() == "k3_t2_i64_o10_b20"
+    assert ArrayConfig(**config.as_dict()).key() == config.key()
+
+
+def test_key_tells_every_field_apart():
+    changed = [dataclasses.replace(DEFAULT_CONFIG, **{name: value}) for name, value in
+               (("lanes", 4), ("token_lanes", 8), ("max_in_features", 2048),
+                ("max_out_features", 100), ("max_token_blocks", 100))]
+    keys = {config.key() for config in changed + [DEFAULT_CONFIG]}
+    assert len(keys) == len(changed) + 1, keys
+
+
+def test_as_dict_round_trips_and_config_is_frozen():
+    assert DEFAULT_CONFIG.as_dict() == {"lanes": 8, "token_lanes": 4, "max_in_features": 4096,
+                                        "max_out_features": 65535, "max_token_blocks": 65535}
+    assert ArrayConfig(**DEFAULT_CONFIG.as_dict()) == DEFAULT_CONFIG
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_CONFIG.lanes = 4

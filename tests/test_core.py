@@ -1,0 +1,148 @@
+"""SparseMACCore end to end: bit-exact against the golden model, cycle-exact against the model."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
+                      random_activations, random_weights, reference, short,
+                      weights_with_row_lengths)
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.core import SparseMACCore
+from sparsemac.hw.formats import Mode
+from sparsemac.sim.amaranth_sim import StallPattern, run_core_job
+from sparsemac.sw.csr import CSRMatrix
+from sparsemac.sw.cycle_model import job_cycles
+from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
+
+pytestmark = pytest.mark.usefixtures("sim_deadline")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    config: ArrayConfig
+    weights: CSRMatrix
+    tokens: int
+    mode: Mode = Mode.SPARSE
+    seed: int = 0
+    #: Every activation this value instead of random ones.
+    activation: int | None = None
+
+    @property
+    def id(self):
+        return (f"{self.name}-{self.mode.name.lower()}-{short(self.config)}"
+                f"-{self.weights.rows}x{self.weights.cols}-tok{self.tokens}-seed{self.seed}")
+
+    @property
+    def activations(self):
+        if self.activation is not None:
+            return torch.full((self.tokens, self.weights.cols), self.activation, dtype=torch.int8)
+        return random_activations(self.tokens, self.weights.cols, self.seed)
+
+    def model_cycles(self):
+        return job_cycles(self.weights.row_lengths(), self.weights.cols, self.tokens,
+                          self.config, self.mode)
+
+
+def check_sums(label, got, expected):
+    """Equal int32 [tokens, rows]; otherwise name the first differing (token, row)."""
+    assert got.shape == expected.shape, f"{label}: shape {got.shape} != {expected.shape}"
+    bad = (got != expected).nonzero()
+    assert not len(bad), (f"{label}: {len(bad)} sums differ, first at (token, row) = "
+                          f"{tuple(bad[0].tolist())}: got {int(got[tuple(bad[0])])}, "
+                          f"expected {int(expected[tuple(bad[0])])}")
+
+
+def run_case(case, stalls):
+    """The core's sums as int32 [tokens, rows] and its cycle count."""
+    packed = pack_job(case.config, case.weights, case.activations, case.mode)
+    run = run_core_job(case.config, packed, stalls)
+    return unpack_sums(case.config, run.sums, case.weights.rows, case.tokens), run.cycles
+
+
+
+CASES = [
+    Case(f"sparsity-{sparsity}", K8T4, random_weights(8, 37, sparsity, seed), 9, seed=seed)
+    for sparsity, seed in ((0.0, 1), (0.5, 2), (0.9, 3), (0.99, 4), (1.0, 5))
+] + [
+    Case("empty-first-last-rows", K8T4,
+         weights_with_row_lengths([0, 5, 0, 12, 37, 0, 3, 0], 37, 6), 6, seed=6),
+    Case("dense-row-among-sparse", K8T4,
+         weights_with_row_lengths([2, 1, 4, 37, 0, 3, 1, 2], 37, 7), 9, seed=7),
+    Case("one-nonzero", K8T4, weights_with_row_lengths([0, 0, 0, 0, 0, 0, 0, 1], 37, 8), 5, seed=8),
+    Case("cols-not-multiple-of-k", K8T4, random_weights(6, 13, 0.5, 9), 4, seed=9),
+    Case("cols-below-k", K8T4, random_weights(5, 5, 0.4, 22), 6, seed=22),
+    Case("max-cols", K8T4, random_weights(3, 64, 0.8, 10), 9, seed=10),
+    Case("t1", K8T1, random_weights(6, 20, 0.5, 11), 3, seed=11),
+    Case("k1-compute-bound", K1T4, random_weights(5, 12, 0.5, 12), 13, seed=12),
+    Case("k3", K3T2, random_weights(7, 23, 0.5, 13), 7, seed=13),
+    Case("k1t1", K1T1, random_weights(4, 8, 0.3, 14), 3, seed=14),
+    Case("5-blocks-load-bound", K8T4, weights_with_row_lengths([1, 0], 40, 15), 20, seed=15),
+    Case("extremes", K8T4, CSRMatrix.from_dense(np.full((4, 37), -128, np.int8)), 5,
+         activation=-128),
+    Case("dense-mode", K8T4, random_weights(8, 37, 0.5, 16), 9, Mode.DENSE, seed=16),
+    Case("dense-mode-cols-below-k", K8T4, random_weights(5, 3, 0.5, 23), 6, Mode.DENSE, seed=23),
+    Case("dense-mode-all-zero", K8T4, random_weights(4, 9, 1.0, 17), 4, Mode.DENSE, seed=17),
+    Case("dense-mode-k3", K3T2, random_weights(5, 11, 0.3, 18), 5, Mode.DENSE, seed=18),
+    Case("dense-mode-k1t1", K1T1, random_weights(3, 5, 0.5, 19), 2, Mode.DENSE, seed=19),
+    Case("dense-mode-t1", K8T1, random_weights(4, 20, 0.9, 20), 3, Mode.DENSE, seed=20),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_ideal_streams_bit_and_cycle_exact(case):
+    print(f"replay: {case.id}")
+    got, cycles = run_case(case, StallPattern())
+    check_sums(case.id, got, reference(case.weights, case.activations))
+    model = case.model_cycles()
+    assert cycles == model.total, f"{case.id}: core counted {cycles} cycles, model {model}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_stalled_streams_bit_exact(case):
+    stalls = StallPattern(idle=STALLS, backpressure=STALLS, seed=case.seed)
+    print(f"replay: {case.id} {stalls}")
+    got, cycles = run_case(case, stalls)
+    check_sums(f"{case.id} {stalls}", got, reference(case.weights, case.activations))
+    model = case.model_cycles()
+    assert cycles >= model.total, f"{case.id}: {cycles} cycles with stalls < ideal {model}"
+
+
+@pytest.mark.parametrize("hand", HAND_CASES, ids=lambda hand: hand.name)
+def test_hand_checked_cycle_counts(hand):
+    """The cycle counts worked out by hand in conftest.HAND_CASES, on the RTL itself."""
+    case = Case(hand.name, hand.config, weights_with_row_lengths(hand.row_lengths, hand.cols, 0),
+                hand.tokens, hand.mode)
+    got, cycles = run_case(case, StallPattern())
+    check_sums(case.id, got, reference(case.weights, case.activations))
+    assert cycles == hand.cycles, f"{case.id}: core counted {cycles}, by hand {hand.cycles}"
+
+
+@pytest.mark.parametrize("stalls", [0.0, STALLS], ids=["ideal", "stalled"])
+def test_jobs_back_to_back(stalls):
+    """Three jobs on one core (odd block count, then a mode switch): each is exact, so no state
+    leaks from one job into the next."""
+    by_name = {case.name: case for case in CASES}
+    jobs = [by_name[name] for name in ("sparsity-0.5", "dense-mode", "empty-first-last-rows")]
+    core = SparseMACCore(K8T4)
+    bench = Bench(core, seed=21)
+    packed = [pack_job(K8T4, job.weights, job.activations, job.mode) for job in jobs]
+    bench.put(core.job, [p.job for p in packed], idle=stalls)
+    for name in ("activations", "row_pointers", "columns", "values"):
+        beats = [beat for p in packed for beat in beats_to_ints(getattr(p, name))]
+        bench.put(getattr(core, name), beats, idle=stalls)
+    bench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)
+    bench.get("done", core.done, len(jobs), stalls)
+    results = bench.run(5000)
+    sums = np.array([list(beat.to_bytes(4 * K8T4.token_lanes, "little"))
+                     for beat in results["sums"]], dtype=np.uint8)
+    for job, p, cycles in zip(jobs, packed, results["done"]):
+        beats, sums = sums[:p.token_blocks * p.rows], sums[p.token_blocks * p.rows:]
+        check_sums(f"seed 21 stalls {stalls} {job.id}",
+                   unpack_sums(K8T4, beats, p.rows, p.tokens),
+                   reference(job.weights, job.activations))
+        if not stalls:
+            assert cycles == job.model_cycles().total, f"{job.id}: {cycles} cycles"

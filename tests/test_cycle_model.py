@@ -1,0 +1,127 @@
+"""The cycle model: hand-checked schedules, its breakdown, and the 90 % BERT-base FFN speed-up.
+
+``pytest -s tests/test_cycle_model.py -k bert`` prints the figures quoted in
+docs/architecture.md.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import HAND_CASES, K8T4
+from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
+from sparsemac.hw.formats import Mode
+from sparsemac.sw.cycle_model import issue_cycles_per_block, job_cycles, token_blocks
+from sparsemac.sw.pruning import prune_mask
+
+
+
+def breakdown_sum(breakdown):
+    return breakdown.issue + breakdown.load_stall + breakdown.fill + breakdown.drain
+
+
+@pytest.mark.parametrize("hand", HAND_CASES, ids=lambda hand: hand.name)
+def test_hand_checked_cases(hand):
+    got = job_cycles(hand.row_lengths, hand.cols, hand.tokens, hand.config, hand.mode)
+    assert (got.total, got.issue, got.load_stall, got.fill, got.drain) == (
+        hand.cycles, hand.issue, hand.load_stall, hand.fill, 3), f"{hand.name}: {got}"
+
+
+def test_issue_cycles_per_block():
+    config = ArrayConfig(lanes=4, token_lanes=1, max_in_features=64)
+    # max(1, ceil(n / 4)) for 0, 1, 4, 5, 8, 9 nonzeros: 1 + 1 + 1 + 2 + 2 + 3.
+    assert issue_cycles_per_block([0, 1, 4, 5, 8, 9], 9, config) == 10
+    # Dense mode ignores the lengths: 6 rows of ceil(9 / 4) = 3.
+    assert issue_cycles_per_block([0, 1, 4, 5, 8, 9], 9, config, Mode.DENSE) == 18
+    assert [token_blocks(tokens, K8T4) for tokens in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
+
+
+def random_jobs(count, seed):
+    """Seeded (row lengths, cols, tokens) within the small config."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        cols = int(rng.integers(1, K8T4.max_in_features + 1))
+        rows = int(rng.integers(1, 20))
+        yield rng.integers(0, cols + 1, rows), cols, int(rng.integers(1, 40))
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())
+def test_breakdown_adds_up(mode):
+    for lengths, cols, tokens in random_jobs(200, seed=1):
+        got = job_cycles(lengths, cols, tokens, K8T4, mode)
+        assert got.total == breakdown_sum(got), (lengths, cols, tokens, got)
+        assert got.issue == token_blocks(tokens, K8T4) * issue_cycles_per_block(
+            lengths, cols, K8T4, mode)
+        assert min(got.load_stall, got.fill) >= 0 and got.load_stall >= cols and got.drain == 3
+
+
+def test_dense_never_faster_than_sparse():
+    for lengths, cols, tokens in random_jobs(200, seed=2):
+        sparse = job_cycles(lengths, cols, tokens, K8T4, Mode.SPARSE).total
+        dense = job_cycles(lengths, cols, tokens, K8T4, Mode.DENSE).total
+        assert dense >= sparse, (lengths, cols, tokens, dense, sparse)
+
+
+def test_monotonic_in_nonzeros():
+    """Adding a nonzero to any row never makes a job faster; filling a matrix up one nonzero at
+    a time ends at the dense mode's count."""
+    rng = np.random.default_rng(3)
+    for lengths, cols, tokens in random_jobs(20, seed=3):
+        lengths = np.zeros_like(lengths)
+        previous = job_cycles(lengths, cols, tokens, K8T4).total
+        while (lengths < cols).any():
+            lengths[rng.choice(np.flatnonzero(lengths < cols))] += 1
+            total = job_cycles(lengths, cols, tokens, K8T4).total
+            assert total >= previous, (lengths, cols, tokens, total, previous)
+            previous = total
+        assert previous == job_cycles(lengths, cols, tokens, K8T4, Mode.DENSE).total
+
+
+def test_first_empty_row_saves_a_cycle_only_when_load_is_short():
+    # 1 column: the bank is readable in cycle 2, so the empty row issues then, not in cycle 3.
+    assert job_cycles([0, 1], 1, 1, K8T4).total == job_cycles([1, 1], 1, 1, K8T4).total - 1
+    # 8 columns: the load ends in cycle 8, long after the streamer is ready either way.
+    assert job_cycles([0, 1], 8, 1, K8T4).total == job_cycles([1, 1], 8, 1, K8T4).total
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"row_lengths": []}, "rows"),
+    ({"cols": 0}, "columns"),
+    ({"cols": 65}, "65"),
+    ({"tokens": 0}, "tokens"),
+    ({"row_lengths": [3, 11]}, "row lengths"),
+    ({"row_lengths": [-1]}, "row lengths"),
+])
+def test_rejects_jobs_outside_the_config(kwargs, match):
+    job = {"row_lengths": [1], "cols": 10, "tokens": 1, "config": K8T4} | kwargs
+    with pytest.raises(ValueError, match=match):
+        job_cycles(**job)
+
+
+def test_rejects_a_config_of_another_type():
+    with pytest.raises(TypeError, match="ArrayConfig"):
+        job_cycles([1], 1, 1, "K=8")
+
+
+def pruned_row_lengths(rows, cols, sparsity, seed):
+    """Row lengths of a normal ``rows x cols`` weight magnitude-pruned to ``sparsity``."""
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    return prune_mask(weight, sparsity).sum(dim=1).numpy()
+
+
+BERT_FFN = [("intermediate 768->3072", 3072, 768), ("output 3072->768", 768, 3072)]
+
+
+@pytest.mark.parametrize("name, rows, cols", BERT_FFN, ids=["intermediate", "output"])
+def test_bert_base_ffn_90_percent_speedup(name, rows, cols):
+    """The headline: 90 % magnitude-pruned BERT-base FFN linears, 128 tokens, default config,
+    at least 8x fewer cycles than the dense mode."""
+    lengths = pruned_row_lengths(rows, cols, 0.9, seed=0)
+    assert lengths.sum() == round(0.1 * rows * cols)
+    sparse = job_cycles(lengths, cols, 128, DEFAULT_CONFIG, Mode.SPARSE)
+    dense = job_cycles(lengths, cols, 128, DEFAULT_CONFIG, Mode.DENSE)
+    speedup = dense.total / sparse.total
+    print(f"\n{name} ({rows}x{cols}, 90 % pruned, {lengths.mean():.1f} nonzeros/row, 128 tokens,"
+          f" {DEFAULT_CONFIG.describe()}): dense {dense.total} cycles, sparse {sparse.total} "
+          f"cycles ({sparse}), speed-up {speedup:.2f}x")
+    assert speedup >= 8, f"{name}: dense {dense.total} / sparse {sparse.total} = {speedup:.2f}"

@@ -1,0 +1,117 @@
+"""MACArray: K x T products, adder trees and T wrapping int32 accumulators."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from conftest import (K1T1, K3T2, K4T2, K8T4, K32T1, Bench, decode, layout_beats, short,
+                      wrap_int32)
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.formats import CoreFormats
+from sparsemac.hw.mac_array import MACArray
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    config: ArrayConfig
+    beats: tuple  # of (weights [K], activations [K][T], row_last)
+    seed: int = 0
+
+    @property
+    def id(self):
+        return f"{self.name}-{short(self.config)}-seed{self.seed}"
+
+
+def random_beats(config, rows, max_beats, seed):
+    """``rows`` rows of 1 to ``max_beats`` beats of random operands."""
+    rng = np.random.default_rng(seed)
+    lanes, tokens = config.lanes, config.token_lanes
+    beats = []
+    for _ in range(rows):
+        count = int(rng.integers(1, max_beats + 1))
+        for index in range(count):
+            beats.append((rng.integers(-128, 128, lanes).tolist(),
+                          rng.integers(-128, 128, (lanes, tokens)).tolist(), index == count - 1))
+    return tuple(beats)
+
+
+def constant_row(config, count, weight, activation):
+    """One row of ``count`` identical beats: every product is ``weight * activation``."""
+    lanes, tokens = config.lanes, config.token_lanes
+    beat = ([weight] * lanes, [[activation] * tokens] * lanes)
+    return tuple((*beat, index == count - 1) for index in range(count))
+
+
+def ref_sums(case):
+    """Per row, per token: the wrapped int32 sum of its beats' products."""
+    sums, row = [], [0] * case.config.token_lanes
+    for weights, activations, row_last in case.beats:
+        for token in range(len(row)):
+            row[token] += sum(w * a[token] for w, a in zip(weights, activations))
+        if row_last:
+            sums.append([wrap_int32(total) for total in row])
+            row = [0] * len(row)
+    return sums
+
+
+def rtl_sums(case, idle=0.3, backpressure=0.3):
+    formats = CoreFormats(case.config)
+    dut = MACArray(case.config)
+    bench = Bench(dut, case.seed)
+    payloads = [{"weights": w, "activations": a, "row_last": int(last)}
+                for w, a, last in case.beats]
+    bench.put(dut.operands, layout_beats(formats.operands, payloads), idle=idle)
+    rows = sum(1 for beat in case.beats if beat[2])
+    bench.get("sums", dut.sums, rows, backpressure=backpressure)
+    bench.record("sums_valid", 4 * len(case.beats) + 40, dut.sums.valid)
+    results = bench.run(4 * len(case.beats) + 40)
+    sums = [list(beat) for beat in decode(formats.sums, results["sums"])]
+    return sums, [valid for (valid,) in results["sums_valid"]]
+
+
+
+CASES = [
+    Case("random", config, random_beats(config, 12, 5, seed), seed)
+    for config, seed in ((K4T2, 11), (K3T2, 12), (K1T1, 13), (K8T4, 14))
+] + [
+    Case("one-beat-rows", K4T2, random_beats(K4T2, 20, 1, 15), 15),
+    Case("extremes", K8T4, constant_row(K8T4, 3, -128, -128) + constant_row(K8T4, 2, -128, 127)
+         + constant_row(K8T4, 1, 127, -128), 16),
+    # 127 * 127 * 32 per beat: past 2**31 - 1 after 4162 beats, so the sum wraps negative;
+    # the next row must start again from zero.
+    Case("overflow-positive", K32T1, constant_row(K32T1, 4200, 127, 127)
+         + constant_row(K32T1, 2, 1, 1), 17),
+    # -128 * 127 * 32 per beat: below -2**31 after 4097 beats, so the sum wraps positive.
+    Case("overflow-negative", K32T1, constant_row(K32T1, 4200, -128, 127), 18),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_sums_match_wrapped_reference(case):
+    print(f"replay: {case.id}")
+    expected = ref_sums(case)
+    got, _ = rtl_sums(case)
+    for row, (want, have) in enumerate(zip(expected, got)):
+        assert have == want, f"{case.id}: row {row} sums {have}, expected {want}"
+    assert len(got) == len(expected), case.id
+
+
+def test_overflow_cases_do_wrap():
+    """The overflow cases really leave the int32 range (so they test the wrap)."""
+    for case in CASES[-2:]:
+        exact = sum(sum(w * a[0] for w, a in zip(weights, acts)) for weights, acts, _ in
+                    case.beats[:4200])
+        assert not -(1 << 31) <= exact < (1 << 31), case.id
+        assert ref_sums(case)[0][0] != exact, case.id
+
+
+def test_latency_and_no_bubble_between_rows():
+    """With ideal streams, single-beat rows accepted in cycles 0 to 15 leave as sums in cycles
+    2 to 17 (two register stages), one row per cycle with no gap."""
+    case = Case("throughput", K4T2, random_beats(K4T2, 16, 1, 19), 19)
+    sums, valid = rtl_sums(case, idle=0, backpressure=0)
+    assert sums == ref_sums(case)
+    # Sample i is sums.valid in cycle i, the cycle before clock edge i + 1.
+    assert valid[:2] == [0, 0] and valid[2:18] == [1] * 16, valid

@@ -1,0 +1,79 @@
+"""``sparsemac simulate``: the default MiniLM job on Verilator, the reference fast path, and the
+errors a user gets for bad input."""
+
+import argparse
+import json
+
+import pytest
+
+from sparsemac.sw.commands import simulate
+
+REQUIRED_KEYS = {
+    "sparsity", "tokens", "sparse_cycles", "dense_cycles", "speedup", "ideal_speedup",
+    "bit_exact", "max_abs_error", "sim_cycles_per_s", "wall_s", "backend", "config", "model",
+    "layer", "seed", "efficiency", "weight_bytes_sparse", "weight_bytes_dense",
+    "cycle_model_match",
+}
+
+
+def run_simulate(capsys, *argv):
+    """Runs ``sparsemac simulate ARGV`` in-process: (exit status, stdout, stderr)."""
+    parser = argparse.ArgumentParser(prog="sparsemac simulate")
+    simulate.add_arguments(parser)
+    status = simulate.run(parser.parse_args(list(argv)))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def check_report(report, backend):
+    assert REQUIRED_KEYS <= report.keys()
+    assert report["backend"] == backend
+    assert report["model"] == "minilm"
+    assert report["layer"] == simulate.DEFAULT_LAYER
+    assert report["bit_exact"] is True
+    assert report["cycle_model_match"] is True
+    assert report["sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert 5 < report["speedup"] <= report["ideal_speedup"]
+    assert report["efficiency"] == pytest.approx(report["speedup"] / report["ideal_speedup"])
+    assert report["weight_bytes_sparse"] < report["weight_bytes_dense"]
+    assert report["config"]["lanes"] == 8 and report["config"]["token_lanes"] == 4
+
+
+def test_default_job_on_verilator(capsys):
+    status, out, err = run_simulate(capsys, "--json")
+    assert status == 0, err
+    report = json.loads(out)  # exactly one JSON object: progress went to stderr
+    check_report(report, "verilator")
+    assert report["sim_cycles_per_s"] > 0
+    assert "[sparsemac]" in err
+
+
+def test_reference_backend_and_table(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference")
+    assert status == 0, err
+    check_report(json.loads(out), "reference")
+
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--method", "2:4")
+    assert status == 0, err
+    assert "speedup" in out and "achieved 50.00%" in out
+
+
+def test_unknown_layer_lists_valid_names(capsys):
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--layer",
+                                  "encoder.layer.0.nonsense")
+    assert status == 2
+    assert "encoder.layer.0.nonsense" in err and "encoder.layer.0.intermediate.dense" in err
+
+
+def test_layer_too_wide_for_array(capsys):
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--max-in-features", "256")
+    assert status == 2
+    assert "384 input features" in err and "--max-in-features 512" in err
+
+
+@pytest.mark.parametrize("sparsity", ["1.5", "-0.1", "lots"])
+def test_sparsity_out_of_range(capsys, sparsity):
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--backend", "reference", "--sparsity", sparsity)
+    assert exit_info.value.code == 2
+    assert "sparsity must be" in capsys.readouterr().err

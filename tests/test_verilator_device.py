@@ -1,0 +1,114 @@
+"""The ``verilator`` back end against the reference and Amaranth back ends, and its build cache.
+
+Every test shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token blocks a
+job, so bigger layers are split into several jobs): one Verilator build for the whole file, plus
+its FST-tracing variant for the waveform test.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_activations, random_weights, weights_with_row_lengths
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.formats import Mode
+from sparsemac.sim import verilator_device
+from sparsemac.sim.verilator_device import VerilatorDevice, build_library
+from sparsemac.sw.csr import CSRMatrix
+from sparsemac.sw.driver import AmaranthDevice, DeviceError, ReferenceDevice
+
+SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features=16,
+                    max_token_blocks=3)
+
+
+@pytest.fixture(scope="module")
+def verilator():
+    with VerilatorDevice(SMALL) as device:
+        yield device
+
+
+def _one_nonzero(rows, cols):
+    dense = np.zeros((rows, cols), dtype=np.int8)
+    dense[rows // 2, cols - 1] = -128
+    return CSRMatrix.from_dense(dense)
+
+
+# name: (weights, tokens, activation seed)
+CASES = {
+    "sparse-90": (random_weights(12, 40, 0.9, seed=1), 5, 11),
+    "sparse-50": (random_weights(9, 64, 0.5, seed=2), 6, 12),
+    "full-rows": (random_weights(5, 17, 0.0, seed=3), 4, 13),
+    "tiled-rows-and-tokens": (random_weights(40, 33, 0.8, seed=4), 13, 14),
+    "empty-rows": (weights_with_row_lengths((0, 3, 0, 0, 9, 0), 20, seed=5), 3, 15),
+    "all-zero": (CSRMatrix.from_dense(np.zeros((7, 10), dtype=np.int8)), 2, 16),
+    "one-nonzero": (_one_nonzero(6, 64), 1, 17),
+    "tokens-not-multiple-of-T": (random_weights(3, 8, 0.3, seed=6), 7, 18),
+    "one-by-one": (random_weights(1, 1, 0.0, seed=7), 1, 19),
+}
+
+
+@pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
+@pytest.mark.parametrize("name", CASES)
+def test_verilator_matches_reference(verilator, name, mode):
+    weights, tokens, seed = CASES[name]
+    activations = random_activations(tokens, weights.cols, seed)
+    expected = ReferenceDevice(SMALL).matmul(weights, activations, mode)
+    result = verilator.matmul(weights, activations, mode)
+    assert torch.equal(result.sums, expected.sums)
+    assert result.job_cycles == expected.job_cycles
+    if name == "tiled-rows-and-tokens":
+        assert result.jobs == 3 * 3  # 40 rows in tiles of 16, 13 tokens in jobs of 6
+
+
+def test_amaranth_matches_verilator(verilator):
+    weights = weights_with_row_lengths((5, 0, 9, 2), 12, seed=8)
+    activations = random_activations(3, 12, seed=20)
+    for mode in (Mode.SPARSE, Mode.DENSE):
+        expected = AmaranthDevice(SMALL).run_job(weights, activations, mode)
+        result = verilator.run_job(weights, activations, mode)
+        assert torch.equal(result.sums, expected.sums)
+        assert result.cycles == expected.cycles
+
+
+def test_watchdog_fails_instead_of_hanging_and_device_recovers(verilator):
+    weights, tokens, seed = CASES["sparse-90"]
+    activations = random_activations(tokens, weights.cols, seed)
+    # The pipeline drain has cycles in which no stream moves: a 1-cycle watchdog trips there.
+    verilator.max_idle_cycles = 1
+    try:
+        with pytest.raises(DeviceError, match="stalled"):
+            verilator.run_job(weights, activations)
+    finally:
+        verilator.max_idle_cycles = verilator_device.DEFAULT_MAX_IDLE_CYCLES
+    expected = ReferenceDevice(SMALL).run_job(weights, activations)
+    result = verilator.run_job(weights, activations)
+    assert torch.equal(result.sums, expected.sums) and result.cycles == expected.cycles
+
+
+def test_fst_waveform_written(tmp_path):
+    path = tmp_path / "job.fst"
+    weights, tokens, seed = CASES["empty-rows"]
+    with VerilatorDevice(SMALL, fst_path=path) as device:
+        result = device.run_job(weights, random_activations(tokens, weights.cols, seed))
+    assert result.cycles > 0
+    assert path.stat().st_size > 0
+
+
+def test_second_build_is_a_cache_hit(verilator):
+    first = build_library(SMALL)
+    mtime = first.path.stat().st_mtime_ns
+    second = build_library(SMALL)
+    assert second.cached and second.path == first.path == verilator.build.path
+    assert second.path.stat().st_mtime_ns == mtime
+
+
+def test_missing_compiler_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
+                        lambda tool, *args, **kwargs: None if tool == "g++"
+                        else real_which(tool, *args, **kwargs))
+    with pytest.raises(DeviceError, match=r"g\+\+.*apt-get install g\+\+"):
+        VerilatorDevice(SMALL)
