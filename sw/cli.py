@@ -29,12 +29,24 @@ def build_parser():
 
 
 def main(argv=None):
+    """Runs one subcommand; returns its exit status.
+
+    Exit status 2 means bad input (the message says what to fix), 1 a failed check or a device,
+    build or tool failure, 0 success.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.handler(args) or 0
+    try:
+        return args.handler(args) or 0
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"sparsemac {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # DeviceError, ToolMissingError, CoreTimeout
+        print(f"sparsemac {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Whole-model offload: a tiny seeded BERT end to end, the cycle bookkeeping, both commands."""
 
-import argparse
 import copy
 import csv
 import json
@@ -12,6 +11,7 @@ from transformers import BertConfig, BertModel
 
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
+from sparsemac.sw.cli import main
 from sparsemac.sw.commands import bert, compare
 from sparsemac.sw.driver import open_device
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
@@ -42,9 +42,7 @@ def hidden(model, inputs):
 
 
 def run_command(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
+    return main([module.__name__.rpartition(".")[2], *argv])
 
 
 # offload ----------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """``sparsemac simulate``: the default MiniLM job on Verilator, the reference fast path, and the
 errors a user gets for bad input."""
 
-import argparse
 import json
 
 import pytest
 
+from sparsemac.sw.cli import main
 from sparsemac.sw.commands import simulate
 
 REQUIRED_KEYS = {
@@ -18,9 +18,7 @@ REQUIRED_KEYS = {
 
 def run_simulate(capsys, *argv):
     """Runs ``sparsemac simulate ARGV`` in-process: (exit status, stdout, stderr)."""
-    parser = argparse.ArgumentParser(prog="sparsemac simulate")
-    simulate.add_arguments(parser)
-    status = simulate.run(parser.parse_args(list(argv)))
+    status = main(["simulate", *argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

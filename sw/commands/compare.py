@@ -2,7 +2,6 @@
 tabulate cycles saved against output fidelity, with plots."""
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -64,20 +63,13 @@ def add_arguments(parser):
 
 def run(args):
     started = time.perf_counter()
-    try:
-        methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-        sparsities = [float(value) for value in args.sparsities.split(",") if value.strip()]
-        configs = [_parse_config(text) for text in args.configs.split(",") if text.strip()]
-        if not methods or not configs:
-            raise ValueError("need at least one method and one config")
-        print(f"seed {args.seed}")
-        result = _sweep(args, methods, sparsities, configs, started)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"sparsemac compare: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # DeviceError, a failed build
-        print(f"sparsemac compare: device error: {error}", file=sys.stderr)
-        return 1
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    sparsities = [float(value) for value in args.sparsities.split(",") if value.strip()]
+    configs = [_parse_config(text) for text in args.configs.split(",") if text.strip()]
+    if not methods or not configs:
+        raise ValueError("need at least one method and one config")
+    print(f"seed {args.seed}")
+    result = _sweep(args, methods, sparsities, configs, started)
     verify = result["verify"]
     return 1 if verify and not (verify["bit_exact"] and verify["cycles_equal"]) else 0
 

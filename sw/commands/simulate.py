@@ -281,17 +281,8 @@ def simulate(args, started=None):
 
 
 def run(args):
-    from ..driver import DeviceError
-
     started = time.perf_counter()
-    try:
-        report = simulate(args, started)
-    except DeviceError as error:
-        print(f"sparsemac simulate: device error: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as error:
-        print(f"sparsemac simulate: error: {error}", file=sys.stderr)
-        return 2
+    report = simulate(args, started)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -1,0 +1,181 @@
+"""Reference models of what each DUT must emit for a :class:`~.cases.Case`.
+
+The numbers come from the project's pure reference functions: sums from
+:func:`sparsemac.sw.golden.golden_matmul`, cycle counts from
+:func:`sparsemac.sw.cycle_model.job_cycles`, input beats from
+:func:`sparsemac.sw.packing.pack_job`. Payload integers are built with the layouts of
+:class:`sparsemac.hw.formats.CoreFormats` (``layout.const(...)``), never with shifts.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ...hw.formats import CoreFormats, Mode
+from ...sw.cycle_model import job_cycles
+from ...sw.golden import golden_matmul
+from ...sw.packing import beats_to_ints, pack_job
+from .scoreboard import Expected
+
+__all__ = ["Chunk", "row_chunks", "CoreExpectation", "core_expectation", "chunk_expectation",
+           "mac_array_stimulus", "block_sums", "INPUT_STREAMS", "input_beats"]
+
+
+def _bits(layout, value):
+    return layout.const(value).as_value().value
+
+
+def _block_label(config, block):
+    first = block * config.token_lanes
+    return f"block {block} (tokens {first}-{first + config.token_lanes - 1})"
+
+
+def block_sums(config, case):
+    """The golden sums, zero-padded to whole blocks: int32 ``[blocks * T, rows]``.
+
+    Padding tokens have zero activations, so their sums are zero, as the hardware's are.
+    """
+    blocks = -(-case.tokens // config.token_lanes)
+    padded = torch.zeros(blocks * config.token_lanes, case.weights.cols, dtype=torch.int8)
+    padded[:case.tokens] = case.activations
+    return golden_matmul(case.weights, padded)
+
+
+@dataclass(frozen=True)
+class CoreExpectation:
+    """What the core must do for one case.
+
+    Attributes
+    ----------
+    packed : PackedJob
+        The input beats.
+    sums : list of Expected
+        One beat per row per token block, block-major.
+    cycles : int
+        The cycle model's count with ideal streams.
+    """
+    packed: object
+    sums: list
+    cycles: int
+
+
+def core_expectation(config, case):
+    """The inputs, expected ``sums`` beats and ideal cycle count of ``case`` on the core."""
+    formats = CoreFormats(config)
+    packed = pack_job(config, case.weights, case.activations, case.mode)
+    sums = block_sums(config, case)
+    token_lanes = config.token_lanes
+    expected = []
+    for block in range(packed.token_blocks):
+        lanes = sums[block * token_lanes:(block + 1) * token_lanes]
+        for row in range(case.weights.rows):
+            expected.append(Expected(_bits(formats.sums, lanes[:, row].tolist()),
+                                     f"{_block_label(config, block)}, row {row}"))
+    cycles = job_cycles(case.weights.row_lengths(), case.weights.cols, case.tokens, config,
+                        case.mode).total
+    return CoreExpectation(packed=packed, sums=expected, cycles=cycles)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Up to K (column, value) pairs of one row, as the streamer hands them to the array."""
+    row: int
+    columns: tuple
+    values: tuple
+    row_last: bool
+    block_last: bool
+
+
+def row_chunks(config, case):
+    """The chunks of one pass over the weights: ``max(1, ceil(n / K))`` per row of ``n``.
+
+    In dense mode every row has ``cols`` entries, zeros included, at columns ``0..cols-1``.
+    """
+    lanes = config.lanes
+    weights = case.weights
+    dense = weights.to_dense() if case.mode == Mode.DENSE else None
+    chunks = []
+    for row in range(weights.rows):
+        if dense is None:
+            start, stop = weights.indptr[row], weights.indptr[row + 1]
+            columns = weights.indices[start:stop].tolist()
+            values = weights.data[start:stop].tolist()
+        else:
+            columns = list(range(weights.cols))
+            values = dense[row].tolist()
+        for offset in range(0, max(len(columns), 1), lanes):
+            last = offset + lanes >= len(columns)
+            chunks.append(Chunk(row, tuple(columns[offset:offset + lanes]),
+                                tuple(values[offset:offset + lanes]), last,
+                                last and row == weights.rows - 1))
+    return chunks
+
+
+def chunk_expectation(config, case):
+    """The streamer's expected ``chunks`` beats for every pass of ``case``.
+
+    Unused lanes must carry value 0; their columns are don't-care (masked out).
+    """
+    formats = CoreFormats(config)
+    layout, lanes = formats.chunk, config.lanes
+    all_columns = (1 << config.column_address_width) - 1
+    blocks = -(-case.tokens // config.token_lanes)
+    pass_chunks = row_chunks(config, case)
+    expected = []
+    for block in range(blocks):
+        for index, chunk in enumerate(pass_chunks):
+            used = len(chunk.values)
+            value = _bits(layout, {
+                "columns": list(chunk.columns) + [0] * (lanes - used),
+                "values": list(chunk.values) + [0] * (lanes - used),
+                "row_last": chunk.row_last, "block_last": chunk.block_last})
+            mask = _bits(layout, {
+                "columns": [all_columns] * used + [0] * (lanes - used),
+                "values": [-1] * lanes, "row_last": 1, "block_last": 1})
+            expected.append(Expected(value, f"block {block}, row {chunk.row}, chunk {index}",
+                                     mask))
+    return expected
+
+
+def mac_array_stimulus(config, case):
+    """``operands`` beats feeding ``case`` to the MAC array, and the ``sums`` it must return.
+
+    Each chunk of :func:`row_chunks` becomes one beat: its weights and the T activations of
+    each of its columns (unused lanes: weight 0, activations of column 0), as the activation
+    buffer would deliver them.
+
+    Returns
+    -------
+    operands : list of int
+    expected : list of Expected
+    """
+    formats = CoreFormats(config)
+    lanes, token_lanes = config.lanes, config.token_lanes
+    sums = block_sums(config, case)
+    padded_rows = sums.shape[0]
+    activations = torch.zeros(padded_rows, case.weights.cols, dtype=torch.int8)
+    activations[:case.tokens] = case.activations
+    pass_chunks = row_chunks(config, case)
+    operands, expected = [], []
+    for block in range(padded_rows // token_lanes):
+        columns_of_block = activations[block * token_lanes:(block + 1) * token_lanes].T
+        for chunk in pass_chunks:
+            used = len(chunk.values)
+            columns = list(chunk.columns) + [0] * (lanes - used)
+            operands.append(_bits(formats.operands, {
+                "weights": list(chunk.values) + [0] * (lanes - used),
+                "activations": [columns_of_block[column].tolist() for column in columns],
+                "row_last": chunk.row_last}))
+            if chunk.row_last:
+                lanes_of_row = sums[block * token_lanes:(block + 1) * token_lanes, chunk.row]
+                expected.append(Expected(_bits(formats.sums, lanes_of_row.tolist()),
+                                         f"{_block_label(config, block)}, row {chunk.row}"))
+    return operands, expected
+
+
+INPUT_STREAMS = ("activations", "row_pointers", "columns", "values")
+
+
+def input_beats(packed):
+    """The input beats of a :class:`~sparsemac.sw.packing.PackedJob` as integers, per stream."""
+    return {name: beats_to_ints(getattr(packed, name)) for name in INPUT_STREAMS}

