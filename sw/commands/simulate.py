@@ -99,6 +99,7 @@ class SimulationReport:
     predicted_dense_cycles: int
     max_abs_error: float
     relative_error: float
+    quantisation_relative_error: float
     device_s: float
     sim_cycles_per_s: float
     wall_s: float
@@ -161,6 +162,8 @@ class SimulationReport:
                 ["bit-exact", yes[self.bit_exact]],
                 ["max abs error", f"{self.max_abs_error:.4g} (vs the float, unpruned layer)"],
                 ["relative error", f"{self.relative_error:.2%} (vs the float, unpruned layer)"],
+                ["int8 error alone", f"{self.quantisation_relative_error:.2%} (relative, vs the "
+                                     "float layer pruned the same way)"],
                 ["device time", f"{self.device_s:.3f} s"],
                 ["simulated cycles/s", f"{self.sim_cycles_per_s:,.0f}"],
                 ["wall time", f"{self.wall_s:.1f} s"],
@@ -229,6 +232,7 @@ def simulate(args, started=None):
     from ..golden import golden_matmul
     from ..models import capture_linear_input, load_model
     from ..offload import OffloadedLinear
+    from ..pruning import parse_method, prune_mask
     from ..quantisation import approximation_error, quantise_activations
 
     started = time.perf_counter() if started is None else started
@@ -242,9 +246,11 @@ def simulate(args, started=None):
     inputs = capture_linear_input(loaded, args.layer, tokens=args.tokens)
     options = {"fst_path": args.fst} if args.fst else {}
     progress(f"opening the {args.backend} device ({config.describe()})")
+    weight = linear.weight.detach().float()
+    structured = parse_method(args.method)[0] == "n:m"
+    mask = prune_mask(weight, None if structured else args.sparsity, args.method, seed=args.seed)
     with open_device(args.backend, config, **options) as device:
-        layer = OffloadedLinear.from_linear(linear, device, sparsity=args.sparsity,
-                                            method=args.method, seed=args.seed)
+        layer = OffloadedLinear.from_linear(linear, device, mask=mask)
         progress(f"sparse run: {layer.weights.nnz:,} nonzeros x {inputs.shape[0]} tokens")
         with torch.no_grad():
             output = layer(inputs)
@@ -258,6 +264,9 @@ def simulate(args, started=None):
     predicted_dense = model.matmul(weights, activations, Mode.DENSE)
     with torch.no_grad():
         error = approximation_error(linear(inputs), output)
+        # Against the pruned float layer, what is left is the int8 quantisation's own error.
+        quantisation = approximation_error(
+            torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
 
     sparsity = weights.sparsity
     ideal = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else None
@@ -275,7 +284,8 @@ def simulate(args, started=None):
         bit_exact_dense=bool(torch.equal(dense.sums, golden)),
         predicted_sparse_cycles=predicted_sparse.cycles,
         predicted_dense_cycles=predicted_dense.cycles,
-        max_abs_error=error.max_abs, relative_error=error.relative, device_s=device_s,
+        max_abs_error=error.max_abs, relative_error=error.relative,
+        quantisation_relative_error=quantisation.relative, device_s=device_s,
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
         wall_s=time.perf_counter() - started, fst=args.fst)
 
