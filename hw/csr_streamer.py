@@ -14,11 +14,13 @@ class CSRWeightStreamer(wiring.Component):
     """Realigns a packed stream of weights to rows and emits up to K of them per cycle.
 
     The column and value words pack the nonzeros of a whole token block back to back, K per
-    word, so a row may start anywhere in a word. A gearbox of 2K entries holds the words; each
-    cycle it hands the next ``min(K, left in row)`` entries of the current row to ``chunks``
-    and refills itself with a whole word while at most K entries remain. That keeps at least K
-    entries (or the rest of the block) ready, so with ideal input streams a row of n nonzeros
-    takes exactly ``max(1, ceil(n / K))`` cycles and rows follow each other without a bubble.
+    word, so a row may start anywhere in a word. The words go into a ring of at least 3K
+    entries whenever it holds at most 2K; each cycle the next ``min(K, left in row)`` entries of
+    the current row leave as a chunk. That keeps at least K entries (or the rest of the block)
+    ready, so with ideal input streams a row of n nonzeros takes exactly ``max(1, ceil(n / K))``
+    cycles and rows follow each other without a bubble. Row lengths are worked out from the
+    row end pointers one row ahead, and every wide multiplexer is selected by registers (the
+    ring pointers), which keeps the streamer off the critical path of the core.
 
     In dense mode there are no row pointers or column words: every row has ``cols`` weights and
     lane i of a chunk holds column ``base + i``.
@@ -30,7 +32,8 @@ class CSRWeightStreamer(wiring.Component):
     row end pointers (sparse mode only) and ``ceil(nnz / K)`` value words (and as many column
     words in sparse mode); lanes past ``nnz`` in the last word of a pass are padding and are
     dropped. The last row end pointer of a pass must equal ``nnz``, and the host checks this;
-    a job that breaks it waits for data that never comes.
+    a job that breaks it waits for data that never comes. With every input valid the first
+    chunk is valid in the third cycle after ``start``.
 
     Attributes
     ----------
@@ -71,72 +74,47 @@ class CSRWeightStreamer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes = self._config.lanes
-        depth = 2 * lanes
-        job_layout = self._formats.job
+        formats = self._formats
+        # Fetching while at most 2K entries are held needs room for 3K; a power of two makes
+        # the ring pointers wrap for free.
+        ring_size = 1 << (3 * lanes - 1).bit_length()
+        pointer_width = ring_size.bit_length() - 1
 
-        job = Signal(job_layout)
+        def at_most_lanes(value):
+            return Mux(value > lanes, lanes, value)
+
+        job = Signal(formats.job)
         sparse = job.mode == Mode.SPARSE
 
-        # Gearbox: entries [0, occupancy) are the next weights of the stream, oldest first.
-        value_shape = self._formats.value_word.elem_shape
-        column_shape = self._formats.column_word.elem_shape
-        buffer_values = [Signal(value_shape, name=f"value{i}") for i in range(depth)]
-        buffer_columns = [Signal(column_shape, name=f"column{i}") for i in range(depth)]
-        occupancy = Signal(range(depth + 1))
+        # The ring: entries [read_pointer, read_pointer + occupancy) are the next weights.
+        ring_values = Array(Signal(formats.value_word.elem_shape, name=f"value{i}")
+                            for i in range(ring_size))
+        ring_columns = Array(Signal(formats.column_word.elem_shape, name=f"column{i}")
+                             for i in range(ring_size))
+        read_pointer = Signal(pointer_width)
+        write_pointer = Signal(pointer_width)
+        occupancy = Signal(range(3 * lanes + 1))
 
-        # Emit side: which row of which pass, and how much of it is left.
-        blocks_to_emit = Signal.like(job.token_blocks)
-        row_index = Signal.like(job.rows)
-        previous_end = Signal(self._formats.row_pointer)
-        row_left = Signal(self._formats.row_pointer)
-        next_column = Signal.like(job.cols)
-
-        # Fetch side: weights of the current pass still to be fetched, and passes after it.
+        # Fetch side: a whole word whenever at most 2K entries are held.
         fetch_left = Signal.like(job.nnz)
         blocks_to_fetch = Signal.like(job.token_blocks)
-
-        in_row = row_left != 0
-        new_row_length = Mux(sparse, self.row_pointers.payload - previous_end, job.cols)
-        length = Mux(in_row, row_left, new_row_length)
-        take = Signal(range(lanes + 1))
-        m.d.comb += take.eq(Mux(length > lanes, lanes, length))
-        length_known = in_row | ~sparse | self.row_pointers.valid
-        output_free = ~self.chunks.valid | self.chunks.ready
-        emit = Signal()
-        m.d.comb += emit.eq(self.busy & output_free & length_known & (occupancy >= take))
-        consumed = Mux(emit, take, 0)
-        kept = Signal(range(depth + 1))
-        m.d.comb += kept.eq(occupancy - consumed)
-
-        # Fetch a whole word while it fits behind the entries kept this cycle.
-        can_fetch = (fetch_left != 0) & (kept <= lanes)
+        can_fetch = (fetch_left != 0) & (occupancy <= 2 * lanes)
         m.d.comb += [
             self.values.ready.eq(can_fetch & (self.columns.valid | ~sparse)),
             self.columns.ready.eq(can_fetch & self.values.valid & sparse),
         ]
-        fetch = Signal()
-        m.d.comb += fetch.eq(self.values.valid & self.values.ready)
-        fetched = Signal(range(lanes + 1))
-        m.d.comb += fetched.eq(Mux(fetch_left > lanes, lanes, fetch_left))
-
-        value_source = Array(buffer_values + [0] * lanes)
-        column_source = Array(buffer_columns + [0] * lanes)
+        fetch = self.values.valid & self.values.ready
+        fetched = Mux(fetch, at_most_lanes(fetch_left), 0)
         word_values = Array(self.values.payload[i] for i in range(lanes))
         word_columns = Array(self.columns.payload[i] for i in range(lanes))
-        for i in range(depth):
-            from_word = (kept <= i) & (i < kept + fetched)
-            with m.If(kept > i):
+        for entry in range(ring_size):
+            offset = (entry - write_pointer)[:pointer_width]
+            with m.If(offset < fetched):
                 m.d.sync += [
-                    buffer_values[i].eq(value_source[i + consumed]),
-                    buffer_columns[i].eq(column_source[i + consumed]),
+                    ring_values[entry].eq(word_values[offset]),
+                    ring_columns[entry].eq(word_columns[offset]),
                 ]
-            with m.Elif(fetch & from_word):
-                m.d.sync += [
-                    buffer_values[i].eq(word_values[i - kept]),
-                    buffer_columns[i].eq(word_columns[i - kept]),
-                ]
-        m.d.sync += occupancy.eq(kept + Mux(fetch, fetched, 0))
-
+        m.d.sync += write_pointer.eq(write_pointer + fetched)
         with m.If(fetch):
             with m.If(fetch_left > lanes):
                 m.d.sync += fetch_left.eq(fetch_left - lanes)
@@ -148,31 +126,83 @@ class CSRWeightStreamer(wiring.Component):
             with m.Else():
                 m.d.sync += fetch_left.eq(0)
 
+        # The length of the next row, worked out one row ahead. Dense rows are all ``cols``
+        # long, so in dense mode it is set once per job and never consumed.
+        next_valid = Signal()
+        next_length = Signal(formats.row_pointer)
+        next_take = Signal(range(lanes + 1))
+        pointer_row = Signal.like(job.rows)
+        pointer_blocks = Signal.like(job.token_blocks)
+        previous_end = Signal(formats.row_pointer)
+
+        # The row being emitted.
+        in_row = Signal()
+        row_left = Signal(formats.row_pointer)
+        row_take = Signal(range(lanes + 1))
+        row_index = Signal.like(job.rows)
+        blocks_to_emit = Signal.like(job.token_blocks)
+        next_column = Signal.like(job.cols)
+
+        take = Mux(in_row, row_take, next_take)
+        length = Mux(in_row, row_left, next_length)
+        output_free = ~self.chunks.valid | self.chunks.ready
+        emit = Signal()
+        m.d.comb += emit.eq(self.busy & output_free & (in_row | next_valid) & (occupancy >= take))
+        consumed = Mux(emit, take, 0)
+        m.d.sync += [
+            read_pointer.eq(read_pointer + consumed),
+            occupancy.eq(occupancy - consumed + fetched),
+        ]
+
+        next_consumed = emit & ~in_row & sparse
+        m.d.comb += self.row_pointers.ready.eq(
+            sparse & (pointer_blocks != 0) & (~next_valid | next_consumed))
+        with m.If(self.row_pointers.valid & self.row_pointers.ready):
+            row_length = self.row_pointers.payload - previous_end
+            m.d.sync += [
+                next_valid.eq(1),
+                next_length.eq(row_length),
+                next_take.eq(at_most_lanes(row_length)),
+            ]
+            with m.If(pointer_row == job.rows - 1):
+                m.d.sync += [
+                    pointer_row.eq(0),
+                    previous_end.eq(0),
+                    pointer_blocks.eq(pointer_blocks - 1),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    pointer_row.eq(pointer_row + 1),
+                    previous_end.eq(self.row_pointers.payload),
+                ]
+        with m.Elif(next_consumed):
+            m.d.sync += next_valid.eq(0)
+
         column_base = Mux(in_row, next_column, 0)
         rest = length - take
         row_last = rest == 0
         block_last = row_last & (row_index == job.rows - 1)
-        m.d.comb += self.row_pointers.ready.eq(emit & ~in_row & sparse)
         with m.If(emit):
-            for i in range(lanes):
+            for lane in range(lanes):
+                entry = (read_pointer + lane)[:pointer_width]
                 m.d.sync += [
-                    self.chunks.payload.values[i].eq(Mux(take > i, buffer_values[i], 0)),
-                    self.chunks.payload.columns[i].eq(
-                        Mux(sparse, buffer_columns[i], column_base + i)),
+                    self.chunks.payload.values[lane].eq(
+                        Mux(take > lane, ring_values[entry], 0)),
+                    self.chunks.payload.columns[lane].eq(
+                        Mux(sparse, ring_columns[entry], column_base + lane)),
                 ]
             m.d.sync += [
                 self.chunks.valid.eq(1),
                 self.chunks.payload.row_last.eq(row_last),
                 self.chunks.payload.block_last.eq(block_last),
+                in_row.eq(~row_last),
                 row_left.eq(rest),
+                row_take.eq(at_most_lanes(rest)),
                 next_column.eq(column_base + lanes),
             ]
-            with m.If(self.row_pointers.ready):
-                m.d.sync += previous_end.eq(self.row_pointers.payload)
             with m.If(block_last):
                 m.d.sync += [
                     row_index.eq(0),
-                    previous_end.eq(0),
                     blocks_to_emit.eq(blocks_to_emit - 1),
                 ]
                 with m.If(blocks_to_emit == 1):
@@ -183,15 +213,23 @@ class CSRWeightStreamer(wiring.Component):
             m.d.sync += self.chunks.valid.eq(0)
 
         with m.If(self.start & ~self.busy):
+            dense = self.job.mode == Mode.DENSE
             m.d.sync += [
                 job.eq(self.job),
                 self.busy.eq(1),
                 blocks_to_emit.eq(self.job.token_blocks),
                 row_index.eq(0),
-                row_left.eq(0),
-                previous_end.eq(0),
+                in_row.eq(0),
+                read_pointer.eq(0),
+                write_pointer.eq(0),
                 fetch_left.eq(self.job.nnz),
                 blocks_to_fetch.eq(self.job.token_blocks - 1),
+                next_valid.eq(dense),
+                next_length.eq(self.job.cols),
+                next_take.eq(at_most_lanes(self.job.cols)),
+                pointer_row.eq(0),
+                pointer_blocks.eq(Mux(dense, 0, self.job.token_blocks)),
+                previous_end.eq(0),
             ]
 
         return m

@@ -13,8 +13,8 @@ __all__ = ["MACArray"]
 class MACArray(wiring.Component):
     """Multiplies K weights by their T activations each and accumulates one row per token.
 
-    Two pipeline stages: the K x T products and their K-input adder trees, then the T
-    accumulators. On the last beat of a row the accumulator's total goes straight to ``sums``
+    Three pipeline stages: the K x T products (registered, so block RAM output, multiplier and
+    adders are not one long path), the T K-input adder trees, then the T accumulators. On the last beat of a row the accumulator's total goes straight to ``sums``
     and the accumulator restarts from the next beat, so consecutive rows cost no bubble.
     The accumulators are 32 bits and wrap on overflow, exactly as
     :func:`sparsemac.sw.golden.golden_matmul` does.
@@ -23,7 +23,7 @@ class MACArray(wiring.Component):
     --------
     Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
     of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
-    ``sums`` two cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
+    ``sums`` three cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
     and not ready, so back-pressure loses nothing.
 
     Attributes
@@ -55,27 +55,34 @@ class MACArray(wiring.Component):
         advance = ~self.sums.valid | self.sums.ready
         m.d.comb += self.operands.ready.eq(advance)
 
-        # Stage 1: products and adder trees. A K-term sum of int8 x int8 products fits in
-        # 16 + ceil(log2 K) bits.
+        # Stage 1: products. Stage 2: adder trees; a K-term sum of int8 x int8 products fits in
+        # 16 + ceil(log2 K) bits. Stage 3: accumulators.
+        product_shape = signed(2 * self._config.VALUE_WIDTH)
+        products = [[Signal(product_shape, name=f"product{lane}_{token}")
+                     for token in range(token_lanes)] for lane in range(lanes)]
+        product_valid = Signal()
+        product_last = Signal()
         partial_shape = signed(2 * self._config.VALUE_WIDTH + max(lanes - 1, 1).bit_length())
         partials = [Signal(partial_shape, name=f"partial{token}") for token in range(token_lanes)]
         partial_valid = Signal()
         partial_last = Signal()
-
-        # Stage 2: accumulators.
         accumulators = [Signal(signed(sum_width), name=f"accumulator{token}")
                         for token in range(token_lanes)]
 
         with m.If(advance):
             m.d.sync += [
-                partial_valid.eq(self.operands.valid),
-                partial_last.eq(operands.row_last),
+                product_valid.eq(self.operands.valid),
+                product_last.eq(operands.row_last),
+                partial_valid.eq(product_valid),
+                partial_last.eq(product_last),
                 self.sums.valid.eq(partial_valid & partial_last),
             ]
             for token in range(token_lanes):
-                products = [operands.weights[lane] * operands.activations[lane][token]
-                            for lane in range(lanes)]
-                m.d.sync += partials[token].eq(_adder_tree(products))
+                for lane in range(lanes):
+                    m.d.sync += products[lane][token].eq(
+                        operands.weights[lane] * operands.activations[lane][token])
+                m.d.sync += partials[token].eq(
+                    _adder_tree([products[lane][token] for lane in range(lanes)]))
                 total = (accumulators[token] + partials[token])[:sum_width].as_signed()
                 with m.If(partial_valid & partial_last):
                     m.d.sync += [

@@ -5,12 +5,12 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
 
 * cycle 0 accepts the job; from cycle 1 the activation buffer takes one column per cycle, so
   block 0 is loaded after ``cols`` cycles and its bank can be read from cycle ``cols + 1``;
-* the streamer fetches its first word in cycle 1 and can hand over its first chunk in cycle 3
-  (cycle 2 if row 0 is empty, since an empty row needs no weights);
+* the streamer fetches its first word and its first row pointer in cycle 1 and hands over its
+  first chunk in cycle 3;
 * one chunk is issued per cycle from then on, ``max(1, ceil(n / K))`` per row of ``n``
   nonzeros, as long as the bank of the block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
-* the last chunk's sums leave three cycles after it is issued (read, multiply, accumulate).
+* the last chunk's sums leave four cycles after it is issued (read, multiply, add, accumulate).
 """
 
 from dataclasses import dataclass
@@ -23,7 +23,10 @@ from ..hw.formats import Mode
 __all__ = ["CycleBreakdown", "job_cycles", "issue_cycles_per_block", "token_blocks"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
-PIPELINE_LATENCY = 3
+PIPELINE_LATENCY = 4
+
+#: The cycle in which the streamer's first chunk is ready, counting the job's acceptance as 0.
+FIRST_CHUNK = 3
 
 
 def token_blocks(tokens, config):
@@ -119,8 +122,6 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
 
     blocks = token_blocks(tokens, config)
     issue = issue_cycles_per_block(row_lengths, cols, config, mode)
-    first_row_empty = mode == Mode.SPARSE and row_lengths[0] == 0
-    first_chunk = 2 if first_row_empty else 3
 
     load_end = []     # cycle in which the last column of block j is written
     issue_start = []  # cycle in which block j issues its first chunk
@@ -131,7 +132,7 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
         load_end.append(load_start + cols - 1)
         ready = load_end[-1] + 1
         if block == 0:
-            issue_start.append(max(ready, first_chunk))
+            issue_start.append(max(ready, FIRST_CHUNK))
         else:
             issue_start.append(max(ready, issue_start[-1] + issue))
     total = issue_start[-1] + issue - 1 + PIPELINE_LATENCY

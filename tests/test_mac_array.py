@@ -109,9 +109,9 @@ def test_overflow_cases_do_wrap():
 
 def test_latency_and_no_bubble_between_rows():
     """With ideal streams, single-beat rows accepted in cycles 0 to 15 leave as sums in cycles
-    2 to 17 (two register stages), one row per cycle with no gap."""
+    3 to 18 (three register stages), one row per cycle with no gap."""
     case = Case("throughput", K4T2, random_beats(K4T2, 16, 1, 19), 19)
     sums, valid = rtl_sums(case, idle=0, backpressure=0)
     assert sums == ref_sums(case)
     # Sample i is sums.valid in cycle i, the cycle before clock edge i + 1.
-    assert valid[:2] == [0, 0] and valid[2:18] == [1] * 16, valid
+    assert valid[:3] == [0, 0, 0] and valid[3:19] == [1] * 16, valid
