@@ -25,8 +25,8 @@ class ActivationBuffer(wiring.Component):
     After ``start`` (one cycle, while ``job`` is valid) the buffer takes ``token_blocks``
     blocks of ``cols`` beats on ``fill``, column 0 first. A bank is filled only when empty and
     read only when full. ``chunks`` is accepted only while the current bank is full; a chunk
-    with ``block_last`` set frees that bank after it is read. Each accepted chunk leaves, one
-    cycle later, as an ``operands`` beat holding its weights and the T activations of each of
+    with ``block_last`` set frees that bank after it is read. Each accepted chunk leaves, two
+    cycles later, as an ``operands`` beat holding its weights and the T activations of each of
     its K columns.
 
     Attributes
@@ -79,11 +79,16 @@ class ActivationBuffer(wiring.Component):
             with m.Else():
                 m.d.sync += load_column.eq(load_column + 1)
 
-        # Reader: one lookup per lane; the read ports' registers are the pipeline stage.
+        # Reader: one lookup per lane, two stages: the read ports' own registers, then a register
+        # of the data, so the block RAMs spread over the device do not drive the multipliers
+        # directly. Both move together while the output can take a beat.
         read_bank = Signal()
         advance = ~self.operands.valid | self.operands.ready
         m.d.comb += self.chunks.ready.eq(advance & full[read_bank])
         accept = self.chunks.valid & self.chunks.ready
+        read_valid = Signal()
+        read_weights = Signal.like(self.chunks.payload.values)
+        read_last = Signal()
         for lane in range(config.lanes):
             replica = memory.Memory(shape=self._formats.activation_column,
                                     depth=2 * config.max_in_features, init=[])
@@ -95,23 +100,25 @@ class ActivationBuffer(wiring.Component):
                 write_port.data.eq(self.fill.payload),
                 write_port.en.eq(self.fill.valid & self.fill.ready),
                 read_port.addr.eq(Cat(self.chunks.payload.columns[lane], read_bank)),
-                read_port.en.eq(accept),
-                self.operands.payload.activations[lane].eq(read_port.data),
+                read_port.en.eq(advance),
             ]
+            with m.If(advance):
+                m.d.sync += self.operands.payload.activations[lane].eq(read_port.data)
 
-        with m.If(accept):
+        with m.If(advance):
             m.d.sync += [
-                self.operands.valid.eq(1),
-                self.operands.payload.weights.eq(self.chunks.payload.values),
-                self.operands.payload.row_last.eq(self.chunks.payload.row_last),
+                read_valid.eq(accept),
+                read_weights.eq(self.chunks.payload.values),
+                read_last.eq(self.chunks.payload.row_last),
+                self.operands.valid.eq(read_valid),
+                self.operands.payload.weights.eq(read_weights),
+                self.operands.payload.row_last.eq(read_last),
             ]
-            with m.If(self.chunks.payload.block_last):
-                m.d.sync += [
-                    full[read_bank].eq(0),
-                    read_bank.eq(~read_bank),
-                ]
-        with m.Elif(self.operands.ready):
-            m.d.sync += self.operands.valid.eq(0)
+        with m.If(accept & self.chunks.payload.block_last):
+            m.d.sync += [
+                full[read_bank].eq(0),
+                read_bank.eq(~read_bank),
+            ]
 
         with m.If(self.start):
             m.d.sync += [

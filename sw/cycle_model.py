@@ -10,7 +10,8 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
 * one chunk is issued per cycle from then on, ``max(1, ceil(n / K))`` per row of ``n``
   nonzeros, as long as the bank of the block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
-* the last chunk's sums leave four cycles after it is issued (read, multiply, add, accumulate).
+* the last chunk's sums leave five cycles after it is issued (read, register the read data,
+  multiply, add, accumulate).
 """
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..hw.formats import Mode
 __all__ = ["CycleBreakdown", "job_cycles", "issue_cycles_per_block", "token_blocks"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
-PIPELINE_LATENCY = 4
+PIPELINE_LATENCY = 5
 
 #: The cycle in which the streamer's first chunk is ready, counting the job's acceptance as 0.
 FIRST_CHUNK = 3

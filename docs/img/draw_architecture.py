@@ -59,7 +59,7 @@ def main():
 
     # CSR weight streamer.
     box(ax, 2.2, 3.9, 3.4, 1.5, "CSRWeightStreamer")
-    ax.text(3.9, 4.45, "gearbox of 2K entries\nrealigns words to rows",
+    ax.text(3.9, 4.45, "ring of 3K+ entries\nrealigns words to rows",
             ha="center", va="center", fontsize=9)
     for y, name in ((5.1, "row_pointers"), (4.65, "columns"), (4.2, "values")):
         arrow(ax, (0.2, y), (2.2, y))
