@@ -56,6 +56,33 @@ def test_reference_backend_and_table(capsys):
     assert "speedup" in out and "achieved 50.00%" in out
 
 
+def test_board_estimate_from_the_committed_manifest(capsys):
+    from sparsemac.bitstreams.build import committed_folder, link_wire_bytes, read_manifest
+
+    manifest = read_manifest(committed_folder("ulx3s-85f"))
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--board", "ulx3s-85f")
+    assert status == 0, err
+    report = json.loads(out)
+    board = report["board"]
+    assert board["clock_mhz"] * 1e6 == manifest["clock_hz"]
+    for mode in ("sparse", "dense"):
+        estimate = board[mode]
+        assert estimate["compute_s"] == report[f"{mode}_cycles"] / manifest["clock_hz"]
+        assert estimate["total_s"] == estimate["compute_s"] + estimate["link_s"]
+    # The link carries the weights, the activations and the sums; sparse streams fewer bytes.
+    assert board["sparse"]["link_s"] < board["dense"]["link_s"]
+    assert board["sparse"]["link_s"] > link_wire_bytes(report["weight_bytes_sparse"]) * 10 / (
+        manifest["baud"])
+
+
+def test_board_estimate_refuses_another_config(capsys):
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
+                                  "--lanes", "4")
+    assert status == 2
+    assert "built for K=8 T=4" in err and "--lanes 8" in err
+
+
 def test_unknown_layer_lists_valid_names(capsys):
     status, _, err = run_simulate(capsys, "--backend", "reference", "--layer",
                                   "encoder.layer.0.nonsense")

@@ -69,6 +69,9 @@ def add_arguments(parser):
                         help="print one JSON object instead of the table")
     parser.add_argument("--fst", metavar="PATH", default=None,
                         help="write an FST waveform of both runs here (verilator only)")
+    parser.add_argument("--board", choices=("ulx3s-85f",), default=None,
+                        help="add the estimated wall time on this board, from its committed "
+                             "bitstream's clock and the UART link's baud rate")
 
 
 @dataclass
@@ -104,6 +107,7 @@ class SimulationReport:
     sim_cycles_per_s: float
     wall_s: float
     fst: str | None
+    board: dict | None = None
 
     @property
     def bit_exact(self):
@@ -169,7 +173,23 @@ class SimulationReport:
                 ["wall time", f"{self.wall_s:.1f} s"],
                 *([["waveform", self.fst]] if self.fst else []),
             ]),
+            *self._board_sections(),
         ]
+
+    def _board_sections(self):
+        if self.board is None:
+            return []
+        board, sparse, dense = self.board, self.board["sparse"], self.board["dense"]
+        title = (f"Estimated on the {board['name']} (core at {board['clock_mhz']:g} MHz, "
+                 f"Fmax {board['fmax_mhz']:g} MHz; UART {board['baud']:,} baud)")
+        return [(title, ["", "sparse", "dense"], [
+            ["compute (cycles / clock)", f"{sparse['compute_s'] * 1e3:.3f} ms",
+             f"{dense['compute_s'] * 1e3:.3f} ms"],
+            ["link (bytes x 10 / baud)", f"{sparse['link_s'] * 1e3:.1f} ms",
+             f"{dense['link_s'] * 1e3:.1f} ms"],
+            ["total, at most", f"{sparse['total_s'] * 1e3:.1f} ms",
+             f"{dense['total_s'] * 1e3:.1f} ms"],
+        ])]
 
 
 def format_table(rows, header=None):
@@ -268,6 +288,11 @@ def simulate(args, started=None):
         quantisation = approximation_error(
             torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
 
+    board = None if args.board is None else _board_estimate(
+        args.board, config, sparse.cycles, dense.cycles,
+        sparse.weight_bytes + dense.activation_bytes + dense.output_bytes,
+        dense.weight_bytes + dense.activation_bytes + dense.output_bytes)
+
     sparsity = weights.sparsity
     ideal = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else None
     speedup = dense.cycles / sparse.cycles
@@ -287,7 +312,27 @@ def simulate(args, started=None):
         max_abs_error=error.max_abs, relative_error=error.relative,
         quantisation_relative_error=quantisation.relative, device_s=device_s,
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
-        wall_s=time.perf_counter() - started, fst=args.fst)
+        wall_s=time.perf_counter() - started, fst=args.fst, board=board)
+
+
+def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, dense_bytes):
+    """The board's estimated wall time for both runs, from its committed build's manifest."""
+    from dataclasses import asdict
+
+    from ...bitstreams.build import board_estimate, committed_folder, read_manifest
+    from ...hw.config import ArrayConfig
+
+    manifest = read_manifest(committed_folder(board))
+    built = ArrayConfig(**manifest["config"])
+    if built != config:
+        raise ValueError(f"the committed {board} bitstream is built for {built.describe()}, "
+                         f"not {config.describe()}: pass --lanes {built.lanes} --token-lanes "
+                         f"{built.token_lanes} --max-in-features {built.max_in_features}, or "
+                         "build one for this config with `sparsemac build`")
+    sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
+    dense = board_estimate(dense_cycles, dense_bytes, manifest)
+    return {"name": board, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
+            "baud": sparse.baud, "sparse": asdict(sparse), "dense": asdict(dense)}
 
 
 def run(args):
