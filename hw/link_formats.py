@@ -1,0 +1,175 @@
+"""Wire format of the host link: the one definition the gateware and the host both use.
+
+Every frame, in both directions, is a little-endian packing of the layouts below: the first field
+of a layout is the first byte on the wire. :class:`LinkFormats` gathers them for one array
+configuration; the host (``sparsemac.sw.fpga_device``) packs and parses frames with
+``Layout.const(...).as_bits()`` and ``Layout.from_bits(...)`` on these same objects.
+
+A request is ``request_header``, ``length`` payload bytes, then one CRC-8 byte; a reply is
+``reply_header``, ``length`` payload bytes, then one CRC-8 byte. The CRC covers every byte after
+the sync byte. ``docs/host-link.md`` describes the protocol.
+"""
+
+from amaranth.hdl import Shape
+from amaranth.lib import data, enum
+
+from .config import ArrayConfig
+from .formats import CoreFormats
+
+__all__ = ["Opcode", "Status", "LinkFormats", "REQUEST_SYNC", "REPLY_SYNC", "CRC_POLYNOMIAL",
+           "MAX_PAYLOAD", "IDENTIFICATION_MAGIC", "PROTOCOL_VERSION", "crc8", "layout_bytes"]
+
+#: First byte of every request: the receiver hunts for it between frames.
+REQUEST_SYNC = 0xA5
+#: First byte of every reply.
+REPLY_SYNC = 0x5A
+#: CRC-8 (polynomial x^8 + x^2 + x + 1, initial value 0, no reflection: CRC-8/SMBUS).
+CRC_POLYNOMIAL = 0x07
+#: The longest payload of a request frame, in bytes (the size of the receive buffer).
+MAX_PAYLOAD = 1024
+#: ``magic`` of the identification word: "SMAC" in ASCII, first byte first on the wire.
+IDENTIFICATION_MAGIC = int.from_bytes(b"SMAC", "little")
+#: Bumped whenever a layout or opcode below changes meaning.
+PROTOCOL_VERSION = 1
+
+
+class Opcode(enum.Enum, shape=8):
+    """What a request asks for."""
+    #: Reply with the identification word.
+    IDENTIFY = 0x01
+    #: Reply with the link status (free input FIFO space, waiting sums, done flag).
+    STATUS = 0x02
+    #: Reset the core and empty every FIFO; reply with the status.
+    RESET = 0x03
+    #: Payload: one ``job`` beat. Starts the core once it is idle; reply with the status.
+    JOB = 0x10
+    #: Payload: whole ``activation_column`` beats for the activation FIFO; reply with the status.
+    ACTIVATIONS = 0x11
+    #: Payload: whole ``row_pointer`` beats.
+    ROW_POINTERS = 0x12
+    #: Payload: whole ``column_word`` beats.
+    COLUMNS = 0x13
+    #: Payload: whole ``value_word`` beats.
+    VALUES = 0x14
+    #: Payload: ``read_sums``. Reply with as many waiting ``sums`` beats as asked for and present.
+    READ_SUMS = 0x20
+    #: Reply with ``cycles_reply``: the cycle count of the last finished job.
+    READ_CYCLES = 0x21
+
+
+class Status(enum.Enum, shape=8):
+    """The outcome a reply reports."""
+    OK = 0x00
+    #: The CRC byte did not match: nothing was done.
+    BAD_CHECKSUM = 0x01
+    #: The opcode is not an :class:`Opcode`.
+    BAD_OPCODE = 0x02
+    #: The length is over :data:`MAX_PAYLOAD`, or is not what the opcode takes (or not a whole
+    #: number of beats).
+    BAD_LENGTH = 0x03
+    #: The FIFO (or the job register) cannot take the whole payload now: nothing was written.
+    NO_ROOM = 0x04
+    #: The frame stopped before its end for longer than the inter-byte time-out.
+    TIMEOUT = 0x05
+
+
+def crc8(data_bytes, crc=0):
+    """The CRC-8 of ``data_bytes`` (:data:`CRC_POLYNOMIAL`), as the gateware computes it."""
+    for byte in data_bytes:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ CRC_POLYNOMIAL) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def layout_bytes(layout):
+    """Bytes a value of ``layout`` takes on the wire (its width rounded up to whole bytes)."""
+    return (Shape.cast(layout).width + 7) // 8
+
+
+class LinkFormats:
+    """The frame layouts of the host link for one array configuration.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Attributes
+    ----------
+    core : CoreFormats
+        The stream payloads that data frames carry.
+    request_header : StructLayout
+        ``sync`` (:data:`REQUEST_SYNC`), ``opcode`` (an :class:`Opcode` value; a plain byte, so
+        that a bad one can be carried and refused), ``tag`` (echoed in the reply, so the host
+        can drop stale replies) and ``length`` (payload bytes).
+    reply_header : StructLayout
+        ``sync`` (:data:`REPLY_SYNC`), ``opcode`` (the request's, as received), ``tag``,
+        ``status`` and ``length``.
+    identification : StructLayout
+        ``magic``, ``version``, ``lanes``, ``token_lanes``, ``in_features_log2``
+        (log2 of ``max_in_features``), ``clock_hz``, ``baud``, ``design_hash`` (64 bits).
+    status : StructLayout
+        Free beats of the ``activations``, ``row_pointers``, ``columns`` and ``values`` FIFOs,
+        ``sums`` beats waiting, ``job_pending`` (a job not yet taken by the core) and ``done``
+        (the last job finished and its cycle count is readable).
+    read_sums : StructLayout
+        ``count``: the most ``sums`` beats to return.
+    cycles_reply : StructLayout
+        ``cycles`` (the core's counter for the last job) and ``done``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self.config = config
+        self.core = core = CoreFormats(config)
+
+        self.request_header = data.StructLayout({
+            "sync": 8, "opcode": 8, "tag": 8, "length": 16})
+        self.reply_header = data.StructLayout({
+            "sync": 8, "opcode": 8, "tag": 8, "status": Status, "length": 16})
+        self.identification = data.StructLayout({
+            "magic": 32, "version": 8, "lanes": 8, "token_lanes": 8, "in_features_log2": 8,
+            "clock_hz": 32, "baud": 32, "design_hash": 64})
+        self.status = data.StructLayout({
+            "activations_free": 16, "row_pointers_free": 16, "columns_free": 16,
+            "values_free": 16, "sums_waiting": 16, "job_pending": 1, "done": 1, "reserved": 6})
+        self.read_sums = data.StructLayout({"count": 16})
+        self.cycles_reply = data.StructLayout({
+            "cycles": core.cycles, "done": 1, "reserved": 7})
+
+        #: Data opcode -> the core stream payload its beats carry.
+        self.beats = {
+            Opcode.JOB: core.job,
+            Opcode.ACTIVATIONS: core.activation_column,
+            Opcode.ROW_POINTERS: core.row_pointer,
+            Opcode.COLUMNS: core.column_word,
+            Opcode.VALUES: core.value_word,
+        }
+        #: FIFO-fed opcode -> the ``status`` field that counts its free beats.
+        self.free_field = {
+            Opcode.ACTIVATIONS: "activations_free",
+            Opcode.ROW_POINTERS: "row_pointers_free",
+            Opcode.COLUMNS: "columns_free",
+            Opcode.VALUES: "values_free",
+        }
+
+    def beat_bytes(self, opcode):
+        """Bytes of one beat of data opcode ``opcode``."""
+        return layout_bytes(self.beats[Opcode(opcode)])
+
+    @property
+    def sums_bytes(self):
+        """Bytes of one ``sums`` beat."""
+        return layout_bytes(self.core.sums)
+
+    def reply_length(self, opcode):
+        """Payload bytes of the OK reply to ``opcode`` (``READ_SUMS``: per sums beat)."""
+        opcode = Opcode(opcode)
+        if opcode == Opcode.IDENTIFY:
+            return layout_bytes(self.identification)
+        if opcode == Opcode.READ_CYCLES:
+            return layout_bytes(self.cycles_reply)
+        if opcode == Opcode.READ_SUMS:
+            return self.sums_bytes
+        return layout_bytes(self.status)

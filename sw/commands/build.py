@@ -1,0 +1,122 @@
+"""``sparsemac build``: the board bitstream, its staleness check, and programming the board."""
+
+import shutil
+import subprocess
+import sys
+
+HELP = ("Build the ULX3S bitstream with the open toolchain (Yosys, nextpnr-ecp5, ecppack), check "
+        "whether the committed one is stale, or program a board.")
+
+#: Programmers tried in order, with the arguments that load a bitstream into the FPGA's SRAM.
+PROGRAMMERS = {
+    "openFPGALoader": ["--board", "ulx3s"],
+    "fujprog": [],
+}
+
+INSTALL_HINT = ("no FPGA programmer found on PATH: install openFPGALoader (Debian/Ubuntu: "
+                "`apt-get install openfpgaloader`) or fujprog "
+                "(https://github.com/kost/fujprog/releases), then run `sparsemac build --program` "
+                "again")
+
+
+def add_arguments(parser):
+    parser.add_argument("--board", default="ulx3s-85f", help="target board (default: ulx3s-85f)")
+    parser.add_argument("--lanes", type=int, default=None, help="K, nonzeros per cycle")
+    parser.add_argument("--token-lanes", type=int, default=None, help="T, tokens in parallel")
+    parser.add_argument("--max-in-features", type=int, default=None,
+                        help="activation buffer depth (widest layer input)")
+    parser.add_argument("--output", default=None,
+                        help="output folder (default: bitstreams/<board>/ for the default config, "
+                             "else build/<board>-<config>)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="board clock made by the PLL from 25 MHz (default: 60)")
+    parser.add_argument("--baud", type=int, default=None, help="UART rate (default: 3000000)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--check", action="store_true",
+                        help="only say whether the bitstream in the output folder is stale "
+                             "against the current RTL and config (exit 1 if stale)")
+    parser.add_argument("--program", action="store_true",
+                        help="load the bitstream into the board (building it first if stale) "
+                             "with openFPGALoader or fujprog")
+
+
+def find_programmer():
+    """The (name, path) of the first programmer on PATH, or None."""
+    for name in PROGRAMMERS:
+        path = shutil.which(name)
+        if path:
+            return name, path
+    return None
+
+
+def _config(args):
+    from ...hw.config import ArrayConfig, DEFAULT_CONFIG
+    return ArrayConfig(
+        lanes=DEFAULT_CONFIG.lanes if args.lanes is None else args.lanes,
+        token_lanes=DEFAULT_CONFIG.token_lanes if args.token_lanes is None else args.token_lanes,
+        max_in_features=(DEFAULT_CONFIG.max_in_features if args.max_in_features is None
+                         else args.max_in_features))
+
+
+def run(args):
+    from pathlib import Path
+    from ...bitstreams import build
+
+    if args.board not in build.BOARDS:
+        print(f"unknown board {args.board!r}: choose one of {', '.join(build.BOARDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        config = _config(args)
+    except (TypeError, ValueError) as error:
+        print(f"bad array config: {error}", file=sys.stderr)
+        return 2
+    folder = (Path(args.output) if args.output is not None
+              else build.default_output(config, args.board))
+
+    def stale_reason():
+        try:
+            return build.check_manifest(build.read_manifest(folder), config)
+        except FileNotFoundError as error:
+            return str(error)
+
+    if args.check:
+        reason = stale_reason()
+        if reason:
+            print(f"stale: {folder / 'sparsemac.bit'}: {reason}")
+            return 1
+        print(f"up to date: {folder / 'sparsemac.bit'} matches the current RTL of "
+              f"{config.describe()}")
+        return 0
+
+    programmer = None
+    if args.program:
+        programmer = find_programmer()
+        if programmer is None:
+            print(INSTALL_HINT, file=sys.stderr)
+            return 2
+
+    if not args.program or stale_reason():
+        options = {}
+        if args.clock_mhz is not None:
+            options["clock_hz"] = round(args.clock_mhz * 1e6)
+        if args.baud is not None:
+            options["baud"] = args.baud
+        try:
+            result = build.build_bitstream(config, args.board, folder, seed=args.seed, **options)
+        except (RuntimeError, ValueError) as error:
+            print(error, file=sys.stderr)
+            return 1
+        print(f"wrote {result.bitstream}, {result.manifest} and {result.report} "
+              f"in {result.seconds:.0f} s")
+        if not result.resources.meets_timing:
+            print(f"warning: Fmax {result.resources.fmax_mhz} MHz misses the "
+                  f"{result.resources.constraint_mhz} MHz clock: see {result.report}",
+                  file=sys.stderr)
+
+    if programmer is not None:
+        name, path = programmer
+        command = [path, *PROGRAMMERS[name], str(folder / "sparsemac.bit")]
+        print(" ".join(command))
+        return subprocess.run(command).returncode
+    return 0

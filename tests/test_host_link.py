@@ -1,0 +1,326 @@
+"""The host link: the engine in Amaranth's simulator, then the whole board through a pty.
+
+The unit tests drive :class:`HostLink`'s byte streams with frames packed by the host's own
+encoder and check its replies and the beats it hands the core. The end-to-end tests run the
+board RTL under Verilator behind a pseudo-terminal and talk to it with :class:`FPGADevice`.
+"""
+
+import os
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.hw.formats import Mode
+from sparsemac.hw.host_link import HostLink, fifo_depth
+from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, MAX_PAYLOAD, LinkFormats, Opcode,
+                                       Status, crc8, layout_bytes)
+from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
+from sparsemac.sw.csr import CSRMatrix
+from sparsemac.sw.driver import DeviceError, open_device
+from sparsemac.sw.fpga_device import LinkStatusError, decode_reply, encode_request
+
+CONFIG = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+FORMATS = LinkFormats(CONFIG)
+TIMEOUT_CYCLES = 200
+DESIGN_HASH = 0x0123456789ABCDEF
+
+
+# Amaranth unit tests ------------------------------------------------------------------------
+
+def split_replies(data):
+    """Whole reply frames in ``data`` (bytes), decoded."""
+    replies = []
+    while data:
+        length = FORMATS.reply_header.from_bits(
+            int.from_bytes(data[:layout_bytes(FORMATS.reply_header)], "little")).length
+        size = layout_bytes(FORMATS.reply_header) + length + 1
+        replies.append(decode_reply(FORMATS, data[:size]))
+        data = data[size:]
+    return replies
+
+
+def run_link(requests, *, expect_replies, sums=(), done=None, drain=("activations",),
+             seed=0, idle=0.2, backpressure=0.2, gap_cycles=0):
+    """Sends ``requests`` (lists of bytes, one per frame, each after the previous reply) to a
+    HostLink; feeds ``sums`` beats and a ``done`` count on the core side; returns the replies
+    and the beats that came out on each drained core input stream."""
+    link = HostLink(CONFIG, design_hash=DESIGN_HASH, clock_hz=4_000_000, baud=1_000_000,
+                    timeout_cycles=TIMEOUT_CYCLES)
+    sim = Simulator(link)
+    sim.add_clock(1e-8)
+    out = bytearray()
+    drained = {name: [] for name in drain}
+    replies_seen = []
+
+    async def host(ctx):
+        rng = random.Random(seed)
+        for frame in requests:
+            await stream_put_all(ctx, link.rx, list(frame), rng, idle)
+            if gap_cycles:
+                await ctx.tick().repeat(gap_cycles)
+            for _ in range(20 * TIMEOUT_CYCLES):
+                if len(split_complete(out)) > len(replies_seen):
+                    break
+                await ctx.tick()
+            replies_seen.append(1)
+        await ctx.tick().repeat(100)          # let the last beats reach the core side
+
+    async def device_out(ctx):
+        rng = random.Random(seed + 1)
+        while True:
+            out.extend(await stream_get_all(ctx, link.tx, 1, rng, backpressure))
+
+    async def core_sums(ctx):
+        await stream_put_all(ctx, link.sums, list(sums), random.Random(seed + 2), idle)
+        if done is not None:
+            await stream_put_all(ctx, link.done, [done], random.Random(seed + 3), 0)
+
+    def drainer(name):
+        async def bench(ctx):
+            stream = getattr(link, name)
+            rng = random.Random(seed + 4)
+            while True:
+                drained[name].extend(await stream_get_all(ctx, stream, 1, rng, backpressure))
+        return bench
+
+    sim.add_testbench(host)
+    sim.add_testbench(device_out, background=True)
+    sim.add_testbench(core_sums)
+    for name in drain:
+        sim.add_testbench(drainer(name), background=True)
+    sim.run()
+    replies = split_replies(bytes(out))
+    assert len(replies) == expect_replies
+    return replies, drained
+
+
+def split_complete(data):
+    """Reply frames completely received so far (not decoded)."""
+    frames, data = [], bytes(data)
+    header = layout_bytes(FORMATS.reply_header)
+    while len(data) >= header:
+        length = FORMATS.reply_header.from_bits(int.from_bytes(data[:header], "little")).length
+        if len(data) < header + length + 1:
+            break
+        frames.append(data[:header + length + 1])
+        data = data[header + length + 1:]
+    return frames
+
+
+def request(opcode, payload=b"", tag=1):
+    return encode_request(FORMATS, opcode, tag, payload)
+
+
+def unpack(layout, payload):
+    return layout.from_bits(int.from_bytes(payload, "little"))
+
+
+def test_identify():
+    [(header, payload)] = run_link([request(Opcode.IDENTIFY, tag=7)], expect_replies=1)[0]
+    assert (header.status, header.tag, header.opcode) == (Status.OK, 7, Opcode.IDENTIFY.value)
+    word = unpack(FORMATS.identification, payload)
+    assert word.magic == IDENTIFICATION_MAGIC
+    assert (word.lanes, word.token_lanes, 1 << word.in_features_log2) == (4, 2, 64)
+    assert (word.clock_hz, word.baud, word.design_hash) == (4_000_000, 1_000_000, DESIGN_HASH)
+
+
+def corrupt(frame, index):
+    frame = bytearray(frame)
+    frame[index] ^= 0x10
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("frame, status", [
+    (corrupt(request(Opcode.STATUS), 2), Status.BAD_CHECKSUM),
+    (corrupt(request(Opcode.ACTIVATIONS, bytes(8)), 7), Status.BAD_CHECKSUM),
+    (request(0x7F), Status.BAD_OPCODE),
+    (request(Opcode.STATUS, b"\x00"), Status.BAD_LENGTH),
+    (request(Opcode.ACTIVATIONS, bytes(3)), Status.BAD_LENGTH),       # 1.5 beats of 2 bytes
+    (request(Opcode.JOB, bytes(5)), Status.BAD_LENGTH),
+    (request(Opcode.READ_SUMS, bytes(1)), Status.BAD_LENGTH),
+])
+def test_malformed_frame_gets_an_error_reply_and_the_link_recovers(frame, status):
+    replies, drained = run_link([frame, request(Opcode.IDENTIFY, tag=2)], expect_replies=2)
+    assert replies[0][0].status == status
+    assert replies[0][1] == b""
+    assert replies[1][0].status == Status.OK and replies[1][0].tag == 2
+    assert drained["activations"] == []      # a refused frame writes nothing
+
+
+def test_oversized_length_is_refused_at_once():
+    header = FORMATS.request_header.const({"sync": 0xA5, "opcode": Opcode.VALUES.value,
+                                           "tag": 3, "length": MAX_PAYLOAD + 1})
+    frame = header.as_bits().to_bytes(layout_bytes(FORMATS.request_header), "little")
+    replies, _ = run_link([frame, request(Opcode.IDENTIFY, tag=4)], expect_replies=2)
+    assert replies[0][0].status == Status.BAD_LENGTH and replies[0][0].tag == 3
+    assert replies[1][0].status == Status.OK
+
+
+def test_truncated_frame_times_out_and_the_link_recovers():
+    truncated = request(Opcode.ACTIVATIONS, bytes(range(8)), tag=5)[:-3]
+    replies, drained = run_link([truncated, request(Opcode.IDENTIFY, tag=6)], expect_replies=2)
+    assert replies[0][0].status == Status.TIMEOUT and replies[0][0].tag == 5
+    assert replies[1][0].status == Status.OK and replies[1][0].tag == 6
+    assert drained["activations"] == []
+
+
+def test_garbage_between_frames_is_skipped():
+    replies, _ = run_link([b"\x00\x13\x37" + request(Opcode.STATUS, tag=9)], expect_replies=1)
+    assert replies[0][0].status == Status.OK and replies[0][0].tag == 9
+
+
+def test_data_frames_become_beats_in_order():
+    rng = random.Random(3)
+    beat_bytes = FORMATS.beat_bytes(Opcode.ACTIVATIONS)
+    beats = [rng.randrange(1 << (8 * beat_bytes)) for _ in range(40)]
+    payload = b"".join(beat.to_bytes(beat_bytes, "little") for beat in beats)
+    frames = [request(Opcode.ACTIVATIONS, payload[:30], tag=1),
+              request(Opcode.ACTIVATIONS, payload[30:], tag=2)]
+    replies, drained = run_link(frames, expect_replies=2)
+    assert [header.status for header, _ in replies] == [Status.OK, Status.OK]
+    assert drained["activations"] == beats
+
+
+def test_full_fifo_refuses_the_whole_frame():
+    depth = fifo_depth(FORMATS.beat_bytes(Opcode.VALUES))
+    per_frame = MAX_PAYLOAD // FORMATS.beat_bytes(Opcode.VALUES)
+    frames = [request(Opcode.VALUES, bytes(MAX_PAYLOAD), tag=tag)
+              for tag in range(depth // per_frame + 1)]
+    replies, _ = run_link(frames + [request(Opcode.STATUS, tag=99)], drain=(),
+                          expect_replies=len(frames) + 1, idle=0, backpressure=0)
+    statuses = [header.status for header, _ in replies]
+    assert statuses == [Status.OK] * (depth // per_frame) + [Status.NO_ROOM, Status.OK]
+    # One beat has moved on into the register in front of the (stalled) core.
+    assert unpack(FORMATS.status, replies[-1][1]).values_free == 1
+
+
+def test_sums_cycles_and_reset():
+    rng = random.Random(5)
+    sums = [rng.randrange(1 << 64) for _ in range(5)]
+    read = FORMATS.read_sums.const({"count": 3}).as_bits().to_bytes(2, "little")
+    frames = [request(Opcode.STATUS, tag=1), request(Opcode.READ_SUMS, read, tag=2),
+              request(Opcode.READ_SUMS, read, tag=3), request(Opcode.READ_CYCLES, tag=4),
+              request(Opcode.RESET, tag=5), request(Opcode.READ_CYCLES, tag=6)]
+    replies, _ = run_link(frames, sums=sums, done=12345, expect_replies=6, gap_cycles=50)
+    assert unpack(FORMATS.status, replies[0][1]).sums_waiting == 5
+    got = replies[1][1] + replies[2][1]
+    assert [int.from_bytes(got[i:i + 8], "little") for i in range(0, len(got), 8)] == sums
+    cycles = unpack(FORMATS.cycles_reply, replies[3][1])
+    assert (cycles.cycles, cycles.done) == (12345, 1)
+    status = unpack(FORMATS.status, replies[4][1])
+    assert status.sums_waiting == 0 and status.done == 0
+    assert status.activations_free == fifo_depth(FORMATS.beat_bytes(Opcode.ACTIVATIONS))
+    assert unpack(FORMATS.cycles_reply, replies[5][1]).done == 0
+
+
+def test_crc_matches_the_reference_value():
+    # CRC-8/SMBUS check value.
+    assert crc8(b"123456789") == 0xF4
+
+
+# End to end: the board RTL under Verilator, behind a pty --------------------------------------
+
+@pytest.fixture(scope="module")
+def board():
+    from sparsemac.sim.board_sim import SimulatedBoard
+    with SimulatedBoard(CONFIG) as simulated:
+        yield simulated
+
+
+@pytest.fixture
+def device(board):
+    with open_device("fpga", CONFIG, port=board.port, timeout=2.0, resync_s=0.05) as opened:
+        yield opened
+
+
+def pruned_layer(rows, cols, tokens, density, seed):
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randint(-128, 128, (rows, cols), generator=generator, dtype=torch.int8)
+    weights[torch.rand(rows, cols, generator=generator) >= density] = 0
+    weights[min(2, rows - 1)] = 0                                   # an empty row
+    activations = torch.randint(-128, 128, (tokens, cols), generator=generator,
+                                dtype=torch.int8)
+    return CSRMatrix.from_dense(weights), activations
+
+
+@pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE])
+def test_small_layer_is_bit_exact_with_the_model_cycle_count(device, mode):
+    weights, activations = pruned_layer(16, 40, 4, 0.3, seed=1)
+    result = device.matmul(weights, activations, mode)
+    reference = open_device("reference", CONFIG).matmul(weights, activations, mode)
+    assert torch.equal(result.sums, reference.sums)
+    # Small enough to be loaded whole before it starts: the core runs at full rate.
+    assert result.cycles == reference.cycles
+
+
+def test_streamed_layer_is_bit_exact_and_cycles_include_link_stalls(device):
+    weights, activations = pruned_layer(200, 64, 6, 0.15, seed=2)
+    result = device.matmul(weights, activations)
+    reference = open_device("reference", CONFIG).matmul(weights, activations)
+    assert torch.equal(result.sums, reference.sums)
+    # Too big for the FIFOs: the core waits for the UART, and its counter shows it.
+    assert result.cycles > reference.cycles
+
+
+def test_error_replies_over_the_wire_and_recovery(device):
+    tag = device.next_tag()
+    with pytest.raises(LinkStatusError, match="BAD_OPCODE") as error:
+        device.exchange(encode_request(FORMATS, 0x66, tag), tag)
+    assert error.value.status == Status.BAD_OPCODE
+    assert device.identify().lanes == CONFIG.lanes
+
+    tag = device.next_tag()
+    frame = corrupt(encode_request(FORMATS, Opcode.ROW_POINTERS, tag, bytes(16)), 9)
+    with pytest.raises(LinkStatusError, match="checksum"):
+        device.exchange(frame, tag)
+    assert device.identify().lanes == CONFIG.lanes
+
+    tag = device.next_tag()
+    frame = encode_request(FORMATS, Opcode.ROW_POINTERS, tag, bytes(16))
+    dropped = frame[:8] + frame[9:]
+    with pytest.raises(LinkStatusError, match="TIMEOUT"):
+        device.exchange(dropped, tag)
+    weights, activations = pruned_layer(8, 16, 3, 0.5, seed=3)
+    assert torch.equal(device.matmul(weights, activations).sums,
+                       open_device("reference", CONFIG).matmul(weights, activations).sums)
+
+
+def test_a_lost_sync_byte_is_a_host_time_out_and_the_next_command_works(board):
+    with open_device("fpga", CONFIG, port=board.port, timeout=0.3, resync_s=0.05) as device:
+        tag = device.next_tag()
+        with pytest.raises(DeviceError, match="no complete reply"):
+            device.exchange(encode_request(FORMATS, Opcode.STATUS, tag)[1:], tag)
+        assert device.identify().token_lanes == CONFIG.token_lanes
+
+
+def test_mismatched_config_is_refused(board):
+    other = ArrayConfig(lanes=8, token_lanes=2, max_in_features=64)
+    with pytest.raises(DeviceError, match="expects K=8 T=2"):
+        open_device("fpga", other, port=board.port)
+
+
+def test_mismatched_design_hash_is_refused(board, monkeypatch):
+    import sparsemac.bitstreams.build as build
+    monkeypatch.setattr(build, "design_hash", lambda config: 0xDEADBEEF)
+    with pytest.raises(DeviceError, match="current RTL is design 00000000deadbeef"):
+        open_device("fpga", CONFIG, port=board.port)
+
+
+def test_missing_port_is_a_clear_error(tmp_path):
+    with pytest.raises(DeviceError, match="cannot open serial port"):
+        open_device("fpga", CONFIG, port=str(tmp_path / "ttyUSB9"))
+    with pytest.raises(DeviceError, match="needs a serial port"):
+        open_device("fpga", CONFIG)
+
+
+def test_silent_port_times_out():
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(DeviceError, match="no complete reply .* within 0.2 s"):
+            open_device("fpga", CONFIG, port=os.ttyname(slave), timeout=0.2, resync_s=0)
+    finally:
+        os.close(master)
+        os.close(slave)
