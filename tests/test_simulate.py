@@ -83,6 +83,13 @@ def test_board_estimate_refuses_another_config(capsys):
     assert "built for K=8 T=4" in err and "--lanes 8" in err
 
 
+def test_fpga_backend_needs_a_port(capsys):
+    status, _, err = run_simulate(capsys, "--backend", "fpga")
+    assert status == 2 and "--backend fpga needs --port" in err
+    status, _, err = run_simulate(capsys, "--backend", "fpga", "--port", "/dev/no-such-board")
+    assert status == 1 and "cannot open serial port '/dev/no-such-board'" in err
+
+
 def test_unknown_layer_lists_valid_names(capsys):
     status, _, err = run_simulate(capsys, "--backend", "reference", "--layer",
                                   "encoder.layer.0.nonsense")

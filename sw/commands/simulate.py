@@ -26,7 +26,7 @@ HELP = ("run one pruned layer of a BERT on a simulated array: cycles, speedup ov
 DEFAULT_MODEL = "minilm"
 DEFAULT_LAYER = "encoder.layer.0.intermediate.dense"
 DEFAULT_SPARSITY = 0.9
-BACKENDS = ("verilator", "reference", "amaranth")
+BACKENDS = ("verilator", "reference", "amaranth", "fpga")
 
 
 def _fraction(text):
@@ -69,6 +69,8 @@ def add_arguments(parser):
                         help="print one JSON object instead of the table")
     parser.add_argument("--fst", metavar="PATH", default=None,
                         help="write an FST waveform of both runs here (verilator only)")
+    parser.add_argument("--port", default=None,
+                        help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
     parser.add_argument("--board", choices=("ulx3s-85f",), default=None,
                         help="add the estimated wall time on this board, from its committed "
                              "bitstream's clock and the UART link's baud rate")
@@ -264,7 +266,12 @@ def simulate(args, started=None):
     loaded = load_model(args.model, seed=args.seed)
     linear = _checked_layer(loaded, args.layer, config)
     inputs = capture_linear_input(loaded, args.layer, tokens=args.tokens)
+    if (args.backend == "fpga") != (args.port is not None):
+        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
+                         "is only for --backend fpga")
     options = {"fst_path": args.fst} if args.fst else {}
+    if args.port is not None:
+        options["port"] = args.port
     progress(f"opening the {args.backend} device ({config.describe()})")
     weight = linear.weight.detach().float()
     structured = parse_method(args.method)[0] == "n:m"
