@@ -31,8 +31,8 @@ from ..sim.toolchain import cache_dir, source_digest
 
 __all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
-           "check_manifest", "BoardEstimate", "board_estimate", "committed_folder", "default_output",
-           "link_wire_bytes"]
+           "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
+           "default_output", "link_wire_bytes"]
 
 #: The ``sync`` clock of the board design: the ECP5 PLL makes it from the 25 MHz oscillator
 #: (x 12/5); 3 Mbaud divides it exactly (20 cycles/bit). 45 MHz (x 9/5) is the next lower rate

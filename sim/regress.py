@@ -312,7 +312,8 @@ def _test(config, bench, build_dir, test_dir, seed, test_filter, waves, on_test=
         with watcher:
             try:
                 runner.test(test_module=bench.module, hdl_toplevel=bench.toplevel,
-                            hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=test_dir, seed=seed,
+                            hdl_toplevel_lang="verilog", build_dir=build_dir,
+                            test_dir=test_dir, seed=seed,
                             test_filter=test_filter, waves=waves,
                             extra_env={**config_environment(config),
                                        # the runner would name Verilator's waves dump.vcd

@@ -79,7 +79,11 @@ def encode_request(formats, opcode, tag, payload=b""):
     payload : bytes
     """
     header = formats.request_header.const({
-        "sync": REQUEST_SYNC, "opcode": opcode.value if isinstance(opcode, Opcode) else opcode, "tag": tag, "length": len(payload)})
+        "sync": REQUEST_SYNC,
+        "opcode": opcode.value if isinstance(opcode, Opcode) else opcode,
+        "tag": tag,
+        "length": len(payload),
+    })
     frame = header.as_bits().to_bytes(layout_bytes(formats.request_header), "little")
     frame += bytes(payload)
     return frame + bytes([crc8(frame[1:])])
