@@ -1,0 +1,1 @@
+"""Library pipelines: whole measurements that return report dataclasses (the CLI prints them)."""

@@ -1,0 +1,1118 @@
+"""Design-space sweeps on Dask: array configs x models x layers x pruning methods x sparsities.
+
+A spec (TOML, :func:`load_spec`) names the axes and their values; every combination is one
+*point* (:class:`SweepPoint`), an independent task that carries only its small parameters. A
+Dask worker loads the model, captures the layer's input on the built-in sentence, prunes and
+quantises the layer, and returns a :class:`PointResult`: the exact cycle model's sparse and dense
+cycles and the layer's fidelity against the float layer. Points drawn for verification also run
+on the Verilator device (bit-exact sums and cycles); a ``[build]`` section adds one board build
+per array config and placement seed.
+
+Results go to one CSV in the output folder, one row per point, keyed by a hash of the point's
+parameters and the design hash, appended and flushed as each point completes: a rerun computes
+only the points not in the table, an interrupted sweep resumes, and rows of other specs or
+designs stay untouched. A point that raises is recorded with its error and the sweep goes on.
+"""
+
+import csv
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+import tomllib
+import types
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ...hw.config import ArrayConfig
+from ...hw.formats import Mode
+from ..driver import ReferenceDevice, open_device
+from ..model_offload import matmul_cycles
+from ..models import MODEL_SPECS, capture_linear_input, encoder_linear_names, get_linear, load_model
+from ..offload import OffloadedLinear
+from ..pruning import parse_method, prune_mask
+from ..quantisation import approximation_error, quantise_activations
+
+__all__ = ["METHODS", "RESULTS_FILE", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
+           "PointResult", "SweepReport", "load_spec", "parse_spec", "expand_points", "prune",
+           "design_hash", "run_point", "run_sweep", "pareto_front"]
+
+#: The results table inside the output folder.
+RESULTS_FILE = "sweep.csv"
+#: Seconds to wait for a Dask scheduler to answer before giving up.
+CONNECT_TIMEOUT_S = 3
+#: Seconds between plain progress lines when stderr is not a terminal.
+PROGRESS_INTERVAL_S = 5.0
+#: Failed points listed in the summary (all of them are in the CSV).
+LISTED_FAILURES = 10
+
+
+def _unstructured(name):
+    def mask(weight, sparsity, seed, inputs):
+        return prune_mask(weight, sparsity, name, seed=seed)
+    return mask
+
+
+#: Pruning methods a spec may name besides N:M patterns such as ``"2:4"``: name -> function
+#: ``(weight, sparsity, seed, inputs) -> keep-mask`` (``inputs``: the layer's float input on the
+#: built-in sentence, for methods calibrated on activations). Adding a method is one line here.
+METHODS = {
+    "magnitude": _unstructured("magnitude"),
+    "random": _unstructured("random"),
+}
+
+_N_M = re.compile(r"^(\d+):(\d+)$")
+
+
+def _is_n_m(method):
+    return _N_M.match(method) is not None
+
+
+def prune(method, weight, sparsity, seed, inputs):
+    """The keep-mask of ``weight`` by a spec's ``method``: the one place a method is applied.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS` or an N:M pattern such as ``"2:4"``.
+    weight : torch.Tensor
+        The float weight, ``(out_features, in_features)``.
+    sparsity : float or None
+        Target fraction pruned; None for N:M, whose pattern fixes it.
+    seed : int
+    inputs : torch.Tensor
+        The layer's float input, ``(tokens, in_features)``.
+
+    Returns
+    -------
+    torch.Tensor of bool
+    """
+    if _is_n_m(method):
+        return prune_mask(weight, None, method)
+    return METHODS[method](weight, sparsity, seed, inputs)
+
+
+def design_hash(config):
+    """The design hash of ``config`` as 16 hex digits: the one place it is imported from."""
+    from ...bitstreams.build import design_hash as board_design_hash
+    return f"{board_design_hash(config):016x}"
+
+
+# --- The spec ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """Run ``sample`` points, drawn with ``seed``, on the Verilator device too."""
+    sample: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One board build per array config and nextpnr placement seed."""
+    seeds: tuple
+    board: str
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys).
+
+    Attributes
+    ----------
+    configs : tuple of ArrayConfig
+    models : tuple of str
+    layers : tuple of str or "all"
+    methods : tuple of str
+    sparsities : tuple of float
+        Targets of the unstructured methods (N:M points ignore them: one point per pattern).
+    tokens : tuple of int or None
+        Token counts; None is the built-in sentence as it is (16 tokens).
+    seed : int
+        Seeds random pruning and the random ``bert-base`` weights.
+    verify : VerifySpec or None
+    build : BuildSpec or None
+    """
+    configs: tuple
+    models: tuple
+    layers: tuple | str
+    methods: tuple
+    sparsities: tuple = ()
+    tokens: tuple = (None,)
+    seed: int = 0
+    verify: VerifySpec | None = None
+    build: BuildSpec | None = None
+
+    def digest(self):
+        """A short hash naming this spec (its ``spec`` column in the results)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_AXES = {"configs", "models", "layers", "methods", "sparsities", "tokens"}
+_TOP_KEYS = _AXES | {"seed", "verify", "build"}
+_CONFIG_NAME = re.compile(r"^k(\d+)t(\d+)(?:i(\d+))?$")
+
+
+def load_spec(path):
+    """Reads and validates a sweep spec.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TOML file (see :func:`parse_spec`).
+
+    Returns
+    -------
+    SweepSpec
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not TOML, or as :func:`parse_spec`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep spec {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a TOML file: {error}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data, source="spec"):
+    """Validates a sweep spec given as a dict (a parsed TOML file).
+
+    Keys: ``configs`` (array config names such as ``"k8t4"``, ``"k1t1"``, ``"k16t4i2048"``, or
+    tables of :class:`ArrayConfig` fields), ``models`` (``"minilm"``, ``"bert-base"`` or
+    checkpoint directories), ``layers`` (linear names, or ``"all"`` for every encoder linear),
+    ``methods`` (:data:`METHODS` keys or N:M patterns such as ``"2:4"``), ``sparsities``
+    (0 to 1; needed by unstructured methods), optional ``tokens`` (2 or more; default the
+    sentence itself), ``seed`` (default 0), ``[verify]`` with ``sample`` and ``seed``, and
+    ``[build]`` with ``seeds`` and ``board`` (default ``"ulx3s-85f"``).
+
+    Models and layer names are checked when the points are expanded (:func:`expand_points`),
+    which loads each model.
+
+    Returns
+    -------
+    SweepSpec
+
+    Raises
+    ------
+    ValueError
+        On an unknown key or value, an empty axis or a value of the wrong type; the message
+        names ``source`` and the key.
+    """
+    def fail(message):
+        raise ValueError(f"{source}: {message}")
+
+    if not isinstance(data, dict):
+        fail("a spec is a table of axes")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        fail(f"unknown key {unknown[0]!r}: a spec has {', '.join(sorted(_TOP_KEYS))}")
+
+    def axis(name, required=True):
+        if name not in data:
+            if required:
+                fail(f"missing axis {name!r}")
+            return None
+        values = data[name]
+        if isinstance(values, (str, int, float, dict)) and not isinstance(values, bool):
+            values = [values]
+        if not isinstance(values, list):
+            fail(f"{name!r} must be a list, not {values!r}")
+        if not values:
+            fail(f"axis {name!r} is empty: give it at least one value")
+        if len({json.dumps(value, sort_keys=True) for value in values}) != len(values):
+            fail(f"axis {name!r} repeats a value: {values!r}")
+        return values
+
+    configs = tuple(_parse_config(value, fail) for value in axis("configs"))
+    models = tuple(_string(value, "models", fail) for value in axis("models"))
+    layers = axis("layers")
+    if layers == ["all"]:
+        layers = "all"
+    else:
+        layers = tuple(_string(value, "layers", fail) for value in layers)
+    methods = tuple(_parse_method(_string(value, "methods", fail), fail)
+                    for value in axis("methods"))
+    unstructured = [method for method in methods if not _is_n_m(method)]
+    sparsities = axis("sparsities", required=bool(unstructured)) or []
+    for value in sparsities:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            fail(f"sparsities must be numbers from 0 to 1, not {value!r}")
+    if sparsities and not unstructured:
+        fail("'sparsities' is set but every method is N:M, whose pattern fixes the sparsity")
+    tokens = axis("tokens", required=False) or [None]
+    for value in tokens:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 2):
+            fail(f"tokens must be integers of 2 or more, not {value!r}")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        fail(f"seed must be a non-negative integer, not {seed!r}")
+    return SweepSpec(configs=configs, models=models, layers=layers, methods=methods,
+                     sparsities=tuple(float(value) for value in sparsities), tokens=tuple(tokens),
+                     seed=seed, verify=_parse_verify(data.get("verify"), fail),
+                     build=_parse_build(data.get("build"), fail))
+
+
+def _string(value, name, fail):
+    if not isinstance(value, str) or not value.strip():
+        fail(f"{name} must be non-empty strings, not {value!r}")
+    return value
+
+
+def _parse_config(value, fail):
+    from ...sim.regress import NAMED_CONFIGS
+
+    fields_ = [item.name for item in dataclasses.fields(ArrayConfig)]
+    if isinstance(value, str):
+        if value in NAMED_CONFIGS:
+            return NAMED_CONFIGS[value]
+        match = _CONFIG_NAME.match(value)
+        if match is None:
+            fail(f"unknown config {value!r}: use a name ({', '.join(NAMED_CONFIGS)}), "
+                 "k<lanes>t<token lanes>[i<max in features>] such as k16t4i2048, or a table "
+                 f"of {', '.join(fields_)}")
+        lanes, token_lanes, max_in = match.groups()
+        value = {"lanes": int(lanes), "token_lanes": int(token_lanes),
+                 **({} if max_in is None else {"max_in_features": int(max_in)})}
+    if not isinstance(value, dict):
+        fail(f"a config is a name or a table of {', '.join(fields_)}, not {value!r}")
+    unknown = sorted(set(value) - set(fields_))
+    if unknown:
+        fail(f"unknown config field {unknown[0]!r}: ArrayConfig has {', '.join(fields_)}")
+    try:
+        return ArrayConfig(**value)
+    except (TypeError, ValueError) as error:
+        fail(f"config {value!r}: {error}")
+
+
+def _parse_method(method, fail):
+    if _is_n_m(method):
+        try:
+            parse_method(method)
+        except ValueError as error:
+            fail(str(error))
+    elif method not in METHODS:
+        fail(f"unknown method {method!r}: use {', '.join(METHODS)} or an N:M pattern such "
+             "as '2:4'")
+    return method
+
+
+def _parse_section(section, name, keys, fail):
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        fail(f"[{name}] must be a table, not {section!r}")
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        fail(f"unknown key {unknown[0]!r} in [{name}]: it takes {', '.join(keys)}")
+    return section
+
+
+def _non_negative_int(value, what, fail):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        fail(f"{what} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _parse_verify(section, fail):
+    section = _parse_section(section, "verify", ("sample", "seed"), fail)
+    if section is None:
+        return None
+    if "sample" not in section:
+        fail("[verify] needs sample, the number of points to run on Verilator")
+    sample = _non_negative_int(section["sample"], "[verify] sample", fail)
+    if sample == 0:
+        fail("[verify] sample must be 1 or more (leave [verify] out to verify nothing)")
+    return VerifySpec(sample=sample,
+                      seed=_non_negative_int(section.get("seed", 0), "[verify] seed", fail))
+
+
+def _parse_build(section, fail):
+    from ...bitstreams.build import BOARDS
+
+    section = _parse_section(section, "build", ("seeds", "board"), fail)
+    if section is None:
+        return None
+    seeds = section.get("seeds")
+    if not isinstance(seeds, list) or not seeds:
+        fail("[build] needs seeds, a non-empty list of nextpnr placement seeds")
+    if len(set(seeds)) != len(seeds):
+        fail(f"[build] seeds repeat a value: {seeds!r}")
+    for seed in seeds:
+        _non_negative_int(seed, "[build] seeds", fail)
+    board = section.get("board", "ulx3s-85f")
+    if board not in BOARDS:
+        fail(f"unknown board {board!r} in [build]: choose one of {', '.join(BOARDS)}")
+    return BuildSpec(seeds=tuple(seeds), board=board)
+
+
+# --- Points -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One task of a sweep: a layer measurement (``kind="layer"``) or a board build
+    (``kind="build"``). Small by design: it is what travels to the workers.
+
+    Attributes
+    ----------
+    kind : {"layer", "build"}
+    config : ArrayConfig
+    design_hash : str
+        The design hash of ``config`` when the sweep was expanded.
+    model, layer, method : str
+    sparsity : float or None
+        Target sparsity; None for N:M.
+    tokens : int or None
+        None: the built-in sentence as it is.
+    seed : int
+    verify : bool
+        Also run on the Verilator device.
+    board : str
+    build_seed : int or None
+    """
+    kind: str
+    config: ArrayConfig
+    design_hash: str
+    model: str = ""
+    layer: str = ""
+    method: str = ""
+    sparsity: float | None = None
+    tokens: int | None = None
+    seed: int = 0
+    verify: bool = False
+    board: str = ""
+    build_seed: int | None = None
+
+    @property
+    def key(self):
+        """16 hex digits hashing every parameter and the design hash: the row's key."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def expand_points(spec):
+    """Every point of ``spec``, models outermost (so a worker's model cache is reused).
+
+    Loads each model once to check the layer names (and to list them for ``"all"``).
+
+    Returns
+    -------
+    list of SweepPoint
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        If a model or a layer name is unknown, or the verify sample is larger than the sweep.
+    """
+    hashes = {config: design_hash(config) for config in spec.configs}
+    prunings = [(method, None) if _is_n_m(method) else (method, sparsity)
+                for method in spec.methods
+                for sparsity in ((None,) if _is_n_m(method) else spec.sparsities)]
+    points = []
+    for model in spec.models:
+        loaded = _loaded_model(model, spec.seed)
+        names = encoder_linear_names(loaded.model) if spec.layers == "all" else spec.layers
+        for layer in names:
+            get_linear(loaded.model, layer)
+            points.extend(
+                SweepPoint(kind="layer", config=config, design_hash=hashes[config], model=model,
+                           layer=layer, method=method, sparsity=sparsity, tokens=tokens,
+                           seed=spec.seed)
+                for config in spec.configs for tokens in spec.tokens
+                for method, sparsity in prunings)
+    if spec.verify is not None:
+        if spec.verify.sample > len(points):
+            raise ValueError(f"[verify] sample is {spec.verify.sample} but the sweep has only "
+                             f"{len(points)} layer points")
+        chosen = set(random.Random(spec.verify.seed).sample(range(len(points)),
+                                                            spec.verify.sample))
+        points = [dataclasses.replace(point, verify=True) if index in chosen else point
+                  for index, point in enumerate(points)]
+    if spec.build is not None:
+        points.extend(SweepPoint(kind="build", config=config, design_hash=hashes[config],
+                                 board=spec.build.board, build_seed=seed)
+                      for config in spec.configs for seed in spec.build.seeds)
+    return points
+
+
+# --- One point, on a worker -------------------------------------------------------------------
+
+@dataclass
+class PointResult:
+    """One row of the results table: a point's parameters and what it measured.
+
+    Measurements a point did not make (a failed point, the board columns of a layer point)
+    are None. ``relative_error``, ``max_abs_error`` and ``cosine`` compare the layer's int8
+    output with the float, unpruned layer on the built-in sentence, as ``sparsemac simulate``
+    does; ``cosine`` is the mean over tokens. ``bit_exact`` and ``cycles_match`` are set for
+    verified points: Verilator's sums equal the golden model's and its cycle counts the cycle
+    model's, in both modes. ``error`` is empty unless the point failed.
+    """
+    key: str
+    spec: str
+    design_hash: str
+    kind: str
+    config: str
+    lanes: int
+    token_lanes: int
+    max_in_features: int
+    multipliers: int
+    activation_buffer_bits: int
+    model: str = ""
+    layer: str = ""
+    method: str = ""
+    target_sparsity: float | None = None
+    tokens: int | None = None
+    seed: int | None = None
+    verify: bool = False
+    board: str = ""
+    build_seed: int | None = None
+    rows: int | None = None
+    cols: int | None = None
+    sparsity: float | None = None
+    sparse_cycles: int | None = None
+    dense_cycles: int | None = None
+    speedup: float | None = None
+    ideal_speedup: float | None = None
+    efficiency: float | None = None
+    relative_error: float | None = None
+    max_abs_error: float | None = None
+    cosine: float | None = None
+    bit_exact: bool | None = None
+    cycles_match: bool | None = None
+    lut4: int | None = None
+    ff: int | None = None
+    dsp: int | None = None
+    bram: int | None = None
+    fmax_mhz: float | None = None
+    error: str = ""
+    worker: str = ""
+    seconds: float | None = None
+    finished: str = ""
+
+    @classmethod
+    def for_point(cls, point, spec=""):
+        """The row of ``point`` with only its parameters filled in."""
+        from ...sim.regress import config_name
+
+        config = point.config
+        return cls(key=point.key, spec=spec, design_hash=point.design_hash, kind=point.kind,
+                   config=config_name(config), lanes=config.lanes,
+                   token_lanes=config.token_lanes, max_in_features=config.max_in_features,
+                   multipliers=config.multipliers,
+                   activation_buffer_bits=config.activation_buffer_bits, model=point.model,
+                   layer=point.layer, method=point.method, target_sparsity=point.sparsity,
+                   tokens=point.tokens, seed=point.seed if point.kind == "layer" else None,
+                   verify=point.verify, board=point.board, build_seed=point.build_seed)
+
+    @property
+    def failed(self):
+        return bool(self.error)
+
+
+COLUMNS = tuple(item.name for item in dataclasses.fields(PointResult))
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_model(model, seed):
+    return load_model(model, seed=seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_inputs(model, seed, layer, tokens):
+    return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
+
+
+@functools.lru_cache(maxsize=8)
+def _verilator_device(config):
+    return open_device("verilator", config)
+
+
+# A Verilator model is one C++ object: threads of one worker take turns on it.
+_VERILATOR_LOCK = threading.Lock()
+
+
+def run_point(point, spec=""):
+    """Measures one point; what runs on a Dask worker.
+
+    Never raises for a failing point: its exception is recorded in :attr:`PointResult.error`.
+
+    Parameters
+    ----------
+    point : SweepPoint
+    spec : str
+        The spec's digest, stored in the row.
+
+    Returns
+    -------
+    PointResult
+    """
+    started = time.perf_counter()
+    result = PointResult.for_point(point, spec)
+    try:
+        if point.kind == "build":
+            _measure_build(point, result)
+        else:
+            _measure_layer(point, result)
+    except Exception as error:  # noqa: BLE001 - a sweep records any failure and goes on
+        result.error = f"{type(error).__name__}: {error}"
+    result.seconds = round(time.perf_counter() - started, 4)
+    result.worker = _worker_name()
+    result.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+        return get_worker().name
+    except ValueError:  # not on a Dask worker
+        return "local"
+
+
+def _measure_layer(point, result):
+    config = point.config
+    loaded = _loaded_model(point.model, point.seed)
+    linear = get_linear(loaded.model, point.layer)
+    inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens)
+    mask = prune(point.method, linear.weight.detach().float(), point.sparsity, point.seed,
+                 inputs)
+    layer = OffloadedLinear.from_linear(linear, ReferenceDevice(config), mask=mask)
+    with torch.no_grad():
+        output = layer(inputs)
+        reference = linear(inputs)
+    weights, tokens = layer.weights, inputs.shape[0]
+    error = approximation_error(reference, output)
+    sparse = layer.stats.cycles
+    dense = matmul_cycles(weights, tokens, config, Mode.DENSE)
+    sparsity = weights.sparsity
+    ideal = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else None
+    result.rows, result.cols, result.tokens = weights.rows, weights.cols, tokens
+    result.sparsity, result.sparse_cycles, result.dense_cycles = sparsity, sparse, dense
+    result.speedup = dense / sparse
+    result.ideal_speedup = ideal
+    result.efficiency = None if ideal is None else result.speedup / ideal
+    result.relative_error, result.max_abs_error = error.relative, error.max_abs
+    result.cosine = float(torch.nn.functional.cosine_similarity(
+        output.double(), reference.double(), dim=-1).mean())
+    if point.verify:
+        activations = quantise_activations(inputs, layer.granularity).values
+        with _VERILATOR_LOCK:
+            device = _verilator_device(config)
+            runs = {mode: device.matmul(weights, activations, mode) for mode in Mode}
+        result.bit_exact = all(torch.equal(run.sums, layer.last_sums) for run in runs.values())
+        result.cycles_match = (runs[Mode.SPARSE].cycles == sparse
+                               and runs[Mode.DENSE].cycles == dense)
+
+
+def _measure_build(point, result):
+    from ...bitstreams.build import build_bitstream
+    from ...sim.toolchain import cache_dir
+
+    # Not the committed folder: a sweep never replaces a release bitstream.
+    output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_{point.design_hash}"
+                                       f"_seed{point.build_seed}")
+    built = build_bitstream(point.config, point.board, output, seed=point.build_seed,
+                            log=lambda message: None)
+    resources = built.resources
+    result.lut4, result.ff, result.dsp, result.bram = (resources.lut4, resources.ff,
+                                                       resources.dsp, resources.bram)
+    result.fmax_mhz = resources.fmax_mhz
+
+
+# --- The results table ------------------------------------------------------------------------
+
+def _cell_type(name):
+    annotation = PointResult.__dataclass_fields__[name].type
+    if isinstance(annotation, types.UnionType):
+        return next(kind for kind in annotation.__args__ if kind is not type(None))
+    return annotation
+
+
+_CELL_TYPES = {name: _cell_type(name) for name in COLUMNS}
+
+
+def _parse_cell(name, text):
+    kind = _CELL_TYPES[name]
+    if kind is str:
+        return text
+    if text == "":
+        return None
+    if kind is bool:
+        return text == "True"
+    return kind(text)
+
+
+class _ResultsTable:
+    """The CSV of one output folder, held under an exclusive lock while a sweep writes it."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.path = self.folder / RESULTS_FILE
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"--output {str(self.folder)!r} is a file, not a folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / ".sweep.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ValueError(f"another sweep is writing to {self.folder}: wait for it or "
+                             "choose another --output") from None
+        self.rows = self._read()
+        self._file = None
+
+    def _read(self):
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return []
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            # A sweep stopped in the middle of a row: drop the partial row, it is recomputed.
+            with open(self.path, "r+b") as file:
+                file.truncate(data.rfind(b"\n") + 1)
+        with open(self.path, newline="") as file:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            if header is None:
+                return []
+            if tuple(header) != COLUMNS:
+                raise ValueError(
+                    f"{self.path} has other columns than this version of sparsemac writes: "
+                    "it is left as it is; choose another --output")
+            return [PointResult(**{name: _parse_cell(name, text)
+                                   for name, text in zip(COLUMNS, row)})
+                    for row in reader if row]
+
+    def append(self, result):
+        """Writes one row and flushes it to disk, so an interrupted sweep loses nothing."""
+        if self._file is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = open(self.path, "a", newline="")
+            self._writer = csv.writer(self._file)
+            if new:
+                self._writer.writerow(COLUMNS)
+        self._writer.writerow(["" if value is None else value
+                               for value in dataclasses.astuple(result)])
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.rows.append(result)
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+        self._lock.close()
+
+
+# --- Running on Dask --------------------------------------------------------------------------
+
+class _Progress:
+    """A progress bar over points with throughput and time left; plain lines when stderr is
+    not a terminal."""
+
+    def __init__(self, total):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+        self._last = self.started
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, desc="sweep", unit="point", dynamic_ncols=True)
+
+    def update(self):
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update()
+            return
+        now = time.perf_counter()
+        if now - self._last >= PROGRESS_INTERVAL_S or self.done == self.total:
+            self._last = now
+            elapsed = now - self.started
+            rate = self.done / elapsed if elapsed else 0.0
+            left = (self.total - self.done) / rate if rate else float("inf")
+            _say(f"sweep: {self.done}/{self.total} points, {rate:.2f} points/s, "
+                 f"{left:.0f} s left, {elapsed:.0f} s elapsed")
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _say(message):
+    print(f"[sparsemac] {message}", file=sys.stderr, flush=True)
+
+
+def _default_workers():
+    return len(os.sched_getaffinity(0))
+
+
+def _connect_remote(scheduler):
+    """A client of the running Dask cluster at ``scheduler``, or a ValueError in seconds."""
+    from distributed import Client
+
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise ValueError(f"no Dask scheduler answers at {scheduler!r} within "
+                         f"{CONNECT_TIMEOUT_S} s ({error}): start one with `dask scheduler` "
+                         "and workers with `dask worker ADDRESS` (see docs/sweeps.md)") from None
+    count = len(client.scheduler_info()["workers"])
+    return client, f"the Dask cluster at {scheduler} ({count} worker(s) when the sweep began)"
+
+
+def _start_local(workers, threads_per_worker, processes):
+    """A client of a new local cluster (closed with :meth:`Client.close` of its
+    ``cluster``), and where it runs."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                           processes=processes, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    where = (f"a local cluster of {workers} worker(s) x {threads_per_worker} thread(s)"
+             + ("" if processes else " in this process"))
+    return Client(cluster, set_as_default=False), cluster, where
+
+
+def _compute(points, table, spec_digest, client):
+    """Submits ``points``; appends each row to ``table`` as it completes. A task that fails
+    outside :func:`run_point` (a worker killed too often, say) is recorded as failed."""
+    from distributed import as_completed
+
+    futures = {client.submit(run_point, point, spec_digest, key=f"sparsemac-{point.key}",
+                             pure=False): point for point in points}
+    progress = _Progress(len(points))
+    try:
+        for future in as_completed(futures):
+            if future.status == "finished":
+                result = future.result()
+            else:
+                result = PointResult.for_point(futures[future], spec_digest)
+                error = future.exception()
+                result.error = f"{type(error).__name__}: {error}"
+            table.append(result)
+            future.release()
+            progress.update()
+    finally:
+        progress.close()
+
+
+@dataclass
+class SweepReport:
+    """What :func:`run_sweep` did and found.
+
+    Attributes
+    ----------
+    spec : SweepSpec
+    output : str
+        The output folder; ``results`` is its CSV.
+    results : list of PointResult
+        The rows of this spec's points, in point order (earlier runs' rows included).
+    points, skipped, computed : int
+        Points in the spec; found done in the table; computed now.
+    failed : int
+        Rows of this spec whose point failed.
+    wall_s, points_per_s : float
+        Wall time of the computation and its throughput (0 when nothing was computed).
+    cluster : str
+        Where the points ran.
+    plots : list of str
+    """
+    spec: SweepSpec
+    output: str
+    results: list
+    points: int
+    skipped: int
+    computed: int
+    failed: int
+    wall_s: float
+    points_per_s: float
+    cluster: str
+    plots: list = field(default_factory=list)
+
+    @property
+    def table(self):
+        return str(Path(self.output) / RESULTS_FILE)
+
+    def design_points(self):
+        """Layer rows summed over the layers of each (model, tokens, config, method, sparsity):
+        the designs the Pareto plots compare. See :func:`_design_points`."""
+        return _design_points(self.results)
+
+    def sections(self):
+        """The summary as ``(title, header, rows)`` tables."""
+        sections = [("Sweep", None, [
+            ["results", self.table],
+            ["points", f"{self.points} ({self.skipped} done before, {self.computed} computed "
+                       f"now, {self.failed} failed)"],
+            ["ran on", self.cluster],
+            ["wall time", f"{self.wall_s:.1f} s"
+                          + (f", {self.points_per_s:.2f} points/s" if self.computed else "")],
+            ["seed", str(self.spec.seed)],
+            *([["plots", ", ".join(self.plots)]] if self.plots else []),
+        ])]
+        for workload, designs in _by_workload(self.design_points()).items():
+            front = pareto_front(designs, "sparse_cycles", "relative_error")
+            sections.append((f"Pareto front, cycles against relative error: {workload} "
+                             f"({len(front)} of {len(designs)} designs)",
+                             ["config", "method", "sparsity", "cycles", "speedup",
+                              "rel. error", "cosine"],
+                             [[design.config, design.method, _sparsity(design.target_sparsity),
+                               f"{design.sparse_cycles:,}", f"{design.speedup:.2f}x",
+                               f"{design.relative_error:.2%}", f"{design.cosine:.4f}"]
+                              for design in front]))
+        verified = [row for row in self.results if row.verify and not row.failed]
+        if verified:
+            sections.append(("Verified on Verilator", None, [
+                ["points", str(len(verified))],
+                ["bit-exact", f"{sum(row.bit_exact for row in verified)} of {len(verified)}"],
+                ["cycles = model",
+                 f"{sum(row.cycles_match for row in verified)} of {len(verified)}"]]))
+        builds = [row for row in self.results if row.kind == "build" and not row.failed]
+        if builds:
+            sections.append(("Board builds", ["config", "seed", "Fmax", "LUT4", "DSP", "BRAM"],
+                             [[row.config, str(row.build_seed), f"{row.fmax_mhz:.2f} MHz",
+                               f"{row.lut4:,}", str(row.dsp), str(row.bram)] for row in builds]))
+        failures = [row for row in self.results if row.failed]
+        if failures:
+            more = len(failures) - LISTED_FAILURES
+            sections.append((f"Failed points ({len(failures)}"
+                             + (f"; the first {LISTED_FAILURES} here, all in the CSV"
+                                if more > 0 else "") + ")",
+                             None, [[_describe(row), row.error]
+                                    for row in failures[:LISTED_FAILURES]]))
+        return sections
+
+
+def _sparsity(target):
+    return "N:M" if target is None else f"{target:.0%}"
+
+
+def _describe(row):
+    if row.kind == "build":
+        return f"build {row.config} seed {row.build_seed}"
+    return f"{row.model} {row.layer} {row.config} {row.method} {_sparsity(row.target_sparsity)}"
+
+
+@dataclass
+class DesignPoint:
+    """A design, summed over the sweep's layers of one workload (model, tokens)."""
+    model: str
+    tokens: int | None
+    config: str
+    method: str
+    target_sparsity: float | None
+    layers: int
+    multipliers: int
+    activation_buffer_bits: int
+    sparse_cycles: int
+    dense_cycles: int
+    relative_error: float
+    cosine: float
+
+    @property
+    def speedup(self):
+        return self.dense_cycles / self.sparse_cycles
+
+
+def _design_points(results):
+    """Groups layer rows by (model, requested tokens, config, method, target sparsity): cycles
+    add up over the layers, relative error and cosine are averaged. A group with a failed
+    layer is left out (its failure is listed on its own)."""
+    groups = {}
+    for row in results:
+        if row.kind == "layer":
+            groups.setdefault((row.model, row.tokens, row.config, row.method,
+                               row.target_sparsity), []).append(row)
+    designs = []
+    for (model, tokens, config, method, sparsity), rows in groups.items():
+        if any(row.failed for row in rows):
+            continue
+        designs.append(DesignPoint(
+            model=model, tokens=tokens, config=config, method=method, target_sparsity=sparsity,
+            layers=len(rows), multipliers=rows[0].multipliers,
+            activation_buffer_bits=rows[0].activation_buffer_bits,
+            sparse_cycles=sum(row.sparse_cycles for row in rows),
+            dense_cycles=sum(row.dense_cycles for row in rows),
+            relative_error=sum(row.relative_error for row in rows) / len(rows),
+            cosine=sum(row.cosine for row in rows) / len(rows)))
+    return designs
+
+
+def _by_workload(designs):
+    workloads = {}
+    for design in designs:
+        name = f"{design.model}, {design.layers} layer(s), {design.tokens} tokens"
+        workloads.setdefault(name, []).append(design)
+    return workloads
+
+
+def pareto_front(items, x, y):
+    """The items no other item beats on both attributes ``x`` and ``y`` (lower is better),
+    sorted by ``x``; of equal items the first is kept."""
+    front, best = [], float("inf")
+    for item in sorted(items, key=lambda item: (getattr(item, x), getattr(item, y))):
+        if getattr(item, y) < best:
+            front.append(item)
+            best = getattr(item, y)
+    return front
+
+
+def _plot(designs, folder):
+    """The Pareto plots as PNGs in ``folder``: cycles against relative error, and cycles
+    against the array's multipliers and activation buffer. Returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = _by_workload(designs)
+    if not workloads:
+        return []
+    configs = sorted({design.config for design in designs})
+    colours = {config: plt.get_cmap("tab10")(index % 10) for index, config in enumerate(configs)}
+    methods = sorted({design.method for design in designs})
+    markers = {method: "osD^v<>P*X"[index % 10] for index, method in enumerate(methods)}
+
+    def scatter(axes, designs, x, y, scale=1.0):
+        for design in designs:
+            axes.scatter(getattr(design, x) / scale, getattr(design, y),
+                         color=colours[design.config], marker=markers[design.method], s=28,
+                         alpha=0.8)
+        front = pareto_front(designs, x, y)
+        axes.step([getattr(item, x) / scale for item in front], [getattr(item, y) for item in front],
+                  where="post", color="black", linewidth=1, label="Pareto front")
+        axes.grid(alpha=0.3)
+
+    def legend(figure):
+        handles = [plt.Line2D([], [], color=colours[config], marker="o", linestyle="",
+                              label=config) for config in configs]
+        handles += [plt.Line2D([], [], color="grey", marker=markers[method], linestyle="",
+                               label=method) for method in methods]
+        handles.append(plt.Line2D([], [], color="black", label="Pareto front"))
+        figure.legend(handles=handles, loc="outside right upper", fontsize="small")
+
+    paths = []
+    figure, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.5),
+                                squeeze=False, layout="constrained")
+    for ax, (workload, items) in zip(axes[0], workloads.items()):
+        scatter(ax, items, "sparse_cycles", "relative_error")
+        ax.set(title=workload, xlabel="sparse cycles (cycle model, summed over layers)",
+               ylabel="relative error vs float layer (mean)", xscale="log")
+    legend(figure)
+    paths.append(folder / "pareto_fidelity.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(len(workloads), 2, figsize=(11, 4.2 * len(workloads)),
+                                squeeze=False, layout="constrained")
+    for row, (workload, items) in zip(axes, workloads.items()):
+        scatter(row[0], items, "multipliers", "sparse_cycles")
+        row[0].set(title=workload, xlabel="int8 multipliers (K x T)",
+                   ylabel="sparse cycles", yscale="log")
+        scatter(row[1], items, "activation_buffer_bits", "sparse_cycles", scale=1024)
+        row[1].set(title=workload, xlabel="activation buffer (kbit)", ylabel="sparse cycles",
+                   xscale="log", yscale="log")
+    legend(figure)
+    paths.append(folder / "pareto_resources.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+    return [str(path) for path in paths]
+
+
+def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
+              processes=True, plots=True):
+    """Runs every point of ``spec`` not yet in ``output``'s table, on Dask.
+
+    Parameters
+    ----------
+    spec : SweepSpec or str or Path
+        A spec, or the path of its TOML file.
+    output : str or Path
+        The folder of the results table (:data:`RESULTS_FILE`) and plots; created if missing.
+        Rows already there are kept: those of this spec's points are not computed again.
+    scheduler : str or None
+        Address of a running Dask scheduler, e.g. ``tcp://10.0.0.5:8786``; None starts a
+        local cluster.
+    workers : int or None
+        Local cluster workers; None: one per CPU core this process may use.
+    threads_per_worker : int
+        Threads of each local worker.
+    processes : bool
+        Local workers as processes (parallel in Python code) or threads of this process.
+    plots : bool
+        Write the Pareto plots.
+
+    Returns
+    -------
+    SweepReport
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        For a bad spec, a model or layer that does not exist, an output folder in use by
+        another sweep or holding a table of other columns, local cluster sizes given with
+        ``scheduler``, or a scheduler that does not answer within :data:`CONNECT_TIMEOUT_S`
+        seconds. All of these are raised before any point is computed.
+    """
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    if scheduler is not None and (workers is not None or threads_per_worker != 1):
+        raise ValueError("--workers and --threads-per-worker size the local cluster: with "
+                         "--scheduler, the cluster's size is set where its workers start")
+    workers = _default_workers() if workers is None else workers
+    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    client, cluster, where = None, None, "nothing to compute"
+    if scheduler is not None:
+        client, where = _connect_remote(scheduler)
+    table = None
+    try:
+        points = expand_points(spec)
+        table = _ResultsTable(output)
+        done = {row.key for row in table.rows}
+        todo = [point for point in points if point.key not in done]
+        _say(f"sweep: {len(points)} points (seed {spec.seed}"
+             + (f", verify seed {spec.verify.seed}" if spec.verify else "")
+             + f"), {len(points) - len(todo)} already in {table.path}, {len(todo)} to compute")
+        started = time.perf_counter()
+        if todo:
+            if client is None:
+                client, cluster, where = _start_local(workers, threads_per_worker, processes)
+            _say(f"sweep: running on {where}")
+            _compute(todo, table, spec.digest(), client)
+        wall = time.perf_counter() - started
+        by_key = {row.key: row for row in table.rows}
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        if table is not None:
+            table.close()
+    results = [by_key[point.key] for point in points]
+    report = SweepReport(spec=spec, output=str(output), results=results, points=len(points),
+                         skipped=len(points) - len(todo), computed=len(todo),
+                         failed=sum(row.failed for row in results), wall_s=wall,
+                         points_per_s=len(todo) / wall if todo else 0.0, cluster=where)
+    if plots:
+        report.plots = _plot(report.design_points(), Path(output))
+    return report
