@@ -32,16 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from ...hw.config import ArrayConfig
-from ...hw.formats import Mode
-from ..driver import ReferenceDevice, open_device
-from ..model_offload import matmul_cycles
-from ..models import MODEL_SPECS, capture_linear_input, encoder_linear_names, get_linear, load_model
-from ..offload import OffloadedLinear
-from ..pruning import parse_method, prune_mask
-from ..quantisation import approximation_error, quantise_activations
 
 __all__ = ["METHODS", "RESULTS_FILE", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
            "PointResult", "SweepReport", "load_spec", "parse_spec", "expand_points", "prune",
@@ -57,8 +48,12 @@ PROGRESS_INTERVAL_S = 5.0
 LISTED_FAILURES = 10
 
 
+# torch, transformers and the simulators are imported where they are used, so that a bad spec or
+# an unreachable scheduler is reported in seconds, before they load.
+
 def _unstructured(name):
     def mask(weight, sparsity, seed, inputs):
+        from ..pruning import prune_mask
         return prune_mask(weight, sparsity, name, seed=seed)
     return mask
 
@@ -98,6 +93,7 @@ def prune(method, weight, sparsity, seed, inputs):
     torch.Tensor of bool
     """
     if _is_n_m(method):
+        from ..pruning import prune_mask
         return prune_mask(weight, None, method)
     return METHODS[method](weight, sparsity, seed, inputs)
 
@@ -306,6 +302,7 @@ def _parse_config(value, fail):
 
 def _parse_method(method, fail):
     if _is_n_m(method):
+        from ..pruning import parse_method
         try:
             parse_method(method)
         except ValueError as error:
@@ -423,6 +420,8 @@ def expand_points(spec):
     ValueError, FileNotFoundError
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
+    from ..models import encoder_linear_names, get_linear
+
     hashes = {config: design_hash(config) for config in spec.configs}
     prunings = [(method, None) if _is_n_m(method) else (method, sparsity)
                 for method in spec.methods
@@ -463,7 +462,8 @@ class PointResult:
     Measurements a point did not make (a failed point, the board columns of a layer point)
     are None. ``relative_error``, ``max_abs_error`` and ``cosine`` compare the layer's int8
     output with the float, unpruned layer on the built-in sentence, as ``sparsemac simulate``
-    does; ``cosine`` is the mean over tokens. ``bit_exact`` and ``cycles_match`` are set for
+    does; ``cosine`` is the mean over tokens. ``tokens`` is the count asked for (None: the
+    sentence as it is), ``tokens_run`` the count run. ``bit_exact`` and ``cycles_match`` are set for
     verified points: Verilator's sums equal the golden model's and its cycle counts the cycle
     model's, in both modes. ``error`` is empty unless the point failed.
     """
@@ -486,6 +486,7 @@ class PointResult:
     verify: bool = False
     board: str = ""
     build_seed: int | None = None
+    tokens_run: int | None = None
     rows: int | None = None
     cols: int | None = None
     sparsity: float | None = None
@@ -534,16 +535,19 @@ COLUMNS = tuple(item.name for item in dataclasses.fields(PointResult))
 
 @functools.lru_cache(maxsize=4)
 def _loaded_model(model, seed):
+    from ..models import load_model
     return load_model(model, seed=seed)
 
 
 @functools.lru_cache(maxsize=256)
 def _layer_inputs(model, seed, layer, tokens):
+    from ..models import capture_linear_input
     return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
 
 
 @functools.lru_cache(maxsize=8)
 def _verilator_device(config):
+    from ..driver import open_device
     return open_device("verilator", config)
 
 
@@ -590,6 +594,15 @@ def _worker_name():
 
 
 def _measure_layer(point, result):
+    import torch
+
+    from ...hw.formats import Mode
+    from ..driver import ReferenceDevice
+    from ..model_offload import matmul_cycles
+    from ..models import get_linear
+    from ..offload import OffloadedLinear
+    from ..quantisation import approximation_error, quantise_activations
+
     config = point.config
     loaded = _loaded_model(point.model, point.seed)
     linear = get_linear(loaded.model, point.layer)
@@ -606,7 +619,7 @@ def _measure_layer(point, result):
     dense = matmul_cycles(weights, tokens, config, Mode.DENSE)
     sparsity = weights.sparsity
     ideal = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else None
-    result.rows, result.cols, result.tokens = weights.rows, weights.cols, tokens
+    result.rows, result.cols, result.tokens_run = weights.rows, weights.cols, tokens
     result.sparsity, result.sparse_cycles, result.dense_cycles = sparsity, sparse, dense
     result.speedup = dense / sparse
     result.ideal_speedup = ideal
@@ -769,9 +782,9 @@ def _connect_remote(scheduler):
 
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever answers there, it is no scheduler
         raise ValueError(f"no Dask scheduler answers at {scheduler!r} within "
-                         f"{CONNECT_TIMEOUT_S} s ({error}): start one with `dask scheduler` "
+                         f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}: {error}): start one with `dask scheduler` "
                          "and workers with `dask worker ADDRESS` (see docs/sweeps.md)") from None
     count = len(client.scheduler_info()["workers"])
     return client, f"the Dask cluster at {scheduler} ({count} worker(s) when the sweep began)"
@@ -801,7 +814,7 @@ def _compute(points, table, spec_digest, client):
                              pure=False): point for point in points}
     progress = _Progress(len(points))
     try:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             if future.status == "finished":
                 result = future.result()
             else:
@@ -960,7 +973,8 @@ def _design_points(results):
 def _by_workload(designs):
     workloads = {}
     for design in designs:
-        name = f"{design.model}, {design.layers} layer(s), {design.tokens} tokens"
+        tokens = "the sentence's" if design.tokens is None else design.tokens
+        name = f"{design.model}, {design.layers} layer(s), {tokens} tokens"
         workloads.setdefault(name, []).append(design)
     return workloads
 
@@ -1072,8 +1086,6 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
         ``scheduler``, or a scheduler that does not answer within :data:`CONNECT_TIMEOUT_S`
         seconds. All of these are raised before any point is computed.
     """
-    if not isinstance(spec, SweepSpec):
-        spec = load_spec(spec)
     if scheduler is not None and (workers is not None or threads_per_worker != 1):
         raise ValueError("--workers and --threads-per-worker size the local cluster: with "
                          "--scheduler, the cluster's size is set where its workers start")
@@ -1086,6 +1098,8 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
         client, where = _connect_remote(scheduler)
     table = None
     try:
+        if not isinstance(spec, SweepSpec):
+            spec = load_spec(spec)
         points = expand_points(spec)
         table = _ResultsTable(output)
         done = {row.key for row in table.rows}
