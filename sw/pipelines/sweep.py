@@ -588,7 +588,7 @@ def run_point(point, spec=""):
 def _worker_name():
     try:
         from distributed import get_worker
-        return get_worker().name
+        return str(get_worker().name)
     except ValueError:  # not on a Dask worker
         return "local"
 

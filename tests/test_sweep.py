@@ -1,0 +1,360 @@
+"""Design-space sweeps on Dask: rows, agreement with a serial run, resuming, failures, workers
+closed mid-sweep, and bad input."""
+
+import argparse
+import csv
+import dataclasses
+import re
+import socket
+import threading
+import time
+
+import pytest
+from distributed import LocalCluster
+
+from sparsemac.bitstreams.build import BuildResult, ResourceReport
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.sw import cli
+from sparsemac.sw.commands.simulate import simulate
+from sparsemac.sw.pipelines import sweep
+from sparsemac.sw.pipelines.sweep import (
+    COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, pareto_front, run_point,
+    run_sweep,
+)
+
+pytestmark = pytest.mark.xdist_group("sweep")  # one Dask cluster at a time on 2 cores
+
+QUERY = "encoder.layer.0.attention.self.query"
+VALUE = "encoder.layer.0.attention.self.value"
+
+#: 2 configs x 1 layer x (2 methods x 2 sparsities + one N:M) = 10 points.
+TINY = {"configs": ["k8t4", "k1t1"], "models": ["minilm"], "layers": [QUERY],
+        "methods": ["magnitude", "random", "2:4"], "sparsities": [0.5, 0.9], "seed": 3}
+
+#: Columns that say where and when a point ran, not what it measured.
+RUN_COLUMNS = {"worker", "seconds", "finished"}
+
+
+def spec_of(**changes):
+    """TINY with ``changes``; a change to None removes the key."""
+    data = {key: value for key, value in {**TINY, **changes}.items() if value is not None}
+    return parse_spec(data, source="test.toml")
+
+
+def measured(row):
+    return {name: value for name, value in dataclasses.asdict(row).items()
+            if name not in RUN_COLUMNS}
+
+
+def csv_rows(folder):
+    with open(folder / RESULTS_FILE, newline="") as file:
+        reader = csv.reader(file)
+        assert tuple(next(reader)) == COLUMNS
+        return list(reader)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-threaded workers in this process: a running cluster to point
+    ``--scheduler`` at, that sees the methods a test registers."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+def test_local_cluster_rows_agree_with_a_serial_run(tmp_path):
+    spec = spec_of()
+    report = run_sweep(spec, tmp_path, workers=2, processes=False)
+    points = expand_points(spec)
+    assert report.points == report.computed == len(points) == 10
+    assert report.skipped == report.failed == 0
+    assert len(csv_rows(tmp_path)) == 10
+    assert [row.key for row in report.results] == [point.key for point in points]
+    assert {row.config for row in report.results} == {"k8t4", "k1t1"}
+    assert {(row.method, row.target_sparsity) for row in report.results} == {
+        ("magnitude", 0.5), ("magnitude", 0.9), ("random", 0.5), ("random", 0.9), ("2:4", None)}
+    assert {row.worker for row in report.results} <= {"0", "1"}
+    serial = [run_point(point, spec.digest()) for point in points]
+    assert [row.worker for row in serial] == ["local"] * 10
+    assert [measured(row) for row in report.results] == [measured(row) for row in serial]
+    assert all(path.endswith(".png") and (tmp_path / path.split("/")[-1]).stat().st_size > 10_000
+               for path in report.plots)
+    assert len(report.plots) == 2
+
+
+def test_point_agrees_with_sparsemac_simulate(tmp_path):
+    """The sweep's cycles and error for one point are those ``sparsemac simulate`` reports."""
+    spec = spec_of(configs=["k8t4"], methods=["magnitude"], sparsities=[0.9])
+    (point,) = expand_points(spec)
+    row = run_point(point)
+    args = cli.build_parser().parse_args(
+        ["simulate", "--backend", "reference", "--layer", QUERY, "--sparsity", "0.9",
+         "--seed", "3"])
+    expected = simulate(args)
+    assert (row.sparse_cycles, row.dense_cycles) == (expected.sparse_cycles,
+                                                     expected.dense_cycles)
+    assert row.sparsity == expected.sparsity
+    assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
+    assert row.max_abs_error == pytest.approx(expected.max_abs_error, rel=1e-6)
+    assert 0.0 < row.cosine < 1.0 and row.error == ""
+
+
+def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
+    address = cluster.scheduler_address
+    first = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    before = (tmp_path / RESULTS_FILE).read_bytes()
+    again = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    assert (again.computed, again.skipped) == (0, 10)
+    assert (tmp_path / RESULTS_FILE).read_bytes() == before
+    assert [measured(row) for row in again.results] == [measured(row) for row in first.results]
+    grown = run_sweep(spec_of(sparsities=[0.5, 0.7, 0.9]), tmp_path, scheduler=address,
+                      plots=False)
+    assert (grown.computed, grown.skipped) == (4, 10)  # 0.7 for 2 methods x 2 configs
+    assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
+    assert len(csv_rows(tmp_path)) == 14
+
+
+def test_interrupted_sweep_resumes(tmp_path, cluster):
+    address = cluster.scheduler_address
+    full = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    lines = (tmp_path / RESULTS_FILE).read_text().splitlines(keepends=True)
+    # Stopped after 3 rows, in the middle of the 4th.
+    (tmp_path / RESULTS_FILE).write_text("".join(lines[:4]) + lines[4][:40])
+    resumed = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    assert (resumed.computed, resumed.skipped) == (7, 3)
+    rows = csv_rows(tmp_path)
+    assert sorted(row[0] for row in rows) == sorted(row.key for row in full.results)
+    assert [measured(row) for row in resumed.results] == [measured(row) for row in full.results]
+
+
+def test_failing_point_is_recorded_and_the_others_finish(tmp_path, cluster, monkeypatch,
+                                                          capsys):
+    def boom(weight, sparsity, seed, inputs):
+        raise RuntimeError(f"boom at {sparsity}")
+
+    monkeypatch.setitem(sweep.METHODS, "boom", boom)
+    (tmp_path / "spec.toml").write_text(
+        f'configs = ["k8t4"]\nmodels = ["minilm"]\nlayers = ["{QUERY}"]\n'
+        'methods = ["magnitude", "boom"]\nsparsities = [0.5, 0.9]\n')
+    status = cli.main(["sweep", str(tmp_path / "spec.toml"), "--output", str(tmp_path / "out"),
+                       "--scheduler", cluster.scheduler_address])
+    assert status == 1
+    out = capsys.readouterr().out
+    assert "4 (0 done before, 4 computed now, 2 failed)" in out
+    assert "RuntimeError: boom at 0.9" in out
+    rows = {(row[COLUMNS.index("method")], row[COLUMNS.index("target_sparsity")]):
+            row for row in csv_rows(tmp_path / "out")}
+    assert len(rows) == 4
+    for sparsity in ("0.5", "0.9"):
+        assert rows["boom", sparsity][COLUMNS.index("error")] == f"RuntimeError: boom at {sparsity}"
+        assert rows["boom", sparsity][COLUMNS.index("sparse_cycles")] == ""
+        assert rows["magnitude", sparsity][COLUMNS.index("error")] == ""
+        assert int(rows["magnitude", sparsity][COLUMNS.index("sparse_cycles")]) > 0
+
+
+def test_worker_closed_during_the_sweep_loses_and_duplicates_no_row(tmp_path, monkeypatch):
+    def slow(weight, sparsity, seed, inputs):
+        time.sleep(0.3)
+        return sweep.METHODS["magnitude"](weight, sparsity, seed, inputs)
+
+    monkeypatch.setitem(sweep.METHODS, "slow", slow)
+    spec = spec_of(methods=["slow"], sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    table = tmp_path / RESULTS_FILE
+    closed = []
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        def close_one_worker():
+            while not table.exists() or len(table.read_text().splitlines()) < 3:
+                time.sleep(0.05)
+            name, worker = next(iter(cluster.workers.items()))
+            cluster.sync(worker.close)
+            closed.append(name)
+
+        closer = threading.Thread(target=close_one_worker, daemon=True)
+        closer.start()
+        report = run_sweep(spec, tmp_path, scheduler=cluster.scheduler_address, plots=False)
+        closer.join(timeout=10)
+        assert len(cluster.scheduler_info()["workers"]) == 1
+    assert closed
+    assert report.computed == 12 and report.failed == 0
+    keys = [row[0] for row in csv_rows(tmp_path)]
+    assert sorted(keys) == sorted(point.key for point in expand_points(spec))
+    assert len(rows_done_after := csv_rows(tmp_path)) == 12 == len(set(keys))
+    assert all(row[COLUMNS.index("sparse_cycles")] for row in rows_done_after)
+
+
+def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch):
+    address = cluster.scheduler_address
+    run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    before = (tmp_path / RESULTS_FILE).read_bytes()
+    monkeypatch.setattr(sweep, "design_hash", lambda config: "00c0ffee00c0ffee")
+    report = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
+    assert (report.computed, report.skipped) == (10, 0)
+    assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
+    rows = csv_rows(tmp_path)
+    hashes = [row[COLUMNS.index("design_hash")] for row in rows]
+    assert hashes[10:] == ["00c0ffee00c0ffee"] * 10 and "00c0ffee00c0ffee" not in hashes[:10]
+    assert {row.design_hash for row in report.results} == {"00c0ffee00c0ffee"}
+
+
+def test_table_of_other_columns_is_refused_untouched(tmp_path):
+    (tmp_path / RESULTS_FILE).write_text("key,speed\nabc,1\n")
+    with pytest.raises(ValueError, match="has other columns than this version of sparsemac"):
+        run_sweep(spec_of(), tmp_path, workers=1, processes=False)
+    assert (tmp_path / RESULTS_FILE).read_text() == "key,speed\nabc,1\n"
+
+
+def test_verified_point_is_bit_exact_on_verilator(tmp_path):
+    spec = spec_of(configs=["k8t4"], methods=["2:4"], sparsities=None,
+                   verify={"sample": 1, "seed": 5}, tokens=[5])
+    (point,) = expand_points(spec)
+    assert point.verify
+    row = run_point(point)
+    assert row.error == ""
+    assert row.bit_exact is True and row.cycles_match is True
+    assert row.tokens_run == 5
+
+
+def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypatch):
+    spec = spec_of(build={"seeds": [1, 7]})
+    points = expand_points(spec)
+    builds = [point for point in points if point.kind == "build"]
+    k8t4, k1t1 = spec.configs
+    assert [(point.config, point.build_seed, point.board) for point in builds] == [
+        (k8t4, 1, "ulx3s-85f"), (k8t4, 7, "ulx3s-85f"), (k1t1, 1, "ulx3s-85f"),
+        (k1t1, 7, "ulx3s-85f")]
+    assert points[:10] == expand_points(spec_of())
+    calls = []
+
+    def fake_build(config, board, output, *, seed, log):
+        calls.append((config, board, output, seed))
+        resources = ResourceReport(lut4=1234, ff=567, dsp=32, bram=141, totals={},
+                                   fmax_mhz=75.1, constraint_mhz=60.0)
+        return BuildResult(bitstream=None, manifest=None, report=None, resources=resources,
+                           seconds=1.0)
+
+    monkeypatch.setattr("sparsemac.bitstreams.build.build_bitstream", fake_build)
+    row = run_point(builds[1])
+    assert row.error == ""
+    assert (row.lut4, row.ff, row.dsp, row.bram, row.fmax_mhz) == (1234, 567, 32, 141, 75.1)
+    ((config, board, output, seed),) = calls
+    assert (config, board, seed) == (ArrayConfig(), "ulx3s-85f", 7)
+    assert "sweep-builds" in str(output) and "bitstreams/ulx3s" not in str(output)
+
+
+def test_pareto_front():
+    point = argparse.Namespace
+    items = [point(x=1, y=5), point(x=2, y=3), point(x=2, y=4), point(x=3, y=3),
+             point(x=4, y=1), point(x=5, y=2)]
+    assert [(item.x, item.y) for item in pareto_front(items, "x", "y")] == [
+        (1, 5), (2, 3), (4, 1)]
+
+
+def test_point_key_follows_every_parameter_and_the_design_hash():
+    base = SweepPoint(kind="layer", config=ArrayConfig(), design_hash="0" * 16, model="minilm",
+                      layer=QUERY, method="magnitude", sparsity=0.5)
+    changed = [dataclasses.replace(base, **{name: value}) for name, value in (
+        ("config", ArrayConfig(lanes=4)), ("design_hash", "1" * 16), ("model", "bert-base"),
+        ("layer", VALUE), ("method", "random"), ("sparsity", 0.6), ("tokens", 8), ("seed", 1),
+        ("verify", True))]
+    keys = {point.key for point in [base, *changed]}
+    assert len(keys) == 1 + len(changed)
+    assert dataclasses.replace(base).key == base.key
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"colours": ["red"]}, "test.toml: unknown key 'colours': a spec has build, configs, "
+                           "layers, methods, models, seed, sparsities, tokens, verify"),
+    ({"configs": []}, "test.toml: axis 'configs' is empty: give it at least one value"),
+    ({"sparsities": []}, "test.toml: axis 'sparsities' is empty"),
+    ({"configs": ["k9"]}, "test.toml: unknown config 'k9': use a name (k8t4, k1t1, k4t16)"),
+    ({"configs": [{"lanes": 8, "colour": 1}]},
+     "test.toml: unknown config field 'colour': ArrayConfig has lanes, token_lanes"),
+    ({"configs": [{"lanes": 64}]}, "ArrayConfig.lanes must be from 1 to 32, not 64"),
+    ({"methods": ["wanda?"]}, "test.toml: unknown method 'wanda?': use magnitude, random or an "
+                              "N:M pattern"),
+    ({"methods": ["4:2"]}, "N:M pruning needs 1 <= n <= m, got n=4, m=2"),
+    ({"sparsities": [0.5, 1.5]}, "sparsities must be numbers from 0 to 1, not 1.5"),
+    ({"sparsities": [0.5, 0.5]}, "axis 'sparsities' repeats a value"),
+    ({"tokens": [1]}, "tokens must be integers of 2 or more, not 1"),
+    ({"methods": ["2:4"]}, "'sparsities' is set but every method is N:M"),
+    ({"verify": {"sample": 0}}, "[verify] sample must be 1 or more"),
+    ({"verify": {"samples": 2}}, "unknown key 'samples' in [verify]: it takes sample, seed"),
+    ({"build": {"seeds": []}}, "[build] needs seeds, a non-empty list"),
+    ({"build": {"seeds": [1], "board": "icebreaker"}}, "unknown board 'icebreaker'"),
+])
+def test_bad_spec(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        spec_of(**changes)
+
+
+@pytest.mark.parametrize("changes, error, message", [
+    ({"models": ["gpt-9"]}, ValueError, "unknown model spec 'gpt-9'"),
+    ({"models": ["./no/such/dir"]}, FileNotFoundError, "does not exist"),
+    ({"layers": ["encoder.layer.9.attention.self.query"]}, ValueError, "no module"),
+    ({"verify": {"sample": 11}}, ValueError,
+     "[verify] sample is 11 but the sweep has only 10 layer points"),
+])
+def test_bad_model_or_layer_before_any_work(changes, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        expand_points(spec_of(**changes))
+
+
+def test_all_layers_expand_to_every_encoder_linear():
+    points = expand_points(spec_of(layers="all", configs=["k8t4"], methods=["2:4"],
+                                   sparsities=None))
+    assert len(points) == 36
+    assert points[0].layer == QUERY and points[-1].layer == "encoder.layer.5.output.dense"
+
+
+def write_spec(folder, text):
+    path = folder / "spec.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('configs = ["k8t4"]\nmodels = ["minilm"]\nlayers = []\nmethods = ["2:4"]\n',
+     "spec.toml: axis 'layers' is empty"),
+    ('configs = ["k8t4"\n', "spec.toml: not a TOML file"),
+    ('configs = ["k8t4"]\nmodels = ["minilm"]\nlayers = ["x"]\nmethods = ["2:4"]\n'
+     'memory = ["ideal"]\n', "unknown key 'memory'"),
+])
+def test_cli_bad_spec_exits_2_before_any_work(tmp_path, capsys, text, message):
+    status = cli.main(["sweep", write_spec(tmp_path, text), "--output", str(tmp_path / "out")])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unreachable_scheduler_exits_2_within_seconds(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    status = cli.main(["sweep", write_spec(tmp_path, "configs = []\n"), "--output",
+                       str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    elapsed = time.perf_counter() - started
+    assert status == 2
+    assert (f"no Dask scheduler answers at 'tcp://127.0.0.1:{port}' within "
+            f"{sweep.CONNECT_TIMEOUT_S} s") in capsys.readouterr().err
+    assert elapsed < sweep.CONNECT_TIMEOUT_S + 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_local_cluster_options_need_no_scheduler(tmp_path, capsys):
+    status = cli.main(["sweep", write_spec(tmp_path, ""), "--output", str(tmp_path / "out"),
+                       "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"])
+    assert status == 2
+    assert ("--workers and --threads-per-worker size the local cluster"
+            in capsys.readouterr().err)
+
+
+def test_output_folder_in_use_is_refused(tmp_path):
+    held = sweep._ResultsTable(tmp_path)
+    try:
+        with pytest.raises(ValueError, match=f"another sweep is writing to {tmp_path}"):
+            run_sweep(spec_of(), tmp_path, workers=1, processes=False)
+    finally:
+        held.close()
