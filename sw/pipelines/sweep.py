@@ -798,7 +798,7 @@ def _start_local(workers, threads_per_worker, processes):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                           processes=processes, dashboard_address=None,
+                           processes=processes, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     where = (f"a local cluster of {workers} worker(s) x {threads_per_worker} thread(s)"
              + ("" if processes else " in this process"))
