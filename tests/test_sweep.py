@@ -271,6 +271,8 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
     ({"configs": ["k9"]}, "test.toml: unknown config 'k9': use a name (k8t4, k1t1, k4t16)"),
     ({"configs": [{"lanes": 8, "colour": 1}]},
      "test.toml: unknown config field 'colour': ArrayConfig has lanes, token_lanes"),
+    ({"configs": ["k8t4", {"lanes": 8, "token_lanes": 4}]},
+     "test.toml: axis 'configs' names one array config twice: K=8 T=4 in<=4096, K=8 T=4"),
     ({"configs": [{"lanes": 64}]}, "ArrayConfig.lanes must be from 1 to 32, not 64"),
     ({"methods": ["wanda?"]}, "test.toml: unknown method 'wanda?': use magnitude, random or an "
                               "N:M pattern"),

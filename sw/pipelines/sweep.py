@@ -239,6 +239,9 @@ def parse_spec(data, source="spec"):
         return values
 
     configs = tuple(_parse_config(value, fail) for value in axis("configs"))
+    if len(set(configs)) != len(configs):
+        fail("axis 'configs' names one array config twice: "
+             + ", ".join(config.describe() for config in configs))
     models = tuple(_string(value, "models", fail) for value in axis("models"))
     layers = axis("layers")
     if layers == ["all"]:
@@ -581,7 +584,7 @@ def run_point(point, spec=""):
         result.error = f"{type(error).__name__}: {error}"
     result.seconds = round(time.perf_counter() - started, 4)
     result.worker = _worker_name()
-    result.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.finished = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return result
 
 
