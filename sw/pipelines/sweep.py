@@ -848,9 +848,11 @@ class SweepReport:
     failed : int
         Rows of this spec whose point failed.
     wall_s : float
-        Wall time from the start of the cluster to the last row.
+        Wall time from the start of a local cluster (or from the connection to a running one)
+        to the last row.
     points_per_s : float
-        Points computed per second once the cluster was up (0 when nothing was computed).
+        Points computed per second from the first submission, each worker's first model load
+        included (0 when nothing was computed).
     cluster : str
         Where the points ran.
     plots : list of str
@@ -883,9 +885,9 @@ class SweepReport:
             ["points", f"{self.points} ({self.skipped} done before, {self.computed} computed "
                        f"now, {self.failed} failed)"],
             ["ran on", self.cluster],
-            ["wall time", f"{self.wall_s:.1f} s, cluster start included"
-                          + (f"; {self.points_per_s:.2f} points/s once up" if self.computed
-                             else "")],
+            ["wall time", f"{self.wall_s:.1f} s"
+                          + (f"; {self.points_per_s:.2f} points/s from the first submission "
+                             "(workers' model loads included)" if self.computed else "")],
             ["seed", str(self.spec.seed)],
             *([["plots", ", ".join(self.plots)]] if self.plots else []),
         ])]
