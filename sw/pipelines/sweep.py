@@ -746,7 +746,7 @@ class _Progress:
 
     def __init__(self, total):
         self.total, self.done, self.started = total, 0, time.perf_counter()
-        self._last = self.started
+        self._last = self._first = self.started
         self._bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -758,13 +758,17 @@ class _Progress:
             self._bar.update()
             return
         now = time.perf_counter()
+        if self.done == 1:
+            # The first points carry the workers' imports and model loads: the rate is
+            # measured from the first row on.
+            self._first = now
         if now - self._last >= PROGRESS_INTERVAL_S or self.done == self.total:
             self._last = now
             elapsed = now - self.started
-            rate = self.done / elapsed if elapsed else 0.0
-            left = (self.total - self.done) / rate if rate else float("inf")
+            rate = (self.done - 1) / (now - self._first) if now > self._first else 0.0
+            left = f"{(self.total - self.done) / rate:.0f} s" if rate else "? s"
             _say(f"sweep: {self.done}/{self.total} points, {rate:.2f} points/s, "
-                 f"{left:.0f} s left, {elapsed:.0f} s elapsed")
+                 f"{left} left, {elapsed:.0f} s elapsed")
 
     def close(self):
         if self._bar is not None:
