@@ -536,16 +536,23 @@ class PointResult:
 COLUMNS = tuple(item.name for item in dataclasses.fields(PointResult))
 
 
+# Capturing a layer's input hooks the shared model: threads of one worker take turns (and load
+# a model once).
+_MODEL_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=4)
 def _loaded_model(model, seed):
     from ..models import load_model
-    return load_model(model, seed=seed)
+    with _MODEL_LOCK:
+        return load_model(model, seed=seed)
 
 
 @functools.lru_cache(maxsize=256)
 def _layer_inputs(model, seed, layer, tokens):
     from ..models import capture_linear_input
-    return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
+    with _MODEL_LOCK:
+        return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
 
 
 @functools.lru_cache(maxsize=8)
