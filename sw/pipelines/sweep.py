@@ -536,8 +536,8 @@ class PointResult:
 COLUMNS = tuple(item.name for item in dataclasses.fields(PointResult))
 
 
-# Capturing a layer's input hooks the shared model: threads of one worker take turns (and load
-# a model once).
+# Capturing a layer's input hooks the shared model: threads of one worker take turns (loading
+# models too, so that two threads do not load one side by side).
 _MODEL_LOCK = threading.RLock()
 
 
