@@ -822,14 +822,25 @@ def _start_local(workers, threads_per_worker, processes):
 
 def _compute(points, table, spec_digest, client):
     """Submits ``points``; appends each row to ``table`` as it completes. A task that fails
-    outside :func:`run_point` (a worker killed too often, say) is recorded as failed."""
+    outside :func:`run_point` (a worker killed too often, say) is recorded as failed.
+
+    Raises
+    ------
+    RuntimeError
+        After the other rows are written, if tasks were cancelled (the scheduler went away).
+    """
     from distributed import as_completed
 
     futures = {client.submit(run_point, point, spec_digest, key=f"sparsemac-{point.key}",
                              pure=False): point for point in points}
     progress = _Progress(len(points))
+    cancelled = 0
     try:
         for future in as_completed(futures, loop=client.loop):
+            if future.status == "cancelled":
+                # Lost with the scheduler, not failed: no row, so that a rerun computes it.
+                cancelled += 1
+                continue
             if future.status == "finished":
                 result = future.result()
             else:
@@ -841,6 +852,9 @@ def _compute(points, table, spec_digest, client):
             progress.update()
     finally:
         progress.close()
+    if cancelled:
+        raise RuntimeError(f"{cancelled} of {len(points)} points were cancelled (did the Dask "
+                           "scheduler stop?): run the same sweep again to compute them")
 
 
 @dataclass
