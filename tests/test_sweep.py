@@ -184,6 +184,34 @@ def test_worker_closed_during_the_sweep_loses_and_duplicates_no_row(tmp_path, mo
     assert all(row[COLUMNS.index("sparse_cycles")] for row in rows_done_after)
 
 
+def test_scheduler_stopped_mid_sweep_keeps_rows_and_a_rerun_finishes(tmp_path, monkeypatch):
+    def slow(weight, sparsity, seed, inputs):
+        time.sleep(0.3)
+        return sweep.METHODS["magnitude"](weight, sparsity, seed, inputs)
+
+    monkeypatch.setitem(sweep.METHODS, "slow", slow)
+    spec = spec_of(configs=["k8t4"], methods=["slow"], sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    table = tmp_path / RESULTS_FILE
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                           dashboard_address=":0")
+
+    def stop_the_cluster():
+        while not table.exists() or len(table.read_text().splitlines()) < 3:
+            time.sleep(0.05)
+        cluster.close()
+
+    threading.Thread(target=stop_the_cluster, daemon=True).start()
+    with pytest.raises(RuntimeError, match=r"(\d) of 6 points were cancelled \(did the Dask "
+                                           r"scheduler stop\?\): run the same sweep again"):
+        run_sweep(spec, tmp_path, scheduler=cluster.scheduler_address, plots=False)
+    written = len(csv_rows(tmp_path))
+    assert 2 <= written < 6
+    report = run_sweep(spec, tmp_path, workers=2, processes=False, plots=False)
+    assert (report.skipped, report.computed, report.failed) == (written, 6 - written, 0)
+    assert sorted(row[0] for row in csv_rows(tmp_path)) == sorted(
+        point.key for point in expand_points(spec))
+
+
 def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch):
     address = cluster.scheduler_address
     run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
