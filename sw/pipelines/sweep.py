@@ -961,9 +961,9 @@ def _describe(row):
 
 @dataclass
 class DesignPoint:
-    """A design, summed over the sweep's layers of one workload (model, tokens)."""
+    """A design, summed over the sweep's layers of one workload (model, tokens run)."""
     model: str
-    tokens: int | None
+    tokens: int
     config: str
     method: str
     target_sparsity: float | None
@@ -990,11 +990,11 @@ def _design_points(results):
             groups.setdefault((row.model, row.tokens, row.config, row.method,
                                row.target_sparsity), []).append(row)
     designs = []
-    for (model, tokens, config, method, sparsity), rows in groups.items():
+    for (model, _, config, method, sparsity), rows in groups.items():
         if any(row.failed for row in rows):
             continue
         designs.append(DesignPoint(
-            model=model, tokens=tokens, config=config, method=method, target_sparsity=sparsity,
+            model=model, tokens=rows[0].tokens_run, config=config, method=method, target_sparsity=sparsity,
             layers=len(rows), multipliers=rows[0].multipliers,
             activation_buffer_bits=rows[0].activation_buffer_bits,
             sparse_cycles=sum(row.sparse_cycles for row in rows),
@@ -1007,8 +1007,7 @@ def _design_points(results):
 def _by_workload(designs):
     workloads = {}
     for design in designs:
-        tokens = "the sentence's" if design.tokens is None else design.tokens
-        name = f"{design.model}, {design.layers} layer(s), {tokens} tokens"
+        name = f"{design.model}, {design.layers} layer(s), {design.tokens} tokens"
         workloads.setdefault(name, []).append(design)
     return workloads
 
