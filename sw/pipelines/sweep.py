@@ -34,9 +34,9 @@ from pathlib import Path
 
 from ...hw.config import ArrayConfig
 
-__all__ = ["METHODS", "RESULTS_FILE", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
-           "PointResult", "SweepReport", "load_spec", "parse_spec", "expand_points", "prune",
-           "design_hash", "run_point", "run_sweep", "pareto_front"]
+__all__ = ["METHODS", "RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec",
+           "SweepPoint", "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
+           "expand_points", "prune", "design_hash", "run_point", "run_sweep", "pareto_front"]
 
 #: The results table inside the output folder.
 RESULTS_FILE = "sweep.csv"
@@ -533,6 +533,7 @@ class PointResult:
         return bool(self.error)
 
 
+#: The columns of the results table, in order: the fields of PointResult.
 COLUMNS = tuple(item.name for item in dataclasses.fields(PointResult))
 
 
