@@ -292,7 +292,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     Returns
     -------
     model : nn.Module
-        The same object, its matched linears replaced.
+        The same object, its matched linears replaced. Its ``save_pretrained``, if it has
+        one, now writes the offloaded model (:func:`~sparsemac.sw.checkpoint.save_offloaded`).
     report : OffloadReport
         Empty until the model runs; it fills in on every forward call.
 
@@ -349,6 +350,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
             _recorder(layer, measure_dense, keep_sums)))
+    if hasattr(model, "save_pretrained"):  # a transformers model, so transformers is loaded
+        from .checkpoint import bind_save_pretrained
+
+        bind_save_pretrained(model)
     return model, report
 
 

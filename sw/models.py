@@ -36,7 +36,8 @@ from transformers import (
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
     "LoadedModel", "SimilarityPair",
-    "load_model", "read_safetensors", "encoder_linear_names", "get_linear", "tokenize", "capture_linear_input",
+    "load_model", "read_safetensors", "read_json", "encoder_linear_names", "get_linear",
+    "tokenize", "capture_linear_input",
     "sentence_embeddings", "similarity_scores", "ranking_agreement",
 ]
 
@@ -488,7 +489,7 @@ def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json, so not a Hugging Face checkpoint")
-    model_type = _read_json(config_file).get("model_type", "bert")
+    model_type = read_json(config_file).get("model_type", "bert")
     if model_type != "bert":
         raise ValueError(f"{path}: config.json says model_type={model_type!r}, expected 'bert'")
     config = BertConfig.from_json_file(config_file)
@@ -518,7 +519,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return read_safetensors(path / _SAFETENSORS_FILE)
     if (path / _SAFETENSORS_INDEX).is_file():
         index_file = path / _SAFETENSORS_INDEX
-        weight_map = _read_json(index_file).get("weight_map")
+        weight_map = read_json(index_file).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index_file}: no 'weight_map' object naming the shards")
         state: dict[str, torch.Tensor] = {}
@@ -600,7 +601,15 @@ def _safetensors_problem(file: Path) -> str | None:
     return None
 
 
-def _read_json(file: Path) -> dict:
+def read_json(file: Path) -> dict:
+    """Read a JSON object from `file`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not valid JSON or holds something else than an object; the message
+        names the file.
+    """
     try:
         content = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
