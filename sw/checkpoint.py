@@ -45,7 +45,7 @@ from .pruning import conv1d_class
 from .quantisation import QMAX
 
 __all__ = ["FORMAT", "MANIFEST_FILE", "TENSORS_FILE", "SavedLayer", "OffloadManifest",
-           "OffloadedCheckpoint", "save_offloaded", "load_offloaded"]
+           "OffloadedCheckpoint", "save_offloaded", "load_offloaded", "bind_save_pretrained"]
 
 #: Version of the layout below; a loader refuses any other.
 FORMAT = "sparsemac-offload/1"
@@ -170,7 +170,7 @@ def save_offloaded(model: nn.Module, path: str | os.PathLike) -> OffloadManifest
     dense = _dense_state(model, manifest.layers)
     with torch.device("meta"):  # the class's tensors without their cost
         skeleton = model_class(model.config)
-    _check_restorable(skeleton, manifest, dense, f"{type(model).__name__} {path}")
+    _check_restorable(skeleton, manifest, dense, f"{path}: cannot save")
     tensors = {key: value.detach().cpu().clone() for key, value in dense.items()}
     for name, module in layers:
         tensors.update(_layer_tensors(name, module))
@@ -241,7 +241,8 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
     if absent:
         raise ValueError(f"{where}: no tensor {_preview(absent)} of the manifest's layers")
     dense = {key: value for key, value in tensors.items() if key not in layer_keys}
-    model = model_class(config).eval()
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: keep the seed
+        model = model_class(config).eval()
     _check_restorable(model, manifest, dense, where)
     modules = [(layer.name, _layer_module(layer, tensors, device, where))
                for layer in manifest.layers]

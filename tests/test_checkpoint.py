@@ -113,7 +113,9 @@ def test_gpt2_conv1d_layers_round_trip(tmp_path):
     inputs = {"input_ids": torch.arange(1, 12).reshape(1, 11)}
     expected = run(model, inputs)
     save_offloaded(model, tmp_path / "gpt2")
+    seed_state = torch.get_rng_state()
     restored = load_offloaded(tmp_path / "gpt2", open_device("reference", SMALL))
+    assert torch.equal(torch.get_rng_state(), seed_state)  # loading draws no random numbers
     assert_same_offloaded_layers(model, restored.model)
     assert torch.equal(run(restored.model, inputs), expected)
 
@@ -138,7 +140,8 @@ def test_what_cannot_be_restored_is_refused_and_nothing_written(tmp_path):
     model = offloaded_tiny_bert()
     prune.l1_unstructured(model.pooler.dense, "weight", amount=0.5)
     with pytest.raises(ValueError, match=re.escape(
-            "the tensors do not fill a BertModel of this config: missing pooler.dense.weight, "
+            f"{target}: cannot save: the tensors do not fill a BertModel of this config: "
+            "missing pooler.dense.weight, "
             "unexpected pooler.dense.weight_mask, pooler.dense.weight_orig, misshapen none")):
         model.save_pretrained(target)
     sequential = nn.Sequential(nn.Linear(8, 8))
