@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import shutil
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,21 +260,22 @@ def bind_save_pretrained(model: nn.Module) -> None:
 
     Transformers' own would save the model without its offloaded weights. Options of
     transformers' method other than ``safe_serialization=True`` are refused with TypeError,
-    not ignored.
+    not ignored. A deep copy of the model saves itself, not the original.
     """
-    def save_pretrained(save_directory, **options):
-        unsupported = sorted(key for key, value in options.items()
-                             if (key, value) != ("safe_serialization", True))
-        if unsupported:
-            raise TypeError(f"an offloaded model's save_pretrained writes sparsemac's offload "
-                            f"format (save_offloaded) and takes no {', '.join(unsupported)}")
-        return save_offloaded(model, save_directory)
-
-    save_pretrained.__doc__ = save_offloaded.__doc__
-    model.save_pretrained = save_pretrained
+    model.save_pretrained = types.MethodType(_save_pretrained, model)
 
 
 # Internals --------------------------------------------------------------------------------------
+
+def _save_pretrained(model, save_directory, **options):
+    """save_pretrained of an offloaded model: :func:`save_offloaded`."""
+    unsupported = sorted(key for key, value in options.items()
+                         if (key, value) != ("safe_serialization", True))
+    if unsupported:
+        raise TypeError(f"an offloaded model's save_pretrained writes sparsemac's offload "
+                        f"format (save_offloaded) and takes no {', '.join(unsupported)}")
+    return save_offloaded(model, save_directory)
+
 
 def _offloaded_layers(model):
     layers = [(name, module) for name, module in model.named_modules()

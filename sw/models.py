@@ -534,7 +534,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"({_SAFETENSORS_FILE}). If you trust the file, convert it once with: python -c "
             "\"from transformers import AutoModel; m = AutoModel.from_pretrained('DIR'); "
             "m.save_pretrained('DIR', safe_serialization=True)\"")
-    raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}")
+    from .checkpoint import MANIFEST_FILE  # here: checkpoint imports this module
+
+    hint = (": it is an offloaded model, load it with sparsemac.sw.checkpoint.load_offloaded"
+            if (path / MANIFEST_FILE).is_file() else "")
+    raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
 
 
 def read_safetensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:

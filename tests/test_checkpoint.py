@@ -1,5 +1,6 @@
 """Saving an offloaded model and loading it back: bit-exact, whole or not at all."""
 
+import copy
 import json
 import os
 import re
@@ -24,6 +25,16 @@ from sparsemac.sw.models import load_model, tokenize  # noqa: E402
 from sparsemac.sw.offload import OffloadedLinear  # noqa: E402
 
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, vocab_size=100)).eval()
+
+
+def offloaded_tiny_bert():
+    return offload(tiny_bert(), open_device("reference", SMALL), 0.5)[0]
 
 
 def offloaded_modules(model):
@@ -82,13 +93,17 @@ def test_minilm_round_trip_is_bit_exact(minilm_round_trip):
         assert torch.equal(module.last_sums, offloaded_modules(model)[name].last_sums), name
 
 
-def test_transformers_from_pretrained_refuses_rather_than_filling_random_weights(
+def test_from_pretrained_and_load_model_refuse_rather_than_fill_random_weights(
         minilm_round_trip):
     path = minilm_round_trip[3]
     # No model.safetensors: transformers cannot load the folder as a float model with the
     # offloaded linears initialised at random, which is what a plain save_pretrained led to.
     with pytest.raises(OSError, match="model.safetensors"):
         BertModel.from_pretrained(path)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{path}: no model.safetensors or model.safetensors.index.json: it is an offloaded "
+            "model, load it with sparsemac.sw.checkpoint.load_offloaded")):
+        load_model(str(path))
 
 
 def test_saving_again_replaces_the_checkpoint_whole(minilm_round_trip, tmp_path):
@@ -120,17 +135,18 @@ def test_gpt2_conv1d_layers_round_trip(tmp_path):
     assert torch.equal(run(restored.model, inputs), expected)
 
 
+def test_a_deep_copy_saves_itself(tmp_path):
+    model = offloaded_tiny_bert()
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        copied.pooler.dense.weight.zero_()
+    copied.save_pretrained(tmp_path / "copy")
+    restored = load_offloaded(tmp_path / "copy", open_device("reference", SMALL))
+    assert not restored.model.pooler.dense.weight.any()
+    assert model.pooler.dense.weight.any()
+
+
 # What cannot be saved -------------------------------------------------------------------------
-
-def tiny_bert():
-    torch.manual_seed(0)
-    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=64, vocab_size=100)).eval()
-
-
-def offloaded_tiny_bert():
-    return offload(tiny_bert(), open_device("reference", SMALL), 0.5)[0]
-
 
 def test_what_cannot_be_restored_is_refused_and_nothing_written(tmp_path):
     target = tmp_path / "checkpoint"
