@@ -40,7 +40,7 @@ from torch import nn
 from ..hw.config import ArrayConfig
 from .csr import CSRMatrix
 from .driver import Device
-from .models import _preview, read_json, read_safetensors
+from .models import OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors
 from .offload import OffloadedLinear
 from .pruning import conv1d_class
 from .quantisation import QMAX
@@ -50,7 +50,7 @@ __all__ = ["FORMAT", "MANIFEST_FILE", "TENSORS_FILE", "SavedLayer", "OffloadMani
 
 #: Version of the layout below; a loader refuses any other.
 FORMAT = "sparsemac-offload/1"
-MANIFEST_FILE = "sparsemac-offload.json"
+MANIFEST_FILE = OFFLOAD_MANIFEST_FILE
 TENSORS_FILE = "sparsemac-offload.safetensors"
 _CONFIG_FILE = "config.json"
 _CSR_TENSORS = ("indptr", "indices", "data", "weight_scale")

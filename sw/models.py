@@ -35,6 +35,7 @@ from transformers import (
 
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
+    "OFFLOAD_MANIFEST_FILE",
     "LoadedModel", "SimilarityPair",
     "load_model", "read_safetensors", "read_json", "encoder_linear_names", "get_linear",
     "tokenize", "capture_linear_input",
@@ -56,6 +57,10 @@ ENCODER_LINEAR_SUFFIXES = (
 
 #: The sentence ``sparsemac simulate`` feeds the model: 16 tokens with [CLS] and [SEP].
 DEFAULT_SENTENCE = "The old lighthouse keeper climbed the stairs every evening to light the lamp."
+
+#: The manifest of a folder written by :func:`sparsemac.sw.checkpoint.save_offloaded`; named
+#: here because that module imports this one.
+OFFLOAD_MANIFEST_FILE = "sparsemac-offload.json"
 
 _SAFETENSORS_FILE = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -534,10 +539,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"({_SAFETENSORS_FILE}). If you trust the file, convert it once with: python -c "
             "\"from transformers import AutoModel; m = AutoModel.from_pretrained('DIR'); "
             "m.save_pretrained('DIR', safe_serialization=True)\"")
-    from .checkpoint import MANIFEST_FILE  # here: checkpoint imports this module
-
     hint = (": it is an offloaded model, load it with sparsemac.sw.checkpoint.load_offloaded"
-            if (path / MANIFEST_FILE).is_file() else "")
+            if (path / OFFLOAD_MANIFEST_FILE).is_file() else "")
     raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
 
 
