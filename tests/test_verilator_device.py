@@ -5,6 +5,7 @@ job, so bigger layers are split into several jobs): one Verilator build for the 
 its FST-tracing variant for the waveform test.
 """
 
+import re
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from conftest import random_activations, random_weights, weights_with_row_lengths
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import CoreStreams, Mode
 from sparsemac.sim import verilator_device
 from sparsemac.sim.verilator_device import VerilatorDevice, build_library
 from sparsemac.sw.csr import CSRMatrix
@@ -112,3 +113,15 @@ def test_missing_compiler_gives_a_clear_error(tmp_path, monkeypatch):
                         else real_which(tool, *args, **kwargs))
     with pytest.raises(DeviceError, match=r"g\+\+.*apt-get install g\+\+"):
         VerilatorDevice(SMALL)
+
+
+def test_harness_input_enum_follows_the_core_signature():
+    """harness.cpp numbers the input streams itself: its enum must list the core's data inputs
+    in the order the back end passes them."""
+    text = verilator_device.HARNESS.read_text()
+    enum = re.search(r"enum \{ (SM_ACTIVATIONS[^}]*) \};", text)
+    assert enum, "harness.cpp has no input stream enum"
+    names = CoreStreams(SMALL).data_inputs
+    assert enum.group(1).split(", ") == [f"SM_{name.upper()}" for name in names] + ["SM_INPUTS"]
+    fields = dict(verilator_device._JobStats._fields_)
+    assert fields["inputs_left"]._length_ == len(names)
