@@ -8,7 +8,20 @@ from amaranth.lib.wiring import In, Out
 from .component import ArrayComponent
 from .link_formats import LINK_CRC, MAX_PAYLOAD, REQUEST_SYNC, LinkFormats, Status, layout_bytes
 
-__all__ = ["FrameReceiver"]
+__all__ = ["FrameReceiver", "beat_size_of"]
+
+
+def beat_size_of(m, formats, opcode):
+    """A signal, driven in ``m``, with the bytes of one beat of data opcode ``opcode`` (1 for
+    any other opcode): how a payload is cut into beats."""
+    beat_size = Signal(range(65))
+    with m.Switch(opcode):
+        for data_opcode in formats.beats:
+            with m.Case(data_opcode):
+                m.d.comb += beat_size.eq(formats.beat_bytes(data_opcode))
+        with m.Default():
+            m.d.comb += beat_size.eq(1)
+    return beat_size
 
 
 class FrameReceiver(ArrayComponent):
@@ -88,13 +101,7 @@ class FrameReceiver(ArrayComponent):
                      self.received.payload.partial.eq(beat_byte != 0),
                      self.received.payload.first_bytes.eq(first_bytes)]
 
-        beat_size = Signal(range(65))
-        with m.Switch(header.opcode):
-            for opcode in formats.beats:
-                with m.Case(opcode):
-                    m.d.comb += beat_size.eq(formats.beat_bytes(opcode))
-            with m.Default():
-                m.d.comb += beat_size.eq(1)
+        beat_size = beat_size_of(m, formats, header.opcode)
 
         byte = self.rx.payload
         got = self.rx.valid

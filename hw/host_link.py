@@ -6,7 +6,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .component import ArrayComponent
-from .frame_receiver import FrameReceiver
+from .frame_receiver import FrameReceiver, beat_size_of
 from .link_formats import (LinkFormats, Opcode, Status, REPLY_SYNC, IDENTIFICATION_MAGIC,
                            MAX_PAYLOAD, PROTOCOL_VERSION, fifo_depth, layout_bytes)
 from .reply_sender import ReplySender
@@ -170,13 +170,7 @@ class HostLink(ArrayComponent):
 
         # Beat assembly from the checked payload.
         assembly = Signal(8 * max(formats.beat_bytes(opcode) for opcode in formats.beats))
-        beat_size = Signal(range(65))
-        with m.Switch(header.opcode):
-            for opcode in formats.beats:
-                with m.Case(opcode):
-                    m.d.comb += beat_size.eq(formats.beat_bytes(opcode))
-            with m.Default():
-                m.d.comb += beat_size.eq(1)
+        beat_size = beat_size_of(m, formats, header.opcode)
         beat_byte = Signal(range(64))               # byte within the current beat
         read_address = Signal(range(MAX_PAYLOAD + 1))
         read_valid = Signal()

@@ -1,8 +1,8 @@
 """The ``verilator`` back end against the reference and Amaranth back ends, and its build cache.
 
-Every test shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token blocks a
-job, so bigger layers are split into several jobs): one Verilator build for the whole file, plus
-its FST-tracing variant for the waveform test.
+Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
+blocks a job, so bigger layers are split into several jobs): one Verilator build for the whole
+file, plus its FST-tracing variant for the waveform test and an odd K=5 T=3 build.
 """
 
 import re
@@ -22,6 +22,9 @@ from sparsemac.sw.driver import AmaranthDevice, DeviceError, ReferenceDevice
 
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features=16,
                     max_token_blocks=3)
+#: Odd K > 1 and odd T: the adder tree has an unpaired input, lanes pad words of 5.
+ODD = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                  max_token_blocks=3)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,17 @@ def test_verilator_matches_reference(verilator, name, mode):
     assert result.job_cycles == expected.job_cycles
     if name == "tiled-rows-and-tokens":
         assert result.jobs == 3 * 3  # 40 rows in tiles of 16, 13 tokens in jobs of 6
+
+
+@pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
+def test_odd_lanes_match_reference(mode):
+    with VerilatorDevice(ODD) as device:
+        for name, (weights, tokens, seed) in CASES.items():
+            activations = random_activations(tokens, weights.cols, seed)
+            expected = ReferenceDevice(ODD).matmul(weights, activations, mode)
+            result = device.matmul(weights, activations, mode)
+            assert torch.equal(result.sums, expected.sums), name
+            assert result.job_cycles == expected.job_cycles, name
 
 
 def test_amaranth_matches_verilator(verilator):
