@@ -109,48 +109,9 @@ class HostLink(ArrayComponent):
         clear = Signal()  # RESET: empties the FIFOs and the job register
         m.d.comb += self.core_reset.eq(clear)
 
-        # Input FIFOs, one per core data input stream, each behind a register: the block RAM's
-        # slow clock-to-output would otherwise add to the core's input paths.
-        fifos = {}
-        for opcode, name in formats.fifo_streams.items():
-            port = getattr(core, name)
-            fifo = SyncFIFOBuffered(width=len(Value.cast(port.payload)),
-                                    depth=fifo_depth(formats.beat_bytes(opcode)))
-            m.submodules[f"{name}_fifo"] = ResetInserter(clear)(fifo)
-            with m.If(~port.valid | port.ready):
-                m.d.comb += fifo.r_en.eq(1)
-                m.d.sync += [port.valid.eq(fifo.r_rdy), port.payload.eq(fifo.r_data)]
-            with m.If(clear):
-                m.d.sync += port.valid.eq(0)
-            fifos[opcode] = fifo
+        fifos, sums_fifo, sums_waiting = self._fifos(m, clear, sender)
 
-        # The sums FIFO, and the beat being sent in a register: the block RAM's clock-to-output
-        # would otherwise start the byte multiplexer and CRC path of the reply sender.
-        sums_fifo = SyncFIFOBuffered(width=len(Value.cast(core.sums.payload)),
-                                     depth=fifo_depth(formats.sums_bytes))
-        m.submodules.sums_fifo = ResetInserter(clear)(sums_fifo)
-        m.d.comb += [sums_fifo.w_data.eq(core.sums.payload), sums_fifo.w_en.eq(core.sums.valid),
-                     core.sums.ready.eq(sums_fifo.w_rdy)]
-        sums_waiting = Signal(range(sums_fifo.depth + 2))
-        m.d.comb += sums_waiting.eq(sums_fifo.level + sender.sums.valid)
-        with m.If(~sender.sums.valid | sender.sums.ready):
-            m.d.comb += sums_fifo.r_en.eq(1)
-            m.d.sync += [sender.sums.valid.eq(sums_fifo.r_rdy),
-                         sender.sums.payload.eq(sums_fifo.r_data)]
-        with m.If(clear):
-            m.d.sync += sender.sums.valid.eq(0)
-
-        # The job register and the result of the last job.
-        job_pending = Signal()
-        running = Signal()
-        done = Signal()
-        cycles = Signal(formats.core.cycles)
-        m.d.comb += [core.job.valid.eq(job_pending), core.done.ready.eq(1),
-                     self.busy.eq(job_pending | running)]
-        with m.If(core.job.valid & core.job.ready):
-            m.d.sync += [job_pending.eq(0), running.eq(1), done.eq(0)]
-        with m.If(core.done.valid):
-            m.d.sync += [running.eq(0), done.eq(1), cycles.eq(core.done.payload)]
+        job_pending, running, done, cycles = self._job_register(m)
 
         # The reply words.
         status_word = Signal(formats.status)
@@ -243,6 +204,59 @@ class HostLink(ArrayComponent):
                     m.next = "Wait"
 
         return m
+
+    def _job_register(self, m):
+        """The job register (``job_pending`` until the core takes it, then ``running``) and
+        the result of the last job (``done``, ``cycles``)."""
+        core = self.core
+        job_pending = Signal()
+        running = Signal()
+        done = Signal()
+        cycles = Signal(self._formats.core.cycles)
+        m.d.comb += [core.job.valid.eq(job_pending), core.done.ready.eq(1),
+                     self.busy.eq(job_pending | running)]
+        with m.If(core.job.valid & core.job.ready):
+            m.d.sync += [job_pending.eq(0), running.eq(1), done.eq(0)]
+        with m.If(core.done.valid):
+            m.d.sync += [running.eq(0), done.eq(1), cycles.eq(core.done.payload)]
+        return job_pending, running, done, cycles
+
+    def _fifos(self, m, clear, sender):
+        """The input FIFOs, one per core data input stream (by opcode), and the sums FIFO
+        feeding the sender, all emptied by ``clear``; also how many sums beats wait."""
+        formats = self._formats
+        core = self.core
+        # Input FIFOs, one per core data input stream, each behind a register: the block RAM's
+        # slow clock-to-output would otherwise add to the core's input paths.
+        fifos = {}
+        for opcode, name in formats.fifo_streams.items():
+            port = getattr(core, name)
+            fifo = SyncFIFOBuffered(width=len(Value.cast(port.payload)),
+                                    depth=fifo_depth(formats.beat_bytes(opcode)))
+            m.submodules[f"{name}_fifo"] = ResetInserter(clear)(fifo)
+            with m.If(~port.valid | port.ready):
+                m.d.comb += fifo.r_en.eq(1)
+                m.d.sync += [port.valid.eq(fifo.r_rdy), port.payload.eq(fifo.r_data)]
+            with m.If(clear):
+                m.d.sync += port.valid.eq(0)
+            fifos[opcode] = fifo
+
+        # The sums FIFO, and the beat being sent in a register: the block RAM's clock-to-output
+        # would otherwise start the byte multiplexer and CRC path of the reply sender.
+        sums_fifo = SyncFIFOBuffered(width=len(Value.cast(core.sums.payload)),
+                                     depth=fifo_depth(formats.sums_bytes))
+        m.submodules.sums_fifo = ResetInserter(clear)(sums_fifo)
+        m.d.comb += [sums_fifo.w_data.eq(core.sums.payload), sums_fifo.w_en.eq(core.sums.valid),
+                     core.sums.ready.eq(sums_fifo.w_rdy)]
+        sums_waiting = Signal(range(sums_fifo.depth + 2))
+        m.d.comb += sums_waiting.eq(sums_fifo.level + sender.sums.valid)
+        with m.If(~sender.sums.valid | sender.sums.ready):
+            m.d.comb += sums_fifo.r_en.eq(1)
+            m.d.sync += [sender.sums.valid.eq(sums_fifo.r_rdy),
+                         sender.sums.payload.eq(sums_fifo.r_data)]
+        with m.If(clear):
+            m.d.sync += sender.sums.valid.eq(0)
+        return fifos, sums_fifo, sums_waiting
 
     def _execute(self, m, request, status, reply, sums_count, sums_waiting, fifos, job_pending,
                  running, done, clear):
