@@ -12,6 +12,8 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
+from sparsemac.devices import open_device
+from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.hw.host_link import HostLink, fifo_depth
@@ -19,8 +21,7 @@ from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, MAX_PAYLOAD, LinkFo
                                        Status, crc8, layout_bytes)
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import DeviceError, open_device
-from sparsemac.sw.fpga_device import LinkStatusError, decode_reply, encode_request
+from sparsemac.sw.device import DeviceError
 
 CONFIG = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
 FORMATS = LinkFormats(CONFIG)
@@ -225,7 +226,7 @@ def test_crc_matches_the_reference_value():
 
 @pytest.fixture(scope="module")
 def board():
-    from sparsemac.sim.board_sim import SimulatedBoard
+    from sparsemac.devices.board_sim import SimulatedBoard
     with SimulatedBoard(CONFIG) as simulated:
         yield simulated
 

@@ -1,13 +1,14 @@
-"""The host driver: tiling over rows and token blocks, back ends against each other, errors."""
+"""The devices: tiling over rows and token blocks, back ends against each other, errors."""
 
 import pytest
 import torch
 
+from sparsemac.devices import BACKENDS, open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
 from sparsemac.sw.cycle_model import job_cycles
-from sparsemac.sw.driver import BACKENDS, MatmulResult, open_device
+from sparsemac.sw.device import MatmulResult
 from sparsemac.sw.golden import golden_matmul
 
 # Small limits so that one layer needs several jobs along both axes.
