@@ -9,12 +9,13 @@ and the cycles the same call would take with dense weights, so the two are alway
 the same token counts.
 
 The dense baseline comes from the exact cycle model (:func:`matmul_cycles`, which tiles a layer
-into jobs as :meth:`Device.matmul <sparsemac.sw.driver.Device.matmul>` does), or, with
+into jobs as :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` does), or, with
 ``measure_dense=True``, from running every call a second time on the device in dense mode.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,17 +26,14 @@ from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
 from .cycle_model import job_cycles
-from .driver import Device, DeviceError
+from .device import Device, DeviceError
 from .offload import OffloadedLinear
-from .pruning import (DEFAULT_BERT_PATTERNS, global_magnitude_masks, matching_linears,
-                      parse_method, prune_mask)
+from .progress import progress_bar
+from .pruning import DEFAULT_BERT_PATTERNS, choose_masks, matching_linears, parse_method
 from .quantisation import GRANULARITIES, quantise_activations
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
-
-SCOPES = ("local", "global")
-
 
 @dataclass
 class LayerReport:
@@ -47,8 +45,12 @@ class LayerReport:
         Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     shape : tuple of int
         ``(out_features, in_features)``.
+    sparsity_found : float
+        Fraction of zero weights in the model as given, before pruning (a model pruned
+        beforehand keeps its zeros: pruning only adds to them).
     sparsity : float
-        Achieved fraction of zero int8 weights (pruned, or rounded to zero).
+        Sparsity applied: the achieved fraction of zero int8 weights (found, pruned, or
+        rounded to zero).
     nnz : int
         Nonzero int8 weights.
     sparse_weight_bytes, dense_weight_bytes : int
@@ -70,6 +72,7 @@ class LayerReport:
 
     name: str
     shape: tuple[int, int]
+    sparsity_found: float
     sparsity: float
     nnz: int
     sparse_weight_bytes: int
@@ -101,7 +104,8 @@ class LayerReport:
 
     def as_dict(self) -> dict:
         """JSON-ready figures (without the recorded sums)."""
-        return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity,
+        return {"name": self.name, "shape": list(self.shape),
+                "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
                 "nnz": self.nnz, "calls": self.calls, "tokens": self.tokens,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
@@ -120,7 +124,8 @@ class OffloadReport:
     config : ArrayConfig
     method : str
     sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M pruning).
+        The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
+        :attr:`sparsity` say what the model had and what it got.
     scope : {"local", "global"}
     seed : int or None
     dense_measured : bool
@@ -157,9 +162,20 @@ class OffloadReport:
 
     @property
     def sparsity(self) -> float:
-        """Achieved fraction of zero weights over all offloaded layers."""
-        total = sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
-        return 1.0 - sum(layer.nnz for layer in self.layers) / total
+        """Sparsity applied: the achieved fraction of zero weights over all offloaded layers."""
+        return 1.0 - sum(layer.nnz for layer in self.layers) / self._weights
+
+    @property
+    def sparsity_found(self) -> float:
+        """Fraction of zero weights over the offloaded layers in the model as given. Fidelity
+        is measured against that model, so a model pruned beforehand is the baseline of its
+        own fidelity figures."""
+        return sum(layer.sparsity_found * layer.shape[0] * layer.shape[1]
+                   for layer in self.layers) / self._weights
+
+    @property
+    def _weights(self) -> int:
+        return sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
 
     @property
     def ideal_speedup(self) -> float:
@@ -217,7 +233,8 @@ class OffloadReport:
     def as_dict(self) -> dict:
         """JSON-ready totals and per-layer figures."""
         return {"backend": self.backend, "config": self.config.as_dict(), "method": self.method,
-                "sparsity_target": self.sparsity_target, "sparsity": self.sparsity,
+                "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
+                "sparsity": self.sparsity,
                 "scope": self.scope, "seed": self.seed, "dense_measured": self.dense_measured,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
@@ -304,11 +321,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     """
     if not isinstance(device, Device):
         raise TypeError(f"device must be a Device (see open_device), not {device!r}")
-    kind, n, m = parse_method(method)
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    if scope == "global" and kind != "magnitude":
-        raise ValueError(f"global scope needs the 'magnitude' method, not {method!r}")
+    parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     patterns = tuple(patterns)
@@ -316,23 +329,19 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     if not linears:
         raise ValueError(f"no nn.Linear of this {type(model).__name__} matches the encoder "
                          f"patterns {list(patterns)!r}: is it a BERT?")
-    target = 1 - n / m if kind == "n:m" else sparsity
     weights = [linear.weight.detach().float() for _, linear in linears]
-    if scope == "global":
-        masks = global_magnitude_masks(weights, sparsity)
-    else:
-        masks = [prune_mask(weight, sparsity, method, n=n, m=m,
-                            seed=None if seed is None else seed + index)
-                 for index, weight in enumerate(weights)]
-
-    from tqdm import tqdm
+    masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
+    found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
 
     # Build every replacement before swapping any, so an error leaves the model untouched.
     replacements = []
-    for (name, linear), mask in tqdm(list(zip(linears, masks)), desc="offload", unit="layer",
-                                     disable=not progress, leave=False):
-        replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
-                                                               granularity=granularity)))
+    with (progress_bar(len(linears), "offload", "layer", leave=False) if progress
+          else nullcontext()) as bar:
+        for (name, linear), mask in zip(linears, masks):
+            replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
+                                                                   granularity=granularity)))
+            if bar is not None:
+                bar.update()
     for name, module in replacements:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, module)
@@ -342,7 +351,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         backend=device.name, config=config, method=method,
         sparsity_target=None if target is None else float(target), scope=scope, seed=seed,
         dense_measured=measure_dense,
-        layers=[_layer_report(name, module, config.lanes) for name, module in replacements],
+        layers=[_layer_report(name, module, config.lanes, sparsity_found)
+                for (name, module), sparsity_found in zip(replacements, found)],
         modules=[module for _, module in replacements])
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
@@ -352,7 +362,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
 
 def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
                   mode: Mode = Mode.SPARSE) -> int:
-    """Cycles of one :meth:`Device.matmul <sparsemac.sw.driver.Device.matmul>` call, predicted.
+    """Cycles of one :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` call, predicted.
 
     The layer is split into jobs as the driver splits it (token blocks of ``config.max_tokens``,
     row tiles of ``config.max_out_features``) and the exact cycle model's counts are added, so
@@ -420,10 +430,10 @@ def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
 
 # Internals --------------------------------------------------------------------------------------
 
-def _layer_report(name, module, lanes):
+def _layer_report(name, module, lanes, sparsity_found):
     weights = module.weights
-    return LayerReport(name=name, shape=weights.shape, sparsity=weights.sparsity,
-                       nnz=weights.nnz, sparse_weight_bytes=csr_stream_bytes(weights, lanes),
+    return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
+                       sparsity=weights.sparsity, nnz=weights.nnz, sparse_weight_bytes=csr_stream_bytes(weights, lanes),
                        dense_weight_bytes=dense_stream_bytes(weights.rows, weights.cols, lanes))
 
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from ..hw.formats import Mode
 from .csr import CSRMatrix
-from .driver import Device
-from .pruning import prune_mask
+from .device import Device
+from .pruning import choose_masks, is_structured
 from .quantisation import GRANULARITIES, quantise_activations, quantise_weights
 
 __all__ = ["OffloadStats", "OffloadedLinear"]
@@ -116,8 +116,9 @@ class OffloadedLinear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
         if mask is None:
-            is_n_m = method == "n:m" or ":" in method
-            mask = prune_mask(weight, None if is_n_m else sparsity, method, n=n, m=m, seed=seed)
+            # The pattern of N:M pruning fixes the sparsity: any value passed is ignored.
+            [mask], _ = choose_masks([weight], None if is_structured(method) else sparsity,
+                                     method, seed=seed, n=n, m=m)
         elif tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.commands import bert, compare
-from sparsemac.sw.driver import open_device
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.offload import OffloadedLinear
 
@@ -193,14 +193,16 @@ def test_bert_command_json_on_minilm(capsys):
 
 
 def test_bert_command_reports_bad_method(capsys):
-    assert run_command(bert, ["--method", "lottery"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(bert, ["--method", "lottery"])
+    assert exit_info.value.code == 2
     assert "unknown pruning method 'lottery'" in capsys.readouterr().err
 
 
 def test_compare_writes_tables_and_plots(tmp_path, capsys):
     output = tmp_path / "compare"
     assert run_command(compare, ["--sparsities", "0,0.5", "--methods", "magnitude,2:4",
-                                 "--configs", "k8t4,k4t4", "--output", str(output)]) == 0
+                                 "--config", "k8t4,k4t4", "--output", str(output)]) == 0
     assert "seed 0" in capsys.readouterr().out
     with (output / "compare.csv").open() as file:
         rows = list(csv.DictReader(file))

@@ -18,11 +18,11 @@ from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardErro
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
 #: K=1 T=1 and K=4 T=16 with a 512-column buffer, and the shipped default K=8 T=4.
-CONFIGS = ("k1t1", "k4t16", "k8t4")
+CONFIGS = ("k1t1i512", "k4t16i512", "k8t4")
 
 
 def _failure_report(run):
-    lines = [f"{run.bench.name} on {regress.config_name(run.config)}, seed {run.seed}:"]
+    lines = [f"{run.bench.name} on {run.config.key()}, seed {run.seed}:"]
     if run.error:
         lines.append(run.error)
     for result in run.failed:
@@ -36,7 +36,7 @@ def _failure_report(run):
 @pytest.mark.parametrize("bench", list(regress.BENCHES))
 @pytest.mark.parametrize("config", CONFIGS)
 def test_regression(config, bench, tmp_path):
-    run = regress.run_bench(regress.config_by_name(config), regress.BENCHES[bench], SEED,
+    run = regress.run_bench(ArrayConfig.from_key(config), regress.BENCHES[bench], SEED,
                             tmp_path)
     assert run.results, _failure_report(run)
     assert not run.error and not run.failed, _failure_report(run)
@@ -44,7 +44,8 @@ def test_regression(config, bench, tmp_path):
 
 
 def test_configs_cover_lane_extremes():
-    configs = [regress.config_by_name(name) for name in CONFIGS]
+    configs = [ArrayConfig.from_key(name) for name in CONFIGS]
+    assert set(CONFIGS) == set(regress.NAMED_CONFIGS)
     assert {1, 4, 8} <= {config.lanes for config in configs}
     assert {1, 4, 16} <= {config.token_lanes for config in configs}
 
@@ -110,7 +111,7 @@ def _flip_sum_bit(verilog):
 
 
 def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
-    config = regress.config_by_name("k1t1")
+    config = ArrayConfig.from_key("k1t1i512")
     bench = regress.BENCHES["core"]
     mutant = tmp_path / "mutant.v"
     mutant.write_text(_flip_sum_bit(regress.bench_verilog(config, bench).read_text()))

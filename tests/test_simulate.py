@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sparsemac.sw.cli import main
-from sparsemac.sw.commands import simulate
+from sparsemac.sw.pipelines import simulate
 
 REQUIRED_KEYS = {
     "sparsity", "tokens", "sparse_cycles", "dense_cycles", "speedup", "ideal_speedup",
