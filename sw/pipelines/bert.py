@@ -22,7 +22,7 @@ from ..model_offload import cross_check, offload
 from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
                       tokenize)
 from ..progress import phase, progress, progress_bar
-from ..pruning import is_structured
+from ..pruning import is_structured, parse_method
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
 
@@ -163,7 +163,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     started = time.perf_counter()
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    structured = is_structured(method)  # a bad method fails before any work
+    parse_method(method, explicit=True)  # a bad method fails before any work
+    structured = is_structured(method)
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")

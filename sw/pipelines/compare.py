@@ -22,7 +22,7 @@ from ..model_offload import cross_check, offload
 from ..models import (DEFAULT_SENTENCE, SIMILARITY_PAIRS, load_model, ranking_agreement,
                       sentence_embeddings, tokenize)
 from ..progress import progress_bar
-from ..pruning import is_structured
+from ..pruning import is_structured, parse_method
 from ..tables import write_csv
 
 __all__ = ["DEFAULT_SPARSITIES", "DEFAULT_METHODS", "VERIFY_POINT", "ComparePoint",
@@ -161,7 +161,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
     methods, sparsities, configs = list(methods), list(sparsities), list(configs)
     if not methods or not configs:
         raise ValueError("need at least one method and one config")
-    points = _points(methods, sparsities)  # a bad method fails here, before any work
+    for method in methods:  # a bad method fails here, before any work
+        parse_method(method, explicit=True)
+    points = _points(methods, sparsities)
     torch.set_num_threads(1)  # small elementwise work per layer: see the bert pipeline
     loaded = load_model(model)
     if loaded.tokenizer is None:

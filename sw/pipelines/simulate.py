@@ -24,7 +24,7 @@ from ..models import capture_linear_input, get_linear, load_model
 from ..offload import OffloadedLinear
 from ..progress import phase, progress
 from . import check_output_path
-from ..pruning import choose_masks, is_structured
+from ..pruning import choose_masks, is_structured, parse_method
 from ..quantisation import approximation_error, quantise_activations
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
@@ -192,7 +192,7 @@ def estimate_fst_bytes(cycles, config):
 def _check_options(backend, port, fst, fst_limit, method):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    is_structured(method)  # a bad method fails here, before any model or device
+    parse_method(method, explicit=True)  # a bad method fails here, before any model or device
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
