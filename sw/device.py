@@ -21,7 +21,7 @@ import torch
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.formats import Mode
 from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
-from .cycle_model import token_blocks
+from .cycle_model import job_tiles, token_blocks
 from .packing import check_job_fits
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
@@ -158,20 +158,17 @@ class Device(abc.ABC):
         sums = torch.empty((tokens, rows), dtype=torch.int32)
         cycles, weight_bytes, activation_bytes, output_bytes = [], 0, 0, 0
         started = time.perf_counter()
-        for token_start in range(0, tokens, config.max_tokens):
-            block = activations[token_start:token_start + config.max_tokens].contiguous()
+        for job in job_tiles(rows, tokens, config):
+            block = activations[job.token_start:job.token_stop].contiguous()
             blocks = token_blocks(block.shape[0], config)
-            for row_start in range(0, rows, config.max_out_features):
-                tile = weights.row_slice(row_start, min(rows, row_start + config.max_out_features))
-                result = self.run_job(tile, block, mode)
-                sums[token_start:token_start + block.shape[0],
-                     row_start:row_start + tile.rows] = result.sums
-                cycles.append(result.cycles)
-                weight_bytes += blocks * (csr_stream_bytes(tile, config.lanes)
-                                          if mode == Mode.SPARSE
-                                          else dense_stream_bytes(tile.rows, cols, config.lanes))
-                activation_bytes += blocks * config.token_lanes * cols
-                output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
+            tile = weights.row_slice(job.row_start, job.row_stop)
+            result = self.run_job(tile, block, mode)
+            sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
+            cycles.append(result.cycles)
+            weight_bytes += blocks * (csr_stream_bytes(tile, config.lanes) if mode == Mode.SPARSE
+                                      else dense_stream_bytes(tile.rows, cols, config.lanes))
+            activation_bytes += blocks * config.token_lanes * cols
+            output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),
                             weight_bytes=weight_bytes, activation_bytes=activation_bytes,
                             output_bytes=output_bytes, wall_s=time.perf_counter() - started,

@@ -25,7 +25,7 @@ from torch import nn
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
-from .cycle_model import job_cycles
+from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
 from .offload import OffloadedLinear
 from .progress import progress_bar
@@ -390,13 +390,9 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
         raise ValueError(f"a call needs at least one token, not {tokens!r}")
     rows, cols = weights.shape
     row_lengths = weights.row_lengths()
-    total = 0
-    for token_start in range(0, tokens, config.max_tokens):
-        block = min(config.max_tokens, tokens - token_start)
-        for row_start in range(0, rows, config.max_out_features):
-            tile = row_lengths[row_start:row_start + config.max_out_features]
-            total += job_cycles(tile, cols, block, config, mode).total
-    return total
+    return sum(job_cycles(row_lengths[job.row_start:job.row_stop], cols,
+                          job.token_stop - job.token_start, config, mode).total
+               for job in job_tiles(rows, tokens, config))
 
 
 def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:

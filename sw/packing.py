@@ -15,6 +15,7 @@ from amaranth.lib import data
 from ..hw.config import ArrayConfig
 from ..hw.formats import CoreFormats, Mode
 from .csr import CSRMatrix
+from .cycle_model import token_blocks
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beat_bytes", "beats_to_ints"]
 
@@ -114,7 +115,7 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     lanes, token_lanes = config.lanes, config.token_lanes
     rows, cols = weights.shape
     tokens = activations.shape[0]
-    blocks = -(-tokens // token_lanes)
+    blocks = token_blocks(tokens, config)
 
     padded = np.zeros((blocks * token_lanes, cols), dtype=np.int8)
     padded[:tokens] = activations.numpy()
@@ -184,7 +185,7 @@ def unpack_sums(config, beats, rows, tokens):
     """
     formats = CoreFormats(config)
     dtype, count = _element_dtype(formats.sums)
-    blocks = -(-tokens // config.token_lanes)
+    blocks = token_blocks(tokens, config)
     beats = np.ascontiguousarray(beats, dtype=np.uint8)
     expected = (blocks * rows, count * dtype.itemsize)
     if beats.shape != expected:
