@@ -29,7 +29,8 @@ from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
 from .offload import OffloadedLinear
 from .progress import progress_bar
-from .pruning import DEFAULT_BERT_PATTERNS, choose_masks, matching_linears, parse_method
+from .pruning import (DEFAULT_BERT_PATTERNS, choose_masks, conv1d_class, parse_method,
+                      require_linears)
 from .quantisation import GRANULARITIES, quantise_activations
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
@@ -276,8 +277,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     Parameters
     ----------
     model : nn.Module
-        A Hugging Face ``BertModel`` or ``BertFor...`` model (any module whose linears match
-        `patterns`), in float.
+        A Hugging Face ``BertModel`` or ``BertFor...`` model, or any module whose linears match
+        `patterns`, in float. transformers' ``Conv1D`` layers (GPT-2's, weight stored
+        transposed) count as linears: each becomes an OffloadedLinear of the transposed weight.
     device : Device
         Every offloaded linear runs on it; its config must hold the widest layer.
     sparsity : float or None
@@ -294,7 +296,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     scope : {"local", "global"}
         ``"global"``: one magnitude threshold over all matched layers (magnitude only).
     patterns : iterable of str
-        Regular expressions selecting the linears by qualified name.
+        Regular expressions selecting the linears by qualified name (``re.search``); the
+        default selects the six encoder linears of each BERT layer. Other models need their
+        own, e.g. ``[r"^transformer\\.layer\\.\\d+\\."]`` for DistilBERT.
     measure_dense : bool
         Run every call again on the device in dense mode and record its cycles (and check that
         its sums equal the sparse run's) instead of predicting them with the cycle model.
@@ -306,16 +310,17 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     Returns
     -------
     model : nn.Module
-        The same object, its matched linears replaced.
+        The same object, its matched linears replaced. Its ``save_pretrained``, if it has
+        one, now writes the offloaded model (:func:`~sparsemac.sw.checkpoint.save_offloaded`).
     report : OffloadReport
         Empty until the model runs; it fills in on every forward call.
 
     Raises
     ------
     ValueError
-        If no linear matches (the message names the patterns), the method, scope or
-        granularity is unknown, the sparsity is invalid, or a layer does not fit the device.
-        Nothing is replaced then.
+        If no linear matches (the message names the patterns and the model's linears), the
+        method, scope or granularity is unknown, the sparsity is invalid, or a layer does not
+        fit the device. Nothing is replaced then.
     TypeError
         If `device` is not a Device.
     """
@@ -324,11 +329,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
-    patterns = tuple(patterns)
-    linears = matching_linears(model, patterns)
-    if not linears:
-        raise ValueError(f"no nn.Linear of this {type(model).__name__} matches the encoder "
-                         f"patterns {list(patterns)!r}: is it a BERT?")
+    conv1d = conv1d_class()
+    kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    linears = [(name, _as_linear(module)) for name, module in require_linears(model, patterns,
+                                                                              kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
     masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
@@ -357,6 +361,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
             _recorder(layer, measure_dense, keep_sums)))
+    if hasattr(model, "save_pretrained"):  # a transformers model, so transformers is loaded
+        from .checkpoint import bind_save_pretrained
+
+        bind_save_pretrained(model)
     return model, report
 
 
@@ -426,10 +434,27 @@ def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
 
 # Internals --------------------------------------------------------------------------------------
 
+def _as_linear(module):
+    """`module` if an nn.Linear, else the nn.Linear a transformers Conv1D computes.
+
+    Conv1D (GPT-2) computes ``x @ weight + bias`` with ``weight`` of shape ``(in, out)``: the
+    linear with the transposed weight (a view, not a copy) is the same function.
+    """
+    if isinstance(module, nn.Linear):
+        return module
+    in_features, out_features = module.weight.shape
+    linear = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.detach().t(), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+    return linear
+
+
 def _layer_report(name, module, lanes, sparsity_found):
     weights = module.weights
     return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
-                       sparsity=weights.sparsity, nnz=weights.nnz, sparse_weight_bytes=csr_stream_bytes(weights, lanes),
+                       sparsity=weights.sparsity, nnz=weights.nnz,
+                       sparse_weight_bytes=csr_stream_bytes(weights, lanes),
                        dense_weight_bytes=dense_stream_bytes(weights.rows, weights.cols, lanes))
 
 

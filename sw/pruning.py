@@ -9,6 +9,7 @@ pruned first) and random pruning draws from a ``torch.Generator`` seeded by the 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -22,6 +23,7 @@ __all__ = [
     "LayerPruneReport",
     "METHODS",
     "choose_masks",
+    "conv1d_class",
     "cubic_sparsity",
     "global_magnitude_masks",
     "is_structured",
@@ -29,6 +31,7 @@ __all__ = [
     "matching_linears",
     "prune_mask",
     "prune_model",
+    "require_linears",
 ]
 
 #: The named pruning methods; ``"N:M"`` strings such as ``"2:4"`` are accepted as well.
@@ -43,6 +46,11 @@ DEFAULT_BERT_PATTERNS = (
     r"(^|\.)encoder\.layer\.\d+\.output\.dense$",
 )
 
+# ``.0.`` or a final ``.0`` of a qualified name: the index of a layer in a stack of layers.
+_LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
+# A qualified name up to its first layer index (the head), e.g. ``transformer.layer.`` of
+# ``transformer.layer.3.ffn.lin1``.
+_REPEATED_PREFIX = re.compile(r"^(.*?\.|)\d+\.")
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 # Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
 _NM_TOLERANCE = 1e-9
@@ -337,19 +345,21 @@ class LayerPruneReport:
     nnz: int
 
 
-def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS
-                     ) -> list[tuple[str, nn.Linear]]:
-    """The ``nn.Linear`` modules whose qualified name matches a pattern, in module order.
+def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
+                     kinds: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """The linear modules whose qualified name matches a pattern, in module order.
 
     Parameters
     ----------
     model : nn.Module
     patterns : iterable of str
         Regular expressions tried with ``re.search`` against each qualified module name.
+    kinds : tuple of type
+        The module classes that count as linears (:func:`conv1d_class` adds GPT-2's).
 
     Returns
     -------
-    list of (str, nn.Linear)
+    list of (str, nn.Module)
         Possibly empty.
 
     Raises
@@ -359,15 +369,80 @@ def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PA
     """
     compiled = [re.compile(p) for p in patterns]
     return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and any(p.search(name) for p in compiled)]
+            if isinstance(module, kinds) and any(p.search(name) for p in compiled)]
 
 
-def _require_linears(model, patterns):
+def require_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
+                    kinds: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """:func:`matching_linears`, refusing a model where nothing matches with what it has instead.
+
+    Parameters
+    ----------
+    model, patterns, kinds
+        As in :func:`matching_linears`.
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        At least one.
+
+    Raises
+    ------
+    ValueError
+        If no module matches. The message gives the patterns, the model's layers of `kinds`
+        (layer indices folded into ``<i>``), how to choose them with ``patterns=`` (with an
+        example), and names any ``Conv1D`` layers that `kinds` leaves out as unsupported here.
+    """
     patterns = tuple(patterns)  # read twice: to match and for the error message
-    linears = matching_linears(model, patterns)
-    if not linears:
-        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
-    return linears
+    linears = matching_linears(model, patterns, kinds)
+    if linears:
+        return linears
+    kind_names = " or ".join("nn.Linear" if kind is nn.Linear else kind.__name__
+                             for kind in kinds)
+    found = [name for name, module in model.named_modules() if isinstance(module, kinds)]
+    chosen = ("the default patterns (DEFAULT_BERT_PATTERNS: the encoder linears of a BERT)"
+              if patterns == DEFAULT_BERT_PATTERNS else f"the patterns {list(patterns)!r}")
+    message = f"no {kind_names} of this {type(model).__name__} matches {chosen}"
+    if found:
+        message += (f". Its {kind_names} layers ({len(found)}): {_folded_names(found)}. "
+                    "Choose the ones to use with patterns= (regular expressions searched in "
+                    f"each name), e.g. patterns=[{_example_pattern(found)!r}]")
+    else:
+        message += f": it has no {kind_names} layer"
+    conv1d = conv1d_class()
+    skipped = [name for name, module in model.named_modules()
+               if conv1d is not None and conv1d not in kinds and isinstance(module, conv1d)]
+    if skipped:
+        message += (f". Its {len(skipped)} Conv1D layers ({_folded_names(skipped)}) are not "
+                    "supported here: transformers' Conv1D (GPT-2) stores its weight transposed, "
+                    "(in_features, out_features), and this takes nn.Linear weights only")
+    raise ValueError(message)
+
+
+def conv1d_class() -> type | None:
+    """transformers' ``Conv1D``, the linear of GPT-2 whose weight is ``(in, out)``, or None.
+
+    None when transformers has not been imported: no model can hold one then, and pruning does
+    not import transformers (seconds) for a check that cannot succeed.
+    """
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _folded_names(names, limit=8):
+    """``a.<i>.b, c`` for names ``a.0.b, a.1.b, c``: layer indices folded, order kept."""
+    folded = list(dict.fromkeys(_LAYER_INDEX.sub(".<i>", name) for name in names))
+    shown = ", ".join(folded[:limit])
+    return shown + (f" (+{len(folded) - limit} more)" if len(folded) > limit else "")
+
+
+def _example_pattern(names):
+    """A pattern for the repeated layers' linears (``^h\\.\\d+\\.``), or for the first name."""
+    heads = [match.group(1) for match in map(_REPEATED_PREFIX.match, names) if match]
+    if not heads:
+        return "^" + re.escape(names[0]) + "$"
+    # The most common head is the stack of layers; \d+ stands for every layer of it.
+    head = max(dict.fromkeys(heads), key=heads.count)
+    return "^" + re.escape(head) + r"\d+\."
 
 
 def _report(name, weight, target):
@@ -419,7 +494,7 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
         If no linear matches, the scope is unknown or global with another method than
         magnitude, or as :func:`prune_mask`.
     """
-    linears = _require_linears(model, patterns)
+    linears = require_linears(model, patterns)
     masks, target = choose_masks([linear.weight for _, linear in linears], sparsity, method,
                                  scope=scope, seed=seed, n=n, m=m)
     reports = []
@@ -527,7 +602,7 @@ class GradualPruner:
             raise ValueError(f"gradual pruning supports only the 'magnitude' method, "
                              f"not {method!r}")
         _check_scope(scope, method)
-        self.linears = _require_linears(model, patterns)
+        self.linears = require_linears(model, patterns)
         self.final_sparsity = final_sparsity
         self.initial_sparsity = initial_sparsity
         self.begin_step = begin_step

@@ -246,7 +246,9 @@ def test_prune_model_global_reaches_total_sparsity():
 
 
 def test_prune_model_errors():
-    with pytest.raises(ValueError, match="no nn.Linear in the model matches"):
+    with pytest.raises(ValueError, match=r"no nn.Linear of this Sequential matches the default "
+                       r"patterns \(DEFAULT_BERT_PATTERNS: the encoder linears of a BERT\)\. Its "
+                       r"nn.Linear layers \(1\): 0\. Choose the ones to use with patterns="):
         prune_model(nn.Sequential(nn.Linear(2, 2)), 0.5)
     with pytest.raises(ValueError, match="global scope needs the 'magnitude' method"):
         prune_model(tiny_bert(), 0.5, "random", scope="global", seed=1)
