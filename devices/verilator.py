@@ -1,8 +1,9 @@
 """The ``verilator`` back end: the core compiled by Verilator into a shared library.
 
-:func:`build_library` verilates the core's Verilog (:func:`~sparsemac.sim.verilog.generate_verilog`)
-together with ``verilator_harness.cpp`` (beside this module) into one shared library, cached on disk per design (config, RTL,
-tool versions, harness and build flags), so a second run neither regenerates nor recompiles.
+:func:`build_library` verilates the core's Verilog
+(:func:`~sparsemac.sim.verilog.generate_verilog`) together with ``verilator_harness.cpp`` (beside
+this module) into one shared library, cached on disk per design (config, RTL, tool versions,
+harness and build flags), so a second run neither regenerates nor recompiles.
 :class:`VerilatorDevice` loads it with ctypes and runs each job entirely in C++ with ideal
 streams (inputs always valid while data remains, outputs always ready).
 """
@@ -22,11 +23,12 @@ import numpy as np
 
 from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import CoreFormats, Mode
+from ..hw.link_formats import layout_bytes
 from ..sim.toolchain import (WAIVED_WARNINGS, ToolMissingError, cache_dir, check_build_tools,
                              file_lock, fst_verilator_args, verilator_environment)
 from ..sim.verilog import TOP_NAME, design_key, generate_verilog
 from ..sw.device import Device, DeviceError, JobResult
-from ..sw.packing import beat_bytes, pack_job, unpack_sums
+from ..sw.packing import pack_job, unpack_sums
 from ..sw.progress import phase
 
 __all__ = ["BuildResult", "build_library", "library_dir", "is_cached", "VerilatorDevice"]
@@ -241,7 +243,7 @@ class VerilatorDevice(Device):
         self._library = _load(self._build.path)
         self._fst_path = None if fst_path is None else Path(fst_path)
         formats = CoreFormats(config)
-        self._job_bytes, self._sums_bytes = beat_bytes(formats.job), beat_bytes(formats.sums)
+        self._job_bytes, self._sums_bytes = layout_bytes(formats.job), layout_bytes(formats.sums)
         path = None if fst_path is None else os.fsencode(fst_path)
         self._handle = self._library.sm_create(path)
         if not self._handle:

@@ -17,7 +17,7 @@ from ..hw.formats import CoreFormats, Mode
 from .csr import CSRMatrix
 from .cycle_model import token_blocks
 
-__all__ = ["PackedJob", "pack_job", "unpack_sums", "beat_bytes", "beats_to_ints"]
+__all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints"]
 
 
 def _element_dtype(layout):
@@ -30,11 +30,6 @@ def _element_dtype(layout):
         raise ValueError(f"cannot pack elements of {shape!r}: only whole 8/16/32/64-bit elements")
     kind = "i" if shape.signed else "u"
     return np.dtype(f"<{kind}{shape.width // 8}"), count
-
-
-def beat_bytes(layout):
-    """Bytes of one beat of a stream whose payload is ``layout``."""
-    return (Shape.cast(layout).width + 7) // 8
 
 
 def _pack_elements(layout, elements):
