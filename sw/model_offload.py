@@ -29,31 +29,24 @@ from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
 from .offload import OffloadedLinear
 from .progress import progress_bar
-from .pruning import (DEFAULT_BERT_PATTERNS, choose_masks, conv1d_class, parse_method,
-                      require_linears)
+from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
+                      parse_method, require_linears)
 from .quantisation import GRANULARITIES, quantise_activations
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
 
 @dataclass
-class LayerReport:
-    """One offloaded linear: its weights, and what its calls have cost so far.
+class LayerReport(LayerWeights):
+    """One offloaded linear: its int8 weights (:class:`~sparsemac.sw.pruning.LayerWeights`,
+    whose ``sparsity`` is the sparsity applied: zeros found, pruned, or rounded to zero by
+    quantisation), and what its calls have cost so far.
 
     Attributes
     ----------
-    name : str
-        Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
-    shape : tuple of int
-        ``(out_features, in_features)``.
     sparsity_found : float
         Fraction of zero weights in the model as given, before pruning (a model pruned
         beforehand keeps its zeros: pruning only adds to them).
-    sparsity : float
-        Sparsity applied: the achieved fraction of zero int8 weights (found, pruned, or
-        rounded to zero).
-    nnz : int
-        Nonzero int8 weights.
     sparse_weight_bytes, dense_weight_bytes : int
         Bytes of one pass of the weights over the link in CSR and in dense mode.
     calls, tokens : int
@@ -71,11 +64,7 @@ class LayerReport:
         int32 sums of each call, kept only when :func:`offload` was given ``keep_sums=True``.
     """
 
-    name: str
-    shape: tuple[int, int]
     sparsity_found: float
-    sparsity: float
-    nnz: int
     sparse_weight_bytes: int
     dense_weight_bytes: int
     calls: int = 0
@@ -453,7 +442,7 @@ def _as_linear(module):
 def _layer_report(name, module, lanes, sparsity_found):
     weights = module.weights
     return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
-                       sparsity=weights.sparsity, nnz=weights.nnz,
+                       nnz=weights.nnz,
                        sparse_weight_bytes=csr_stream_bytes(weights, lanes),
                        dense_weight_bytes=dense_stream_bytes(weights.rows, weights.cols, lanes))
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_BERT_PATTERNS",
     "GradualPruner",
     "LayerPruneReport",
+    "LayerWeights",
     "METHODS",
     "choose_masks",
     "conv1d_class",
@@ -321,8 +322,8 @@ def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
 
 
 @dataclass
-class LayerPruneReport:
-    """What pruning did to one linear layer.
+class LayerWeights:
+    """The weights of one linear layer, as pruned: what every per-layer report starts with.
 
     Attributes
     ----------
@@ -330,19 +331,32 @@ class LayerPruneReport:
         Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     shape : tuple of int
         ``(out_features, in_features)``.
-    sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
-    sparsity_achieved : float
-        Fraction of zero weights after pruning; weights that were already zero count too.
     nnz : int
-        Nonzero weights after pruning.
+        Nonzero weights.
     """
 
     name: str
     shape: tuple[int, int]
-    sparsity_target: float
-    sparsity_achieved: float
     nnz: int
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights; weights that were already zero count too."""
+        numel = self.shape[0] * self.shape[1]
+        return 1.0 - self.nnz / numel if numel else 0.0
+
+
+@dataclass
+class LayerPruneReport(LayerWeights):
+    """What pruning did to one linear layer (:class:`LayerWeights`, and what was asked).
+
+    Attributes
+    ----------
+    sparsity_target : float
+        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
+    """
+
+    sparsity_target: float
 
 
 def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
@@ -446,10 +460,8 @@ def _example_pattern(names):
 
 
 def _report(name, weight, target):
-    nnz = int(torch.count_nonzero(weight))
-    numel = weight.numel()
-    return LayerPruneReport(name=name, shape=tuple(weight.shape), sparsity_target=float(target),
-                            sparsity_achieved=1.0 - nnz / numel if numel else 0.0, nnz=nnz)
+    return LayerPruneReport(name=name, shape=tuple(weight.shape),
+                            nnz=int(torch.count_nonzero(weight)), sparsity_target=float(target))
 
 
 def _check_scope(scope, method):
