@@ -39,7 +39,7 @@ class ComparePoint:
     """One row of the sweep: a pruned, offloaded model on one array configuration.
 
     Cycles are for the workload (the similarity benchmark's sentences in one batch); the
-    fidelity figures compare with the float, unpruned model and do not depend on the array.
+    fidelity figures compare with the float model as given and do not depend on the array.
     """
 
     method: str

@@ -142,8 +142,8 @@ class SimulationReport:
                 ["ideal 1/(1-s)", ideal],
                 ["efficiency", efficiency],
                 ["bit-exact", yes[self.bit_exact]],
-                ["max abs error", f"{self.max_abs_error:.4g} (vs the float, unpruned layer)"],
-                ["relative error", f"{self.relative_error:.2%} (vs the float, unpruned layer)"],
+                ["max abs error", f"{self.max_abs_error:.4g} (vs the float layer as given)"],
+                ["relative error", f"{self.relative_error:.2%} (vs the float layer as given)"],
                 ["int8 error alone", f"{self.quantisation_relative_error:.2%} (relative, vs the "
                                      "float layer pruned the same way)"],
                 ["device time", f"{self.device_s:.3f} s"],
