@@ -9,16 +9,15 @@ configuration is written the same way everywhere: ``--config NAME`` with a name 
 import argparse
 import dataclasses
 
+from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
+__all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "method_argument",
            "fraction_argument"]
 
-#: Back ends a command may run on, the default first.
-BACKENDS = ("verilator", "reference", "amaranth", "fpga")
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
-DEFAULT_BACKEND = BACKENDS[0]
+DEFAULT_BACKEND = "verilator"
 
 _FIELDS = (("lanes", "K", "nonzero weights per cycle"),
            ("token_lanes", "T", "tokens in parallel"),
@@ -79,9 +78,9 @@ def config_from_args(args):
     return configs[0]
 
 
-def add_backend_arguments(parser, *, fst=False):
+def add_backend_arguments(parser):
     """Adds ``--backend`` (default :data:`DEFAULT_BACKEND`) and ``--port`` for ``fpga``."""
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND,
                         help="device that runs the jobs: verilator (the RTL, cycle-accurate), "
                              "reference (golden model and exact cycle model, instant), amaranth "
                              "(Python RTL simulation, slow), fpga (a board; needs --port) "
