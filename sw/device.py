@@ -20,9 +20,9 @@ import torch
 
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.formats import Mode
-from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
+from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
-from .packing import check_job_fits
+from .packing import check_job_fits, weight_stream_bytes
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
@@ -165,8 +165,7 @@ class Device(abc.ABC):
             result = self.run_job(tile, block, mode)
             sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
             cycles.append(result.cycles)
-            weight_bytes += blocks * (csr_stream_bytes(tile, config.lanes) if mode == Mode.SPARSE
-                                      else dense_stream_bytes(tile.rows, cols, config.lanes))
+            weight_bytes += blocks * weight_stream_bytes(config, tile, mode)
             activation_bytes += blocks * config.token_lanes * cols
             output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),

@@ -24,10 +24,11 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
-from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
+from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
 from .offload import OffloadedLinear
+from .packing import weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
@@ -344,7 +345,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         backend=device.name, config=config, method=method,
         sparsity_target=None if target is None else float(target), scope=scope, seed=seed,
         dense_measured=measure_dense,
-        layers=[_layer_report(name, module, config.lanes, sparsity_found)
+        layers=[_layer_report(name, module, config, sparsity_found)
                 for (name, module), sparsity_found in zip(replacements, found)],
         modules=[module for _, module in replacements])
     for layer, module in zip(report.layers, report.modules):
@@ -439,12 +440,12 @@ def _as_linear(module):
     return linear
 
 
-def _layer_report(name, module, lanes, sparsity_found):
+def _layer_report(name, module, config, sparsity_found):
     weights = module.weights
     return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
                        nnz=weights.nnz,
-                       sparse_weight_bytes=csr_stream_bytes(weights, lanes),
-                       dense_weight_bytes=dense_stream_bytes(weights.rows, weights.cols, lanes))
+                       sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE),
+                       dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE))
 
 
 def _recorder(layer, measure_dense, keep_sums):
