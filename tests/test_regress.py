@@ -123,3 +123,17 @@ def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
     for result in run.results:
         assert "first mismatch: sums beat 0 (block 0 (tokens 0-0), row 0): token lane 0" \
             in result.message, result.message
+
+
+def test_replay_command_names_any_config_the_way_the_cli_reads_it():
+    from sparsemac.sw.cli import build_parser
+    from sparsemac.sw.commands.options import configs_from_args
+
+    config = ArrayConfig(lanes=2, token_lanes=8, max_in_features=256)
+    result = regress.TestResult(bench="core", name="test_core/case=tiny", passed=False,
+                                cycles=0, wall_time=0.0)
+    command = regress.replay_command(config, regress.BENCHES["core"], result, 7)
+    assert command == ("sparsemac regress --config k2t8i256 --bench core "
+                       "--test 'test_core/case=tiny$' --seed 7 --waves")
+    args = build_parser().parse_args(["regress", "--config", "k2t8i256"])
+    assert configs_from_args(args) == [config]
