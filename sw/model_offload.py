@@ -27,7 +27,7 @@ from ..hw.formats import Mode
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
-from .offload import OffloadedLinear
+from .offload import OffloadedLinear, OffloadStats
 from .packing import weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
@@ -50,15 +50,12 @@ class LayerReport(LayerWeights):
         beforehand keeps its zeros: pruning only adds to them).
     sparse_weight_bytes, dense_weight_bytes : int
         Bytes of one pass of the weights over the link in CSR and in dense mode.
-    calls, tokens : int
-        Forward calls and tokens (rows of activations) the layer has run.
-    sparse_cycles : int
-        Device cycles of those calls, as the device reported them.
+    stats : OffloadStats
+        The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
+        :attr:`sparse_cycles` and :attr:`device_s` read them.
     dense_cycles : int
         Cycles of the same calls with dense weights: predicted by the cycle model, or measured
         on the device when the report's ``dense_measured`` is True.
-    device_s : float
-        Host wall time spent in the device for the sparse runs.
     call_tokens : list of int
         Tokens of each call, in order.
     sums : list of torch.Tensor
@@ -68,13 +65,30 @@ class LayerReport(LayerWeights):
     sparsity_found: float
     sparse_weight_bytes: int
     dense_weight_bytes: int
-    calls: int = 0
-    tokens: int = 0
-    sparse_cycles: int = 0
+    stats: OffloadStats = field(default_factory=OffloadStats, repr=False)
     dense_cycles: int = 0
-    device_s: float = 0.0
     call_tokens: list[int] = field(default_factory=list)
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def calls(self) -> int:
+        """Forward calls the layer has run."""
+        return self.stats.calls
+
+    @property
+    def tokens(self) -> int:
+        """Tokens (rows of activations) of those calls."""
+        return self.stats.tokens
+
+    @property
+    def sparse_cycles(self) -> int:
+        """Device cycles of those calls, as the device reported them."""
+        return self.stats.cycles
+
+    @property
+    def device_s(self) -> float:
+        """Host wall time spent in the device for the sparse runs."""
+        return self.stats.device_s
 
     @property
     def speedup(self) -> float:
@@ -87,9 +101,10 @@ class LayerReport(LayerWeights):
         return _ideal(self.sparsity)
 
     def reset(self) -> None:
-        """Forget the calls (the weights' figures stay)."""
-        self.calls = self.tokens = self.sparse_cycles = self.dense_cycles = 0
-        self.device_s = 0.0
+        """Forget the calls, here and in the offloaded linear's stats (the weights' figures
+        stay)."""
+        self.stats.reset()
+        self.dense_cycles = 0
         self.call_tokens.clear()
         self.sums.clear()
 
@@ -187,9 +202,8 @@ class OffloadReport:
 
     def reset(self) -> None:
         """Forget every call so far, here and in the modules' own stats."""
-        for layer, module in zip(self.layers, self.modules):
+        for layer in self.layers:
             layer.reset()
-            module.reset_stats()
 
     def cycles_for(self, config: ArrayConfig) -> tuple[int, int]:
         """Sparse and dense cycles the recorded calls would take on another array.
@@ -445,16 +459,15 @@ def _layer_report(name, module, config, sparsity_found):
     return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
                        nnz=weights.nnz,
                        sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE),
-                       dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE))
+                       dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE),
+                       stats=module.stats)
 
 
 def _recorder(layer, measure_dense, keep_sums):
-    """A forward hook filling ``layer`` from its OffloadedLinear after each call."""
+    """A forward hook recording in ``layer`` what its OffloadedLinear's stats do not hold: the
+    call's tokens, its sums (with ``keep_sums``) and its dense-mode cycles."""
 
     def record(module, args, _output):
-        stats = module.stats
-        layer.calls, layer.tokens = stats.calls, stats.tokens
-        layer.sparse_cycles, layer.device_s = stats.cycles, stats.device_s
         sums = module.last_sums
         layer.call_tokens.append(sums.shape[0])
         if keep_sums:

@@ -35,6 +35,11 @@ class OffloadStats:
     weight_bytes: int = 0
     device_s: float = 0.0
 
+    def reset(self):
+        """Back to zero, in place: a report that holds this object sees the reset."""
+        self.calls = self.tokens = self.jobs = self.cycles = self.weight_bytes = 0
+        self.device_s = 0.0
+
 
 class OffloadedLinear(nn.Module):
     """An ``nn.Linear`` whose matrix product runs on a sparse MAC device.
@@ -132,7 +137,7 @@ class OffloadedLinear(nn.Module):
         return self.weights.sparsity
 
     def reset_stats(self):
-        self.stats = OffloadStats()
+        self.stats.reset()
 
     def integer_forward(self, x):
         """Quantises ``x`` [..., in_features] and returns the device's MatmulResult and the
