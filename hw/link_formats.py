@@ -2,7 +2,7 @@
 
 Every frame, in both directions, is a little-endian packing of the layouts below: the first field
 of a layout is the first byte on the wire. :class:`LinkFormats` gathers them for one array
-configuration; the host (``sparsemac.sw.fpga_device``) packs and parses frames with
+configuration; the host (``sparsemac.devices.fpga``) packs and parses frames with
 ``Layout.const(...).as_bits()`` and ``Layout.from_bits(...)`` on these same objects.
 
 A request is ``request_header``, ``length`` payload bytes, then one CRC-8 byte; a reply is

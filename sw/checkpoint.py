@@ -39,7 +39,7 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from .csr import CSRMatrix
-from .driver import Device
+from .device import Device
 from .models import OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors
 from .offload import OffloadedLinear
 from .pruning import conv1d_class

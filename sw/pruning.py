@@ -21,10 +21,13 @@ __all__ = [
     "DEFAULT_BERT_PATTERNS",
     "GradualPruner",
     "LayerPruneReport",
+    "LayerWeights",
     "METHODS",
+    "choose_masks",
     "conv1d_class",
     "cubic_sparsity",
     "global_magnitude_masks",
+    "is_structured",
     "parse_method",
     "matching_linears",
     "prune_mask",
@@ -99,17 +102,40 @@ def _keep_all_but_lowest(scores, count):
     return torch.from_numpy(keep).to(scores.device)
 
 
-def parse_method(method, n=2, m=4):
-    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m."""
+def parse_method(method, n=2, m=4, *, explicit=False):
+    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m.
+
+    This is the one place that decides what a method string means.
+
+    Parameters
+    ----------
+    method : str
+    n, m : int
+        The pattern of the bare ``"n:m"`` method.
+    explicit : bool
+        Refuse the bare ``"n:m"`` (whose pattern would come from ``n`` and ``m``): what a user
+        types must spell the pattern, e.g. ``"2:4"``.
+
+    Raises
+    ------
+    TypeError
+        If ``method``, ``n`` or ``m`` has the wrong type.
+    ValueError
+        If the method is unknown, or the pattern is not ``1 <= n <= m``.
+    """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, not {method!r}")
     match = _NM_PATTERN.match(method)
     if match:
         n, m = int(match.group(1)), int(match.group(2))
         method = "n:m"
+    elif explicit and method == "n:m":
+        raise ValueError("pruning method 'n:m' does not say which pattern: write it as N:M, "
+                         "e.g. '2:4'")
     if method not in METHODS:
+        named = [repr(name) for name in METHODS if not (explicit and name == "n:m")]
         raise ValueError(f"unknown pruning method {method!r}; valid methods are "
-                         f"{', '.join(repr(x) for x in METHODS)} or an 'N:M' string such as '2:4'")
+                         f"{', '.join(named)} or an 'N:M' string such as '2:4'")
     if method == "n:m":
         for name, value in (("n", n), ("m", m)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -117,6 +143,11 @@ def parse_method(method, n=2, m=4):
         if not 1 <= n <= m:
             raise ValueError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
     return method, n, m
+
+
+def is_structured(method):
+    """Whether ``method`` is N:M pruning, whose pattern fixes the sparsity."""
+    return parse_method(method)[0] == "n:m"
 
 
 def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magnitude", *,
@@ -246,9 +277,53 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor] | Sequence[torch.Ten
     return dict(zip(names, masks)) if names is not None else masks
 
 
+def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
+                 method: str = "magnitude", *, scope: str = "local", seed: int | None = None,
+                 n: int = 2, m: int = 4) -> tuple[list[torch.Tensor], float | None]:
+    """The keep-masks of several weight matrices: the one place a pruning decision is made.
+
+    :func:`prune_model`, model offload, :meth:`OffloadedLinear.from_linear
+    <sparsemac.sw.offload.OffloadedLinear.from_linear>` and the simulate pipeline all call this.
+
+    Parameters
+    ----------
+    weights : sequence of torch.Tensor
+        Floating-point 2-D matrices; not modified.
+    sparsity, method, n, m
+        As in :func:`prune_mask`.
+    scope : {"local", "global"}
+        ``"local"``: every matrix reaches the sparsity on its own. ``"global"``: one magnitude
+        threshold over all of them (magnitude method only).
+    seed : int or None
+        For random pruning: matrix ``i`` gets ``seed + i``, so that matrices of equal shape get
+        different masks.
+
+    Returns
+    -------
+    masks : list of torch.Tensor
+        ``torch.bool``, one per matrix, True where the weight is kept.
+    target : float or None
+        The sparsity aimed at: ``1 - n/m`` for N:M pruning, else ``sparsity``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`prune_mask`; or if the scope is unknown, or global with another method.
+    """
+    kind, n, m = parse_method(method, n, m)
+    _check_scope(scope, kind)
+    weights = list(weights)
+    if scope == "global":
+        return global_magnitude_masks(weights, sparsity), sparsity
+    masks = [prune_mask(weight, sparsity, method, n=n, m=m,
+                        seed=None if seed is None else seed + index)
+             for index, weight in enumerate(weights)]
+    return masks, (1 - n / m if kind == "n:m" else sparsity)
+
+
 @dataclass
-class LayerPruneReport:
-    """What pruning did to one linear layer.
+class LayerWeights:
+    """The weights of one linear layer, as pruned: what every per-layer report starts with.
 
     Attributes
     ----------
@@ -256,19 +331,32 @@ class LayerPruneReport:
         Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     shape : tuple of int
         ``(out_features, in_features)``.
-    sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
-    sparsity_achieved : float
-        Fraction of zero weights after pruning; weights that were already zero count too.
     nnz : int
-        Nonzero weights after pruning.
+        Nonzero weights.
     """
 
     name: str
     shape: tuple[int, int]
-    sparsity_target: float
-    sparsity_achieved: float
     nnz: int
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights; weights that were already zero count too."""
+        numel = self.shape[0] * self.shape[1]
+        return 1.0 - self.nnz / numel if numel else 0.0
+
+
+@dataclass
+class LayerPruneReport(LayerWeights):
+    """What pruning did to one linear layer (:class:`LayerWeights`, and what was asked).
+
+    Attributes
+    ----------
+    sparsity_target : float
+        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
+    """
+
+    sparsity_target: float
 
 
 def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
@@ -372,10 +460,8 @@ def _example_pattern(names):
 
 
 def _report(name, weight, target):
-    nnz = int(torch.count_nonzero(weight))
-    numel = weight.numel()
-    return LayerPruneReport(name=name, shape=tuple(weight.shape), sparsity_target=float(target),
-                            sparsity_achieved=1.0 - nnz / numel if numel else 0.0, nnz=nnz)
+    return LayerPruneReport(name=name, shape=tuple(weight.shape),
+                            nnz=int(torch.count_nonzero(weight)), sparsity_target=float(target))
 
 
 def _check_scope(scope, method):
@@ -420,18 +506,9 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
         If no linear matches, the scope is unknown or global with another method than
         magnitude, or as :func:`prune_mask`.
     """
-    method_kind, n, m = parse_method(method, n, m)
-    _check_scope(scope, method_kind)
     linears = require_linears(model, patterns)
-    weights = [linear.weight for _, linear in linears]
-    if scope == "global":
-        masks = global_magnitude_masks(weights, sparsity)
-        target = sparsity
-    else:
-        masks = [prune_mask(w, sparsity, method, n=n, m=m,
-                            seed=None if seed is None else seed + i)
-                 for i, w in enumerate(weights)]
-        target = 1 - n / m if method_kind == "n:m" else sparsity
+    masks, target = choose_masks([linear.weight for _, linear in linears], sparsity, method,
+                                 scope=scope, seed=seed, n=n, m=m)
     reports = []
     with torch.no_grad():
         for (name, linear), mask in zip(linears, masks):

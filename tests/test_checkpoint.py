@@ -14,12 +14,12 @@ from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model  # noqa: E402
 
+from sparsemac.devices import open_device  # noqa: E402
 from sparsemac.hw.config import ArrayConfig  # noqa: E402
 from sparsemac.sw import checkpoint  # noqa: E402
 from sparsemac.sw.checkpoint import (  # noqa: E402
     FORMAT, MANIFEST_FILE, TENSORS_FILE, load_offloaded, save_offloaded,
 )
-from sparsemac.sw.driver import open_device  # noqa: E402
 from sparsemac.sw.model_offload import offload  # noqa: E402
 from sparsemac.sw.models import load_model, tokenize  # noqa: E402
 from sparsemac.sw.offload import OffloadedLinear  # noqa: E402

@@ -12,7 +12,8 @@ from conftest import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.core import SparseMACCore
 from sparsemac.hw.formats import Mode
-from sparsemac.sim.amaranth_sim import StallPattern, run_core_job
+from sparsemac.sim.amaranth_sim import run_core_job
+from sparsemac.sim.stalls import StallPattern
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.cycle_model import job_cycles
 from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums

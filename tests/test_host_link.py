@@ -12,6 +12,8 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
+from sparsemac.devices import open_device
+from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.hw.host_link import HostLink
@@ -20,8 +22,7 @@ from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, LINK_CRC, MAX_PAYLO
                                        Opcode, Status, fifo_depth, layout_bytes)
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import DeviceError, open_device
-from sparsemac.sw.fpga_device import LinkStatusError, decode_reply, encode_request
+from sparsemac.sw.device import DeviceError
 
 CONFIG = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
 FORMATS = LinkFormats(CONFIG)
@@ -257,7 +258,7 @@ def test_gateware_crc_equals_the_host_crc():
 
 @pytest.fixture(scope="module")
 def board():
-    from sparsemac.sim.board_sim import SimulatedBoard
+    from sparsemac.devices.board_sim import SimulatedBoard
     with SimulatedBoard(CONFIG) as simulated:
         yield simulated
 

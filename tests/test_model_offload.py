@@ -7,19 +7,20 @@ import re
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
 from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config,
                           GPT2Model, ViTConfig, ViTModel)
 from transformers.pytorch_utils import Conv1D
 
+from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.commands import bert, compare
-from sparsemac.sw.driver import open_device
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.offload import OffloadedLinear
-from sparsemac.sw.pruning import prune_model
+from sparsemac.sw.pruning import matching_linears, prune_model
 
 from conftest import random_activations, random_weights
 
@@ -164,6 +165,39 @@ def test_reference_and_verilator_agree_bit_for_bit_on_every_layer():
     assert torch.equal(verilator_out, reference_out)
 
 
+def test_a_model_pruned_beforehand_reports_found_and_applied_sparsity():
+    model = tiny_bert()
+    for _, linear in matching_linears(model):
+        torch.nn.utils.prune.l1_unstructured(linear, "weight", amount=0.8)
+        torch.nn.utils.prune.remove(linear, "weight")
+    _, report = offload(model, open_device("reference", SMALL), 0.5)
+    assert report.sparsity_target == 0.5
+    assert report.sparsity_found == pytest.approx(0.8, abs=0.001)
+    assert report.sparsity >= report.sparsity_found  # the model's own zeros are kept
+    assert all(layer.sparsity_found == pytest.approx(0.8, abs=0.001) for layer in report.layers)
+    summary = report.as_dict()
+    assert summary["sparsity_found"] == report.sparsity_found
+    assert summary["layers"][0]["sparsity_found"] == report.layers[0].sparsity_found
+
+
+def test_the_fidelity_baseline_is_the_model_as_given(capsys):
+    from sparsemac.sw.pipelines.bert import BertReport, measure_bert
+
+    report = BertReport(
+        model="tiny", source="test", backend="reference", method="magnitude", sparsity=0.5,
+        sparsity_found=0.8, achieved_sparsity=0.81, scope="local", seed=0, tokens=4,
+        config=SMALL.as_dict(), sparse_cycles=10, dense_cycles=40, speedup=4.0,
+        ideal_speedup=5.0, dense_measured=False, sparse_weight_bytes=1, dense_weight_bytes=2,
+        bit_exact=None, cycles_equal=None, baseline="the float model as given",
+        embedding_cosine=0.9, ranking_agreement=None, device_s=0.0, wall_s=0.0, layers=[])
+    text = "\n".join(str(row) for _, _, rows in report.sections() for row in rows)
+    assert "found 80.0% in the model as given, target 50.0%, applied 81.0%" in text
+    assert "0.9000 (against the float model as given)" in text
+    assert "unpruned" not in text
+    with pytest.raises(ValueError, match="does not say which pattern"):
+        measure_bert("minilm", method="n:m")  # refused before loading
+
+
 def test_clear_errors():
     device = open_device("reference", SMALL)
     with pytest.raises(ValueError, match=re.escape(
@@ -287,9 +321,18 @@ def test_prune_model_names_the_conv1d_layers_it_does_not_support():
 
 # Commands ---------------------------------------------------------------------------------------
 
-def test_bert_command_json_on_minilm(capsys):
-    assert run_command(bert, ["--json", "--backend", "reference", "--sparsity", "0.5"]) == 0
+def test_bert_command_json_on_minilm(capsys, tmp_path):
+    path = tmp_path / "layers.csv"
+    assert run_command(bert, ["--json", "--backend", "reference", "--sparsity", "0.5",
+                              "--csv", str(path)]) == 0
     result = json.loads(capsys.readouterr().out)
+    with path.open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["name"] for row in rows] == [layer["name"] for layer in result["layers"]]
+    assert [int(row["sparse_cycles"]) for row in rows] == [
+        layer["sparse_cycles"] for layer in result["layers"]]
+    assert result["baseline"] == "the float model as given"
+    assert result["sparsity_found"] == 0.0 and result["sparsity"] == 0.5
     for key in ("model", "backend", "sparsity", "tokens", "sparse_cycles", "dense_cycles",
                 "speedup", "ideal_speedup", "bit_exact", "embedding_cosine",
                 "ranking_agreement", "wall_s", "layers", "seed"):
@@ -303,14 +346,16 @@ def test_bert_command_json_on_minilm(capsys):
 
 
 def test_bert_command_reports_bad_method(capsys):
-    assert run_command(bert, ["--method", "lottery"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(bert, ["--method", "lottery"])
+    assert exit_info.value.code == 2
     assert "unknown pruning method 'lottery'" in capsys.readouterr().err
 
 
 def test_compare_writes_tables_and_plots(tmp_path, capsys):
     output = tmp_path / "compare"
     assert run_command(compare, ["--sparsities", "0,0.5", "--methods", "magnitude,2:4",
-                                 "--configs", "k8t4,k4t4", "--output", str(output)]) == 0
+                                 "--config", "k8t4,k4t4", "--output", str(output)]) == 0
     assert "seed 0" in capsys.readouterr().out
     with (output / "compare.csv").open() as file:
         rows = list(csv.DictReader(file))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ...hw.formats import CoreFormats, CoreStreams, Mode
-from ...sw.cycle_model import job_cycles
+from ...sw.cycle_model import job_cycles, token_blocks
 from ...sw.golden import golden_matmul
 from ...sw.packing import beats_to_ints, pack_job
 from .scoreboard import Expected
@@ -35,7 +35,7 @@ def block_sums(config, case):
 
     Padding tokens have zero activations, so their sums are zero, as the hardware's are.
     """
-    blocks = -(-case.tokens // config.token_lanes)
+    blocks = token_blocks(case.tokens, config)
     padded = torch.zeros(blocks * config.token_lanes, case.weights.cols, dtype=torch.int8)
     padded[:case.tokens] = case.activations
     return golden_matmul(case.weights, padded)
@@ -119,7 +119,7 @@ def chunk_expectation(config, case):
     formats = CoreFormats(config)
     layout, lanes = formats.chunk, config.lanes
     all_columns = (1 << config.column_address_width) - 1
-    blocks = -(-case.tokens // config.token_lanes)
+    blocks = token_blocks(case.tokens, config)
     pass_chunks = row_chunks(config, case)
     expected = []
     for block in range(blocks):

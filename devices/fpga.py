@@ -2,7 +2,7 @@
 
 Frames are packed and parsed with the layouts of :mod:`sparsemac.hw.link_formats`; the protocol
 is described in ``docs/host-link.md``. Every failure (no port, no reply, a bad checksum, an error
-reply, a board that runs another design) raises :class:`~sparsemac.sw.driver.DeviceError` with
+reply, a board that runs another design) raises :class:`~sparsemac.sw.device.DeviceError` with
 a message that says what happened; nothing waits longer than the configured time-out.
 """
 
@@ -17,7 +17,8 @@ from ..hw.formats import Mode
 from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
                                MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
                                layout_bytes)
-from .driver import Device, DeviceError, JobResult
+from ..sw.device import Device, DeviceError, JobResult
+from ..sw.packing import pack_job, unpack_sums
 
 __all__ = ["FPGADevice", "LinkStatusError", "Identification", "encode_request", "decode_reply",
            "DEFAULT_BAUDRATE"]
@@ -313,7 +314,6 @@ class FPGADevice(Device):
         loaded before its header is sent, so the count equals the cycle model's; a larger job
         starts at once and its count includes the cycles the core waited for the link.
         """
-        from .packing import pack_job, unpack_sums
 
         formats = self._formats
         packed = pack_job(self.config, weights, activations, mode)

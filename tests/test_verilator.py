@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from conftest import random_activations, random_weights, weights_with_row_lengths
+from sparsemac.devices import verilator as verilator_backend
+from sparsemac.devices.amaranth import AmaranthDevice
+from sparsemac.devices.reference import ReferenceDevice
+from sparsemac.devices.verilator import VerilatorDevice, build_library
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreStreams, Mode
-from sparsemac.sim import verilator_device
-from sparsemac.sim.verilator_device import VerilatorDevice, build_library
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import AmaranthDevice, DeviceError, ReferenceDevice
+from sparsemac.sw.device import DeviceError
 
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features=16,
                     max_token_blocks=3)
@@ -96,7 +98,7 @@ def test_watchdog_fails_instead_of_hanging_and_device_recovers(verilator):
         with pytest.raises(DeviceError, match="stalled"):
             verilator.run_job(weights, activations)
     finally:
-        verilator.max_idle_cycles = verilator_device.DEFAULT_MAX_IDLE_CYCLES
+        verilator.max_idle_cycles = verilator_backend.DEFAULT_MAX_IDLE_CYCLES
     expected = ReferenceDevice(SMALL).run_job(weights, activations)
     result = verilator.run_job(weights, activations)
     assert torch.equal(result.sums, expected.sums) and result.cycles == expected.cycles
@@ -132,10 +134,10 @@ def test_missing_compiler_gives_a_clear_error(tmp_path, monkeypatch):
 def test_harness_input_enum_follows_the_core_signature():
     """harness.cpp numbers the input streams itself: its enum must list the core's data inputs
     in the order the back end passes them."""
-    text = verilator_device.HARNESS.read_text()
+    text = verilator_backend.HARNESS.read_text()
     enum = re.search(r"enum \{ (SM_ACTIVATIONS[^}]*) \};", text)
     assert enum, "harness.cpp has no input stream enum"
     names = CoreStreams(SMALL).data_inputs
     assert enum.group(1).split(", ") == [f"SM_{name.upper()}" for name in names] + ["SM_INPUTS"]
-    fields = dict(verilator_device._JobStats._fields_)
+    fields = dict(verilator_backend._JobStats._fields_)
     assert fields["inputs_left"]._length_ == len(names)
