@@ -13,10 +13,11 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from ..hw.core import SparseMACCore
-from ..sw.packing import beats_to_ints, beat_bytes
+from ..hw.link_formats import layout_bytes
+from ..sw.packing import beats_to_ints
+from .stalls import IDEAL
 
-__all__ = ["StallPattern", "stream_put_all", "stream_get_all", "run_core_job", "CoreRun",
-           "CoreTimeout"]
+__all__ = ["stream_put_all", "stream_get_all", "run_core_job", "CoreRun", "CoreTimeout"]
 
 CLOCK_PERIOD = 1e-8
 
@@ -25,22 +26,6 @@ class CoreTimeout(RuntimeError):
     """The core did not finish a job within its cycle budget: it is stuck."""
 
 
-@dataclass(frozen=True)
-class StallPattern:
-    """Probabilities of an idle cycle before each input beat and of a not-ready output cycle.
-
-    ``seed`` makes the pattern replayable; a zero pattern gives ideal streams.
-    """
-    idle: float = 0.0
-    backpressure: float = 0.0
-    seed: int = 0
-
-    @property
-    def ideal(self):
-        return self.idle == 0 and self.backpressure == 0
-
-
-IDEAL = StallPattern()
 
 
 async def stream_put_all(ctx, stream, beats, rng, idle):
@@ -89,7 +74,7 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
     ----------
     config : ArrayConfig
     packed : PackedJob
-    stalls : StallPattern
+    stalls : sparsemac.sim.stalls.StallPattern
     vcd_path : str or None
         Write a waveform here.
     max_cycles : int or None
@@ -109,8 +94,7 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
     sim = Simulator(core)
     sim.add_clock(CLOCK_PERIOD)
     if max_cycles is None:
-        beats = sum(len(stream) for stream in (packed.activations, packed.row_pointers,
-                                               packed.columns, packed.values))
+        beats = sum(len(getattr(packed, name)) for name in core.signature.data_inputs)
         max_cycles = 1000 + 50 * (beats + packed.token_blocks * packed.rows)
     rng = random.Random(stalls.seed)
     result = {}
@@ -135,17 +119,15 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
         raise CoreTimeout(f"the core did not finish the job within {max_cycles} cycles")
 
     sim.add_testbench(watchdog, background=True)
-    for stream, beats in ((core.activations, packed.activations),
-                          (core.row_pointers, packed.row_pointers),
-                          (core.columns, packed.columns),
-                          (core.values, packed.values)):
+    for name in core.signature.data_inputs:
+        beats = getattr(packed, name)
         if len(beats):
-            sim.add_testbench(driver(stream, beats_to_ints(beats)), background=True)
+            sim.add_testbench(driver(getattr(core, name), beats_to_ints(beats)), background=True)
     sim.add_testbench(control)
     if vcd_path is not None:
         with sim.write_vcd(vcd_path):
             sim.run()
     else:
         sim.run()
-    width = beat_bytes(core.formats.sums)
+    width = layout_bytes(core.formats.sums)
     return CoreRun(sums=_to_bytes(result["sums"], width), cycles=result["cycles"])

@@ -1,4 +1,4 @@
-"""The host driver: one API over every device that runs the sparse MAC core.
+"""The abstract device: one API over every back end that runs the sparse MAC core.
 
 A :class:`Device` runs *jobs*: one weight matrix against at most ``config.max_tokens`` tokens,
 with at most ``config.max_out_features`` rows. :meth:`Device.matmul` splits any layer that fits
@@ -6,21 +6,13 @@ the activation buffer into such jobs (over rows and over token blocks), runs the
 adds their cycles: each job's own activation load and output drain are counted, because the
 hardware pays them.
 
-Back ends (:func:`open_device`):
-
-``reference``
-    The golden model and the exact cycle model: instant, and the yardstick for the others.
-``amaranth``
-    The core in Amaranth's Python simulator: slow, needs no C++ compiler.
-``verilator``
-    The core compiled by Verilator into a shared library, driven at full rate from C++.
-``fpga``
-    A ULX3S board over its USB serial port (or the same board top simulated behind a
-    pseudo-terminal).
+The back ends (``reference``, ``amaranth``, ``verilator``, ``fpga``) live in
+:mod:`sparsemac.devices`, one module each, and are opened with
+:func:`sparsemac.devices.open_device`. Library code (model offload, say) takes a :class:`Device`
+object and never names a back end.
 """
 
 import abc
-import importlib
 import time
 from dataclasses import dataclass, field
 
@@ -28,13 +20,11 @@ import torch
 
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.formats import Mode
-from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
-from .cycle_model import job_cycles, token_blocks
-from .golden import golden_matmul
-from .packing import check_job_fits
+from .csr import CSRMatrix
+from .cycle_model import job_tiles, token_blocks
+from .packing import check_job_fits, weight_stream_bytes
 
-__all__ = ["DeviceError", "JobResult", "MatmulResult", "Device", "ReferenceDevice",
-           "AmaranthDevice", "BACKENDS", "open_device"]
+__all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
 
 class DeviceError(RuntimeError):
@@ -90,7 +80,7 @@ class Device(abc.ABC):
     config : ArrayConfig
     """
 
-    #: The back-end name, as :func:`open_device` takes it.
+    #: The back-end name, as :func:`sparsemac.devices.open_device` takes it.
     name = None
 
     def __init__(self, config=DEFAULT_CONFIG):
@@ -168,93 +158,17 @@ class Device(abc.ABC):
         sums = torch.empty((tokens, rows), dtype=torch.int32)
         cycles, weight_bytes, activation_bytes, output_bytes = [], 0, 0, 0
         started = time.perf_counter()
-        for token_start in range(0, tokens, config.max_tokens):
-            block = activations[token_start:token_start + config.max_tokens].contiguous()
+        for job in job_tiles(rows, tokens, config):
+            block = activations[job.token_start:job.token_stop].contiguous()
             blocks = token_blocks(block.shape[0], config)
-            for row_start in range(0, rows, config.max_out_features):
-                tile = weights.row_slice(row_start, min(rows, row_start + config.max_out_features))
-                result = self.run_job(tile, block, mode)
-                sums[token_start:token_start + block.shape[0],
-                     row_start:row_start + tile.rows] = result.sums
-                cycles.append(result.cycles)
-                weight_bytes += blocks * (csr_stream_bytes(tile, config.lanes)
-                                          if mode == Mode.SPARSE
-                                          else dense_stream_bytes(tile.rows, cols, config.lanes))
-                activation_bytes += blocks * config.token_lanes * cols
-                output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
+            tile = weights.row_slice(job.row_start, job.row_stop)
+            result = self.run_job(tile, block, mode)
+            sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
+            cycles.append(result.cycles)
+            weight_bytes += blocks * weight_stream_bytes(config, tile, mode)
+            activation_bytes += blocks * config.token_lanes * cols
+            output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),
                             weight_bytes=weight_bytes, activation_bytes=activation_bytes,
                             output_bytes=output_bytes, wall_s=time.perf_counter() - started,
                             job_cycles=cycles)
-
-
-class ReferenceDevice(Device):
-    """The golden model and the exact cycle model: what every other device must return."""
-
-    name = "reference"
-
-    def run_job(self, weights, activations, mode=Mode.SPARSE):
-        check_job_fits(self.config, weights, activations)
-        breakdown = job_cycles(weights.row_lengths(), weights.cols, activations.shape[0],
-                               self.config, Mode(mode))
-        return JobResult(sums=golden_matmul(weights, activations), cycles=breakdown.total)
-
-
-class AmaranthDevice(Device):
-    """The core in Amaranth's simulator, fed with ideal streams.
-
-    Parameters
-    ----------
-    config : ArrayConfig
-    vcd_path : str or None
-        Write the waveform of the last job here.
-    """
-
-    name = "amaranth"
-
-    def __init__(self, config=DEFAULT_CONFIG, *, vcd_path=None):
-        super().__init__(config)
-        self._vcd_path = vcd_path
-
-    def run_job(self, weights, activations, mode=Mode.SPARSE):
-        from ..sim.amaranth_sim import run_core_job
-        from .packing import pack_job, unpack_sums
-
-        packed = pack_job(self.config, weights, activations, mode)
-        run = run_core_job(self.config, packed, vcd_path=self._vcd_path)
-        return JobResult(sums=unpack_sums(self.config, run.sums, packed.rows, packed.tokens),
-                         cycles=run.cycles)
-
-
-#: Back-end name -> "module:class" of its device, imported only when opened.
-BACKENDS = {
-    "reference": "sparsemac.sw.driver:ReferenceDevice",
-    "amaranth": "sparsemac.sw.driver:AmaranthDevice",
-    "verilator": "sparsemac.sim.verilator_device:VerilatorDevice",
-    "fpga": "sparsemac.sw.fpga_device:FPGADevice",
-}
-
-
-def open_device(backend, config=DEFAULT_CONFIG, **options):
-    """Opens a device by back-end name.
-
-    Parameters
-    ----------
-    backend : str
-        One of :data:`BACKENDS`.
-    config : ArrayConfig
-    **options
-        Passed to the device (e.g. ``fst_path`` for ``verilator``, ``port`` for ``fpga``).
-
-    Raises
-    ------
-    ValueError
-        If ``backend`` is unknown.
-    DeviceError
-        If the device cannot be built or opened.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[backend].split(":")
-    device_class = getattr(importlib.import_module(module_name), class_name)
-    return device_class(config, **options)
