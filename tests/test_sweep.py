@@ -15,8 +15,9 @@ from distributed import LocalCluster
 from sparsemac.bitstreams.build import BuildResult, ResourceReport
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw import cli
-from sparsemac.sw.commands.simulate import simulate
+from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.pipelines import sweep
+from sparsemac.sw.pipelines.simulate import simulate_layer
 from sparsemac.sw.pipelines.sweep import (
     COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, pareto_front, run_point,
     run_sweep,
@@ -39,6 +40,20 @@ def spec_of(**changes):
     """TINY with ``changes``; a change to None removes the key."""
     data = {key: value for key, value in {**TINY, **changes}.items() if value is not None}
     return parse_spec(data, source="test.toml")
+
+
+def patch_pruning(monkeypatch, method, action):
+    """Makes the layer points of ``method`` call ``action(sparsity)`` before they prune (the
+    workers of the tests' clusters are threads of this process, so they see the patch)."""
+    from_linear = OffloadedLinear.from_linear
+
+    def patched(linear, device, *, sparsity, method, seed):
+        if method == patched_method:
+            action(sparsity)
+        return from_linear(linear, device, sparsity=sparsity, method=method, seed=seed)
+
+    patched_method = method
+    monkeypatch.setattr(OffloadedLinear, "from_linear", patched)
 
 
 def measured(row):
@@ -87,10 +102,7 @@ def test_point_agrees_with_sparsemac_simulate(tmp_path):
     spec = spec_of(configs=["k8t4"], methods=["magnitude"], sparsities=[0.9])
     (point,) = expand_points(spec)
     row = run_point(point)
-    args = cli.build_parser().parse_args(
-        ["simulate", "--backend", "reference", "--layer", QUERY, "--sparsity", "0.9",
-         "--seed", "3"])
-    expected = simulate(args)
+    expected = simulate_layer("minilm", QUERY, sparsity=0.9, backend="reference", seed=3)
     assert (row.sparse_cycles, row.dense_cycles) == (expected.sparse_cycles,
                                                      expected.dense_cycles)
     assert row.sparsity == expected.sparsity
@@ -129,13 +141,13 @@ def test_interrupted_sweep_resumes(tmp_path, cluster):
 
 def test_failing_point_is_recorded_and_the_others_finish(tmp_path, cluster, monkeypatch,
                                                           capsys):
-    def boom(weight, sparsity, seed, inputs):
+    def boom(sparsity):
         raise RuntimeError(f"boom at {sparsity}")
 
-    monkeypatch.setitem(sweep.METHODS, "boom", boom)
+    patch_pruning(monkeypatch, "random", boom)
     (tmp_path / "spec.toml").write_text(
         f'configs = ["k8t4"]\nmodels = ["minilm"]\nlayers = ["{QUERY}"]\n'
-        'methods = ["magnitude", "boom"]\nsparsities = [0.5, 0.9]\n')
+        'methods = ["magnitude", "random"]\nsparsities = [0.5, 0.9]\n')
     status = cli.main(["sweep", str(tmp_path / "spec.toml"), "--output", str(tmp_path / "out"),
                        "--scheduler", cluster.scheduler_address])
     assert status == 1
@@ -146,19 +158,16 @@ def test_failing_point_is_recorded_and_the_others_finish(tmp_path, cluster, monk
             row for row in csv_rows(tmp_path / "out")}
     assert len(rows) == 4
     for sparsity in ("0.5", "0.9"):
-        assert rows["boom", sparsity][COLUMNS.index("error")] == f"RuntimeError: boom at {sparsity}"
-        assert rows["boom", sparsity][COLUMNS.index("sparse_cycles")] == ""
+        assert (rows["random", sparsity][COLUMNS.index("error")]
+                == f"RuntimeError: boom at {sparsity}")
+        assert rows["random", sparsity][COLUMNS.index("sparse_cycles")] == ""
         assert rows["magnitude", sparsity][COLUMNS.index("error")] == ""
         assert int(rows["magnitude", sparsity][COLUMNS.index("sparse_cycles")]) > 0
 
 
 def test_worker_closed_during_the_sweep_loses_and_duplicates_no_row(tmp_path, monkeypatch):
-    def slow(weight, sparsity, seed, inputs):
-        time.sleep(0.3)
-        return sweep.METHODS["magnitude"](weight, sparsity, seed, inputs)
-
-    monkeypatch.setitem(sweep.METHODS, "slow", slow)
-    spec = spec_of(methods=["slow"], sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    patch_pruning(monkeypatch, "magnitude", lambda sparsity: time.sleep(0.3))
+    spec = spec_of(methods=["magnitude"], sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     table = tmp_path / RESULTS_FILE
     closed = []
 
@@ -185,12 +194,9 @@ def test_worker_closed_during_the_sweep_loses_and_duplicates_no_row(tmp_path, mo
 
 
 def test_scheduler_stopped_mid_sweep_keeps_rows_and_a_rerun_finishes(tmp_path, monkeypatch):
-    def slow(weight, sparsity, seed, inputs):
-        time.sleep(0.3)
-        return sweep.METHODS["magnitude"](weight, sparsity, seed, inputs)
-
-    monkeypatch.setitem(sweep.METHODS, "slow", slow)
-    spec = spec_of(configs=["k8t4"], methods=["slow"], sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    patch_pruning(monkeypatch, "magnitude", lambda sparsity: time.sleep(0.3))
+    spec = spec_of(configs=["k8t4"], methods=["magnitude"],
+                   sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     table = tmp_path / RESULTS_FILE
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                            dashboard_address=":0")
@@ -216,7 +222,8 @@ def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch)
     address = cluster.scheduler_address
     run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     before = (tmp_path / RESULTS_FILE).read_bytes()
-    monkeypatch.setattr(sweep, "design_hash", lambda config: "00c0ffee00c0ffee")
+    monkeypatch.setattr(sweep, "design_digest",
+                        lambda config: argparse.Namespace(hex="00c0ffee00c0ffee"))
     report = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     assert (report.computed, report.skipped) == (10, 0)
     assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
@@ -296,14 +303,16 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
                            "layers, methods, models, seed, sparsities, tokens, verify"),
     ({"configs": []}, "test.toml: axis 'configs' is empty: give it at least one value"),
     ({"sparsities": []}, "test.toml: axis 'sparsities' is empty"),
-    ({"configs": ["k9"]}, "test.toml: unknown config 'k9': use a name (k8t4, k1t1, k4t16)"),
+    ({"configs": ["k9"]}, "test.toml: config 'k9': write k<lanes>t<token lanes>, optionally "
+                          "followed by i<max in features>"),
     ({"configs": [{"lanes": 8, "colour": 1}]},
      "test.toml: unknown config field 'colour': ArrayConfig has lanes, token_lanes"),
     ({"configs": ["k8t4", {"lanes": 8, "token_lanes": 4}]},
      "test.toml: axis 'configs' names one array config twice: K=8 T=4 in<=4096, K=8 T=4"),
     ({"configs": [{"lanes": 64}]}, "ArrayConfig.lanes must be from 1 to 32, not 64"),
-    ({"methods": ["wanda?"]}, "test.toml: unknown method 'wanda?': use magnitude, random or an "
-                              "N:M pattern"),
+    ({"methods": ["wanda?"]}, "test.toml: unknown pruning method 'wanda?'; valid methods are "
+                              "'magnitude', 'random' or an 'N:M' string"),
+    ({"methods": ["n:m"]}, "test.toml: pruning method 'n:m' does not say which pattern"),
     ({"methods": ["4:2"]}, "N:M pruning needs 1 <= n <= m, got n=4, m=2"),
     ({"sparsities": [0.5, 1.5]}, "sparsities must be numbers from 0 to 1, not 1.5"),
     ({"sparsities": [0.5, 0.5]}, "axis 'sparsities' repeats a value"),

@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 def run(args):
     from ..pipelines.sweep import run_sweep
-    from .simulate import format_sections
+    from ..tables import format_sections
 
     report = run_sweep(args.spec, args.output, scheduler=args.scheduler, workers=args.workers,
                        threads_per_worker=args.threads_per_worker)

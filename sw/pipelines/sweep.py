@@ -22,8 +22,6 @@ import hashlib
 import json
 import os
 import random
-import re
-import sys
 import threading
 import time
 import tomllib
@@ -32,76 +30,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
+from ..progress import progress, progress_bar
 
-__all__ = ["METHODS", "RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec",
-           "SweepPoint", "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
-           "expand_points", "prune", "design_hash", "run_point", "run_sweep", "pareto_front"]
+__all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
+           "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
+           "expand_points", "run_point", "run_sweep", "pareto_front"]
 
 #: The results table inside the output folder.
 RESULTS_FILE = "sweep.csv"
 #: Seconds to wait for a Dask scheduler to answer before giving up.
 CONNECT_TIMEOUT_S = 3
-#: Seconds between plain progress lines when stderr is not a terminal.
-PROGRESS_INTERVAL_S = 5.0
 #: Failed points listed in the summary (all of them are in the CSV).
 LISTED_FAILURES = 10
 
 
-# torch, transformers and the simulators are imported where they are used, so that a bad spec or
-# an unreachable scheduler is reported in seconds, before they load.
-
-def _unstructured(name):
-    def mask(weight, sparsity, seed, inputs):
-        from ..pruning import prune_mask
-        return prune_mask(weight, sparsity, name, seed=seed)
-    return mask
-
-
-#: Pruning methods a spec may name besides N:M patterns such as ``"2:4"``: name -> function
-#: ``(weight, sparsity, seed, inputs) -> keep-mask`` (``inputs``: the layer's float input on the
-#: built-in sentence, for methods calibrated on activations). Adding a method is one line here.
-METHODS = {
-    "magnitude": _unstructured("magnitude"),
-    "random": _unstructured("random"),
-}
-
-_N_M = re.compile(r"^(\d+):(\d+)$")
-
-
-def _is_n_m(method):
-    return _N_M.match(method) is not None
-
-
-def prune(method, weight, sparsity, seed, inputs):
-    """The keep-mask of ``weight`` by a spec's ``method``: the one place a method is applied.
-
-    Parameters
-    ----------
-    method : str
-        A key of :data:`METHODS` or an N:M pattern such as ``"2:4"``.
-    weight : torch.Tensor
-        The float weight, ``(out_features, in_features)``.
-    sparsity : float or None
-        Target fraction pruned; None for N:M, whose pattern fixes it.
-    seed : int
-    inputs : torch.Tensor
-        The layer's float input, ``(tokens, in_features)``.
-
-    Returns
-    -------
-    torch.Tensor of bool
-    """
-    if _is_n_m(method):
-        from ..pruning import prune_mask
-        return prune_mask(weight, None, method)
-    return METHODS[method](weight, sparsity, seed, inputs)
-
-
-def design_hash(config):
-    """The design hash of ``config`` as 16 hex digits: the one place it is imported from."""
-    from ...bitstreams.build import design_hash as board_design_hash
-    return f"{board_design_hash(config):016x}"
+# torch, transformers and the simulators are imported where they are used, so that an
+# unreachable scheduler is reported in seconds, before they load.
 
 
 # --- The spec ---------------------------------------------------------------------------------
@@ -157,7 +103,6 @@ class SweepSpec:
 
 _AXES = {"configs", "models", "layers", "methods", "sparsities", "tokens"}
 _TOP_KEYS = _AXES | {"seed", "verify", "build"}
-_CONFIG_NAME = re.compile(r"^k(\d+)t(\d+)(?:i(\d+))?$")
 
 
 def load_spec(path):
@@ -192,10 +137,11 @@ def load_spec(path):
 def parse_spec(data, source="spec"):
     """Validates a sweep spec given as a dict (a parsed TOML file).
 
-    Keys: ``configs`` (array config names such as ``"k8t4"``, ``"k1t1"``, ``"k16t4i2048"``, or
-    tables of :class:`ArrayConfig` fields), ``models`` (``"minilm"``, ``"bert-base"`` or
-    checkpoint directories), ``layers`` (linear names, or ``"all"`` for every encoder linear),
-    ``methods`` (:data:`METHODS` keys or N:M patterns such as ``"2:4"``), ``sparsities``
+    Keys: ``configs`` (array config names as :meth:`ArrayConfig.key` writes them, such as
+    ``"k8t4"`` or ``"k1t1i512"``, or tables of :class:`ArrayConfig` fields), ``models``
+    (``"minilm"``, ``"bert-base"`` or checkpoint directories), ``layers`` (linear names, or
+    ``"all"`` for every encoder linear), ``methods`` (``"magnitude"``, ``"random"`` or N:M
+    patterns such as ``"2:4"``: :func:`~sparsemac.sw.pruning.parse_method`), ``sparsities``
     (0 to 1; needed by unstructured methods), optional ``tokens`` (2 or more; default the
     sentence itself), ``seed`` (default 0), ``[verify]`` with ``sample`` and ``seed``, and
     ``[build]`` with ``seeds`` and ``board`` (default ``"ulx3s-85f"``).
@@ -213,6 +159,8 @@ def parse_spec(data, source="spec"):
         On an unknown key or value, an empty axis or a value of the wrong type; the message
         names ``source`` and the key.
     """
+    from ..pruning import is_structured
+
     def fail(message):
         raise ValueError(f"{source}: {message}")
 
@@ -250,7 +198,7 @@ def parse_spec(data, source="spec"):
         layers = tuple(_string(value, "layers", fail) for value in layers)
     methods = tuple(_parse_method(_string(value, "methods", fail), fail)
                     for value in axis("methods"))
-    unstructured = [method for method in methods if not _is_n_m(method)]
+    unstructured = [method for method in methods if not is_structured(method)]
     sparsities = axis("sparsities", required=bool(unstructured)) or []
     for value in sparsities:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -278,20 +226,12 @@ def _string(value, name, fail):
 
 
 def _parse_config(value, fail):
-    from ...sim.regress import NAMED_CONFIGS
-
     fields_ = [item.name for item in dataclasses.fields(ArrayConfig)]
     if isinstance(value, str):
-        if value in NAMED_CONFIGS:
-            return NAMED_CONFIGS[value]
-        match = _CONFIG_NAME.match(value)
-        if match is None:
-            fail(f"unknown config {value!r}: use a name ({', '.join(NAMED_CONFIGS)}), "
-                 "k<lanes>t<token lanes>[i<max in features>] such as k16t4i2048, or a table "
-                 f"of {', '.join(fields_)}")
-        lanes, token_lanes, max_in = match.groups()
-        value = {"lanes": int(lanes), "token_lanes": int(token_lanes),
-                 **({} if max_in is None else {"max_in_features": int(max_in)})}
+        try:
+            return ArrayConfig.from_key(value)
+        except ValueError as error:
+            fail(f"{error}; or a table of {', '.join(fields_)}")
     if not isinstance(value, dict):
         fail(f"a config is a name or a table of {', '.join(fields_)}, not {value!r}")
     unknown = sorted(set(value) - set(fields_))
@@ -304,15 +244,12 @@ def _parse_config(value, fail):
 
 
 def _parse_method(method, fail):
-    if _is_n_m(method):
-        from ..pruning import parse_method
-        try:
-            parse_method(method)
-        except ValueError as error:
-            fail(str(error))
-    elif method not in METHODS:
-        fail(f"unknown method {method!r}: use {', '.join(METHODS)} or an N:M pattern such "
-             "as '2:4'")
+    from ..pruning import parse_method
+
+    try:
+        parse_method(method, explicit=True)
+    except ValueError as error:
+        fail(str(error))
     return method
 
 
@@ -424,11 +361,12 @@ def expand_points(spec):
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
     from ..models import encoder_linear_names, get_linear
+    from ..pruning import is_structured
 
-    hashes = {config: design_hash(config) for config in spec.configs}
-    prunings = [(method, None) if _is_n_m(method) else (method, sparsity)
+    hashes = {config: design_digest(config).hex for config in spec.configs}
+    prunings = [(method, None) if is_structured(method) else (method, sparsity)
                 for method in spec.methods
-                for sparsity in ((None,) if _is_n_m(method) else spec.sparsities)]
+                for sparsity in ((None,) if is_structured(method) else spec.sparsities)]
     points = []
     for model in spec.models:
         loaded = _loaded_model(model, spec.seed)
@@ -516,11 +454,9 @@ class PointResult:
     @classmethod
     def for_point(cls, point, spec=""):
         """The row of ``point`` with only its parameters filled in."""
-        from ...sim.regress import config_name
-
         config = point.config
         return cls(key=point.key, spec=spec, design_hash=point.design_hash, kind=point.kind,
-                   config=config_name(config), lanes=config.lanes,
+                   config=config.key(), lanes=config.lanes,
                    token_lanes=config.token_lanes, max_in_features=config.max_in_features,
                    multipliers=config.multipliers,
                    activation_buffer_bits=config.activation_buffer_bits, model=point.model,
@@ -554,16 +490,6 @@ def _layer_inputs(model, seed, layer, tokens):
     from ..models import capture_linear_input
     with _MODEL_LOCK:
         return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
-
-
-@functools.lru_cache(maxsize=8)
-def _verilator_device(config):
-    from ..driver import open_device
-    return open_device("verilator", config)
-
-
-# A Verilator model is one C++ object: threads of one worker take turns on it.
-_VERILATOR_LOCK = threading.Lock()
 
 
 def run_point(point, spec=""):
@@ -607,26 +533,27 @@ def _worker_name():
 def _measure_layer(point, result):
     import torch
 
+    from ...devices.reference import ReferenceDevice
     from ...hw.formats import Mode
-    from ..driver import ReferenceDevice
     from ..model_offload import matmul_cycles
     from ..models import get_linear
     from ..offload import OffloadedLinear
-    from ..quantisation import approximation_error, quantise_activations
+    from ..quantisation import approximation_error
+    from .simulate import simulate_layer
 
     config = point.config
     loaded = _loaded_model(point.model, point.seed)
     linear = get_linear(loaded.model, point.layer)
     inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens)
-    mask = prune(point.method, linear.weight.detach().float(), point.sparsity, point.seed,
-                 inputs)
-    layer = OffloadedLinear.from_linear(linear, ReferenceDevice(config), mask=mask)
+    layer = OffloadedLinear.from_linear(linear, ReferenceDevice(config), sparsity=point.sparsity,
+                                        method=point.method, seed=point.seed)
     with torch.no_grad():
         output = layer(inputs)
         reference = linear(inputs)
     weights, tokens = layer.weights, inputs.shape[0]
     error = approximation_error(reference, output)
     sparse = layer.stats.cycles
+    # The cycle model alone: the reference device would compute the dense sums for nothing.
     dense = matmul_cycles(weights, tokens, config, Mode.DENSE)
     sparsity = weights.sparsity
     ideal = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else None
@@ -639,13 +566,12 @@ def _measure_layer(point, result):
     result.cosine = float(torch.nn.functional.cosine_similarity(
         output.double(), reference.double(), dim=-1).mean())
     if point.verify:
-        activations = quantise_activations(inputs, layer.granularity).values
-        with _VERILATOR_LOCK:
-            device = _verilator_device(config)
-            runs = {mode: device.matmul(weights, activations, mode) for mode in Mode}
-        result.bit_exact = all(torch.equal(run.sums, layer.last_sums) for run in runs.values())
-        result.cycles_match = (runs[Mode.SPARSE].cycles == sparse
-                               and runs[Mode.DENSE].cycles == dense)
+        # A small sample: `sparsemac simulate` itself, on the Verilator device (it loads its own
+        # copy of the model and opens its own device, so no lock is needed).
+        report = simulate_layer(point.model, point.layer, sparsity=point.sparsity,
+                                method=point.method, tokens=point.tokens, backend="verilator",
+                                config=config, seed=point.seed)
+        result.bit_exact, result.cycles_match = report.bit_exact, report.cycle_model_match
 
 
 def _measure_build(point, result):
@@ -748,45 +674,6 @@ class _ResultsTable:
 
 # --- Running on Dask --------------------------------------------------------------------------
 
-class _Progress:
-    """A progress bar over points with throughput and time left; plain lines when stderr is
-    not a terminal."""
-
-    def __init__(self, total):
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-        self._last = self._first = self.started
-        self._bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self._bar = tqdm(total=total, desc="sweep", unit="point", dynamic_ncols=True)
-
-    def update(self):
-        self.done += 1
-        if self._bar is not None:
-            self._bar.update()
-            return
-        now = time.perf_counter()
-        if self.done == 1:
-            # The first points carry the workers' imports and model loads: the rate is
-            # measured from the first row on.
-            self._first = now
-        if now - self._last >= PROGRESS_INTERVAL_S or self.done == self.total:
-            self._last = now
-            elapsed = now - self.started
-            rate = (self.done - 1) / (now - self._first) if now > self._first else 0.0
-            left = f"{(self.total - self.done) / rate:.0f} s" if rate else "? s"
-            _say(f"sweep: {self.done}/{self.total} points, {rate:.2f} points/s, "
-                 f"{left} left, {elapsed:.0f} s elapsed")
-
-    def close(self):
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _say(message):
-    print(f"[sparsemac] {message}", file=sys.stderr, flush=True)
-
-
 def _default_workers():
     return len(os.sched_getaffinity(0))
 
@@ -834,7 +721,7 @@ def _compute(points, table, spec_digest, client):
 
     futures = {client.submit(run_point, point, spec_digest, key=f"sparsemac-{point.key}",
                              pure=False): point for point in points}
-    progress = _Progress(len(points))
+    bar = progress_bar(len(points), desc="sweep", unit="point")
     cancelled = 0
     try:
         for future in as_completed(futures, loop=client.loop):
@@ -850,9 +737,9 @@ def _compute(points, table, spec_digest, client):
                 result.error = f"{type(error).__name__}: {error}"
             table.append(result)
             future.release()
-            progress.update()
+            bar.update()
     finally:
-        progress.close()
+        bar.close()
     if cancelled:
         raise RuntimeError(f"{cancelled} of {len(points)} points were cancelled (did the Dask "
                            "scheduler stop?): run the same sweep again to compute them")
@@ -995,8 +882,8 @@ def _design_points(results):
         if any(row.failed for row in rows):
             continue
         designs.append(DesignPoint(
-            model=model, tokens=rows[0].tokens_run, config=config, method=method, target_sparsity=sparsity,
-            layers=len(rows), multipliers=rows[0].multipliers,
+            model=model, tokens=rows[0].tokens_run, config=config, method=method,
+            target_sparsity=sparsity, layers=len(rows), multipliers=rows[0].multipliers,
             activation_buffer_bits=rows[0].activation_buffer_bits,
             sparse_cycles=sum(row.sparse_cycles for row in rows),
             dense_cycles=sum(row.dense_cycles for row in rows),
@@ -1139,7 +1026,7 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
         table = _ResultsTable(output)
         done = {row.key for row in table.rows}
         todo = [point for point in points if point.key not in done]
-        _say(f"sweep: {len(points)} points (seed {spec.seed}"
+        progress(f"sweep: {len(points)} points (seed {spec.seed}"
              + (f", verify seed {spec.verify.seed}" if spec.verify else "")
              + f"), {len(points) - len(todo)} already in {table.path}, {len(todo)} to compute")
         started = time.perf_counter()
@@ -1147,7 +1034,7 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
         if todo:
             if client is None:
                 client, cluster, where = _start_local(workers, threads_per_worker, processes)
-            _say(f"sweep: running on {where}")
+            progress(f"sweep: running on {where}")
             computing = time.perf_counter()
             _compute(todo, table, spec.digest(), client)
             compute_s = time.perf_counter() - computing
