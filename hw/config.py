@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, asdict
 
-__all__ = ["ArrayConfig", "DEFAULT_CONFIG"]
+__all__ = ["ArrayConfig", "DEFAULT_CONFIG", "check_config"]
 
 
 def _is_power_of_two(value):
@@ -113,3 +113,16 @@ class ArrayConfig:
 
 
 DEFAULT_CONFIG = ArrayConfig()
+
+
+def check_config(config):
+    """``config`` itself, after checking that it is an :class:`ArrayConfig`.
+
+    Raises
+    ------
+    TypeError
+        If it is not.
+    """
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    return config

@@ -109,8 +109,7 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
     sim = Simulator(core)
     sim.add_clock(CLOCK_PERIOD)
     if max_cycles is None:
-        beats = sum(len(stream) for stream in (packed.activations, packed.row_pointers,
-                                               packed.columns, packed.values))
+        beats = sum(len(getattr(packed, name)) for name in core.signature.data_inputs)
         max_cycles = 1000 + 50 * (beats + packed.token_blocks * packed.rows)
     rng = random.Random(stalls.seed)
     result = {}
@@ -135,12 +134,10 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None):
         raise CoreTimeout(f"the core did not finish the job within {max_cycles} cycles")
 
     sim.add_testbench(watchdog, background=True)
-    for stream, beats in ((core.activations, packed.activations),
-                          (core.row_pointers, packed.row_pointers),
-                          (core.columns, packed.columns),
-                          (core.values, packed.values)):
+    for name in core.signature.data_inputs:
+        beats = getattr(packed, name)
         if len(beats):
-            sim.add_testbench(driver(stream, beats_to_ints(beats)), background=True)
+            sim.add_testbench(driver(getattr(core, name), beats_to_ints(beats)), background=True)
     sim.add_testbench(control)
     if vcd_path is not None:
         with sim.write_vcd(vcd_path):

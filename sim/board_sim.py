@@ -43,7 +43,7 @@ _VERILATOR_FLAGS = ("-O2", "--x-assign", "fast", "--x-initial", "fast", "--noass
 
 def sim_board(config):
     """The :class:`BoardTop` the simulation compiles: the board RTL with the simulation UART."""
-    from ..bitstreams.build import design_hash
+    from ..hw.board_link import design_hash
     from ..hw.board_top import BoardTop
     return BoardTop(config, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD,
                     design_hash=design_hash(config), timeout_s=SIM_TIMEOUT_S)

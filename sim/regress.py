@@ -82,11 +82,13 @@ BENCHES = {bench.name: bench for bench in (
 )}
 
 #: Configurations by name. ``k8t4`` is the shipped default; the others put K and T at their
-#: extremes with a small activation buffer, enough for the catalogue's 384-column cases.
+#: extremes, or make both odd (adder trees and lane padding that powers of two never exercise),
+#: with a small activation buffer, enough for the catalogue's 384-column cases.
 NAMED_CONFIGS = {
     "k8t4": ArrayConfig(),
     "k1t1": ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
     "k4t16": ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),
+    "k5t3": ArrayConfig(lanes=5, token_lanes=3, max_in_features=512),
 }
 
 #: The Verilator warnings waived: the ones Amaranth's Verilog (written by Yosys) triggers by

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import CoreFormats, Mode
+from ..hw.formats import CoreFormats, CoreStreams, Mode
 from ..sw.driver import Device, DeviceError, JobResult
 from ..sw.packing import beat_bytes, pack_job, unpack_sums
 from .toolchain import (ToolMissingError, cache_dir, check_build_tools, file_lock,
@@ -186,7 +186,6 @@ class _JobStats(ctypes.Structure):
                 ("inputs_left", ctypes.c_uint64 * 4)]
 
 
-_INPUT_STREAMS = ("activations", "row_pointers", "columns", "values")  # harness.cpp's order
 _libraries = {}
 
 
@@ -258,9 +257,11 @@ class VerilatorDevice(Device):
             raise DeviceError("the Verilator device is closed")
         packed = pack_job(self.config, weights, activations, mode)
         expected = packed.token_blocks * packed.rows
-        streams = (_Stream * len(_INPUT_STREAMS))()
+        # harness.cpp's input enum follows this order (tests/test_verilator_device.py checks it)
+        names = CoreStreams(self.config).data_inputs
+        streams = (_Stream * len(names))()
         keep = []  # contiguous copies stay alive until the call returns
-        for slot, name in zip(streams, _INPUT_STREAMS):
+        for slot, name in zip(streams, names):
             beats = np.ascontiguousarray(getattr(packed, name))
             keep.append(beats)
             slot.data = beats.ctypes.data if beats.size else None
@@ -278,7 +279,7 @@ class VerilatorDevice(Device):
             raise DeviceError(f"Verilator job {packed.rows}x{packed.cols} x {packed.tokens} "
                               f"tokens ({packed.mode.name.lower()}) failed: {message}; "
                               f"{stats.sums_beats} of {expected} sums beats received")
-        left = dict(zip(_INPUT_STREAMS, stats.inputs_left))
+        left = dict(zip(names, stats.inputs_left))
         if stats.sums_beats != expected or any(left.values()):
             raise DeviceError(f"the core reported done after {stats.sums_beats} of {expected} "
                               f"sums beats, with input beats left over: {left}")

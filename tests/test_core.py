@@ -131,7 +131,7 @@ def test_jobs_back_to_back(stalls):
     bench = Bench(core, seed=21)
     packed = [pack_job(K8T4, job.weights, job.activations, job.mode) for job in jobs]
     bench.put(core.job, [p.job for p in packed], idle=stalls)
-    for name in ("activations", "row_pointers", "columns", "values"):
+    for name in core.signature.data_inputs:
         beats = [beat for p in packed for beat in beats_to_ints(getattr(p, name))]
         bench.put(getattr(core, name), beats, idle=stalls)
     bench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)

@@ -1,7 +1,7 @@
 """The cocotb regressions under pytest, and tests that their checker can fail.
 
 Each (config, bench) pair is one pytest test running all catalogue cases in one Verilator
-process; the configs cover K in {1, 4, 8} and T in {1, 4, 16}. Builds are cached on disk and
+process; the configs cover K in {1, 4, 5, 8} and T in {1, 3, 4, 16}. Builds are cached on disk and
 shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design once, ever.
 The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
 """
@@ -17,8 +17,9 @@ from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardErro
 
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
-#: K=1 T=1 and K=4 T=16 with a 512-column buffer, and the shipped default K=8 T=4.
-CONFIGS = ("k1t1", "k4t16", "k8t4")
+#: K=1 T=1, K=4 T=16 and the odd K=5 T=3 with a 512-column buffer, and the shipped default
+#: K=8 T=4.
+CONFIGS = ("k1t1", "k4t16", "k5t3", "k8t4")
 
 
 def _failure_report(run):
@@ -47,6 +48,8 @@ def test_configs_cover_lane_extremes():
     configs = [regress.config_by_name(name) for name in CONFIGS]
     assert {1, 4, 8} <= {config.lanes for config in configs}
     assert {1, 4, 16} <= {config.token_lanes for config in configs}
+    # An odd K > 1: the adder tree then has an unpaired input at some level.
+    assert any(config.lanes > 1 and config.lanes % 2 for config in configs)
 
 
 # The checker itself -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ HELP = ("run the cocotb regressions (core, CSR streamer, MAC array) on Verilator
 def add_arguments(parser):
     chosen = parser.add_argument_group("configuration (default: k8t4)")
     chosen.add_argument("--config", action="append", metavar="NAME",
-                        help="a named array config: k8t4 (the default hardware), k1t1, k4t16; "
+                        help="a named array config: k8t4 (the default hardware), k1t1, k4t16, k5t3; "
                              "repeatable")
     chosen.add_argument("--all-configs", action="store_true", help="every named config")
     chosen.add_argument("--lanes", type=int, metavar="K", help="a custom config: K lanes")
