@@ -12,11 +12,12 @@ from amaranth.lib.wiring import In, flipped
 from ...hw.activation_buffer import ActivationBuffer
 from ...hw.core import SparseMACCore
 from ...hw.csr_streamer import CSRWeightStreamer
+from ...hw.frame_receiver import FrameReceiver
 from ...hw.mac_array import MACArray
 from .harness import transfer
 
 __all__ = ["BrokenVariant", "PairDroppingStreamer", "DuplicatingBuffer", "FlickeringMACArray",
-           "RowLosingMACArray", "SkippingCounterCore", "EagerCore"]
+           "RowLosingMACArray", "SkippingCounterCore", "EagerCore", "ImpatientReceiver"]
 
 
 class BrokenVariant(wiring.Component):
@@ -25,7 +26,7 @@ class BrokenVariant(wiring.Component):
     BLOCK = None
 
     def __init__(self, config):
-        self._inner = self.BLOCK(config)
+        self._inner = self.make_block(config)
         self.config = config
         super().__init__(dict(self._inner.signature.members.items()))
 
@@ -43,6 +44,9 @@ class BrokenVariant(wiring.Component):
         # A later assignment in the same module overrides the pass-through.
         self.mutate(m, inner)
         return m
+
+    def make_block(self, config):
+        return self.BLOCK(config)
 
     def mutate(self, m, inner):
         raise NotImplementedError
@@ -112,3 +116,17 @@ class EagerCore(BrokenVariant):
 
     def mutate(self, m, inner):
         m.d.comb += self.job.ready.eq(1)
+
+
+class ImpatientReceiver(BrokenVariant):
+    """Withdraws a ``received`` beat after it has waited one cycle for ``ready``."""
+
+    BLOCK = FrameReceiver
+
+    def make_block(self, config):
+        return FrameReceiver(config, timeout_cycles=16)
+
+    def mutate(self, m, inner):
+        waited = Signal()
+        m.d.sync += waited.eq(self.received.valid & ~self.received.ready)
+        m.d.comb += self.received.valid.eq(inner.received.valid & ~waited)

@@ -13,11 +13,17 @@ from amaranth.lib.wiring import In, flipped
 __all__ = ["Harness", "stream_ports", "stream_protocol", "transfer", "count"]
 
 
-def stream_ports(component):
-    """``(name, port, is_input)`` for every ``lib.stream`` port of ``component``'s signature."""
-    for name, member in component.signature.members.items():
-        if member.is_signature and isinstance(member.signature, stream.Signature):
-            yield name, getattr(component, name), member.flow == In
+def stream_ports(interface, prefix=""):
+    """``(name, port, is_input)`` for every ``lib.stream`` port of ``interface``'s signature,
+    those of nested signatures (a bundle of streams) included, named ``outer__inner``."""
+    for name, member in interface.signature.members.items():
+        if not member.is_signature:
+            continue
+        port = getattr(interface, name)
+        if isinstance(member.signature, stream.Signature):
+            yield f"{prefix}{name}", port, member.flow == In
+        else:
+            yield from stream_ports(port, f"{prefix}{name}__")
 
 
 def transfer(port):
@@ -76,6 +82,11 @@ class Harness(wiring.Component):
 
     DUT = None
     PROPERTIES = {"protocol": "valid held with a stable payload until ready, on every output"}
+
+    @classmethod
+    def make_dut(cls, config):
+        """The block to check, for ``config``."""
+        return cls.DUT(config)
 
     def __init__(self, dut, prop):
         if prop not in self.PROPERTIES:

@@ -98,8 +98,8 @@ class ProofSpec:
 
     def build(self):
         """The harness, elaborated around its block (or the broken variant ``dut``)."""
-        dut_class = self.dut or self.harness.DUT
-        return self.harness(dut_class(self.config), self.prop)
+        dut = self.dut(self.config) if self.dut else self.harness.make_dut(self.config)
+        return self.harness(dut, self.prop)
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,8 @@ class ProofResult:
     @property
     def replay(self):
         """The shell command that runs this proof again, as it ran."""
-        bin_folder = _launcher_folder()
         command = " ".join(sby_command(f"{self.spec.name}.sby"))
-        return f"cd {self.directory} && PATH={bin_folder}:$PATH {command}"
+        return f"cd {self.directory} && PATH={_launcher_folder()}:{_tool_folder()}:$PATH {command}"
 
 
 @dataclass(frozen=True)
@@ -258,6 +257,12 @@ def run_proof(spec, env=None):
     """
     env = env or solver_environment()
     directory = cache_dir("formal", "proofs", spec.name)
+    # Two runs of one proof (say pytest and the command at once) would share the folder.
+    with file_lock(directory / ".lock"):
+        return _run_locked(spec, env, directory)
+
+
+def _run_locked(spec, env, directory):
     (directory / "top.il").write_text(rtlil.convert(spec.build(), name="top"))
     sby_file = directory / f"{spec.name}.sby"
     sby_file.write_text(_sby_text(spec))

@@ -11,6 +11,7 @@ from ...hw.config import ArrayConfig
 from .activation_buffer import ActivationBufferHarness
 from .core import SparseMACCoreHarness, liveness_bound
 from .csr_streamer import CSRStreamerHarness
+from .host_link import FrameReceiverHarness, HostLinkHarness, ReplySenderHarness
 from .mac_array import MACArrayHarness
 from .runner import ProofSpec
 
@@ -36,11 +37,12 @@ def _liveness_depth(config):
 
 
 #: (harness, property, mode, depth or a function of the config, configs, fast configs).
-#: Streamer and activation buffer do not depend on T: they are proved at T = 1 (T = 2 in the
-#: buffer's tags is covered by k2t2).
+#: The streamer does not depend on T, so it is proved at T = 1; the frame receiver depends on
+#: neither K nor T (only through the payload buffer's beat sizes, which it does not use).
 _PLAN = [
     (CSRStreamerHarness, "protocol", "prove", 2, ("k1t1", "k2t1", "k3t1"), ("k1t1", "k2t1", "k3t1")),
-    (CSRStreamerHarness, "conservation", "bmc", 10, ("k1t1", "k2t1", "k3t1"), ("k1t1", "k2t1")),
+    (CSRStreamerHarness, "conservation", "bmc", 8, ("k1t1", "k2t1"), ("k1t1", "k2t1")),
+    (CSRStreamerHarness, "conservation", "bmc", 10, ("k1t1", "k2t1", "k3t1"), ()),
     (CSRStreamerHarness, "cover", "cover", 12, ("k1t1", "k2t1", "k3t1"), ("k2t1",)),
     (ActivationBufferHarness, "protocol", "prove", 2, tuple(CONFIGS), _FAST),
     (ActivationBufferHarness, "scoreboard", "bmc", 10, tuple(CONFIGS), ("k2t1",)),
@@ -52,6 +54,13 @@ _PLAN = [
     (SparseMACCoreHarness, "job", "bmc", 14, tuple(CONFIGS), ("k1t1", "k2t2")),
     (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, tuple(CONFIGS), ()),
     (SparseMACCoreHarness, "cover", "cover", 16, tuple(CONFIGS), ("k2t1",)),
+    (FrameReceiverHarness, "protocol", "prove", 2, ("k1t1",), ("k1t1",)),
+    (FrameReceiverHarness, "rx_ready", "prove", 2, ("k1t1",), ("k1t1",)),
+    (FrameReceiverHarness, "cover", "cover", 24, ("k1t1",), ("k1t1",)),
+    (ReplySenderHarness, "protocol", "bmc", 24, ("k1t1", "k2t2"), ("k1t1",)),
+    (ReplySenderHarness, "cover", "cover", 16, ("k1t1", "k2t2"), ("k1t1",)),
+    (HostLinkHarness, "protocol", "bmc", 20, ("k1t1", "k2t2"), ("k1t1",)),
+    (HostLinkHarness, "cover", "cover", 16, ("k1t1", "k2t2"), ("k1t1",)),
 ]
 
 
