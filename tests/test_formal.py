@@ -98,5 +98,5 @@ def test_cli_runs_one_proof_and_prints_the_table(capsys):
     assert main(["formal", "--block", "MACArray", "--property", "cover",
                  "--config", "k1t1"]) == 0
     out = capsys.readouterr().out
-    assert "MACArray.cover  K=1 T=1 in<=8  cover      8  PASS" in out
+    assert "MACArray.cover  K=1 T=1 in<=8  cover      8    PASS" in out
     assert "1 of 1 passed" in out

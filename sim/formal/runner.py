@@ -26,8 +26,8 @@ from amaranth.back import rtlil
 from ...hw.config import ArrayConfig
 from ..toolchain import ToolMissingError, cache_dir, file_lock
 
-__all__ = ["MODES", "STATUSES", "ProofSpec", "ProofResult", "FormalReport", "run_proofs", "run_proof",
-           "sby_command", "solver_environment"]
+__all__ = ["MODES", "STATUSES", "ProofSpec", "ProofResult", "FormalReport", "run_proofs",
+           "run_proof", "sby_command", "solver_environment"]
 
 #: SymbiYosys modes: k-induction, bounded model check from reset, reachability of covers.
 MODES = ("prove", "bmc", "cover")

@@ -24,6 +24,9 @@ CONFIGS = {f"k{lanes}t{tokens}": ArrayConfig(lanes=lanes, token_lanes=tokens, ma
 #: Configurations of the fast (CI) run of each proof: the extremes of K with both T.
 _FAST = ("k1t1", "k2t2", "k3t1")
 
+#: Every K at T = 1.
+_T1 = ("k1t1", "k2t1", "k3t1")
+
 
 def config_name(config):
     """The key of ``config`` in :data:`CONFIGS`."""
@@ -40,10 +43,10 @@ def _liveness_depth(config):
 #: The streamer does not depend on T, so it is proved at T = 1; the frame receiver depends on
 #: neither K nor T (only through the payload buffer's beat sizes, which it does not use).
 _PLAN = [
-    (CSRStreamerHarness, "protocol", "prove", 2, ("k1t1", "k2t1", "k3t1"), ("k1t1", "k2t1", "k3t1")),
+    (CSRStreamerHarness, "protocol", "prove", 2, _T1, _T1),
     (CSRStreamerHarness, "conservation", "bmc", 8, ("k1t1", "k2t1"), ("k1t1", "k2t1")),
-    (CSRStreamerHarness, "conservation", "bmc", 10, ("k1t1", "k2t1", "k3t1"), ()),
-    (CSRStreamerHarness, "cover", "cover", 12, ("k1t1", "k2t1", "k3t1"), ("k2t1",)),
+    (CSRStreamerHarness, "conservation", "bmc", 10, _T1, ()),
+    (CSRStreamerHarness, "cover", "cover", 12, _T1, ("k2t1",)),
     (ActivationBufferHarness, "protocol", "prove", 2, tuple(CONFIGS), _FAST),
     (ActivationBufferHarness, "scoreboard", "bmc", 10, tuple(CONFIGS), ("k2t1",)),
     (ActivationBufferHarness, "cover", "cover", 14, ("k1t1", "k2t2"), ("k1t1",)),

@@ -20,17 +20,10 @@ def add_arguments(parser):
                         help="proofs run at once (default: 2)")
 
 
-def _table(rows, header, right=()):
-    """``rows`` under ``header`` in aligned columns; the columns in ``right`` align right."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([line.format(*header), line.format(*("-" * w for w in widths)),
-                      *(line.format(*row) for row in rows)])
-
-
 def run(args):
     from ...sim.formal.runner import run_proofs
     from ...sim.formal.suite import select
+    from .simulate import format_table
 
     specs = select(everything=args.all, blocks=args.block, props=args.property,
                    configs=args.config)
@@ -48,7 +41,7 @@ def run(args):
              result.spec.mode, result.spec.depth, result.status, f"{result.seconds:.1f} s")
             for result in report.results]
     print()
-    print(_table(rows, ("property", "config", "mode", "depth", "result", "time"), right=(3, 5)))
+    print(format_table(rows, ("property", "config", "mode", "depth", "result", "time")))
     for result in report.failed:
         print(f"\n{result.status} {result.spec.name}")
         if result.message:
