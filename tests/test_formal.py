@@ -17,23 +17,26 @@ from sparsemac.sw.cli import main
 # One worker runs the module: its fixtures run the proofs two at a time themselves.
 pytestmark = pytest.mark.xdist_group("formal")
 
-#: Each broken variant with the proof that must fail on it.
-BROKEN = [
-    ProofSpec(CSRStreamerHarness, "conservation", CONFIGS["k2t1"], "bmc", 10,
-              dut=broken.PairDroppingStreamer),
-    ProofSpec(ActivationBufferHarness, "scoreboard", CONFIGS["k1t1"], "bmc", 10,
-              dut=broken.DuplicatingBuffer),
+#: Each broken variant with the proof that must fail on it, and the file of the assertion
+#: that must catch it (the property itself, not some other check).
+BROKEN_CASES = [
+    (ProofSpec(CSRStreamerHarness, "conservation", CONFIGS["k2t1"], "bmc", 10,
+               dut=broken.PairDroppingStreamer), "csr_streamer.py"),
+    (ProofSpec(ActivationBufferHarness, "scoreboard", CONFIGS["k1t1"], "bmc", 10,
+               dut=broken.DuplicatingBuffer), "activation_buffer.py"),
     # The base case must reach a waiting sums beat: three cycles of pipeline, then a wait.
-    ProofSpec(MACArrayHarness, "protocol", CONFIGS["k1t1"], "prove", 6,
-              dut=broken.FlickeringMACArray),
-    ProofSpec(MACArrayHarness, "rows", CONFIGS["k1t1"], "bmc", 12,
-              dut=broken.RowLosingMACArray),
-    ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14,
-              dut=broken.SkippingCounterCore),
-    ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14, dut=broken.EagerCore),
-    ProofSpec(FrameReceiverHarness, "protocol", CONFIGS["k1t1"], "prove", 24,
-              dut=broken.ImpatientReceiver),
+    (ProofSpec(MACArrayHarness, "protocol", CONFIGS["k1t1"], "prove", 6,
+               dut=broken.FlickeringMACArray), "harness.py"),
+    (ProofSpec(MACArrayHarness, "rows", CONFIGS["k1t1"], "bmc", 12,
+               dut=broken.RowLosingMACArray), "mac_array.py"),
+    (ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14,
+               dut=broken.SkippingCounterCore), "core.py"),
+    (ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14,
+               dut=broken.EagerCore), "core.py"),
+    (ProofSpec(FrameReceiverHarness, "protocol", CONFIGS["k1t1"], "prove", 24,
+               dut=broken.ImpatientReceiver), "harness.py"),
 ]
+BROKEN = [spec for spec, _ in BROKEN_CASES]
 
 FAST = proofs()
 
@@ -56,12 +59,13 @@ def test_fast_proof_passes(spec, fast_results):
     assert result.status == "PASS", f"{result.message}\n{result.trace}\n{result.replay}"
 
 
-@pytest.mark.parametrize("spec", BROKEN, ids=[spec.name for spec in BROKEN])
-def test_proof_fails_on_broken_block(spec, broken_results):
+@pytest.mark.parametrize("spec, source", BROKEN_CASES, ids=[spec.name for spec in BROKEN])
+def test_proof_fails_on_broken_block(spec, source, broken_results):
     result = broken_results[spec]
     assert result.status == "FAIL", result.message
     assert result.trace is not None and result.trace.suffix == ".vcd" and result.trace.exists()
-    assert "failed assertion" in result.message
+    assert "failed assertion top._witness_." in result.message
+    assert f"sim/formal/{source}:" in result.message
 
 
 def test_replay_reproduces_the_counterexample(broken_results):

@@ -271,20 +271,22 @@ def _run_locked(spec, env, directory):
     process = subprocess.Popen(sby_command(sby_file.name), cwd=directory, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
+    timed_out = False
     try:
         log, _ = process.communicate(timeout=spec.timeout + 60)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired:  # SymbiYosys missed its own time-out
         os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        log, timed_out = process.communicate()[0], True
+    except BaseException:              # interrupted: take the solvers along
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     seconds = time.monotonic() - start
     output = directory / spec.name
     status_file = output / "status"
     status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
-    if status not in STATUSES:
+    if timed_out:
+        status = "TIMEOUT"
+    elif status not in STATUSES:
         status = "ERROR"
     if status == "PASS":
         return ProofResult(spec, status, seconds, directory)
