@@ -76,25 +76,25 @@ class CSRStreamerHarness(Harness):
         used, taken, out_pair = self.used, self.taken, self.out_pair
         row_last = out_pair + taken == self.row_end
         column_base = Mux(sparse, out_pair, out_pair - self.row_start)
-        checks = [
-            (~self.chunks.valid | self.active & (self.out_pass < job.token_blocks),
-             "a chunk outside a job"),
-            (chunk.row_last == row_last, "row_last not at the row's end pointer"),
-            (row_last | (taken == lanes), "a chunk before the end of its row is not full"),
-            (out_pair + taken <= self.row_end, "a chunk runs past the end of its row"),
-            (chunk.block_last == (chunk.row_last & (self.out_row == job.rows - 1)),
-             "block_last not on the last row of the pass"),
+        # One Assert per line, so that the source line in a failure names the check.
+        valid = self.chunks.valid
+        m.d.comb += [
+            Assert(~valid | self.active & (self.out_pass < job.token_blocks),
+                   "a chunk outside a job"),
+            Assert(~valid | (chunk.row_last == row_last), "row_last not at the row's end"),
+            Assert(~valid | row_last | (taken == lanes), "a chunk before its row's end not full"),
+            Assert(~valid | (out_pair + taken <= self.row_end), "a chunk past its row's end"),
+            Assert(~valid | (chunk.block_last == (chunk.row_last & (self.out_row == job.rows - 1))),
+                   "block_last not on the last row of the pass"),
         ]
         for lane in range(lanes):
             expected_column = (column_base + lane)[:address_width]
-            checks.append((~used[lane] | ((chunk.values[lane] == out_pair + lane + 1)
-                                          & (chunk.columns[lane] == expected_column)),
-                           f"lane {lane}: not the next pair in order"))
+            m.d.comb += Assert(~valid | ~used[lane] | ((chunk.values[lane] == out_pair + lane + 1)
+                                                      & (chunk.columns[lane] == expected_column)),
+                               f"lane {lane}: not the next pair in order")
             if lane + 1 < lanes:
-                checks.append((used[lane] | ~used[lane + 1],
-                               f"lane {lane} unused before a used one"))
-        for condition, message in checks:
-            m.d.comb += Assert(~self.chunks.valid | condition, message)
+                m.d.comb += Assert(~valid | used[lane] | ~used[lane + 1],
+                                   f"lane {lane} unused before a used one")
         m.d.comb += Assert(self.busy | ~self.active | (self.out_pass == job.token_blocks - 1)
                            & self.chunks.valid & chunk.block_last,
                            "busy fell before the job's last chunk")
