@@ -11,7 +11,7 @@ import sys
 
 __all__ = ["main"]
 
-COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "sweep")
+COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep")
 
 
 def build_parser():
