@@ -4,7 +4,8 @@
 together with ``harness.cpp`` into one shared library, cached on disk per design (config, RTL,
 tool versions, harness and build flags), so a second run neither regenerates nor recompiles.
 :class:`VerilatorDevice` loads it with ctypes and runs each job entirely in C++ with ideal
-streams (inputs always valid while data remains, outputs always ready).
+streams (inputs always valid while data remains, outputs always ready) or at the rates of a
+memory model (:mod:`sparsemac.sw.memory`).
 """
 
 import ctypes
@@ -23,6 +24,7 @@ import numpy as np
 from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import CoreFormats, Mode
 from ..sw.driver import Device, DeviceError, JobResult
+from ..sw.memory import packed_stream_rates
 from ..sw.packing import beat_bytes, pack_job, unpack_sums
 from .toolchain import (ToolMissingError, cache_dir, check_build_tools, file_lock,
                         fst_verilator_args, verilator_environment)
@@ -178,7 +180,8 @@ def build_library(config=DEFAULT_CONFIG, *, trace=False):
 
 
 class _Stream(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("beats", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+    _fields_ = [("data", ctypes.c_void_p), ("beats", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
+                ("rate", ctypes.c_uint64)]
 
 
 class _JobStats(ctypes.Structure):
@@ -221,7 +224,11 @@ class VerilatorDevice(Device):
         Write an FST waveform of every job run on this device here; the file is complete once
         the device is closed.
     max_idle_cycles : int
-        Cycles without any stream handshake after which a job fails instead of hanging.
+        Cycles without any stream handshake after which a job fails instead of hanging (plus,
+        under a memory model, the longest a stream waits for one beat's credit).
+    memory : MemoryModel or None
+        Feed the input streams at this model's rates (:mod:`sparsemac.sw.memory`); None for
+        ideal streams.
 
     Raises
     ------
@@ -232,8 +239,9 @@ class VerilatorDevice(Device):
     name = "verilator"
 
     def __init__(self, config=DEFAULT_CONFIG, *, fst_path=None,
-                 max_idle_cycles=DEFAULT_MAX_IDLE_CYCLES):
+                 max_idle_cycles=DEFAULT_MAX_IDLE_CYCLES, memory=None):
         super().__init__(config)
+        self.memory = memory
         self._build = build_library(config, trace=fst_path is not None)
         self._library = _load(self._build.path)
         self._fst_path = None if fst_path is None else Path(fst_path)
@@ -258,23 +266,25 @@ class VerilatorDevice(Device):
             raise DeviceError("the Verilator device is closed")
         packed = pack_job(self.config, weights, activations, mode)
         expected = packed.token_blocks * packed.rows
+        rates = packed_stream_rates(self.config, packed, self.memory)
         streams = (_Stream * len(_INPUT_STREAMS))()
         keep = []  # contiguous copies stay alive until the call returns
-        for slot, name in zip(streams, _INPUT_STREAMS):
+        for slot, name, rate in zip(streams, _INPUT_STREAMS, rates):
             beats = np.ascontiguousarray(getattr(packed, name))
             keep.append(beats)
             slot.data = beats.ctypes.data if beats.size else None
             slot.beats, slot.bytes = beats.shape[0], (beats.shape[1] if beats.ndim == 2 else 0)
+            slot.rate = rate.rate
+        max_idle = self.max_idle_cycles + rates.longest_credit_wait
         sums = np.zeros((expected, self._sums_bytes), dtype=np.uint8)
         stats = _JobStats()
         cycles = self._library.sm_run_job(
             self._handle, packed.job.to_bytes(self._job_bytes, "little"), self._job_bytes, streams,
-            sums.ctypes.data, expected, self._sums_bytes, self.max_idle_cycles,
-            ctypes.byref(stats))
+            sums.ctypes.data, expected, self._sums_bytes, max_idle, ctypes.byref(stats))
         self.clock_cycles += stats.clock_cycles
         if cycles < 0:
             message = _ERRORS.get(cycles, f"unknown harness error {cycles}").format(
-                max_idle=self.max_idle_cycles, expected=expected)
+                max_idle=max_idle, expected=expected)
             raise DeviceError(f"Verilator job {packed.rows}x{packed.cols} x {packed.tokens} "
                               f"tokens ({packed.mode.name.lower()}) failed: {message}; "
                               f"{stats.sums_beats} of {expected} sums beats received")

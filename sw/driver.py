@@ -32,6 +32,7 @@ from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
 from .cycle_model import job_cycles, token_blocks
 from .golden import golden_matmul
 from .packing import check_job_fits
+from .throttled_cycle_model import throttled_job_cycles
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device", "ReferenceDevice",
            "AmaranthDevice", "BACKENDS", "open_device"]
@@ -189,15 +190,31 @@ class Device(abc.ABC):
 
 
 class ReferenceDevice(Device):
-    """The golden model and the exact cycle model: what every other device must return."""
+    """The golden model and the exact cycle model: what every other device must return.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    memory : MemoryModel or None
+        Predict the cycles with the input streams at this model's rates; None for ideal streams.
+    """
 
     name = "reference"
 
+    def __init__(self, config=DEFAULT_CONFIG, *, memory=None):
+        super().__init__(config)
+        self.memory = memory
+
     def run_job(self, weights, activations, mode=Mode.SPARSE):
         check_job_fits(self.config, weights, activations)
-        breakdown = job_cycles(weights.row_lengths(), weights.cols, activations.shape[0],
-                               self.config, Mode(mode))
-        return JobResult(sums=golden_matmul(weights, activations), cycles=breakdown.total)
+        if self.memory is None:
+            cycles = job_cycles(weights.row_lengths(), weights.cols, activations.shape[0],
+                                self.config, Mode(mode)).total
+        else:
+            cycles = throttled_job_cycles(weights.row_lengths(), weights.cols,
+                                          activations.shape[0], self.config, Mode(mode),
+                                          self.memory).cycles
+        return JobResult(sums=golden_matmul(weights, activations), cycles=cycles)
 
 
 class AmaranthDevice(Device):
@@ -208,20 +225,23 @@ class AmaranthDevice(Device):
     config : ArrayConfig
     vcd_path : str or None
         Write the waveform of the last job here.
+    memory : MemoryModel or None
+        Feed the input streams at this model's rates; None for ideal streams.
     """
 
     name = "amaranth"
 
-    def __init__(self, config=DEFAULT_CONFIG, *, vcd_path=None):
+    def __init__(self, config=DEFAULT_CONFIG, *, vcd_path=None, memory=None):
         super().__init__(config)
         self._vcd_path = vcd_path
+        self.memory = memory
 
     def run_job(self, weights, activations, mode=Mode.SPARSE):
         from ..sim.amaranth_sim import run_core_job
         from .packing import pack_job, unpack_sums
 
         packed = pack_job(self.config, weights, activations, mode)
-        run = run_core_job(self.config, packed, vcd_path=self._vcd_path)
+        run = run_core_job(self.config, packed, vcd_path=self._vcd_path, memory=self.memory)
         return JobResult(sums=unpack_sums(self.config, run.sums, packed.rows, packed.tokens),
                          cycles=run.cycles)
 
