@@ -248,15 +248,17 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
     blocks = token_blocks(tokens, config)
     nnz = sum(lengths) if sparse else rows * cols
 
-    # Buckets: [beats left, level, beat in credits, rate]; an unthrottled stream stays full.
-    buckets = []
-    for stream in streams:
-        beat = stream.bytes * RATE_ONE
-        rate = beat if stream.rate == 0 else stream.rate
-        buckets.append([stream.beats, beat if stream.rate == 0 else 0, beat, rate])
-    activations, pointers, columns, values = buckets
+    # Each stream's bucket: beats left, credits held, credits per beat, credits per cycle. An
+    # unthrottled stream gains a whole beat per cycle, so it is never short of credit.
+    (a_left, p_left, c_left, v_left) = (stream.beats for stream in streams)
+    (a_beat, p_beat, c_beat, v_beat) = (stream.bytes * RATE_ONE for stream in streams)
+    (a_rate, p_rate, c_rate, v_rate) = (stream.rate or stream.bytes * RATE_ONE
+                                        for stream in streams)
+    # The edge of cycle 0, in which the job is accepted, refills the empty buckets once.
+    a_level, p_level, c_level, v_level = (min(a_rate, a_beat), min(p_rate, p_beat),
+                                          min(c_rate, c_beat), min(v_rate, v_beat))
 
-    # Registers after the edge of cycle 0, in which the job is accepted (see the RTL's start).
+    # Registers after that edge (the RTL's start assignments).
     busy, blocks_to_emit, row_index, in_row = True, blocks, 0, False
     occupancy, fetch_left, blocks_to_fetch = 0, nnz, blocks - 1
     next_valid, next_length, next_take = not sparse, cols, min(lanes, cols)
@@ -266,17 +268,16 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
     full = [False, False]
     blocks_to_load, load_bank, load_column, read_bank = blocks, 0, 0, 0
     blocks_accepted = chunks = fill_beats = words = pointers_taken = 0
-    _refill(buckets, ())
+    ring_limit = 2 * lanes
 
     cycle = 1
     while True:
         # Combinational: which handshakes the edge at the end of this cycle takes.
-        activation_valid = activations[0] and activations[1] >= activations[2]
-        fill = activation_valid and blocks_to_load and not full[load_bank]
+        fill = (blocks_to_load and not full[load_bank] and a_left and a_level >= a_beat)
         chunk_ready = full[read_bank]
         accept = chunk_valid and chunk_ready
-        fetch = (fetch_left and occupancy <= 2 * lanes and values[0] and values[1] >= values[2]
-                 and (not sparse or (columns[0] and columns[1] >= columns[2])))
+        fetch = (fetch_left and occupancy <= ring_limit and v_left and v_level >= v_beat
+                 and (not sparse or (c_left and c_level >= c_beat)))
         if in_row:
             take, length = row_take, row_left
         else:
@@ -284,12 +285,25 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
         emit = (busy and (not chunk_valid or chunk_ready) and (in_row or next_valid)
                 and occupancy >= take)
         next_consumed = emit and not in_row and sparse
-        pointer = (sparse and pointer_blocks and (not next_valid or next_consumed)
-                   and pointers[0] and pointers[1] >= pointers[2])
+        pointer = (pointer_blocks and (not next_valid or next_consumed)
+                   and p_left and p_level >= p_beat)
 
-        taken = []
+        if not (fill or accept or fetch or emit or pointer):
+            # Nothing moves until a stream short of credit has a beat: jump there.
+            edges = _edges_until_credit(((a_left, a_level, a_beat, a_rate),
+                                         (p_left, p_level, p_beat, p_rate),
+                                         (c_left, c_level, c_beat, c_rate),
+                                         (v_left, v_level, v_beat, v_rate)), cycle)
+            a_level = min(a_level + edges * a_rate, a_beat)
+            p_level = min(p_level + edges * p_rate, p_beat)
+            c_level = min(c_level + edges * c_rate, c_beat)
+            v_level = min(v_level + edges * v_rate, v_beat)
+            cycle += edges
+            continue
+
         if fill:
-            taken.append(activations)
+            a_left -= 1
+            a_level -= a_beat
             fill_beats += 1
             if load_column == cols - 1:
                 load_column = 0
@@ -309,11 +323,13 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
                                           fill_beats=fill_beats, words=words,
                                           row_pointers=pointers_taken)
         if fetch:
-            taken.append(values)
+            v_left -= 1
+            v_level -= v_beat
             if sparse:
-                taken.append(columns)
+                c_left -= 1
+                c_level -= c_beat
             words += 1
-            occupancy += min(lanes, fetch_left)
+            occupancy += lanes if fetch_left > lanes else fetch_left
             if fetch_left > lanes:
                 fetch_left -= lanes
             elif blocks_to_fetch:
@@ -322,11 +338,12 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
             else:
                 fetch_left = 0
         if pointer:
-            taken.append(pointers)
+            p_left -= 1
+            p_level -= p_beat
             pointers_taken += 1
             next_valid = True
             next_length = lengths[pointer_row]
-            next_take = min(lanes, next_length)
+            next_take = lanes if next_length > lanes else next_length
             if pointer_row == rows - 1:
                 pointer_row = 0
                 pointer_blocks -= 1
@@ -340,45 +357,46 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
             chunk_valid = True
             chunk_block_last = rest == 0 and row_index == rows - 1
             in_row = rest != 0
-            row_left, row_take = rest, min(lanes, rest)
+            row_left, row_take = rest, (lanes if rest > lanes else rest)
             if chunk_block_last:
                 row_index = 0
                 blocks_to_emit -= 1
                 busy = blocks_to_emit != 0
             elif rest == 0:
                 row_index += 1
-        elif chunk_ready and chunk_valid:
+        elif accept:
             chunk_valid = False
-        else:
-            if not (taken or accept):
-                cycle += _skip_idle(buckets, cycle)
-                continue
-        _refill(buckets, taken)
+
+        # The clock edge of the credit scheme: gain the rate, hold at most one beat.
+        a_level += a_rate
+        if a_level > a_beat:
+            a_level = a_beat
+        p_level += p_rate
+        if p_level > p_beat:
+            p_level = p_beat
+        c_level += c_rate
+        if c_level > c_beat:
+            c_level = c_beat
+        v_level += v_rate
+        if v_level > v_beat:
+            v_level = v_beat
         cycle += 1
 
 
-def _refill(buckets, taken):
-    """One clock edge of the credit scheme: pay for the beats taken, gain the rate, clip."""
-    for bucket in taken:
-        bucket[0] -= 1
-        bucket[1] -= bucket[2]
-    for bucket in buckets:
-        level = bucket[1] + bucket[3]
-        bucket[1] = level if level < bucket[2] else bucket[2]
+def _edges_until_credit(buckets, cycle):
+    """Clock edges from this idle cycle until a stream short of credit can offer a beat.
 
+    ``buckets`` holds ``(beats left, credits, credits per beat, credits per cycle)`` of every
+    stream; returns at least 1.
 
-def _skip_idle(buckets, cycle):
-    """Jumps over cycles in which nothing can happen: until some waiting stream gets a beat.
-
-    Called after a cycle without any handshake; returns the cycles to advance (at least 1).
+    Raises
+    ------
+    RuntimeError
+        If no stream waits for credit: the replay would never move again.
     """
-    waits = [-(-(bucket[2] - bucket[1] - bucket[3]) // bucket[3]) for bucket in buckets
-             if bucket[0] and bucket[1] < bucket[2]]
+    waits = [-(-(beat - level) // rate) for left, level, beat, rate in buckets
+             if left and level < beat]
     if not waits:
         raise RuntimeError(f"the cycle model's replay is stuck in cycle {cycle}: no stream can "
                            "move and none is waiting for credit")
-    edges = 1 + max(0, min(waits))
-    for bucket in buckets:
-        level = bucket[1] + edges * bucket[3]
-        bucket[1] = level if level < bucket[2] else bucket[2]
-    return edges
+    return min(waits)

@@ -1,0 +1,210 @@
+"""One layer, sparse against dense, under a memory model: cycles, what bounds them, energy.
+
+:func:`memory_report` runs the exact throttled cycle model and the energy model over a layer in
+both modes and returns a :class:`MemoryReport`: the fields a command prints (text with
+:meth:`MemoryReport.sections`, JSON with :meth:`MemoryReport.as_json`) and the points of a
+roofline plot (:func:`plot_roofline`).
+"""
+
+from dataclasses import asdict, dataclass
+
+from ..hw.formats import Mode
+from .csr import CSRMatrix
+from .energy import EnergyReport, energy_events, energy_of, load_energy_table
+from .memory import MemoryModel, check_fits_onchip
+from .throttled_cycle_model import LayerCycles, layer_cycles
+
+__all__ = ["ModeResult", "MemoryReport", "memory_report", "plot_roofline"]
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One mode of a layer.
+
+    Attributes
+    ----------
+    cycles : LayerCycles
+        Memory-bound (``cycles.cycles``) and compute-bound (``cycles.compute_cycles``) cycles.
+    energy : EnergyReport
+    macs : int
+        Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode,
+        rows x cols x tokens (zeros included) in dense mode.
+    """
+    cycles: LayerCycles
+    energy: EnergyReport
+    macs: int
+
+    @property
+    def macs_per_cycle(self):
+        return self.macs / self.cycles.cycles
+
+    @property
+    def intensity(self):
+        """MACs per byte streamed in (weights and activations)."""
+        return self.macs / (self.cycles.weight_bytes + self.cycles.activation_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """A layer under one memory model, sparse against dense.
+
+    Attributes
+    ----------
+    layer : str
+    rows, cols, tokens, nnz : int
+    config : ArrayConfig
+    memory : MemoryModel
+    sparse, dense : ModeResult
+    """
+    layer: str
+    rows: int
+    cols: int
+    tokens: int
+    nnz: int
+    config: object
+    memory: MemoryModel
+    sparse: ModeResult
+    dense: ModeResult
+
+    @property
+    def speedup(self):
+        """Dense over sparse cycles with the memory counted."""
+        return self.dense.cycles.cycles / self.sparse.cycles.cycles
+
+    @property
+    def compute_speedup(self):
+        """Dense over sparse cycles with ideal streams."""
+        return self.dense.cycles.compute_cycles / self.sparse.cycles.compute_cycles
+
+    @property
+    def bytes_per_nonzero(self):
+        """Sparse weight bytes per nonzero and pass (row pointers and padding included)."""
+        passes = -(-self.tokens // self.config.token_lanes)
+        return self.sparse.cycles.weight_bytes / max(1, self.nnz * passes)
+
+    @property
+    def energy_ratio(self):
+        """Sparse over dense energy."""
+        return self.sparse.energy.total_pj / self.dense.energy.total_pj
+
+    def as_json(self):
+        """A JSON-ready dict of every figure."""
+        def mode(result):
+            cycles = asdict(result.cycles)
+            return {"cycles": result.cycles.cycles, "compute_cycles": result.cycles.compute_cycles,
+                    "bound": result.cycles.bound, "schedule": cycles, "macs": result.macs,
+                    "energy_pj": result.energy.total_pj,
+                    "energy_events": asdict(result.energy.events),
+                    "energy_by_event_pj": asdict(result.energy.picojoules)}
+        return {"layer": self.layer, "rows": self.rows, "cols": self.cols,
+                "tokens": self.tokens, "nnz": self.nnz, "config": self.config.as_dict(),
+                "memory": asdict(self.memory), "energy_table": self.sparse.energy.table,
+                "sparse": mode(self.sparse), "dense": mode(self.dense),
+                "speedup": self.speedup, "compute_speedup": self.compute_speedup,
+                "bytes_per_nonzero": self.bytes_per_nonzero, "energy_ratio": self.energy_ratio}
+
+    def sections(self):
+        """``(title, header, rows)`` tables for a text report."""
+        cycles = []
+        cycles.append(("compute-bound cycles", self.sparse.cycles.compute_cycles,
+                       self.dense.cycles.compute_cycles, f"{self.compute_speedup:.2f}x"))
+        cycles.append((f"memory-bound cycles ({self.memory.name})", self.sparse.cycles.cycles,
+                       self.dense.cycles.cycles, f"{self.speedup:.2f}x"))
+        cycles.append(("bound by", self.sparse.cycles.bound, self.dense.cycles.bound, ""))
+        cycles.append(("weight bytes", self.sparse.cycles.weight_bytes,
+                       self.dense.cycles.weight_bytes, ""))
+        energy = []
+        energy.append(("energy (uJ)", f"{self.sparse.energy.total_uj:.3f}",
+                       f"{self.dense.energy.total_uj:.3f}", f"{self.energy_ratio:.3f}"))
+        energy.append(("of which memory (uJ)", f"{self.sparse.energy.memory_pj * 1e-6:.3f}",
+                       f"{self.dense.energy.memory_pj * 1e-6:.3f}", ""))
+        return [(f"{self.layer} under {self.memory.describe()}",
+                 ("", "sparse", "dense", "dense/sparse"), cycles),
+                (f"energy ({self.sparse.energy.table})", ("", "sparse", "dense", "sparse/dense"),
+                 energy)]
+
+
+def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
+    """Runs the throttled cycle model and the energy model over one layer, sparse and dense.
+
+    Parameters
+    ----------
+    weights : CSRMatrix
+    tokens : int
+    config : ArrayConfig
+    memory : MemoryModel
+    table : EnergyTable or None
+        None loads the default (Horowitz 45 nm).
+    layer : str
+        The layer's name, for the report and errors.
+
+    Returns
+    -------
+    MemoryReport
+
+    Raises
+    ------
+    MemoryModelError
+        If ``memory`` keeps weights on chip and the layer's weights do not fit, in either mode.
+    """
+    if not isinstance(weights, CSRMatrix):
+        raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
+    table = load_energy_table() if table is None else table
+    passes = -(-tokens // config.token_lanes)
+    results = {}
+    for mode, macs in ((Mode.SPARSE, weights.nnz * tokens),
+                       (Mode.DENSE, weights.rows * weights.cols * tokens)):
+        cycles = layer_cycles(weights, tokens, config, mode, memory)
+        check_fits_onchip(memory, config, cycles.weight_bytes // passes,
+                          f"{layer} ({mode.name.lower()} mode)")
+        energy = energy_of(energy_events(cycles, config, memory), table)
+        results[mode] = ModeResult(cycles=cycles, energy=energy, macs=macs)
+    return MemoryReport(layer=layer, rows=weights.rows, cols=weights.cols, tokens=tokens,
+                        nnz=weights.nnz, config=config, memory=memory,
+                        sparse=results[Mode.SPARSE], dense=results[Mode.DENSE])
+
+
+def plot_roofline(reports, path):
+    """Saves a roofline plot of ``reports`` (all under one config and memory model) as PNG.
+
+    x is the operational intensity (MACs per byte streamed in), y the MACs per cycle attained;
+    each layer is one point per mode. The roof is the array's K x T MACs per cycle, and the
+    slanted line the weight path's bandwidth times the intensity.
+
+    Parameters
+    ----------
+    reports : list of MemoryReport
+    path : str or Path
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not reports:
+        raise ValueError("plot_roofline needs at least one report")
+    config, memory = reports[0].config, reports[0].memory
+    peak = config.multipliers
+    points = [(report, mode, getattr(report, mode)) for report in reports
+              for mode in ("sparse", "dense")]
+    intensities = [result.intensity for _, _, result in points]
+    x = np.logspace(np.log10(min(intensities) / 2), np.log10(max(intensities) * 2), 200)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    bandwidth = memory.weight_bytes_per_cycle
+    roof = np.full_like(x, peak) if bandwidth is None else np.minimum(peak, bandwidth * x)
+    axes.plot(x, roof, color="black", label=f"roof: {peak} MACs/cycle"
+              + ("" if bandwidth is None else f", {bandwidth:.3g} B/cycle"))
+    markers = {"sparse": "o", "dense": "s"}
+    for report, mode, result in points:
+        axes.scatter(result.intensity, result.macs_per_cycle, marker=markers[mode],
+                     label=f"{report.layer} {mode}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("operational intensity (MACs per byte streamed in)")
+    axes.set_ylabel("attained MACs per cycle")
+    axes.set_title(f"{config.describe()}, memory {memory.name}")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
