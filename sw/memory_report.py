@@ -9,7 +9,7 @@ roofline plot (:func:`plot_roofline`).
 from dataclasses import asdict, dataclass
 
 from ..hw.formats import Mode
-from .csr import CSRMatrix
+from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
 from .energy import EnergyReport, energy_events, energy_of, load_energy_table
 from .memory import MemoryModel, check_fits_onchip
 from .throttled_cycle_model import LayerCycles, layer_cycles
@@ -150,13 +150,15 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
     if not isinstance(weights, CSRMatrix):
         raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
     table = load_energy_table() if table is None else table
-    passes = -(-tokens // config.token_lanes)
+    check_fits_onchip(memory, config, csr_stream_bytes(weights, config.lanes),
+                      f"{layer} (sparse mode)")
+    check_fits_onchip(memory, config,
+                      dense_stream_bytes(weights.rows, weights.cols, config.lanes),
+                      f"{layer} (dense mode)")
     results = {}
     for mode, macs in ((Mode.SPARSE, weights.nnz * tokens),
                        (Mode.DENSE, weights.rows * weights.cols * tokens)):
         cycles = layer_cycles(weights, tokens, config, mode, memory)
-        check_fits_onchip(memory, config, cycles.weight_bytes // passes,
-                          f"{layer} ({mode.name.lower()} mode)")
         energy = energy_of(energy_events(cycles, config, memory), table)
         results[mode] = ModeResult(cycles=cycles, energy=energy, macs=macs)
     return MemoryReport(layer=layer, rows=weights.rows, cols=weights.cols, tokens=tokens,
@@ -168,8 +170,8 @@ def plot_roofline(reports, path):
     """Saves a roofline plot of ``reports`` (all under one config and memory model) as PNG.
 
     x is the operational intensity (MACs per byte streamed in), y the MACs per cycle attained;
-    each layer is one point per mode. The roof is the array's K x T MACs per cycle, and the
-    slanted line the weight path's bandwidth times the intensity.
+    each layer is one point per mode, labelled in sparse mode. The roof is the array's K x T MACs
+    per cycle, and the slanted line the weight path's bandwidth times the intensity.
 
     Parameters
     ----------
@@ -185,26 +187,32 @@ def plot_roofline(reports, path):
         raise ValueError("plot_roofline needs at least one report")
     config, memory = reports[0].config, reports[0].memory
     peak = config.multipliers
-    points = [(report, mode, getattr(report, mode)) for report in reports
-              for mode in ("sparse", "dense")]
-    intensities = [result.intensity for _, _, result in points]
-    x = np.logspace(np.log10(min(intensities) / 2), np.log10(max(intensities) * 2), 200)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
     bandwidth = memory.weight_bytes_per_cycle
+    intensities = [getattr(report, mode).intensity for report in reports
+                   for mode in ("sparse", "dense")]
+    ridge = max(intensities) if bandwidth is None else peak / bandwidth
+    x = np.logspace(np.log10(min(intensities) / 2), np.log10(max(max(intensities), ridge) * 2),
+                    200)
     roof = np.full_like(x, peak) if bandwidth is None else np.minimum(peak, bandwidth * x)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(x, roof, color="black", label=f"roof: {peak} MACs/cycle"
-              + ("" if bandwidth is None else f", {bandwidth:.3g} B/cycle"))
-    markers = {"sparse": "o", "dense": "s"}
-    for report, mode, result in points:
-        axes.scatter(result.intensity, result.macs_per_cycle, marker=markers[mode],
-                     label=f"{report.layer} {mode}")
+              + ("" if bandwidth is None else f", {bandwidth:.3g} weight B/cycle"))
+    for mode, marker in (("sparse", "o"), ("dense", "s")):
+        results = [getattr(report, mode) for report in reports]
+        axes.scatter([result.intensity for result in results],
+                     [result.macs_per_cycle for result in results], marker=marker, label=mode)
+        # Dense points are not labelled: a dense layer streams one byte per weight and pass, so
+        # every dense layer with the same tokens sits at about T MACs per byte.
+        for report, result in zip(reports, results if mode == "sparse" else []):
+            axes.annotate(report.layer, (result.intensity, result.macs_per_cycle), fontsize=6,
+                          xytext=(5, -3), textcoords="offset points")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("operational intensity (MACs per byte streamed in)")
     axes.set_ylabel("attained MACs per cycle")
     axes.set_title(f"{config.describe()}, memory {memory.name}")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

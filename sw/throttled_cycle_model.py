@@ -29,7 +29,7 @@ from ..hw.formats import Mode
 from .cycle_model import PIPELINE_LATENCY, job_cycles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
 
-__all__ = ["ScheduleCounts", "ThrottledCycles", "LayerCycles", "throttled_job_cycles",
+__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles", "throttled_job_cycles",
            "layer_cycles", "replay_schedule"]
 
 
@@ -58,21 +58,20 @@ class ScheduleCounts:
 
 
 @dataclass(frozen=True)
-class ThrottledCycles:
-    """One job's cycles under a memory model, next to its compute-bound cycles.
+class CycleBounds:
+    """Cycles under a memory model, next to the bounds that explain them.
 
     Attributes
     ----------
     cycles : int
         What the hardware counter reports with the streams throttled.
     compute_cycles : int
-        The same job with ideal streams (:func:`~sparsemac.sw.cycle_model.job_cycles`).
+        The same work with ideal streams (:func:`~sparsemac.sw.cycle_model.job_cycles`).
     weight_transfer_cycles, activation_transfer_cycles : int
         Cycles the weight and the activation path need for their bytes alone (0 when the path
         is unthrottled): lower bounds of ``cycles``.
     weight_bytes, activation_bytes, output_bytes : int
         Bytes streamed in (padding included) and out.
-    schedule : ScheduleCounts
     """
     cycles: int
     compute_cycles: int
@@ -81,49 +80,41 @@ class ThrottledCycles:
     weight_bytes: int
     activation_bytes: int
     output_bytes: int
-    schedule: ScheduleCounts
 
     @property
     def bound(self):
-        """What limits the job: ``compute``, ``weights`` or ``activations``, the largest bound."""
-        return _bound(self)
-
-
-def _bound(cycles):
-    bounds = {"compute": cycles.compute_cycles, "weights": cycles.weight_transfer_cycles,
-              "activations": cycles.activation_transfer_cycles}
-    return max(bounds, key=bounds.get)
+        """What limits: ``compute``, ``weights`` or ``activations``, the largest bound."""
+        bounds = {"compute": self.compute_cycles, "weights": self.weight_transfer_cycles,
+                  "activations": self.activation_transfer_cycles}
+        return max(bounds, key=bounds.get)
 
 
 @dataclass(frozen=True)
-class LayerCycles:
-    """A whole layer's jobs under a memory model: the sums of their :class:`ThrottledCycles`.
+class ThrottledCycles(CycleBounds):
+    """One job's :class:`CycleBounds` and its schedule.
+
+    Attributes
+    ----------
+    schedule : ScheduleCounts
+    """
+    schedule: ScheduleCounts
+
+
+@dataclass(frozen=True)
+class LayerCycles(CycleBounds):
+    """A whole layer's jobs: the sums of their :class:`ThrottledCycles`.
 
     Attributes
     ----------
     jobs : int
-    cycles, compute_cycles, weight_transfer_cycles, activation_transfer_cycles : int
-    weight_bytes, activation_bytes, output_bytes : int
     chunks, fill_beats, words, row_pointers : int
         Summed :class:`ScheduleCounts`.
     """
     jobs: int
-    cycles: int
-    compute_cycles: int
-    weight_transfer_cycles: int
-    activation_transfer_cycles: int
-    weight_bytes: int
-    activation_bytes: int
-    output_bytes: int
     chunks: int
     fill_beats: int
     words: int
     row_pointers: int
-
-    @property
-    def bound(self):
-        """What limits the layer: ``compute``, ``weights`` or ``activations``."""
-        return _bound(self)
 
 
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None):
@@ -294,10 +285,10 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
                                          (p_left, p_level, p_beat, p_rate),
                                          (c_left, c_level, c_beat, c_rate),
                                          (v_left, v_level, v_beat, v_rate)), cycle)
-            a_level = min(a_level + edges * a_rate, a_beat)
-            p_level = min(p_level + edges * p_rate, p_beat)
-            c_level = min(c_level + edges * c_rate, c_beat)
-            v_level = min(v_level + edges * v_rate, v_beat)
+            a_level, p_level = min(a_level + edges * a_rate, a_beat), min(
+                p_level + edges * p_rate, p_beat)
+            c_level, v_level = min(c_level + edges * c_rate, c_beat), min(
+                v_level + edges * v_rate, v_beat)
             cycle += edges
             continue
 
@@ -368,18 +359,11 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
             chunk_valid = False
 
         # The clock edge of the credit scheme: gain the rate, hold at most one beat.
-        a_level += a_rate
-        if a_level > a_beat:
-            a_level = a_beat
-        p_level += p_rate
-        if p_level > p_beat:
-            p_level = p_beat
-        c_level += c_rate
-        if c_level > c_beat:
-            c_level = c_beat
-        v_level += v_rate
-        if v_level > v_beat:
-            v_level = v_beat
+        # (Conditional expressions rather than min(): this loop is the model's hot spot.)
+        a_level = a_level + a_rate if a_level + a_rate < a_beat else a_beat
+        p_level = p_level + p_rate if p_level + p_rate < p_beat else p_beat
+        c_level = c_level + c_rate if c_level + c_rate < c_beat else c_beat
+        v_level = v_level + v_rate if v_level + v_rate < v_beat else v_beat
         cycle += 1
 
 
