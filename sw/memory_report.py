@@ -106,13 +106,13 @@ class MemoryReport:
     def sections(self):
         """``(title, header, rows)`` tables for a text report."""
         cycles = []
-        cycles.append(("compute-bound cycles", self.sparse.cycles.compute_cycles,
-                       self.dense.cycles.compute_cycles, f"{self.compute_speedup:.2f}x"))
-        cycles.append((f"memory-bound cycles ({self.memory.name})", self.sparse.cycles.cycles,
-                       self.dense.cycles.cycles, f"{self.speedup:.2f}x"))
+        cycles.append(("compute-bound cycles", f"{self.sparse.cycles.compute_cycles:,}",
+                       f"{self.dense.cycles.compute_cycles:,}", f"{self.compute_speedup:.2f}x"))
+        cycles.append((f"memory-bound cycles ({self.memory.name})",
+                       f"{self.sparse.cycles.cycles:,}", f"{self.dense.cycles.cycles:,}",
+                       f"{self.speedup:.2f}x"))
         cycles.append(("bound by", self.sparse.cycles.bound, self.dense.cycles.bound, ""))
-        cycles.append(("weight bytes", self.sparse.cycles.weight_bytes,
-                       self.dense.cycles.weight_bytes, ""))
+        cycles.append(("weight bytes per nonzero", f"{self.bytes_per_nonzero:.3f}", "", ""))
         energy = []
         energy.append(("energy (uJ)", f"{self.sparse.energy.total_uj:.3f}",
                        f"{self.dense.energy.total_uj:.3f}", f"{self.energy_ratio:.3f}"))

@@ -109,3 +109,35 @@ def test_sparsity_out_of_range(capsys, sparsity):
         run_simulate(capsys, "--backend", "reference", "--sparsity", sparsity)
     assert exit_info.value.code == 2
     assert "sparsity must be" in capsys.readouterr().err
+
+
+def test_memory_preset_counts_the_bytes(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--memory", "ulx3s-sdram")
+    assert status == 0, err
+    report = json.loads(out)
+    memory = report["memory"]
+    assert memory["memory"]["name"] == "ulx3s-sdram"
+    # The devices ran throttled: their cycles are the memory-bound ones, above compute-bound.
+    assert memory["sparse"]["cycles"] == report["sparse_cycles"]
+    assert memory["dense"]["cycles"] == report["dense_cycles"]
+    assert memory["sparse"]["compute_cycles"] < report["sparse_cycles"]
+    assert memory["sparse"]["bound"] == memory["dense"]["bound"] == "weights"
+    assert memory["speedup"] == pytest.approx(report["speedup"])
+    assert 0 < memory["sparse"]["energy_pj"] < memory["dense"]["energy_pj"]
+    assert report["cycle_model_match"] is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory", "fast"], "error: unknown memory preset 'fast'"),
+    (["--memory", "0"], "error: the weight bandwidth must be a positive, finite number"),
+    (["--memory", "uart", "--backend", "fpga", "--port", "/dev/null"],
+     "error: --memory uart needs a simulated backend"),
+    (["--memory", "onchip", "--backend", "reference"],
+     "error: encoder.layer.0.intermediate.dense (sparse mode) has 183096 bytes of weights but "
+     "the block RAM left beside a K=8 T=4 in<=4096 array holds 137216"),
+])
+def test_bad_memory(capsys, argv, message):
+    status, out, err = run_simulate(capsys, *argv)
+    assert status == 2
+    assert message in err

@@ -71,6 +71,13 @@ def add_arguments(parser):
                         help="write an FST waveform of both runs here (verilator only)")
     parser.add_argument("--port", default=None,
                         help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
+    parser.add_argument("--memory", default="ideal", metavar="PRESET",
+                        help="memory feeding the streams: ideal, onchip, ulx3s-sdram, uart or "
+                             "WEIGHT[,ACT] bytes per cycle (default: %(default)s; not with "
+                             "--backend fpga)")
+    parser.add_argument("--energy-table", metavar="PATH", default=None,
+                        help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 nm; "
+                             "see sparsemac/sw/data/energy_horowitz_45nm.json for the format)")
     parser.add_argument("--board", choices=("ulx3s-85f",), default=None,
                         help="add the estimated wall time on this board, from its committed "
                              "bitstream's clock and the UART link's baud rate")
@@ -110,6 +117,7 @@ class SimulationReport:
     wall_s: float
     fst: str | None
     board: dict | None = None
+    memory: object = None  # MemoryReport: cycles and energy under --memory, sparse and dense
 
     @property
     def bit_exact(self):
@@ -126,7 +134,8 @@ class SimulationReport:
 
     def as_json(self):
         result = asdict(self)
-        result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match)
+        result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match,
+                      memory=None if self.memory is None else self.memory.as_json())
         return result
 
     def sections(self):
@@ -176,6 +185,7 @@ class SimulationReport:
                 *([["waveform", self.fst]] if self.fst else []),
             ]),
             *self._board_sections(),
+            *([] if self.memory is None else self.memory.sections()),
         ]
 
     def _board_sections(self):
@@ -251,17 +261,25 @@ def simulate(args, started=None):
     from ...hw.config import ArrayConfig
     from ...hw.formats import Mode
     from ..driver import ReferenceDevice, open_device
+    from ..csr import CSRMatrix
     from ..golden import golden_matmul
+    from ..energy import load_energy_table
+    from ..memory import memory_preset
+    from ..memory_report import memory_report
     from ..models import capture_linear_input, load_model
     from ..offload import OffloadedLinear
     from ..pruning import parse_method, prune_mask
-    from ..quantisation import approximation_error, quantise_activations
+    from ..quantisation import approximation_error, quantise_activations, quantise_weights
 
     started = time.perf_counter() if started is None else started
     config = ArrayConfig(lanes=args.lanes, token_lanes=args.token_lanes,
                          max_in_features=args.max_in_features)
     if args.fst and args.backend != "verilator":
         raise ValueError("--fst needs --backend verilator")
+    memory = memory_preset(args.memory)
+    if args.backend == "fpga" and not memory.ideal:
+        raise ValueError(f"--memory {args.memory} needs a simulated backend: the board's streams "
+                         "run at its link's own rate")
     progress(f"loading {args.model} (seed {args.seed})")
     loaded = load_model(args.model, seed=args.seed)
     linear = _checked_layer(loaded, args.layer, config)
@@ -272,10 +290,17 @@ def simulate(args, started=None):
     options = {"fst_path": args.fst} if args.fst else {}
     if args.port is not None:
         options["port"] = args.port
-    progress(f"opening the {args.backend} device ({config.describe()})")
     weight = linear.weight.detach().float()
     structured = parse_method(args.method)[0] == "n:m"
     mask = prune_mask(weight, None if structured else args.sparsity, args.method, seed=args.seed)
+    # The memory model's figures (and an onchip layer's fit) before any device work.
+    progress(f"cycle and energy model under --memory {memory.name}")
+    throttled = memory_report(CSRMatrix.from_dense(quantise_weights(weight * mask).values),
+                              inputs.shape[0], config, memory,
+                              table=load_energy_table(args.energy_table), layer=args.layer)
+    if not memory.ideal:
+        options["memory"] = memory
+    progress(f"opening the {args.backend} device ({config.describe()})")
     with open_device(args.backend, config, **options) as device:
         layer = OffloadedLinear.from_linear(linear, device, mask=mask)
         progress(f"sparse run: {layer.weights.nnz:,} nonzeros x {inputs.shape[0]} tokens")
@@ -286,7 +311,7 @@ def simulate(args, started=None):
         dense = device.matmul(layer.weights, activations, Mode.DENSE)
     sparse, weights = layer.stats, layer.weights
     golden = golden_matmul(weights, activations)
-    model = ReferenceDevice(config)
+    model = ReferenceDevice(config, memory=None if memory.ideal else memory)
     predicted_sparse = model.matmul(weights, activations, Mode.SPARSE)
     predicted_dense = model.matmul(weights, activations, Mode.DENSE)
     with torch.no_grad():
@@ -319,7 +344,7 @@ def simulate(args, started=None):
         max_abs_error=error.max_abs, relative_error=error.relative,
         quantisation_relative_error=quantisation.relative, device_s=device_s,
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
-        wall_s=time.perf_counter() - started, fst=args.fst, board=board)
+        wall_s=time.perf_counter() - started, fst=args.fst, board=board, memory=throttled)
 
 
 def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, dense_bytes):
