@@ -346,8 +346,8 @@ def onchip_weight_bytes(config):
     """Bytes of weights the spare block RAMs of the ECP5-85F hold next to an array of ``config``.
 
     The activation buffer takes ``lanes`` replicas of ``2 * max_in_features`` words of
-    ``8 * token_lanes`` bits, the host link
-    :data:`LINK_BLOCK_RAMS`; the rest holds weights at 2048 bytes each.
+    ``8 * token_lanes`` bits, the host link :data:`LINK_BLOCK_RAMS`; the rest holds weights at
+    2048 bytes each.
     """
     width = config.token_lanes * config.VALUE_WIDTH
     # DP16KD aspect ratios: 2048 x 9, 1024 x 18, 512 x 36 (several side by side if wider).

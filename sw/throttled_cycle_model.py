@@ -29,8 +29,8 @@ from ..hw.formats import Mode
 from .cycle_model import PIPELINE_LATENCY, job_cycles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
 
-__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles", "throttled_job_cycles",
-           "layer_cycles", "replay_schedule"]
+__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
+           "throttled_job_cycles", "layer_cycles", "replay_schedule"]
 
 
 @dataclass(frozen=True)
@@ -187,19 +187,17 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
     row_lengths = np.asarray(row_lengths, dtype=np.int64)
     compute = job_cycles(row_lengths, cols, tokens, config, mode)
     nnz = int(row_lengths.sum()) if mode == Mode.SPARSE else len(row_lengths) * cols
-    streams = job_streams(config, mode, len(row_lengths), cols, nnz,
-                          token_blocks(tokens, config))
+    blocks = token_blocks(tokens, config)
+    streams = job_streams(config, mode, len(row_lengths), cols, nnz, blocks)
     if memory is not None:
         if not isinstance(memory, MemoryModel):
             raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
         streams = stream_rates(memory, streams)
-    blocks = token_blocks(tokens, config)
     if memory is None or memory.ideal:
-        # The closed form gives the same count (tests check the replay against it), faster.
-        words = streams.values.beats
+        # The closed form gives the same counts (tests check the replay against it), faster.
         schedule = ScheduleCounts(
             cycles=compute.total, chunks=compute.issue, fill_beats=streams.activations.beats,
-            words=words, row_pointers=streams.row_pointers.beats)
+            words=streams.values.beats, row_pointers=streams.row_pointers.beats)
     else:
         schedule = replay_schedule(row_lengths, cols, tokens, config, mode, streams)
     return ThrottledCycles(

@@ -100,6 +100,8 @@ def test_replay_matches_the_closed_form_with_ideal_streams(lanes):
             replay = replay_schedule(lengths, cols, tokens, config, mode, streams)
             closed = job_cycles(lengths, cols, tokens, config, mode)
             assert (replay.cycles, replay.chunks) == (closed.total, closed.issue)
+            fast = throttled_job_cycles(lengths, cols, tokens, config, mode).schedule
+            assert fast == replay
 
 
 def test_bound_names_the_limit():
