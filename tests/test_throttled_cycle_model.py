@@ -133,14 +133,16 @@ def test_layer_cycles_sums_the_driver_jobs():
     assert layer.weight_bytes == sum(job.weight_bytes for job in jobs)
 
 
-def test_verilator_under_a_preset_matches_reference_device():
-    # The whole flow: ReferenceDevice and VerilatorDevice given the same preset agree.
+@pytest.mark.parametrize("preset", ["ulx3s-sdram", "uart"])
+def test_verilator_under_a_preset_matches_reference_device(preset):
+    # The whole flow: ReferenceDevice and VerilatorDevice given the same preset agree; at the
+    # UART's 0.005 bytes per cycle a row pointer waits 4096 cycles for its credit.
     from sparsemac.sw.driver import ReferenceDevice
 
     config = CONFIGS["K3"]
     weights = random_weights(20, 64, 0.9, seed=8)
     activations = random_activations(10, 64, seed=9)
-    memory = memory_preset("ulx3s-sdram")
+    memory = memory_preset(preset)
     with VerilatorDevice(config, memory=memory) as verilator:
         result = verilator.matmul(weights, activations)
     expected = ReferenceDevice(config, memory=memory).matmul(weights, activations)
