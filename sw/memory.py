@@ -83,6 +83,8 @@ SDRAM_EFFICIENCY = _sdram_efficiency()
 
 #: The ECP5-85F's DP16KD block RAMs, each 18 Kbit: 2048 bytes in its 9-bit-wide mode.
 DEVICE_BLOCK_RAMS = 208
+#: Its (depth, width) aspect ratios; a buffer replica uses the cheapest (docs/architecture.md).
+BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 BLOCK_RAM_BYTES = 2048
 #: Block RAMs of the default build that are not the activation buffer (the UART host link's
 #: FIFOs): 141 used in total (docs/results.md) minus the buffer's 128.
@@ -349,11 +351,10 @@ def onchip_weight_bytes(config):
     ``8 * token_lanes`` bits, the host link :data:`LINK_BLOCK_RAMS`; the rest holds weights at
     2048 bytes each.
     """
-    width = config.token_lanes * config.VALUE_WIDTH
-    # DP16KD aspect ratios: 2048 x 9, 1024 x 18, 512 x 36 (several side by side if wider).
-    words_per_ram, rams_wide = (2048, 1) if width <= 9 else (1024, 1) if width <= 18 else (
-        512, -(-width // 36))
-    buffer_rams = config.lanes * rams_wide * -(-2 * config.max_in_features // words_per_ram)
+    depth, width = 2 * config.max_in_features, config.token_lanes * config.VALUE_WIDTH
+    per_replica = min(-(-depth // ram_depth) * -(-width // ram_width)
+                      for ram_depth, ram_width in BLOCK_RAM_ASPECTS)
+    buffer_rams = config.lanes * per_replica
     return max(0, DEVICE_BLOCK_RAMS - buffer_rams - LINK_BLOCK_RAMS) * BLOCK_RAM_BYTES
 
 
