@@ -85,6 +85,17 @@ def test_amaranth_matches_model(fraction, mode):
     assert model.cycles > model.compute_cycles
 
 
+def test_amaranth_device_takes_a_memory():
+    from sparsemac.sw.driver import AmaranthDevice
+
+    weights = random_weights(4, 12, 0.5, seed=10)
+    activations = random_activations(3, 12, seed=11)
+    memory = MemoryModel("custom", 1.3, 0.9)
+    result = AmaranthDevice(K3T2, memory=memory).run_job(weights, activations)
+    assert result.cycles == throttled_job_cycles(weights.row_lengths(), 12, 3, K3T2,
+                                                 memory=memory).cycles
+
+
 @pytest.mark.parametrize("lanes", [1, 3, 8])
 def test_replay_matches_the_closed_form_with_ideal_streams(lanes):
     rng = np.random.default_rng(lanes)
