@@ -14,7 +14,6 @@ into its output folder:
     The same resources and timing for a reader, with nextpnr's critical path.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -25,23 +24,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
-from ..sim.toolchain import cache_dir, source_digest
+from ..sim.toolchain import cache_dir
 
 __all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
            "default_output", "link_wire_bytes"]
 
-#: The ``sync`` clock of the board design: the ECP5 PLL makes it from the 25 MHz oscillator
-#: (x 12/5); 3 Mbaud divides it exactly (20 cycles/bit). 45 MHz (x 9/5) is the next lower rate
-#: that 3 Mbaud divides.
-DEFAULT_CLOCK_HZ = 60_000_000
-#: The FT231X on the ULX3S runs up to 3 Mbaud.
-DEFAULT_BAUD = 3_000_000
-
-_HW_FOLDER = Path(__file__).resolve().parent.parent / "hw"
 _HERE = Path(__file__).resolve().parent
 
 #: Tools and the environment variable Amaranth reads each one's command from.
@@ -73,19 +65,6 @@ def default_output(config, board):
     """The committed folder for the default config, else ``./build/<board>-<config key>``."""
     return (committed_folder(board) if config == DEFAULT_CONFIG
             else Path("build") / f"{board}-{config.key()}")
-
-
-def design_hash(config):
-    """The 64-bit hash naming the board design: RTL sources, config and protocol version.
-
-    Tool versions are left out on purpose: a bitstream built by another nextpnr is the same
-    design, and the host compares this hash with the identification word of the board.
-    """
-    if not isinstance(config, ArrayConfig):
-        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    blob = json.dumps({"config": config.as_dict(), "rtl": source_digest(_HW_FOLDER),
-                       "protocol": PROTOCOL_VERSION}, sort_keys=True)
-    return int(hashlib.sha256(blob.encode()).hexdigest()[:16], 16)
 
 
 @dataclass
@@ -278,9 +257,8 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
     for variable, default in _TOOLS.items():
         os.environ.setdefault(variable, default)
 
-    hash_value = design_hash(config)
-    build_dir = cache_dir("bitstreams",
-                          f"{board}_{config.key()}_{clock_hz}_{baud}_{hash_value:016x}")
+    digest = design_digest(config)
+    build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_{digest.hex}")
     platform = platform_for(board)
     top = board_design(config, clock_hz, baud)
     log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")
@@ -304,7 +282,8 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
         "board": board,
         "device": BOARDS[board].device,
         "config": config.as_dict(),
-        "design_hash": f"{hash_value:016x}",
+        "design_hash": digest.hex,
+        "design_modules": digest.modules,
         "clock_hz": clock_hz,
         "baud": baud,
         "protocol_version": PROTOCOL_VERSION,
@@ -319,7 +298,7 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
     report_path = output / "report.txt"
     report_path.write_text("\n".join([
         f"sparsemac {config.describe()} on {board} ({BOARDS[board].device}), "
-        f"design {hash_value:016x}",
+        f"design {digest.hex}",
         f"clock {clock_hz / 1e6:g} MHz (PLL), UART {baud} baud, built in {seconds:.0f} s",
         *resources.lines()]) + "\n")
     shutil.copyfile(build_dir / "report.json", output / "nextpnr-report.json")
@@ -345,19 +324,28 @@ def read_manifest(folder):
 def check_manifest(manifest, config=None):
     """Why the bitstream of ``manifest`` is stale for ``config`` (default: its own), or None.
 
+    The design hash follows the elaborated design (:func:`~sparsemac.hw.board_link.design_digest`),
+    so edits to comments and docstrings under hw/ leave a bitstream current.
+
     Returns
     -------
     str or None
-        A sentence naming the mismatch, or None when the bitstream matches the current RTL.
+        A sentence naming what changed (the config, or the design hash, old and new, with the
+        RTLIL modules that differ when the manifest lists them), or None when the bitstream
+        matches the current design.
     """
     built = ArrayConfig(**manifest["config"])
     if config is not None and built != config:
-        return f"the bitstream is of {built.describe()}, not {config.describe()}"
-    current = f"{design_hash(built):016x}"
-    if manifest["design_hash"] != current:
-        return (f"the bitstream's design hash {manifest['design_hash']} is not the current "
-                f"RTL's {current}: hw/ changed since the build, run `sparsemac build`")
-    return None
+        return f"the config differs: the bitstream is of {built.describe()}, not {config.describe()}"
+    current = design_digest(built)
+    if manifest["design_hash"] == current.hex:
+        return None
+    reason = (f"the design hash differs: the bitstream's is {manifest['design_hash']}, "
+              f"the current design's {current.hex}")
+    if "design_modules" in manifest:
+        changed = current.changed_modules(manifest["design_modules"])
+        reason += f" (modules changed: {', '.join(changed) or 'none, only the top'})"
+    return reason + "; run `sparsemac build`"
 
 
 @dataclass(frozen=True)

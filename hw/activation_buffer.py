@@ -1,16 +1,15 @@
 """The activation buffer: a double-buffered token block, readable at K columns per cycle."""
 
 from amaranth.hdl import Array, Cat, Module, Signal
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import memory, stream
 from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig
-from .formats import CoreFormats
+from .component import ArrayComponent
 
 __all__ = ["ActivationBuffer"]
 
 
-class ActivationBuffer(wiring.Component):
+class ActivationBuffer(ArrayComponent):
     """Holds the activations of two blocks of T tokens and looks up K columns per cycle.
 
     Each of the K read lanes has its own replica of the storage (one block RAM per lane and
@@ -38,22 +37,14 @@ class ActivationBuffer(wiring.Component):
     operands : Out(stream.Signature(formats.operands))
     """
 
-    def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self._config = config
-        self._formats = formats = CoreFormats(config)
-        super().__init__({
+    def members(self, formats):
+        return {
             "start": In(1),
             "job": In(formats.job),
             "fill": In(stream.Signature(formats.activation_column)),
             "chunks": In(stream.Signature(formats.chunk)),
             "operands": Out(stream.Signature(formats.operands)),
-        })
-
-    @property
-    def config(self):
-        return self._config
+        }
 
     def elaborate(self, platform):
         m = Module()

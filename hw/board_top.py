@@ -13,7 +13,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig
+from .component import ArrayComponent
 from .core import SparseMACCore
 from .host_link import HostLink
 from .uart import UARTReceiver, UARTTransmitter, uart_divisor
@@ -24,7 +24,7 @@ __all__ = ["BoardTop", "ULX3STop", "PLLSettings", "pll_settings"]
 DEFAULT_TIMEOUT_S = 0.05
 
 
-class BoardTop(wiring.Component):
+class BoardTop(ArrayComponent):
     """The core behind a UART host link, with status LEDs.
 
     ::
@@ -54,24 +54,16 @@ class BoardTop(wiring.Component):
         (each activity LED stretched to be visible).
     """
 
-    rx: In(1, init=1)
-    tx: Out(1, init=1)
-    leds: Out(8)
-
     def __init__(self, config, *, clock_hz, baud, design_hash, timeout_s=DEFAULT_TIMEOUT_S):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self._config = config
         self._clock_hz = int(clock_hz)
         self._baud = int(baud)
         self._divisor = uart_divisor(clock_hz, baud)
         self._design_hash = design_hash
         self._timeout_cycles = max(16 * 10 * self._divisor, round(timeout_s * clock_hz))
-        super().__init__()
+        super().__init__(config)
 
-    @property
-    def config(self):
-        return self._config
+    def members(self, formats):
+        return {"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)}
 
     @property
     def divisor(self):
@@ -95,10 +87,7 @@ class BoardTop(wiring.Component):
         m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx)]
         wiring.connect(m, receiver.o_stream, link.rx)
         wiring.connect(m, link.tx, transmitter.i_stream)
-        for name in ("job", "activations", "row_pointers", "columns", "values"):
-            wiring.connect(m, getattr(link, name), getattr(core, name))
-        for name in ("sums", "done"):
-            wiring.connect(m, getattr(core, name), getattr(link, name))
+        wiring.connect(m, link.core, core)
 
         # LEDs: a heartbeat of about 1 Hz and activity stretched to about 1/20 s.
         half_second = max(2, self._clock_hz // 2)

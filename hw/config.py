@@ -1,8 +1,9 @@
 """The one configuration object of the sparse MAC array, shared by hw/, sw/ and sim/."""
 
-from dataclasses import dataclass, asdict
+import re
+from dataclasses import asdict, dataclass, fields
 
-__all__ = ["ArrayConfig", "DEFAULT_CONFIG"]
+__all__ = ["ArrayConfig", "DEFAULT_CONFIG", "check_config"]
 
 
 def _is_power_of_two(value):
@@ -107,9 +108,53 @@ class ArrayConfig:
         return asdict(self)
 
     def key(self):
-        """A stable string naming this configuration, used in cache keys."""
-        return (f"k{self.lanes}_t{self.token_lanes}_i{self.max_in_features}"
-                f"_o{self.max_out_features}_b{self.max_token_blocks}")
+        """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
+        ``o<max_out_features>`` and ``b<max_token_blocks>`` for each of those that is not its
+        default, e.g. ``k8t4`` (the default array) or ``k1t1i512``. Unique per configuration;
+        :meth:`from_key` reads it back, and the command line takes it as ``--config``."""
+        key = f"k{self.lanes}t{self.token_lanes}"
+        for letter, name in _KEY_FIELDS:
+            value = getattr(self, name)
+            if value != _FIELD_DEFAULTS[name]:
+                key += f"{letter}{value}"
+        return key
+
+    @classmethod
+    def from_key(cls, key):
+        """The configuration named ``key`` (the format of :meth:`key`).
+
+        Raises
+        ------
+        ValueError
+            If ``key`` is not in that format, or names a configuration out of range.
+        """
+        match = _KEY_PATTERN.fullmatch(key.strip().lower()) if isinstance(key, str) else None
+        if match is None:
+            raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
+                             "by i<max in features>, o<max out features>, b<max token blocks>, "
+                             "e.g. k8t4 or k1t1i512")
+        values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
+        return cls(**values)
+
+
+#: Letters of the optional fields of a config key, in order.
+_KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"))
+_FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
+_KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
+    rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))
 
 
 DEFAULT_CONFIG = ArrayConfig()
+
+
+def check_config(config):
+    """``config`` itself, after checking that it is an :class:`ArrayConfig`.
+
+    Raises
+    ------
+    TypeError
+        If it is not.
+    """
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    return config

@@ -1,19 +1,19 @@
 """The sparse MAC core: streamer, activation buffer and MAC array behind one job interface."""
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out, flipped
+from amaranth.lib import wiring
+from amaranth.lib.wiring import flipped
 
 from .activation_buffer import ActivationBuffer
-from .config import ArrayConfig
+from .component import ArrayComponent
 from .csr_streamer import CSRWeightStreamer
-from .formats import CoreFormats
+from .formats import CoreStreams
 from .mac_array import MACArray
 
 __all__ = ["SparseMACCore"]
 
 
-class SparseMACCore(wiring.Component):
+class SparseMACCore(ArrayComponent):
     """Computes ``Y[t][r] = sum over nonzeros (r, c, w) of w * X[t][c]`` for one layer.
 
     ::
@@ -39,37 +39,15 @@ class SparseMACCore(wiring.Component):
 
     Attributes
     ----------
-    job : In(stream.Signature(formats.job))
-    done : Out(stream.Signature(formats.cycles))
-    activations : In(stream.Signature(formats.activation_column))
-    row_pointers : In(stream.Signature(formats.row_pointer))
-    columns : In(stream.Signature(formats.column_word))
-    values : In(stream.Signature(formats.value_word))
-    sums : Out(stream.Signature(formats.sums))
+    job, done, activations, row_pointers, columns, values, sums : stream interfaces
+        The members of :class:`~sparsemac.hw.formats.CoreStreams` (``SparseMACCore.Signature``).
     """
 
-    def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self._config = config
-        self._formats = formats = CoreFormats(config)
-        super().__init__({
-            "job": In(stream.Signature(formats.job)),
-            "done": Out(stream.Signature(formats.cycles)),
-            "activations": In(stream.Signature(formats.activation_column)),
-            "row_pointers": In(stream.Signature(formats.row_pointer)),
-            "columns": In(stream.Signature(formats.column_word)),
-            "values": In(stream.Signature(formats.value_word)),
-            "sums": Out(stream.Signature(formats.sums)),
-        })
+    #: The interface: :class:`~sparsemac.hw.formats.CoreStreams`.
+    Signature = CoreStreams
 
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def formats(self):
-        return self._formats
+    def members(self, formats):
+        return CoreStreams(formats.config)
 
     def elaborate(self, platform):
         m = Module()

@@ -1,16 +1,16 @@
 """The CSR weight streamer: CSR arrays in bus words to row-aligned chunks of K nonzeros."""
 
 from amaranth.hdl import Array, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig
-from .formats import CoreFormats, Mode
+from .component import ArrayComponent
+from .formats import Mode
 
 __all__ = ["CSRWeightStreamer"]
 
 
-class CSRWeightStreamer(wiring.Component):
+class CSRWeightStreamer(ArrayComponent):
     """Realigns a packed stream of weights to rows and emits up to K of them per cycle.
 
     The column and value words pack the nonzeros of a whole token block back to back, K per
@@ -52,12 +52,8 @@ class CSRWeightStreamer(wiring.Component):
         High from ``start`` until the last chunk of the job has been emitted.
     """
 
-    def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self._config = config
-        self._formats = formats = CoreFormats(config)
-        super().__init__({
+    def members(self, formats):
+        return {
             "start": In(1),
             "job": In(formats.job),
             "row_pointers": In(stream.Signature(formats.row_pointer)),
@@ -65,11 +61,7 @@ class CSRWeightStreamer(wiring.Component):
             "values": In(stream.Signature(formats.value_word)),
             "chunks": Out(stream.Signature(formats.chunk)),
             "busy": Out(1),
-        })
-
-    @property
-    def config(self):
-        return self._config
+        }
 
     def elaborate(self, platform):
         m = Module()

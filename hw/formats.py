@@ -5,14 +5,13 @@ layout. The host side (``sparsemac.sw.packing``) derives its byte layouts from t
 changing a width here changes both sides at once.
 """
 
-from amaranth.lib import enum
-
 from amaranth.hdl import unsigned, signed
-from amaranth.lib import data
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig
+from .config import check_config
 
-__all__ = ["Mode", "CoreFormats"]
+__all__ = ["Mode", "CoreFormats", "CoreStreams"]
 
 
 class Mode(enum.Enum, shape=1):
@@ -55,9 +54,7 @@ class CoreFormats:
     """
 
     def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self.config = config
+        self.config = check_config(config)
         lanes, token_lanes = config.lanes, config.token_lanes
         value = signed(config.VALUE_WIDTH)
 
@@ -87,3 +84,62 @@ class CoreFormats:
             "activations": data.ArrayLayout(self.activation_column, lanes),
             "row_last": 1,
         })
+
+
+class CoreStreams(wiring.Signature):
+    """The seven streams of :class:`~sparsemac.hw.core.SparseMACCore`, as the core sees them.
+
+    The one list of the core's stream names: the host link exposes the flipped bundle, the
+    board top joins the two with one ``wiring.connect``, and the testbenches, simulators and
+    the C++ harnesses read the names from here. Ports generated from it are named
+    ``<stream>__payload``, ``<stream>__valid`` and ``<stream>__ready``.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Members
+    -------
+    job : In(stream.Signature(formats.job))
+    done : Out(stream.Signature(formats.cycles))
+    activations : In(stream.Signature(formats.activation_column))
+    row_pointers : In(stream.Signature(formats.row_pointer))
+    columns : In(stream.Signature(formats.column_word))
+    values : In(stream.Signature(formats.value_word))
+    sums : Out(stream.Signature(formats.sums))
+    """
+
+    def __init__(self, config):
+        self._formats = formats = CoreFormats(config)
+        super().__init__({
+            "job": In(stream.Signature(formats.job)),
+            "done": Out(stream.Signature(formats.cycles)),
+            "activations": In(stream.Signature(formats.activation_column)),
+            "row_pointers": In(stream.Signature(formats.row_pointer)),
+            "columns": In(stream.Signature(formats.column_word)),
+            "values": In(stream.Signature(formats.value_word)),
+            "sums": Out(stream.Signature(formats.sums)),
+        })
+
+    @property
+    def config(self):
+        return self._formats.config
+
+    @property
+    def formats(self):
+        return self._formats
+
+    @property
+    def data_inputs(self):
+        """The input streams that carry a job's data (every input but ``job``), in order."""
+        return tuple(name for name, member in self.members.items()
+                     if member.flow == In and name != "job")
+
+    def __eq__(self, other):
+        return type(other) is CoreStreams and other.config == self.config
+
+    def __hash__(self):
+        return hash((CoreStreams, self.config))
+
+    def __repr__(self):
+        return f"CoreStreams({self.config!r})"

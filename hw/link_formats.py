@@ -2,7 +2,7 @@
 
 Every frame, in both directions, is a little-endian packing of the layouts below: the first field
 of a layout is the first byte on the wire. :class:`LinkFormats` gathers them for one array
-configuration; the host (``sparsemac.sw.fpga_device``) packs and parses frames with
+configuration; the host (``sparsemac.devices.fpga``) packs and parses frames with
 ``Layout.const(...).as_bits()`` and ``Layout.from_bits(...)`` on these same objects.
 
 A request is ``request_header``, ``length`` payload bytes, then one CRC-8 byte; a reply is
@@ -10,23 +10,29 @@ A request is ``request_header``, ``length`` payload bytes, then one CRC-8 byte; 
 the sync byte. ``docs/host-link.md`` describes the protocol.
 """
 
-from amaranth.hdl import Shape
-from amaranth.lib import data, enum
+from amaranth.hdl import Shape, unsigned
+from amaranth.lib import crc, data, enum
 
-from .config import ArrayConfig
-from .formats import CoreFormats
+from .config import check_config
+from .formats import CoreStreams
 
-__all__ = ["Opcode", "Status", "LinkFormats", "REQUEST_SYNC", "REPLY_SYNC", "CRC_POLYNOMIAL",
-           "MAX_PAYLOAD", "IDENTIFICATION_MAGIC", "PROTOCOL_VERSION", "crc8", "layout_bytes"]
+__all__ = ["Opcode", "Status", "LinkFormats", "REQUEST_SYNC", "REPLY_SYNC", "LINK_CRC",
+           "MAX_PAYLOAD", "FIFO_BYTES", "IDENTIFICATION_MAGIC", "PROTOCOL_VERSION", "fifo_depth",
+           "layout_bytes"]
 
 #: First byte of every request: the receiver hunts for it between frames.
 REQUEST_SYNC = 0xA5
 #: First byte of every reply.
 REPLY_SYNC = 0x5A
-#: CRC-8 (polynomial x^8 + x^2 + x + 1, initial value 0, no reflection: CRC-8/SMBUS).
-CRC_POLYNOMIAL = 0x07
+#: The frame check: CRC-8/SMBUS (polynomial x^8 + x^2 + x + 1, initial value 0, no reflection)
+#: over bytes. The gateware builds its CRC units with ``LINK_CRC.create()``, the host computes
+#: with ``LINK_CRC.compute(bytes)``: one definition on both sides.
+LINK_CRC = crc.catalog.CRC8_SMBUS(data_width=8)
 #: The longest payload of a request frame, in bytes (the size of the receive buffer).
 MAX_PAYLOAD = 1024
+#: Bytes every input FIFO of the board holds at least: two full frames, so one can be sent
+#: while the core drains the other.
+FIFO_BYTES = 2 * MAX_PAYLOAD
 #: ``magic`` of the identification word: "SMAC" in ASCII, first byte first on the wire.
 IDENTIFICATION_MAGIC = int.from_bytes(b"SMAC", "little")
 #: Bumped whenever a layout or opcode below changes meaning.
@@ -73,13 +79,16 @@ class Status(enum.Enum, shape=8):
     TIMEOUT = 0x05
 
 
-def crc8(data_bytes, crc=0):
-    """The CRC-8 of ``data_bytes`` (:data:`CRC_POLYNOMIAL`), as the gateware computes it."""
-    for byte in data_bytes:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ CRC_POLYNOMIAL) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
+def fifo_depth(beat_bytes):
+    """Beats of the board's FIFO for a stream of ``beat_bytes`` bytes per beat.
+
+    Every input FIFO (and the sums FIFO) holds at least :data:`FIFO_BYTES`; the depth is a power
+    of two, at least 16. The host sizes its flow control with the same function.
+    """
+    depth = 16
+    while depth * beat_bytes < FIFO_BYTES:
+        depth *= 2
+    return depth
 
 
 def layout_bytes(layout):
@@ -116,13 +125,29 @@ class LinkFormats:
         ``count``: the most ``sums`` beats to return.
     cycles_reply : StructLayout
         ``cycles`` (the core's counter for the last job) and ``done``.
+    streams : CoreStreams
+        The core's stream bundle; data opcodes are named after its streams.
+    fifo_streams : dict
+        FIFO-fed opcode -> the name of the core input stream its beats go to.
+    beats : dict
+        Data opcode (``JOB`` and the FIFO-fed ones) -> the payload layout of one beat.
+    free_field : dict
+        FIFO-fed opcode -> the ``status`` field that counts its free beats.
+    received : StructLayout
+        Internal, frame receiver to link engine: a request's ``header``, the receiver's
+        ``status`` (``OK`` or why the frame was refused), the whole ``beats`` of the opcode's
+        size in the payload, ``partial`` (a beat is incomplete) and ``first_bytes`` (payload
+        bytes 0 and 1: the ``READ_SUMS`` count).
+    reply : StructLayout
+        Internal, link engine to reply sender: the reply ``header``, the payload ``word``
+        (status, identification or cycles, as wide as the widest) and ``sums`` (the payload is
+        ``sums`` beats instead).
     """
 
     def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self.config = config
-        self.core = core = CoreFormats(config)
+        self.config = check_config(config)
+        self.streams = CoreStreams(config)
+        self.core = core = self.streams.formats
 
         self.request_header = data.StructLayout({
             "sync": 8, "opcode": 8, "tag": 8, "length": 16})
@@ -138,21 +163,22 @@ class LinkFormats:
         self.cycles_reply = data.StructLayout({
             "cycles": core.cycles, "done": 1, "reserved": 7})
 
+        #: FIFO-fed opcode -> the core input stream its beats go to (an opcode is named after
+        #: its stream).
+        self.fifo_streams = {Opcode[name.upper()]: name for name in self.streams.data_inputs}
         #: Data opcode -> the core stream payload its beats carry.
-        self.beats = {
-            Opcode.JOB: core.job,
-            Opcode.ACTIVATIONS: core.activation_column,
-            Opcode.ROW_POINTERS: core.row_pointer,
-            Opcode.COLUMNS: core.column_word,
-            Opcode.VALUES: core.value_word,
-        }
+        self.beats = {opcode: self.streams.members[name].signature.members["payload"].shape
+                      for opcode, name in {Opcode.JOB: "job", **self.fifo_streams}.items()}
         #: FIFO-fed opcode -> the ``status`` field that counts its free beats.
-        self.free_field = {
-            Opcode.ACTIVATIONS: "activations_free",
-            Opcode.ROW_POINTERS: "row_pointers_free",
-            Opcode.COLUMNS: "columns_free",
-            Opcode.VALUES: "values_free",
-        }
+        self.free_field = {opcode: f"{name}_free" for opcode, name in self.fifo_streams.items()}
+
+        self.received = data.StructLayout({
+            "header": self.request_header, "status": Status,
+            "beats": range(MAX_PAYLOAD + 1), "partial": 1, "first_bytes": 16})
+        word_bytes = max(layout_bytes(self.status), layout_bytes(self.identification),
+                         layout_bytes(self.cycles_reply))
+        self.reply = data.StructLayout({
+            "header": self.reply_header, "word": unsigned(8 * word_bytes), "sums": 1})
 
     def beat_bytes(self, opcode):
         """Bytes of one beat of data opcode ``opcode``."""

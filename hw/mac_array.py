@@ -1,16 +1,15 @@
 """The MAC array: K x T int8 multipliers into T wrapping int32 accumulators."""
 
 from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig
-from .formats import CoreFormats
+from .component import ArrayComponent
 
 __all__ = ["MACArray"]
 
 
-class MACArray(wiring.Component):
+class MACArray(ArrayComponent):
     """Multiplies K weights by their T activations each and accumulates one row per token.
 
     Three pipeline stages: the K x T products (registered, so block RAM output, multiplier and
@@ -32,19 +31,11 @@ class MACArray(wiring.Component):
     sums : Out(stream.Signature(formats.sums))
     """
 
-    def __init__(self, config):
-        if not isinstance(config, ArrayConfig):
-            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-        self._config = config
-        self._formats = formats = CoreFormats(config)
-        super().__init__({
+    def members(self, formats):
+        return {
             "operands": In(stream.Signature(formats.operands)),
             "sums": Out(stream.Signature(formats.sums)),
-        })
-
-    @property
-    def config(self):
-        return self._config
+        }
 
     def elaborate(self, platform):
         m = Module()

@@ -13,35 +13,19 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from ..hw.core import SparseMACCore
+from ..hw.link_formats import layout_bytes
 from ..sw.memory import RATE_ONE, packed_stream_rates
-from ..sw.packing import beats_to_ints, beat_bytes
+from ..sw.packing import beats_to_ints
+from .stalls import IDEAL
 
-__all__ = ["StallPattern", "stream_put_all", "stream_put_throttled", "stream_get_all",
-           "run_core_job", "CoreRun", "CoreTimeout"]
+__all__ = ["stream_put_all", "stream_put_throttled", "stream_get_all", "run_core_job", "CoreRun",
+           "CoreTimeout"]
 
 CLOCK_PERIOD = 1e-8
 
 
 class CoreTimeout(RuntimeError):
     """The core did not finish a job within its cycle budget: it is stuck."""
-
-
-@dataclass(frozen=True)
-class StallPattern:
-    """Probabilities of an idle cycle before each input beat and of a not-ready output cycle.
-
-    ``seed`` makes the pattern replayable; a zero pattern gives ideal streams.
-    """
-    idle: float = 0.0
-    backpressure: float = 0.0
-    seed: int = 0
-
-    @property
-    def ideal(self):
-        return self.idle == 0 and self.backpressure == 0
-
-
-IDEAL = StallPattern()
 
 
 async def stream_put_all(ctx, stream, beats, rng, idle):
@@ -110,7 +94,7 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None, m
     ----------
     config : ArrayConfig
     packed : PackedJob
-    stalls : StallPattern
+    stalls : sparsemac.sim.stalls.StallPattern
     vcd_path : str or None
         Write a waveform here.
     max_cycles : int or None
@@ -138,10 +122,9 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None, m
     sim = Simulator(core)
     sim.add_clock(CLOCK_PERIOD)
     streams = packed_stream_rates(config, packed, memory)
-    rates = dict(zip(streams.NAMES, streams))
+    rates = {name: getattr(streams, name) for name in core.signature.data_inputs}
     if max_cycles is None:
-        beats = sum(len(stream) for stream in (packed.activations, packed.row_pointers,
-                                               packed.columns, packed.values))
+        beats = sum(len(getattr(packed, name)) for name in rates)
         max_cycles = 1000 + 50 * (beats + packed.token_blocks * packed.rows)
         max_cycles += sum(-(-rate.total_bytes * RATE_ONE // rate.rate)
                           for rate in streams if rate.rate)
@@ -184,5 +167,5 @@ def run_core_job(config, packed, stalls=IDEAL, vcd_path=None, max_cycles=None, m
             sim.run()
     else:
         sim.run()
-    width = beat_bytes(core.formats.sums)
+    width = layout_bytes(core.formats.sums)
     return CoreRun(sums=_to_bytes(result["sums"], width), cycles=result["cycles"])

@@ -15,14 +15,25 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["ToolMissingError", "verilator_root", "verilator_environment", "check_build_tools",
-           "tool_versions", "cache_dir", "file_lock", "fst_verilator_args"]
+__all__ = ["WAIVED_WARNINGS", "ToolMissingError", "verilator_root", "verilator_environment",
+           "check_build_tools", "tool_versions", "cache_dir", "file_lock", "fst_verilator_args"]
 
 #: Make variables the PyPI wheel's verilated.mk lacks: its configure result for "-include" is
 #: empty, so g++ would take the precompiled header as a linker input and fail.
 _WHEEL_MAKE_FIXES = "CFG_CXXFLAGS_PCH_I=-include"
 
 _LZ4_SHIM = Path(__file__).resolve().parent / "lz4"
+
+#: The only lint warnings waived, each raised by how Amaranth writes Verilog, not by a design bug.
+WAIVED_WARNINGS = {
+    "WIDTHEXPAND": "Amaranth lets Verilog zero- or sign-extend narrower operands implicitly "
+                   "(e.g. `$signed(a) > $signed(4'h4)` with a 33-bit a); the extension is the "
+                   "intended Amaranth semantics",
+    "WIDTHTRUNC": "Amaranth emits `!x` on multi-bit values for its Value.bool() tests, which "
+                  "Verilator reports as a truncation to 1 bit",
+    "CASEINCOMPLETE": "FSM `casez (fsm_state)` statements list only the states that assign the "
+                      "signal; any other state keeps the default assigned before the case",
+}
 
 
 class ToolMissingError(RuntimeError):

@@ -25,8 +25,6 @@ __all__ = [
     "CSRMatrix",
     "FORMAT_MAX_COLS",
     "FORMAT_MAX_ROWS",
-    "csr_stream_bytes",
-    "dense_stream_bytes",
 ]
 
 #: The most input columns the wire format addresses (``ArrayConfig.max_in_features`` ceiling).
@@ -34,9 +32,6 @@ FORMAT_MAX_COLS = 1 << (ArrayConfig.COLUMN_WIDTH - 1)
 #: The most rows one job header can carry (its 16-bit ``rows`` field).
 FORMAT_MAX_ROWS = 65535
 
-_INDEX_BYTES = ArrayConfig.COLUMN_WIDTH // 8
-_VALUE_BYTES = ArrayConfig.VALUE_WIDTH // 8
-_POINTER_BYTES = ArrayConfig.ROW_POINTER_WIDTH // 8
 _INT8 = np.iinfo(np.int8)
 
 
@@ -379,69 +374,3 @@ class CSRMatrix:
     def _row_of(self, k):
         """The row holding nonzero ``k`` (indptr is valid by now)."""
         return int(np.searchsorted(self.indptr, k, side="right")) - 1
-
-
-def _check_lanes(lanes):
-    if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
-        raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-
-
-def _padded(count, lanes):
-    """``count`` rounded up to a whole number of ``lanes``-element bus words."""
-    return -(-count // lanes) * lanes
-
-
-def csr_stream_bytes(csr: CSRMatrix, lanes: int) -> int:
-    """Bytes of one pass of a matrix's weights in sparse (CSR) mode.
-
-    ``rows * 4`` bytes of 32-bit row end pointers plus 2-byte column indices and 1-byte values,
-    each array padded to a whole number of ``lanes``-element words:
-    ``rows * 4 + ceil(nnz / K) * K * (2 + 1)``. The weights are streamed again for every token
-    block; this is one pass.
-
-    Parameters
-    ----------
-    csr : CSRMatrix
-    lanes : int
-        K, the elements per bus word.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    ValueError
-        If ``lanes`` is not a positive integer.
-    """
-    _check_lanes(lanes)
-    return (csr.rows * _POINTER_BYTES
-            + _padded(csr.nnz, int(lanes)) * (_INDEX_BYTES + _VALUE_BYTES))
-
-
-def dense_stream_bytes(rows: int, cols: int, lanes: int) -> int:
-    """Bytes of one pass of a ``rows x cols`` matrix's weights in dense mode.
-
-    Every weight, row after row, 1 byte each, padded once at the end to a whole
-    ``lanes``-element word: ``ceil(rows * cols / K) * K``.
-
-    Parameters
-    ----------
-    rows, cols : int
-        Non-negative matrix dimensions.
-    lanes : int
-        K, the elements per bus word.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    ValueError
-        If ``lanes`` is not a positive integer or a dimension is negative.
-    """
-    _check_lanes(lanes)
-    if rows < 0 or cols < 0:
-        raise ValueError(f"rows and cols must be non-negative, got {rows!r} x {cols!r}")
-    return _padded(rows * cols, int(lanes)) * _VALUE_BYTES

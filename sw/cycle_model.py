@@ -21,7 +21,8 @@ import numpy as np
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 
-__all__ = ["CycleBreakdown", "job_cycles", "issue_cycles_per_block", "token_blocks"]
+__all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
+           "token_blocks"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
 PIPELINE_LATENCY = 5
@@ -33,6 +34,34 @@ FIRST_CHUNK = 3
 def token_blocks(tokens, config):
     """Blocks of ``config.token_lanes`` tokens needed for ``tokens`` tokens."""
     return -(-tokens // config.token_lanes)
+
+
+@dataclass(frozen=True)
+class JobTile:
+    """One job of a layer: tokens ``token_start:token_stop`` against rows
+    ``row_start:row_stop``."""
+    token_start: int
+    token_stop: int
+    row_start: int
+    row_stop: int
+
+
+def job_tiles(rows, tokens, config):
+    """The jobs a layer of ``rows`` output rows and ``tokens`` tokens is split into, in order.
+
+    Token blocks of ``config.max_tokens`` tokens, each against row tiles of
+    ``config.max_out_features`` rows: how :meth:`Device.matmul
+    <sparsemac.sw.device.Device.matmul>` runs a layer and how the cycle model counts it.
+
+    Yields
+    ------
+    JobTile
+    """
+    for token_start in range(0, tokens, config.max_tokens):
+        token_stop = min(tokens, token_start + config.max_tokens)
+        for row_start in range(0, rows, config.max_out_features):
+            yield JobTile(token_start, token_stop, row_start,
+                          min(rows, row_start + config.max_out_features))
 
 
 def issue_cycles_per_block(row_lengths, cols, config, mode=Mode.SPARSE):

@@ -18,32 +18,27 @@ devices and the throttled cycle model turn it into one *credit rate* per input s
 The weight path's rate is shared out over its streams in proportion to the bytes each carries
 in the job (a DMA reading the three CSR arrays interleaved), so no stream starves another.
 Python (:mod:`sparsemac.sim.amaranth_sim`, :mod:`sparsemac.sw.throttled_cycle_model`) and C++
-(``sim/harness.cpp``, ``Feed``) implement exactly this arithmetic.
+(``devices/verilator_harness.cpp``, ``Feed``) implement exactly this arithmetic.
 
-Presets (:func:`memory_preset`): ``ideal``, ``onchip``, ``ulx3s-sdram``, ``uart``, or
-``WEIGHT[,ACT]`` bytes per cycle.
+Presets (:func:`memory_preset`): ``ideal``, ``onchip``, ``ulx3s-sdram``, ``uart``; or
+``WEIGHT[,ACT]`` bytes per cycle (:func:`parse_bandwidth`).
 """
 
 import math
 from dataclasses import dataclass
 
 from ..hw.config import ArrayConfig
+from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
 from ..hw.formats import CoreFormats, Mode
-from .packing import beat_bytes
+from ..hw.link_formats import layout_bytes
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
-           "PRESETS", "BOARD_CLOCK_HZ", "LINK_BAUD", "memory_preset", "job_streams",
+           "PRESETS", "memory_preset", "parse_bandwidth", "job_streams",
            "stream_rates", "packed_stream_rates", "check_fits_onchip", "onchip_weight_bytes"]
 
 #: Fixed-point scale of a credit rate: 2**16 units are one byte.
 RATE_FRACTION_BITS = 16
 RATE_ONE = 1 << RATE_FRACTION_BITS
-
-#: The ULX3S build's core clock and UART rate (``bitstreams.build.DEFAULT_CLOCK_HZ`` and
-#: ``DEFAULT_BAUD``; a test checks they agree). Restated because the sw library may not import
-#: the bitstreams layer.
-BOARD_CLOCK_HZ = 60_000_000
-LINK_BAUD = 3_000_000
 
 #: A UART byte is 10 bits on the wire: start bit, 8 data bits, stop bit.
 UART_BITS_PER_BYTE = 10
@@ -59,7 +54,7 @@ SDRAM_T_RFC_S = 60e-9   # refresh cycle
 SDRAM_CAS_LATENCY = 2   # cycles, allowed up to 100 MHz
 
 
-def _sdram_efficiency(clock_hz=BOARD_CLOCK_HZ):
+def _sdram_efficiency(clock_hz=DEFAULT_CLOCK_HZ):
     """Fraction of SDRAM cycles that carry data when streaming long sequential bursts.
 
     Each page (1024 words) costs one precharge, one activate and the CAS latency; each refresh
@@ -150,7 +145,7 @@ def _check_bandwidth(value, path, allow_none=False):
 
 
 _SDRAM_RATE = SDRAM_BUS_BYTES * SDRAM_EFFICIENCY
-_UART_RATE = LINK_BAUD / UART_BITS_PER_BYTE / BOARD_CLOCK_HZ
+_UART_RATE = DEFAULT_BAUD / UART_BITS_PER_BYTE / DEFAULT_CLOCK_HZ
 
 #: The named presets.
 PRESETS = {
@@ -161,25 +156,23 @@ PRESETS = {
                "layer that fits"),
     "ulx3s-sdram": MemoryModel(
         "ulx3s-sdram", _SDRAM_RATE, _SDRAM_RATE,
-        source=f"ULX3S 16-bit SDRAM (AS4C32M16SB) at the {BOARD_CLOCK_HZ / 1e6:g} MHz core "
+        source=f"ULX3S 16-bit SDRAM (AS4C32M16SB) at the {DEFAULT_CLOCK_HZ / 1e6:g} MHz core "
                f"clock, {SDRAM_EFFICIENCY:.3f} of its peak after page changes and refresh "
                "(data-sheet timings); each path is given the whole rate"),
     "uart": MemoryModel(
         "uart", _UART_RATE, _UART_RATE, over_link=True,
-        source=f"the host UART at {LINK_BAUD} baud, {UART_BITS_PER_BYTE} bits per byte, "
-               f"against the {BOARD_CLOCK_HZ / 1e6:g} MHz core clock"),
+        source=f"the host UART at {DEFAULT_BAUD} baud, {UART_BITS_PER_BYTE} bits per byte, "
+               f"against the {DEFAULT_CLOCK_HZ / 1e6:g} MHz core clock"),
 }
 
 
-def memory_preset(text):
-    """The memory model named by ``text``: a preset name or ``WEIGHT[,ACT]`` bytes per cycle.
+def memory_preset(name):
+    """The memory model of a named preset.
 
     Parameters
     ----------
-    text : str
-        ``ideal``, ``onchip``, ``ulx3s-sdram``, ``uart``, or one or two positive numbers
-        separated by a comma: the weight path's bytes per cycle and, optionally, the activation
-        path's (the activation path is unthrottled when omitted).
+    name : str
+        ``ideal``, ``onchip``, ``ulx3s-sdram`` or ``uart`` (:data:`PRESETS`).
 
     Returns
     -------
@@ -188,23 +181,39 @@ def memory_preset(text):
     Raises
     ------
     MemoryModelError
-        If ``text`` is neither a preset nor valid bandwidths.
+        If ``name`` is not a preset.
     """
-    if not isinstance(text, str):
-        raise MemoryModelError(f"a memory preset must be a string, not {text!r}")
-    if text in PRESETS:
-        return PRESETS[text]
-    parts = text.split(",")
-    values = []
-    for part in parts:
-        try:
-            values.append(float(part))
-        except ValueError:
-            values = None
-            break
+    if name not in PRESETS:
+        raise MemoryModelError(f"unknown memory preset {name!r}: choose one of "
+                               f"{', '.join(PRESETS)}, or give the bandwidth in bytes per cycle")
+    return PRESETS[name]
+
+
+def parse_bandwidth(text):
+    """A ``custom`` memory model from ``WEIGHT[,ACT]`` bytes per core cycle.
+
+    Parameters
+    ----------
+    text : str
+        One or two positive numbers separated by a comma: the weight path's bytes per cycle
+        and, optionally, the activation path's (the activation path is unthrottled when omitted).
+
+    Returns
+    -------
+    MemoryModel
+
+    Raises
+    ------
+    MemoryModelError
+        If ``text`` is not one or two numbers, or a number is not a usable bandwidth.
+    """
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = None
     if values is None or len(values) > 2:
-        raise MemoryModelError(f"unknown memory preset {text!r}: choose one of "
-                               f"{', '.join(PRESETS)} or WEIGHT[,ACT] bytes per cycle")
+        raise MemoryModelError(f"a bandwidth is WEIGHT[,ACT] bytes per cycle, e.g. 2 or 2,0.5, "
+                               f"not {text!r}")
     for path, value in zip(("weight", "activation"), values):
         _check_bandwidth(value, path)
     return MemoryModel("custom", values[0], values[1] if len(values) == 2 else None,
@@ -235,7 +244,7 @@ class StreamRate:
 
 @dataclass(frozen=True)
 class JobStreams:
-    """The four input streams of one job, in ``sim/harness.cpp``'s order."""
+    """The four input streams of one job, in the order of ``CoreStreams.data_inputs``."""
     activations: StreamRate
     row_pointers: StreamRate
     columns: StreamRate
@@ -285,10 +294,10 @@ def job_streams(config, mode, rows, cols, nnz, blocks):
     sparse = Mode(mode) == Mode.SPARSE
     words = -(-(nnz if sparse else rows * cols) // config.lanes)
     return JobStreams(
-        activations=StreamRate(blocks * cols, beat_bytes(formats.activation_column)),
-        row_pointers=StreamRate(blocks * rows if sparse else 0, beat_bytes(formats.row_pointer)),
-        columns=StreamRate(blocks * words if sparse else 0, beat_bytes(formats.column_word)),
-        values=StreamRate(blocks * words, beat_bytes(formats.value_word)))
+        activations=StreamRate(blocks * cols, layout_bytes(formats.activation_column)),
+        row_pointers=StreamRate(blocks * rows if sparse else 0, layout_bytes(formats.row_pointer)),
+        columns=StreamRate(blocks * words if sparse else 0, layout_bytes(formats.column_word)),
+        values=StreamRate(blocks * words, layout_bytes(formats.value_word)))
 
 
 def _path_rates(bytes_per_cycle, streams):

@@ -9,9 +9,10 @@ roofline plot (:func:`plot_roofline`).
 from dataclasses import asdict, dataclass
 
 from ..hw.formats import Mode
-from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
+from .csr import CSRMatrix
 from .energy import EnergyReport, energy_events, energy_of, load_energy_table
 from .memory import MemoryModel, check_fits_onchip
+from .packing import weight_stream_bytes
 from .throttled_cycle_model import LayerCycles, layer_cycles
 
 __all__ = ["ModeResult", "MemoryReport", "memory_report", "plot_roofline"]
@@ -150,11 +151,9 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
     if not isinstance(weights, CSRMatrix):
         raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
     table = load_energy_table() if table is None else table
-    check_fits_onchip(memory, config, csr_stream_bytes(weights, config.lanes),
-                      f"{layer} (sparse mode)")
-    check_fits_onchip(memory, config,
-                      dense_stream_bytes(weights.rows, weights.cols, config.lanes),
-                      f"{layer} (dense mode)")
+    for mode in Mode:
+        check_fits_onchip(memory, config, weight_stream_bytes(config, weights, mode),
+                          f"{layer} ({mode.name.lower()} mode)")
     results = {}
     for mode, macs in ((Mode.SPARSE, weights.nnz * tokens),
                        (Mode.DENSE, weights.rows * weights.cols * tokens)):

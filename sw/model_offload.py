@@ -9,12 +9,13 @@ and the cycles the same call would take with dense weights, so the two are alway
 the same token counts.
 
 The dense baseline comes from the exact cycle model (:func:`matmul_cycles`, which tiles a layer
-into jobs as :meth:`Device.matmul <sparsemac.sw.driver.Device.matmul>` does), or, with
+into jobs as :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` does), or, with
 ``measure_dense=True``, from running every call a second time on the device in dense mode.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,64 +24,71 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
-from .csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
-from .cycle_model import job_cycles
-from .driver import Device, DeviceError
-from .offload import OffloadedLinear
-from .pruning import (DEFAULT_BERT_PATTERNS, global_magnitude_masks, matching_linears,
-                      parse_method, prune_mask)
+from .csr import CSRMatrix
+from .cycle_model import job_cycles, job_tiles
+from .device import Device, DeviceError
+from .offload import OffloadedLinear, OffloadStats
+from .packing import weight_stream_bytes
+from .progress import progress_bar
+from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
+                      parse_method, require_linears)
 from .quantisation import GRANULARITIES, quantise_activations
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
 
-SCOPES = ("local", "global")
-
-
 @dataclass
-class LayerReport:
-    """One offloaded linear: its weights, and what its calls have cost so far.
+class LayerReport(LayerWeights):
+    """One offloaded linear: its int8 weights (:class:`~sparsemac.sw.pruning.LayerWeights`,
+    whose ``sparsity`` is the sparsity applied: zeros found, pruned, or rounded to zero by
+    quantisation), and what its calls have cost so far.
 
     Attributes
     ----------
-    name : str
-        Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
-    shape : tuple of int
-        ``(out_features, in_features)``.
-    sparsity : float
-        Achieved fraction of zero int8 weights (pruned, or rounded to zero).
-    nnz : int
-        Nonzero int8 weights.
+    sparsity_found : float
+        Fraction of zero weights in the model as given, before pruning (a model pruned
+        beforehand keeps its zeros: pruning only adds to them).
     sparse_weight_bytes, dense_weight_bytes : int
         Bytes of one pass of the weights over the link in CSR and in dense mode.
-    calls, tokens : int
-        Forward calls and tokens (rows of activations) the layer has run.
-    sparse_cycles : int
-        Device cycles of those calls, as the device reported them.
+    stats : OffloadStats
+        The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
+        :attr:`sparse_cycles` and :attr:`device_s` read them.
     dense_cycles : int
         Cycles of the same calls with dense weights: predicted by the cycle model, or measured
         on the device when the report's ``dense_measured`` is True.
-    device_s : float
-        Host wall time spent in the device for the sparse runs.
     call_tokens : list of int
         Tokens of each call, in order.
     sums : list of torch.Tensor
         int32 sums of each call, kept only when :func:`offload` was given ``keep_sums=True``.
     """
 
-    name: str
-    shape: tuple[int, int]
-    sparsity: float
-    nnz: int
+    sparsity_found: float
     sparse_weight_bytes: int
     dense_weight_bytes: int
-    calls: int = 0
-    tokens: int = 0
-    sparse_cycles: int = 0
+    stats: OffloadStats = field(default_factory=OffloadStats, repr=False)
     dense_cycles: int = 0
-    device_s: float = 0.0
     call_tokens: list[int] = field(default_factory=list)
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def calls(self) -> int:
+        """Forward calls the layer has run."""
+        return self.stats.calls
+
+    @property
+    def tokens(self) -> int:
+        """Tokens (rows of activations) of those calls."""
+        return self.stats.tokens
+
+    @property
+    def sparse_cycles(self) -> int:
+        """Device cycles of those calls, as the device reported them."""
+        return self.stats.cycles
+
+    @property
+    def device_s(self) -> float:
+        """Host wall time spent in the device for the sparse runs."""
+        return self.stats.device_s
 
     @property
     def speedup(self) -> float:
@@ -93,15 +101,17 @@ class LayerReport:
         return _ideal(self.sparsity)
 
     def reset(self) -> None:
-        """Forget the calls (the weights' figures stay)."""
-        self.calls = self.tokens = self.sparse_cycles = self.dense_cycles = 0
-        self.device_s = 0.0
+        """Forget the calls, here and in the offloaded linear's stats (the weights' figures
+        stay)."""
+        self.stats.reset()
+        self.dense_cycles = 0
         self.call_tokens.clear()
         self.sums.clear()
 
     def as_dict(self) -> dict:
         """JSON-ready figures (without the recorded sums)."""
-        return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity,
+        return {"name": self.name, "shape": list(self.shape),
+                "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
                 "nnz": self.nnz, "calls": self.calls, "tokens": self.tokens,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
@@ -120,7 +130,8 @@ class OffloadReport:
     config : ArrayConfig
     method : str
     sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M pruning).
+        The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
+        :attr:`sparsity` say what the model had and what it got.
     scope : {"local", "global"}
     seed : int or None
     dense_measured : bool
@@ -157,9 +168,20 @@ class OffloadReport:
 
     @property
     def sparsity(self) -> float:
-        """Achieved fraction of zero weights over all offloaded layers."""
-        total = sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
-        return 1.0 - sum(layer.nnz for layer in self.layers) / total
+        """Sparsity applied: the achieved fraction of zero weights over all offloaded layers."""
+        return 1.0 - sum(layer.nnz for layer in self.layers) / self._weights
+
+    @property
+    def sparsity_found(self) -> float:
+        """Fraction of zero weights over the offloaded layers in the model as given. Fidelity
+        is measured against that model, so a model pruned beforehand is the baseline of its
+        own fidelity figures."""
+        return sum(layer.sparsity_found * layer.shape[0] * layer.shape[1]
+                   for layer in self.layers) / self._weights
+
+    @property
+    def _weights(self) -> int:
+        return sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
 
     @property
     def ideal_speedup(self) -> float:
@@ -180,9 +202,8 @@ class OffloadReport:
 
     def reset(self) -> None:
         """Forget every call so far, here and in the modules' own stats."""
-        for layer, module in zip(self.layers, self.modules):
+        for layer in self.layers:
             layer.reset()
-            module.reset_stats()
 
     def cycles_for(self, config: ArrayConfig) -> tuple[int, int]:
         """Sparse and dense cycles the recorded calls would take on another array.
@@ -217,7 +238,8 @@ class OffloadReport:
     def as_dict(self) -> dict:
         """JSON-ready totals and per-layer figures."""
         return {"backend": self.backend, "config": self.config.as_dict(), "method": self.method,
-                "sparsity_target": self.sparsity_target, "sparsity": self.sparsity,
+                "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
+                "sparsity": self.sparsity,
                 "scope": self.scope, "seed": self.seed, "dense_measured": self.dense_measured,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
@@ -259,8 +281,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     Parameters
     ----------
     model : nn.Module
-        A Hugging Face ``BertModel`` or ``BertFor...`` model (any module whose linears match
-        `patterns`), in float.
+        A Hugging Face ``BertModel`` or ``BertFor...`` model, or any module whose linears match
+        `patterns`, in float. transformers' ``Conv1D`` layers (GPT-2's, weight stored
+        transposed) count as linears: each becomes an OffloadedLinear of the transposed weight.
     device : Device
         Every offloaded linear runs on it; its config must hold the widest layer.
     sparsity : float or None
@@ -277,7 +300,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     scope : {"local", "global"}
         ``"global"``: one magnitude threshold over all matched layers (magnitude only).
     patterns : iterable of str
-        Regular expressions selecting the linears by qualified name.
+        Regular expressions selecting the linears by qualified name (``re.search``); the
+        default selects the six encoder linears of each BERT layer. Other models need their
+        own, e.g. ``[r"^transformer\\.layer\\.\\d+\\."]`` for DistilBERT.
     measure_dense : bool
         Run every call again on the device in dense mode and record its cycles (and check that
         its sums equal the sparse run's) instead of predicting them with the cycle model.
@@ -289,50 +314,42 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     Returns
     -------
     model : nn.Module
-        The same object, its matched linears replaced.
+        The same object, its matched linears replaced. Its ``save_pretrained``, if it has
+        one, now writes the offloaded model (:func:`~sparsemac.sw.checkpoint.save_offloaded`).
     report : OffloadReport
         Empty until the model runs; it fills in on every forward call.
 
     Raises
     ------
     ValueError
-        If no linear matches (the message names the patterns), the method, scope or
-        granularity is unknown, the sparsity is invalid, or a layer does not fit the device.
-        Nothing is replaced then.
+        If no linear matches (the message names the patterns and the model's linears), the
+        method, scope or granularity is unknown, the sparsity is invalid, or a layer does not
+        fit the device. Nothing is replaced then.
     TypeError
         If `device` is not a Device.
     """
     if not isinstance(device, Device):
         raise TypeError(f"device must be a Device (see open_device), not {device!r}")
-    kind, n, m = parse_method(method)
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    if scope == "global" and kind != "magnitude":
-        raise ValueError(f"global scope needs the 'magnitude' method, not {method!r}")
+    parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
-    patterns = tuple(patterns)
-    linears = matching_linears(model, patterns)
-    if not linears:
-        raise ValueError(f"no nn.Linear of this {type(model).__name__} matches the encoder "
-                         f"patterns {list(patterns)!r}: is it a BERT?")
-    target = 1 - n / m if kind == "n:m" else sparsity
+    conv1d = conv1d_class()
+    kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    linears = [(name, _as_linear(module)) for name, module in require_linears(model, patterns,
+                                                                              kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
-    if scope == "global":
-        masks = global_magnitude_masks(weights, sparsity)
-    else:
-        masks = [prune_mask(weight, sparsity, method, n=n, m=m,
-                            seed=None if seed is None else seed + index)
-                 for index, weight in enumerate(weights)]
-
-    from tqdm import tqdm
+    masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
+    found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
 
     # Build every replacement before swapping any, so an error leaves the model untouched.
     replacements = []
-    for (name, linear), mask in tqdm(list(zip(linears, masks)), desc="offload", unit="layer",
-                                     disable=not progress, leave=False):
-        replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
-                                                               granularity=granularity)))
+    with (progress_bar(len(linears), "offload", "layer", leave=False) if progress
+          else nullcontext()) as bar:
+        for (name, linear), mask in zip(linears, masks):
+            replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
+                                                                   granularity=granularity)))
+            if bar is not None:
+                bar.update()
     for name, module in replacements:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, module)
@@ -342,17 +359,22 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         backend=device.name, config=config, method=method,
         sparsity_target=None if target is None else float(target), scope=scope, seed=seed,
         dense_measured=measure_dense,
-        layers=[_layer_report(name, module, config.lanes) for name, module in replacements],
+        layers=[_layer_report(name, module, config, sparsity_found)
+                for (name, module), sparsity_found in zip(replacements, found)],
         modules=[module for _, module in replacements])
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
             _recorder(layer, measure_dense, keep_sums)))
+    if hasattr(model, "save_pretrained"):  # a transformers model, so transformers is loaded
+        from .checkpoint import bind_save_pretrained
+
+        bind_save_pretrained(model)
     return model, report
 
 
 def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
                   mode: Mode = Mode.SPARSE) -> int:
-    """Cycles of one :meth:`Device.matmul <sparsemac.sw.driver.Device.matmul>` call, predicted.
+    """Cycles of one :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` call, predicted.
 
     The layer is split into jobs as the driver splits it (token blocks of ``config.max_tokens``,
     row tiles of ``config.max_out_features``) and the exact cycle model's counts are added, so
@@ -380,13 +402,9 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
         raise ValueError(f"a call needs at least one token, not {tokens!r}")
     rows, cols = weights.shape
     row_lengths = weights.row_lengths()
-    total = 0
-    for token_start in range(0, tokens, config.max_tokens):
-        block = min(config.max_tokens, tokens - token_start)
-        for row_start in range(0, rows, config.max_out_features):
-            tile = row_lengths[row_start:row_start + config.max_out_features]
-            total += job_cycles(tile, cols, block, config, mode).total
-    return total
+    return sum(job_cycles(row_lengths[job.row_start:job.row_stop], cols,
+                          job.token_stop - job.token_start, config, mode).total
+               for job in job_tiles(rows, tokens, config))
 
 
 def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
@@ -420,20 +438,36 @@ def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
 
 # Internals --------------------------------------------------------------------------------------
 
-def _layer_report(name, module, lanes):
+def _as_linear(module):
+    """`module` if an nn.Linear, else the nn.Linear a transformers Conv1D computes.
+
+    Conv1D (GPT-2) computes ``x @ weight + bias`` with ``weight`` of shape ``(in, out)``: the
+    linear with the transposed weight (a view, not a copy) is the same function.
+    """
+    if isinstance(module, nn.Linear):
+        return module
+    in_features, out_features = module.weight.shape
+    linear = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.detach().t(), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+    return linear
+
+
+def _layer_report(name, module, config, sparsity_found):
     weights = module.weights
-    return LayerReport(name=name, shape=weights.shape, sparsity=weights.sparsity,
-                       nnz=weights.nnz, sparse_weight_bytes=csr_stream_bytes(weights, lanes),
-                       dense_weight_bytes=dense_stream_bytes(weights.rows, weights.cols, lanes))
+    return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
+                       nnz=weights.nnz,
+                       sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE),
+                       dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE),
+                       stats=module.stats)
 
 
 def _recorder(layer, measure_dense, keep_sums):
-    """A forward hook filling ``layer`` from its OffloadedLinear after each call."""
+    """A forward hook recording in ``layer`` what its OffloadedLinear's stats do not hold: the
+    call's tokens, its sums (with ``keep_sums``) and its dense-mode cycles."""
 
     def record(module, args, _output):
-        stats = module.stats
-        layer.calls, layer.tokens = stats.calls, stats.tokens
-        layer.sparse_cycles, layer.device_s = stats.cycles, stats.device_s
         sums = module.last_sums
         layer.call_tokens.append(sums.shape[0])
         if keep_sums:

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from transformers import (
@@ -34,8 +35,10 @@ from transformers import (
 
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
+    "OFFLOAD_MANIFEST_FILE",
     "LoadedModel", "SimilarityPair",
-    "load_model", "encoder_linear_names", "get_linear", "tokenize", "capture_linear_input",
+    "load_model", "read_safetensors", "read_json", "encoder_linear_names", "get_linear",
+    "tokenize", "capture_linear_input",
     "sentence_embeddings", "similarity_scores", "ranking_agreement",
 ]
 
@@ -54,6 +57,10 @@ ENCODER_LINEAR_SUFFIXES = (
 
 #: The sentence ``sparsemac simulate`` feeds the model: 16 tokens with [CLS] and [SEP].
 DEFAULT_SENTENCE = "The old lighthouse keeper climbed the stairs every evening to light the lamp."
+
+#: The manifest of a folder written by :func:`sparsemac.sw.checkpoint.save_offloaded`; named
+#: here because that module imports this one.
+OFFLOAD_MANIFEST_FILE = "sparsemac-offload.json"
 
 _SAFETENSORS_FILE = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -180,8 +187,9 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
     ------
     ValueError
         If `spec` is neither a known name nor a path, if a directory holds only pickled
-        weights (``pytorch_model.bin``), is not a BERT, or its weights do not fill a
-        ``BertModel`` exactly (missing or unexpected tensors, wrong shapes).
+        weights (``pytorch_model.bin``), is not a BERT, if its ``config.json`` or a
+        safetensors file is truncated or corrupt (the message names the file), or its weights
+        do not fill a ``BertModel`` exactly (missing or unexpected tensors, wrong shapes).
     FileNotFoundError
         If `spec` looks like a path that does not exist, or a directory lacks
         ``config.json`` or safetensors weights.
@@ -486,7 +494,7 @@ def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json, so not a Hugging Face checkpoint")
-    model_type = json.loads(config_file.read_text()).get("model_type", "bert")
+    model_type = read_json(config_file).get("model_type", "bert")
     if model_type != "bert":
         raise ValueError(f"{path}: config.json says model_type={model_type!r}, expected 'bert'")
     config = BertConfig.from_json_file(config_file)
@@ -513,13 +521,15 @@ def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if (path / _SAFETENSORS_FILE).is_file():
-        return load_file(path / _SAFETENSORS_FILE)
+        return read_safetensors(path / _SAFETENSORS_FILE)
     if (path / _SAFETENSORS_INDEX).is_file():
-        shards = sorted(set(json.loads((path / _SAFETENSORS_INDEX).read_text())
-                            ["weight_map"].values()))
+        index_file = path / _SAFETENSORS_INDEX
+        weight_map = read_json(index_file).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_file}: no 'weight_map' object naming the shards")
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(path / shard))
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(path / shard))
         return state
     pickled = [file for file in _PICKLE_WEIGHTS if (path / file).is_file()]
     if pickled:
@@ -529,7 +539,91 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"({_SAFETENSORS_FILE}). If you trust the file, convert it once with: python -c "
             "\"from transformers import AutoModel; m = AutoModel.from_pretrained('DIR'); "
             "m.save_pretrained('DIR', safe_serialization=True)\"")
-    raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}")
+    hint = (": it is an offloaded model, load it with sparsemac.sw.checkpoint.load_offloaded"
+            if (path / OFFLOAD_MANIFEST_FILE).is_file() else "")
+    raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
+
+
+def read_safetensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read every tensor of one safetensors file, with a clear error for a damaged file.
+
+    Parameters
+    ----------
+    file : str or os.PathLike
+        A ``.safetensors`` file. Nothing is ever unpickled.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        On the CPU, in the file's dtypes.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `file` does not exist.
+    ValueError
+        If the file is truncated (its header promises more bytes than it holds) or is not a
+        safetensors file at all; the message names the file and what is wrong with it.
+    """
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    problem = _safetensors_problem(file)
+    if problem is None:
+        try:
+            return load_file(file)
+        except SafetensorError as error:
+            problem = f"not a valid safetensors file ({error})"
+    raise ValueError(f"{file}: {problem}; re-download or re-save it")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What makes `file` unreadable as safetensors, from its header, or None if nothing does.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    byte range, then the tensor bytes: a truncated file has fewer bytes than the header says.
+    """
+    size = file.stat().st_size
+    with file.open("rb") as stream:
+        prefix = stream.read(8)
+        if size <= 8:
+            return f"only {size} bytes long, too short for a safetensors header: truncated"
+        header_bytes = int.from_bytes(prefix, "little")
+        opening = stream.read(1)
+        if opening != b"{":
+            return (f"not a safetensors file: byte 8 is {opening!r}, not the '{{' that opens "
+                    "its JSON header")
+        if header_bytes > size - 8:
+            return (f"truncated: its header alone should be {header_bytes} bytes but the file "
+                    f"holds {size - 8} after the length field")
+        try:
+            header = json.loads(opening + stream.read(header_bytes - 1))
+            end = max((entry["data_offsets"][1] for key, entry in header.items()
+                       if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return "its header is not a safetensors JSON header: not a safetensors file"
+    needed = 8 + header_bytes + end
+    if needed > size:
+        return f"truncated: its header describes {needed} bytes but the file holds {size}"
+    return None
+
+
+def read_json(file: Path) -> dict:
+    """Read a JSON object from `file`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not valid JSON or holds something else than an object; the message
+        names the file.
+    """
+    try:
+        content = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: not valid JSON ({error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{file}: expected a JSON object, found {type(content).__name__}")
+    return content
 
 
 def _strip_wrapper_prefix(state: dict[str, torch.Tensor],

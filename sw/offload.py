@@ -7,8 +7,8 @@ from torch import nn
 
 from ..hw.formats import Mode
 from .csr import CSRMatrix
-from .driver import Device
-from .pruning import prune_mask
+from .device import Device
+from .pruning import choose_masks, is_structured
 from .quantisation import GRANULARITIES, quantise_activations, quantise_weights
 
 __all__ = ["OffloadStats", "OffloadedLinear"]
@@ -34,6 +34,11 @@ class OffloadStats:
     cycles: int = 0
     weight_bytes: int = 0
     device_s: float = 0.0
+
+    def reset(self):
+        """Back to zero, in place: a report that holds this object sees the reset."""
+        self.calls = self.tokens = self.jobs = self.cycles = self.weight_bytes = 0
+        self.device_s = 0.0
 
 
 class OffloadedLinear(nn.Module):
@@ -116,8 +121,9 @@ class OffloadedLinear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
         if mask is None:
-            is_n_m = method == "n:m" or ":" in method
-            mask = prune_mask(weight, None if is_n_m else sparsity, method, n=n, m=m, seed=seed)
+            # The pattern of N:M pruning fixes the sparsity: any value passed is ignored.
+            [mask], _ = choose_masks([weight], None if is_structured(method) else sparsity,
+                                     method, seed=seed, n=n, m=m)
         elif tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")
@@ -131,7 +137,7 @@ class OffloadedLinear(nn.Module):
         return self.weights.sparsity
 
     def reset_stats(self):
-        self.stats = OffloadStats()
+        self.stats.reset()
 
     def integer_forward(self, x):
         """Quantises ``x`` [..., in_features] and returns the device's MatmulResult and the

@@ -5,6 +5,7 @@ bytes of the payload bit vector, exactly what a bus or the Verilator harness car
 element types and counts come from the hardware layouts, so the host never restates them.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,9 +15,51 @@ from amaranth.lib import data
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import CoreFormats, Mode
+from ..hw.link_formats import layout_bytes
 from .csr import CSRMatrix
+from .cycle_model import token_blocks
 
-__all__ = ["PackedJob", "pack_job", "unpack_sums", "beat_bytes", "beats_to_ints"]
+__all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes"]
+
+
+@functools.lru_cache(maxsize=None)
+def _formats(config):
+    return CoreFormats(config)
+
+
+def weight_stream_bytes(config, weights, mode=Mode.SPARSE):
+    """Bytes of one pass of ``weights`` to the core, counted from the stream layouts.
+
+    Sparse mode: one row pointer per row, then ``ceil(nnz / K)`` column words and as many value
+    words. Dense mode: every weight, row after row, in ``ceil(rows * cols / K)`` value words.
+    The weights are streamed again for every token block; this is one pass.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    weights : CSRMatrix
+        In dense mode only its shape matters.
+    mode : Mode
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not an ArrayConfig or ``weights`` not a CSRMatrix.
+    """
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    if not isinstance(weights, CSRMatrix):
+        raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
+    formats, lanes = _formats(config), config.lanes
+    value_word = layout_bytes(formats.value_word)
+    if Mode(mode) == Mode.DENSE:
+        return -(-weights.rows * weights.cols // lanes) * value_word
+    return (weights.rows * layout_bytes(formats.row_pointer)
+            + -(-weights.nnz // lanes) * (layout_bytes(formats.column_word) + value_word))
 
 
 def _element_dtype(layout):
@@ -29,11 +72,6 @@ def _element_dtype(layout):
         raise ValueError(f"cannot pack elements of {shape!r}: only whole 8/16/32/64-bit elements")
     kind = "i" if shape.signed else "u"
     return np.dtype(f"<{kind}{shape.width // 8}"), count
-
-
-def beat_bytes(layout):
-    """Bytes of one beat of a stream whose payload is ``layout``."""
-    return (Shape.cast(layout).width + 7) // 8
 
 
 def _pack_elements(layout, elements):
@@ -114,7 +152,7 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     lanes, token_lanes = config.lanes, config.token_lanes
     rows, cols = weights.shape
     tokens = activations.shape[0]
-    blocks = -(-tokens // token_lanes)
+    blocks = token_blocks(tokens, config)
 
     padded = np.zeros((blocks * token_lanes, cols), dtype=np.int8)
     padded[:tokens] = activations.numpy()
@@ -184,7 +222,7 @@ def unpack_sums(config, beats, rows, tokens):
     """
     formats = CoreFormats(config)
     dtype, count = _element_dtype(formats.sums)
-    blocks = -(-tokens // config.token_lanes)
+    blocks = token_blocks(tokens, config)
     beats = np.ascontiguousarray(beats, dtype=np.uint8)
     expected = (blocks * rows, count * dtype.itemsize)
     if beats.shape != expected:

@@ -9,6 +9,7 @@ pruned first) and random pruning draws from a ``torch.Generator`` seeded by the 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -20,13 +21,18 @@ __all__ = [
     "DEFAULT_BERT_PATTERNS",
     "GradualPruner",
     "LayerPruneReport",
+    "LayerWeights",
     "METHODS",
+    "choose_masks",
+    "conv1d_class",
     "cubic_sparsity",
     "global_magnitude_masks",
+    "is_structured",
     "parse_method",
     "matching_linears",
     "prune_mask",
     "prune_model",
+    "require_linears",
 ]
 
 #: The named pruning methods; ``"N:M"`` strings such as ``"2:4"`` are accepted as well.
@@ -41,6 +47,11 @@ DEFAULT_BERT_PATTERNS = (
     r"(^|\.)encoder\.layer\.\d+\.output\.dense$",
 )
 
+# ``.0.`` or a final ``.0`` of a qualified name: the index of a layer in a stack of layers.
+_LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
+# A qualified name up to its first layer index (the head), e.g. ``transformer.layer.`` of
+# ``transformer.layer.3.ffn.lin1``.
+_REPEATED_PREFIX = re.compile(r"^(.*?\.|)\d+\.")
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 # Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
 _NM_TOLERANCE = 1e-9
@@ -91,17 +102,40 @@ def _keep_all_but_lowest(scores, count):
     return torch.from_numpy(keep).to(scores.device)
 
 
-def parse_method(method, n=2, m=4):
-    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m."""
+def parse_method(method, n=2, m=4, *, explicit=False):
+    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m.
+
+    This is the one place that decides what a method string means.
+
+    Parameters
+    ----------
+    method : str
+    n, m : int
+        The pattern of the bare ``"n:m"`` method.
+    explicit : bool
+        Refuse the bare ``"n:m"`` (whose pattern would come from ``n`` and ``m``): what a user
+        types must spell the pattern, e.g. ``"2:4"``.
+
+    Raises
+    ------
+    TypeError
+        If ``method``, ``n`` or ``m`` has the wrong type.
+    ValueError
+        If the method is unknown, or the pattern is not ``1 <= n <= m``.
+    """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, not {method!r}")
     match = _NM_PATTERN.match(method)
     if match:
         n, m = int(match.group(1)), int(match.group(2))
         method = "n:m"
+    elif explicit and method == "n:m":
+        raise ValueError("pruning method 'n:m' does not say which pattern: write it as N:M, "
+                         "e.g. '2:4'")
     if method not in METHODS:
+        named = [repr(name) for name in METHODS if not (explicit and name == "n:m")]
         raise ValueError(f"unknown pruning method {method!r}; valid methods are "
-                         f"{', '.join(repr(x) for x in METHODS)} or an 'N:M' string such as '2:4'")
+                         f"{', '.join(named)} or an 'N:M' string such as '2:4'")
     if method == "n:m":
         for name, value in (("n", n), ("m", m)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -109,6 +143,11 @@ def parse_method(method, n=2, m=4):
         if not 1 <= n <= m:
             raise ValueError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
     return method, n, m
+
+
+def is_structured(method):
+    """Whether ``method`` is N:M pruning, whose pattern fixes the sparsity."""
+    return parse_method(method)[0] == "n:m"
 
 
 def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magnitude", *,
@@ -238,9 +277,53 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor] | Sequence[torch.Ten
     return dict(zip(names, masks)) if names is not None else masks
 
 
+def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
+                 method: str = "magnitude", *, scope: str = "local", seed: int | None = None,
+                 n: int = 2, m: int = 4) -> tuple[list[torch.Tensor], float | None]:
+    """The keep-masks of several weight matrices: the one place a pruning decision is made.
+
+    :func:`prune_model`, model offload, :meth:`OffloadedLinear.from_linear
+    <sparsemac.sw.offload.OffloadedLinear.from_linear>` and the simulate pipeline all call this.
+
+    Parameters
+    ----------
+    weights : sequence of torch.Tensor
+        Floating-point 2-D matrices; not modified.
+    sparsity, method, n, m
+        As in :func:`prune_mask`.
+    scope : {"local", "global"}
+        ``"local"``: every matrix reaches the sparsity on its own. ``"global"``: one magnitude
+        threshold over all of them (magnitude method only).
+    seed : int or None
+        For random pruning: matrix ``i`` gets ``seed + i``, so that matrices of equal shape get
+        different masks.
+
+    Returns
+    -------
+    masks : list of torch.Tensor
+        ``torch.bool``, one per matrix, True where the weight is kept.
+    target : float or None
+        The sparsity aimed at: ``1 - n/m`` for N:M pruning, else ``sparsity``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`prune_mask`; or if the scope is unknown, or global with another method.
+    """
+    kind, n, m = parse_method(method, n, m)
+    _check_scope(scope, kind)
+    weights = list(weights)
+    if scope == "global":
+        return global_magnitude_masks(weights, sparsity), sparsity
+    masks = [prune_mask(weight, sparsity, method, n=n, m=m,
+                        seed=None if seed is None else seed + index)
+             for index, weight in enumerate(weights)]
+    return masks, (1 - n / m if kind == "n:m" else sparsity)
+
+
 @dataclass
-class LayerPruneReport:
-    """What pruning did to one linear layer.
+class LayerWeights:
+    """The weights of one linear layer, as pruned: what every per-layer report starts with.
 
     Attributes
     ----------
@@ -248,34 +331,49 @@ class LayerPruneReport:
         Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     shape : tuple of int
         ``(out_features, in_features)``.
-    sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
-    sparsity_achieved : float
-        Fraction of zero weights after pruning; weights that were already zero count too.
     nnz : int
-        Nonzero weights after pruning.
+        Nonzero weights.
     """
 
     name: str
     shape: tuple[int, int]
-    sparsity_target: float
-    sparsity_achieved: float
     nnz: int
 
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights; weights that were already zero count too."""
+        numel = self.shape[0] * self.shape[1]
+        return 1.0 - self.nnz / numel if numel else 0.0
 
-def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS
-                     ) -> list[tuple[str, nn.Linear]]:
-    """The ``nn.Linear`` modules whose qualified name matches a pattern, in module order.
+
+@dataclass
+class LayerPruneReport(LayerWeights):
+    """What pruning did to one linear layer (:class:`LayerWeights`, and what was asked).
+
+    Attributes
+    ----------
+    sparsity_target : float
+        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
+    """
+
+    sparsity_target: float
+
+
+def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
+                     kinds: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """The linear modules whose qualified name matches a pattern, in module order.
 
     Parameters
     ----------
     model : nn.Module
     patterns : iterable of str
         Regular expressions tried with ``re.search`` against each qualified module name.
+    kinds : tuple of type
+        The module classes that count as linears (:func:`conv1d_class` adds GPT-2's).
 
     Returns
     -------
-    list of (str, nn.Linear)
+    list of (str, nn.Module)
         Possibly empty.
 
     Raises
@@ -285,22 +383,85 @@ def matching_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PA
     """
     compiled = [re.compile(p) for p in patterns]
     return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and any(p.search(name) for p in compiled)]
+            if isinstance(module, kinds) and any(p.search(name) for p in compiled)]
 
 
-def _require_linears(model, patterns):
+def require_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
+                    kinds: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """:func:`matching_linears`, refusing a model where nothing matches with what it has instead.
+
+    Parameters
+    ----------
+    model, patterns, kinds
+        As in :func:`matching_linears`.
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        At least one.
+
+    Raises
+    ------
+    ValueError
+        If no module matches. The message gives the patterns, the model's layers of `kinds`
+        (layer indices folded into ``<i>``), how to choose them with ``patterns=`` (with an
+        example), and names any ``Conv1D`` layers that `kinds` leaves out as unsupported here.
+    """
     patterns = tuple(patterns)  # read twice: to match and for the error message
-    linears = matching_linears(model, patterns)
-    if not linears:
-        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
-    return linears
+    linears = matching_linears(model, patterns, kinds)
+    if linears:
+        return linears
+    kind_names = " or ".join("nn.Linear" if kind is nn.Linear else kind.__name__
+                             for kind in kinds)
+    found = [name for name, module in model.named_modules() if isinstance(module, kinds)]
+    chosen = ("the default patterns (DEFAULT_BERT_PATTERNS: the encoder linears of a BERT)"
+              if patterns == DEFAULT_BERT_PATTERNS else f"the patterns {list(patterns)!r}")
+    message = f"no {kind_names} of this {type(model).__name__} matches {chosen}"
+    if found:
+        message += (f". Its {kind_names} layers ({len(found)}): {_folded_names(found)}. "
+                    "Choose the ones to use with patterns= (regular expressions searched in "
+                    f"each name), e.g. patterns=[{_example_pattern(found)!r}]")
+    else:
+        message += f": it has no {kind_names} layer"
+    conv1d = conv1d_class()
+    skipped = [name for name, module in model.named_modules()
+               if conv1d is not None and conv1d not in kinds and isinstance(module, conv1d)]
+    if skipped:
+        message += (f". Its {len(skipped)} Conv1D layers ({_folded_names(skipped)}) are not "
+                    "supported here: transformers' Conv1D (GPT-2) stores its weight transposed, "
+                    "(in_features, out_features), and this takes nn.Linear weights only")
+    raise ValueError(message)
+
+
+def conv1d_class() -> type | None:
+    """transformers' ``Conv1D``, the linear of GPT-2 whose weight is ``(in, out)``, or None.
+
+    None when transformers has not been imported: no model can hold one then, and pruning does
+    not import transformers (seconds) for a check that cannot succeed.
+    """
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _folded_names(names, limit=8):
+    """``a.<i>.b, c`` for names ``a.0.b, a.1.b, c``: layer indices folded, order kept."""
+    folded = list(dict.fromkeys(_LAYER_INDEX.sub(".<i>", name) for name in names))
+    shown = ", ".join(folded[:limit])
+    return shown + (f" (+{len(folded) - limit} more)" if len(folded) > limit else "")
+
+
+def _example_pattern(names):
+    """A pattern for the repeated layers' linears (``^h\\.\\d+\\.``), or for the first name."""
+    heads = [match.group(1) for match in map(_REPEATED_PREFIX.match, names) if match]
+    if not heads:
+        return "^" + re.escape(names[0]) + "$"
+    # The most common head is the stack of layers; \d+ stands for every layer of it.
+    head = max(dict.fromkeys(heads), key=heads.count)
+    return "^" + re.escape(head) + r"\d+\."
 
 
 def _report(name, weight, target):
-    nnz = int(torch.count_nonzero(weight))
-    numel = weight.numel()
-    return LayerPruneReport(name=name, shape=tuple(weight.shape), sparsity_target=float(target),
-                            sparsity_achieved=1.0 - nnz / numel if numel else 0.0, nnz=nnz)
+    return LayerPruneReport(name=name, shape=tuple(weight.shape),
+                            nnz=int(torch.count_nonzero(weight)), sparsity_target=float(target))
 
 
 def _check_scope(scope, method):
@@ -345,18 +506,9 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
         If no linear matches, the scope is unknown or global with another method than
         magnitude, or as :func:`prune_mask`.
     """
-    method_kind, n, m = parse_method(method, n, m)
-    _check_scope(scope, method_kind)
-    linears = _require_linears(model, patterns)
-    weights = [linear.weight for _, linear in linears]
-    if scope == "global":
-        masks = global_magnitude_masks(weights, sparsity)
-        target = sparsity
-    else:
-        masks = [prune_mask(w, sparsity, method, n=n, m=m,
-                            seed=None if seed is None else seed + i)
-                 for i, w in enumerate(weights)]
-        target = 1 - n / m if method_kind == "n:m" else sparsity
+    linears = require_linears(model, patterns)
+    masks, target = choose_masks([linear.weight for _, linear in linears], sparsity, method,
+                                 scope=scope, seed=seed, n=n, m=m)
     reports = []
     with torch.no_grad():
         for (name, linear), mask in zip(linears, masks):
@@ -462,7 +614,7 @@ class GradualPruner:
             raise ValueError(f"gradual pruning supports only the 'magnitude' method, "
                              f"not {method!r}")
         _check_scope(scope, method)
-        self.linears = _require_linears(model, patterns)
+        self.linears = require_linears(model, patterns)
         self.final_sparsity = final_sparsity
         self.initial_sparsity = initial_sparsity
         self.begin_step = begin_step

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
-from .cycle_model import PIPELINE_LATENCY, job_cycles, token_blocks
+from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
@@ -132,14 +132,10 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None):
     -------
     LayerCycles
     """
-    jobs = []
-    for token_start in range(0, tokens, config.max_tokens):
-        job_tokens = min(config.max_tokens, tokens - token_start)
-        for row_start in range(0, weights.rows, config.max_out_features):
-            tile = weights.row_slice(row_start,
-                                     min(weights.rows, row_start + config.max_out_features))
-            jobs.append(throttled_job_cycles(tile.row_lengths(), weights.cols, job_tokens,
-                                             config, mode, memory))
+    jobs = [throttled_job_cycles(weights.row_slice(tile.row_start, tile.row_stop).row_lengths(),
+                                 weights.cols, tile.token_stop - tile.token_start, config, mode,
+                                 memory)
+            for tile in job_tiles(weights.rows, tokens, config)]
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",

@@ -58,12 +58,27 @@ def test_default_config_and_derived_sizes():
 
 def test_describe_and_key_are_stable():
     assert DEFAULT_CONFIG.describe() == "K=8 T=4 in<=4096"
-    assert DEFAULT_CONFIG.key() == "k8_t4_i4096_o65535_b65535"
+    assert DEFAULT_CONFIG.key() == "k8t4"
     config = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, max_out_features=10,
                          max_token_blocks=20)
     assert config.describe() == "K=3 T=2 in<=64"
-    assert config.key() == "k3_t2_i64_o10_b20"
+    assert config.key() == "k3t2i64o10b20"
     assert ArrayConfig(**config.as_dict()).key() == config.key()
+    assert ArrayConfig(lanes=1, token_lanes=1, max_in_features=512).key() == "k1t1i512"
+
+
+def test_from_key_reads_back_every_key():
+    for config in (DEFAULT_CONFIG, ArrayConfig(lanes=3, token_lanes=2, max_in_features=64,
+                                               max_out_features=10, max_token_blocks=20),
+                   ArrayConfig(lanes=16, token_lanes=8, max_token_blocks=7)):
+        assert ArrayConfig.from_key(config.key()) == config
+    assert ArrayConfig.from_key(" K4T16i512 ") == ArrayConfig(lanes=4, token_lanes=16,
+                                                             max_in_features=512)
+    for bad in ("k8", "k8t4x", "k8_t4_i4096_o65535_b65535", "default", 84):
+        with pytest.raises(ValueError, match="write k<lanes>t<token lanes>"):
+            ArrayConfig.from_key(bad)
+    with pytest.raises(ValueError, match="max_in_features must be a power of two"):
+        ArrayConfig.from_key("k8t4i100")
 
 
 def test_key_tells_every_field_apart():

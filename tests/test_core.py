@@ -12,7 +12,8 @@ from conftest import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.core import SparseMACCore
 from sparsemac.hw.formats import Mode
-from sparsemac.sim.amaranth_sim import StallPattern, run_core_job
+from sparsemac.sim.amaranth_sim import run_core_job
+from sparsemac.sim.stalls import StallPattern
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.cycle_model import job_cycles
 from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
@@ -131,7 +132,7 @@ def test_jobs_back_to_back(stalls):
     bench = Bench(core, seed=21)
     packed = [pack_job(K8T4, job.weights, job.activations, job.mode) for job in jobs]
     bench.put(core.job, [p.job for p in packed], idle=stalls)
-    for name in ("activations", "row_pointers", "columns", "values"):
+    for name in core.signature.data_inputs:
         beats = [beat for p in packed for beat in beats_to_ints(getattr(p, name))]
         bench.put(getattr(core, name), beats, idle=stalls)
     bench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)

@@ -9,11 +9,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import CoreFormats
-from sparsemac.sw.csr import (
-    FORMAT_MAX_COLS, FORMAT_MAX_ROWS, CSRFormatError, CSRMatrix, csr_stream_bytes,
-    dense_stream_bytes,
-)
+from sparsemac.hw.formats import CoreFormats, Mode
+from sparsemac.sw.csr import FORMAT_MAX_COLS, FORMAT_MAX_ROWS, CSRFormatError, CSRMatrix
+from sparsemac.sw.packing import weight_stream_bytes
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)  # same cases every run
 
@@ -241,8 +239,14 @@ def test_unsorted_scipy_input_is_refused():
 
 # Stream bytes ---------------------------------------------------------------------------------
 
+def stream_bytes(matrix, lanes, mode):
+    """weight_stream_bytes on the smallest array of ``lanes`` lanes."""
+    smallest = ArrayConfig(lanes=lanes, max_in_features=1 << max(3, (lanes - 1).bit_length()))
+    return weight_stream_bytes(smallest, matrix, mode)
+
+
 def pack_csr_stream(matrix, lanes):
-    """The CSR weight stream as bytes, built independently of csr_stream_bytes."""
+    """The CSR weight stream as bytes, built independently of weight_stream_bytes."""
     pad = (-matrix.nnz) % lanes
     row_ends = matrix.indptr[1:].astype("<u4").tobytes()
     columns = np.concatenate([matrix.indices, np.zeros(pad, np.int64)]).astype("<u2").tobytes()
@@ -255,17 +259,18 @@ def test_worked_example_bytes():
     assert row_ends.hex(" ") == "02 00 00 00 02 00 00 00 05 00 00 00 06 00 00 00"
     assert columns.hex(" ") == "01 00 05 00 00 00 02 00 07 00 04 00 00 00 00 00"
     assert values.hex(" ") == "03 fe 07 01 fb 09 00 00"
-    assert csr_stream_bytes(CSRMatrix.from_dense(EXAMPLE), 4) == 16 + 16 + 8 == 40
-    assert dense_stream_bytes(4, 8, 4) == 32
+    assert stream_bytes(CSRMatrix.from_dense(EXAMPLE), 4, Mode.SPARSE) == 16 + 16 + 8 == 40
+    assert stream_bytes(CSRMatrix.from_dense(EXAMPLE), 4, Mode.DENSE) == 32
 
 
 @SETTINGS
 @given(dense=matrices, lanes=st.integers(1, 32))
 def test_stream_bytes_match_packed_streams(dense, lanes):
     matrix = CSRMatrix.from_dense(dense)
-    assert csr_stream_bytes(matrix, lanes) == sum(map(len, pack_csr_stream(matrix, lanes)))
+    assert stream_bytes(matrix, lanes, Mode.SPARSE) == sum(map(len, pack_csr_stream(matrix,
+                                                                                    lanes)))
     padded_dense = np.concatenate([dense.ravel(), np.zeros((-dense.size) % lanes, np.int8)])
-    assert dense_stream_bytes(*dense.shape, lanes) == padded_dense.nbytes
+    assert stream_bytes(matrix, lanes, Mode.DENSE) == padded_dense.nbytes
 
 
 @pytest.mark.parametrize("lanes", [1, 4, 8, 32])
@@ -274,8 +279,8 @@ def test_byte_widths_agree_with_the_hardware_formats(lanes):
     one_word = CSRMatrix.from_dense(np.ones((1, lanes), np.int8))
     row_end_bytes = formats.row_pointer.width // 8
     word_bytes = (formats.column_word.size + formats.value_word.size) // 8
-    assert csr_stream_bytes(one_word, lanes) == row_end_bytes + word_bytes
-    assert dense_stream_bytes(1, lanes, lanes) == formats.value_word.size // 8
+    assert stream_bytes(one_word, lanes, Mode.SPARSE) == row_end_bytes + word_bytes
+    assert stream_bytes(one_word, lanes, Mode.DENSE) == formats.value_word.size // 8
 
 
 @pytest.mark.parametrize("per_row, csr_wins", [(307, False), (261, False), (253, True),
@@ -287,14 +292,13 @@ def test_csr_beats_dense_only_above_two_thirds_sparsity(per_row, csr_wins):
     matrix = CSRMatrix(indptr=np.arange(rows + 1) * per_row,
                        indices=np.tile(np.arange(per_row), rows),
                        data=np.ones(rows * per_row, np.int8), shape=(rows, cols))
-    csr_bytes = csr_stream_bytes(matrix, lanes)
-    assert (csr_bytes < dense_stream_bytes(rows, cols, lanes)) == csr_wins
+    csr_bytes = stream_bytes(matrix, lanes, Mode.SPARSE)
+    assert (csr_bytes < stream_bytes(matrix, lanes, Mode.DENSE)) == csr_wins
 
 
-def test_lanes_validation():
+def test_stream_bytes_validation():
     matrix = CSRMatrix.from_dense(EXAMPLE)
-    for lanes in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match="lanes must be a positive integer"):
-            csr_stream_bytes(matrix, lanes)
-    with pytest.raises(ValueError, match="non-negative"):
-        dense_stream_bytes(-1, 4, 4)
+    with pytest.raises(TypeError, match="config must be an ArrayConfig, not 4"):
+        weight_stream_bytes(4, matrix)
+    with pytest.raises(TypeError, match="weights must be a CSRMatrix, not ndarray"):
+        weight_stream_bytes(ArrayConfig(), EXAMPLE)

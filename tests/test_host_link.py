@@ -12,15 +12,17 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
+from sparsemac.devices import open_device
+from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.hw.host_link import HostLink, fifo_depth
-from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, MAX_PAYLOAD, LinkFormats, Opcode,
-                                       Status, crc8, layout_bytes)
+from sparsemac.hw.host_link import HostLink
+from sparsemac.hw.reply_sender import ReplySender
+from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, LINK_CRC, MAX_PAYLOAD, LinkFormats,
+                                       Opcode, Status, fifo_depth, layout_bytes)
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import DeviceError, open_device
-from sparsemac.sw.fpga_device import LinkStatusError, decode_reply, encode_request
+from sparsemac.sw.device import DeviceError
 
 CONFIG = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
 FORMATS = LinkFormats(CONFIG)
@@ -74,13 +76,13 @@ def run_link(requests, *, expect_replies, sums=(), done=None, drain=("activation
             out.extend(await stream_get_all(ctx, link.tx, 1, rng, backpressure))
 
     async def core_sums(ctx):
-        await stream_put_all(ctx, link.sums, list(sums), random.Random(seed + 2), idle)
+        await stream_put_all(ctx, link.core.sums, list(sums), random.Random(seed + 2), idle)
         if done is not None:
-            await stream_put_all(ctx, link.done, [done], random.Random(seed + 3), 0)
+            await stream_put_all(ctx, link.core.done, [done], random.Random(seed + 3), 0)
 
     def drainer(name):
         async def bench(ctx):
-            stream = getattr(link, name)
+            stream = getattr(link.core, name)
             rng = random.Random(seed + 4)
             while True:
                 drained[name].extend(await stream_get_all(ctx, stream, 1, rng, backpressure))
@@ -218,14 +220,45 @@ def test_sums_cycles_and_reset():
 
 def test_crc_matches_the_reference_value():
     # CRC-8/SMBUS check value.
-    assert crc8(b"123456789") == 0xF4
+    assert LINK_CRC.compute(b"123456789") == 0xF4
+
+
+def test_gateware_crc_equals_the_host_crc():
+    """The reply sender's CRC byte, for replies of random words and lengths, is the host's."""
+    rng = random.Random(7)
+    word_bits = FORMATS.reply.size - FORMATS.reply_header.size - 1
+    lengths = [rng.randrange(word_bits // 8 + 1) for _ in range(20)]
+    replies = [FORMATS.reply.const({
+        "header": {"sync": 0x5A, "opcode": rng.randrange(256), "tag": rng.randrange(256),
+                   "status": Status.OK, "length": length},
+        "word": rng.getrandbits(word_bits), "sums": 0}).as_value().value for length in lengths]
+    sender = ReplySender(CONFIG)
+    sim = Simulator(sender)
+    sim.add_clock(1e-8)
+    frames = []
+
+    async def source(ctx):
+        await stream_put_all(ctx, sender.replies, replies, random.Random(1), 0.2)
+
+    async def sink(ctx):
+        rng = random.Random(2)
+        for length in lengths:
+            size = layout_bytes(FORMATS.reply_header) + length + 1
+            frames.append(bytes(await stream_get_all(ctx, sender.tx, size, rng, 0.2)))
+
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    for frame, length in zip(frames, lengths):
+        assert len(frame) == layout_bytes(FORMATS.reply_header) + length + 1
+        assert frame[-1] == LINK_CRC.compute(frame[1:-1])
 
 
 # End to end: the board RTL under Verilator, behind a pty --------------------------------------
 
 @pytest.fixture(scope="module")
 def board():
-    from sparsemac.sim.board_sim import SimulatedBoard
+    from sparsemac.devices.board_sim import SimulatedBoard
     with SimulatedBoard(CONFIG) as simulated:
         yield simulated
 
@@ -303,8 +336,8 @@ def test_mismatched_config_is_refused(board):
 
 
 def test_mismatched_design_hash_is_refused(board, monkeypatch):
-    import sparsemac.bitstreams.build as build
-    monkeypatch.setattr(build, "design_hash", lambda config: 0xDEADBEEF)
+    import sparsemac.hw.board_link as board_link
+    monkeypatch.setattr(board_link, "design_hash", lambda config: 0xDEADBEEF)
     with pytest.raises(DeviceError, match="current RTL is design 00000000deadbeef"):
         open_device("fpga", CONFIG, port=board.port)
 

@@ -5,19 +5,13 @@ import math
 import pytest
 
 from conftest import random_weights
-from sparsemac.bitstreams.build import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw import memory
 from sparsemac.sw.cli import main
-from sparsemac.sw.csr import csr_stream_bytes
 from sparsemac.sw.memory import (RATE_ONE, MemoryModel, MemoryModelError, check_fits_onchip,
-                                 job_streams, memory_preset, onchip_weight_bytes, stream_rates)
-
-
-def test_board_constants_match_the_board_build():
-    assert memory.BOARD_CLOCK_HZ == DEFAULT_CLOCK_HZ
-    assert memory.LINK_BAUD == DEFAULT_BAUD
+                                 job_streams, memory_preset, onchip_weight_bytes,
+                                 parse_bandwidth, stream_rates)
+from sparsemac.sw.packing import weight_stream_bytes
 
 
 def test_presets():
@@ -35,17 +29,22 @@ def test_presets():
 
 
 def test_custom_bandwidth():
-    assert memory_preset("2.5") == MemoryModel("custom", 2.5, None,
+    assert parse_bandwidth("2.5") == MemoryModel("custom", 2.5, None,
                                                source="bandwidth given by the user")
-    both = memory_preset("24,0.37")
+    both = parse_bandwidth("24,0.37")
     assert (both.weight_bytes_per_cycle, both.activation_bytes_per_cycle) == (24.0, 0.37)
 
 
+def test_unknown_preset():
+    with pytest.raises(MemoryModelError) as error:
+        memory_preset("fast")
+    assert str(error.value) == ("unknown memory preset 'fast': choose one of ideal, onchip, "
+                                "ulx3s-sdram, uart, or give the bandwidth in bytes per cycle")
+
+
 @pytest.mark.parametrize("text, message", [
-    ("fast", "unknown memory preset 'fast': choose one of ideal, onchip, ulx3s-sdram, uart or "
-             "WEIGHT[,ACT] bytes per cycle"),
-    ("1,2,3", "unknown memory preset '1,2,3': choose one of ideal, onchip, ulx3s-sdram, uart "
-              "or WEIGHT[,ACT] bytes per cycle"),
+    ("fast", "a bandwidth is WEIGHT[,ACT] bytes per cycle, e.g. 2 or 2,0.5, not 'fast'"),
+    ("1,2,3", "a bandwidth is WEIGHT[,ACT] bytes per cycle, e.g. 2 or 2,0.5, not '1,2,3'"),
     ("0", "the weight bandwidth must be a positive, finite number of bytes per cycle, not 0.0"),
     ("-1", "the weight bandwidth must be a positive, finite number of bytes per cycle, not -1.0"),
     ("nan", "the weight bandwidth must be a positive, finite number of bytes per cycle, not nan"),
@@ -57,7 +56,7 @@ def test_custom_bandwidth():
 ])
 def test_bad_bandwidth(text, message):
     with pytest.raises(MemoryModelError) as error:
-        memory_preset(text)
+        parse_bandwidth(text)
     assert str(error.value) == message
 
 
@@ -67,7 +66,7 @@ def test_memory_errors_are_bad_input_for_the_cli(monkeypatch, capsys):
     from sparsemac.sw.commands import build
 
     def fail(args):
-        memory_preset("0")
+        parse_bandwidth("0")
     monkeypatch.setattr(build, "run", fail)
     assert main(["build"]) == 2
     assert "error: the weight bandwidth must be a positive" in capsys.readouterr().err
@@ -96,7 +95,7 @@ def test_onchip_fits_only_a_layer_that_fits():
     assert onchip_weight_bytes(DEFAULT_CONFIG) == 67 * 2048
     small = random_weights(64, 384, 0.9, seed=1)
     check_fits_onchip(memory_preset("onchip"), DEFAULT_CONFIG,
-                      csr_stream_bytes(small, DEFAULT_CONFIG.lanes))
+                      weight_stream_bytes(DEFAULT_CONFIG, small))
     check_fits_onchip(memory_preset("ulx3s-sdram"), DEFAULT_CONFIG, 10 ** 9)
     with pytest.raises(MemoryModelError) as error:
         check_fits_onchip(memory_preset("onchip"), DEFAULT_CONFIG, 200_000, "layer 0 FFN")

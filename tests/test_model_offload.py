@@ -3,19 +3,24 @@
 import copy
 import csv
 import json
+import re
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config,
+                          GPT2Model, ViTConfig, ViTModel)
+from transformers.pytorch_utils import Conv1D
 
+from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.commands import bert, compare
-from sparsemac.sw.driver import open_device
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.offload import OffloadedLinear
+from sparsemac.sw.pruning import matching_linears, prune_model
 
 from conftest import random_activations, random_weights
 
@@ -160,10 +165,50 @@ def test_reference_and_verilator_agree_bit_for_bit_on_every_layer():
     assert torch.equal(verilator_out, reference_out)
 
 
+def test_a_model_pruned_beforehand_reports_found_and_applied_sparsity():
+    model = tiny_bert()
+    for _, linear in matching_linears(model):
+        torch.nn.utils.prune.l1_unstructured(linear, "weight", amount=0.8)
+        torch.nn.utils.prune.remove(linear, "weight")
+    _, report = offload(model, open_device("reference", SMALL), 0.5)
+    assert report.sparsity_target == 0.5
+    assert report.sparsity_found == pytest.approx(0.8, abs=0.001)
+    assert report.sparsity >= report.sparsity_found  # the model's own zeros are kept
+    assert all(layer.sparsity_found == pytest.approx(0.8, abs=0.001) for layer in report.layers)
+    summary = report.as_dict()
+    assert summary["sparsity_found"] == report.sparsity_found
+    assert summary["layers"][0]["sparsity_found"] == report.layers[0].sparsity_found
+
+
+def test_the_fidelity_baseline_is_the_model_as_given(capsys):
+    from sparsemac.sw.pipelines.bert import BertReport, measure_bert
+
+    report = BertReport(
+        model="tiny", source="test", backend="reference", method="magnitude", sparsity=0.5,
+        sparsity_found=0.8, achieved_sparsity=0.81, scope="local", seed=0, tokens=4,
+        config=SMALL.as_dict(), sparse_cycles=10, dense_cycles=40, speedup=4.0,
+        ideal_speedup=5.0, dense_measured=False, sparse_weight_bytes=1, dense_weight_bytes=2,
+        bit_exact=None, cycles_equal=None, baseline="the float model as given",
+        embedding_cosine=0.9, ranking_agreement=None, device_s=0.0, wall_s=0.0, layers=[])
+    text = "\n".join(str(row) for _, _, rows in report.sections() for row in rows)
+    assert "found 80.0% in the model as given, target 50.0%, applied 81.0%" in text
+    assert "0.9000 (against the float model as given)" in text
+    assert "unpruned" not in text
+    with pytest.raises(ValueError, match="does not say which pattern"):
+        measure_bert("minilm", method="n:m")  # refused before loading
+
+
 def test_clear_errors():
     device = open_device("reference", SMALL)
-    with pytest.raises(ValueError, match="no nn.Linear .* matches the encoder patterns"):
+    with pytest.raises(ValueError, match=re.escape(
+            "no nn.Linear or Conv1D of this Sequential matches the default patterns "
+            "(DEFAULT_BERT_PATTERNS: the encoder linears of a BERT). Its nn.Linear or Conv1D "
+            "layers (1): 0. Choose the ones to use with patterns= (regular expressions searched "
+            "in each name), e.g. patterns=['^0$']")):
         offload(nn.Sequential(nn.Linear(4, 4)), device, 0.5)
+    with pytest.raises(ValueError, match=re.escape("the patterns ['^x$']: it has no nn.Linear "
+                                                   "or Conv1D layer")):
+        offload(nn.Sequential(nn.ReLU()), device, 0.5, patterns=["^x$"])
     model = tiny_bert()
     with pytest.raises(ValueError, match="unknown pruning method 'lottery'"):
         offload(model, device, 0.5, "lottery")
@@ -175,11 +220,119 @@ def test_clear_errors():
     assert not any(isinstance(module, OffloadedLinear) for module in model.modules())
 
 
+# Models that are not BERTs --------------------------------------------------------------------
+
+def tiny_distilbert():
+    torch.manual_seed(0)
+    return DistilBertModel(DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                            vocab_size=100)).eval()
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, image_size=8, patch_size=4)).eval()
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    return GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, vocab_size=100,
+                                n_positions=16, bos_token_id=0, eos_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("build, names, pattern", [
+    (tiny_distilbert, "transformer.layer.<i>.attention.q_lin, transformer.layer.<i>.attention"
+     ".k_lin, transformer.layer.<i>.attention.v_lin, transformer.layer.<i>.attention.out_lin, "
+     "transformer.layer.<i>.ffn.lin1, transformer.layer.<i>.ffn.lin2",
+     r"^transformer\.layer\.\d+\."),
+    # transformers 5 names ViT's linears like a decoder's, no longer like BERT's.
+    (tiny_vit, "layers.<i>.attention.q_proj, layers.<i>.attention.k_proj, layers.<i>.attention"
+     ".v_proj, layers.<i>.attention.o_proj, layers.<i>.mlp.fc1, layers.<i>.mlp.fc2, pooler.dense",
+     r"^layers\.\d+\."),
+])
+def test_other_models_are_refused_naming_their_linears_and_patterns(build, names, pattern):
+    model = build()
+    count = sum(isinstance(module, nn.Linear) for module in model.modules())
+    with pytest.raises(ValueError, match=re.escape(
+            f"no nn.Linear or Conv1D of this {type(model).__name__} matches the default patterns "
+            f"(DEFAULT_BERT_PATTERNS: the encoder linears of a BERT). Its nn.Linear or Conv1D "
+            f"layers ({count}): {names}. Choose the ones to use with patterns= (regular "
+            f"expressions searched in each name), e.g. patterns=[{pattern!r}]")):
+        offload(model, open_device("reference", SMALL), 0.5)
+    # The suggested pattern is one that works: every linear of every layer, and nothing else.
+    _, report = offload(model, open_device("reference", SMALL), 0.5, patterns=[pattern])
+    assert len(report.layers) == 2 * 6
+    assert all(re.search(pattern, layer.name) for layer in report.layers)
+
+
+def conv1d_as_linear(model):
+    """The model with each transformers Conv1D replaced by the nn.Linear it computes."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(*module.weight.shape)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.t())
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
+@pytest.mark.parametrize("method, sparsity", [("magnitude", 0.0), ("2:4", None)])
+def test_gpt2_conv1d_layers_are_offloaded_as_their_transposed_linear(method, sparsity):
+    model = tiny_gpt2()
+    as_linears = conv1d_as_linear(copy.deepcopy(model))
+    input_ids = tiny_inputs(tokens=9)["input_ids"]
+    with torch.no_grad():
+        float_out = model(input_ids).last_hidden_state
+    patterns = [r"^h\.\d+\."]
+    _, report = offload(model, open_device("reference", SMALL), sparsity, method,
+                        patterns=patterns, keep_sums=True)
+    _, linear_report = offload(as_linears, open_device("reference", SMALL), sparsity, method,
+                               patterns=patterns, keep_sums=True)
+    with torch.no_grad():
+        out = model(input_ids).last_hidden_state
+        linear_out = as_linears(input_ids).last_hidden_state
+    assert [layer.name for layer in report.layers] == [
+        f"h.{i}.{name}" for i in range(2) for name in ("attn.c_attn", "attn.c_proj",
+                                                      "mlp.c_fc", "mlp.c_proj")]
+    assert [layer.shape for layer in report.layers[:4]] == [(96, 32), (32, 32), (64, 32),
+                                                            (32, 64)]
+    # Bit for bit what the nn.Linear of the transposed weight gives: same int32 sums, same output.
+    assert cross_check(linear_report, report).bit_exact
+    assert torch.equal(out, linear_out)
+    if method == "2:4":  # the N:M groups run along the inputs, as the array reads them
+        for module in report.modules:
+            groups = (module.weights.to_dense() != 0).reshape(module.out_features, -1, 4)
+            assert int(groups.sum(dim=-1).max()) <= 2
+    else:
+        cosine = torch.nn.functional.cosine_similarity(out.flatten(), float_out.flatten(), dim=0)
+        assert cosine > 0.99
+
+
+def test_prune_model_names_the_conv1d_layers_it_does_not_support():
+    with pytest.raises(ValueError, match=re.escape(
+            "it has no nn.Linear layer. Its 8 Conv1D layers (h.<i>.attn.c_attn, h.<i>.attn"
+            ".c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj) are not supported here: transformers' "
+            "Conv1D (GPT-2) stores its weight transposed, (in_features, out_features), and this "
+            "takes nn.Linear weights only")):
+        prune_model(tiny_gpt2(), 0.5, patterns=[r"^h\.\d+\."])
+
+
 # Commands ---------------------------------------------------------------------------------------
 
-def test_bert_command_json_on_minilm(capsys):
-    assert run_command(bert, ["--json", "--backend", "reference", "--sparsity", "0.5"]) == 0
+def test_bert_command_json_on_minilm(capsys, tmp_path):
+    path = tmp_path / "layers.csv"
+    assert run_command(bert, ["--json", "--backend", "reference", "--sparsity", "0.5",
+                              "--csv", str(path)]) == 0
     result = json.loads(capsys.readouterr().out)
+    with path.open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["name"] for row in rows] == [layer["name"] for layer in result["layers"]]
+    assert [int(row["sparse_cycles"]) for row in rows] == [
+        layer["sparse_cycles"] for layer in result["layers"]]
+    assert result["baseline"] == "the float model as given"
+    assert result["sparsity_found"] == 0.0 and result["sparsity"] == 0.5
     for key in ("model", "backend", "sparsity", "tokens", "sparse_cycles", "dense_cycles",
                 "speedup", "ideal_speedup", "bit_exact", "embedding_cosine",
                 "ranking_agreement", "wall_s", "layers", "seed"):
@@ -193,14 +346,16 @@ def test_bert_command_json_on_minilm(capsys):
 
 
 def test_bert_command_reports_bad_method(capsys):
-    assert run_command(bert, ["--method", "lottery"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(bert, ["--method", "lottery"])
+    assert exit_info.value.code == 2
     assert "unknown pruning method 'lottery'" in capsys.readouterr().err
 
 
 def test_compare_writes_tables_and_plots(tmp_path, capsys):
     output = tmp_path / "compare"
     assert run_command(compare, ["--sparsities", "0,0.5", "--methods", "magnitude,2:4",
-                                 "--configs", "k8t4,k4t4", "--output", str(output)]) == 0
+                                 "--config", "k8t4,k4t4", "--output", str(output)]) == 0
     assert "seed 0" in capsys.readouterr().out
     with (output / "compare.csv").open() as file:
         rows = list(csv.DictReader(file))

@@ -1,6 +1,7 @@
 """Tests for sparsemac.sw.models: offline loading, linear names, activations, embeddings."""
 
 import os
+import re
 
 # Set before transformers is imported: nothing in these tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,7 @@ from transformers import (  # noqa: E402
     BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
 )
 
+from sparsemac.sw.cli import main  # noqa: E402
 from sparsemac.sw.models import (  # noqa: E402
     DEFAULT_SENTENCE, ENCODER_LINEAR_SUFFIXES, SIMILARITY_PAIRS, LoadedModel,
     capture_linear_input, encoder_linear_names, get_linear, load_model, ranking_agreement,
@@ -209,6 +211,62 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     # Never unpickled: the loader must refuse on the file name alone.
     (tmp_path / "pytorch_model.bin").write_bytes(b"not to be unpickled")
     with pytest.raises(ValueError, match="safetensors weights are required.*save_pretrained"):
+        load_model(str(tmp_path))
+
+
+def _damage(file, damage):
+    """Damage a safetensors file as a broken download or copy would."""
+    content = file.read_bytes()
+    if damage == "truncated":  # the copy stopped halfway through the tensors
+        file.write_bytes(content[:len(content) // 2])
+    elif damage == "header-cut":  # stopped inside the JSON header
+        file.write_bytes(content[:40])
+    elif damage == "empty":
+        file.write_bytes(b"")
+    else:  # an HTML error page saved under the weights' name
+        file.write_bytes(b"<html><body>404 Not Found</body></html>\n" * 4)
+
+
+DAMAGES = {
+    "truncated": r"truncated: its header describes \d+ bytes but the file holds \d+",
+    "header-cut": r"truncated: its header alone should be \d+ bytes but the file holds 32 ",
+    "empty": "only 0 bytes long, too short for a safetensors header",
+    "garbage": "not a safetensors file: byte 8 is b'o', not the '{' that opens its JSON header",
+}
+
+
+@pytest.fixture
+def damaged_checkpoint(tmp_path, request):
+    torch.manual_seed(0)
+    BertModel(_tiny_config()).save_pretrained(tmp_path)
+    _damage(tmp_path / "model.safetensors", request.param)
+    return tmp_path, re.escape(f"{tmp_path / 'model.safetensors'}: ") + DAMAGES[request.param]
+
+
+@pytest.mark.parametrize("damaged_checkpoint", DAMAGES, indirect=True)
+def test_damaged_safetensors_is_refused_naming_the_file(damaged_checkpoint):
+    path, message = damaged_checkpoint
+    with pytest.raises(ValueError, match=message):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("damaged_checkpoint", ["truncated", "garbage"], indirect=True)
+def test_damaged_safetensors_exits_2_from_the_command_line(damaged_checkpoint, capsys):
+    path, message = damaged_checkpoint
+    assert main(["simulate", "--model", str(path), "--backend", "reference"]) == 2
+    assert re.search("sparsemac simulate: error: " + message, capsys.readouterr().err)
+
+
+def test_damaged_config_and_shard_index_name_the_file(tmp_path):
+    torch.manual_seed(0)
+    BertModel(_tiny_config()).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert",')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: not valid JSON")):
+        load_model(str(tmp_path))
+    _tiny_config().to_json_file(tmp_path / "config.json")
+    (tmp_path / "model.safetensors").rename(tmp_path / "shard-1.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ValueError, match="index.json: no 'weight_map' object naming the shards"):
         load_model(str(tmp_path))
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.sw.driver import open_device
 from sparsemac.sw.golden import quantised_linear
 from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.pruning import prune_mask

@@ -9,7 +9,8 @@ from conftest import (K3T2, K8T4, decode, layout_beats, random_activations, rand
                       short)
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode
-from sparsemac.sw.packing import beat_bytes, beats_to_ints, pack_job, unpack_sums
+from sparsemac.hw.link_formats import layout_bytes
+from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
 
 
 
@@ -21,7 +22,7 @@ def test_default_beat_widths():
                            "value_word", "sums", "cycles")}
     assert widths == {"job": 81, "activation_column": 32, "row_pointer": 32, "column_word": 128,
                       "value_word": 64, "sums": 128, "cycles": 48}
-    assert {name: beat_bytes(getattr(formats, name)) for name in widths} == {
+    assert {name: layout_bytes(getattr(formats, name)) for name in widths} == {
         "job": 11, "activation_column": 4, "row_pointer": 4, "column_word": 16,
         "value_word": 8, "sums": 16, "cycles": 6}
 
@@ -81,7 +82,7 @@ def test_unpack_sums_round_trip(config, rows, tokens):
                            generator=generator, dtype=torch.int64)
     payloads = [padded[b * token_lanes:(b + 1) * token_lanes, r].tolist()
                 for b in range(blocks) for r in range(rows)]
-    width = beat_bytes(CoreFormats(config).sums)
+    width = layout_bytes(CoreFormats(config).sums)
     beats = np.array([list(beat.to_bytes(width, "little"))
                       for beat in layout_beats(CoreFormats(config).sums, payloads)], np.uint8)
     got = unpack_sums(config, beats, rows, tokens)

@@ -1,7 +1,7 @@
 """The cocotb regressions under pytest, and tests that their checker can fail.
 
 Each (config, bench) pair is one pytest test running all catalogue cases in one Verilator
-process; the configs cover K in {1, 4, 8} and T in {1, 4, 16}. Builds are cached on disk and
+process; the configs cover K in {1, 4, 5, 8} and T in {1, 3, 4, 16}. Builds are cached on disk and
 shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design once, ever.
 The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
 """
@@ -17,12 +17,13 @@ from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardErro
 
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
-#: K=1 T=1 and K=4 T=16 with a 512-column buffer, and the shipped default K=8 T=4.
-CONFIGS = ("k1t1", "k4t16", "k8t4")
+#: K=1 T=1, K=4 T=16 and the odd K=5 T=3 with a 512-column buffer, and the shipped default
+#: K=8 T=4.
+CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512", "k8t4")
 
 
 def _failure_report(run):
-    lines = [f"{run.bench.name} on {regress.config_name(run.config)}, seed {run.seed}:"]
+    lines = [f"{run.bench.name} on {run.config.key()}, seed {run.seed}:"]
     if run.error:
         lines.append(run.error)
     for result in run.failed:
@@ -36,7 +37,7 @@ def _failure_report(run):
 @pytest.mark.parametrize("bench", list(regress.BENCHES))
 @pytest.mark.parametrize("config", CONFIGS)
 def test_regression(config, bench, tmp_path):
-    run = regress.run_bench(regress.config_by_name(config), regress.BENCHES[bench], SEED,
+    run = regress.run_bench(ArrayConfig.from_key(config), regress.BENCHES[bench], SEED,
                             tmp_path)
     assert run.results, _failure_report(run)
     assert not run.error and not run.failed, _failure_report(run)
@@ -44,9 +45,12 @@ def test_regression(config, bench, tmp_path):
 
 
 def test_configs_cover_lane_extremes():
-    configs = [regress.config_by_name(name) for name in CONFIGS]
+    configs = [ArrayConfig.from_key(name) for name in CONFIGS]
+    assert set(CONFIGS) == set(regress.NAMED_CONFIGS)
     assert {1, 4, 8} <= {config.lanes for config in configs}
     assert {1, 4, 16} <= {config.token_lanes for config in configs}
+    # An odd K > 1: the adder tree then has an unpaired input at some level.
+    assert any(config.lanes > 1 and config.lanes % 2 for config in configs)
 
 
 # The checker itself -----------------------------------------------------------------------
@@ -110,7 +114,7 @@ def _flip_sum_bit(verilog):
 
 
 def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
-    config = regress.config_by_name("k1t1")
+    config = ArrayConfig.from_key("k1t1i512")
     bench = regress.BENCHES["core"]
     mutant = tmp_path / "mutant.v"
     mutant.write_text(_flip_sum_bit(regress.bench_verilog(config, bench).read_text()))
@@ -122,3 +126,17 @@ def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
     for result in run.results:
         assert "first mismatch: sums beat 0 (block 0 (tokens 0-0), row 0): token lane 0" \
             in result.message, result.message
+
+
+def test_replay_command_names_any_config_the_way_the_cli_reads_it():
+    from sparsemac.sw.cli import build_parser
+    from sparsemac.sw.commands.options import configs_from_args
+
+    config = ArrayConfig(lanes=2, token_lanes=8, max_in_features=256)
+    result = regress.TestResult(bench="core", name="test_core/case=tiny", passed=False,
+                                cycles=0, wall_time=0.0)
+    command = regress.replay_command(config, regress.BENCHES["core"], result, 7)
+    assert command == ("sparsemac regress --config k2t8i256 --bench core "
+                       "--test 'test_core/case=tiny$' --seed 7 --waves")
+    args = build_parser().parse_args(["regress", "--config", "k2t8i256"])
+    assert configs_from_args(args) == [config]

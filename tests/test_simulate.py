@@ -1,12 +1,13 @@
 """``sparsemac simulate``: the default MiniLM job on Verilator, the reference fast path, and the
 errors a user gets for bad input."""
 
+import csv
 import json
 
 import pytest
 
 from sparsemac.sw.cli import main
-from sparsemac.sw.commands import simulate
+from sparsemac.sw.pipelines import simulate
 
 REQUIRED_KEYS = {
     "sparsity", "tokens", "sparse_cycles", "dense_cycles", "speedup", "ideal_speedup",
@@ -111,6 +112,82 @@ def test_sparsity_out_of_range(capsys, sparsity):
     assert "sparsity must be" in capsys.readouterr().err
 
 
+# Options are checked before any work -------------------------------------------------------------
+
+def test_fst_into_a_missing_folder_is_refused_before_the_run(capsys, tmp_path):
+    path = tmp_path / "no-such-folder" / "run.fst"
+    status, out, err = run_simulate(capsys, "--fst", str(path))
+    assert status == 2 and out == ""
+    assert f"folder {str(path.parent)!r} does not exist" in err
+    assert "[sparsemac]" not in err  # nothing was loaded, built or run
+    assert not path.parent.exists()
+
+
+def test_fst_over_the_size_limit_is_refused_unless_raised(capsys, tmp_path):
+    path = tmp_path / "run.fst"
+    # The default job: 32 617 + 295 301 cycles, about 78 MB at the measured rate.
+    cycles = 32_617 + 295_301
+    estimate = simulate.estimate_fst_bytes(cycles, simulate.DEFAULT_CONFIG)
+    assert estimate == cycles * simulate.FST_BYTES_PER_CYCLE
+    status, _, err = run_simulate(capsys, "--fst", str(path), "--fst-limit", "0.05")
+    assert status == 2
+    assert (f"the waveform of {cycles:,} cycles would be about {estimate / 1e9:.2f} GB, over "
+            "the 0.05 GB limit: raise it with --fst-limit") in err
+    assert "opening the verilator device" not in err and not path.exists()
+
+
+def test_the_fst_limit_scales_with_the_array():
+    large = simulate.ArrayConfig(lanes=16, token_lanes=8)
+    assert simulate.estimate_fst_bytes(1000, large) == 4 * simulate.estimate_fst_bytes(
+        1000, simulate.DEFAULT_CONFIG)
+    assert simulate.DEFAULT_FST_LIMIT == 1_000_000_000
+
+
+@pytest.mark.parametrize("method, message", [
+    ("foo", "unknown pruning method 'foo'; valid methods are 'magnitude', 'random' or an 'N:M'"),
+    ("n:m", "pruning method 'n:m' does not say which pattern: write it as N:M, e.g. '2:4'"),
+    ("4:2", "N:M pruning needs 1 <= n <= m, got n=4, m=2"),
+])
+def test_a_bad_method_is_refused_before_any_device(capsys, method, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--method", method)  # default backend: verilator
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "[sparsemac]" not in err
+    with pytest.raises(ValueError, match="does not say which pattern"):
+        simulate.simulate_layer(method="n:m", backend="reference")
+
+
+def test_csv_report_matches_the_json(capsys, tmp_path):
+    path = tmp_path / "simulate.csv"
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference", "--csv",
+                                    str(path))
+    assert status == 0, err
+    report = json.loads(out)
+    with path.open() as file:
+        [row] = list(csv.DictReader(file))
+    assert row["config"] == "k8t4" and row["layer"] == report["layer"]
+    for key in ("sparse_cycles", "dense_cycles", "weight_bytes_sparse", "tokens"):
+        assert int(row[key]) == report[key]
+    assert row["bit_exact"] == "True"
+
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--csv",
+                                  str(tmp_path / "missing" / "x.csv"))
+    assert status == 2 and "does not exist" in err and "[sparsemac]" not in err
+
+
+def test_config_is_spelled_one_way(capsys):
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
+                                  "--config", "k4t4")
+    assert status == 2 and "built for K=8 T=4" in err and "--config k8t4" in err
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--config", "k8-t4")
+    assert exit_info.value.code == 2
+    assert "write k<lanes>t<token lanes>" in capsys.readouterr().err
+
+
+# Memory models ---------------------------------------------------------------------------------
+
 def test_memory_preset_counts_the_bytes(capsys):
     status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
                                     "--memory", "ulx3s-sdram")
@@ -128,11 +205,20 @@ def test_memory_preset_counts_the_bytes(capsys):
     assert report["cycle_model_match"] is True
 
 
+def test_bandwidth_is_a_custom_memory(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--bandwidth", "4,2")
+    assert status == 0, err
+    memory = json.loads(out)["memory"]["memory"]
+    assert (memory["name"], memory["weight_bytes_per_cycle"],
+            memory["activation_bytes_per_cycle"]) == ("custom", 4.0, 2.0)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--memory", "fast"], "error: unknown memory preset 'fast'"),
-    (["--memory", "0"], "error: the weight bandwidth must be a positive, finite number"),
+    (["--bandwidth", "0"], "error: the weight bandwidth must be a positive, finite number"),
     (["--memory", "uart", "--backend", "fpga", "--port", "/dev/null"],
-     "error: --memory uart needs a simulated backend"),
+     "error: memory uart needs a simulated backend"),
     (["--memory", "onchip", "--backend", "reference"],
      "error: encoder.layer.0.intermediate.dense (sparse mode) has 183096 bytes of weights but "
      "the block RAM left beside a K=8 T=4 in<=4096 array holds 137216"),
@@ -141,3 +227,11 @@ def test_bad_memory(capsys, argv, message):
     status, out, err = run_simulate(capsys, *argv)
     assert status == 2
     assert message in err
+    assert "opening the" not in err  # refused before any device work
+
+
+def test_memory_and_bandwidth_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--memory", "uart", "--bandwidth", "2")
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from conftest import K3T2, random_activations, random_weights, weights_with_row_lengths
+from sparsemac.devices.amaranth import AmaranthDevice
+from sparsemac.devices.reference import ReferenceDevice
+from sparsemac.devices.verilator import VerilatorDevice
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sim.amaranth_sim import run_core_job
 from sparsemac.sim.cocotb.cases import build_case
-from sparsemac.sim.verilator_device import VerilatorDevice
 from sparsemac.sw.cycle_model import job_cycles
 from sparsemac.sw.memory import MemoryModel, job_streams, memory_preset
 from sparsemac.sw.packing import pack_job
@@ -86,8 +88,6 @@ def test_amaranth_matches_model(fraction, mode):
 
 
 def test_amaranth_device_takes_a_memory():
-    from sparsemac.sw.driver import AmaranthDevice
-
     weights = random_weights(4, 12, 0.5, seed=10)
     activations = random_activations(3, 12, seed=11)
     memory = MemoryModel("custom", 1.3, 0.9)
@@ -148,8 +148,6 @@ def test_layer_cycles_sums_the_driver_jobs():
 def test_verilator_under_a_preset_matches_reference_device(preset):
     # The whole flow: ReferenceDevice and VerilatorDevice given the same preset agree; at the
     # UART's 0.005 bytes per cycle a row pointer waits 4096 cycles for its credit.
-    from sparsemac.sw.driver import ReferenceDevice
-
     config = CONFIGS["K3"]
     weights = random_weights(20, 64, 0.9, seed=8)
     activations = random_activations(10, 64, seed=9)

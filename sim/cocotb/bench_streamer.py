@@ -45,7 +45,7 @@ class StreamerTestbench(Testbench):
         self.chunks_ready.pauses = self.pauses(profile.backpressure)
 
         packed = pack_job(self.config, case.weights, case.activations, case.mode)
-        beats = input_beats(packed)
+        beats = input_beats(self.config, packed)
         await self.start(packed.job)
         for name in _WEIGHT_STREAMS:
             if beats[name]:

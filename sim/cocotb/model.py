@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ...hw.formats import CoreFormats, Mode
-from ...sw.cycle_model import job_cycles
+from ...hw.formats import CoreFormats, CoreStreams, Mode
+from ...sw.cycle_model import job_cycles, token_blocks
 from ...sw.golden import golden_matmul
 from ...sw.packing import beats_to_ints, pack_job
 from .scoreboard import Expected
 
 __all__ = ["Chunk", "row_chunks", "CoreExpectation", "core_expectation", "chunk_expectation",
-           "mac_array_stimulus", "block_sums", "INPUT_STREAMS", "input_beats"]
+           "mac_array_stimulus", "block_sums", "input_beats"]
 
 
 def _bits(layout, value):
@@ -35,7 +35,7 @@ def block_sums(config, case):
 
     Padding tokens have zero activations, so their sums are zero, as the hardware's are.
     """
-    blocks = -(-case.tokens // config.token_lanes)
+    blocks = token_blocks(case.tokens, config)
     padded = torch.zeros(blocks * config.token_lanes, case.weights.cols, dtype=torch.int8)
     padded[:case.tokens] = case.activations
     return golden_matmul(case.weights, padded)
@@ -119,7 +119,7 @@ def chunk_expectation(config, case):
     formats = CoreFormats(config)
     layout, lanes = formats.chunk, config.lanes
     all_columns = (1 << config.column_address_width) - 1
-    blocks = -(-case.tokens // config.token_lanes)
+    blocks = token_blocks(case.tokens, config)
     pass_chunks = row_chunks(config, case)
     expected = []
     for block in range(blocks):
@@ -173,9 +173,8 @@ def mac_array_stimulus(config, case):
     return operands, expected
 
 
-INPUT_STREAMS = ("activations", "row_pointers", "columns", "values")
-
-
-def input_beats(packed):
-    """The input beats of a :class:`~sparsemac.sw.packing.PackedJob` as integers, per stream."""
-    return {name: beats_to_ints(getattr(packed, name)) for name in INPUT_STREAMS}
+def input_beats(config, packed):
+    """The input beats of a :class:`~sparsemac.sw.packing.PackedJob` of ``config`` as integers,
+    per core data input stream (``CoreStreams.data_inputs``)."""
+    return {name: beats_to_ints(getattr(packed, name))
+            for name in CoreStreams(config).data_inputs}

@@ -10,7 +10,6 @@ regression seed and the test's name, so one seed replays any single test exactly
 import json
 import os
 import random
-from dataclasses import dataclass
 
 import cocotb
 from cocotb.clock import Clock
@@ -18,31 +17,19 @@ from cocotb.triggers import ClockCycles, with_timeout
 
 from ...hw.config import ArrayConfig
 from ...hw.formats import CoreFormats
+from ..stalls import IDEAL, StallPattern
 from .cases import CASE_NAMES, build_case
 from .streams import no_pauses, random_pauses
 
-__all__ = ["CONFIG_VARIABLE", "CLOCK_PERIOD_NS", "StallProfile", "PROFILES", "config_environment",
+__all__ = ["CONFIG_VARIABLE", "CLOCK_PERIOD_NS", "PROFILES", "config_environment",
            "config_from_environment", "CASES", "Testbench"]
 
 CONFIG_VARIABLE = "SPARSEMAC_CONFIG"
 CLOCK_PERIOD_NS = 10
 
 
-@dataclass(frozen=True)
-class StallProfile:
-    """How often inputs go idle and outputs refuse beats; ``exact`` if the cycle count must
-    equal the cycle model's (only with ideal streams)."""
-    name: str
-    idle: float
-    backpressure: float
-
-    @property
-    def exact(self):
-        return self.idle == 0 and self.backpressure == 0
-
-
 #: Every job runs under each profile in turn: ideal streams (exact cycle count), then stalls.
-PROFILES = (StallProfile("ideal", 0.0, 0.0), StallProfile("stalled", 0.3, 0.3))
+PROFILES = (IDEAL, StallPattern(0.3, 0.3, name="stalled"))
 
 
 #: The catalogue as ``cocotb.parametrize`` values, named by case: tests are then called
@@ -117,4 +104,4 @@ class Testbench:
     @staticmethod
     def timeout_cycles(model_cycles, profile):
         """Generous time for a job: stalls at most multiply the ideal schedule's length."""
-        return 64 + model_cycles * (1 if profile.exact else 8) * 2
+        return 64 + model_cycles * (1 if profile.ideal else 8) * 2

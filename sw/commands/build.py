@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+from .options import add_config_arguments, config_from_args
+
 HELP = ("Build the ULX3S bitstream with the open toolchain (Yosys, nextpnr-ecp5, ecppack), check "
         "whether the committed one is stale, or program a board.")
 
@@ -21,10 +23,7 @@ INSTALL_HINT = ("no FPGA programmer found on PATH: install openFPGALoader (Debia
 
 def add_arguments(parser):
     parser.add_argument("--board", default="ulx3s-85f", help="target board (default: ulx3s-85f)")
-    parser.add_argument("--lanes", type=int, default=None, help="K, nonzeros per cycle")
-    parser.add_argument("--token-lanes", type=int, default=None, help="T, tokens in parallel")
-    parser.add_argument("--max-in-features", type=int, default=None,
-                        help="activation buffer depth (widest layer input)")
+    add_config_arguments(parser)
     parser.add_argument("--output", default=None,
                         help="output folder (default: bitstreams/<board>/ for the default config, "
                              "else build/<board>-<config>)")
@@ -49,15 +48,6 @@ def find_programmer():
     return None
 
 
-def _config(args):
-    from ...hw.config import ArrayConfig, DEFAULT_CONFIG
-    return ArrayConfig(
-        lanes=DEFAULT_CONFIG.lanes if args.lanes is None else args.lanes,
-        token_lanes=DEFAULT_CONFIG.token_lanes if args.token_lanes is None else args.token_lanes,
-        max_in_features=(DEFAULT_CONFIG.max_in_features if args.max_in_features is None
-                         else args.max_in_features))
-
-
 def run(args):
     from pathlib import Path
     from ...bitstreams import build
@@ -67,7 +57,7 @@ def run(args):
               file=sys.stderr)
         return 2
     try:
-        config = _config(args)
+        config = config_from_args(args)
     except (TypeError, ValueError) as error:
         print(f"bad array config: {error}", file=sys.stderr)
         return 2

@@ -5,21 +5,17 @@ import sys
 import time
 from pathlib import Path
 
+from ..tables import format_table
+from .options import add_config_arguments, configs_from_args
+
 HELP = ("run the cocotb regressions (core, CSR streamer, MAC array) on Verilator against the "
         "golden and cycle models")
 
 
 def add_arguments(parser):
-    chosen = parser.add_argument_group("configuration (default: k8t4)")
-    chosen.add_argument("--config", action="append", metavar="NAME",
-                        help="a named array config: k8t4 (the default hardware), k1t1, k4t16; "
-                             "repeatable")
-    chosen.add_argument("--all-configs", action="store_true", help="every named config")
-    chosen.add_argument("--lanes", type=int, metavar="K", help="a custom config: K lanes")
-    chosen.add_argument("--token-lanes", type=int, metavar="T",
-                        help="a custom config: T token lanes")
-    chosen.add_argument("--max-in-features", type=int, default=512, metavar="N",
-                        help="a custom config's activation buffer depth (default: 512)")
+    add_config_arguments(parser, several=True)
+    parser.add_argument("--all-configs", action="store_true",
+                        help="every config of the regression: k8t4, the lane extremes and odd K and T")
     parser.add_argument("--bench", action="append", metavar="NAME",
                         help="run only this bench: core, streamer or mac_array "
                              "(repeatable; default: all)")
@@ -36,28 +32,14 @@ def add_arguments(parser):
 
 
 def _configs(args):
-    from ...hw.config import ArrayConfig
-    from ...sim.regress import NAMED_CONFIGS, config_by_name
+    from ...sim.regress import NAMED_CONFIGS
 
-    if args.lanes is not None or args.token_lanes is not None:
-        return [ArrayConfig(lanes=args.lanes or 8, token_lanes=args.token_lanes or 4,
-                            max_in_features=args.max_in_features)]
-    if args.all_configs:
-        return list(NAMED_CONFIGS.values())
-    return [config_by_name(name) for name in (args.config or ["k8t4"])]
-
-
-def _table(rows, header):
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([line.format(*header), line.format(*("-" * w for w in widths)),
-                      *(line.format(*row) for row in rows)])
+    return list(NAMED_CONFIGS.values()) if args.all_configs else configs_from_args(args)
 
 
 def run(args):
-    from tqdm import tqdm
-
     from ...sim import regress
+    from ..progress import progress_bar
     from ...sim.toolchain import cache_dir
 
     try:
@@ -76,13 +58,13 @@ def run(args):
     if not total:
         print(f"sparsemac regress: no test matches {args.test!r}", file=sys.stderr)
         return 2
-    print(f"seed {seed}; {total} tests on {', '.join(regress.config_name(c) for c in configs)}; "
+    print(f"seed {seed}; {total} tests on {', '.join(config.key() for config in configs)}; "
           f"results in {output}")
 
     start = time.monotonic()
-    with tqdm(total=total, unit="test", dynamic_ncols=True) as progress:
+    with progress_bar(total, "regress", "test") as progress:
         def on_bench(config, bench):
-            progress.set_description(f"{regress.config_name(config)} {bench.name}")
+            progress.set_description(f"{config.key()} {bench.name}")
 
         def on_test(name, passed):
             progress.update(1)
@@ -100,20 +82,21 @@ def _report(runs, seed, output, seconds):
     rows = []
     for run in runs:
         passed = sum(result.passed for result in run.results)
-        rows.append((regress.config_name(run.config), run.bench.name, passed,
+        rows.append((run.config.key(), run.bench.name, passed,
                      len(run.results) - passed, sum(result.cycles for result in run.results),
                      f"{sum(result.wall_time for result in run.results):.1f} s"
                      + (f" (+{run.build_seconds:.0f} s build)" if run.compiled else "")))
     print()
-    print(_table(rows, ("config", "test", "passed", "failed", "simulated cycles", "wall time")))
+    print(format_table(rows, ("config", "test", "passed", "failed", "simulated cycles",
+                              "wall time")))
     failures = 0
     for run in runs:
         if run.error:
             failures += 1
-            print(f"\nERROR {regress.config_name(run.config)} {run.bench.name}: {run.error}")
+            print(f"\nERROR {run.config.key()} {run.bench.name}: {run.error}")
         for result in run.failed:
             failures += 1
-            print(f"\nFAILED {regress.config_name(run.config)} {result.bench} {result.name}\n"
+            print(f"\nFAILED {run.config.key()} {result.bench} {result.name}\n"
                   f"  {result.message}\n  log: {run.log}")
             if result.waveform is not None:
                 print(f"  waveform: {result.waveform}")

@@ -2,7 +2,7 @@
 
 :class:`SimulatedBoard` runs :class:`~sparsemac.hw.board_top.BoardTop` (the RTL of the ULX3S
 bitstream, with a UART of a few clocks per bit instead of the PLL clock) behind a pty, so the
-real host driver, :class:`~sparsemac.sw.fpga_device.FPGADevice` and pyserial included, talks to
+real host driver, :class:`~sparsemac.devices.fpga.FPGADevice` and pyserial included, talks to
 it exactly as to a board::
 
     with SimulatedBoard(config) as board:
@@ -22,9 +22,10 @@ from pathlib import Path
 
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.uart import uart_divisor
-from .toolchain import (cache_dir, check_build_tools, file_lock, tool_versions,
-                        verilator_environment)
-from .verilog import generate_verilog
+from ..sim.toolchain import (cache_dir, check_build_tools, file_lock, tool_versions,
+                             verilator_environment)
+from ..sim.verilog import generate_verilog
+from ..sw.progress import phase
 
 __all__ = ["SIM_CLOCK_HZ", "SIM_BAUD", "SIM_TIMEOUT_S", "build_board_sim", "SimulatedBoard"]
 
@@ -43,7 +44,7 @@ _VERILATOR_FLAGS = ("-O2", "--x-assign", "fast", "--x-initial", "fast", "--noass
 
 def sim_board(config):
     """The :class:`BoardTop` the simulation compiles: the board RTL with the simulation UART."""
-    from ..bitstreams.build import design_hash
+    from ..hw.board_link import design_hash
     from ..hw.board_top import BoardTop
     return BoardTop(config, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD,
                     design_hash=design_hash(config), timeout_s=SIM_TIMEOUT_S)
@@ -84,7 +85,8 @@ def build_board_sim(config=DEFAULT_CONFIG):
              "-CFLAGS", "-O1 -DVERILATED_TOP_HEADER='\"Vboard.h\"' -DVERILATED_TOP_CLASS=Vboard",
              "-j", str(os.cpu_count() or 1), "-o", "board_sim"],
         ]
-        with open(log, "w") as output:
+        with open(log, "w") as output, phase(f"building the board simulation of "
+                                             f"{config.describe()} (once; cached)"):
             for command in commands:
                 result = subprocess.run(command, cwd=folder, env=env, stdout=output,
                                         stderr=subprocess.STDOUT)

@@ -1,6 +1,6 @@
 // The C++ side of the `verilator` back end: runs whole jobs on the Verilated sparse MAC core.
 //
-// Python (sim/verilator_device.py) compiles this file together with the Verilated core into one
+// Python (devices/verilator.py) compiles this file together with the Verilated core into one
 // shared library and calls the extern "C" functions below through ctypes, once per job: every
 // clock cycle is simulated here, none in Python. Every output is always ready; an input is valid
 // whenever data remains and, for a stream given a credit rate, its byte bucket holds a whole beat
@@ -27,7 +27,7 @@
 
 #define SM_API extern "C" __attribute__((visibility("default")))
 
-// Error codes returned by sm_run_job instead of a cycle count; mirrored in verilator_device.py.
+// Error codes returned by sm_run_job instead of a cycle count; mirrored in devices/verilator.py.
 enum : int64_t {
     SM_ERR_STALLED = -1,      // no handshake on any stream for max_idle_cycles cycles
     SM_ERR_OVERFLOW = -2,     // the core sent more sums beats than the caller's buffer holds

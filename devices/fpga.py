@@ -2,7 +2,7 @@
 
 Frames are packed and parsed with the layouts of :mod:`sparsemac.hw.link_formats`; the protocol
 is described in ``docs/host-link.md``. Every failure (no port, no reply, a bad checksum, an error
-reply, a board that runs another design) raises :class:`~sparsemac.sw.driver.DeviceError` with
+reply, a board that runs another design) raises :class:`~sparsemac.sw.device.DeviceError` with
 a message that says what happened; nothing waits longer than the configured time-out.
 """
 
@@ -11,19 +11,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..hw import board_link
 from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import Mode
-from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC,
-                               MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, crc8,
+from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
+                               MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
                                layout_bytes)
-from ..hw.host_link import fifo_depth
-from .driver import Device, DeviceError, JobResult
+from ..sw.device import Device, DeviceError, JobResult
+from ..sw.packing import pack_job, unpack_sums
 
 __all__ = ["FPGADevice", "LinkStatusError", "Identification", "encode_request", "decode_reply",
            "DEFAULT_BAUDRATE"]
 
-#: The board design's UART rate (``bitstreams.build.DEFAULT_BAUD``).
-DEFAULT_BAUDRATE = 3_000_000
+#: The board design's UART rate.
+DEFAULT_BAUDRATE = board_link.DEFAULT_BAUD
 
 
 class LinkStatusError(DeviceError):
@@ -86,7 +87,7 @@ def encode_request(formats, opcode, tag, payload=b""):
     })
     frame = header.as_bits().to_bytes(layout_bytes(formats.request_header), "little")
     frame += bytes(payload)
-    return frame + bytes([crc8(frame[1:])])
+    return frame + bytes([LINK_CRC.compute(frame[1:])])
 
 
 def decode_reply(formats, frame):
@@ -104,7 +105,7 @@ def decode_reply(formats, frame):
     if len(frame) != header_bytes + header.length + 1:
         raise DeviceError(f"a reply of {header.length} payload bytes cannot be "
                           f"{len(frame)} bytes long")
-    if crc8(frame[1:-1]) != frame[-1]:
+    if LINK_CRC.compute(frame[1:-1]) != frame[-1]:
         raise DeviceError("a reply from the board arrived corrupted (bad checksum): "
                           "the request may or may not have been carried out")
     return header, bytes(frame[header_bytes:-1])
@@ -182,8 +183,7 @@ class FPGADevice(Device):
         if built != wanted:
             return f"this host expects {config.describe()}"
         if check_design:
-            from ..bitstreams.build import design_hash
-            current = f"{design_hash(config):016x}"
+            current = f"{board_link.design_hash(config):016x}"
             if identification.design_hash != current:
                 return f"the current RTL is design {current}"
         return None
@@ -314,7 +314,6 @@ class FPGADevice(Device):
         loaded before its header is sent, so the count equals the cycle model's; a larger job
         starts at once and its count includes the cycles the core waited for the link.
         """
-        from .packing import pack_job, unpack_sums
 
         formats = self._formats
         packed = pack_job(self.config, weights, activations, mode)

@@ -1,8 +1,9 @@
 """The ``verilator`` back end: the core compiled by Verilator into a shared library.
 
-:func:`build_library` verilates the core's Verilog (:func:`~sparsemac.sim.verilog.generate_verilog`)
-together with ``harness.cpp`` into one shared library, cached on disk per design (config, RTL,
-tool versions, harness and build flags), so a second run neither regenerates nor recompiles.
+:func:`build_library` verilates the core's Verilog
+(:func:`~sparsemac.sim.verilog.generate_verilog`) together with ``verilator_harness.cpp`` (beside
+this module) into one shared library, cached on disk per design (config, RTL, tool versions,
+harness and build flags), so a second run neither regenerates nor recompiles.
 :class:`VerilatorDevice` loads it with ctypes and runs each job entirely in C++ with ideal
 streams (inputs always valid while data remains, outputs always ready) or at the rates of a
 memory model (:mod:`sparsemac.sw.memory`).
@@ -22,30 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import CoreFormats, Mode
-from ..sw.driver import Device, DeviceError, JobResult
+from ..hw.formats import CoreFormats, CoreStreams, Mode
+from ..hw.link_formats import layout_bytes
+from ..sim.toolchain import (WAIVED_WARNINGS, ToolMissingError, cache_dir, check_build_tools,
+                             file_lock, fst_verilator_args, verilator_environment)
+from ..sim.verilog import TOP_NAME, design_key, generate_verilog
+from ..sw.device import Device, DeviceError, JobResult
 from ..sw.memory import packed_stream_rates
-from ..sw.packing import beat_bytes, pack_job, unpack_sums
-from .toolchain import (ToolMissingError, cache_dir, check_build_tools, file_lock,
-                        fst_verilator_args, verilator_environment)
-from .verilog import TOP_NAME, design_key, generate_verilog
+from ..sw.packing import pack_job, unpack_sums
+from ..sw.progress import phase
 
-__all__ = ["BuildResult", "build_library", "library_dir", "VerilatorDevice", "WAIVED_WARNINGS"]
+__all__ = ["BuildResult", "build_library", "library_dir", "is_cached", "VerilatorDevice"]
 
-HARNESS = Path(__file__).resolve().with_name("harness.cpp")
+HARNESS = Path(__file__).resolve().with_name("verilator_harness.cpp")
 LIBRARY_NAME = "libsparsemac_core.so"
-MODEL_PREFIX = "Vsparsemac_core"  # the class harness.cpp includes
-
-#: The only lint warnings waived, each raised by how Amaranth writes Verilog, not by a design bug.
-WAIVED_WARNINGS = {
-    "WIDTHEXPAND": "Amaranth lets Verilog zero- or sign-extend narrower operands implicitly "
-                   "(e.g. `$signed(a) > $signed(4'h4)` with a 33-bit a); the extension is the "
-                   "intended Amaranth semantics",
-    "WIDTHTRUNC": "Amaranth emits `!x` on multi-bit values for its Value.bool() tests, which "
-                  "Verilator reports as a truncation to 1 bit",
-    "CASEINCOMPLETE": "FSM `casez (fsm_state)` statements list only the states that assign the "
-                      "signal; any other state keeps the default assigned before the case",
-}
+MODEL_PREFIX = "Vsparsemac_core"  # the class verilator_harness.cpp includes
 
 #: Verilator options: -O3 and fast X handling (Amaranth gives every register and memory an
 #: initial value, so X never reaches an output); one thread, since the 2-core build machine gains
@@ -108,6 +100,11 @@ def library_dir(config, *, trace=False):
     return cache_dir("verilator", _build_key(config, trace))
 
 
+def is_cached(config, *, trace=False):
+    """Whether the library of ``config`` is built: :func:`build_library` then builds nothing."""
+    return (library_dir(config, trace=trace) / LIBRARY_NAME).exists()
+
+
 def _commands(verilog, trace):
     verilate = ["verilator", "--cc", str(verilog), "--top-module", TOP_NAME,
                 "--prefix", MODEL_PREFIX, "-Mdir", "obj", *VERILATOR_FLAGS,
@@ -157,26 +154,34 @@ def build_library(config=DEFAULT_CONFIG, *, trace=False):
             env = verilator_environment()
         except ToolMissingError as error:
             raise DeviceError(f"cannot build the Verilator model: {error}") from error
-        verilog = generate_verilog(config)
-        shutil.rmtree(folder / "obj", ignore_errors=True)
-        with open(log, "w") as output:
-            for command in _commands(verilog, trace):
-                output.write(f"$ {shlex.join(command)}\n")
-                output.flush()
-                status = subprocess.run(command, cwd=folder, env=env, stdout=output,
-                                        stderr=subprocess.STDOUT).returncode
-                if status != 0:
-                    retry = " && ".join(shlex.join(c) for c in _commands(verilog, trace))
-                    raise DeviceError(
-                        f"the Verilator build of {config.describe()} failed ({command[0]} exited "
-                        f"with {status}). Last lines of {log}:\n{_tail(log)}\n"
-                        f"Retry by hand with: cd {folder} && "
-                        f"VERILATOR_ROOT={env['VERILATOR_ROOT']} PATH=$VERILATOR_ROOT/bin:$PATH "
-                        f"sh -c {shlex.quote(retry)}")
-        # Rename into place last: the library's presence means the build finished.
-        os.replace(folder / "obj" / LIBRARY_NAME, library)
-        shutil.rmtree(folder / "obj", ignore_errors=True)
+        with phase(f"building the Verilator model of {config.describe()}"
+                   + (" with FST tracing" if trace else "") + " (once; cached in "
+                   f"{folder.parent})"):
+            _build(config, trace, folder, log, env)
     return BuildResult(library, False, time.perf_counter() - started, log)
+
+
+def _build(config, trace, folder, log, env):
+    """Generates the Verilog and compiles the library into ``folder``, logging to ``log``."""
+    verilog = generate_verilog(config)
+    shutil.rmtree(folder / "obj", ignore_errors=True)
+    with open(log, "w") as output:
+        for command in _commands(verilog, trace):
+            output.write(f"$ {shlex.join(command)}\n")
+            output.flush()
+            status = subprocess.run(command, cwd=folder, env=env, stdout=output,
+                                    stderr=subprocess.STDOUT).returncode
+            if status != 0:
+                retry = " && ".join(shlex.join(c) for c in _commands(verilog, trace))
+                raise DeviceError(
+                    f"the Verilator build of {config.describe()} failed ({command[0]} exited "
+                    f"with {status}). Last lines of {log}:\n{_tail(log)}\n"
+                    f"Retry by hand with: cd {folder} && "
+                    f"VERILATOR_ROOT={env['VERILATOR_ROOT']} PATH=$VERILATOR_ROOT/bin:$PATH "
+                    f"sh -c {shlex.quote(retry)}")
+    # Rename into place last: the library's presence means the build finished.
+    os.replace(folder / "obj" / LIBRARY_NAME, folder / LIBRARY_NAME)
+    shutil.rmtree(folder / "obj", ignore_errors=True)
 
 
 class _Stream(ctypes.Structure):
@@ -189,7 +194,6 @@ class _JobStats(ctypes.Structure):
                 ("inputs_left", ctypes.c_uint64 * 4)]
 
 
-_INPUT_STREAMS = ("activations", "row_pointers", "columns", "values")  # harness.cpp's order
 _libraries = {}
 
 
@@ -246,7 +250,7 @@ class VerilatorDevice(Device):
         self._library = _load(self._build.path)
         self._fst_path = None if fst_path is None else Path(fst_path)
         formats = CoreFormats(config)
-        self._job_bytes, self._sums_bytes = beat_bytes(formats.job), beat_bytes(formats.sums)
+        self._job_bytes, self._sums_bytes = layout_bytes(formats.job), layout_bytes(formats.sums)
         path = None if fst_path is None else os.fsencode(fst_path)
         self._handle = self._library.sm_create(path)
         if not self._handle:
@@ -267,9 +271,12 @@ class VerilatorDevice(Device):
         packed = pack_job(self.config, weights, activations, mode)
         expected = packed.token_blocks * packed.rows
         rates = packed_stream_rates(self.config, packed, self.memory)
-        streams = (_Stream * len(_INPUT_STREAMS))()
+        # harness.cpp's input enum follows this order (tests/test_verilator.py checks it)
+        names = CoreStreams(self.config).data_inputs
+        streams = (_Stream * len(names))()
         keep = []  # contiguous copies stay alive until the call returns
-        for slot, name, rate in zip(streams, _INPUT_STREAMS, rates):
+        for slot, name in zip(streams, names):
+            rate = getattr(rates, name)
             beats = np.ascontiguousarray(getattr(packed, name))
             keep.append(beats)
             slot.data = beats.ctypes.data if beats.size else None
@@ -288,7 +295,7 @@ class VerilatorDevice(Device):
             raise DeviceError(f"Verilator job {packed.rows}x{packed.cols} x {packed.tokens} "
                               f"tokens ({packed.mode.name.lower()}) failed: {message}; "
                               f"{stats.sums_beats} of {expected} sums beats received")
-        left = dict(zip(_INPUT_STREAMS, stats.inputs_left))
+        left = dict(zip(names, stats.inputs_left))
         if stats.sums_beats != expected or any(left.values()):
             raise DeviceError(f"the core reported done after {stats.sums_beats} of {expected} "
                               f"sums beats, with input beats left over: {left}")

@@ -1,10 +1,11 @@
 """The ``verilator`` back end against the reference and Amaranth back ends, and its build cache.
 
-Every test shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token blocks a
-job, so bigger layers are split into several jobs): one Verilator build for the whole file, plus
-its FST-tracing variant for the waveform test.
+Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
+blocks a job, so bigger layers are split into several jobs): one Verilator build for the whole
+file, plus its FST-tracing variant for the waveform test and an odd K=5 T=3 build.
 """
 
+import re
 import shutil
 
 import numpy as np
@@ -12,15 +13,20 @@ import pytest
 import torch
 
 from conftest import random_activations, random_weights, weights_with_row_lengths
+from sparsemac.devices import verilator as verilator_backend
+from sparsemac.devices.amaranth import AmaranthDevice
+from sparsemac.devices.reference import ReferenceDevice
+from sparsemac.devices.verilator import VerilatorDevice, build_library
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
-from sparsemac.sim import verilator_device
-from sparsemac.sim.verilator_device import VerilatorDevice, build_library
+from sparsemac.hw.formats import CoreStreams, Mode
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import AmaranthDevice, DeviceError, ReferenceDevice
+from sparsemac.sw.device import DeviceError
 
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features=16,
                     max_token_blocks=3)
+#: Odd K > 1 and odd T: the adder tree has an unpaired input, lanes pad words of 5.
+ODD = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                  max_token_blocks=3)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,17 @@ def test_verilator_matches_reference(verilator, name, mode):
         assert result.jobs == 3 * 3  # 40 rows in tiles of 16, 13 tokens in jobs of 6
 
 
+@pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
+def test_odd_lanes_match_reference(mode):
+    with VerilatorDevice(ODD) as device:
+        for name, (weights, tokens, seed) in CASES.items():
+            activations = random_activations(tokens, weights.cols, seed)
+            expected = ReferenceDevice(ODD).matmul(weights, activations, mode)
+            result = device.matmul(weights, activations, mode)
+            assert torch.equal(result.sums, expected.sums), name
+            assert result.job_cycles == expected.job_cycles, name
+
+
 def test_amaranth_matches_verilator(verilator):
     weights = weights_with_row_lengths((5, 0, 9, 2), 12, seed=8)
     activations = random_activations(3, 12, seed=20)
@@ -81,7 +98,7 @@ def test_watchdog_fails_instead_of_hanging_and_device_recovers(verilator):
         with pytest.raises(DeviceError, match="stalled"):
             verilator.run_job(weights, activations)
     finally:
-        verilator.max_idle_cycles = verilator_device.DEFAULT_MAX_IDLE_CYCLES
+        verilator.max_idle_cycles = verilator_backend.DEFAULT_MAX_IDLE_CYCLES
     expected = ReferenceDevice(SMALL).run_job(weights, activations)
     result = verilator.run_job(weights, activations)
     assert torch.equal(result.sums, expected.sums) and result.cycles == expected.cycles
@@ -112,3 +129,15 @@ def test_missing_compiler_gives_a_clear_error(tmp_path, monkeypatch):
                         else real_which(tool, *args, **kwargs))
     with pytest.raises(DeviceError, match=r"g\+\+.*apt-get install g\+\+"):
         VerilatorDevice(SMALL)
+
+
+def test_harness_input_enum_follows_the_core_signature():
+    """harness.cpp numbers the input streams itself: its enum must list the core's data inputs
+    in the order the back end passes them."""
+    text = verilator_backend.HARNESS.read_text()
+    enum = re.search(r"enum \{ (SM_ACTIVATIONS[^}]*) \};", text)
+    assert enum, "harness.cpp has no input stream enum"
+    names = CoreStreams(SMALL).data_inputs
+    assert enum.group(1).split(", ") == [f"SM_{name.upper()}" for name in names] + ["SM_INPUTS"]
+    fields = dict(verilator_backend._JobStats._fields_)
+    assert fields["inputs_left"]._length_ == len(names)

@@ -1,14 +1,16 @@
-"""The host driver: tiling over rows and token blocks, back ends against each other, errors."""
+"""The devices: tiling over rows and token blocks, back ends against each other, errors."""
 
 import pytest
 import torch
 
+from sparsemac.devices import BACKENDS, open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.csr import CSRMatrix, csr_stream_bytes, dense_stream_bytes
+from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.cycle_model import job_cycles
-from sparsemac.sw.driver import BACKENDS, MatmulResult, open_device
+from sparsemac.sw.device import MatmulResult
 from sparsemac.sw.golden import golden_matmul
+from sparsemac.sw.packing import weight_stream_bytes
 
 # Small limits so that one layer needs several jobs along both axes.
 TILED = ArrayConfig(lanes=4, token_lanes=2, max_in_features=32, max_out_features=3,
@@ -47,8 +49,8 @@ def test_weight_bytes_count_every_pass():
     sparse = device.matmul(weights, activations, Mode.SPARSE)
     dense = device.matmul(weights, activations, Mode.DENSE)
     # 4 tokens on 2 token lanes: the weights are streamed twice.
-    assert sparse.weight_bytes == 2 * csr_stream_bytes(weights, TILED.lanes)
-    assert dense.weight_bytes == 2 * dense_stream_bytes(3, 20, TILED.lanes)
+    assert sparse.weight_bytes == 2 * weight_stream_bytes(TILED, weights, Mode.SPARSE)
+    assert dense.weight_bytes == 2 * weight_stream_bytes(TILED, weights, Mode.DENSE)
 
 
 @pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())

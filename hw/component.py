@@ -1,0 +1,46 @@
+"""The base of every block built for one array configuration."""
+
+from amaranth.lib import wiring
+
+from .config import check_config
+from .formats import CoreFormats
+
+__all__ = ["ArrayComponent"]
+
+
+class ArrayComponent(wiring.Component):
+    """A component parameterised by an :class:`ArrayConfig`, with the formats derived from it.
+
+    Checks the configuration and builds its formats once, for every block (as amaranth's
+    ``FIFOInterface`` shares its constructor). A subclass names its formats class in
+    :attr:`Formats` and returns its interface from :meth:`members`.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not an :class:`ArrayConfig`.
+    """
+
+    #: The formats class the interface is built from (called with the config).
+    Formats = CoreFormats
+
+    def __init__(self, config):
+        self._config = check_config(config)
+        self._formats = self.Formats(config)
+        super().__init__(self.members(self._formats))
+
+    def members(self, formats):
+        """The component's signature, or a dict of its members, built from ``formats``."""
+        raise NotImplementedError
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def formats(self):
+        return self._formats

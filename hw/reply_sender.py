@@ -1,0 +1,97 @@
+"""The reply sender of the host link: a reply frame out on a byte stream, CRC appended."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream
+from amaranth.lib.wiring import In, Out
+
+from .component import ArrayComponent
+from .link_formats import LINK_CRC, LinkFormats, layout_bytes
+
+__all__ = ["ReplySender"]
+
+
+class ReplySender(ArrayComponent):
+    """Sends each ``replies`` beat as one frame on ``tx``: header, payload, CRC byte.
+
+    ::
+
+        replies (header, word) --+
+                                 +--> byte multiplexer --> CRC --> tx
+        sums beats --------------+
+
+    Contract
+    --------
+    A ``replies`` beat (:attr:`LinkFormats.reply`) is accepted in the cycle its frame's last
+    byte (the CRC) is accepted on ``tx``. The payload is the first ``header.length`` bytes of
+    ``word``, or, with ``sums`` set, ``header.length`` bytes taken from whole ``sums`` beats:
+    each beat is accepted with its last byte. The engine must have the beats ready: the sender
+    does not wait on ``sums.valid``. The CRC covers every byte after the sync byte.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Attributes
+    ----------
+    replies : In(stream.Signature(formats.reply))
+    sums : In(stream.Signature(formats.core.sums))
+    tx : Out(stream.Signature(8))
+    """
+
+    Formats = LinkFormats
+
+    def members(self, formats):
+        return {
+            "replies": In(stream.Signature(formats.reply)),
+            "sums": In(stream.Signature(formats.core.sums)),
+            "tx": Out(stream.Signature(8)),
+        }
+
+    def elaborate(self, platform):
+        m = Module()
+        formats = self._formats
+        reply = self.replies.payload
+        m.submodules.crc = crc = LINK_CRC.create()
+
+        header_bytes = layout_bytes(formats.reply_header)
+        word_bytes = len(reply.word) // 8
+        reply_bytes = Signal(16)                    # header + payload
+        m.d.comb += reply_bytes.eq(header_bytes + reply.header.length)
+        sent = Signal(16)                           # bytes sent, header included
+        sums_byte = Signal(range(formats.sums_bytes))
+
+        tx_byte = Signal(8)
+        in_header = sent < header_bytes
+        payload_index = (sent - header_bytes)[:len(sent)]
+        last = sent == reply_bytes                  # the CRC byte
+        with m.If(in_header):
+            m.d.comb += tx_byte.eq(reply.header.as_value().word_select(
+                sent[:(header_bytes - 1).bit_length()], 8))
+        with m.Elif(last):
+            m.d.comb += tx_byte.eq(crc.crc)
+        with m.Elif(reply.sums):
+            m.d.comb += tx_byte.eq(
+                self.sums.payload.as_value().word_select(sums_byte, 8))
+        with m.Else():
+            m.d.comb += tx_byte.eq(reply.word.word_select(
+                payload_index[:(word_bytes - 1).bit_length()], 8))
+        m.d.comb += [self.tx.valid.eq(self.replies.valid), self.tx.payload.eq(tx_byte),
+                     crc.data.eq(tx_byte)]
+
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += sent.eq(sent + 1)
+            with m.If(sent == 0):
+                m.d.comb += crc.start.eq(1)         # the sync byte is not covered
+            with m.Else():
+                m.d.comb += crc.valid.eq(1)
+            with m.If(~in_header & ~last & reply.sums):
+                with m.If(sums_byte == formats.sums_bytes - 1):
+                    m.d.sync += sums_byte.eq(0)
+                    m.d.comb += self.sums.ready.eq(1)
+                with m.Else():
+                    m.d.sync += sums_byte.eq(sums_byte + 1)
+            with m.If(last):
+                m.d.sync += sent.eq(0)
+                m.d.comb += self.replies.ready.eq(1)
+
+        return m

@@ -1,0 +1,30 @@
+"""How often stream inputs go idle and outputs refuse beats: one description for every bench.
+
+The Amaranth benches (:func:`~sparsemac.sim.amaranth_sim.run_core_job`) and the cocotb benches
+(:data:`~sparsemac.sim.cocotb.testbench.PROFILES`) both take a :class:`StallPattern`.
+"""
+
+from dataclasses import dataclass
+
+__all__ = ["StallPattern", "IDEAL"]
+
+
+@dataclass(frozen=True)
+class StallPattern:
+    """Probabilities of an idle cycle before each input beat and of a not-ready output cycle.
+
+    ``seed`` makes the pattern replayable; ``name`` labels it in test names and messages. A
+    zero pattern gives ideal streams, under which a cycle count must equal the cycle model's.
+    """
+    idle: float = 0.0
+    backpressure: float = 0.0
+    seed: int = 0
+    name: str = ""
+
+    @property
+    def ideal(self):
+        return self.idle == 0 and self.backpressure == 0
+
+
+#: Ideal streams: inputs always valid while data remains, outputs always ready.
+IDEAL = StallPattern(name="ideal")

@@ -1,0 +1,145 @@
+"""What the commands share: one spelling of each option.
+
+Every command that takes an array configuration calls :func:`add_config_arguments`, so the
+configuration is written the same way everywhere: ``--config NAME`` with a name in the format of
+:meth:`ArrayConfig.key <sparsemac.hw.config.ArrayConfig.key>` (``k8t4``, ``k1t1i512``), and
+``--lanes``, ``--token-lanes``, ``--max-in-features`` to change single fields of it.
+"""
+
+import argparse
+import dataclasses
+
+from ...devices import BACKENDS
+from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+
+__all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
+           "config_from_args", "add_backend_arguments", "add_memory_arguments",
+           "memory_from_args", "method_argument", "fraction_argument"]
+
+#: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
+DEFAULT_BACKEND = "verilator"
+
+_FIELDS = (("lanes", "K", "nonzero weights per cycle"),
+           ("token_lanes", "T", "tokens in parallel"),
+           ("max_in_features", "N", "activation buffer depth: the widest layer input"))
+
+
+def _config_names(text):
+    try:
+        return [ArrayConfig.from_key(name) for name in text.split(",") if name.strip()]
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
+    """Adds ``--config`` and the field options of the array configuration.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    several : bool
+        Whether the command runs several configurations (``--config`` repeatable or
+        comma-separated).
+    default : sequence of ArrayConfig
+        The configurations used without ``--config``.
+    """
+    names = ", ".join(config.key() for config in default)
+    group = parser.add_argument_group(f"array configuration (default: {names})")
+    group.add_argument("--config", metavar="NAME", type=_config_names,
+                       action="extend" if several else "store",
+                       help="k<K>t<T>, then i<max in features> if not 4096, e.g. k8t4 (the "
+                            "ULX3S build) or k1t1i512"
+                            + ("; repeatable or comma-separated" if several else ""))
+    for name, metavar, meaning in _FIELDS:
+        group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
+                           help=f"{metavar}, {meaning} (changes this field of --config)")
+    parser.set_defaults(_default_configs=tuple(default))
+
+
+def configs_from_args(args):
+    """The configurations ``args`` names (see :func:`add_config_arguments`), in order.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a field option makes a configuration out of range.
+    """
+    configs = args.config or args._default_configs
+    changes = {name: getattr(args, name) for name, _, _ in _FIELDS
+               if getattr(args, name) is not None}
+    return list(dict.fromkeys(dataclasses.replace(config, **changes) for config in configs))
+
+
+def config_from_args(args):
+    """The one configuration ``args`` names (commands that run one)."""
+    configs = configs_from_args(args)
+    if len(configs) != 1:
+        raise ValueError(f"--config names {len(configs)} configurations; this command runs one")
+    return configs[0]
+
+
+def add_backend_arguments(parser):
+    """Adds ``--backend`` (default :data:`DEFAULT_BACKEND`) and ``--port`` for ``fpga``."""
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND,
+                        help="device that runs the jobs: verilator (the RTL, cycle-accurate), "
+                             "reference (golden model and exact cycle model, instant), amaranth "
+                             "(Python RTL simulation, slow), fpga (a board; needs --port) "
+                             "(default: %(default)s)")
+    parser.add_argument("--port", default=None,
+                        help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
+
+
+def add_memory_arguments(parser):
+    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and ``--energy-table PATH``.
+
+    Read them back with :func:`memory_from_args` (the model) and ``args.energy_table``.
+    """
+    from ..memory import PRESETS
+
+    group = parser.add_argument_group("memory feeding the streams (sparsemac.sw.memory)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--memory", metavar="PRESET", default=None,
+                        help=f"{', '.join(PRESETS)} (default: ideal)")
+    choice.add_argument("--bandwidth", metavar="WEIGHT[,ACT]", default=None,
+                        help="bytes per core cycle of the weight path and, optionally, of the "
+                             "activation path (unthrottled when omitted)")
+    group.add_argument("--energy-table", metavar="PATH", default=None,
+                       help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 nm; "
+                            "see sparsemac/sw/data/energy_horowitz_45nm.json for the format)")
+
+
+def memory_from_args(args):
+    """The :class:`~sparsemac.sw.memory.MemoryModel` of ``--memory`` or ``--bandwidth``.
+
+    Raises
+    ------
+    MemoryModelError
+        If the preset is unknown or a bandwidth is not a positive, finite number.
+    """
+    from ..memory import memory_preset, parse_bandwidth
+
+    if args.bandwidth is not None:
+        return parse_bandwidth(args.bandwidth)
+    return memory_preset("ideal" if args.memory is None else args.memory)
+
+
+def method_argument(text):
+    """argparse type of ``--method``: magnitude, random or an explicit N:M such as 2:4."""
+    from ..pruning import parse_method  # torch: imported when an option is parsed, not at --help
+
+    try:
+        parse_method(text, explicit=True)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def fraction_argument(text):
+    """argparse type of a sparsity: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number from 0 to 1, not {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be from 0 to 1, not {value!r}")
+    return value

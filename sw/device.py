@@ -1,0 +1,174 @@
+"""The abstract device: one API over every back end that runs the sparse MAC core.
+
+A :class:`Device` runs *jobs*: one weight matrix against at most ``config.max_tokens`` tokens,
+with at most ``config.max_out_features`` rows. :meth:`Device.matmul` splits any layer that fits
+the activation buffer into such jobs (over rows and over token blocks), runs them in turn and
+adds their cycles: each job's own activation load and output drain are counted, because the
+hardware pays them.
+
+The back ends (``reference``, ``amaranth``, ``verilator``, ``fpga``) live in
+:mod:`sparsemac.devices`, one module each, and are opened with
+:func:`sparsemac.devices.open_device`. Library code (model offload, say) takes a :class:`Device`
+object and never names a back end.
+"""
+
+import abc
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..hw.config import ArrayConfig, DEFAULT_CONFIG
+from ..hw.formats import Mode
+from .csr import CSRMatrix
+from .cycle_model import job_tiles, token_blocks
+from .packing import check_job_fits, weight_stream_bytes
+
+__all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
+
+
+class DeviceError(RuntimeError):
+    """A device could not be built, opened or run; the message says what to do."""
+
+
+@dataclass
+class JobResult:
+    """What one job returned.
+
+    Attributes
+    ----------
+    sums : torch.Tensor of int32, [tokens, rows]
+    cycles : int
+        The hardware cycle counter (the cycle model's prediction on ``reference``).
+    """
+    sums: torch.Tensor
+    cycles: int
+
+
+@dataclass
+class MatmulResult:
+    """A whole layer's product, combined from its jobs.
+
+    Attributes
+    ----------
+    sums : torch.Tensor of int32, [tokens, rows]
+    cycles : int
+        Sum of the jobs' cycle counts.
+    jobs : int
+    weight_bytes : int
+        Weight traffic over all jobs (weights are re-streamed for every token block).
+    activation_bytes, output_bytes : int
+    wall_s : float
+        Host wall time spent in the device.
+    job_cycles : list of int
+    """
+    sums: torch.Tensor
+    cycles: int
+    jobs: int
+    weight_bytes: int
+    activation_bytes: int
+    output_bytes: int
+    wall_s: float
+    job_cycles: list = field(default_factory=list)
+
+
+class Device(abc.ABC):
+    """A sparse MAC core that runs jobs.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    """
+
+    #: The back-end name, as :func:`sparsemac.devices.open_device` takes it.
+    name = None
+
+    def __init__(self, config=DEFAULT_CONFIG):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+
+    @property
+    def config(self):
+        return self._config
+
+    @abc.abstractmethod
+    def run_job(self, weights, activations, mode=Mode.SPARSE):
+        """Runs one job.
+
+        Parameters
+        ----------
+        weights : CSRMatrix
+            At most ``config.max_out_features`` rows and ``config.max_in_features`` columns.
+        activations : torch.Tensor of int8, [tokens, cols]
+            At most ``config.max_tokens`` tokens.
+        mode : Mode
+
+        Returns
+        -------
+        JobResult
+        """
+
+    def close(self):
+        """Releases the device."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def matmul(self, weights, activations, mode=Mode.SPARSE):
+        """``activations @ weights.T`` in int32 on this device, split into jobs as needed.
+
+        Parameters
+        ----------
+        weights : CSRMatrix, [rows, cols]
+        activations : torch.Tensor of int8, [tokens, cols]
+        mode : Mode
+            ``Mode.DENSE`` streams every weight: the baseline the sparse mode is compared with.
+
+        Returns
+        -------
+        MatmulResult
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the operands are malformed or the layer is wider than ``max_in_features``.
+        DeviceError
+            If the device fails.
+        """
+        if not isinstance(weights, CSRMatrix):
+            raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
+        mode = Mode(mode)
+        config = self._config
+        if not isinstance(activations, torch.Tensor) or activations.dtype != torch.int8:
+            raise TypeError("activations must be an int8 torch.Tensor, not "
+                            f"{getattr(activations, 'dtype', type(activations).__name__)}")
+        if activations.dim() != 2 or activations.shape[0] < 1:
+            raise ValueError("activations must be 2-D [tokens, in_features] with at least one "
+                             f"token, not {tuple(activations.shape)}")
+        rows, cols = weights.shape
+        # One check of the whole layer gives the user the layer's own numbers in the message.
+        check_job_fits(config, weights.row_slice(0, min(rows, config.max_out_features)),
+                       activations[:config.max_tokens])
+
+        tokens = activations.shape[0]
+        sums = torch.empty((tokens, rows), dtype=torch.int32)
+        cycles, weight_bytes, activation_bytes, output_bytes = [], 0, 0, 0
+        started = time.perf_counter()
+        for job in job_tiles(rows, tokens, config):
+            block = activations[job.token_start:job.token_stop].contiguous()
+            blocks = token_blocks(block.shape[0], config)
+            tile = weights.row_slice(job.row_start, job.row_stop)
+            result = self.run_job(tile, block, mode)
+            sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
+            cycles.append(result.cycles)
+            weight_bytes += blocks * weight_stream_bytes(config, tile, mode)
+            activation_bytes += blocks * config.token_lanes * cols
+            output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
+        return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),
+                            weight_bytes=weight_bytes, activation_bytes=activation_bytes,
+                            output_bytes=output_bytes, wall_s=time.perf_counter() - started,
+                            job_cycles=cycles)

@@ -1,0 +1,24 @@
+"""Library pipelines: the measurements behind the commands, each returning a report dataclass.
+
+They sit in the application layer: they open devices (:mod:`sparsemac.devices`) and may use
+every other layer. A command parses its arguments, calls one of these and prints the report;
+a notebook calls the same function.
+"""
+
+from pathlib import Path
+
+__all__ = ["check_output_path"]
+
+
+def check_output_path(path, what):
+    """Refuses an output file whose folder does not exist, before any work is done.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder of ``path`` does not exist (the message names it and ``what``).
+    """
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write the {what} {str(path)!r}: folder {str(folder)!r} "
+                                "does not exist")

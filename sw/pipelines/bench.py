@@ -1,0 +1,194 @@
+"""How fast the simulators themselves are: :func:`bench`.
+
+For each array configuration (``sparsemac bench`` takes the default array and one with four
+times its multipliers) it measures the simulated cycles per second of each back
+end on a BERT-base-shaped sparse job (the Amaranth simulator on a small job: it is thousands of
+times slower), and the time of a cold Verilator build (an empty cache) against a cached one.
+"""
+
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...devices.amaranth import AmaranthDevice
+from ...devices.reference import ReferenceDevice
+from ...devices.verilator import VerilatorDevice, build_library, is_cached
+from ...hw.config import ArrayConfig
+from ...hw.formats import Mode
+from ...sim.toolchain import tool_versions
+from ..csr import CSRMatrix
+from ..progress import progress
+
+__all__ = ["BackendRun", "ConfigBench", "BenchReport", "bench_config",
+           "bench"]
+
+
+#: (rows, cols, tokens, sparsity) of the job each back end runs; Amaranth gets a small one.
+LARGE_JOB = (3072, 768, 128, 0.9)
+SMALL_JOB = (64, 64, 8, 0.9)
+
+
+@dataclass
+class BackendRun:
+    """One back end on one job (sparse and dense mode, one after the other)."""
+    backend: str
+    job: str
+    cycles: int
+    wall_s: float
+    cycles_per_s: float
+    cpu_s: float
+    cycles_per_cpu_s: float  # unaffected by other processes sharing the machine
+    note: str = ""
+
+
+@dataclass
+class ConfigBench:
+    """Everything measured for one array configuration.
+
+    ``cold_build_s`` is None when the cold build was not measured; ``cached_build_s`` is None
+    when Verilator was skipped (``cold=False`` and no cached build).
+    """
+    name: str
+    config: dict
+    cold_build_s: float | None
+    cached_build_s: float | None
+    runs: list
+
+
+@dataclass
+class BenchReport:
+    """Every configuration measured, and the machine; :meth:`as_json` is the JSON file."""
+    machine: dict
+    seed: int
+    configs: list
+    wall_s: float
+
+    def as_json(self):
+        return asdict(self)
+
+    def sections(self):
+        """The human report as ``(title, header, rows)`` tables."""
+        sections = []
+        for bench in self.configs:
+            config = ArrayConfig(**bench.config)
+            rows = [[run.backend, run.job, f"{run.cycles:,}", f"{run.wall_s:.3f}",
+                     f"{run.cycles_per_s:,.0f}", f"{run.cycles_per_cpu_s:,.0f}", run.note]
+                    for run in bench.runs]
+            sections.append((f"{bench.name}: {config.describe()}",
+                             ["back end", "job", "cycles", "wall s", "cycles/s", "cycles/CPU s",
+                              "note"], rows))
+            cold = "skipped" if bench.cold_build_s is None else f"{bench.cold_build_s:.1f} s"
+            cached = ("skipped" if bench.cached_build_s is None
+                      else f"{bench.cached_build_s:.3f} s")
+            sections.append((f"{bench.name}: Verilator build", None, [
+                ["cold (empty cache)", cold], ["cached", cached]]))
+        return sections
+
+
+def _random_job(rows, cols, tokens, sparsity, seed):
+    generator = torch.Generator().manual_seed(seed)
+    dense = torch.randint(-128, 128, (rows, cols), generator=generator, dtype=torch.int8)
+    dense[torch.rand((rows, cols), generator=generator) < sparsity] = 0
+    activations = torch.randint(-128, 128, (tokens, cols), generator=generator,
+                                dtype=torch.int8)
+    return CSRMatrix.from_dense(dense), activations
+
+
+def _measure(device, job, seed):
+    rows, cols, tokens, sparsity = job
+    weights, activations = _random_job(rows, cols, tokens, sparsity, seed)
+    cycles = wall = 0
+    cpu = time.process_time()
+    for mode in (Mode.SPARSE, Mode.DENSE):
+        result = device.matmul(weights, activations, mode)
+        cycles += result.cycles
+        wall += result.wall_s
+    cpu = time.process_time() - cpu
+    return BackendRun(backend=device.name,
+                      job=f"{rows}x{cols}, {tokens} tokens, {sparsity:.0%} sparse + dense",
+                      cycles=cycles, wall_s=wall, cycles_per_s=cycles / wall if wall else 0.0,
+                      cpu_s=cpu, cycles_per_cpu_s=cycles / cpu if cpu else 0.0)
+
+
+@contextmanager
+def _cache(path):
+    """Points the build cache (SPARSEMAC_CACHE) at ``path`` for the duration."""
+    previous = os.environ.get("SPARSEMAC_CACHE")
+    os.environ["SPARSEMAC_CACHE"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["SPARSEMAC_CACHE"]
+        else:
+            os.environ["SPARSEMAC_CACHE"] = previous
+
+
+def bench_config(config, *, cold=True, amaranth=True, seed=0):
+    """Measures one array configuration on every back end.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    cold : bool
+        Time a cold Verilator build in an empty cache. Without it nothing is built: Verilator
+        runs only when the configuration's library is already cached, else it is skipped (and
+        the report says so).
+    amaranth : bool
+        Also run the Amaranth simulator (on a small job).
+    seed : int
+        Seeds the random jobs.
+
+    Returns
+    -------
+    ConfigBench
+
+    Raises
+    ------
+    DeviceError
+        If a build or a device fails.
+    """
+    name = config.key()
+    runs, cold_s, cached_s = [], None, None
+    if cold or is_cached(config):
+        with tempfile.TemporaryDirectory(prefix="sparsemac-bench-") as folder:
+            with _cache(folder) if cold else nullcontext():
+                first = build_library(config)  # cold in the empty cache, else a hit
+                cached = build_library(config)
+                progress(f"{name}: Verilator on {LARGE_JOB[0]}x{LARGE_JOB[1]} x {LARGE_JOB[2]} "
+                         "tokens")
+                with VerilatorDevice(config) as device:
+                    runs.append(_measure(device, LARGE_JOB, seed))
+        cold_s = None if first.cached else first.seconds
+        cached_s = cached.seconds
+    else:
+        progress(f"{name}: no cached Verilator build and no cold build asked: Verilator skipped")
+    reference = _measure(ReferenceDevice(config), LARGE_JOB, seed)
+    reference.note = "golden + cycle model: no clock is simulated"
+    runs.append(reference)
+    if amaranth:
+        progress(f"{name}: Amaranth on {SMALL_JOB[0]}x{SMALL_JOB[1]} x {SMALL_JOB[2]} tokens")
+        runs.append(_measure(AmaranthDevice(config), SMALL_JOB, seed))
+    return ConfigBench(name=name, config=config.as_dict(), cold_build_s=cold_s,
+                       cached_build_s=cached_s, runs=runs)
+
+
+def bench(configs, *, cold=True, amaranth=True, seed=0):
+    """Measures every configuration (see :func:`bench_config`).
+
+    Returns
+    -------
+    BenchReport
+    """
+    started = time.perf_counter()
+    benches = [bench_config(config, cold=cold, amaranth=amaranth, seed=seed)
+               for config in configs]
+    return BenchReport(
+        machine={"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "platform": platform.platform(), "tools": tool_versions()},
+        seed=seed, configs=benches, wall_s=time.perf_counter() - started)

@@ -1,0 +1,252 @@
+"""A whole BERT with its encoder linears pruned and offloaded to a device: :func:`measure_bert`.
+
+Real sentences run through the model; the report gives the cycles saved per layer and what the
+outputs lost against the model as given (a model pruned beforehand is its own baseline: its
+zeros are kept, and :attr:`BertReport.sparsity_found` says how many there were).
+``sparsemac bert`` prints the report; from Python::
+
+    from sparsemac.sw.pipelines.bert import measure_bert
+    report = measure_bert(backend="reference", sparsity=0.5)
+    print(report.speedup, report.embedding_cosine)
+"""
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...devices import open_device
+from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ..model_offload import cross_check, offload
+from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
+                      tokenize)
+from ..progress import phase, progress, progress_bar
+from ..pruning import is_structured, parse_method
+
+__all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
+
+DEFAULT_SPARSITY = 0.9
+#: What the fidelity figures compare with.
+BASELINE = "the float model as given"
+
+
+@dataclass
+class BertReport:
+    """Everything ``sparsemac bert`` measured; :meth:`as_json` is its ``--json`` output.
+
+    ``sparsity`` is the target; ``sparsity_found`` the zeros the model had before pruning;
+    ``achieved_sparsity`` what was applied. ``bit_exact`` and ``cycles_equal`` are None on the
+    reference back end (nothing to compare with), else the cross-check against it. ``layers``
+    holds one dict per offloaded linear (:meth:`LayerReport.as_dict
+    <sparsemac.sw.model_offload.LayerReport.as_dict>`).
+    """
+    model: str
+    source: str
+    backend: str
+    method: str
+    sparsity: float | None
+    sparsity_found: float
+    achieved_sparsity: float
+    scope: str
+    seed: int
+    tokens: int
+    config: dict
+    sparse_cycles: int
+    dense_cycles: int
+    speedup: float | None
+    ideal_speedup: float | None
+    dense_measured: bool
+    sparse_weight_bytes: int
+    dense_weight_bytes: int
+    bit_exact: bool | None
+    cycles_equal: bool | None
+    baseline: str
+    embedding_cosine: float
+    ranking_agreement: float | None
+    device_s: float
+    wall_s: float
+    layers: list
+
+    @property
+    def passed(self):
+        """False only when a cross-check found a difference."""
+        return False not in (self.bit_exact, self.cycles_equal)
+
+    def as_json(self):
+        return asdict(self)
+
+    def sections(self):
+        """The human report as ``(title, header, rows)`` tables."""
+        checked = self.bit_exact is not None
+        config = self.config
+        title = (f"{self.model} on {self.backend} (K={config['lanes']} "
+                 f"T={config['token_lanes']}), {self.method} pruning to "
+                 f"{self.achieved_sparsity:.1%} ({self.scope}), {self.tokens} tokens, "
+                 f"seed {self.seed}")
+        header = ["layer", "shape", "sparsity", "sparse cyc", "dense cyc", "speedup", "ideal",
+                  *(["exact"] if checked else [])]
+        rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.3f}",
+                 f"{layer['sparse_cycles']:,}", f"{layer['dense_cycles']:,}",
+                 _times(layer["speedup"]), _times(layer["ideal_speedup"]),
+                 *([("yes" if layer["bit_exact"] else "NO")] if checked else [])]
+                for layer in self.layers]
+        rows.append(["total", "", f"{self.achieved_sparsity:.3f}", f"{self.sparse_cycles:,}",
+                     f"{self.dense_cycles:,}", _times(self.speedup),
+                     _times(self.ideal_speedup), *([""] if checked else [])])
+        baseline = "measured on the device" if self.dense_measured else "exact cycle model"
+        summary = [
+            ["sparsity", f"found {self.sparsity_found:.1%} in the model as given, target "
+                         + ("-" if self.sparsity is None else f"{self.sparsity:.1%}")
+                         + f", applied {self.achieved_sparsity:.1%}"],
+            ["dense baseline", baseline],
+            ["weight bytes", f"{self.sparse_weight_bytes:,} CSR vs "
+                             f"{self.dense_weight_bytes:,} dense"],
+            ["embedding cosine", f"{self.embedding_cosine:.4f} (against {BASELINE})"],
+        ]
+        if self.ranking_agreement is not None:
+            summary.append(["similarity ranking", f"Spearman {self.ranking_agreement:.3f} "
+                                                  f"(against {BASELINE})"])
+        if checked:
+            exact = sum(layer["bit_exact"] for layer in self.layers)
+            same = sum(layer["cycles_equal"] for layer in self.layers)
+            summary.append([f"{self.backend} vs reference",
+                            f"int32 sums bit-exact on {exact}/{len(self.layers)} layers, cycles "
+                            f"equal on {same}/{len(self.layers)}: "
+                            + ("PASS" if self.passed else "FAIL")])
+        summary.append(["wall time", f"{self.wall_s:.1f} s (device {self.device_s:.1f} s)"])
+        return [(title, header, rows), ("Summary", None, summary)]
+
+
+def _times(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
+                 scope="local", granularity="tensor", text=None, tokens=None, seed=0,
+                 config=DEFAULT_CONFIG, verify=False, port=None):
+    """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
+
+    Parameters
+    ----------
+    model : str
+        ``minilm``, ``bert-base`` or a local BERT checkpoint folder.
+    backend : str
+        A back end of :func:`~sparsemac.devices.open_device`; any other than ``reference`` is
+        cross-checked bit for bit and cycle for cycle against ``reference``.
+    sparsity : float or None
+        Fraction of weights pruned (default :data:`DEFAULT_SPARSITY`; None for N:M methods,
+        whose pattern fixes it).
+    method, scope, granularity, seed
+        As in :func:`~sparsemac.sw.model_offload.offload`.
+    text : str or None
+        The sentence (default: the built-in 16-token sentence).
+    tokens : int or None
+        Exact sequence length: the text is repeated or cut to fill it.
+    config : ArrayConfig
+    verify : bool
+        Measure the dense baseline on the device instead of predicting it.
+    port : str or None
+        The board's serial port (``fpga`` only).
+
+    Returns
+    -------
+    BertReport
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        If an option or the model is wrong; options are checked before anything is loaded.
+    DeviceError
+        If the device cannot be built or fails.
+    """
+    started = time.perf_counter()
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    parse_method(method, explicit=True)  # a bad method fails before any work
+    structured = is_structured(method)
+    if (backend == "fpga") != (port is not None):
+        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
+                         "is only for --backend fpga")
+    # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
+    # two that wait on each other, by an order of magnitude when the machine is busy.
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    if sparsity is None and not structured:
+        sparsity = DEFAULT_SPARSITY
+    with phase(f"loading {model} (seed {seed})"):
+        loaded = load_model(model, seed=seed)
+    inputs = tokenize(loaded, text or DEFAULT_SENTENCE, tokens)
+    length = int(inputs["input_ids"].shape[1])
+    float_embedding = mean_pooled(loaded.model, inputs)
+    # A random BERT-base has nothing to rank; a trained model and its tokenizer do.
+    rank = loaded.tokenizer is not None and loaded.name != "bert-base"
+    float_scores = similarity_scores(loaded.model, loaded.tokenizer) if rank else None
+    check = backend != "reference"
+    reference_model = copy.deepcopy(loaded.model) if check else None
+
+    options = dict(seed=seed, granularity=granularity, scope=scope)
+    device_options = {} if port is None else {"port": port}
+    progress(f"opening the {backend} device ({config.describe()})")
+    with open_device(backend, config, **device_options) as device:
+        offloaded, report = offload(loaded.model, device, sparsity, method, progress=True,
+                                    measure_dense=verify, keep_sums=check, **options)
+        embedding = mean_pooled(offloaded, inputs, report, f"{backend} run")
+    if report.sparsity_target is not None and report.sparsity_found > report.sparsity_target:
+        progress(f"the model as given is already {report.sparsity_found:.1%} sparse, more than "
+                 f"the {report.sparsity_target:.1%} asked: its zeros are kept")
+    cosine = float(torch.nn.functional.cosine_similarity(embedding, float_embedding).mean())
+
+    crosscheck = None
+    if check:
+        reference_model, reference = offload(reference_model, open_device("reference", config),
+                                             sparsity, method, keep_sums=True,
+                                             measure_dense=verify, **options)
+        mean_pooled(reference_model, inputs, reference, "reference run")
+        crosscheck = cross_check(reference, report)
+        offloaded = reference_model  # bit-exact or not, the ranking runs on the reference
+    agreement = None
+    if rank:
+        agreement = ranking_agreement(similarity_scores(offloaded, loaded.tokenizer),
+                                      float_scores)
+
+    summary = report.as_dict()
+    layers = summary.pop("layers")
+    if crosscheck is not None:
+        for layer in layers:
+            layer["bit_exact"] = layer["name"] not in crosscheck.sums_mismatch
+            layer["cycles_equal"] = layer["name"] not in crosscheck.cycles_mismatch
+    return BertReport(
+        model=loaded.name, source=loaded.source, backend=backend, method=method,
+        sparsity=summary["sparsity_target"], sparsity_found=summary["sparsity_found"],
+        achieved_sparsity=summary["sparsity"], scope=scope, seed=seed, tokens=length,
+        config=summary["config"], sparse_cycles=summary["sparse_cycles"],
+        dense_cycles=summary["dense_cycles"], speedup=summary["speedup"],
+        ideal_speedup=summary["ideal_speedup"], dense_measured=summary["dense_measured"],
+        sparse_weight_bytes=summary["sparse_weight_bytes"],
+        dense_weight_bytes=summary["dense_weight_bytes"],
+        bit_exact=None if crosscheck is None else crosscheck.bit_exact,
+        cycles_equal=None if crosscheck is None else crosscheck.cycles_equal,
+        baseline=BASELINE, embedding_cosine=cosine, ranking_agreement=agreement,
+        device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers)
+
+
+def mean_pooled(model, inputs, report=None, desc=None):
+    """The sentence embedding of ``inputs`` (mean pooling, L2 norm), with a per-layer progress
+    bar when the model is offloaded (``report`` is its OffloadReport)."""
+    bar, handles = None, []
+    if report is not None:
+        bar = progress_bar(len(report.modules), desc, "layer", leave=False)
+        handles = [module.register_forward_hook(lambda *_: bar.update())
+                   for module in report.modules]
+    try:
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+        if bar is not None:
+            bar.close()
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=1)

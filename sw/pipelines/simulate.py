@@ -1,0 +1,372 @@
+"""One pruned BERT layer on a device, sparse against dense: :func:`simulate_layer`.
+
+The layer's real weights are pruned and quantised, a real sentence's activations are captured
+at its input, and the same device runs the product twice: in sparse (CSR) mode and in the dense
+baseline mode. Both int32 results are checked bit for bit against the golden model and both
+cycle counts against the cycle model. ``sparsemac simulate`` prints the report; from Python::
+
+    from sparsemac.sw.pipelines.simulate import simulate_layer
+    report = simulate_layer(backend="reference", sparsity=0.8)
+    print(report.speedup, report.bit_exact)
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...devices import BACKENDS, open_device
+from ...devices.reference import ReferenceDevice
+from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.formats import Mode
+from ..energy import load_energy_table
+from ..golden import golden_matmul
+from ..memory import PRESETS, MemoryModel
+from ..memory_report import memory_report
+from ..models import capture_linear_input, get_linear, load_model
+from ..offload import OffloadedLinear
+from ..progress import phase, progress
+from . import check_output_path
+from ..pruning import choose_masks, is_structured, parse_method
+from ..quantisation import approximation_error, quantise_activations
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
+           "SimulationReport", "simulate_layer", "estimate_fst_bytes"]
+
+DEFAULT_MODEL = "minilm"
+DEFAULT_LAYER = "encoder.layer.0.intermediate.dense"
+DEFAULT_SPARSITY = 0.9
+#: The largest FST waveform written without raising ``fst_limit``: 1 GB.
+DEFAULT_FST_LIMIT = 1_000_000_000
+#: FST bytes per simulated clock cycle of the default array (K=8 T=4), measured: `sparsemac
+#: simulate --fst` (MiniLM layer 0 FFN, 90 %, 16 tokens) wrote 77 884 820 bytes for 327 918
+#: cycles. Other arrays are scaled with K x T.
+FST_BYTES_PER_CYCLE = 238
+
+
+@dataclass
+class SimulationReport:
+    """Everything ``sparsemac simulate`` measured; :meth:`as_json` is its ``--json`` output."""
+    model: str
+    layer: str
+    rows: int
+    cols: int
+    tokens: int
+    config: dict
+    backend: str
+    seed: int
+    method: str
+    target_sparsity: float | None  # None for N:M pruning, whose pattern fixes it
+    sparsity: float
+    jobs: int
+    sparse_cycles: int
+    dense_cycles: int
+    speedup: float
+    ideal_speedup: float | None  # None for an all-zero matrix
+    efficiency: float | None
+    weight_bytes_sparse: int
+    weight_bytes_dense: int
+    bit_exact_sparse: bool
+    bit_exact_dense: bool
+    predicted_sparse_cycles: int
+    predicted_dense_cycles: int
+    max_abs_error: float
+    relative_error: float
+    quantisation_relative_error: float
+    device_s: float
+    sim_cycles_per_s: float
+    wall_s: float
+    fst: str | None
+    board: dict | None = None
+    memory: object = None  # MemoryReport: the layer's cycles and energy under the memory model
+
+    @property
+    def bit_exact(self):
+        return self.bit_exact_sparse and self.bit_exact_dense
+
+    @property
+    def cycle_model_match(self):
+        return (self.sparse_cycles == self.predicted_sparse_cycles
+                and self.dense_cycles == self.predicted_dense_cycles)
+
+    @property
+    def passed(self):
+        return self.bit_exact and self.cycle_model_match
+
+    def as_json(self):
+        result = asdict(self)
+        result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match,
+                      memory=None if self.memory is None else self.memory.as_json())
+        return result
+
+    def csv_row(self):
+        """The report as one flat row (the config as its key, the board estimate's totals)."""
+        row = {name: value for name, value in self.as_json().items()
+               if name not in ("config", "board", "memory")}
+        row["config"] = ArrayConfig(**self.config).key()
+        if self.board is not None:
+            row.update(board=self.board["name"],
+                       board_sparse_total_s=self.board["sparse"]["total_s"],
+                       board_dense_total_s=self.board["dense"]["total_s"])
+        if self.memory is not None:
+            row.update(memory=self.memory.memory.name,
+                       memory_sparse_energy_pj=self.memory.sparse.energy.total_pj,
+                       memory_dense_energy_pj=self.memory.dense.energy.total_pj)
+        return row
+
+    def sections(self):
+        """The human report as ``(title, header, rows)`` tables; later sections (a board
+        estimate, say) are appended to this list."""
+        yes = {True: "yes", False: "NO"}
+        ideal = "-" if self.ideal_speedup is None else f"{self.ideal_speedup:.2f}x"
+        efficiency = "-" if self.efficiency is None else f"{self.efficiency:.1%}"
+        config = self.config
+        return [
+            ("Job", None, [
+                ["model", self.model],
+                ["layer", self.layer],
+                ["shape", f"{self.rows} x {self.cols} (out x in), {self.tokens} tokens, "
+                          f"{self.jobs} job(s) per mode"],
+                ["config", f"K={config['lanes']} T={config['token_lanes']} "
+                           f"in<={config['max_in_features']}"],
+                ["backend", self.backend],
+                ["seed", str(self.seed)],
+                ["pruning", f"{self.method}, "
+                            + ("" if self.target_sparsity is None
+                               else f"target {self.target_sparsity:.1%}, ")
+                            + f"achieved {self.sparsity:.2%}"],
+            ]),
+            ("Sparse against dense, same device", ["", "sparse", "dense"], [
+                ["cycles", f"{self.sparse_cycles:,}", f"{self.dense_cycles:,}"],
+                ["cycle model", f"{self.predicted_sparse_cycles:,}",
+                 f"{self.predicted_dense_cycles:,}"],
+                ["cycles = model", yes[self.sparse_cycles == self.predicted_sparse_cycles],
+                 yes[self.dense_cycles == self.predicted_dense_cycles]],
+                ["weight bytes streamed", f"{self.weight_bytes_sparse:,}",
+                 f"{self.weight_bytes_dense:,}"],
+                ["int32 = golden model", yes[self.bit_exact_sparse], yes[self.bit_exact_dense]],
+            ]),
+            ("Summary", None, [
+                ["speedup", f"{self.speedup:.2f}x"],
+                ["ideal 1/(1-s)", ideal],
+                ["efficiency", efficiency],
+                ["bit-exact", yes[self.bit_exact]],
+                ["max abs error", f"{self.max_abs_error:.4g} (vs the float layer as given)"],
+                ["relative error", f"{self.relative_error:.2%} (vs the float layer as given)"],
+                ["int8 error alone", f"{self.quantisation_relative_error:.2%} (relative, vs the "
+                                     "float layer pruned the same way)"],
+                ["device time", f"{self.device_s:.3f} s"],
+                ["simulated cycles/s", f"{self.sim_cycles_per_s:,.0f}"],
+                ["wall time", f"{self.wall_s:.1f} s"],
+                *([["waveform", self.fst]] if self.fst else []),
+            ]),
+            *self._board_sections(),
+            *([] if self.memory is None else self.memory.sections()),
+        ]
+
+    def _board_sections(self):
+        if self.board is None:
+            return []
+        board, sparse, dense = self.board, self.board["sparse"], self.board["dense"]
+        title = (f"Estimated on the {board['name']} (core at {board['clock_mhz']:g} MHz, "
+                 f"Fmax {board['fmax_mhz']:g} MHz; UART {board['baud']:,} baud)")
+        return [(title, ["", "sparse", "dense"], [
+            ["compute (cycles / clock)", f"{sparse['compute_s'] * 1e3:.3f} ms",
+             f"{dense['compute_s'] * 1e3:.3f} ms"],
+            ["link (bytes x 10 / baud)", f"{sparse['link_s'] * 1e3:.1f} ms",
+             f"{dense['link_s'] * 1e3:.1f} ms"],
+            ["total, at most", f"{sparse['total_s'] * 1e3:.1f} ms",
+             f"{dense['total_s'] * 1e3:.1f} ms"],
+        ])]
+
+
+def _checked_layer(loaded, layer, config):
+    linear = get_linear(loaded.model, layer)
+    if linear.in_features > config.max_in_features:
+        needed = 1 << (linear.in_features - 1).bit_length()
+        raise ValueError(f"layer {layer!r} has {linear.in_features} input features but the "
+                         f"array holds at most {config.max_in_features} "
+                         f"(--max-in-features): use --max-in-features {needed} or more")
+    return linear
+
+
+def estimate_fst_bytes(cycles, config):
+    """The estimated size of an FST waveform of ``cycles`` clock cycles of ``config``'s core.
+
+    The default array's measured rate (:data:`FST_BYTES_PER_CYCLE`), scaled with the number of
+    multipliers K x T, which the traced signals grow with.
+    """
+    return int(cycles * FST_BYTES_PER_CYCLE * config.multipliers / DEFAULT_CONFIG.multipliers)
+
+
+def _check_options(backend, port, fst, fst_limit, method, memory):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if not isinstance(memory, MemoryModel):
+        raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    if backend == "fpga" and not memory.ideal:
+        raise ValueError(f"memory {memory.name} needs a simulated backend: the board's streams "
+                         "run at its link's own rate")
+    parse_method(method, explicit=True)  # a bad method fails here, before any model or device
+    if (backend == "fpga") != (port is not None):
+        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
+                         "is only for --backend fpga")
+    if fst is not None:
+        if backend != "verilator":
+            raise ValueError("--fst needs --backend verilator")
+        check_output_path(fst, "waveform")
+        if fst_limit <= 0:
+            raise ValueError(f"the FST size limit must be positive, not {fst_limit!r}")
+
+
+def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT_SPARSITY,
+                   method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
+                   seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
+                   memory=PRESETS["ideal"], energy_table=None):
+    """Runs one pruned layer sparse and dense on a device and checks both runs.
+
+    Parameters
+    ----------
+    model : str
+        ``minilm``, ``bert-base`` or a local checkpoint folder (see
+        :func:`~sparsemac.sw.models.load_model`).
+    layer : str
+        Qualified name of the linear.
+    sparsity : float
+        Fraction of weights to prune (ignored by N:M methods, whose pattern fixes it).
+    method : str
+        ``magnitude``, ``random`` or an explicit ``N:M`` such as ``2:4``.
+    tokens : int or None
+        Repeat the sentence to exactly this many tokens.
+    backend : str
+        A back end of :func:`~sparsemac.devices.open_device`.
+    config : ArrayConfig
+    seed : int
+        Seeds random pruning and bert-base's weights.
+    fst : str or Path or None
+        Write an FST waveform of both runs here (``verilator`` only).
+    fst_limit : int
+        The largest estimated waveform, in bytes, that is written; a larger one is refused
+        before the run.
+    port : str or None
+        The board's serial port (``fpga`` only).
+    board : str or None
+        Add the estimated wall time on this board, from its committed bitstream.
+    memory : MemoryModel
+        Feed the device's input streams at this model's rates (:mod:`sparsemac.sw.memory`);
+        the report's ``memory`` holds the layer's cycles and energy under it.
+    energy_table : str or Path or None
+        Per-event energies as JSON; None for the default table
+        (:func:`~sparsemac.sw.energy.load_energy_table`).
+
+    Returns
+    -------
+    SimulationReport
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        If an option, the model, layer, config or token count is wrong; every option is checked
+        before the model is loaded or a device opened.
+    DeviceError
+        If the device cannot be built or fails.
+    """
+    started = time.perf_counter()
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    _check_options(backend, port, fst, fst_limit, method, memory)
+    table = load_energy_table(energy_table)
+    progress(f"loading {model} (seed {seed})")
+    loaded = load_model(model, seed=seed)
+    linear = _checked_layer(loaded, layer, config)
+    inputs = capture_linear_input(loaded, layer, tokens=tokens)
+    weight = linear.weight.detach().float()
+    [mask], target = choose_masks([weight], None if is_structured(method) else sparsity,
+                                  method, seed=seed)
+    throttled = None if memory.ideal else memory
+    reference = ReferenceDevice(config, memory=throttled)
+    predicted = OffloadedLinear.from_linear(linear, reference, mask=mask)
+    activations = quantise_activations(inputs, predicted.granularity).values
+    weights = predicted.weights
+    predicted_sparse = reference.matmul(weights, activations, Mode.SPARSE)
+    predicted_dense = reference.matmul(weights, activations, Mode.DENSE)
+    # The memory model's figures, and an onchip layer's fit, before any device work.
+    with phase(f"cycle and energy model under memory {memory.name}"):
+        memory_figures = memory_report(weights, inputs.shape[0], config, memory, table=table,
+                                       layer=layer)
+    if fst is not None:
+        estimate = estimate_fst_bytes(predicted_sparse.cycles + predicted_dense.cycles, config)
+        if estimate > fst_limit:
+            raise ValueError(f"the waveform of {predicted_sparse.cycles + predicted_dense.cycles:,}"
+                             f" cycles would be about {estimate / 1e9:.2f} GB, over the "
+                             f"{fst_limit / 1e9:.2f} GB limit: raise it with --fst-limit, or use "
+                             "fewer --tokens or a smaller layer")
+        progress(f"waveform estimate: {estimate / 1e6:,.0f} MB")
+
+    options = {"fst_path": fst} if fst is not None else {}
+    if port is not None:
+        options["port"] = port
+    if throttled is not None:
+        options["memory"] = throttled
+    progress(f"opening the {backend} device ({config.describe()})")
+    with open_device(backend, config, **options) as device:
+        offloaded = OffloadedLinear.from_linear(linear, device, mask=mask)
+        with phase(f"sparse run: {weights.nnz:,} nonzeros x {inputs.shape[0]} tokens"):
+            with torch.no_grad():
+                output = offloaded(inputs)
+        with phase("dense baseline run"):
+            dense = device.matmul(weights, activations, Mode.DENSE)
+    sparse = offloaded.stats
+    golden = golden_matmul(weights, activations)
+    with torch.no_grad():
+        error = approximation_error(linear(inputs), output)
+        # Against the pruned float layer, what is left is the int8 quantisation's own error.
+        quantisation = approximation_error(
+            torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
+
+    board_figures = None if board is None else _board_estimate(
+        board, config, sparse.cycles, dense.cycles,
+        sparse.weight_bytes + dense.activation_bytes + dense.output_bytes,
+        dense.weight_bytes + dense.activation_bytes + dense.output_bytes)
+
+    achieved = weights.sparsity
+    ideal = 1.0 / (1.0 - achieved) if achieved < 1.0 else None
+    speedup = dense.cycles / sparse.cycles
+    device_s = sparse.device_s + dense.wall_s
+    return SimulationReport(
+        model=loaded.name, layer=layer, rows=weights.rows, cols=weights.cols,
+        tokens=inputs.shape[0], config=config.as_dict(), backend=backend, seed=seed,
+        method=method, target_sparsity=None if is_structured(method) else target,
+        sparsity=achieved, jobs=sparse.jobs,
+        sparse_cycles=sparse.cycles, dense_cycles=dense.cycles, speedup=speedup,
+        ideal_speedup=ideal, efficiency=None if ideal is None else speedup / ideal,
+        weight_bytes_sparse=sparse.weight_bytes, weight_bytes_dense=dense.weight_bytes,
+        bit_exact_sparse=bool(torch.equal(offloaded.last_sums, golden)),
+        bit_exact_dense=bool(torch.equal(dense.sums, golden)),
+        predicted_sparse_cycles=predicted_sparse.cycles,
+        predicted_dense_cycles=predicted_dense.cycles,
+        max_abs_error=error.max_abs, relative_error=error.relative,
+        quantisation_relative_error=quantisation.relative, device_s=device_s,
+        sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
+        wall_s=time.perf_counter() - started, fst=None if fst is None else str(fst),
+        board=board_figures, memory=memory_figures)
+
+
+def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, dense_bytes):
+    """The board's estimated wall time for both runs, from its committed build's manifest."""
+    from ...bitstreams.build import board_estimate, committed_folder, read_manifest
+
+    manifest = read_manifest(committed_folder(board))
+    built = ArrayConfig(**manifest["config"])
+    if built != config:
+        raise ValueError(f"the committed {board} bitstream is built for {built.describe()}, "
+                         f"not {config.describe()}: pass --config {built.key()} (--lanes "
+                         f"{built.lanes} --token-lanes {built.token_lanes} --max-in-features "
+                         f"{built.max_in_features}), or "
+                         "build one for this config with `sparsemac build`")
+    sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
+    dense = board_estimate(dense_cycles, dense_bytes, manifest)
+    return {"name": board, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
+            "baud": sparse.baud, "sparse": asdict(sparse), "dense": asdict(dense)}
+
+
