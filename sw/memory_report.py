@@ -15,7 +15,7 @@ from .memory import MemoryModel, check_fits_onchip
 from .packing import weight_stream_bytes
 from .throttled_cycle_model import LayerCycles, layer_cycles
 
-__all__ = ["ModeResult", "MemoryReport", "memory_report", "plot_roofline"]
+__all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report", "plot_roofline"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,70 @@ class MemoryReport:
                  ("", "sparse", "dense", "dense/sparse"), cycles),
                 (f"energy ({self.sparse.energy.table})", ("", "sparse", "dense", "sparse/dense"),
                  energy)]
+
+
+@dataclass(frozen=True)
+class ModelMemoryReport:
+    """Every offloaded layer of one inference under one memory model, and their totals.
+
+    Attributes
+    ----------
+    layers : tuple of MemoryReport
+        One per layer, all under the same memory model and energy table.
+    """
+    layers: tuple
+
+    def _total(self, mode, figure):
+        return sum(figure(getattr(report, mode)) for report in self.layers)
+
+    @property
+    def cycles(self):
+        """Memory-bound cycles, ``{"sparse": ..., "dense": ...}``."""
+        return {mode: self._total(mode, lambda result: result.cycles.cycles)
+                for mode in ("sparse", "dense")}
+
+    @property
+    def compute_cycles(self):
+        """Compute-bound (ideal-stream) cycles, ``{"sparse": ..., "dense": ...}``."""
+        return {mode: self._total(mode, lambda result: result.cycles.compute_cycles)
+                for mode in ("sparse", "dense")}
+
+    @property
+    def energy_pj(self):
+        """Energy of the inference, ``{"sparse": ..., "dense": ...}``."""
+        return {mode: self._total(mode, lambda result: result.energy.total_pj)
+                for mode in ("sparse", "dense")}
+
+    def as_json(self):
+        """A JSON-ready dict: the totals, then every layer's :meth:`MemoryReport.as_json`."""
+        first = self.layers[0]
+        cycles, compute, energy = self.cycles, self.compute_cycles, self.energy_pj
+        return {"memory": asdict(first.memory), "energy_table": first.sparse.energy.table,
+                "cycles": cycles, "compute_cycles": compute, "energy_pj": energy,
+                "speedup": cycles["dense"] / cycles["sparse"],
+                "compute_speedup": compute["dense"] / compute["sparse"],
+                "energy_ratio": energy["sparse"] / energy["dense"],
+                "layers": [report.as_json() for report in self.layers]}
+
+    def sections(self):
+        """One ``(title, header, rows)`` table: a row per layer and the inference's total."""
+        def row(name, compute, cycles, energy, bound):
+            return [name, f"{compute['dense'] / compute['sparse']:.2f}x",
+                    f"{cycles['dense'] / cycles['sparse']:.2f}x", bound,
+                    f"{energy['sparse'] * 1e-6:.3f}", f"{energy['dense'] * 1e-6:.3f}"]
+        rows = [row(report.layer,
+                    {mode: getattr(report, mode).cycles.compute_cycles
+                     for mode in ("sparse", "dense")},
+                    {mode: getattr(report, mode).cycles.cycles for mode in ("sparse", "dense")},
+                    {mode: getattr(report, mode).energy.total_pj
+                     for mode in ("sparse", "dense")},
+                    report.sparse.cycles.bound)
+                for report in self.layers]
+        rows.append(row("inference", self.compute_cycles, self.cycles, self.energy_pj, ""))
+        first = self.layers[0]
+        return [(f"Under {first.memory.describe()}, energy from {first.sparse.energy.table}",
+                 ["layer", "compute-bound speedup", "memory-bound speedup", "sparse bound by",
+                  "sparse uJ", "dense uJ"], rows)]
 
 
 def memory_report(weights, tokens, config, memory, table=None, layer="layer"):

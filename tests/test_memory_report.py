@@ -9,7 +9,7 @@ from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.energy import energy_events, energy_of, load_energy_table
 from sparsemac.sw.memory import MemoryModelError, memory_preset, onchip_weight_bytes
-from sparsemac.sw.memory_report import memory_report, plot_roofline
+from sparsemac.sw.memory_report import ModelMemoryReport, memory_report, plot_roofline
 from sparsemac.sw.throttled_cycle_model import layer_cycles
 
 CONFIG = ArrayConfig(lanes=8, token_lanes=4, max_in_features=512)
@@ -67,3 +67,23 @@ def test_roofline_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         plot_roofline([], path)
+
+
+def test_model_report_totals_its_layers():
+    memory = memory_preset("ulx3s-sdram")
+    reports = tuple(memory_report(random_weights(rows, 128, 0.8, seed=rows), 5, CONFIG, memory,
+                                  layer=f"layer{rows}") for rows in (16, 40))
+    model = ModelMemoryReport(reports)
+    for mode in ("sparse", "dense"):
+        assert model.cycles[mode] == sum(getattr(r, mode).cycles.cycles for r in reports)
+        assert model.compute_cycles[mode] == sum(getattr(r, mode).cycles.compute_cycles
+                                                 for r in reports)
+        assert model.energy_pj[mode] == sum(getattr(r, mode).energy.total_pj for r in reports)
+    document = json.loads(json.dumps(model.as_json()))
+    assert document["speedup"] == model.cycles["dense"] / model.cycles["sparse"]
+    assert document["energy_ratio"] == model.energy_pj["sparse"] / model.energy_pj["dense"]
+    assert [layer["layer"] for layer in document["layers"]] == ["layer16", "layer40"]
+    [(title, header, rows)] = model.sections()
+    assert title.startswith("Under ulx3s-sdram (weights 1.946 B/cycle")
+    assert [row[0] for row in rows] == ["layer16", "layer40", "inference"]
+    assert rows[-1][2] == f"{document['speedup']:.2f}x"

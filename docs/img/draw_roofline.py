@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 from sparsemac.hw.config import DEFAULT_CONFIG
-from sparsemac.sw.commands.simulate import format_sections
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.memory import memory_preset
 from sparsemac.sw.memory_report import memory_report, plot_roofline
 from sparsemac.sw.models import capture_linear_input, get_linear, load_model
 from sparsemac.sw.pruning import prune_mask
 from sparsemac.sw.quantisation import quantise_weights
+from sparsemac.sw.tables import format_sections
 
 LAYERS = ("attention.self.query", "attention.output.dense", "intermediate.dense",
           "output.dense")
