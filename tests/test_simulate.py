@@ -235,3 +235,19 @@ def test_memory_and_bandwidth_are_exclusive(capsys):
         run_simulate(capsys, "--memory", "uart", "--bandwidth", "2")
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_board_estimate_counts_the_memory(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference", "--board",
+                                    "ulx3s-85f", "--memory", "ulx3s-sdram")
+    assert status == 0, err
+    report = json.loads(out)
+    board, clock_hz = report["board"], report["board"]["clock_mhz"] * 1e6
+    assert board["memory"] == "ulx3s-sdram"
+    for mode in ("sparse", "dense"):
+        cycles = report["memory"][mode]
+        assert board[mode]["compute_s"] == cycles["cycles"] / clock_hz
+        assert board[mode]["compute_s"] > cycles["compute_cycles"] / clock_hz
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
+                                    "--memory", "ulx3s-sdram")
+    assert "fed by memory ulx3s-sdram" in out

@@ -169,7 +169,8 @@ class SimulationReport:
             return []
         board, sparse, dense = self.board, self.board["sparse"], self.board["dense"]
         title = (f"Estimated on the {board['name']} (core at {board['clock_mhz']:g} MHz, "
-                 f"Fmax {board['fmax_mhz']:g} MHz; UART {board['baud']:,} baud)")
+                 f"Fmax {board['fmax_mhz']:g} MHz, fed by memory {board['memory']}; UART "
+                 f"{board['baud']:,} baud)")
         return [(title, ["", "sparse", "dense"], [
             ["compute (cycles / clock)", f"{sparse['compute_s'] * 1e3:.3f} ms",
              f"{dense['compute_s'] * 1e3:.3f} ms"],
@@ -325,7 +326,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
             torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
 
     board_figures = None if board is None else _board_estimate(
-        board, config, sparse.cycles, dense.cycles,
+        board, config, memory, sparse.cycles, dense.cycles,
         sparse.weight_bytes + dense.activation_bytes + dense.output_bytes,
         dense.weight_bytes + dense.activation_bytes + dense.output_bytes)
 
@@ -352,8 +353,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         board=board_figures, memory=memory_figures)
 
 
-def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, dense_bytes):
-    """The board's estimated wall time for both runs, from its committed build's manifest."""
+def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_bytes,
+                    dense_bytes):
+    """The board's estimated wall time for both runs, from its committed build's manifest.
+
+    The cycles are the device's under ``memory``, so the compute time is the memory-bound one.
+    """
     from ...bitstreams.build import board_estimate, committed_folder, read_manifest
 
     manifest = read_manifest(committed_folder(board))
@@ -366,7 +371,7 @@ def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, de
                          "build one for this config with `sparsemac build`")
     sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
     dense = board_estimate(dense_cycles, dense_bytes, manifest)
-    return {"name": board, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
+    return {"name": board, "memory": memory.name, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
             "baud": sparse.baud, "sparse": asdict(sparse), "dense": asdict(dense)}
 
 
