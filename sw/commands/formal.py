@@ -1,0 +1,54 @@
+"""``sparsemac formal``: formal proofs of the core's blocks with SymbiYosys and Boolector."""
+
+import time
+
+HELP = ("prove the stream handshakes, the CSR streamer's conservation and the core's job "
+        "contract formally (SymbiYosys + Boolector from PyPI)")
+
+
+def add_arguments(parser):
+    parser.add_argument("--all", action="store_true",
+                        help="also the slow proofs (every configuration, bounded liveness)")
+    parser.add_argument("--block", action="append", metavar="NAME",
+                        help="only this block, e.g. CSRWeightStreamer (repeatable)")
+    parser.add_argument("--property", action="append", metavar="NAME",
+                        help="only this property set, e.g. protocol (repeatable)")
+    parser.add_argument("--config", action="append", metavar="NAME",
+                        help="only this configuration, k<K>t<T>, e.g. k2t1 (repeatable)")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N",
+                        help="proofs run at once (default: 2)")
+
+
+def run(args):
+    from ...sim.formal.runner import run_proofs
+    from ...sim.formal.suite import select
+    from ..tables import format_table
+
+    specs = select(everything=args.all, blocks=args.block, props=args.property,
+                   configs=args.config)
+    print(f"{len(specs)} proofs, {args.jobs} at once")
+    start = time.monotonic()
+    done = []
+
+    def on_result(result):
+        done.append(result)
+        print(f"[{len(done)}/{len(specs)} {time.monotonic() - start:6.1f} s] {result.status:7} "
+              f"{result.spec.name} ({result.seconds:.1f} s)", flush=True)
+
+    report = run_proofs(specs, jobs=args.jobs, on_result=on_result)
+    rows = [(f"{result.spec.block}.{result.spec.prop}", result.spec.config_name,
+             result.spec.mode, result.spec.depth, result.status, f"{result.seconds:.1f} s")
+            for result in report.results]
+    print()
+    print(format_table(rows, ("property", "config", "mode", "depth", "result", "time")))
+    for result in report.failed:
+        print(f"\n{result.status} {result.spec.name}")
+        if result.message:
+            print("  " + result.message.replace("\n", "\n  "))
+        if result.trace is not None:
+            print(f"  counterexample: {result.trace}")
+        print(f"  replay: {result.replay}")
+    print(f"\n{len(report.results) - len(report.failed)} of {len(report.results)} passed "
+          f"in {report.seconds:.0f} s")
+    return 1 if report.failed else 0
+
