@@ -5,7 +5,8 @@
 this module) into one shared library, cached on disk per design (config, RTL, tool versions,
 harness and build flags), so a second run neither regenerates nor recompiles.
 :class:`VerilatorDevice` loads it with ctypes and runs each job entirely in C++ with ideal
-streams (inputs always valid while data remains, outputs always ready).
+streams (inputs always valid while data remains, outputs always ready) or at the rates of a
+memory model (:mod:`sparsemac.sw.memory`).
 """
 
 import ctypes
@@ -28,6 +29,7 @@ from ..sim.toolchain import (WAIVED_WARNINGS, ToolMissingError, cache_dir, check
                              file_lock, fst_verilator_args, verilator_environment)
 from ..sim.verilog import TOP_NAME, design_key, generate_verilog
 from ..sw.device import Device, DeviceError, JobResult
+from ..sw.memory import packed_stream_rates
 from ..sw.packing import pack_job, unpack_sums
 from ..sw.progress import phase
 
@@ -183,7 +185,8 @@ def _build(config, trace, folder, log, env):
 
 
 class _Stream(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("beats", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+    _fields_ = [("data", ctypes.c_void_p), ("beats", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
+                ("rate", ctypes.c_uint64)]
 
 
 class _JobStats(ctypes.Structure):
@@ -225,7 +228,11 @@ class VerilatorDevice(Device):
         Write an FST waveform of every job run on this device here; the file is complete once
         the device is closed.
     max_idle_cycles : int
-        Cycles without any stream handshake after which a job fails instead of hanging.
+        Cycles without any stream handshake after which a job fails instead of hanging (plus,
+        under a memory model, the longest a stream waits for one beat's credit).
+    memory : MemoryModel or None
+        Feed the input streams at this model's rates (:mod:`sparsemac.sw.memory`); None for
+        ideal streams.
 
     Raises
     ------
@@ -236,8 +243,9 @@ class VerilatorDevice(Device):
     name = "verilator"
 
     def __init__(self, config=DEFAULT_CONFIG, *, fst_path=None,
-                 max_idle_cycles=DEFAULT_MAX_IDLE_CYCLES):
+                 max_idle_cycles=DEFAULT_MAX_IDLE_CYCLES, memory=None):
         super().__init__(config)
+        self.memory = memory
         self._build = build_library(config, trace=fst_path is not None)
         self._library = _load(self._build.path)
         self._fst_path = None if fst_path is None else Path(fst_path)
@@ -262,25 +270,28 @@ class VerilatorDevice(Device):
             raise DeviceError("the Verilator device is closed")
         packed = pack_job(self.config, weights, activations, mode)
         expected = packed.token_blocks * packed.rows
+        rates = packed_stream_rates(self.config, packed, self.memory)
         # harness.cpp's input enum follows this order (tests/test_verilator.py checks it)
         names = CoreStreams(self.config).data_inputs
         streams = (_Stream * len(names))()
         keep = []  # contiguous copies stay alive until the call returns
         for slot, name in zip(streams, names):
+            rate = getattr(rates, name)
             beats = np.ascontiguousarray(getattr(packed, name))
             keep.append(beats)
             slot.data = beats.ctypes.data if beats.size else None
             slot.beats, slot.bytes = beats.shape[0], (beats.shape[1] if beats.ndim == 2 else 0)
+            slot.rate = rate.rate
+        max_idle = self.max_idle_cycles + rates.longest_credit_wait
         sums = np.zeros((expected, self._sums_bytes), dtype=np.uint8)
         stats = _JobStats()
         cycles = self._library.sm_run_job(
             self._handle, packed.job.to_bytes(self._job_bytes, "little"), self._job_bytes, streams,
-            sums.ctypes.data, expected, self._sums_bytes, self.max_idle_cycles,
-            ctypes.byref(stats))
+            sums.ctypes.data, expected, self._sums_bytes, max_idle, ctypes.byref(stats))
         self.clock_cycles += stats.clock_cycles
         if cycles < 0:
             message = _ERRORS.get(cycles, f"unknown harness error {cycles}").format(
-                max_idle=self.max_idle_cycles, expected=expected)
+                max_idle=max_idle, expected=expected)
             raise DeviceError(f"Verilator job {packed.rows}x{packed.cols} x {packed.tokens} "
                               f"tokens ({packed.mode.name.lower()}) failed: {message}; "
                               f"{stats.sums_beats} of {expected} sums beats received")

@@ -2,14 +2,16 @@
 //
 // Python (devices/verilator.py) compiles this file together with the Verilated core into one
 // shared library and calls the extern "C" functions below through ctypes, once per job: every
-// clock cycle is simulated here, none in Python. Inputs are valid whenever data remains and
-// every output is always ready (ideal streams), so the core's cycle counter must equal the
-// host's cycle model.
+// clock cycle is simulated here, none in Python. Every output is always ready; an input is valid
+// whenever data remains and, for a stream given a credit rate, its byte bucket holds a whole beat
+// (the credit scheme of sparsemac.sw.memory), so the core's cycle counter must equal the host's
+// cycle model (sparsemac.sw.throttled_cycle_model).
 //
 // Beats cross the boundary as the little-endian bytes of the payload bit vector, as packed by
 // sparsemac.sw.packing; they are copied into Verilator's port words (32-bit little-endian words
 // for ports wider than 64 bits, plain integers otherwise) only when a beat changes.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -40,6 +42,7 @@ struct sm_stream {
     const uint8_t* data;  // beats * bytes, beat after beat
     uint64_t beats;
     uint64_t bytes;       // per beat
+    uint64_t rate;        // credits per cycle in 1/65536 byte (sparsemac.sw.memory); 0: unthrottled
 };
 
 struct sm_job_stats {
@@ -90,7 +93,10 @@ void store(const VlWide<N>& port, uint8_t* dst, uint64_t bytes) {
     for (uint64_t i = 0; i < bytes; ++i) dst[i] = uint8_t(port[i / 4] >> (8 * (i % 4)));
 }
 
-// One input stream: its remaining beats and the ports it drives.
+// Fixed-point credits per byte: sparsemac.sw.memory.RATE_ONE.
+constexpr unsigned SM_RATE_FRACTION_BITS = 16;
+
+// One input stream: its remaining beats, its credit bucket and the ports it drives.
 template <typename Payload>
 struct Feed {
     Payload& payload;
@@ -99,6 +105,9 @@ struct Feed {
     const uint8_t* next = nullptr;
     uint64_t left = 0;
     uint64_t bytes = 0;
+    uint64_t level = 0;  // credits held
+    uint64_t beat = 0;   // credits of one beat
+    uint64_t rate = 0;   // credits gained per cycle, 0 for an unthrottled stream
 
     Feed(Payload& payload_, CData& valid_, const CData& ready_)
         : payload(payload_), valid(valid_), ready(ready_) {}
@@ -110,24 +119,29 @@ struct Feed {
     // Whether the coming clock edge takes the beat on the port.
     bool taken() const { return valid && ready; }
 
+    // Called in the cycle in which the job is accepted: the bucket starts empty.
     void start(const sm_stream& stream) {
         next = stream.data;
         left = stream.beats;
         bytes = stream.bytes;
-        present();
-    }
-
-    // Presents the next beat, or drops valid when none is left.
-    void present() {
-        valid = left != 0;
+        beat = bytes << SM_RATE_FRACTION_BITS;
+        rate = stream.rate;
+        level = rate ? 0 : beat;
         if (left) load(payload, next, bytes);
+        valid = left && level >= beat;
     }
 
-    // Called after a clock edge at which the beat on the port was taken.
-    void advance() {
-        next += bytes;
-        --left;
-        present();
+    // Called after every clock edge: pays for the beat if it was taken, gains the rate (at most
+    // one beat is held) and offers the next beat once it is paid for.
+    void edge(bool was_taken) {
+        if (was_taken) {
+            next += bytes;
+            --left;
+            level -= beat;
+            if (left) load(payload, next, bytes);
+        }
+        level = rate ? std::min(level + rate, beat) : beat;
+        valid = left && level >= beat;
     }
 };
 
@@ -277,10 +291,10 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
             break;
         }
         if (job_taken) top.SM_PORT(job, valid) = 0;
-        if (activation_taken) activations.advance();
-        if (row_pointer_taken) row_pointers.advance();
-        if (column_taken) columns.advance();
-        if (value_taken) values.advance();
+        activations.edge(activation_taken);
+        row_pointers.edge(row_pointer_taken);
+        columns.edge(column_taken);
+        values.edge(value_taken);
         if (job_taken || activation_taken || row_pointer_taken || column_taken || value_taken
             || sum_taken)
             idle = 0;

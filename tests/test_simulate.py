@@ -184,3 +184,70 @@ def test_config_is_spelled_one_way(capsys):
         run_simulate(capsys, "--config", "k8-t4")
     assert exit_info.value.code == 2
     assert "write k<lanes>t<token lanes>" in capsys.readouterr().err
+
+
+# Memory models ---------------------------------------------------------------------------------
+
+def test_memory_preset_counts_the_bytes(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--memory", "ulx3s-sdram")
+    assert status == 0, err
+    report = json.loads(out)
+    memory = report["memory"]
+    assert memory["memory"]["name"] == "ulx3s-sdram"
+    # The devices ran throttled: their cycles are the memory-bound ones, above compute-bound.
+    assert memory["sparse"]["cycles"] == report["sparse_cycles"]
+    assert memory["dense"]["cycles"] == report["dense_cycles"]
+    assert memory["sparse"]["compute_cycles"] < report["sparse_cycles"]
+    assert memory["sparse"]["bound"] == memory["dense"]["bound"] == "weights"
+    assert memory["speedup"] == pytest.approx(report["speedup"])
+    assert 0 < memory["sparse"]["energy_pj"] < memory["dense"]["energy_pj"]
+    assert report["cycle_model_match"] is True
+
+
+def test_bandwidth_is_a_custom_memory(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--bandwidth", "4,2")
+    assert status == 0, err
+    memory = json.loads(out)["memory"]["memory"]
+    assert (memory["name"], memory["weight_bytes_per_cycle"],
+            memory["activation_bytes_per_cycle"]) == ("custom", 4.0, 2.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory", "fast"], "error: unknown memory preset 'fast'"),
+    (["--bandwidth", "0"], "error: the weight bandwidth must be a positive, finite number"),
+    (["--memory", "uart", "--backend", "fpga", "--port", "/dev/null"],
+     "error: memory uart needs a simulated backend"),
+    (["--memory", "onchip", "--backend", "reference"],
+     "error: encoder.layer.0.intermediate.dense (sparse mode) has 183096 bytes of weights but "
+     "the block RAM left beside a K=8 T=4 in<=4096 array holds 137216"),
+])
+def test_bad_memory(capsys, argv, message):
+    status, out, err = run_simulate(capsys, *argv)
+    assert status == 2
+    assert message in err
+    assert "opening the" not in err  # refused before any device work
+
+
+def test_memory_and_bandwidth_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--memory", "uart", "--bandwidth", "2")
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_board_estimate_counts_the_memory(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference", "--board",
+                                    "ulx3s-85f", "--memory", "ulx3s-sdram")
+    assert status == 0, err
+    report = json.loads(out)
+    board, clock_hz = report["board"], report["board"]["clock_mhz"] * 1e6
+    assert board["memory"] == "ulx3s-sdram"
+    for mode in ("sparse", "dense"):
+        cycles = report["memory"][mode]
+        assert board[mode]["compute_s"] == cycles["cycles"] / clock_hz
+        assert board[mode]["compute_s"] > cycles["compute_cycles"] / clock_hz
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
+                                    "--memory", "ulx3s-sdram")
+    assert "fed by memory ulx3s-sdram" in out

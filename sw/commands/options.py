@@ -13,8 +13,8 @@ from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
-           "config_from_args", "add_backend_arguments", "method_argument",
-           "fraction_argument"]
+           "config_from_args", "add_backend_arguments", "add_memory_arguments",
+           "memory_from_args", "method_argument", "fraction_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -87,6 +87,40 @@ def add_backend_arguments(parser):
                              "(default: %(default)s)")
     parser.add_argument("--port", default=None,
                         help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
+
+
+def add_memory_arguments(parser):
+    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and ``--energy-table PATH``.
+
+    Read them back with :func:`memory_from_args` (the model) and ``args.energy_table``.
+    """
+    from ..memory import PRESETS
+
+    group = parser.add_argument_group("memory feeding the streams (sparsemac.sw.memory)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--memory", metavar="PRESET", default=None,
+                        help=f"{', '.join(PRESETS)} (default: ideal)")
+    choice.add_argument("--bandwidth", metavar="WEIGHT[,ACT]", default=None,
+                        help="bytes per core cycle of the weight path and, optionally, of the "
+                             "activation path (unthrottled when omitted)")
+    group.add_argument("--energy-table", metavar="PATH", default=None,
+                       help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 nm; "
+                            "see sparsemac/sw/data/energy_horowitz_45nm.json for the format)")
+
+
+def memory_from_args(args):
+    """The :class:`~sparsemac.sw.memory.MemoryModel` of ``--memory`` or ``--bandwidth``.
+
+    Raises
+    ------
+    MemoryModelError
+        If the preset is unknown or a bandwidth is not a positive, finite number.
+    """
+    from ..memory import memory_preset, parse_bandwidth
+
+    if args.bandwidth is not None:
+        return parse_bandwidth(args.bandwidth)
+    return memory_preset("ideal" if args.memory is None else args.memory)
 
 
 def method_argument(text):

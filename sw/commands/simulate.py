@@ -10,8 +10,8 @@ input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (add_backend_arguments, add_config_arguments, config_from_args,
-                      fraction_argument, method_argument)
+from .options import (add_backend_arguments, add_config_arguments, add_memory_arguments,
+                      config_from_args, fraction_argument, memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -38,6 +38,7 @@ def add_arguments(parser):
                              "sentence itself)")
     add_backend_arguments(parser)
     add_config_arguments(parser)
+    add_memory_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds random pruning and the bert-base weights (default: "
                              "%(default)s)")
@@ -66,7 +67,8 @@ def run(args):
     report = simulate_layer(
         args.model, args.layer, sparsity=args.sparsity, method=args.method, tokens=args.tokens,
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
-        fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board)
+        fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
+        memory=memory_from_args(args), energy_table=args.energy_table)
     if args.csv is not None:
         write_csv(args.csv, [report.csv_row()])
     if args.json:

@@ -18,6 +18,9 @@ import torch
 
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ..energy import load_energy_table
+from ..memory import PRESETS, MemoryModel
+from ..memory_report import ModelMemoryReport, memory_report
 from ..model_offload import cross_check, offload
 from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
                       tokenize)
@@ -39,7 +42,9 @@ class BertReport:
     ``achieved_sparsity`` what was applied. ``bit_exact`` and ``cycles_equal`` are None on the
     reference back end (nothing to compare with), else the cross-check against it. ``layers``
     holds one dict per offloaded linear (:meth:`LayerReport.as_dict
-    <sparsemac.sw.model_offload.LayerReport.as_dict>`).
+    <sparsemac.sw.model_offload.LayerReport.as_dict>`). ``memory`` holds one inference's cycles
+    (compute-bound and memory-bound) and energy per layer under the memory model, from the
+    exact throttled cycle model and the energy model.
     """
     model: str
     source: str
@@ -67,6 +72,7 @@ class BertReport:
     device_s: float
     wall_s: float
     layers: list
+    memory: ModelMemoryReport | None = None
 
     @property
     def passed(self):
@@ -74,7 +80,9 @@ class BertReport:
         return False not in (self.bit_exact, self.cycles_equal)
 
     def as_json(self):
-        return asdict(self)
+        result = asdict(self)
+        result["memory"] = None if self.memory is None else self.memory.as_json()
+        return result
 
     def sections(self):
         """The human report as ``(title, header, rows)`` tables."""
@@ -115,7 +123,8 @@ class BertReport:
                             f"equal on {same}/{len(self.layers)}: "
                             + ("PASS" if self.passed else "FAIL")])
         summary.append(["wall time", f"{self.wall_s:.1f} s (device {self.device_s:.1f} s)"])
-        return [(title, header, rows), ("Summary", None, summary)]
+        return [(title, header, rows), ("Summary", None, summary),
+                *([] if self.memory is None else self.memory.sections())]
 
 
 def _times(value):
@@ -124,7 +133,8 @@ def _times(value):
 
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
                  scope="local", granularity="tensor", text=None, tokens=None, seed=0,
-                 config=DEFAULT_CONFIG, verify=False, port=None):
+                 config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
+                 energy_table=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
 
     Parameters
@@ -148,6 +158,12 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         Measure the dense baseline on the device instead of predicting it.
     port : str or None
         The board's serial port (``fpga`` only).
+    memory : MemoryModel
+        The memory feeding the array: the report's ``memory`` gives each layer's cycles and
+        energy under it for one inference of the sentence (the device itself runs with its own
+        streams: ideal ones on the simulators).
+    energy_table : str or Path or None
+        Per-event energies as JSON; None for the default table.
 
     Returns
     -------
@@ -168,6 +184,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
+    if not isinstance(memory, MemoryModel):
+        raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    table = load_energy_table(energy_table)
     # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
     # two that wait on each other, by an order of magnitude when the machine is busy.
     torch.set_num_threads(1)
@@ -191,6 +210,12 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     with open_device(backend, config, **device_options) as device:
         offloaded, report = offload(loaded.model, device, sparsity, method, progress=True,
                                     measure_dense=verify, keep_sums=check, **options)
+        # Before the sentence runs: an onchip layer that does not fit is refused here.
+        with phase(f"cycle and energy model under memory {memory.name}"):
+            memory_figures = ModelMemoryReport(tuple(
+                memory_report(module.weights, length, config, memory, table=table,
+                              layer=layer.name)
+                for layer, module in zip(report.layers, report.modules)))
         embedding = mean_pooled(offloaded, inputs, report, f"{backend} run")
     if report.sparsity_target is not None and report.sparsity_found > report.sparsity_target:
         progress(f"the model as given is already {report.sparsity_found:.1%} sparse, more than "
@@ -228,7 +253,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         bit_exact=None if crosscheck is None else crosscheck.bit_exact,
         cycles_equal=None if crosscheck is None else crosscheck.cycles_equal,
         baseline=BASELINE, embedding_cosine=cosine, ranking_agreement=agreement,
-        device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers)
+        device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers,
+        memory=memory_figures)
 
 
 def mean_pooled(model, inputs, report=None, desc=None):

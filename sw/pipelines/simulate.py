@@ -19,7 +19,10 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import Mode
+from ..energy import load_energy_table
 from ..golden import golden_matmul
+from ..memory import PRESETS, MemoryModel
+from ..memory_report import memory_report
 from ..models import capture_linear_input, get_linear, load_model
 from ..offload import OffloadedLinear
 from ..progress import phase, progress
@@ -75,6 +78,7 @@ class SimulationReport:
     wall_s: float
     fst: str | None
     board: dict | None = None
+    memory: object = None  # MemoryReport: the layer's cycles and energy under the memory model
 
     @property
     def bit_exact(self):
@@ -91,18 +95,23 @@ class SimulationReport:
 
     def as_json(self):
         result = asdict(self)
-        result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match)
+        result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match,
+                      memory=None if self.memory is None else self.memory.as_json())
         return result
 
     def csv_row(self):
         """The report as one flat row (the config as its key, the board estimate's totals)."""
         row = {name: value for name, value in self.as_json().items()
-               if name not in ("config", "board")}
+               if name not in ("config", "board", "memory")}
         row["config"] = ArrayConfig(**self.config).key()
         if self.board is not None:
             row.update(board=self.board["name"],
                        board_sparse_total_s=self.board["sparse"]["total_s"],
                        board_dense_total_s=self.board["dense"]["total_s"])
+        if self.memory is not None:
+            row.update(memory=self.memory.memory.name,
+                       memory_sparse_energy_pj=self.memory.sparse.energy.total_pj,
+                       memory_dense_energy_pj=self.memory.dense.energy.total_pj)
         return row
 
     def sections(self):
@@ -152,6 +161,7 @@ class SimulationReport:
                 *([["waveform", self.fst]] if self.fst else []),
             ]),
             *self._board_sections(),
+            *([] if self.memory is None else self.memory.sections()),
         ]
 
     def _board_sections(self):
@@ -159,7 +169,8 @@ class SimulationReport:
             return []
         board, sparse, dense = self.board, self.board["sparse"], self.board["dense"]
         title = (f"Estimated on the {board['name']} (core at {board['clock_mhz']:g} MHz, "
-                 f"Fmax {board['fmax_mhz']:g} MHz; UART {board['baud']:,} baud)")
+                 f"Fmax {board['fmax_mhz']:g} MHz, fed by memory {board['memory']}; UART "
+                 f"{board['baud']:,} baud)")
         return [(title, ["", "sparse", "dense"], [
             ["compute (cycles / clock)", f"{sparse['compute_s'] * 1e3:.3f} ms",
              f"{dense['compute_s'] * 1e3:.3f} ms"],
@@ -189,9 +200,14 @@ def estimate_fst_bytes(cycles, config):
     return int(cycles * FST_BYTES_PER_CYCLE * config.multipliers / DEFAULT_CONFIG.multipliers)
 
 
-def _check_options(backend, port, fst, fst_limit, method):
+def _check_options(backend, port, fst, fst_limit, method, memory):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if not isinstance(memory, MemoryModel):
+        raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    if backend == "fpga" and not memory.ideal:
+        raise ValueError(f"memory {memory.name} needs a simulated backend: the board's streams "
+                         "run at its link's own rate")
     parse_method(method, explicit=True)  # a bad method fails here, before any model or device
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
@@ -206,7 +222,8 @@ def _check_options(backend, port, fst, fst_limit, method):
 
 def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT_SPARSITY,
                    method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
-                   seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None):
+                   seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
+                   memory=PRESETS["ideal"], energy_table=None):
     """Runs one pruned layer sparse and dense on a device and checks both runs.
 
     Parameters
@@ -236,6 +253,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         The board's serial port (``fpga`` only).
     board : str or None
         Add the estimated wall time on this board, from its committed bitstream.
+    memory : MemoryModel
+        Feed the device's input streams at this model's rates (:mod:`sparsemac.sw.memory`);
+        the report's ``memory`` holds the layer's cycles and energy under it.
+    energy_table : str or Path or None
+        Per-event energies as JSON; None for the default table
+        (:func:`~sparsemac.sw.energy.load_energy_table`).
 
     Returns
     -------
@@ -252,7 +275,8 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     started = time.perf_counter()
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    _check_options(backend, port, fst, fst_limit, method)
+    _check_options(backend, port, fst, fst_limit, method, memory)
+    table = load_energy_table(energy_table)
     progress(f"loading {model} (seed {seed})")
     loaded = load_model(model, seed=seed)
     linear = _checked_layer(loaded, layer, config)
@@ -260,12 +284,17 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     weight = linear.weight.detach().float()
     [mask], target = choose_masks([weight], None if is_structured(method) else sparsity,
                                   method, seed=seed)
-    reference = ReferenceDevice(config)
+    throttled = None if memory.ideal else memory
+    reference = ReferenceDevice(config, memory=throttled)
     predicted = OffloadedLinear.from_linear(linear, reference, mask=mask)
     activations = quantise_activations(inputs, predicted.granularity).values
     weights = predicted.weights
     predicted_sparse = reference.matmul(weights, activations, Mode.SPARSE)
     predicted_dense = reference.matmul(weights, activations, Mode.DENSE)
+    # The memory model's figures, and an onchip layer's fit, before any device work.
+    with phase(f"cycle and energy model under memory {memory.name}"):
+        memory_figures = memory_report(weights, inputs.shape[0], config, memory, table=table,
+                                       layer=layer)
     if fst is not None:
         estimate = estimate_fst_bytes(predicted_sparse.cycles + predicted_dense.cycles, config)
         if estimate > fst_limit:
@@ -278,6 +307,8 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     options = {"fst_path": fst} if fst is not None else {}
     if port is not None:
         options["port"] = port
+    if throttled is not None:
+        options["memory"] = throttled
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **options) as device:
         offloaded = OffloadedLinear.from_linear(linear, device, mask=mask)
@@ -295,7 +326,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
             torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
 
     board_figures = None if board is None else _board_estimate(
-        board, config, sparse.cycles, dense.cycles,
+        board, config, memory, sparse.cycles, dense.cycles,
         sparse.weight_bytes + dense.activation_bytes + dense.output_bytes,
         dense.weight_bytes + dense.activation_bytes + dense.output_bytes)
 
@@ -319,11 +350,15 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         quantisation_relative_error=quantisation.relative, device_s=device_s,
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
         wall_s=time.perf_counter() - started, fst=None if fst is None else str(fst),
-        board=board_figures)
+        board=board_figures, memory=memory_figures)
 
 
-def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, dense_bytes):
-    """The board's estimated wall time for both runs, from its committed build's manifest."""
+def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_bytes,
+                    dense_bytes):
+    """The board's estimated wall time for both runs, from its committed build's manifest.
+
+    The cycles are the device's under ``memory``, so the compute time is the memory-bound one.
+    """
     from ...bitstreams.build import board_estimate, committed_folder, read_manifest
 
     manifest = read_manifest(committed_folder(board))
@@ -336,7 +371,7 @@ def _board_estimate(board, config, sparse_cycles, dense_cycles, sparse_bytes, de
                          "build one for this config with `sparsemac build`")
     sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
     dense = board_estimate(dense_cycles, dense_bytes, manifest)
-    return {"name": board, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
+    return {"name": board, "memory": memory.name, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
             "baud": sparse.baud, "sparse": asdict(sparse), "dense": asdict(dense)}
 
 
