@@ -50,7 +50,7 @@ from .pruning import DEFAULT_BERT_PATTERNS, _keep_all_but_lowest, matching_linea
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
     "CalibratedLayer", "CalibrationReport", "InputStatistics",
-    "capture_group_inputs", "check_pattern", "prune_calibrated", "reconstruction_error",
+    "activation_absmax", "capture_group_inputs", "check_pattern", "prune_calibrated", "reconstruction_error",
     "sparsegpt_prune", "wanda_prune",
 ]
 
@@ -560,3 +560,53 @@ def prune_calibrated(model: nn.Module, tokenizer, method: str, sparsity: float |
                              lanes=lanes, calibration_texts=len(texts),
                              calibration_tokens=int(token_mask.sum()), layers=layers,
                              seconds=time.perf_counter() - started, masks=masks)
+
+
+def activation_absmax(model: nn.Module, tokenizer, texts: Sequence[str],
+                      patterns: Iterable[str] = DEFAULT_BERT_PATTERNS) -> dict[str, torch.Tensor]:
+    """``max|X_j|`` of every input channel of the matching linears on calibration text.
+
+    One forward pass of the texts as a padded batch; padding tokens do not count. The result
+    feeds :func:`~sparsemac.sw.quantisation.smoothing_scales`.
+
+    Parameters
+    ----------
+    model : nn.Module
+    tokenizer : transformers.PreTrainedTokenizerFast
+    texts : sequence of str
+    patterns : iterable of str
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        float32 ``(in_features,)`` by qualified linear name, in module order.
+
+    Raises
+    ------
+    ValueError
+        If there is no text or no linear matches.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("activation statistics need calibration text; got none")
+    patterns = tuple(patterns)
+    linears = matching_linears(model, patterns)
+    if not linears:
+        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+    inputs = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    token_mask = inputs["attention_mask"].bool()
+    maxima: dict[str, torch.Tensor] = {}
+
+    def recorder(name):
+        def record(_module, args):
+            maxima[name] = args[0][token_mask].abs().amax(dim=0).float()
+        return record
+
+    handles = [linear.register_forward_pre_hook(recorder(name)) for name, linear in linears]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: maxima[name] for name, _ in linears}
