@@ -50,8 +50,8 @@ from .pruning import DEFAULT_BERT_PATTERNS, _keep_all_but_lowest, matching_linea
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
     "CalibratedLayer", "CalibrationReport", "InputStatistics",
-    "activation_absmax", "capture_group_inputs", "check_pattern", "prune_calibrated", "reconstruction_error",
-    "sparsegpt_prune", "wanda_prune",
+    "activation_absmax", "capture_group_inputs", "check_pattern", "prune_calibrated",
+    "reconstruction_error", "sparsegpt_prune", "wanda_prune",
 ]
 
 #: The pattern name of K-aligned pruning.
@@ -257,7 +257,7 @@ def _apportion(total: int, sizes: Sequence[int]) -> list[int]:
 def _check_layer(weight, statistics):
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
             or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 2-D float tensor, got {getattr(weight, 'shape', weight)}")
+        raise ValueError(f"weight must be a 2-D float tensor, not {weight!r:.60}")
     if tuple(statistics.hessian.shape) != (weight.shape[1],) * 2:
         raise ValueError(f"statistics are of {statistics.hessian.shape[0]} input features, the "
                          f"weight has {weight.shape[1]}")
@@ -310,17 +310,9 @@ def sparsegpt_prune(weight: torch.Tensor, statistics: InputStatistics, sparsity:
 
     Parameters
     ----------
-    weight : torch.Tensor
-        ``(rows, cols)`` float weight; not modified.
-    statistics : InputStatistics
-        Of the layer's calibration inputs. Input columns that were always zero are pruned
-        (they carry no information) and count towards the sparsity.
-    sparsity : float or None
-        As :func:`check_pattern`.
-    pattern : {None, "N:M", "k-aligned"}
-        See the module docstring.
-    lanes : int
-        The array's K, for ``"k-aligned"``.
+    weight, statistics, sparsity, pattern, lanes
+        As :func:`wanda_prune`. Input columns that were always zero score lowest, so they are
+        pruned first.
     blocksize : int
         Columns per lazy-update block (and per mask choice when unstructured).
     dampening : float

