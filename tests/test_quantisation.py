@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.driver import open_device
+from sparsemac.devices import open_device
 from sparsemac.sw.golden import golden_matmul
 from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.quantisation import (
