@@ -11,7 +11,7 @@ import sys
 
 __all__ = ["main"]
 
-COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build")
+COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "prune")
 
 
 def build_parser():
