@@ -34,6 +34,9 @@ def add_arguments(parser):
     parser.add_argument("--texts", default=None,
                         help="distillation corpus, a UTF-8 text file with one text a line "
                              "(default: the built-in benchmark sentences)")
+    parser.add_argument("--eval-texts", default=None,
+                        help="held-out texts for the fidelity figures, a UTF-8 file with one "
+                             "text a line (default: the corpus's first 64)")
     recipe = parser.add_argument_group(
         "recipe", "each defaults to DistillRecipe's value; the command prints the whole recipe")
     recipe.add_argument("--sparsity", type=float,
@@ -82,7 +85,9 @@ def run(args):
                                                      in asdict(recipe).items()), flush=True)
     builtin = [text for pair in SIMILARITY_PAIRS for text in (pair.first, pair.second)]
     texts = _read_texts(args.texts) if args.texts else builtin
-    report = distill_prune(args.model, texts, args.output, recipe, resume=args.resume,
+    eval_texts = _read_texts(args.eval_texts) if args.eval_texts else None
+    report = distill_prune(args.model, texts, args.output, recipe, eval_texts=eval_texts,
+                           resume=args.resume,
                            checkpoint_every=args.checkpoint_every,
                            time_budget=args.time_budget)
     if args.json:
