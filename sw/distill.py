@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .models import LoadedModel, load_model, sentence_embeddings
+from .models import LoadedModel, load_model
 from .pruning import GradualPruner, LayerPruneReport, prune_model
+from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
     "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "REPORT_FILE", "DistillRecipe", "Fidelity",
@@ -168,10 +169,13 @@ class Fidelity:
     ----------
     embedding_cosine : float
         Mean cosine similarity between its and the teacher's sentence embeddings of the
-        evaluation texts.
+        evaluation texts (the task's test split when there is a task).
+    task : TaskReport or None
+        The linear-probe task figures against the teacher, when a task was given.
     """
 
     embedding_cosine: float
+    task: TaskReport | None = None
 
 
 @dataclass
@@ -202,7 +206,7 @@ class PruneReport:
     after : Fidelity or None
         The distilled model.
     eval_texts : int
-        Texts the fidelity figures average over.
+        Texts the embedding cosine averages over.
     corpus_texts : int
         Texts of the distillation corpus.
     truncated_texts : int
@@ -239,7 +243,8 @@ class PruneReport:
 
 def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   recipe: DistillRecipe = DistillRecipe(), *,
-                  eval_texts: Sequence[str] | None = None, resume: bool = False,
+                  eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
+                  resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
                   progress: bool = True) -> PruneReport:
     """Prune a BERT gradually while distilling it from its dense self; write the result.
@@ -257,7 +262,13 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         hold a checkpoint of the same model, corpus and recipe.
     recipe : DistillRecipe
     eval_texts : sequence of str, optional
-        Held-out texts for the fidelity figures; by default the corpus's first 64 texts.
+        Without a task, the held-out texts of the embedding cosine; by default the corpus's
+        first 64 texts.
+    task : TaskSplits, optional
+        A labelled task: the fidelity figures are then those of
+        :func:`~sparsemac.sw.task.evaluate_embeddings` (cosine over the test split, probe
+        accuracies), the teacher's embeddings computed once. Keep its train and test splits
+        out of `texts`.
     resume : bool
         Continue from the checkpoint in `output`; without one, start from the beginning.
     checkpoint_every : int
@@ -294,7 +305,6 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     teacher = load_model(model)
     if teacher.tokenizer is None:
         raise ValueError(f"{teacher.name} has no tokenizer: distillation needs text")
-    eval_texts = list(eval_texts) if eval_texts is not None else texts[:64]
     identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
                 "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
                 "recipe": asdict(recipe)}
@@ -308,7 +318,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                          f"{_STEP_PER_TEACHER_FORWARD:g} x the teacher's forward pass on the "
                          f"first batch of {recipe.batch_size} texts)")
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
-    before = _fidelity(run.one_shot(), teacher, eval_texts)
+    evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
+    before = evaluate(run.one_shot())
     reserve = _now() - started  # the final evaluation costs about as much
     loss_window, step_times = run.train(output, identity, checkpoint_every, deadline, reserve,
                                         step_estimate, progress)
@@ -316,7 +327,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     report = PruneReport(
         output=str(output), model=model, recipe=recipe, finished=finished, step=run.step,
         resumed_from=resumed_from, sparsity=None, layers=[], before=None, after=None,
-        eval_texts=len(eval_texts), corpus_texts=len(texts),
+        eval_texts=len(evaluate.texts), corpus_texts=len(texts),
         truncated_texts=run.truncated_texts(),
         final_loss=float(np.mean(loss_window)) if loss_window else None,
         step_s=float(np.mean(step_times)) if step_times else None, wall_s=0.0)
@@ -325,7 +336,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         total = sum(layer.shape[0] * layer.shape[1] for layer in report.layers)
         report.sparsity = 1.0 - sum(layer.nnz for layer in report.layers) / total
         report.before = before
-        report.after = _fidelity(run.student, teacher, eval_texts)
+        report.after = evaluate(run.student)
     report.wall_s = _now() - started
     if finished:
         _write_model(output, run.student, teacher, report)
@@ -500,15 +511,30 @@ def _epoch_order(seed: int, size: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
 
 
-def _fidelity(model, teacher: LoadedModel, eval_texts: list[str]) -> Fidelity:
-    was_training = model.training
-    model.eval()
-    try:
-        mine = sentence_embeddings(model, teacher.tokenizer, eval_texts)
-    finally:
-        model.train(was_training)
-    dense = sentence_embeddings(teacher.model, teacher.tokenizer, eval_texts)
-    return Fidelity(embedding_cosine=float((mine * dense).sum(dim=1).mean()))
+class _Evaluator:
+    """Fidelity of a model against the teacher; the teacher's embeddings are computed once."""
+
+    def __init__(self, teacher: LoadedModel, texts: list[str], task: TaskSplits | None):
+        self.teacher = teacher
+        self.task = task
+        self.texts = task.test.texts if task is not None else texts
+        self.dense = (embed_splits(self._embedder(teacher.model), task) if task is not None
+                      else self._embedder(teacher.model)(texts))
+
+    def __call__(self, model) -> Fidelity:
+        was_training = model.training
+        model.eval()
+        try:
+            if self.task is None:
+                embeddings = self._embedder(model)(self.texts)
+                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()))
+            task = evaluate_embeddings(self.dense, self._embedder(model), self.task)
+            return Fidelity(task.cosine, task)
+        finally:
+            model.train(was_training)
+
+    def _embedder(self, model):
+        return model_embedder(model, self.teacher.tokenizer)
 
 
 def _state_sha256(model) -> str:

@@ -15,11 +15,15 @@ from sparsemac.sw.cli import main
 from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
 from sparsemac.sw.models import SIMILARITY_PAIRS, load_model
 from sparsemac.sw.pruning import matching_linears
+from sparsemac.sw.task import SplitSizes, TaskReport, load_labelled, task_splits
 
 TEXTS = [text for pair in SIMILARITY_PAIRS for text in (pair.first, pair.second)]
 # Dense until step 0, 90 % from step 4 (prune_end 0.6 of 6 steps), 2 steps of recovery after.
 RECIPE = DistillRecipe(steps=6, batch_size=4, prune_every=1)
 EVERY = 2  # checkpoint interval of every run here
+# A small slice of the built-in tweets for the fidelity figures of the uninterrupted run.
+TASK = task_splits(load_labelled(), 0, SplitSizes(train=60, test=30, calibration=1,
+                                                  distillation=1))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,7 +79,7 @@ def finished(teacher, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(distill, "_train_step", train_step)
         report = distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
-                               progress=False)
+                               task=TASK, progress=False)
     return output, report, steps
 
 
@@ -176,7 +180,12 @@ def test_saved_directory_loads_with_its_tokenizer_and_report(teacher, finished):
     assert written["finished"] is True
     assert [layer["nnz"] for layer in written["layers"]] == [l.nnz for l in report.layers]
     assert written["after"]["embedding_cosine"] == report.after.embedding_cosine
-    assert 0.0 < report.before.embedding_cosine < 1.0
+    assert written["after"]["task"]["accuracy"] == report.after.task.accuracy
+    for fidelity in (report.before, report.after):
+        assert isinstance(fidelity.task, TaskReport) and fidelity.task.test_size == 30
+        assert fidelity.embedding_cosine == fidelity.task.cosine
+        assert 0.0 < fidelity.embedding_cosine < 1.0
+    assert report.eval_texts == 30
 
 
 def test_resume_from_another_recipe_is_refused_and_keeps_the_checkpoint(

