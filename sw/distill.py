@@ -39,11 +39,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .models import LoadedModel, load_model
-from .pruning import GradualPruner, LayerPruneReport, prune_model
+from .pruning import (
+    GradualPruner, LayerPruneReport, cubic_sparsity, matching_linears, parse_method, prune_mask,
+)
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
-    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "REPORT_FILE", "DistillRecipe", "Fidelity",
+    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "K_ALIGNED", "MASK_METHODS", "REPORT_FILE", "DistillRecipe", "Fidelity",
     "PruneReport", "distill_prune",
 ]
 
@@ -51,9 +53,15 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.safetensors"
 #: The JSON report of a finished run, beside the Hugging Face files; written last.
 REPORT_FILE = "distill_report.json"
+#: The mask methods of a recipe.
+MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
+#: The pattern that keeps a multiple of the array's K weights in every row.
+K_ALIGNED = "k-aligned"
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
+# Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
+_NM_TOLERANCE = 1e-9
 _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                     "special_tokens_map.json")
@@ -76,9 +84,18 @@ class DistillRecipe:
     ----------
     sparsity : float
         Fraction of each encoder linear's weights removed at the end, in (0, 1).
-    method : str
-        How masks are chosen at each pruning step: ``"magnitude"`` (smallest ``|w|`` of the
-        current student weights, pruned weights staying pruned).
+    method : {"magnitude", "wanda", "sparsegpt"}
+        How masks are chosen at each pruning step: the smallest ``|w|`` of the current
+        student weights (pruned weights staying pruned), or the calibrated methods of
+        :func:`~sparsemac.sw.calibration.prune_calibrated` run on the student as it is, fed
+        the calibration texts (their zeroed weights score lowest, so they stay pruned too).
+    pattern : {None, "N:M", "k-aligned"}
+        None: unstructured. ``"N:M"`` (e.g. ``"2:4"``): the steps before the last pruning step
+        prune unstructured on the schedule, the last one to the N:M pattern, whose sparsity
+        ``1 - N/M`` must be `sparsity`. ``"k-aligned"`` (calibrated methods): every row keeps a
+        multiple of `lanes` weights at every pruning step.
+    lanes : int
+        The array's K, for ``"k-aligned"``.
     steps : int
         Optimiser steps, at least 2.
     prune_end : float
@@ -105,6 +122,8 @@ class DistillRecipe:
 
     sparsity: float = 0.9
     method: str = "magnitude"
+    pattern: str | None = None
+    lanes: int = 8
     steps: int = 600
     prune_end: float = 0.6
     prune_every: int = 10
@@ -121,8 +140,22 @@ class DistillRecipe:
         if isinstance(self.sparsity, bool) or not 0.0 < self.sparsity < 1.0:
             raise ValueError(f"sparsity must be between 0 and 1 (exclusive), not "
                              f"{self.sparsity!r}")
-        if self.method != "magnitude":
-            raise ValueError(f"unknown mask method {self.method!r}; valid: 'magnitude'")
+        if self.method not in MASK_METHODS:
+            raise ValueError(f"unknown mask method {self.method!r}; valid: "
+                             f"{', '.join(map(repr, MASK_METHODS))}")
+        if self.pattern is not None:
+            if self.pattern == K_ALIGNED and self.method == "magnitude":
+                raise ValueError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
+                                 "(wanda or sparsegpt), not 'magnitude'")
+            if self.pattern != K_ALIGNED:
+                kind, n, m = parse_method(self.pattern)
+                if kind != "n:m":
+                    raise ValueError(f"unknown pattern {self.pattern!r}: use None, an 'N:M' "
+                                     f"string such as '2:4', or {K_ALIGNED!r}")
+                if abs(self.sparsity - (1 - n / m)) > _NM_TOLERANCE:
+                    raise ValueError(f"sparsity {self.sparsity!r} cannot be reached with "
+                                     f"{self.pattern}: that pattern prunes exactly "
+                                     f"{1 - n / m!r}")
         for name in ("steps", "prune_every", "batch_size", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -244,6 +277,7 @@ class PruneReport:
 def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   recipe: DistillRecipe = DistillRecipe(), *,
                   eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
+                  calibration_texts: Sequence[str] | None = None,
                   resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
                   progress: bool = True) -> PruneReport:
@@ -269,6 +303,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         :func:`~sparsemac.sw.task.evaluate_embeddings` (cosine over the test split, probe
         accuracies), the teacher's embeddings computed once. Keep its train and test splits
         out of `texts`.
+    calibration_texts : sequence of str, optional
+        What the calibrated mask methods feed the student at each pruning step; by default
+        the task's calibration split. Keep them out of the evaluation texts.
     resume : bool
         Continue from the checkpoint in `output`; without one, start from the beginning.
     checkpoint_every : int
@@ -305,11 +342,19 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     teacher = load_model(model)
     if teacher.tokenizer is None:
         raise ValueError(f"{teacher.name} has no tokenizer: distillation needs text")
+    if calibration_texts is None and task is not None:
+        calibration_texts = task.calibration.texts
+    calibration = list(calibration_texts or [])
+    if recipe.method != "magnitude" and not calibration:
+        raise ValueError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
     identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
                 "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
+                # Magnitude masks read no calibration text: another one is the same run.
+                "calibration_sha256": (_texts_sha256(calibration)
+                                       if recipe.method != "magnitude" else None),
                 "recipe": asdict(recipe)}
     checkpoint = _check_output(output, identity, resume)
-    run = _Run(teacher, texts, recipe)
+    run = _Run(teacher, texts, recipe, calibration)
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
     if time_budget is not None and _now() + step_estimate > deadline:
@@ -346,10 +391,12 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
 class _Run:
     """The student, teacher, optimiser and pruner of one run, and its step counter."""
 
-    def __init__(self, teacher: LoadedModel, texts: list[str], recipe: DistillRecipe):
+    def __init__(self, teacher: LoadedModel, texts: list[str], recipe: DistillRecipe,
+                 calibration: list[str]):
         self.teacher = teacher
         self.texts = texts
         self.recipe = recipe
+        self.calibration = calibration
         self.student = copy.deepcopy(teacher.model)
         for module in (self.student.embeddings, self.student.pooler):
             if module is not None:
@@ -359,7 +406,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(self.trained, lr=recipe.learning_rate,
                                            weight_decay=0.0)
         self.pruner = GradualPruner(self.student, recipe.sparsity, 0, recipe.prune_end_step,
-                                    frequency=recipe.prune_every, method=recipe.method)
+                                    frequency=recipe.prune_every)
         self.step = 0
         torch.manual_seed(recipe.seed)
 
@@ -389,8 +436,33 @@ class _Run:
     def one_shot(self):
         """A copy of the teacher pruned in one shot to the final sparsity."""
         pruned = copy.deepcopy(self.teacher.model)
-        prune_model(pruned, self.recipe.sparsity, self.recipe.method)
+        linears = matching_linears(pruned)
+        masks = self.masks(pruned, self.recipe.sparsity, self.recipe.pattern)
+        with torch.no_grad():
+            for name, linear in linears:
+                linear.weight.mul_(masks[name])
         return pruned
+
+    def masks(self, model, sparsity: float, pattern: str | None) -> dict[str, torch.Tensor]:
+        """Keep-masks of `model`'s pruned linears by the recipe's method, one shot.
+
+        The calibrated methods also update the kept weights (SparseGPT) and apply the masks.
+        """
+        method = self.recipe.method
+        if method == "magnitude":
+            return {name: prune_mask(linear.weight, None if pattern else sparsity,
+                                     pattern or "magnitude")
+                    for name, linear in matching_linears(model)}
+        from .calibration import prune_calibrated
+
+        was_training = model.training
+        model.eval()  # no dropout in the calibration activations
+        try:
+            return prune_calibrated(model, self.teacher.tokenizer, method, sparsity,
+                                    self.calibration, pattern=pattern,
+                                    lanes=self.recipe.lanes).masks
+        finally:
+            model.train(was_training)
 
     def train(self, output, identity, checkpoint_every, deadline, reserve, step_estimate,
               progress):
@@ -475,7 +547,7 @@ class _Run:
 def _train_step(run: _Run, step: int) -> float:
     """One optimiser step of distillation at `step`; returns its loss."""
     recipe = run.recipe
-    run.pruner.step(step)
+    _prune_step(run, step)
     inputs = run.batch(step)
     with torch.no_grad():
         target = run.teacher.model(**inputs, output_hidden_states=True)
@@ -500,6 +572,25 @@ def _train_step(run: _Run, step: int) -> float:
     run.optimizer.step()
     run.pruner.apply_masks()
     return float(loss.detach())
+
+
+def _prune_step(run: _Run, step: int) -> None:
+    """Update the masks at a pruning step of the schedule, by the recipe's method."""
+    pruner, recipe = run.pruner, run.recipe
+    if not pruner.is_pruning_step(step):
+        return
+    sparsity = cubic_sparsity(step, 0.0, recipe.sparsity, 0, pruner.end_step,
+                              recipe.prune_every)
+    last = step == pruner.end_step
+    n_m = recipe.pattern not in (None, K_ALIGNED)
+    if sparsity == 0.0 or (recipe.method == "magnitude" and not (n_m and last)):
+        pruner.step(step)  # magnitude, pruned weights ranked below every kept one
+        return
+    # Before the last step an N:M pattern cannot hold the scheduled sparsity: unstructured.
+    pattern = None if n_m and not last else recipe.pattern
+    pruner.masks = run.masks(run.student, sparsity, pattern)
+    pruner.sparsity = sparsity
+    pruner.apply_masks()
 
 
 def _mean_pool(hidden, mask):

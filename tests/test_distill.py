@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -271,3 +272,39 @@ def test_time_budget_stops_with_a_checkpoint_that_resumes_exactly(teacher, finis
                             resume=True, progress=False)
     assert resumed.resumed_from == report.step and resumed.finished
     _assert_same_weights(output, finished[0])
+
+
+def test_n_m_pattern_is_exact_after_the_final_step(teacher, tmp_path):
+    recipe = DistillRecipe(sparsity=0.5, pattern="2:4", steps=6, batch_size=4, prune_every=1)
+    report = distill_prune(teacher, TEXTS, tmp_path / "run", recipe, progress=False)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    for layer in report.layers:
+        groups = weights[layer.name + ".weight"].reshape(-1, 4)
+        assert (groups != 0).sum(dim=1).tolist() == [2] * groups.shape[0], layer.name
+    assert report.sparsity == 0.5
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sparsity=0.6, pattern="2:4"), "sparsity 0.6 cannot be reached with 2:4: that "
+                                        "pattern prunes exactly 0.5"),
+    (dict(pattern="k-aligned"), "the 'k-aligned' pattern needs a calibrated method (wanda or "
+                                "sparsegpt), not 'magnitude'"),
+    (dict(method="obs"), "unknown mask method 'obs'; valid: 'magnitude', 'wanda', 'sparsegpt'"),
+    (dict(steps=1), "steps must be at least 2"),
+    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive), not 1.0"),
+])
+def test_bad_recipes_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DistillRecipe(**options)
+
+
+def test_calibrated_method_needs_calibration_text(teacher, tmp_path):
+    with pytest.raises(ValueError, match="mask method 'wanda' needs calibration texts"):
+        distill_prune(teacher, TEXTS, tmp_path / "run", DistillRecipe(method="wanda"),
+                      progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_corpus_is_refused(teacher, tmp_path):
+    with pytest.raises(ValueError, match="the distillation corpus is empty"):
+        distill_prune(teacher, [], tmp_path / "run", RECIPE, progress=False)

@@ -41,7 +41,12 @@ def add_arguments(parser):
         "recipe", "each defaults to DistillRecipe's value; the command prints the whole recipe")
     recipe.add_argument("--sparsity", type=float,
                         help="final fraction of each encoder linear pruned")
-    recipe.add_argument("--method", help="mask method at each pruning step")
+    recipe.add_argument("--method", help="mask method at each pruning step: magnitude, wanda "
+                                         "or sparsegpt (these two calibrated on the task's "
+                                         "calibration split)")
+    recipe.add_argument("--pattern", help="N:M such as 2:4 (reached at the last pruning step), "
+                                          "or k-aligned (rows keep multiples of K)")
+    recipe.add_argument("--lanes", type=int, help="the array's K, for k-aligned")
     recipe.add_argument("--steps", type=int, help="optimiser steps")
     recipe.add_argument("--prune-end", type=float,
                         help="fraction of the steps by which the final sparsity is reached")
