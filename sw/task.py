@@ -22,6 +22,7 @@ import importlib.resources
 import importlib.util
 import io
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,3 +489,106 @@ def _knn_agreement(dense, candidate):
     ours, theirs = neighbours(dense), neighbours(candidate)
     shared = [np.intersect1d(a, b).size for a, b in zip(ours, theirs)]
     return float(np.mean(shared) / k)
+
+
+# The fidelity table --------------------------------------------------------------------------
+
+#: Points of :func:`fidelity_table` by default: ``(method, sparsity, pattern)`` with method
+#: ``"float"``, ``"magnitude"`` (per-layer, :func:`~sparsemac.sw.pruning.prune_model`) or a
+#: calibrated method of :data:`~sparsemac.sw.calibration.PRUNERS`.
+DEFAULT_FIDELITY_POINTS = (
+    ("float", 0.0, None),
+    *((method, sparsity, None) for method in ("magnitude", "wanda", "sparsegpt")
+      for sparsity in (0.5, 0.7, 0.8, 0.9)),
+    *((method, None, "2:4") for method in ("magnitude", "wanda", "sparsegpt")),
+)
+
+
+@dataclass
+class FidelityRow:
+    """One point of :func:`fidelity_table`.
+
+    Attributes
+    ----------
+    method : str
+    sparsity_target : float or None
+    pattern : str or None
+    sparsity : float
+        Achieved, over the pruned linears.
+    report : TaskReport
+    prune_seconds, evaluate_seconds : float
+    """
+
+    method: str
+    sparsity_target: float | None
+    pattern: str | None
+    sparsity: float
+    report: TaskReport
+    prune_seconds: float
+    evaluate_seconds: float
+
+    def as_dict(self) -> dict:
+        """JSON-ready."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "report": asdict(self.report)}
+
+
+def fidelity_table(points=DEFAULT_FIDELITY_POINTS, *, model: str = "minilm", seed: int = 0,
+                   sizes: SplitSizes = DEFAULT_SPLIT_SIZES, lanes: int = 8,
+                   progress: Callable[[FidelityRow], None] | None = None) -> list[FidelityRow]:
+    """Prune a fresh copy of the model for each point and score it on the built-in task.
+
+    Float weights throughout (no int8): the figures isolate what pruning costs. Calibrated
+    methods use the calibration split, evaluation uses the train and test splits.
+
+    Parameters
+    ----------
+    points : iterable of (method, sparsity, pattern)
+        See :data:`DEFAULT_FIDELITY_POINTS`; pattern ``"2:4"``-style or ``"k-aligned"``
+        (calibrated methods only) or None.
+    model : str
+        A spec of :func:`~sparsemac.sw.models.load_model`.
+    seed : int
+        Of the splits.
+    sizes : SplitSizes
+    lanes : int
+        The array's K for ``"k-aligned"``.
+    progress : callable, optional
+        Called with each row as soon as it is measured.
+
+    Returns
+    -------
+    list of FidelityRow
+    """
+    from .calibration import PRUNERS, prune_calibrated
+    from .models import load_model
+    from .pruning import prune_model
+
+    splits = task_splits(load_labelled(), seed=seed, sizes=sizes)
+    dense_model = load_model(model)
+    dense = embed_splits(model_embedder(dense_model.model, dense_model.tokenizer), splits)
+    rows = []
+    for method, sparsity, pattern in points:
+        started = time.perf_counter()
+        loaded = load_model(model)
+        if method in PRUNERS:
+            achieved = prune_calibrated(loaded.model, loaded.tokenizer, method, sparsity,
+                                        splits.calibration.texts, pattern=pattern,
+                                        lanes=lanes).sparsity
+        elif method == "float":
+            achieved = 0.0
+        else:
+            layers = prune_model(loaded.model, sparsity, pattern or method, seed=seed)
+            achieved = 1.0 - sum(layer.nnz for layer in layers) / sum(
+                layer.shape[0] * layer.shape[1] for layer in layers)
+        pruned = time.perf_counter()
+        report = evaluate_embeddings(dense, model_embedder(loaded.model, loaded.tokenizer),
+                                     splits)
+        rows.append(FidelityRow(method=method, sparsity_target=sparsity, pattern=pattern,
+                                sparsity=achieved, report=report,
+                                prune_seconds=pruned - started,
+                                evaluate_seconds=time.perf_counter() - pruned))
+        if progress is not None:
+            progress(rows[-1])
+    return rows
