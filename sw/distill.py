@@ -39,13 +39,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .models import LoadedModel, load_model
-from .pruning import (
-    GradualPruner, LayerPruneReport, cubic_sparsity, matching_linears, parse_method, prune_mask,
-)
+from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .pruning import GradualPruner, LayerPruneReport, cubic_sparsity, matching_linears, prune_mask
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
-    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "K_ALIGNED", "MASK_METHODS", "REPORT_FILE", "DistillRecipe", "Fidelity",
+    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "MASK_METHODS", "REPORT_FILE", "DistillRecipe", "Fidelity",
     "PruneReport", "distill_prune",
 ]
 
@@ -55,13 +54,9 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 REPORT_FILE = "distill_report.json"
 #: The mask methods of a recipe.
 MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
-#: The pattern that keeps a multiple of the array's K weights in every row.
-K_ALIGNED = "k-aligned"
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
-# Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
-_NM_TOLERANCE = 1e-9
 _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                     "special_tokens_map.json")
@@ -143,19 +138,10 @@ class DistillRecipe:
         if self.method not in MASK_METHODS:
             raise ValueError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
-        if self.pattern is not None:
-            if self.pattern == K_ALIGNED and self.method == "magnitude":
-                raise ValueError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
-                                 "(wanda or sparsegpt), not 'magnitude'")
-            if self.pattern != K_ALIGNED:
-                kind, n, m = parse_method(self.pattern)
-                if kind != "n:m":
-                    raise ValueError(f"unknown pattern {self.pattern!r}: use None, an 'N:M' "
-                                     f"string such as '2:4', or {K_ALIGNED!r}")
-                if abs(self.sparsity - (1 - n / m)) > _NM_TOLERANCE:
-                    raise ValueError(f"sparsity {self.sparsity!r} cannot be reached with "
-                                     f"{self.pattern}: that pattern prunes exactly "
-                                     f"{1 - n / m!r}")
+        if self.pattern == K_ALIGNED and self.method == "magnitude":
+            raise ValueError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
+                             "(wanda or sparsegpt), not 'magnitude'")
+        check_pattern(self.sparsity, self.pattern, self.lanes)
         for name in ("steps", "prune_every", "batch_size", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -453,8 +439,6 @@ class _Run:
             return {name: prune_mask(linear.weight, None if pattern else sparsity,
                                      pattern or "magnitude")
                     for name, linear in matching_linears(model)}
-        from .calibration import prune_calibrated
-
         was_training = model.training
         model.eval()  # no dropout in the calibration activations
         try:

@@ -284,9 +284,28 @@ def test_n_m_pattern_is_exact_after_the_final_step(teacher, tmp_path):
     assert report.sparsity == 0.5
 
 
+@pytest.mark.parametrize("method, pattern", [("wanda", None), ("sparsegpt", "k-aligned")])
+def test_calibrated_masks_are_exact_after_the_final_step(teacher, tmp_path, method, pattern):
+    recipe = DistillRecipe(method=method, pattern=pattern, sparsity=0.75, steps=4, batch_size=4,
+                           prune_every=1)
+    report = distill_prune(teacher, TEXTS, tmp_path / "run", recipe,
+                           calibration_texts=TASK.calibration.texts + TEXTS[:8], progress=False)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    for layer in report.layers:
+        weight = weights[layer.name + ".weight"]
+        nonzeros = (weight != 0).sum(dim=1)
+        if pattern is None:  # wanda: exactly the layer's count, rows differing by at most one
+            assert int(nonzeros.sum()) == weight.numel() - _pruned_count(weight.numel(), 0.75)
+            assert int(nonzeros.max() - nonzeros.min()) <= 1
+        else:  # every row a multiple of K=8, the layer within K/2 weights of the target
+            assert (nonzeros % 8 == 0).all(), layer.name
+            assert abs(int(nonzeros.sum()) - 0.25 * weight.numel()) <= 4
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(sparsity=0.6, pattern="2:4"), "sparsity 0.6 cannot be reached with 2:4: that "
                                         "pattern prunes exactly 0.5"),
+    (dict(pattern="3x4"), "unknown pattern '3x4'"),
     (dict(pattern="k-aligned"), "the 'k-aligned' pattern needs a calibrated method (wanda or "
                                 "sparsegpt), not 'magnitude'"),
     (dict(method="obs"), "unknown mask method 'obs'; valid: 'magnitude', 'wanda', 'sparsegpt'"),
