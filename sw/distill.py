@@ -9,10 +9,10 @@ token-type embeddings stay frozen (they are never pruned and the teacher's are r
 
 A run is resumable: every ``checkpoint_every`` steps it writes one safetensors file into the
 output directory holding the student's weights, the masks, the AdamW state and the torch random
-state as tensors, and its JSON state (step, recipe, identity of teacher and corpus) in the
-file's metadata; no pickle anywhere. Batches and the learning rate are pure functions of the
-step, so a run resumed from a checkpoint ends with the same weights, bit for bit, as one that
-was never interrupted (on the same machine and thread count). A finished run leaves a Hugging
+state as tensors, and its JSON state (step, recipe, identity of teacher, corpus and
+calibration text) in the file's metadata; no pickle anywhere. Batches and the learning rate are
+pure functions of the step, so a run resumed from a checkpoint ends with the same weights, bit
+for bit, as one that was never interrupted (on the same machine and thread count). A finished run leaves a Hugging
 Face checkpoint directory (``model.safetensors``, ``config.json``, tokenizer files) that
 :func:`~sparsemac.sw.models.load_model` loads, and :data:`REPORT_FILE` beside it.
 """
@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .models import LoadedModel, load_model
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .models import LoadedModel, load_model
 from .pruning import GradualPruner, LayerPruneReport, cubic_sparsity, matching_linears, prune_mask
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
-    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "MASK_METHODS", "REPORT_FILE", "DistillRecipe", "Fidelity",
-    "PruneReport", "distill_prune",
+    "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "MASK_METHODS", "REPORT_FILE", "DistillRecipe",
+    "Fidelity", "PruneReport", "distill_prune",
 ]
 
 #: The resumable state of an unfinished run, inside its output directory.
