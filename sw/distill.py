@@ -12,9 +12,10 @@ output directory holding the student's weights, the masks, the AdamW state and t
 state as tensors, and its JSON state (step, recipe, identity of teacher, corpus and
 calibration text) in the file's metadata; no pickle anywhere. Batches and the learning rate are
 pure functions of the step, so a run resumed from a checkpoint ends with the same weights, bit
-for bit, as one that was never interrupted (on the same machine and thread count). A finished run leaves a Hugging
-Face checkpoint directory (``model.safetensors``, ``config.json``, tokenizer files) that
-:func:`~sparsemac.sw.models.load_model` loads, and :data:`REPORT_FILE` beside it.
+for bit, as one that was never interrupted (on the same machine and thread count). A finished
+run leaves a Hugging Face checkpoint directory (``model.safetensors``, ``config.json``,
+tokenizer files) that :func:`~sparsemac.sw.models.load_model` loads, and :data:`REPORT_FILE`
+beside it.
 """
 
 from __future__ import annotations
