@@ -264,8 +264,7 @@ class PruneReport:
 def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   recipe: DistillRecipe = DistillRecipe(), *,
                   eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
-                  calibration_texts: Sequence[str] | None = None,
-                  resume: bool = False,
+                  calibration_texts: Sequence[str] | None = None, resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
                   progress: bool = True) -> PruneReport:
     """Prune a BERT gradually while distilling it from its dense self; write the result.
@@ -310,7 +309,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     Raises
     ------
     ValueError
-        If the corpus is empty, the model has no tokenizer, `output` holds something other
+        If the corpus is empty, the model has no tokenizer, a calibrated method has no
+        calibration texts, `output` holds something other
         than a checkpoint of this very run (another model, corpus or recipe: the message names
         what differs) or a finished run, or the time budget is shorter than one step (as
         measured on the first batch). Nothing is written then.
