@@ -50,8 +50,8 @@ from .pruning import DEFAULT_BERT_PATTERNS, _keep_all_but_lowest, matching_linea
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
     "CalibratedLayer", "CalibrationReport", "InputStatistics",
-    "capture_group_inputs", "check_pattern", "prune_calibrated", "reconstruction_error",
-    "sparsegpt_prune", "wanda_prune",
+    "activation_absmax", "capture_group_inputs", "check_pattern", "prune_calibrated",
+    "reconstruction_error", "sparsegpt_prune", "wanda_prune",
 ]
 
 #: The pattern name of K-aligned pruning.
@@ -257,7 +257,7 @@ def _apportion(total: int, sizes: Sequence[int]) -> list[int]:
 def _check_layer(weight, statistics):
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
             or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 2-D float tensor, got {getattr(weight, 'shape', weight)}")
+        raise ValueError(f"weight must be a 2-D float tensor, not {weight!r:.60}")
     if tuple(statistics.hessian.shape) != (weight.shape[1],) * 2:
         raise ValueError(f"statistics are of {statistics.hessian.shape[0]} input features, the "
                          f"weight has {weight.shape[1]}")
@@ -310,17 +310,9 @@ def sparsegpt_prune(weight: torch.Tensor, statistics: InputStatistics, sparsity:
 
     Parameters
     ----------
-    weight : torch.Tensor
-        ``(rows, cols)`` float weight; not modified.
-    statistics : InputStatistics
-        Of the layer's calibration inputs. Input columns that were always zero are pruned
-        (they carry no information) and count towards the sparsity.
-    sparsity : float or None
-        As :func:`check_pattern`.
-    pattern : {None, "N:M", "k-aligned"}
-        See the module docstring.
-    lanes : int
-        The array's K, for ``"k-aligned"``.
+    weight, statistics, sparsity, pattern, lanes
+        As :func:`wanda_prune`. Input columns that were always zero score lowest, so they are
+        pruned first.
     blocksize : int
         Columns per lazy-update block (and per mask choice when unstructured).
     dampening : float
@@ -560,3 +552,53 @@ def prune_calibrated(model: nn.Module, tokenizer, method: str, sparsity: float |
                              lanes=lanes, calibration_texts=len(texts),
                              calibration_tokens=int(token_mask.sum()), layers=layers,
                              seconds=time.perf_counter() - started, masks=masks)
+
+
+def activation_absmax(model: nn.Module, tokenizer, texts: Sequence[str],
+                      patterns: Iterable[str] = DEFAULT_BERT_PATTERNS) -> dict[str, torch.Tensor]:
+    """``max|X_j|`` of every input channel of the matching linears on calibration text.
+
+    One forward pass of the texts as a padded batch; padding tokens do not count. The result
+    feeds :func:`~sparsemac.sw.quantisation.smoothing_scales`.
+
+    Parameters
+    ----------
+    model : nn.Module
+    tokenizer : transformers.PreTrainedTokenizerFast
+    texts : sequence of str
+    patterns : iterable of str
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        float32 ``(in_features,)`` by qualified linear name, in module order.
+
+    Raises
+    ------
+    ValueError
+        If there is no text or no linear matches.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("activation statistics need calibration text; got none")
+    patterns = tuple(patterns)
+    linears = matching_linears(model, patterns)
+    if not linears:
+        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+    inputs = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    token_mask = inputs["attention_mask"].bool()
+    maxima: dict[str, torch.Tensor] = {}
+
+    def recorder(name):
+        def record(_module, args):
+            maxima[name] = args[0][token_mask].abs().amax(dim=0).float()
+        return record
+
+    handles = [linear.register_forward_pre_hook(recorder(name)) for name, linear in linears]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: maxima[name] for name, _ in linears}

@@ -29,7 +29,7 @@ from .driver import Device, DeviceError
 from .offload import OffloadedLinear
 from .pruning import (DEFAULT_BERT_PATTERNS, global_magnitude_masks, matching_linears,
                       parse_method, prune_mask)
-from .quantisation import GRANULARITIES, quantise_activations
+from .quantisation import GRANULARITIES
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
@@ -439,8 +439,7 @@ def _recorder(layer, measure_dense, keep_sums):
         if keep_sums:
             layer.sums.append(sums)
         if measure_dense:
-            tokens = args[0].detach().reshape(-1, module.in_features).float()
-            activations = quantise_activations(tokens, module.granularity).values
+            activations = module.quantise_input(args[0]).values
             result = module.device.matmul(module.weights, activations, Mode.DENSE)
             if not torch.equal(result.sums, sums):
                 raise DeviceError(f"{layer.name}: the device's dense-mode sums differ from its "

