@@ -41,7 +41,9 @@ from safetensors.torch import save_file
 
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
 from .models import LoadedModel, load_model
-from .pruning import GradualPruner, LayerPruneReport, cubic_sparsity, matching_linears, prune_mask
+from .pruning import (
+    GradualPruner, LayerPruneReport, _report, cubic_sparsity, matching_linears, prune_mask,
+)
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
@@ -518,15 +520,9 @@ class _Run:
         return self.step
 
     def layer_reports(self) -> list[LayerPruneReport]:
-        reports = []
-        for name, linear in self.pruner.linears:
-            weight = linear.weight.detach()
-            nnz = int(torch.count_nonzero(weight))
-            reports.append(LayerPruneReport(name=name, shape=tuple(weight.shape),
-                                            sparsity_target=self.recipe.sparsity,
-                                            sparsity_achieved=1.0 - nnz / weight.numel(),
-                                            nnz=nnz))
-        return reports
+        # pruning's own report of a pruned layer, as prune_model returns it.
+        return [_report(name, linear.weight.detach(), self.recipe.sparsity)
+                for name, linear in self.pruner.linears]
 
 
 def _train_step(run: _Run, step: int) -> float:

@@ -114,8 +114,8 @@ def _print_report(report):
     else:
         print(f"{'layer':<40} {'shape':>10} {'sparsity':>8} {'nonzeros':>9}")
         for layer in report.layers:
-            shape = "x".join(map(str, layer.shape))
-            print(f"{layer.name:<40} {shape:>10} {layer.sparsity_achieved:>8.4f} "
+            rows, cols = layer.shape
+            print(f"{layer.name:<40} {f'{rows}x{cols}':>10} {1 - layer.nnz / (rows * cols):>8.4f} "
                   f"{layer.nnz:>9,}")
         print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
         dense = report.after.task.dense_accuracy
