@@ -353,8 +353,10 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                          f"first batch of {recipe.batch_size} texts)")
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
     evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
+    evaluated = _now()
     before = evaluate(run.one_shot())
-    reserve = _now() - started  # the final evaluation costs about as much
+    # The final evaluation scores one model too; the teacher's embeddings are already made.
+    reserve = _now() - evaluated
     loss_window, step_times = run.train(output, identity, checkpoint_every, deadline, reserve,
                                         step_estimate, progress)
     finished = run.step == recipe.steps
