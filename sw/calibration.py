@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .pruning import DEFAULT_BERT_PATTERNS, _keep_all_but_lowest, matching_linears
+from .pruning import DEFAULT_BERT_PATTERNS, keep_all_but_lowest, matching_linears
 
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
@@ -360,7 +360,7 @@ def sparsegpt_prune(weight: torch.Tensor, statistics: InputStatistics, sparsity:
         errors = torch.zeros_like(w1)
         if nm is None and pattern is None:
             scores = (w1.pow(2) / diagonal[start:end].pow(2)).flatten()
-            pruned[:, start:end] = ~_keep_all_but_lowest(scores, counts[block]).view(w1.shape)
+            pruned[:, start:end] = ~keep_all_but_lowest(scores, counts[block]).view(w1.shape)
         for i in range(end - start):
             if nm and i % nm[1] == 0:
                 scores = w1[:, i:i + nm[1]].pow(2) / h1.diagonal()[i:i + nm[1]].pow(2)

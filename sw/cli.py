@@ -11,7 +11,8 @@ import sys
 
 __all__ = ["main"]
 
-COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep")
+COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep",
+            "prune")
 
 
 def build_parser():

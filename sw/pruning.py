@@ -82,7 +82,7 @@ def _prune_count(sparsity, numel):
     return int(round(sparsity * numel))
 
 
-def _keep_all_but_lowest(scores, count):
+def keep_all_but_lowest(scores, count):
     """Mask of a flat score vector pruning its ``count`` lowest scores, ties by position.
 
     A selection finds the threshold in linear time instead of a full sort: BERT-base's 85 M
@@ -198,7 +198,7 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
     _check_sparsity(sparsity)
     count = _prune_count(sparsity, weight.numel())
     if method == "magnitude":
-        flat = _keep_all_but_lowest(weight.detach().abs().flatten(), count)
+        flat = keep_all_but_lowest(weight.detach().abs().flatten(), count)
     else:
         if seed is None:
             raise ValueError("random pruning needs a seed so that the mask is reproducible")
@@ -232,7 +232,7 @@ def _global_masks(weights, sparsity, scores=None):
     if scores is None:
         scores = [w.detach().abs() for w in weights]
     flat = torch.cat([s.flatten() for s in scores]) if scores else torch.zeros(0)
-    keep = _keep_all_but_lowest(flat, _prune_count(sparsity, flat.numel()))
+    keep = keep_all_but_lowest(flat, _prune_count(sparsity, flat.numel()))
     masks, start = [], 0
     for weight in weights:
         masks.append(keep[start:start + weight.numel()].view(weight.shape))
@@ -459,7 +459,8 @@ def _example_pattern(names):
     return "^" + re.escape(head) + r"\d+\."
 
 
-def _report(name, weight, target):
+def layer_prune_report(name, weight, target):
+    """The :class:`LayerPruneReport` of ``weight`` as it stands, against ``target`` sparsity."""
     return LayerPruneReport(name=name, shape=tuple(weight.shape),
                             nnz=int(torch.count_nonzero(weight)), sparsity_target=float(target))
 
@@ -513,7 +514,7 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
     with torch.no_grad():
         for (name, linear), mask in zip(linears, masks):
             linear.weight.mul_(mask)
-            reports.append(_report(name, linear.weight, target))
+            reports.append(layer_prune_report(name, linear.weight, target))
     return reports
 
 
@@ -654,7 +655,7 @@ class GradualPruner:
         if self.scope == "global":
             masks = _global_masks(weights, sparsity, scores)
         else:
-            masks = [_keep_all_but_lowest(s.flatten(), _prune_count(sparsity, s.numel()))
+            masks = [keep_all_but_lowest(s.flatten(), _prune_count(sparsity, s.numel()))
                      .view(s.shape) for s in scores]
         self.masks = {name: mask for (name, _), mask in zip(self.linears, masks)}
         self.sparsity = sparsity

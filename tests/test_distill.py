@@ -1,0 +1,329 @@
+"""Tests for sparsemac.sw.distill and ``sparsemac prune``: a few steps on a tiny BERT."""
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertModel
+
+from sparsemac.sw import distill
+from sparsemac.sw.cli import main
+from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
+from sparsemac.sw.models import SIMILARITY_PAIRS, load_model
+from sparsemac.sw.pruning import matching_linears
+from sparsemac.sw.task import SplitSizes, TaskReport, load_labelled, task_splits
+
+TEXTS = [text for pair in SIMILARITY_PAIRS for text in (pair.first, pair.second)]
+# Dense until step 0, 90 % from step 4 (prune_end 0.6 of 6 steps), 2 steps of recovery after.
+RECIPE = DistillRecipe(steps=6, batch_size=4, prune_every=1)
+EVERY = 2  # checkpoint interval of every run here
+# A small slice of the built-in tweets for the fidelity figures of the uninterrupted run.
+TASK = task_splits(load_labelled(), 0, SplitSizes(train=60, test=30, calibration=1,
+                                                  distillation=1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here on one thread, as the command runs by default: float sums, and so
+    bit-exact resumption, depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed in the middle of a run."""
+
+
+def _tiny_teacher(path, seed):
+    torch.manual_seed(seed)
+    # The real vocabulary, so MiniLM's tokenizer serves; dropout stays on (0.1), so resuming
+    # must restore the random state too.
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertModel(config, add_pooling_layer=False)
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              path / "model.safetensors")
+    config.to_json_file(path / "config.json")
+    load_model("minilm").tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return _tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def finished(teacher, tmp_path_factory):
+    """An uninterrupted run: its directory, its report, and after every optimiser step the
+    step, the schedule's sparsity and whether every pruned weight was still zero."""
+    output = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    original = distill._train_step
+    steps = []
+
+    def train_step(run, step):
+        loss = original(run, step)
+        masked = all(not bool(linear.weight[~run.pruner.masks[name]].any())
+                     for name, linear in run.pruner.linears)
+        pruned = [int((~mask).sum()) for mask in run.pruner.masks.values()]
+        steps.append((step, run.pruner.sparsity, masked, pruned))
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill, "_train_step", train_step)
+        report = distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+                               task=TASK, progress=False)
+    return output, report, steps
+
+
+@pytest.fixture(scope="module")
+def interrupted(teacher, tmp_path_factory):
+    """A run killed while computing step 3: its last checkpoint is from step 2."""
+    output = tmp_path_factory.mktemp("runs") / "interrupted"
+    original = distill._train_step
+
+    def train_step(run, step):
+        if step == 3:
+            raise Interrupted
+        return original(run, step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill, "_train_step", train_step)
+        with pytest.raises(Interrupted):
+            distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+                          progress=False)
+    return output
+
+
+def _copy_of(run, tmp_path):
+    """A copy of a run directory that a test may resume or damage."""
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pruned_count(numel, sparsity=RECIPE.sparsity):
+    return round(sparsity * numel)
+
+
+def test_sparsity_is_exact_after_the_final_step(finished):
+    output, report, _ = finished
+    assert report.finished and report.step == RECIPE.steps
+    weights = load_file(output / "model.safetensors")
+    assert len(report.layers) == 12
+    for layer in report.layers:
+        weight = weights[layer.name + ".weight"]
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
+        assert zeros == _pruned_count(weight.numel()), layer.name
+        assert layer.nnz == weight.numel() - zeros
+    total = sum(layer.shape[0] * layer.shape[1] for layer in report.layers)
+    assert report.sparsity == 1 - sum(layer.nnz for layer in report.layers) / total
+
+
+def test_masks_stay_applied_after_every_optimiser_step(teacher, finished):
+    output, report, steps = finished
+    assert [step for step, *_ in steps] == list(range(RECIPE.steps))
+    sizes = [layer.shape[0] * layer.shape[1] for layer in report.layers]
+    for step, sparsity, masked, pruned in steps:
+        assert masked, step
+        assert pruned == [_pruned_count(size, sparsity) for size in sizes], step
+    # The cubic schedule rose from dense at step 0 to 90 % at step 4 and held it.
+    schedule = [sparsity for _, sparsity, *_ in steps]
+    assert schedule[0] == 0.0 and schedule[4:] == [RECIPE.sparsity] * 2
+    assert schedule == sorted(schedule) and len(set(schedule)) == 5
+    # The kept weights trained: they differ from the teacher's.
+    student = load_model(str(output)).model
+    dense = load_model(teacher).model
+    for name, linear in matching_linears(student):
+        kept = linear.weight != 0
+        assert not torch.equal(linear.weight[kept], dense.get_submodule(name).weight[kept])
+
+
+def test_resumed_run_ends_with_the_same_weights_bit_for_bit(teacher, finished, interrupted,
+                                                             tmp_path):
+    output = _copy_of(interrupted, tmp_path)
+    assert (output / CHECKPOINT_FILE).is_file() and not (output / REPORT_FILE).exists()
+    report = distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+                           resume=True, progress=False)
+    assert report.resumed_from == 2 and report.finished
+    assert not (output / CHECKPOINT_FILE).exists()  # a finished run keeps only the model
+    _assert_same_weights(output, finished[0])
+
+
+def _assert_same_weights(output, reference):
+    weights = load_file(output / "model.safetensors")
+    expected = load_file(reference / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_saved_directory_loads_with_its_tokenizer_and_report(teacher, finished):
+    output, report, _ = finished
+    loaded = load_model(str(output))
+    saved = load_file(output / "model.safetensors")
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    teacher_tokenizer = load_model(teacher).tokenizer
+    assert loaded.tokenizer(TEXTS)["input_ids"] == teacher_tokenizer(TEXTS)["input_ids"]
+    written = json.loads((output / REPORT_FILE).read_text())
+    assert written["recipe"]["seed"] == 0 and written["recipe"]["sparsity"] == 0.9
+    assert written["finished"] is True
+    assert [layer["nnz"] for layer in written["layers"]] == [l.nnz for l in report.layers]
+    assert written["after"]["embedding_cosine"] == report.after.embedding_cosine
+    assert written["after"]["task"]["accuracy"] == report.after.task.accuracy
+    for fidelity in (report.before, report.after):
+        assert isinstance(fidelity.task, TaskReport) and fidelity.task.test_size == 30
+        assert fidelity.embedding_cosine == fidelity.task.cosine
+        assert 0.0 < fidelity.embedding_cosine < 1.0
+    assert report.eval_texts == 30
+
+
+def test_resume_from_another_recipe_is_refused_and_keeps_the_checkpoint(
+        teacher, interrupted, tmp_path, capsys):
+    output = _copy_of(interrupted, tmp_path)
+    checkpoint = output / CHECKPOINT_FILE
+    before = _digest(checkpoint)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    status = main(["prune", "--model", teacher, "--output", str(output), "--texts", str(texts),
+                   "--steps", "6", "--batch-size", "4", "--prune-every", "1", "--sparsity",
+                   "0.8", "--resume"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert (f"sparsemac prune: error: cannot resume {checkpoint}: it is a run of another "
+            "model, corpus or recipe (recipe.sparsity 0.9 in the checkpoint, 0.8 now)") in error
+    assert _digest(checkpoint) == before
+
+
+def test_resume_from_another_model_is_refused(interrupted, tmp_path):
+    output = _copy_of(interrupted, tmp_path)
+    before = _digest(output / CHECKPOINT_FILE)
+    other = _tiny_teacher(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match=r"another model, corpus or recipe \(model '.*tiny' in "
+                                         r"the checkpoint, '.*other' now; teacher_sha256 "):
+        distill_prune(other, TEXTS, output, RECIPE, resume=True, progress=False)
+    assert _digest(output / CHECKPOINT_FILE) == before
+
+
+def test_unfinished_run_needs_resume(teacher, interrupted):
+    before = _digest(interrupted / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match=f"output {interrupted} holds an unfinished run; pass "
+                                         "--resume to continue it, or choose another"):
+        distill_prune(teacher, TEXTS, interrupted, RECIPE, progress=False)
+    assert _digest(interrupted / CHECKPOINT_FILE) == before
+
+
+def test_output_that_is_not_a_run_is_refused_untouched(teacher, tmp_path):
+    output = tmp_path / "busy"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=f"output {output} exists and is not a sparsemac "
+                                             "prune run"):
+            distill_prune(teacher, TEXTS, output, RECIPE, resume=resume, progress=False)
+    assert [p.name for p in output.iterdir()] == ["notes.txt"]
+
+
+def test_finished_run_is_not_overwritten(teacher, finished):
+    output = finished[0]
+    before = _digest(output / "model.safetensors")
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        distill_prune(teacher, TEXTS, output, RECIPE, resume=True, progress=False)
+    assert _digest(output / "model.safetensors") == before
+
+
+def test_time_budget_shorter_than_a_step_fails_up_front(teacher, tmp_path, capsys):
+    output = tmp_path / "run"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    status = main(["prune", "--model", teacher, "--output", str(output), "--texts", str(texts),
+                   "--time-budget", "0.001s"])
+    assert status == 2
+    assert ("sparsemac prune: error: time budget of 0.001 s is too short for one step: a step "
+            "takes about") in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_time_budget_stops_with_a_checkpoint_that_resumes_exactly(teacher, finished, tmp_path,
+                                                                  monkeypatch):
+    # A clock that advances one second a reading: each step then looks like a few seconds,
+    # deterministically.
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(distill, "_now", lambda: float(next(ticks)))
+    output = tmp_path / "run"
+    report = distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+                           time_budget=20, progress=False)
+    assert not report.finished and 0 < report.step < RECIPE.steps
+    assert report.layers == [] and report.after is None
+    assert (output / CHECKPOINT_FILE).is_file() and not (output / REPORT_FILE).exists()
+    monkeypatch.undo()
+    resumed = distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+                            resume=True, progress=False)
+    assert resumed.resumed_from == report.step and resumed.finished
+    _assert_same_weights(output, finished[0])
+
+
+def test_n_m_pattern_is_exact_after_the_final_step(teacher, tmp_path):
+    recipe = DistillRecipe(sparsity=0.5, pattern="2:4", steps=6, batch_size=4, prune_every=1)
+    report = distill_prune(teacher, TEXTS, tmp_path / "run", recipe, progress=False)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    for layer in report.layers:
+        groups = weights[layer.name + ".weight"].reshape(-1, 4)
+        assert (groups != 0).sum(dim=1).tolist() == [2] * groups.shape[0], layer.name
+    assert report.sparsity == 0.5
+
+
+@pytest.mark.parametrize("method, pattern", [("wanda", None), ("sparsegpt", "k-aligned")])
+def test_calibrated_masks_are_exact_after_the_final_step(teacher, tmp_path, method, pattern):
+    recipe = DistillRecipe(method=method, pattern=pattern, sparsity=0.75, steps=4, batch_size=4,
+                           prune_every=1)
+    report = distill_prune(teacher, TEXTS, tmp_path / "run", recipe,
+                           calibration_texts=TASK.calibration.texts + TEXTS[:8], progress=False)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    for layer in report.layers:
+        weight = weights[layer.name + ".weight"]
+        nonzeros = (weight != 0).sum(dim=1)
+        if pattern is None:  # wanda: exactly the layer's count, rows differing by at most one
+            assert int(nonzeros.sum()) == weight.numel() - _pruned_count(weight.numel(), 0.75)
+            assert int(nonzeros.max() - nonzeros.min()) <= 1
+        else:  # every row a multiple of K=8, the layer within K/2 weights of the target
+            assert (nonzeros % 8 == 0).all(), layer.name
+            assert abs(int(nonzeros.sum()) - 0.25 * weight.numel()) <= 4
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sparsity=0.6, pattern="2:4"), "sparsity 0.6 cannot be reached with 2:4: that "
+                                        "pattern prunes exactly 0.5"),
+    (dict(pattern="3x4"), "unknown pattern '3x4'"),
+    (dict(pattern="k-aligned"), "the 'k-aligned' pattern needs a calibrated method (wanda or "
+                                "sparsegpt), not 'magnitude'"),
+    (dict(method="obs"), "unknown mask method 'obs'; valid: 'magnitude', 'wanda', 'sparsegpt'"),
+    (dict(steps=1), "steps must be at least 2"),
+    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive), not 1.0"),
+])
+def test_bad_recipes_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DistillRecipe(**options)
+
+
+def test_calibrated_method_needs_calibration_text(teacher, tmp_path):
+    with pytest.raises(ValueError, match="mask method 'wanda' needs calibration texts"):
+        distill_prune(teacher, TEXTS, tmp_path / "run", DistillRecipe(method="wanda"),
+                      progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_corpus_is_refused(teacher, tmp_path):
+    with pytest.raises(ValueError, match="the distillation corpus is empty"):
+        distill_prune(teacher, [], tmp_path / "run", RECIPE, progress=False)
