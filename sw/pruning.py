@@ -28,6 +28,8 @@ __all__ = [
     "cubic_sparsity",
     "global_magnitude_masks",
     "is_structured",
+    "keep_all_but_lowest",
+    "layer_prune_report",
     "parse_method",
     "matching_linears",
     "prune_mask",
