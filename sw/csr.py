@@ -189,13 +189,15 @@ class CSRMatrix:
         Returns
         -------
         CSRMatrix
+            Same shape and stored entries as ``matrix``.
 
         Raises
         ------
         TypeError
             If ``matrix`` is not a scipy CSR matrix.
         CSRFormatError
-            If its values are not integers that fit in int8, or it breaks the format.
+            If ``matrix.data`` holds non-integers or values outside int8, or its indices are
+            unsorted or otherwise break the format.
         """
         if not scipy.sparse.issparse(matrix) or matrix.format != "csr":
             raise TypeError(f"expected a scipy.sparse CSR matrix, got {type(matrix).__name__}"
