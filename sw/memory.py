@@ -177,6 +177,7 @@ def memory_preset(name):
     Returns
     -------
     MemoryModel
+        ``PRESETS[name]`` itself (memory models are frozen, so sharing it is safe).
 
     Raises
     ------
