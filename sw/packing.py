@@ -44,6 +44,7 @@ def weight_stream_bytes(config, weights, mode=Mode.SPARSE):
     Returns
     -------
     int
+        Whole stream words, each counted at its wire width rounded up to whole bytes.
 
     Raises
     ------
