@@ -407,7 +407,7 @@ def similarity_scores(model: BertModel, tokenizer: PreTrainedTokenizerFast | Non
     Parameters
     ----------
     model : transformers.BertModel
-        The encoder, possibly pruned or quantised.
+        The encoder whose sentence embeddings are compared, possibly pruned or quantised.
     tokenizer : transformers.PreTrainedTokenizerFast
         Its tokenizer.
     pairs : sequence of SimilarityPair or (str, str)
