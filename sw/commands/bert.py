@@ -9,7 +9,8 @@ import json
 
 from ..tables import format_sections, write_csv
 from .options import (add_backend_arguments, add_config_arguments, add_memory_arguments,
-                      config_from_args, fraction_argument, memory_from_args, method_argument)
+                      add_report_arguments, config_from_args, fraction_argument,
+                      memory_from_args, method_argument)
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
@@ -40,10 +41,7 @@ def add_arguments(parser):
     parser.add_argument("--verify", action="store_true",
                         help="measure the dense baseline on the device instead of predicting "
                              "it with the cycle model")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of the tables")
-    parser.add_argument("--csv", metavar="PATH", default=None,
-                        help="also write the per-layer figures as CSV here")
+    add_report_arguments(parser, printed="the tables", written="the per-layer figures as CSV")
 
 
 def run(args):

@@ -14,7 +14,8 @@ from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
-           "memory_from_args", "method_argument", "fraction_argument"]
+           "memory_from_args", "add_report_arguments", "method_argument",
+           "fraction_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -121,6 +122,23 @@ def memory_from_args(args):
     if args.bandwidth is not None:
         return parse_bandwidth(args.bandwidth)
     return memory_preset("ideal" if args.memory is None else args.memory)
+
+
+def add_report_arguments(parser, *, printed, written):
+    """Adds ``--json`` and ``--csv PATH``, the two other forms of a command's report.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    printed : str
+        What ``--json`` prints instead of, e.g. ``"the table"``.
+    written : str
+        What ``--csv`` writes, e.g. ``"the report as one CSV row"``.
+    """
+    parser.add_argument("--json", action="store_true",
+                        help=f"print one JSON object instead of {printed}")
+    parser.add_argument("--csv", metavar="PATH", default=None,
+                        help=f"also write {written} here")
 
 
 def method_argument(text):

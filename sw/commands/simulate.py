@@ -11,7 +11,8 @@ import json
 
 from ..tables import format_sections, write_csv
 from .options import (add_backend_arguments, add_config_arguments, add_memory_arguments,
-                      config_from_args, fraction_argument, memory_from_args, method_argument)
+                      add_report_arguments, config_from_args, fraction_argument,
+                      memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -42,10 +43,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds random pruning and the bert-base weights (default: "
                              "%(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of the table")
-    parser.add_argument("--csv", metavar="PATH", default=None,
-                        help="also write the report as one CSV row here")
+    add_report_arguments(parser, printed="the table", written="the report as one CSV row")
     parser.add_argument("--fst", metavar="PATH", default=None,
                         help="write an FST waveform of both runs here (verilator only)")
     parser.add_argument("--fst-limit", type=float, default=DEFAULT_FST_LIMIT / 1e9,
