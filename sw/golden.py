@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .csr import CSRMatrix
-from .quantisation import (GRANULARITIES, QuantisedTensor, approximation_error,
-                           quantise_activations, quantise_weights)
+from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, QuantisedTensor,
+                           approximation_error, quantise_activations, quantise_weights)
 
 __all__ = [
     "ACTIVATION_MAX_MAGNITUDE",
@@ -185,7 +185,7 @@ class LinearResult:
 
 
 def quantised_linear(linear: nn.Linear, x: torch.Tensor, weights: QuantisedTensor | None = None,
-                     csr: CSRMatrix | None = None, granularity: str = "tensor") -> LinearResult:
+                     csr: CSRMatrix | None = None, granularity: str = DEFAULT_GRANULARITY) -> LinearResult:
     """Run a linear layer as the hardware would and compare it with floating point.
 
     The activations are quantised dynamically, multiplied by the int8 weights with

@@ -32,7 +32,7 @@ from .packing import weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
-from .quantisation import GRANULARITIES
+from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
@@ -273,7 +273,7 @@ class CrossCheck:
 
 
 def offload(model: nn.Module, device: Device, sparsity: float | None, method: str = "magnitude",
-            *, seed: int | None = None, granularity: str = "tensor", scope: str = "local",
+            *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, measure_dense: bool = False,
             keep_sums: bool = False, progress: bool = False) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.

@@ -9,7 +9,8 @@ from ..hw.formats import Mode
 from .csr import CSRMatrix
 from .device import Device
 from .pruning import choose_masks, is_structured
-from .quantisation import GRANULARITIES, dequantise_sums, quantise_input, quantise_weights
+from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, dequantise_sums,
+                           quantise_input, quantise_weights)
 
 __all__ = ["OffloadStats", "OffloadedLinear"]
 
@@ -70,7 +71,7 @@ class OffloadedLinear(nn.Module):
         int32 sums of the last call, [tokens, out_features], for bit-exact comparisons.
     """
 
-    def __init__(self, weights, weight_scale, bias, device, granularity="tensor",
+    def __init__(self, weights, weight_scale, bias, device, granularity=DEFAULT_GRANULARITY,
                  smoothing=None):
         super().__init__()
         if not isinstance(weights, CSRMatrix):
@@ -103,7 +104,7 @@ class OffloadedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
-                    n=2, m=4, granularity="tensor", mask=None, smoothing=None):
+                    n=2, m=4, granularity=DEFAULT_GRANULARITY, mask=None, smoothing=None):
         """Prunes, quantises and packs ``linear`` for ``device``.
 
         Parameters

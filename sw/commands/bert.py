@@ -8,9 +8,9 @@ prints its report.
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (add_backend_arguments, add_config_arguments, add_memory_arguments,
-                      add_report_arguments, config_from_args, fraction_argument,
-                      memory_from_args, method_argument)
+from .options import (add_backend_arguments, add_config_arguments, add_granularity_argument,
+                      add_memory_arguments, add_report_arguments, config_from_args,
+                      fraction_argument, memory_from_args, method_argument)
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
@@ -28,8 +28,7 @@ def add_arguments(parser):
                         help="magnitude (default), random or N:M such as 2:4")
     parser.add_argument("--scope", default="local", choices=("local", "global"),
                         help="one threshold per layer (local) or over all layers (global)")
-    parser.add_argument("--granularity", default="tensor", choices=("tensor", "token"),
-                        help="activation quantisation scale per call or per token")
+    add_granularity_argument(parser)
     parser.add_argument("--text", default=None,
                         help="the sentence to run (default: the built-in 16-token sentence)")
     parser.add_argument("--tokens", type=int, default=None,

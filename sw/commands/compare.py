@@ -5,7 +5,8 @@ The work is :func:`sparsemac.sw.pipelines.compare.sweep`; this command parses, c
 prints its report.
 """
 
-from .options import add_config_arguments, configs_from_args, fraction_argument
+from .options import (add_config_arguments, add_granularity_argument, configs_from_args,
+                      fraction_argument)
 
 HELP = ("Sweep sparsity and pruning method (and array configs) over a whole offloaded MiniLM: "
         "cycles sparse vs dense, weight bytes and fidelity vs the float model, as CSV, JSON "
@@ -35,8 +36,7 @@ def add_arguments(parser):
                         help=f"comma-separated methods; N:M patterns give one point each at "
                              f"1 - N/M (default {DEFAULT_METHODS})")
     add_config_arguments(parser, several=True)
-    parser.add_argument("--granularity", default="tensor", choices=("tensor", "token"),
-                        help="activation quantisation scale per call or per token")
+    add_granularity_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of random pruning (default 0)")
     parser.add_argument("--output", default="results/compare",
                         help="folder for compare.csv, compare.json and the PNG plots "

@@ -14,11 +14,15 @@ from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
-           "memory_from_args", "add_report_arguments", "method_argument",
-           "fraction_argument"]
+           "memory_from_args", "add_report_arguments", "add_granularity_argument",
+           "method_argument", "fraction_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
+
+#: :data:`sparsemac.sw.quantisation.DEFAULT_GRANULARITY`, restated so that ``--help`` need not
+#: import torch (tests/test_quantisation.py checks that the two agree).
+DEFAULT_GRANULARITY = "token"
 
 _FIELDS = (("lanes", "K", "nonzero weights per cycle"),
            ("token_lanes", "T", "tokens in parallel"),
@@ -139,6 +143,13 @@ def add_report_arguments(parser, *, printed, written):
                         help=f"print one JSON object instead of {printed}")
     parser.add_argument("--csv", metavar="PATH", default=None,
                         help=f"also write {written} here")
+
+
+def add_granularity_argument(parser):
+    """``--granularity``: one activation scale per call (``tensor``) or per token."""
+    parser.add_argument("--granularity", default=DEFAULT_GRANULARITY, choices=("tensor", "token"),
+                        help="activation quantisation scale per call or per token "
+                             f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
 def method_argument(text):

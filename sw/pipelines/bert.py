@@ -26,6 +26,7 @@ from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarit
                       tokenize)
 from ..progress import phase, progress, progress_bar
 from ..pruning import is_structured, parse_method
+from ..quantisation import DEFAULT_GRANULARITY
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
 
@@ -132,7 +133,7 @@ def _times(value):
 
 
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
-                 scope="local", granularity="tensor", text=None, tokens=None, seed=0,
+                 scope="local", granularity=DEFAULT_GRANULARITY, text=None, tokens=None, seed=0,
                  config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
                  energy_table=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.

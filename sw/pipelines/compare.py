@@ -23,6 +23,7 @@ from ..models import (DEFAULT_SENTENCE, SIMILARITY_PAIRS, load_model, ranking_ag
                       sentence_embeddings, tokenize)
 from ..progress import progress_bar
 from ..pruning import is_structured, parse_method
+from ..quantisation import DEFAULT_GRANULARITY
 from ..tables import write_csv
 
 __all__ = ["DEFAULT_SPARSITIES", "DEFAULT_METHODS", "VERIFY_POINT", "ComparePoint",
@@ -125,7 +126,7 @@ class CompareReport:
 
 
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAULT_CONFIG,), *,
-          model="minilm", granularity="tensor", seed=0, output="results/compare",
+          model="minilm", granularity=DEFAULT_GRANULARITY, seed=0, output="results/compare",
           verify=False):
     """Offloads the model once per (method, sparsity) point and measures every config.
 
