@@ -23,7 +23,6 @@ from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import memory_report
-from ..models import capture_linear_input, get_linear, load_model
 from ..offload import OffloadedLinear
 from ..progress import phase, progress
 from . import check_output_path
@@ -182,6 +181,8 @@ class SimulationReport:
 
 
 def _checked_layer(loaded, layer, config):
+    from ..models import get_linear  # see simulate_layer: transformers is imported on use
+
     linear = get_linear(loaded.model, layer)
     if linear.in_features > config.max_in_features:
         needed = 1 << (linear.in_features - 1).bit_length()
@@ -277,6 +278,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     _check_options(backend, port, fst, fst_limit, method, memory)
     table = load_energy_table(energy_table)
+    # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
+    # whose `simulate` options read this module's defaults.
+    from ..models import capture_linear_input, load_model
     progress(f"loading {model} (seed {seed})")
     loaded = load_model(model, seed=seed)
     linear = _checked_layer(loaded, layer, config)
