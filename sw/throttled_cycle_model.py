@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
+from .packing import streamed_row_lengths
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
            "throttled_job_cycles", "layer_cycles", "replay_schedule"]
@@ -117,7 +118,7 @@ class LayerCycles(CycleBounds):
     row_pointers: int
 
 
-def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None):
+def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
     """Cycles and schedule counts of a whole layer, split into jobs as the driver splits it.
 
     Parameters
@@ -127,15 +128,19 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None):
     config : ArrayConfig
     mode : Mode
     memory : MemoryModel or None
+    index : ColumnIndex
+        Of the sparse jobs.
 
     Returns
     -------
     LayerCycles
     """
-    jobs = [throttled_job_cycles(weights.row_slice(tile.row_start, tile.row_stop).row_lengths(),
-                                 weights.cols, tile.token_stop - tile.token_start, config, mode,
-                                 memory)
-            for tile in job_tiles(weights.rows, tokens, config)]
+    if Mode(mode) == Mode.DENSE:
+        index = ColumnIndex.CSR
+    jobs = [throttled_job_cycles(
+        streamed_row_lengths(config, weights.row_slice(tile.row_start, tile.row_stop), index),
+        weights.cols, tile.token_stop - tile.token_start, config, mode, memory, index)
+        for tile in job_tiles(weights.rows, tokens, config)]
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",
@@ -156,19 +161,24 @@ def _transfer_cycles(streams):
     return cycles
 
 
-def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, memory=None):
+def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, memory=None,
+                         index=ColumnIndex.CSR):
     """Predicts the hardware cycle count of one job fed by ``memory``.
 
     Parameters
     ----------
     row_lengths : array of int
-        Nonzeros per output row; in dense mode only its length matters.
+        Entries streamed per output row (nonzeros, or a delta job's entries with its escapes:
+        :func:`~sparsemac.sw.packing.streamed_row_lengths`); in dense mode only its length
+        matters.
     cols : int
     tokens : int
     config : ArrayConfig
     mode : Mode
     memory : MemoryModel or None
         None or an ideal model gives the ideal-stream count.
+    index : ColumnIndex
+        Of a sparse job: sets the bytes of its row and column beats.
 
     Returns
     -------
@@ -184,7 +194,7 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
     compute = job_cycles(row_lengths, cols, tokens, config, mode)
     nnz = int(row_lengths.sum()) if mode == Mode.SPARSE else len(row_lengths) * cols
     blocks = token_blocks(tokens, config)
-    streams = job_streams(config, mode, len(row_lengths), cols, nnz, blocks)
+    streams = job_streams(config, mode, len(row_lengths), cols, nnz, blocks, index)
     if memory is not None:
         if not isinstance(memory, MemoryModel):
             raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
