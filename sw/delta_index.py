@@ -25,8 +25,7 @@ class DeltaFormatError(CSRFormatError):
 
 def _row_starts(row_lengths):
     """Index of each entry's row's first entry, for per-row prefix sums."""
-    starts = np.concatenate([[0], np.cumsum(row_lengths)[:-1]])
-    return np.repeat(starts, row_lengths)
+    return np.repeat(np.cumsum(row_lengths) - row_lengths, row_lengths)
 
 
 @dataclass(frozen=True, eq=False)
