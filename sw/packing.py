@@ -116,7 +116,7 @@ def weight_stream_bytes(config, weights, mode=Mode.SPARSE, index=ColumnIndex.CSR
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     if not isinstance(weights, CSRMatrix):
         raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
-    if Mode(mode) == Mode.DENSE:
+    if Mode(mode) == Mode.DENSE:  # a dense job sends no indices, whatever ``index`` says
         return -(-weights.rows * weights.cols // config.lanes) * layout_bytes(
             _formats(config).value_word)
     index = ColumnIndex(index)
