@@ -156,6 +156,17 @@ class DeltaMatrix:
                 f"column ({cols - 1}): its gaps need more escape entries than it has")
         return columns
 
+    def decoded(self):
+        """Every entry as the decoder hands it on: its column, and its weight (0 for escapes).
+
+        Returns
+        -------
+        columns : numpy.ndarray of int64
+        weights : numpy.ndarray of int8
+        """
+        escape = self.codes == self.code.escape
+        return self._columns(), np.where(escape, 0, self.values).astype(np.int8)
+
     def to_csr(self):
         """The matrix the entries stand for: escapes dropped, columns decoded.
 
