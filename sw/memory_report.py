@@ -15,7 +15,8 @@ from .memory import MemoryModel, check_fits_onchip
 from .packing import weight_stream_bytes
 from .throttled_cycle_model import LayerCycles, layer_cycles
 
-__all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report", "plot_roofline"]
+__all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report",
+           "recorded_memory_cycles", "plot_roofline"]
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,45 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer",
     return MemoryReport(layer=layer, rows=weights.rows, cols=weights.cols, tokens=tokens,
                         nnz=weights.nnz, config=config, memory=memory,
                         sparse=results[Mode.SPARSE], dense=results[Mode.DENSE], index=index)
+
+
+def recorded_memory_cycles(report, config, memory, index=ColumnIndex.CSR):
+    """Sparse and dense cycles that an offloaded model's recorded calls take under ``memory``.
+
+    The memory-bound counterpart of ``OffloadReport.cycles_for``: every call of every layer,
+    from the exact throttled cycle model.
+
+    Parameters
+    ----------
+    report : OffloadReport
+        Of :func:`~sparsemac.sw.model_offload.offload`, after the model has run.
+    config : ArrayConfig
+    memory : MemoryModel
+    index : ColumnIndex
+        Of the sparse jobs.
+
+    Returns
+    -------
+    tuple of int
+        ``(sparse, dense)``.
+
+    Raises
+    ------
+    MemoryModelError
+        If ``memory`` keeps weights on chip and a layer's weights do not fit.
+    """
+    for layer, module in zip(report.layers, report.modules):
+        for mode in Mode:
+            check_fits_onchip(memory, config, weight_stream_bytes(config, module.weights, mode,
+                                                                  index),
+                              f"{layer.name} ({mode.name.lower()} mode)")
+    sparse = dense = 0
+    for layer, module in zip(report.layers, report.modules):
+        for tokens in layer.call_tokens:
+            sparse += layer_cycles(module.weights, tokens, config, Mode.SPARSE, memory,
+                                   index).cycles
+            dense += layer_cycles(module.weights, tokens, config, Mode.DENSE, memory).cycles
+    return sparse, dense
 
 
 def plot_roofline(reports, path):

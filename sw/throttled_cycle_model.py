@@ -17,8 +17,13 @@ register:
   job's acceptance as cycle 0, is what the hardware counter reports.
 
 Cycles in which no handshake can happen (every blocked stream waiting for credit) are skipped in
-one step, so a slow link costs no more replay time than a fast one.
+one step, so a slow link costs no more replay time than a fast one. A replay depends only on
+the job's shape, its row lengths and the streams' rates, so it is kept (:data:`REPLAY_CACHE`
+jobs): a model's layers of one shape share their dense jobs, and a sweep replays each of them
+once.
 """
+
+import functools
 
 from dataclasses import dataclass
 
@@ -31,7 +36,10 @@ from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
 from .packing import streamed_row_lengths
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
-           "throttled_job_cycles", "layer_cycles", "replay_schedule"]
+           "throttled_job_cycles", "layer_cycles", "replay_schedule", "REPLAY_CACHE"]
+
+#: Replays kept, least recently used first out (each a few hundred bytes).
+REPLAY_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,9 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
             cycles=compute.total, chunks=compute.issue, fill_beats=streams.activations.beats,
             words=streams.values.beats, row_pointers=streams.row_pointers.beats)
     else:
-        schedule = replay_schedule(row_lengths, cols, tokens, config, mode, streams)
+        # A dense job's row lengths do not matter, only how many rows it has.
+        lengths = row_lengths.tobytes() if mode == Mode.SPARSE else len(row_lengths)
+        schedule = _cached_replay(lengths, cols, tokens, config, mode, streams)
     return ThrottledCycles(
         cycles=schedule.cycles, compute_cycles=compute.total,
         weight_transfer_cycles=_transfer_cycles(
@@ -214,6 +224,17 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
         weight_bytes=streams.weight_bytes, activation_bytes=streams.activation_bytes,
         output_bytes=blocks * len(row_lengths) * config.token_lanes * config.SUM_WIDTH // 8,
         schedule=schedule)
+
+
+@functools.lru_cache(maxsize=REPLAY_CACHE)
+def _cached_replay(lengths, cols, tokens, config, mode, streams):
+    """:func:`replay_schedule` of a job named by hashable values: ``lengths`` is the bytes of
+    the int64 row lengths, or the row count of a dense job."""
+    if isinstance(lengths, int):
+        row_lengths = np.full(lengths, cols, dtype=np.int64)
+    else:
+        row_lengths = np.frombuffer(lengths, dtype=np.int64)
+    return replay_schedule(row_lengths, cols, tokens, config, mode, streams)
 
 
 def replay_schedule(row_lengths, cols, tokens, config, mode, streams):

@@ -96,8 +96,9 @@ def add_backend_arguments(parser):
                         help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
 
 
-def add_memory_arguments(parser):
-    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and ``--energy-table PATH``.
+def add_memory_arguments(parser, energy=True):
+    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and (with ``energy``)
+    ``--energy-table PATH``.
 
     Read them back with :func:`memory_from_args` (the model) and ``args.energy_table``.
     """
@@ -110,9 +111,11 @@ def add_memory_arguments(parser):
     choice.add_argument("--bandwidth", metavar="WEIGHT[,ACT]", default=None,
                         help="bytes per core cycle of the weight path and, optionally, of the "
                              "activation path (unthrottled when omitted)")
-    group.add_argument("--energy-table", metavar="PATH", default=None,
-                       help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 nm; "
-                            "see sparsemac/sw/data/energy_horowitz_45nm.json for the format)")
+    if energy:
+        group.add_argument("--energy-table", metavar="PATH", default=None,
+                           help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 "
+                                "nm; see sparsemac/sw/data/energy_horowitz_45nm.json for the "
+                                "format)")
 
 
 def memory_from_args(args):
