@@ -22,12 +22,26 @@ from .delta_index import DeltaMatrix
 from .memory import job_streams
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
-           "coded_weights", "streamed_row_lengths"]
+           "check_index", "coded_weights", "streamed_row_lengths"]
 
 
 @functools.lru_cache(maxsize=None)
 def _formats(config):
     return CoreFormats(config)
+
+
+def check_index(config, index):
+    """Raises a clear error unless ``config`` can run sparse jobs of ``index``.
+
+    Raises
+    ------
+    ValueError
+        If ``index`` is DELTA and ``config`` has no delta decoder.
+    """
+    if ColumnIndex(index) == ColumnIndex.DELTA and not config.delta_bits:
+        raise ValueError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
+                         f"use the delta index: use a config with delta bits, e.g. "
+                         f"{config.key()}d5")
 
 
 def coded_weights(config, weights, index=ColumnIndex.CSR):
@@ -57,10 +71,7 @@ def coded_weights(config, weights, index=ColumnIndex.CSR):
         if not isinstance(weights, CSRMatrix):
             raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
         return weights
-    if not config.delta_bits:
-        raise ValueError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
-                         f"use the delta index: use a config with delta bits, e.g. "
-                         f"{config.key()}d5")
+    check_index(config, index)
     code = DeltaCode(config.delta_bits)
     if isinstance(weights, DeltaMatrix):
         if weights.code != code:

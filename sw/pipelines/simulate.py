@@ -24,6 +24,7 @@ from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import memory_report
 from ..offload import OffloadedLinear
+from ..packing import check_index
 from ..progress import phase, progress
 from . import check_output_path
 from ..pruning import choose_masks, is_structured, parse_method
@@ -280,9 +281,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     _check_options(backend, port, fst, fst_limit, method, memory)
-    if ColumnIndex(index) == ColumnIndex.DELTA and not config.delta_bits:
-        raise ValueError(f"--index delta needs an array with the delta decoder, e.g. --config "
-                         f"{config.key()}d5; {config.key()} has none")
+    check_index(config, index)
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
     # whose `simulate` options read this module's defaults.
