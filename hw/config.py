@@ -121,8 +121,9 @@ class ArrayConfig:
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
         ``o<max_out_features>``, ``b<max_token_blocks>`` and ``d<delta_bits>`` for each of those
-        that is not its default, e.g. ``k8t4`` (the default array), ``k1t1i512`` or ``k8t4d5``. Unique per configuration;
-        :meth:`from_key` reads it back, and the command line takes it as ``--config``."""
+        that is not its default, e.g. ``k8t4`` (the default array), ``k1t1i512`` or ``k8t4d5``.
+        Unique per configuration; :meth:`from_key` reads it back, and the command line takes it
+        as ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
             value = getattr(self, name)

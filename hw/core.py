@@ -21,7 +21,10 @@ class SparseMACCore(ArrayComponent):
 
         row_pointers, columns, values --> CSRWeightStreamer --chunks--> [DeltaDecoder] --+
                                                                                          v
-        activations ------------------------------------> ActivationBuffer --operands--> MACArray --> sums
+        activations -------------------------------------> ActivationBuffer --operands--> ...
+        ... --> MACArray --> sums
+
+    The delta decoder is built only with ``ArrayConfig.delta_bits``.
 
     A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
     host streams the block's activations (``cols`` beats, one column of T tokens per beat) and

@@ -1,4 +1,5 @@
-"""The compressed column index on the host: a CSR matrix in :class:`~sparsemac.hw.formats.DeltaCode`.
+"""The compressed column index on the host: a matrix as :class:`~sparsemac.hw.formats.DeltaCode`
+entries.
 
 :meth:`DeltaMatrix.from_csr` encodes any CSR matrix (every gap fits: long ones take a chain of
 escape entries); :meth:`DeltaMatrix.to_csr` decodes the entries exactly as the gateware's
