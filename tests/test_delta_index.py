@@ -136,3 +136,16 @@ def test_golden_of_a_delta_job_is_the_csr_result():
     coded = DeltaMatrix.from_csr(weights, DeltaCode(3))
     assert torch.equal(activations.int() @ coded.to_csr().to_dense().int().T,
                        activations.int() @ weights.to_dense().int().T)
+
+
+@pytest.mark.parametrize("command", ["simulate", "bert"])
+def test_cli_refuses_the_delta_index_without_the_decoder(command, capsys):
+    """``--index delta`` on a config without the decoder: exit 2 before any model or device."""
+    from sparsemac.sw.cli import main
+
+    status = main([command, "--backend", "reference", "--config", "k8t4", "--index", "delta"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert ("the k8t4 array has no delta decoder, so its jobs cannot use the delta index: use a "
+            "config with delta bits, e.g. k8t4d5") in err
+    assert "loading" not in err
