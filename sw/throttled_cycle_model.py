@@ -17,14 +17,14 @@ register:
   job's acceptance as cycle 0, is what the hardware counter reports.
 
 Cycles in which no handshake can happen (every blocked stream waiting for credit) are skipped in
-one step, so a slow link costs no more replay time than a fast one. A replay depends only on
-the job's shape, its row lengths and the streams' rates, so it is kept (:data:`REPLAY_CACHE`
-jobs): a model's layers of one shape share their dense jobs, and a sweep replays each of them
-once.
+one step, so a slow link costs no more replay time than a fast one. The replay is compiled with
+Numba (a 128-token MiniLM FFN layer, sparse and dense: 0.4 s instead of 29 s). A replay depends
+only on the job's shape, its row lengths and the streams' rates, so it is kept
+(:data:`REPLAY_CACHE` jobs): a model's layers of one shape share their dense jobs, and a sweep
+replays each of them once.
 """
 
 import functools
-
 from dataclasses import dataclass
 
 import numba
@@ -32,10 +32,10 @@ import numpy as np
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
+from .cache import cache_dir
 from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
 from .packing import streamed_row_lengths
-from .cache import cache_dir
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
            "throttled_job_cycles", "layer_cycles", "replay_schedule", "REPLAY_CACHE"]
