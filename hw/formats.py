@@ -52,8 +52,6 @@ class DeltaCode:
     bits : int
     escape : int
         ``2 ** bits - 1``.
-    longest_step : int
-        The most columns a weight entry moves on: ``escape``.
     longest_escape : int
         The most columns an escape entry moves on: ``escape + 255``.
     row_length : unsigned
@@ -68,7 +66,6 @@ class DeltaCode:
             raise ValueError(f"a delta code has 3 to 8 bits, not {bits!r}")
         self.bits = bits
         self.escape = (1 << bits) - 1
-        self.longest_step = self.escape
         self.longest_escape = self.escape + 255
 
     def step(self, code, value):

@@ -28,7 +28,7 @@ def _matrix(rows, cols):
 
 def test_code_constants():
     code = DeltaCode(5)
-    assert (code.escape, code.longest_step, code.longest_escape) == (31, 31, 286)
+    assert (code.escape, code.longest_escape) == (31, 286)
     with pytest.raises(ValueError, match="a delta code has 3 to 8 bits, not 9"):
         DeltaCode(9)
 
