@@ -5,8 +5,8 @@ The work is :func:`sparsemac.sw.pipelines.compare.sweep`; this command parses, c
 prints its report.
 """
 
-from .options import (add_config_arguments, add_granularity_argument, configs_from_args,
-                      fraction_argument)
+from .options import (add_config_arguments, add_granularity_argument, add_memory_arguments,
+                      configs_from_args, fraction_argument, memory_from_args)
 
 HELP = ("Sweep sparsity and pruning method (and array configs) over a whole offloaded MiniLM: "
         "cycles sparse vs dense, weight bytes and fidelity vs the float model, as CSV, JSON "
@@ -44,6 +44,14 @@ def add_arguments(parser):
     parser.add_argument("--verify", action="store_true",
                         help="rerun one point (magnitude 90 %%) on the Verilator device: same "
                              "cycles and bit-exact sums as the reference")
+    add_memory_arguments(parser, energy=False)  # issue 12: memory-bound cycles too
+
+
+def _memory(args):
+    """``--memory``/``--bandwidth`` (issue 12): None when neither is given."""
+    if args.memory is None and args.bandwidth is None:
+        return None
+    return memory_from_args(args)
 
 
 def run(args):
@@ -53,6 +61,6 @@ def run(args):
     print(f"seed {args.seed}")
     report = sweep(args.methods, args.sparsities, configs_from_args(args), model=args.model,
                    granularity=args.granularity, seed=args.seed, output=args.output,
-                   verify=args.verify)
+                   verify=args.verify, memory=_memory(args))
     print(format_sections(report.sections()))
     return 0 if report.passed else 1

@@ -10,9 +10,9 @@ input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (add_backend_arguments, add_config_arguments, add_memory_arguments,
-                      add_report_arguments, config_from_args, fraction_argument,
-                      memory_from_args, method_argument)
+from .options import (add_backend_arguments, add_config_arguments, add_index_argument,
+                      add_memory_arguments, add_report_arguments, config_from_args,
+                      fraction_argument, index_from_args, memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -40,6 +40,7 @@ def add_arguments(parser):
     add_backend_arguments(parser)
     add_config_arguments(parser)
     add_memory_arguments(parser)
+    add_index_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds random pruning and the bert-base weights (default: "
                              "%(default)s)")
@@ -66,7 +67,8 @@ def run(args):
         args.model, args.layer, sparsity=args.sparsity, method=args.method, tokens=args.tokens,
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
-        memory=memory_from_args(args), energy_table=args.energy_table)
+        memory=memory_from_args(args), energy_table=args.energy_table,
+        index=index_from_args(args))
     if args.csv is not None:
         write_csv(args.csv, [report.csv_row()])
     if args.json:

@@ -18,6 +18,7 @@ import torch
 
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG
+from ..memory_report import recorded_memory_cycles
 from ..model_offload import cross_check, offload
 from ..models import (DEFAULT_SENTENCE, SIMILARITY_PAIRS, load_model, ranking_agreement,
                       sentence_embeddings, tokenize)
@@ -86,6 +87,8 @@ class CompareReport:
     verify: dict | None
     wall_s: float
     files: list = field(default_factory=list)
+    #: ``--memory``: the preset and, per point and config, memory-bound cycles (issue 12).
+    memory: dict | None = None
 
     @property
     def passed(self):
@@ -122,12 +125,23 @@ class CompareReport:
                           + ("PASS" if self.passed else "FAIL")])
         summary += [["wall time", f"{self.wall_s:.1f} s"],
                     ["wrote", ", ".join(map(str, self.files))]]
-        return [(title, header, rows), ("Summary", None, summary)]
+        return [(title, header, rows), *self._memory_sections(), ("Summary", None, summary)]
+
+    def _memory_sections(self):
+        """The ``--memory`` table (issue 12), or nothing."""
+        if self.memory is None:
+            return []
+        rows = [[point["method"], point["config"], f"{point['sparsity']:.3f}",
+                 f"{point['sparse_cycles']:,}", f"{point['dense_cycles']:,}",
+                 f"{point['dense_cycles'] / point['sparse_cycles']:.2f}x"]
+                for point in self.memory["points"]]
+        return [(f"Memory-bound cycles under {self.memory['describe']} (exact throttled model)",
+                 ["method", "config", "sparsity", "sparse cyc", "dense cyc", "speedup"], rows)]
 
 
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAULT_CONFIG,), *,
           model="minilm", granularity=DEFAULT_GRANULARITY, seed=0, output="results/compare",
-          verify=False):
+          verify=False, memory=None):
     """Offloads the model once per (method, sparsity) point and measures every config.
 
     Cycles come from the reference device on the first config and from the exact cycle model
@@ -148,6 +162,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
     verify : bool
         Rerun one point (magnitude 90 %) on Verilator: same cycles and bit-exact sums as the
         reference.
+    memory : MemoryModel or None
+        Also count every point's cycles under this memory model (the report's ``memory``).
 
     Returns
     -------
@@ -186,7 +202,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
     float_scores = scores(float_embeddings)
     config, others = configs[0], configs[1:]
     device = open_device("reference", config)
-    rows = []
+    rows, memory_points = [], []
     with progress_bar(len(points), "sweep", "point") as bar:
         for method, sparsity in points:
             offloaded, report = offload(copy.deepcopy(loaded.model), device, sparsity, method,
@@ -207,6 +223,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
                     speedup=speedup, ideal_speedup=ideal, efficiency=speedup / ideal,
                     sparse_weight_bytes=report.sparse_weight_bytes,
                     dense_weight_bytes=report.dense_weight_bytes, **fidelity))
+            if memory is not None:
+                memory_points += _memory_points(report, method, configs, memory)
             bar.update()
 
     checked = _verify(loaded, points, config, seed, granularity) if verify else None
@@ -217,7 +235,10 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
         workload={"sentences": len(sentences), "tokens_per_layer_call": tokens},
         configs={config.key(): config.as_dict() for config in configs},
         float_grade_agreement=ranking_agreement(float_scores, grades), points=rows,
-        verify=checked, wall_s=time.perf_counter() - started)
+        verify=checked, wall_s=time.perf_counter() - started,
+        memory=None if memory is None else {"preset": asdict(memory),
+                                            "describe": memory.describe(),
+                                            "points": memory_points})
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "compare.csv", rows)
@@ -225,6 +246,14 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
     result.files = [output / name for name in ("compare.csv", "compare.json",
                                                 *_plot(rows, output))]
     return result
+
+
+def _memory_points(report, method, configs, memory):
+    """``--memory`` (issue 12): the point's recorded calls under ``memory`` on every config."""
+    return [{"method": method, "config": config.key(), "sparsity": report.sparsity,
+             **dict(zip(("sparse_cycles", "dense_cycles"),
+                        recorded_memory_cycles(report, config, memory)))}
+            for config in configs]
 
 
 def _verify(loaded, points, config, seed, granularity):
