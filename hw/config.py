@@ -17,8 +17,8 @@ class ArrayConfig:
     The default (8 nonzero lanes, 4 token lanes, 4096 input features) is 32 int8 multipliers and
     eight 8192 x 32-bit activation buffer replicas: about 128 of the 208 block RAMs and a fifth of
     the multipliers of an ECP5-85F (ULX3S), leaving room for the board's host link. 4096 input
-    features cover every BERT-base linear (the widest has 3072 inputs), so no layer needs to be
-    split along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
+    features cover every BERT-base linear (the widest has 3072 inputs), so no layer is split into
+    column tiles along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
     nonzeros) within a few percent of the ideal ceil(n/K) schedule.
 
     Parameters
@@ -28,7 +28,8 @@ class ArrayConfig:
     token_lanes : int
         T, the number of tokens computed in parallel (1 to 64).
     max_in_features : int
-        Activation buffer depth per token block: the widest layer input the core accepts.
+        Activation buffer depth per token block: the widest input one job takes (a wider layer
+        runs as column tiles of this width, :func:`sparsemac.sw.cycle_model.job_tiles`).
         A power of two from 8 (and at least ``lanes``) to 32768.
     max_out_features : int
         The most output rows one job may have (the width of the row counter).

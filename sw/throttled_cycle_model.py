@@ -132,10 +132,9 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None):
     -------
     LayerCycles
     """
-    jobs = [throttled_job_cycles(weights.row_slice(tile.row_start, tile.row_stop).row_lengths(),
-                                 weights.cols, tile.token_stop - tile.token_start, config, mode,
+    jobs = [throttled_job_cycles(tile.row_lengths(weights), tile.cols, tile.tokens, config, mode,
                                  memory)
-            for tile in job_tiles(weights.rows, tokens, config)]
+            for tile in job_tiles(weights.rows, weights.cols, tokens, config)]
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",
