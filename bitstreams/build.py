@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, asdict, field
@@ -28,9 +29,11 @@ from pathlib import Path
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
+from ..hw.resources import LOGIC_ERROR, estimate_resources
 from ..sim.toolchain import cache_dir
 
-__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "ResourceReport",
+__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError",
+           "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
            "default_output", "link_wire_bytes"]
@@ -62,6 +65,56 @@ BOARDS = {
     "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
                        totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208}),
 }
+
+
+class BoardFitError(ValueError):
+    """A config's design cannot fit the board; the message gives the numbers."""
+
+
+def check_fits(config, board):
+    """The resource estimate of ``config``'s board design, after checking that it fits ``board``.
+
+    Block RAM and multipliers are predicted exactly (:func:`~sparsemac.hw.resources.
+    estimate_resources`); logic only roughly, so it is refused only when even the low end of its
+    estimate exceeds the device.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    board : str
+        A key of :data:`BOARDS`.
+
+    Returns
+    -------
+    ResourceEstimate
+
+    Raises
+    ------
+    BoardFitError
+        If the design needs more block RAM, multipliers or logic than the board's FPGA has.
+    ValueError
+        If ``board`` is unknown.
+    """
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    totals = BOARDS[board].totals
+    estimate = estimate_resources(config)
+    short = []
+    if estimate.block_rams > totals["bram"]:
+        short.append(f"{estimate.block_rams} block RAMs (DP16KD; the activation buffer "
+                     f"{estimate.buffer_block_rams}) but the device has {totals['bram']}")
+    if estimate.multipliers > totals["dsp"]:
+        short.append(f"{estimate.multipliers} multipliers (MULT18X18D) but the device has "
+                     f"{totals['dsp']}")
+    if estimate.logic_cells * (1 - LOGIC_ERROR) > totals["lut4"]:
+        short.append(f"about {estimate.logic_cells} logic cells (+-{LOGIC_ERROR:.0%}) but the "
+                     f"device has {totals['lut4']}")
+    if short:
+        raise BoardFitError(
+            f"{config.describe()} cannot fit the {board} ({BOARDS[board].device}): it needs "
+            f"{'; '.join(short)}. Lower max_in_features (wider layers run as column tiles), "
+            "lanes or token_lanes")
+    return estimate
 
 
 def committed_folder(board):
@@ -232,6 +285,72 @@ def platform_for(board):
     return getattr(boards, BOARDS[board].platform)()
 
 
+@dataclass(frozen=True)
+class SynthesisCounts:
+    """The cells Yosys mapped the board design onto, before place and route.
+
+    Attributes
+    ----------
+    bram, dsp : int
+        DP16KD and MULT18X18D.
+    logic_cells : int
+        LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the
+        few cells it adds when packing.
+    lut_ram_cells : int
+        TRELLIS_DPR16X4.
+    ff : int
+        TRELLIS_FF.
+    seconds : float
+    """
+    bram: int
+    dsp: int
+    logic_cells: int
+    lut_ram_cells: int
+    ff: int
+    seconds: float
+
+
+def synthesise(config, board, folder):
+    """Synthesises the board design of ``config`` with Yosys alone (no place and route).
+
+    Seconds for a small array, minutes for a large one: a fast check of the resource model
+    (:func:`~sparsemac.hw.resources.estimate_resources`) against the real mapping.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    board : str
+    folder : path
+        Where the RTLIL, the script and Yosys' log ``synth.log`` go.
+
+    Returns
+    -------
+    SynthesisCounts
+
+    Raises
+    ------
+    RuntimeError
+        If Yosys fails (the message names its log).
+    """
+    folder = Path(folder)
+    platform_for(board).prepare(board_design(config), name="sparsemac").extract(folder)
+    (folder / "synth.ys").write_text("read_rtlil sparsemac.il\nsynth_ecp5 -top sparsemac\nstat\n")
+    started = time.perf_counter()
+    done = subprocess.run([os.environ.get("YOSYS", _tool_command(_TOOLS["YOSYS"])), "-q",
+                           "-l", "synth.log", "synth.ys"], cwd=folder, capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"Yosys failed on {config.describe()}: see {folder / 'synth.log'}")
+    seconds = time.perf_counter() - started
+    log = (folder / "synth.log").read_text()
+    statistics = log[log.rindex("Printing statistics"):]
+    cells = {name: int(count) for count, name in
+             re.findall(r"^\s+(\d+)\s+([A-Z][A-Z0-9_]+)$", statistics, re.MULTILINE)}
+    return SynthesisCounts(bram=cells.get("DP16KD", 0), dsp=cells.get("MULT18X18D", 0),
+                           logic_cells=cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
+                           lut_ram_cells=cells.get("TRELLIS_DPR16X4", 0),
+                           ff=cells.get("TRELLIS_FF", 0), seconds=seconds)
+
+
 def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
                     clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
@@ -257,9 +376,12 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
 
     Raises
     ------
+    BoardFitError
+        If the design cannot fit the board (checked before any synthesis).
     RuntimeError
         If a tool fails (the message names the log to read).
     """
+    check_fits(config, board)
     output = Path(default_output(config, board) if output is None else output)
     output.mkdir(parents=True, exist_ok=True)
     for variable, name in _TOOLS.items():

@@ -4,6 +4,7 @@ the ULX3S design elaboration, the CLI, the PLL and the board time estimate."""
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -110,6 +111,21 @@ def test_unknown_board_and_bad_config(capsys):
     assert "unknown board" in capsys.readouterr().err
     assert main(["build", "--lanes", "0", "--check"]) == 2
     assert "lanes" in capsys.readouterr().err
+
+
+def test_a_config_that_cannot_fit_is_refused_before_synthesis(tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["build", "--config", "k16t8", "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        "K=16 T=8 in<=4096 cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 block RAMs "
+        "(DP16KD; the activation buffer 512) but the device has 208. Lower max_in_features "
+        "(wider layers run as column tiles), lanes or token_lanes\n")
+    with pytest.raises(build.BoardFitError, match=re.escape(
+            "it needs 256 multipliers (MULT18X18D) but the device has 156; about 111760 logic "
+            "cells (+-15%) but the device has 83640.")):
+        build.build_bitstream(ArrayConfig.from_key("k32t8i512"), output=output)
+    assert not output.exists()
+    assert build.check_fits(ArrayConfig.from_key("k16t8i512"), "ulx3s-85f").block_rams == 87
 
 
 @pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])

@@ -61,6 +61,11 @@ def run(args):
     except (TypeError, ValueError) as error:
         print(f"bad array config: {error}", file=sys.stderr)
         return 2
+    try:
+        build.check_fits(config, args.board)
+    except build.BoardFitError as error:
+        print(error, file=sys.stderr)
+        return 2
     folder = (Path(args.output) if args.output is not None
               else build.default_output(config, args.board))
 
