@@ -35,6 +35,11 @@ class ArrayConfig:
         The most output rows one job may have (the width of the row counter).
     max_token_blocks : int
         The most T-token blocks one job may have.
+    read_ports : int
+        Read lanes each activation buffer replica serves: 1 (the default: K replicas) or 2 (K/2
+        replicas, each with its two banks in separate block RAMs read through both ports of the
+        ECP5's true dual-port DP16KD; it halves the buffer where its depth, not its width, sets
+        the block RAM count, see docs/architecture.md).
 
     Raises
     ------
@@ -49,6 +54,7 @@ class ArrayConfig:
     max_in_features: int = 4096
     max_out_features: int = 65535
     max_token_blocks: int = 65535
+    read_ports: int = 1
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -60,7 +66,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks"):
+                     "max_token_blocks", "read_ports"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -80,6 +86,8 @@ class ArrayConfig:
         if not 1 <= self.max_token_blocks <= 65535:
             raise ValueError(f"ArrayConfig.max_token_blocks must be from 1 to 65535, "
                              f"not {self.max_token_blocks!r}")
+        if self.read_ports not in (1, 2):
+            raise ValueError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
 
     @property
     def multipliers(self):
@@ -97,21 +105,28 @@ class ArrayConfig:
         return self.max_token_blocks * self.token_lanes
 
     @property
+    def replicas(self):
+        """Copies of the activation storage: one per ``read_ports`` read lanes."""
+        return -(-self.lanes // self.read_ports)
+
+    @property
     def activation_buffer_bits(self):
-        """Bits of activation storage: K read replicas of two banks of T int8 columns."""
-        return self.lanes * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
+        """Bits of activation storage: :attr:`replicas` copies of two banks of T int8 columns."""
+        return self.replicas * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
 
     def describe(self):
-        """A short human-readable name, e.g. ``K=8 T=4 in<=4096``."""
-        return f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
+        """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... dual-port buffer`` with
+        two read ports a replica)."""
+        text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
+        return text + (" dual-port buffer" if self.read_ports == 2 else "")
 
     def as_dict(self):
         return asdict(self)
 
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
-        ``o<max_out_features>`` and ``b<max_token_blocks>`` for each of those that is not its
-        default, e.g. ``k8t4`` (the default array) or ``k1t1i512``. Unique per configuration;
+        ``o<max_out_features>``, ``b<max_token_blocks>`` and ``p<read_ports>`` for each of those
+        that is not its default, e.g. ``k8t4`` (the default array) or ``k1t1i512``. Unique per configuration;
         :meth:`from_key` reads it back, and the command line takes it as ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
@@ -132,14 +147,15 @@ class ArrayConfig:
         match = _KEY_PATTERN.fullmatch(key.strip().lower()) if isinstance(key, str) else None
         if match is None:
             raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
-                             "by i<max in features>, o<max out features>, b<max token blocks>, "
+                             "by i<max in features>, o<max out features>, b<max token blocks>, p<read ports>, "
                              "e.g. k8t4 or k1t1i512")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
 
 #: Letters of the optional fields of a config key, in order.
-_KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"))
+_KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
+               ("p", "read_ports"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

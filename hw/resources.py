@@ -6,17 +6,20 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
 
 * **Multipliers**: one MULT18X18D per int8 product, K x T.
 * **Block RAM**: every memory of the design, mapped as Yosys' ``memory_libmap`` maps it: onto
-  DP16KD block RAMs in their cheapest aspect ratio (16384 x 1 ... 512 x 36), or onto LUT RAM
-  (16 x 4 cells) where that costs less (Yosys' costs: 128 a block RAM, 4 a LUT RAM cell). The
-  memories are the K activation buffer replicas (``2 * max_in_features`` words of 8T bits), the
+  DP16KD block RAMs in their cheapest aspect ratio (16384 x 1 ... 512 x 36; at most 18 bits
+  wide when both ports read), or onto LUT RAM (16 x 4 cells, one copy per read port) where that
+  costs less (Yosys' costs: 128 a block RAM, 4 a LUT RAM cell). The memories are the K
+  activation buffer replicas (``2 * max_in_features`` words of 8T bits; with
+  ``read_ports == 2``, K/2 pairs of one-bank memories of ``max_in_features`` words), the
   host link's five stream FIFOs (:func:`~sparsemac.hw.link_formats.fifo_depth` beats less the
   one in the output register) and its 1024-byte receive buffer. Of the column FIFO Yosys keeps
   only ``16 (K - 1) + log2(max_in_features)`` bits a beat: the bits above the column address in
   the last lane feed nothing (measured on six syntheses, see docs/architecture.md).
 * **Logic cells** (TRELLIS_COMB: LUT4s and carry halves) are a least-squares fit,
   ``2000 + 70 K^2 + 100 K T + 390 K``, to six syntheses (K = 2 to 16, T = 1 to 8): the
-  streamer's ring multiplexers grow with K^2, the adder trees and accumulators with K x T. Its
-  error on those was within 11 %; treat it as +-15 %.
+  streamer's ring multiplexers grow with K^2, the adder trees and accumulators with K x T; two
+  read ports add the bank multiplexer, ``16 K T``. Its error on those was within 11 %; treat it
+  as +-15 %.
 
 The board totals and the check that a config fits live with the boards
 (:func:`sparsemac.bitstreams.build.check_fits`).
@@ -42,6 +45,7 @@ _LUT_RAM_DEPTH, _LUT_RAM_WIDTH = 16, 4
 _LOGIC_FIT = (2000, 70, 100, 390)
 #: The relative error to allow the logic estimate.
 LOGIC_ERROR = 0.15
+_BUFFER = "activation buffer"
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,14 @@ class MemoryEstimate:
     lut_ram_cells: int
 
 
-def map_memory(name, depth, width, count=1):
-    """The :class:`MemoryEstimate` of ``count`` memories of ``depth`` words of ``width`` bits:
-    block RAM in its cheapest aspect ratio, or LUT RAM where Yosys' costs make that cheaper."""
+def map_memory(name, depth, width, count=1, read_ports=1):
+    """The :class:`MemoryEstimate` of ``count`` memories of ``depth`` words of ``width`` bits
+    with one write and ``read_ports`` read ports: block RAM in its cheapest aspect ratio (the
+    36-bit one only as a simple dual port), or LUT RAM where Yosys' costs make that cheaper."""
+    aspects = BLOCK_RAM_ASPECTS if read_ports == 1 else BLOCK_RAM_ASPECTS[:-1]
     block_rams = min(-(-depth // ram_depth) * -(-width // ram_width)
-                     for ram_depth, ram_width in BLOCK_RAM_ASPECTS)
-    cells = -(-depth // _LUT_RAM_DEPTH) * -(-width // _LUT_RAM_WIDTH)
+                     for ram_depth, ram_width in aspects)
+    cells = read_ports * -(-depth // _LUT_RAM_DEPTH) * -(-width // _LUT_RAM_WIDTH)
     if cells * _LUT_RAM_COST < block_rams * _BLOCK_RAM_COST:
         return MemoryEstimate(name, count, depth, width, 0, cells)
     return MemoryEstimate(name, count, depth, width, block_rams, 0)
@@ -104,7 +110,7 @@ class ResourceEstimate:
     def buffer_block_rams(self):
         """DP16KD of the activation buffer alone."""
         return sum(memory.count * memory.block_rams for memory in self.memories
-                   if memory.name == "activation buffer replica")
+                   if memory.name == _BUFFER)
 
 
 def estimate_resources(config):
@@ -120,8 +126,16 @@ def estimate_resources(config):
     """
     config = check_config(config)
     formats = LinkFormats(config)
-    memories = [map_memory("activation buffer replica", 2 * config.max_in_features,
-                           config.token_lanes * config.VALUE_WIDTH, count=config.lanes)]
+    width = config.token_lanes * config.VALUE_WIDTH
+    if config.read_ports == 1:
+        memories = [map_memory(_BUFFER, 2 * config.max_in_features, width, count=config.lanes)]
+    else:
+        # A one-lane replica (odd K) reads through one port only.
+        pairs, single = divmod(config.lanes, 2)
+        memories = [map_memory(_BUFFER, config.max_in_features, width, count=2 * pairs,
+                               read_ports=2)]
+        if single:
+            memories.append(map_memory(_BUFFER, config.max_in_features, width, count=2))
     for opcode, name in formats.fifo_streams.items():
         width = Shape.cast(formats.beats[opcode]).width
         if name == "columns":
@@ -135,5 +149,9 @@ def estimate_resources(config):
     constant, squares, products, lanes = _LOGIC_FIT
     logic = (constant + squares * config.lanes ** 2 + products * config.multipliers
              + lanes * config.lanes)
+    if config.read_ports == 2:
+        # The bank multiplexer after the memories, about two cells a bit (measured: +102 on
+        # k4t2i1024).
+        logic += 2 * config.lanes * width
     return ResourceEstimate(multipliers=config.multipliers, logic_cells=logic,
                             memories=tuple(memories))

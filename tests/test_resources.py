@@ -41,3 +41,17 @@ def test_a_yosys_synthesis_matches(tmp_path):
 def test_memories_map_as_yosys_maps_them(depth, width, block_rams, lut_ram_cells):
     memory = map_memory("m", depth, width)
     assert (memory.block_rams, memory.lut_ram_cells) == (block_rams, lut_ram_cells)
+
+
+def test_two_read_ports_halve_a_deep_buffer():
+    # Synthesised (Yosys alone): k16t8i1024p2 took 87 DP16KD, its buffer 16 one-bank memories
+    # of 1024 x 64 bits at 1024 x 18 (no 36-bit mode with two read ports), 4 each; k4t2i1024p2
+    # took 12. With one read port a replica, k16t8i1024 needs 16 x 8.
+    dual = estimate_resources(ArrayConfig.from_key("k16t8i1024p2"))
+    assert (dual.block_rams, dual.buffer_block_rams) == (87, 64)
+    assert estimate_resources(ArrayConfig.from_key("k16t8i1024")).buffer_block_rams == 128
+    assert estimate_resources(ArrayConfig.from_key("k4t2i1024p2")).block_rams == 12
+    # Where the width sets the count, the second port gains nothing: 1024 x 64 either way.
+    assert estimate_resources(ArrayConfig.from_key("k16t8i512p2")).buffer_block_rams == 64
+    assert (map_memory("m", 512, 36).block_rams, map_memory("m", 512, 36, read_ports=2)
+            .block_rams) == (1, 2)

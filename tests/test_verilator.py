@@ -1,8 +1,9 @@
 """The ``verilator`` back end against the reference and Amaranth back ends, and its build cache.
 
 Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
-blocks a job, so bigger layers are split into several jobs, wider ones into column tiles): one Verilator build for the whole
-file, plus its FST-tracing variant for the waveform test and an odd K=5 T=3 build.
+blocks a job, so bigger layers are split into several jobs, wider ones into column tiles): one
+Verilator build for the whole file, plus its FST-tracing variant for the waveform test, an odd
+K=5 T=3 build and its dual-port-buffer variant.
 """
 
 import re
@@ -27,6 +28,9 @@ SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features
 #: Odd K > 1 and odd T: the adder tree has an unpaired input, lanes pad words of 5.
 ODD = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
                   max_token_blocks=3)
+#: Two read lanes a buffer replica; odd K, so one replica serves a single lane.
+DUAL = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                   max_token_blocks=3, read_ports=2)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +76,12 @@ def test_verilator_matches_reference(verilator, name, mode):
 
 
 @pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
-def test_odd_lanes_match_reference(mode):
-    with VerilatorDevice(ODD) as device:
+@pytest.mark.parametrize("config", [ODD, DUAL], ids=["odd-lanes", "dual-port-buffer"])
+def test_other_configs_match_reference(config, mode):
+    with VerilatorDevice(config) as device:
         for name, (weights, tokens, seed) in CASES.items():
             activations = random_activations(tokens, weights.cols, seed)
-            expected = ReferenceDevice(ODD).matmul(weights, activations, mode)
+            expected = ReferenceDevice(config).matmul(weights, activations, mode)
             result = device.matmul(weights, activations, mode)
             assert torch.equal(result.sums, expected.sums), name
             assert result.job_cycles == expected.job_cycles, name
