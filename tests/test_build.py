@@ -6,6 +6,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,8 @@ def test_report_parser():
     assert resources.meets_timing
     assert resources.critical_path == ["  6.50 ns  board.core.x", "  0.50 ns  board.core.y",
                                        "  7.00 ns  total"]
+    assert (resources.critical_from, resources.critical_to, resources.critical_ns) == (
+        "?", "board.core.y", 7.0)
     with pytest.raises(ValueError, match="no Fmax"):
         build.parse_nextpnr_report({**report, "fmax": {}})
     with pytest.raises(ValueError, match="no utilisation"):
@@ -126,6 +129,61 @@ def test_a_config_that_cannot_fit_is_refused_before_synthesis(tmp_path, capsys):
         build.build_bitstream(ArrayConfig.from_key("k32t8i512"), output=output)
     assert not output.exists()
     assert build.check_fits(ArrayConfig.from_key("k16t8i512"), "ulx3s-85f").block_rams == 87
+
+
+def live_members(process_group, settle_s=5.0):
+    """Processes of ``process_group`` that are not zombies, once those killed have had
+    ``settle_s`` seconds to die."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[2]) == process_group and fields[0] != "Z":
+                members.append(stat.parent.name)
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.1)
+
+
+def test_a_build_past_its_time_limit_stops_cleanly(tmp_path, capsys):
+    # A few seconds into a real build (Yosys or nextpnr), every tool is killed.
+    output = tmp_path / "out"
+    with pytest.raises(build.BuildTimeout) as stopped:
+        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=output, time_limit=5)
+    assert 5 <= stopped.value.seconds < 15
+    assert live_members(stopped.value.process_group) == []
+    assert not output.exists()
+    assert main(["build", "--config", "k1t1i8", "--time-limit", "5",
+                 "--output", str(output)]) == 124
+    assert re.search(r"^the build stopped at its time limit, after \d+ s in (Yosys \(synthesis\)|"
+                     r"nextpnr \(place and route\)): the tools were killed and nothing was "
+                     r"written; allow more with --time-limit \(logs in .*\)$",
+                     capsys.readouterr().err, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        main(["build", "--time-limit", "-1"])
+    assert "--time-limit takes a positive number of seconds, not '-1'" in capsys.readouterr().err
+
+
+def test_a_build_that_misses_timing_says_by_how_much_and_where():
+    # The committed build's report, as if it had been asked for 90 MHz.
+    report = json.loads((COMMITTED / "nextpnr-report.json").read_text())
+    (clock,) = report["fmax"]
+    report["fmax"][clock]["constraint"] = 90.0
+    resources = build.parse_nextpnr_report(report)
+    assert resources.timing_shortfall() == (
+        "Fmax 70.05 MHz misses the 90 MHz clock by 19.95 MHz: 14.28 ns against a 11.11 ns "
+        "period, 3.17 ns too slow on the path from board.core.streamer.fetch_left_TRELLIS_FF_Q_3 "
+        "to board.core.streamer.column29_TRELLIS_FF_Q_9")
+    assert resources.timing_shortfall() in resources.lines()
+    met = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
+    assert met.timing_shortfall() is None
+    assert (met.critical_from, met.critical_to, met.critical_ns) == (
+        "board.core.streamer.fetch_left_TRELLIS_FF_Q_3",
+        "board.core.streamer.column29_TRELLIS_FF_Q_9", 14.28)
 
 
 @pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])
