@@ -150,14 +150,14 @@ def live_members(process_group, settle_s=5.0):
 
 
 def test_a_build_past_its_time_limit_stops_cleanly(tmp_path, capsys):
-    # A few seconds into a real build (Yosys or nextpnr), every tool is killed.
+    # Seconds into a real build (Yosys or nextpnr, which take minutes), every tool is killed.
     output = tmp_path / "out"
     with pytest.raises(build.BuildTimeout) as stopped:
-        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=output, time_limit=5)
-    assert 5 <= stopped.value.seconds < 15
+        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=output, time_limit=8)
+    assert 8 <= stopped.value.seconds < 60
     assert live_members(stopped.value.process_group) == []
     assert not output.exists()
-    assert main(["build", "--config", "k1t1i8", "--time-limit", "5",
+    assert main(["build", "--config", "k1t1i8", "--time-limit", "8",
                  "--output", str(output)]) == 124
     assert re.search(r"^the build stopped at its time limit, after \d+ s in (Yosys \(synthesis\)|"
                      r"nextpnr \(place and route\)): the tools were killed and nothing was "
