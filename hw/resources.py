@@ -4,7 +4,8 @@
 DP16KD block RAMs and MULT18X18D multipliers of the board design (the core behind its UART host
 link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
 
-* **Multipliers**: one MULT18X18D per int8 product, K x T.
+* **Multipliers**: one MULT18X18D per int8 product, K x T, and one more when T is not a power
+  of two: the host link's reply length, sums beats x 4T bytes, is then a true product.
 * **Block RAM**: every memory of the design, mapped as Yosys' ``memory_libmap`` maps it: onto
   DP16KD block RAMs in their cheapest aspect ratio (16384 x 1 ... 512 x 36; at most 18 bits
   wide when both ports read), or onto LUT RAM (16 x 4 cells, one copy per read port) where that
@@ -92,7 +93,8 @@ class ResourceEstimate:
     Attributes
     ----------
     multipliers : int
-        MULT18X18D.
+        MULT18X18D: the K x T of the array, and one in the host link when T is not a power of
+        two.
     logic_cells : int
         TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
     memories : tuple of MemoryEstimate
@@ -146,6 +148,7 @@ def estimate_resources(config):
     memories.append(map_memory("sums FIFO", fifo_depth(formats.sums_bytes) - 1,
                                8 * layout_bytes(formats.core.sums)))
     memories.append(map_memory("receive buffer", MAX_PAYLOAD, 8))
+    multipliers = config.multipliers + int(config.token_lanes & (config.token_lanes - 1) != 0)
     constant, squares, products, lanes = _LOGIC_FIT
     logic = (constant + squares * config.lanes ** 2 + products * config.multipliers
              + lanes * config.lanes)
@@ -153,5 +156,5 @@ def estimate_resources(config):
         # The bank multiplexer after the memories, about two cells a bit (measured: +102 on
         # k4t2i1024).
         logic += 2 * config.lanes * width
-    return ResourceEstimate(multipliers=config.multipliers, logic_cells=logic,
+    return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))

@@ -22,12 +22,14 @@ def test_the_default_build_matches_its_place_and_route():
 
 
 def test_a_yosys_synthesis_matches(tmp_path):
-    # About 20 s: K=4 T=2 with a 512-column buffer (one 1024 x 16 block RAM a replica).
-    config = ArrayConfig.from_key("k4t2i512")
+    # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
+    # a power of two makes the host link's reply length (beats x 12 bytes) a 13th multiplier.
+    config = ArrayConfig.from_key("k4t3i512")
     synthesised = build.synthesise(config, "ulx3s-85f", tmp_path)
     estimate = estimate_resources(config)
     assert (estimate.block_rams, estimate.multipliers) == (synthesised.bram, synthesised.dsp)
-    assert estimate.buffer_block_rams == 4 and synthesised.lut_ram_cells == 0
+    assert (estimate.buffer_block_rams, estimate.multipliers) == (8, 13)
+    assert synthesised.lut_ram_cells == 0
     assert_logic_close(estimate, synthesised.logic_cells)
 
 
