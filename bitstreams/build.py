@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, asdict, field
@@ -28,9 +30,11 @@ from pathlib import Path
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
+from ..hw.resources import LOGIC_ERROR, estimate_resources
 from ..sim.toolchain import cache_dir
 
-__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "ResourceReport",
+__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError", "BuildTimeout",
+           "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
            "default_output", "link_wire_bytes"]
@@ -64,6 +68,56 @@ BOARDS = {
 }
 
 
+class BoardFitError(ValueError):
+    """A config's design cannot fit the board; the message gives the numbers."""
+
+
+def check_fits(config, board):
+    """The resource estimate of ``config``'s board design, after checking that it fits ``board``.
+
+    Block RAM and multipliers are predicted exactly (:func:`~sparsemac.hw.resources.
+    estimate_resources`); logic only roughly, so it is refused only when even the low end of its
+    estimate exceeds the device.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    board : str
+        A key of :data:`BOARDS`.
+
+    Returns
+    -------
+    ResourceEstimate
+
+    Raises
+    ------
+    BoardFitError
+        If the design needs more block RAM, multipliers or logic than the board's FPGA has.
+    ValueError
+        If ``board`` is unknown.
+    """
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    totals = BOARDS[board].totals
+    estimate = estimate_resources(config)
+    short = []
+    if estimate.block_rams > totals["bram"]:
+        short.append(f"{estimate.block_rams} block RAMs (DP16KD; the activation buffer "
+                     f"{estimate.buffer_block_rams}) but the device has {totals['bram']}")
+    if estimate.multipliers > totals["dsp"]:
+        short.append(f"{estimate.multipliers} multipliers (MULT18X18D) but the device has "
+                     f"{totals['dsp']}")
+    if estimate.logic_cells * (1 - LOGIC_ERROR) > totals["lut4"]:
+        short.append(f"about {estimate.logic_cells} logic cells (+-{LOGIC_ERROR:.0%}) but the "
+                     f"device has {totals['lut4']}")
+    if short:
+        raise BoardFitError(
+            f"{config.describe()} cannot fit the {board} ({BOARDS[board].device}): it needs "
+            f"{'; '.join(short)}. Lower max_in_features (wider layers run as column tiles), "
+            "lanes or token_lanes")
+    return estimate
+
+
 def committed_folder(board):
     """Where the commit-ready outputs of the default config for ``board`` live."""
     return _HERE / board
@@ -91,7 +145,11 @@ class ResourceReport:
     constraint_mhz : float
         The clock the design runs at (the timing constraint).
     critical_path : list of str
-        The worst ``sync`` path, one ``cell.port (delay ns)`` step a line.
+        The worst ``sync`` path, one ``delay ns  signal`` group a line, then its total.
+    critical_from, critical_to : str
+        The cells the worst path starts and ends at ("" if the report has none).
+    critical_ns : float
+        The worst path's delay (0 if the report has none).
     """
     lut4: int
     ff: int
@@ -101,10 +159,26 @@ class ResourceReport:
     fmax_mhz: float
     constraint_mhz: float
     critical_path: list = field(default_factory=list)
+    critical_from: str = ""
+    critical_to: str = ""
+    critical_ns: float = 0.0
 
     @property
     def meets_timing(self):
         return self.fmax_mhz >= self.constraint_mhz
+
+    def timing_shortfall(self):
+        """By how much and where the design misses its clock, as a sentence; None if it meets
+        it."""
+        if self.meets_timing:
+            return None
+        period = 1000 / self.constraint_mhz
+        worst = self.critical_ns or 1000 / self.fmax_mhz
+        path = (f" on the path from {self.critical_from} to {self.critical_to}"
+                if self.critical_from else "")
+        return (f"Fmax {self.fmax_mhz:.2f} MHz misses the {self.constraint_mhz:g} MHz clock by "
+                f"{self.constraint_mhz - self.fmax_mhz:.2f} MHz: {worst:.2f} ns against a "
+                f"{period:.2f} ns period, {worst - period:.2f} ns too slow{path}")
 
     def lines(self):
         """The report as text lines."""
@@ -117,8 +191,11 @@ class ResourceReport:
         verdict = "meets" if self.meets_timing else "MISSES"
         lines.append(f"{'Fmax (sync)':<20} {self.fmax_mhz:7.2f} MHz, {verdict} "
                      f"{self.constraint_mhz:g} MHz")
+        if not self.meets_timing:
+            lines.append(self.timing_shortfall())
         if self.critical_path:
-            lines.append("Critical path:")
+            lines.append(f"Critical path, {self.critical_ns:.2f} ns from {self.critical_from} "
+                         f"to {self.critical_to}:")
             lines.extend(f"  {step}" for step in self.critical_path)
         return lines
 
@@ -161,13 +238,18 @@ def parse_nextpnr_report(report, clock="sync"):
         raise ValueError(f"the nextpnr report has no Fmax for a clock named like {clock!r}: "
                          f"it has {sorted(report.get('fmax', {}))}")
     name, fmax = min(clocks.items(), key=lambda item: item[1]["achieved"])
-    path = []
-    for critical in report.get("critical_paths", []):
-        if name in critical.get("from", "") and name in critical.get("to", ""):
-            path = _summarise_path(critical.get("path", []))
+    critical = {}
+    for candidate in report.get("critical_paths", []):
+        if (name in candidate.get("from", "") and name in candidate.get("to", "")
+                and candidate.get("path")):
+            steps = candidate["path"]
+            critical = {"critical_path": _summarise_path(steps),
+                        "critical_from": steps[0].get("from", {}).get("cell", "?"),
+                        "critical_to": steps[-1].get("to", {}).get("cell", "?"),
+                        "critical_ns": round(sum(step.get("delay", 0) for step in steps), 2)}
             break
     return ResourceReport(**used, totals=totals, fmax_mhz=round(fmax["achieved"], 2),
-                          constraint_mhz=round(fmax["constraint"], 2), critical_path=path)
+                          constraint_mhz=round(fmax["constraint"], 2), **critical)
 
 
 def _summarise_path(steps):
@@ -232,8 +314,157 @@ def platform_for(board):
     return getattr(boards, BOARDS[board].platform)()
 
 
+@dataclass(frozen=True)
+class SynthesisCounts:
+    """The cells Yosys mapped the board design onto, before place and route.
+
+    Attributes
+    ----------
+    bram, dsp : int
+        DP16KD and MULT18X18D.
+    logic_cells : int
+        LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the
+        few cells it adds when packing.
+    lut_ram_cells : int
+        TRELLIS_DPR16X4.
+    ff : int
+        TRELLIS_FF.
+    seconds : float
+    """
+    bram: int
+    dsp: int
+    logic_cells: int
+    lut_ram_cells: int
+    ff: int
+    seconds: float
+
+
+def synthesise(config, board, folder):
+    """Synthesises the board design of ``config`` with Yosys alone (no place and route).
+
+    Seconds for a small array, minutes for a large one: a fast check of the resource model
+    (:func:`~sparsemac.hw.resources.estimate_resources`) against the real mapping.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    board : str
+    folder : path
+        Where the RTLIL, the script and Yosys' log ``synth.log`` go.
+
+    Returns
+    -------
+    SynthesisCounts
+
+    Raises
+    ------
+    RuntimeError
+        If Yosys fails (the message names its log).
+    """
+    folder = Path(folder)
+    platform_for(board).prepare(board_design(config), name="sparsemac").extract(folder)
+    (folder / "synth.ys").write_text("read_rtlil sparsemac.il\nsynth_ecp5 -top sparsemac\nstat\n")
+    started = time.perf_counter()
+    done = subprocess.run([os.environ.get("YOSYS", _tool_command(_TOOLS["YOSYS"])), "-q",
+                           "-l", "synth.log", "synth.ys"], cwd=folder, capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"Yosys failed on {config.describe()}: see {folder / 'synth.log'}")
+    seconds = time.perf_counter() - started
+    log = (folder / "synth.log").read_text()
+    statistics = log[log.rindex("Printing statistics"):]
+    cells = {name: int(count) for count, name in
+             re.findall(r"^\s+(\d+)\s+([A-Z][A-Z0-9_]+)$", statistics, re.MULTILINE)}
+    return SynthesisCounts(bram=cells.get("DP16KD", 0), dsp=cells.get("MULT18X18D", 0),
+                           logic_cells=cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
+                           lut_ram_cells=cells.get("TRELLIS_DPR16X4", 0),
+                           ff=cells.get("TRELLIS_FF", 0), seconds=seconds)
+
+
+class BuildTimeout(RuntimeError):
+    """A build ran past its time limit and was stopped.
+
+    Attributes
+    ----------
+    seconds : float
+        How long it ran.
+    stage : str
+        The tool it was in.
+    process_group : int
+        The id of the tools' process group, which was killed.
+    """
+
+    def __init__(self, message, seconds, stage, process_group):
+        super().__init__(message)
+        self.seconds = seconds
+        self.stage = stage
+        self.process_group = process_group
+
+
+#: Seconds between progress messages while the tools run.
+_PROGRESS_EVERY_S = 60
+#: Seconds the tools get to exit after SIGTERM before SIGKILL.
+_TERMINATE_GRACE_S = 5
+
+
+def _stage(build_dir, started):
+    """The tool now running, told by which of its outputs were written since ``started``."""
+    def written(name):
+        path = build_dir / name
+        return path.exists() and path.stat().st_mtime >= started
+    if written("sparsemac.config"):
+        return "ecppack (packing)"
+    if written("sparsemac.json"):
+        return "nextpnr (place and route)"
+    return "Yosys (synthesis)"
+
+
+def _run_tools(build_dir, script, began, deadline, log):
+    """Runs the build script in a process group of its own, reporting progress; past
+    ``deadline`` (a ``time.time()``, or None) kills the whole group and raises BuildTimeout.
+    ``began`` is when the build began (elaboration included)."""
+    started = time.time()
+    process = subprocess.Popen(["sh", f"{script}.sh"], cwd=build_dir, start_new_session=True)
+    try:
+        while True:
+            wait = _PROGRESS_EVERY_S if deadline is None else min(
+                _PROGRESS_EVERY_S, max(0.0, deadline - time.time()))
+            try:
+                return process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                stage = _stage(build_dir, started)
+                if deadline is not None and time.time() >= deadline:
+                    _kill_group(process)
+                    elapsed = time.time() - began
+                    raise BuildTimeout(
+                        f"the build stopped at its time limit, after {elapsed:.0f} s in "
+                        f"{stage}: the tools were killed and nothing was written; allow more "
+                        f"with --time-limit (logs in {build_dir})",
+                        seconds=elapsed, stage=stage, process_group=process.pid) from None
+                log(f"  {stage}, {time.time() - began:.0f} s")
+    except KeyboardInterrupt:
+        _kill_group(process)
+        raise
+
+
+def _kill_group(process):
+    """SIGTERM to the process group of ``process``, SIGKILL if it is still there after a
+    grace period; returns once ``process`` has exited."""
+    for sig, grace in ((signal.SIGTERM, _TERMINATE_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+            # The script exited; tools it started may linger in the group until SIGKILL.
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
 def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
-                    clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, log=print):
+                    clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, time_limit=None,
+                    log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
     Parameters
@@ -248,6 +479,8 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
         Board clock (made by the PLL) and UART rate.
     seed : int
         nextpnr placement seed.
+    time_limit : float or None
+        Seconds the whole build may take; past them the tools' process group is killed.
     log : callable
         Progress messages.
 
@@ -257,11 +490,22 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
 
     Raises
     ------
+    BoardFitError
+        If the design cannot fit the board (checked before any synthesis).
+    ValueError
+        If ``time_limit`` is not positive.
+    BuildTimeout
+        If the build ran past ``time_limit`` (nothing is written to ``output``).
     RuntimeError
         If a tool fails (the message names the log to read).
     """
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"the time limit must be a positive number of seconds, not "
+                         f"{time_limit!r}")
+    began = time.time()
+    deadline = None if time_limit is None else began + time_limit
+    check_fits(config, board)
     output = Path(default_output(config, board) if output is None else output)
-    output.mkdir(parents=True, exist_ok=True)
     for variable, name in _TOOLS.items():
         os.environ.setdefault(variable, _tool_command(name))
 
@@ -276,12 +520,12 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
         nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}",
         ecppack_opts="--compress")
-    try:
-        plan.execute_local(build_dir)
-    except Exception as error:
+    plan.extract(build_dir)
+    if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
         raise RuntimeError(f"the {board} build failed: see the logs in {build_dir} "
-                           "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)") from error
+                           "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)")
     seconds = time.perf_counter() - started
+    output.mkdir(parents=True, exist_ok=True)
 
     resources = parse_nextpnr_report(build_dir / "report.json")
     bitstream = output / "sparsemac.bit"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bitstreams.build import check_fits
 from ..hw import board_link
 from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import ColumnIndex, Mode
@@ -135,9 +136,14 @@ class FPGADevice(Device):
     check_design : bool
         Refuse a board whose design hash differs from the current RTL's (the config is always
         checked).
+    board : str
+        The board (a key of :data:`sparsemac.bitstreams.build.BOARDS`): a config whose design
+        cannot fit its FPGA is refused before the port is opened.
 
     Raises
     ------
+    BoardFitError
+        If the design of ``config`` cannot fit ``board``.
     DeviceError
         If the port cannot be opened, the board does not answer, or runs another design.
     """
@@ -145,8 +151,9 @@ class FPGADevice(Device):
     name = "fpga"
 
     def __init__(self, config=DEFAULT_CONFIG, *, port=None, baudrate=DEFAULT_BAUDRATE,
-                 timeout=2.0, resync_s=0.2, check_design=True):
+                 timeout=2.0, resync_s=0.2, check_design=True, board="ulx3s-85f"):
         super().__init__(config)
+        check_fits(config, board)
         self._formats = LinkFormats(config)
         self._timeout = float(timeout)
         self._resync_s = float(resync_s)

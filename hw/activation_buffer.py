@@ -1,6 +1,6 @@
 """The activation buffer: a double-buffered token block, readable at K columns per cycle."""
 
-from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream
 from amaranth.lib.wiring import In, Out
 
@@ -18,6 +18,11 @@ class ActivationBuffer(ArrayComponent):
     loader fills one while the array reads the other, so loading the next token block is
     hidden behind computing the current one whenever the block computes for at least ``cols``
     cycles.
+
+    With ``config.read_ports == 2`` one replica serves two lanes: its two banks are separate
+    memories, and a bank is only ever written (while it is empty) or read (while it is full),
+    never both, so each bank's two ports serve the two lanes while it is read, and the first
+    port takes the loader's writes while it is filled. The schedule is the same.
 
     Contract
     --------
@@ -80,21 +85,11 @@ class ActivationBuffer(ArrayComponent):
         read_valid = Signal()
         read_weights = Signal.like(self.chunks.payload.values)
         read_last = Signal()
-        for lane in range(config.lanes):
-            replica = memory.Memory(shape=self._formats.activation_column,
-                                    depth=2 * config.max_in_features, init=[])
-            m.submodules[f"replica{lane}"] = replica
-            write_port = replica.write_port()
-            read_port = replica.read_port()
-            m.d.comb += [
-                write_port.addr.eq(Cat(load_column[:address_width], load_bank)),
-                write_port.data.eq(self.fill.payload),
-                write_port.en.eq(self.fill.valid & self.fill.ready),
-                read_port.addr.eq(Cat(self.chunks.payload.columns[lane], read_bank)),
-                read_port.en.eq(advance),
-            ]
+        store = self._shared_banks if config.read_ports == 2 else self._replicas
+        lane_data = store(m, load_column[:address_width], load_bank, read_bank, full, advance)
+        for lane, data in enumerate(lane_data):
             with m.If(advance):
-                m.d.sync += self.operands.payload.activations[lane].eq(read_port.data)
+                m.d.sync += self.operands.payload.activations[lane].eq(data)
 
         with m.If(advance):
             m.d.sync += [
@@ -121,3 +116,70 @@ class ActivationBuffer(ArrayComponent):
             ]
 
         return m
+
+    def _replicas(self, m, load_address, load_bank, read_bank, full, advance):
+        """One memory per lane holding both banks, the bank the top address bit: each lane's
+        read data, one cycle after its address (while ``advance``)."""
+        lane_data = []
+        for lane in range(self._config.lanes):
+            replica = memory.Memory(shape=self._formats.activation_column,
+                                    depth=2 * self._config.max_in_features, init=[])
+            m.submodules[f"replica{lane}"] = replica
+            write_port = replica.write_port()
+            read_port = replica.read_port()
+            m.d.comb += [
+                write_port.addr.eq(Cat(load_address, load_bank)),
+                write_port.data.eq(self.fill.payload),
+                write_port.en.eq(self.fill.valid & self.fill.ready),
+                read_port.addr.eq(Cat(self.chunks.payload.columns[lane], read_bank)),
+                read_port.en.eq(advance),
+            ]
+            lane_data.append(read_port.data)
+        return lane_data
+
+    def _shared_banks(self, m, load_address, load_bank, read_bank, full, advance):
+        """One memory per bank and pair of lanes, both ports reading while the bank is full, the
+        first port writing while it is empty: each lane's read data, as :meth:`_replicas`."""
+        config = self._config
+        # The bank the data now leaving the memories was read from.
+        data_bank = Signal()
+        with m.If(advance):
+            m.d.sync += data_bank.eq(read_bank)
+        lane_data = []
+        for replica in range(config.replicas):
+            lanes = range(2 * replica, min(2 * replica + 2, config.lanes))
+            bank_data = []
+            for bank in range(2):
+                storage = memory.Memory(shape=self._formats.activation_column,
+                                        depth=config.max_in_features, init=[])
+                m.submodules[f"replica{replica}_bank{bank}"] = storage
+                write_port = storage.write_port()
+                # The first port's address is the loader's while the bank is empty: one
+                # address for its write and its read makes it one physical port.
+                first_address = Signal.like(load_address, name=f"replica{replica}_bank{bank}_a")
+                m.d.comb += [
+                    first_address.eq(Mux(full[bank], self.chunks.payload.columns[lanes[0]],
+                                         load_address)),
+                    write_port.addr.eq(first_address),
+                    write_port.data.eq(self.fill.payload),
+                    write_port.en.eq(self.fill.valid & self.fill.ready & (load_bank == bank)),
+                ]
+                ports = []
+                for index, lane in enumerate(lanes):
+                    # A bank is never read while written, so what the second port reads during
+                    # a write is free: transparent, which Yosys can give it in logic, rather
+                    # than read-first, which the DP16KD cannot give across its ports (Yosys
+                    # would then not share the first port with the write and would duplicate
+                    # the memory).
+                    read_port = storage.read_port(
+                        transparent_for=(write_port,) if index == 1 else ())
+                    m.d.comb += [
+                        read_port.addr.eq(first_address if index == 0
+                                          else self.chunks.payload.columns[lane]),
+                        read_port.en.eq(advance),
+                    ]
+                    ports.append(read_port.data)
+                bank_data.append(ports)
+            lane_data.extend(Mux(data_bank, bank_data[1][index], bank_data[0][index])
+                             for index in range(len(lanes)))
+        return lane_data

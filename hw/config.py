@@ -17,8 +17,8 @@ class ArrayConfig:
     The default (8 nonzero lanes, 4 token lanes, 4096 input features) is 32 int8 multipliers and
     eight 8192 x 32-bit activation buffer replicas: about 128 of the 208 block RAMs and a fifth of
     the multipliers of an ECP5-85F (ULX3S), leaving room for the board's host link. 4096 input
-    features cover every BERT-base linear (the widest has 3072 inputs), so no layer needs to be
-    split along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
+    features cover every BERT-base linear (the widest has 3072 inputs), so no layer is split into
+    column tiles along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
     nonzeros) within a few percent of the ideal ceil(n/K) schedule.
 
     Parameters
@@ -28,7 +28,8 @@ class ArrayConfig:
     token_lanes : int
         T, the number of tokens computed in parallel (1 to 64).
     max_in_features : int
-        Activation buffer depth per token block: the widest layer input the core accepts.
+        Activation buffer depth per token block: the widest input one job takes (a wider layer
+        runs as column tiles of this width, :func:`sparsemac.sw.cycle_model.job_tiles`).
         A power of two from 8 (and at least ``lanes``) to 32768.
     max_out_features : int
         The most output rows one job may have (the width of the row counter).
@@ -39,6 +40,11 @@ class ArrayConfig:
         lets a job send its column indices as deltas of this many bits
         (:class:`~sparsemac.hw.formats.DeltaCode`). 5 sends the fewest bytes per nonzero on
         90 %-sparse MiniLM layers (docs/architecture.md).
+    read_ports : int
+        Read lanes each activation buffer replica serves: 1 (the default: K replicas) or 2 (K/2
+        replicas, each with its two banks in separate block RAMs read through both ports of the
+        ECP5's true dual-port DP16KD; it halves the buffer where its depth, not its width, sets
+        the block RAM count, see docs/architecture.md).
 
     Raises
     ------
@@ -54,6 +60,7 @@ class ArrayConfig:
     max_out_features: int = 65535
     max_token_blocks: int = 65535
     delta_bits: int = 0
+    read_ports: int = 1
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -65,7 +72,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks", "delta_bits"):
+                     "max_token_blocks", "delta_bits", "read_ports"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -88,6 +95,8 @@ class ArrayConfig:
         if self.delta_bits != 0 and not 3 <= self.delta_bits <= 8:
             raise ValueError(f"ArrayConfig.delta_bits must be 0 (no delta decoder) or from 3 to "
                              f"8, not {self.delta_bits!r}")
+        if self.read_ports not in (1, 2):
+            raise ValueError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
 
     @property
     def multipliers(self):
@@ -105,25 +114,31 @@ class ArrayConfig:
         return self.max_token_blocks * self.token_lanes
 
     @property
+    def replicas(self):
+        """Copies of the activation storage: one per ``read_ports`` read lanes."""
+        return -(-self.lanes // self.read_ports)
+
+    @property
     def activation_buffer_bits(self):
-        """Bits of activation storage: K read replicas of two banks of T int8 columns."""
-        return self.lanes * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
+        """Bits of activation storage: :attr:`replicas` copies of two banks of T int8 columns."""
+        return self.replicas * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
 
     def describe(self):
         """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... delta 5`` with the
-        delta decoder)."""
+        delta decoder, ``... dual-port buffer`` with two read ports a replica)."""
         text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
-        return text + (f" delta {self.delta_bits}" if self.delta_bits else "")
+        text += f" delta {self.delta_bits}" if self.delta_bits else ""
+        return text + (" dual-port buffer" if self.read_ports == 2 else "")
 
     def as_dict(self):
         return asdict(self)
 
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
-        ``o<max_out_features>``, ``b<max_token_blocks>`` and ``d<delta_bits>`` for each of those
-        that is not its default, e.g. ``k8t4`` (the default array), ``k1t1i512`` or ``k8t4d5``.
-        Unique per configuration; :meth:`from_key` reads it back, and the command line takes it
-        as ``--config``."""
+        ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>`` and ``p<read_ports>``
+        for each of those that is not its default, e.g. ``k8t4`` (the default array),
+        ``k1t1i512``, ``k8t4d5`` or ``k16t8i1024p2``. Unique per configuration; :meth:`from_key`
+        reads it back, and the command line takes it as ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
             value = getattr(self, name)
@@ -144,14 +159,14 @@ class ArrayConfig:
         if match is None:
             raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
-                             "d<delta bits>, e.g. k8t4, k1t1i512 or k8t4d5")
+                             "d<delta bits>, p<read ports>, e.g. k8t4, k1t1i512 or k8t4d5")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
 
 #: Letters of the optional fields of a config key, in order.
 _KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
-               ("d", "delta_bits"))
+               ("d", "delta_bits"), ("p", "read_ports"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

@@ -198,9 +198,9 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
     ----------
     path : str or os.PathLike
     device : Device
-        Runs every offloaded linear; it must hold the widest layer. On a device of the saved
-        config the cycles are those of the saved model too; the int32 sums, and so the
-        outputs, are bit-exact with the saved model's on any device.
+        Runs every offloaded linear (in column tiles if its buffer is narrower). On a device of
+        the saved config the cycles are those of the saved model too; the int32 sums, and so
+        the outputs, are bit-exact with the saved model's on any device.
 
     Returns
     -------

@@ -12,6 +12,11 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
   multiply, add, accumulate).
+
+A layer is split into jobs by :func:`job_tiles`; each job is counted on its own, its first load
+and its drain included. A column tile is a job of its own width whose rows hold only their
+nonzeros in its columns, so splitting a row of ``n`` nonzeros costs its rounding to whole chunks
+once per tile (``ceil(51 / 16) + ceil(26 / 16)`` = 6 chunks instead of ``ceil(77 / 16)`` = 5).
 """
 
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ import numpy as np
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
+from .csr import CSRMatrix
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
            "token_blocks"]
@@ -39,29 +45,94 @@ def token_blocks(tokens, config):
 @dataclass(frozen=True)
 class JobTile:
     """One job of a layer: tokens ``token_start:token_stop`` against rows
-    ``row_start:row_stop``."""
+    ``row_start:row_stop`` and input columns ``col_start:col_stop``.
+
+    A layer wider than ``max_in_features`` is split into column tiles: each is a job of its own
+    whose int32 sums the host adds, wrapping, into the layer's
+    (:func:`~sparsemac.sw.golden.accumulate_int32`).
+    """
     token_start: int
     token_stop: int
     row_start: int
     row_stop: int
+    col_start: int
+    col_stop: int
+
+    @property
+    def tokens(self):
+        return self.token_stop - self.token_start
+
+    @property
+    def cols(self):
+        return self.col_stop - self.col_start
+
+    def row_lengths(self, weights):
+        """Nonzeros of each of this tile's rows within its columns, as an int64 array.
+
+        Parameters
+        ----------
+        weights : CSRMatrix
+            The whole layer.
+        """
+        first, last = (int(weights.indptr[row]) for row in (self.row_start, self.row_stop))
+        inside = self._inside(weights.indices[first:last])
+        # Prefix sums over the tile's nonzeros turn each row's count into one subtraction.
+        prefix = np.concatenate(([0], np.cumsum(inside, dtype=np.int64)))
+        bounds = weights.indptr[self.row_start:self.row_stop + 1] - first
+        return prefix[bounds[1:]] - prefix[bounds[:-1]]
+
+    def weights(self, weights):
+        """This tile's weights as a matrix of their own, columns counted from ``col_start``.
+
+        Parameters
+        ----------
+        weights : CSRMatrix
+            The whole layer.
+
+        Returns
+        -------
+        CSRMatrix
+            Shape ``(row_stop - row_start, col_stop - col_start)``.
+        """
+        rows = weights.row_slice(self.row_start, self.row_stop)
+        if self.cols == weights.cols:
+            return rows
+        inside = self._inside(rows.indices)
+        indptr = np.concatenate(([0], np.cumsum(self.row_lengths(weights))))
+        return CSRMatrix(indptr=indptr, indices=rows.indices[inside] - self.col_start,
+                         data=rows.data[inside], shape=(rows.rows, self.cols))
+
+    def _inside(self, indices):
+        return (indices >= self.col_start) & (indices < self.col_stop)
 
 
-def job_tiles(rows, tokens, config):
-    """The jobs a layer of ``rows`` output rows and ``tokens`` tokens is split into, in order.
+def job_tiles(rows, cols, tokens, config):
+    """The jobs a layer of ``rows`` x ``cols`` weights and ``tokens`` tokens is split into.
 
     Token blocks of ``config.max_tokens`` tokens, each against row tiles of
-    ``config.max_out_features`` rows: how :meth:`Device.matmul
+    ``config.max_out_features`` rows, each against column tiles of ``config.max_in_features``
+    columns (the last one ragged): how :meth:`Device.matmul
     <sparsemac.sw.device.Device.matmul>` runs a layer and how the cycle model counts it.
 
     Yields
     ------
     JobTile
+
+    Raises
+    ------
+    ValueError
+        If ``rows``, ``cols`` or ``tokens`` is below 1 (checked on the first iteration).
     """
+    if min(rows, cols, tokens) < 1:
+        raise ValueError(f"a layer needs at least one row, column and token, not {rows} rows, "
+                         f"{cols} columns and {tokens} tokens")
     for token_start in range(0, tokens, config.max_tokens):
         token_stop = min(tokens, token_start + config.max_tokens)
         for row_start in range(0, rows, config.max_out_features):
-            yield JobTile(token_start, token_stop, row_start,
-                          min(rows, row_start + config.max_out_features))
+            row_stop = min(rows, row_start + config.max_out_features)
+            for col_start in range(0, cols, config.max_in_features):
+                yield JobTile(token_start, token_stop, row_start, row_stop, col_start,
+                              min(cols, col_start + config.max_in_features))
 
 
 def issue_cycles_per_block(row_lengths, cols, config, mode=Mode.SPARSE):

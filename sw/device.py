@@ -1,10 +1,11 @@
 """The abstract device: one API over every back end that runs the sparse MAC core.
 
 A :class:`Device` runs *jobs*: one weight matrix against at most ``config.max_tokens`` tokens,
-with at most ``config.max_out_features`` rows. :meth:`Device.matmul` splits any layer that fits
-the activation buffer into such jobs (over rows and over token blocks), runs them in turn and
-adds their cycles: each job's own activation load and output drain are counted, because the
-hardware pays them.
+with at most ``config.max_out_features`` rows and ``config.max_in_features`` columns.
+:meth:`Device.matmul` splits any layer into such jobs (over token blocks, rows and column tiles:
+:func:`~sparsemac.sw.cycle_model.job_tiles`), runs them in turn, adds the column tiles' int32 sums
+on the host as the accumulators would (wrapping) and adds their cycles: each job's own activation
+load and output drain are counted, because the hardware pays them.
 
 The back ends (``reference``, ``amaranth``, ``verilator``, ``fpga``) live in
 :mod:`sparsemac.devices`, one module each, and are opened with
@@ -22,7 +23,8 @@ from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
-from .packing import check_job_fits, weight_stream_bytes
+from .golden import accumulate_int32
+from .packing import weight_stream_bytes
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
@@ -58,6 +60,8 @@ class MatmulResult:
     weight_bytes : int
         Weight traffic over all jobs (weights are re-streamed for every token block).
     activation_bytes, output_bytes : int
+        Activations sent and sums returned over all jobs (a layer of several column tiles
+        returns one set of sums per tile).
     wall_s : float
         Host wall time spent in the device.
     job_cycles : list of int
@@ -138,7 +142,7 @@ class Device(abc.ABC):
         Raises
         ------
         TypeError, ValueError
-            If the operands are malformed or the layer is wider than ``max_in_features``.
+            If the operands are malformed.
         DeviceError
             If the device fails.
         """
@@ -153,23 +157,26 @@ class Device(abc.ABC):
             raise ValueError("activations must be 2-D [tokens, in_features] with at least one "
                              f"token, not {tuple(activations.shape)}")
         rows, cols = weights.shape
-        # One check of the whole layer gives the user the layer's own numbers in the message.
-        check_job_fits(config, weights.row_slice(0, min(rows, config.max_out_features)),
-                       activations[:config.max_tokens])
-
         tokens = activations.shape[0]
-        sums = torch.empty((tokens, rows), dtype=torch.int32)
+        if activations.shape[1] != cols:
+            raise ValueError(f"activations have {activations.shape[1]} features but the weights "
+                             f"have {cols} input features")
+        jobs = list(job_tiles(rows, cols, tokens, config))
+
+        sums = torch.zeros((tokens, rows), dtype=torch.int32)
         cycles, weight_bytes, activation_bytes, output_bytes = [], 0, 0, 0
         started = time.perf_counter()
-        for job in job_tiles(rows, tokens, config):
-            block = activations[job.token_start:job.token_stop].contiguous()
-            blocks = token_blocks(block.shape[0], config)
-            tile = weights.row_slice(job.row_start, job.row_stop)
+        for job in jobs:
+            block = activations[job.token_start:job.token_stop,
+                                job.col_start:job.col_stop].contiguous()
+            blocks = token_blocks(job.tokens, config)
+            tile = job.weights(weights)
             result = self.run_job(tile, block, mode, index)
-            sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
+            region = (slice(job.token_start, job.token_stop), slice(job.row_start, job.row_stop))
+            sums[region] = accumulate_int32(sums[region], result.sums)
             cycles.append(result.cycles)
             weight_bytes += blocks * weight_stream_bytes(config, tile, mode, index)
-            activation_bytes += blocks * config.token_lanes * cols
+            activation_bytes += blocks * config.token_lanes * job.cols
             output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),
                             weight_bytes=weight_bytes, activation_bytes=activation_bytes,

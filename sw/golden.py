@@ -9,6 +9,11 @@ the exact integer sum reduced modulo 2**32 into [-2**31, 2**31). That is what
 Within the wire format's limits an overflow cannot happen: a row has at most 32768 nonzeros and
 each product is at most 128 * 128 = 2**14 in magnitude, so ``|sum| <= 2**29``. The overflow
 check exists for matrices built outside those limits (and as the proof of that claim).
+
+A layer wider than the activation buffer runs as column tiles, one job each, whose int32 sums the
+host adds with :func:`accumulate_int32`. Addition modulo 2**32 of the tiles' wrapped partial sums
+gives the wrapped sum of the whole row, so the tiled result is :func:`golden_matmul`'s, bit for
+bit, whatever the tiling.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "AccumulatorOverflowWarning",
     "INT32_MAX",
     "LinearResult",
+    "accumulate_int32",
     "golden_matmul",
     "overflow_possible",
     "quantised_linear",
@@ -70,6 +76,36 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     # Done by hand: a C-style int64 -> int32 cast is not a documented wrap in torch.
     wrapped = ((x.to(torch.int64) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
     return wrapped.to(torch.int32)
+
+
+def accumulate_int32(total: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+    """``total + partial`` in 32-bit two's complement: how column tiles' sums are combined.
+
+    Parameters
+    ----------
+    total, partial : torch.Tensor of int32
+        Of the same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        ``torch.int32``, the sum modulo 2**32 in [-2**31, 2**31).
+
+    Raises
+    ------
+    TypeError
+        If either is not an int32 tensor.
+    ValueError
+        If their shapes differ.
+    """
+    for name, value in (("total", total), ("partial", partial)):
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.int32:
+            raise TypeError(f"{name} must be an int32 tensor, not "
+                            f"{getattr(value, 'dtype', type(value).__name__)}")
+    if total.shape != partial.shape:
+        raise ValueError(f"total has shape {tuple(total.shape)} but partial has "
+                         f"{tuple(partial.shape)}")
+    return wrap_int32(total.to(torch.int64) + partial.to(torch.int64))
 
 
 def worst_case_accumulator(weights: CSRMatrix) -> int:

@@ -31,6 +31,7 @@ from ..hw.config import ArrayConfig
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
 from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
+from ..hw.resources import estimate_resources
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
            "PRESETS", "memory_preset", "parse_bandwidth", "job_streams",
@@ -78,12 +79,7 @@ SDRAM_EFFICIENCY = _sdram_efficiency()
 
 #: The ECP5-85F's DP16KD block RAMs, each 18 Kbit: 2048 bytes in its 9-bit-wide mode.
 DEVICE_BLOCK_RAMS = 208
-#: Its (depth, width) aspect ratios; a buffer replica uses the cheapest (docs/architecture.md).
-BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 BLOCK_RAM_BYTES = 2048
-#: Block RAMs of the default build that are not the activation buffer (the UART host link's
-#: FIFOs): 141 used in total (docs/results.md) minus the buffer's 128.
-LINK_BLOCK_RAMS = 13
 
 
 class MemoryModelError(ValueError):
@@ -364,15 +360,12 @@ def packed_stream_rates(config, packed, memory):
 def onchip_weight_bytes(config):
     """Bytes of weights the spare block RAMs of the ECP5-85F hold next to an array of ``config``.
 
-    The activation buffer takes ``lanes`` replicas of ``2 * max_in_features`` words of
-    ``8 * token_lanes`` bits, the host link :data:`LINK_BLOCK_RAMS`; the rest holds weights at
+    The board design (activation buffer and host link) takes the block RAMs
+    :func:`~sparsemac.hw.resources.estimate_resources` predicts; the rest holds weights at
     2048 bytes each.
     """
-    depth, width = 2 * config.max_in_features, config.token_lanes * config.VALUE_WIDTH
-    per_replica = min(-(-depth // ram_depth) * -(-width // ram_width)
-                      for ram_depth, ram_width in BLOCK_RAM_ASPECTS)
-    buffer_rams = config.lanes * per_replica
-    return max(0, DEVICE_BLOCK_RAMS - buffer_rams - LINK_BLOCK_RAMS) * BLOCK_RAM_BYTES
+    used = estimate_resources(config).block_rams
+    return max(0, DEVICE_BLOCK_RAMS - used) * BLOCK_RAM_BYTES
 
 
 def check_fits_onchip(memory, config, layer_weight_bytes, layer="the layer"):

@@ -216,11 +216,6 @@ class OffloadReport:
         -------
         tuple of int
             ``(sparse, dense)``, from the exact cycle model, summed over every call so far.
-
-        Raises
-        ------
-        ValueError
-            If a layer is wider than ``config.max_in_features``.
         """
         sparse = dense = 0
         for layer, module in zip(self.layers, self.modules):
@@ -285,7 +280,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         `patterns`, in float. transformers' ``Conv1D`` layers (GPT-2's, weight stored
         transposed) count as linears: each becomes an OffloadedLinear of the transposed weight.
     device : Device
-        Every offloaded linear runs on it; its config must hold the widest layer.
+        Every offloaded linear runs on it (layers wider than its buffer as column tiles).
     sparsity : float or None
         Fraction of each layer's weights to remove (of all matched weights with global scope).
         None or ``1 - n/m`` for N:M methods, whose pattern fixes it.
@@ -377,8 +372,9 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
     """Cycles of one :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` call, predicted.
 
     The layer is split into jobs as the driver splits it (token blocks of ``config.max_tokens``,
-    row tiles of ``config.max_out_features``) and the exact cycle model's counts are added, so
-    this is what the reference device reports, without computing any sums.
+    row tiles of ``config.max_out_features``, column tiles of ``config.max_in_features``:
+    :func:`~sparsemac.sw.cycle_model.job_tiles`) and the exact cycle model's counts are added,
+    so this is what the reference device reports, without computing any sums.
 
     Parameters
     ----------
@@ -396,15 +392,13 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
     Raises
     ------
     ValueError
-        If the layer is wider than ``config.max_in_features`` or `tokens` is below 1.
+        If `tokens` is below 1.
     """
     if tokens < 1:
         raise ValueError(f"a call needs at least one token, not {tokens!r}")
     rows, cols = weights.shape
-    row_lengths = weights.row_lengths()
-    return sum(job_cycles(row_lengths[job.row_start:job.row_stop], cols,
-                          job.token_stop - job.token_start, config, mode).total
-               for job in job_tiles(rows, tokens, config))
+    return sum(job_cycles(job.row_lengths(weights), job.cols, job.tokens, config, mode).total
+               for job in job_tiles(rows, cols, tokens, config))
 
 
 def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:

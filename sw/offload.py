@@ -86,11 +86,6 @@ class OffloadedLinear(nn.Module):
         if tuple(weight_scale.shape) != (weights.rows, 1):
             raise ValueError(f"weight_scale must have shape ({weights.rows}, 1), "
                              f"not {tuple(weight_scale.shape)}")
-        config = device.config
-        if weights.cols > config.max_in_features:
-            raise ValueError(
-                f"the layer has {weights.cols} input features but the array holds at most "
-                f"{config.max_in_features}: use a config with max_in_features >= {weights.cols}")
         self.weights = weights
         self.device = device
         self.granularity = granularity

@@ -128,6 +128,13 @@ class LayerCycles(CycleBounds):
     row_pointers: int
 
 
+def _streamed_lengths(tile, weights, config, index):
+    """Entries each row of column tile ``tile`` of ``weights`` streams with ``index``."""
+    if index == ColumnIndex.CSR:
+        return tile.row_lengths(weights)    # no copy of the tile's weights needed
+    return streamed_row_lengths(config, tile.weights(weights), index)
+
+
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
     """Cycles and schedule counts of a whole layer, split into jobs as the driver splits it.
 
@@ -147,10 +154,9 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=C
     """
     if Mode(mode) == Mode.DENSE:
         index = ColumnIndex.CSR
-    jobs = [throttled_job_cycles(
-        streamed_row_lengths(config, weights.row_slice(tile.row_start, tile.row_stop), index),
-        weights.cols, tile.token_stop - tile.token_start, config, mode, memory, index)
-        for tile in job_tiles(weights.rows, tokens, config)]
+    jobs = [throttled_job_cycles(_streamed_lengths(tile, weights, config, index), tile.cols,
+                                 tile.tokens, config, mode, memory, index)
+            for tile in job_tiles(weights.rows, weights.cols, tokens, config)]
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",

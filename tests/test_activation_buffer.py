@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, short
+from conftest import K1T1, K3T1, K4T2, K8T4, STALLS, Bench, decode, layout_beats, short
 from sparsemac.hw.activation_buffer import ActivationBuffer
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode
@@ -51,7 +51,7 @@ def ref_operands(activations, chunks):
             for chunk in chunks]
 
 
-def run_buffer(case, activations, chunks, fill_idle=0.3, chunk_delay=0):
+def run_buffer(case, activations, chunks, fill_idle=0.3, chunk_delay=0, backpressure=STALLS):
     """The operands the buffer returns, and a record of the ``fill`` handshakes."""
     formats = CoreFormats(case.config)
     dut = ActivationBuffer(case.config)
@@ -64,8 +64,9 @@ def run_buffer(case, activations, chunks, fill_idle=0.3, chunk_delay=0):
                                                 ("columns", "values", "row_last", "block_last")}
                                                for chunk in chunks])
     bench.put(dut.chunks, chunk_beats, delay=chunk_delay)
-    bench.get("operands", dut.operands, len(chunks))
+    bench.get("operands", dut.operands, len(chunks), backpressure)
     budget = chunk_delay + 4 * (len(columns) + len(chunks)) + 20
+    budget = int(budget / (1 - backpressure))
     bench.record("fill", budget, dut.fill.valid, dut.fill.ready)
     results = bench.run(budget)
     got = [(list(beat.weights), [list(lane) for lane in beat.activations], bool(beat.row_last))
@@ -87,6 +88,11 @@ CASES = [
     Case("k1-max-columns", K1T1, 8, 5, 4),
     Case("default-shape", K8T4, 40, 3, 5),
     Case("one-block", K8T4, 7, 1, 6),
+    # Two lanes a replica, each bank a memory of its own; odd K leaves a one-lane replica.
+    Case("dual-port", ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, read_ports=2),
+         13, 5, 7),
+    Case("dual-port-odd-max-columns", ArrayConfig(lanes=3, token_lanes=1, max_in_features=64,
+                                                  read_ports=2), 64, 4, 8),
 ]
 
 
@@ -98,7 +104,8 @@ def test_operands_carry_column_activations(case):
     check_operands(case, ref_operands(activations, chunks), got)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=lambda case: case.id)
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6], CASES[7]],
+                         ids=lambda case: case.id)
 def test_bank_not_overwritten_before_release(case):
     """With ``fill`` always valid and the chunks held back, exactly two blocks load; the third
     waits for bank 0 to be released, so block 0 still reads its own activations."""
@@ -110,4 +117,15 @@ def test_bank_not_overwritten_before_release(case):
         f"{case.id}: {sum(accepted[:withheld])} fill beats taken while no chunk was issued, "
         f"two banks hold {2 * case.cols}")
     assert all(valid for valid, _ in fill[:withheld]), case.id
+    check_operands(case, ref_operands(activations, chunks), got)
+
+
+@pytest.mark.parametrize("case", [Case("dual-port-refill", CASES[6].config, 3, 12, 9),
+                                  Case("dual-port-odd-refill", CASES[7].config, 2, 12, 10)],
+                         ids=lambda case: case.id)
+def test_dual_port_read_held_while_its_bank_refills(case):
+    """Short blocks, the loader always ready and the operands mostly refused: a bank is
+    refilled while the read of its last chunk still waits to leave the memory."""
+    activations, chunks = make_traffic(case)
+    got, _ = run_buffer(case, activations, chunks, fill_idle=0, backpressure=0.8)
     check_operands(case, ref_operands(activations, chunks), got)

@@ -4,7 +4,9 @@ the ULX3S design elaboration, the CLI, the PLL and the board time estimate."""
 import json
 import math
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,8 @@ def test_report_parser():
     assert resources.meets_timing
     assert resources.critical_path == ["  6.50 ns  board.core.x", "  0.50 ns  board.core.y",
                                        "  7.00 ns  total"]
+    assert (resources.critical_from, resources.critical_to, resources.critical_ns) == (
+        "?", "board.core.y", 7.0)
     with pytest.raises(ValueError, match="no Fmax"):
         build.parse_nextpnr_report({**report, "fmax": {}})
     with pytest.raises(ValueError, match="no utilisation"):
@@ -110,6 +114,76 @@ def test_unknown_board_and_bad_config(capsys):
     assert "unknown board" in capsys.readouterr().err
     assert main(["build", "--lanes", "0", "--check"]) == 2
     assert "lanes" in capsys.readouterr().err
+
+
+def test_a_config_that_cannot_fit_is_refused_before_synthesis(tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["build", "--config", "k16t8", "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        "K=16 T=8 in<=4096 cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 block RAMs "
+        "(DP16KD; the activation buffer 512) but the device has 208. Lower max_in_features "
+        "(wider layers run as column tiles), lanes or token_lanes\n")
+    with pytest.raises(build.BoardFitError, match=re.escape(
+            "it needs 256 multipliers (MULT18X18D) but the device has 156; about 111760 logic "
+            "cells (+-15%) but the device has 83640.")):
+        build.build_bitstream(ArrayConfig.from_key("k32t8i512"), output=output)
+    assert not output.exists()
+    assert build.check_fits(ArrayConfig.from_key("k16t8i512"), "ulx3s-85f").block_rams == 87
+
+
+def live_members(process_group, settle_s=5.0):
+    """Processes of ``process_group`` that are not zombies, once those killed have had
+    ``settle_s`` seconds to die."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[2]) == process_group and fields[0] != "Z":
+                members.append(stat.parent.name)
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.1)
+
+
+def test_a_build_past_its_time_limit_stops_cleanly(tmp_path, capsys):
+    # Seconds into a real build (Yosys or nextpnr, which take minutes), every tool is killed.
+    output = tmp_path / "out"
+    with pytest.raises(build.BuildTimeout) as stopped:
+        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=output, time_limit=8)
+    assert 8 <= stopped.value.seconds < 60
+    assert live_members(stopped.value.process_group) == []
+    assert not output.exists()
+    assert main(["build", "--config", "k1t1i8", "--time-limit", "8",
+                 "--output", str(output)]) == 124
+    assert re.search(r"^the build stopped at its time limit, after \d+ s in (Yosys \(synthesis\)|"
+                     r"nextpnr \(place and route\)): the tools were killed and nothing was "
+                     r"written; allow more with --time-limit \(logs in .*\)$",
+                     capsys.readouterr().err, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        main(["build", "--time-limit", "-1"])
+    assert "--time-limit takes a positive number of seconds, not '-1'" in capsys.readouterr().err
+
+
+def test_a_build_that_misses_timing_says_by_how_much_and_where():
+    # The committed build's report, as if it had been asked for 90 MHz.
+    report = json.loads((COMMITTED / "nextpnr-report.json").read_text())
+    (clock,) = report["fmax"]
+    report["fmax"][clock]["constraint"] = 90.0
+    resources = build.parse_nextpnr_report(report)
+    assert resources.timing_shortfall() == (
+        "Fmax 70.05 MHz misses the 90 MHz clock by 19.95 MHz: 14.28 ns against a 11.11 ns "
+        "period, 3.17 ns too slow on the path from board.core.streamer.fetch_left_TRELLIS_FF_Q_3 "
+        "to board.core.streamer.column29_TRELLIS_FF_Q_9")
+    assert resources.timing_shortfall() in resources.lines()
+    met = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
+    assert met.timing_shortfall() is None
+    assert (met.critical_from, met.critical_to, met.critical_ns) == (
+        "board.core.streamer.fetch_left_TRELLIS_FF_Q_3",
+        "board.core.streamer.column29_TRELLIS_FF_Q_9", 14.28)
 
 
 @pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])

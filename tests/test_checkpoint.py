@@ -235,9 +235,11 @@ def test_tampered_csr_arrays_are_refused(saved):
         load_offloaded(saved, open_device("reference", SMALL))
 
 
-def test_a_plain_checkpoint_or_a_too_small_array_is_refused(saved, tmp_path):
-    with pytest.raises(ValueError, match="input features"):
-        load_offloaded(saved, open_device("reference", ArrayConfig(max_in_features=32)))
+def test_a_narrower_array_tiles_and_a_plain_checkpoint_is_refused(saved, tmp_path):
+    inputs = {"input_ids": torch.tensor([[5, 17, 33, 2]])}
+    narrow = load_offloaded(saved, open_device("reference", ArrayConfig(max_in_features=32)))
+    wide = load_offloaded(saved, open_device("reference", SMALL))
+    assert torch.equal(run(narrow.model, inputs), run(wide.model, inputs))
     plain = tmp_path / "plain"
     tiny_bert().save_pretrained(plain)
     with pytest.raises(FileNotFoundError, match=re.escape(

@@ -20,6 +20,8 @@ from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
 
 pytestmark = pytest.mark.usefixtures("sim_deadline")
 
+DUAL = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, read_ports=2)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -90,6 +92,11 @@ CASES = [
     Case("dense-mode-k3", K3T2, random_weights(5, 11, 0.3, 18), 5, Mode.DENSE, seed=18),
     Case("dense-mode-k1t1", K1T1, random_weights(3, 5, 0.5, 19), 2, Mode.DENSE, seed=19),
     Case("dense-mode-t1", K8T1, random_weights(4, 20, 0.9, 20), 3, Mode.DENSE, seed=20),
+    # Two read lanes a replica (odd K: the last replica serves one); load-bound, so the loader
+    # writes each bank as soon as its last chunk is read.
+    Case("dual-port-load-bound", DUAL, weights_with_row_lengths([1, 0], 40, 24), 11, seed=24),
+    Case("dual-port", DUAL, random_weights(7, 23, 0.5, 25), 7, seed=25),
+    Case("dual-port-dense-mode", DUAL, random_weights(5, 11, 0.3, 26), 5, Mode.DENSE, seed=26),
 ]
 
 

@@ -11,7 +11,9 @@ import torch
 from conftest import HAND_CASES, K8T4
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.cycle_model import issue_cycles_per_block, job_cycles, token_blocks
+from sparsemac.sw.cycle_model import (JobTile, issue_cycles_per_block, job_cycles, job_tiles,
+                                      token_blocks)
+from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.pruning import prune_mask
 
 
@@ -126,3 +128,24 @@ def test_bert_base_ffn_90_percent_speedup(name, rows, cols):
           f" {DEFAULT_CONFIG.describe()}): dense {dense.total} cycles, sparse {sparse.total} "
           f"cycles ({sparse}), speed-up {speedup:.2f}x")
     assert speedup >= 8, f"{name}: dense {dense.total} / sparse {sparse.total} = {speedup:.2f}"
+
+
+def test_job_tiles_split_tokens_rows_and_columns():
+    config = ArrayConfig(lanes=2, token_lanes=2, max_in_features=16, max_out_features=4,
+                         max_token_blocks=2)
+    tiles = list(job_tiles(5, 40, 6, config))
+    # Tokens 4 + 2, rows 4 + 1, columns 16 + 16 + 8 (the last ragged), columns innermost.
+    assert tiles[:4] == [JobTile(0, 4, 0, 4, 0, 16), JobTile(0, 4, 0, 4, 16, 32),
+                         JobTile(0, 4, 0, 4, 32, 40), JobTile(0, 4, 4, 5, 0, 16)]
+    assert len(tiles) == 2 * 2 * 3 and tiles[-1] == JobTile(4, 6, 4, 5, 32, 40)
+    with pytest.raises(ValueError, match="at least one row, column and token, not 5 rows, "
+                                         "0 columns and 6 tokens"):
+        list(job_tiles(5, 0, 6, config))
+
+
+def test_a_tile_holds_its_columns_nonzeros():
+    dense = torch.tensor([[1, 0, 2, 3, 0], [0, 0, 0, 0, 4], [5, 6, 0, 0, 7]], dtype=torch.int8)
+    weights = CSRMatrix.from_dense(dense)
+    tile = JobTile(0, 1, 1, 3, 1, 4)
+    assert tile.row_lengths(weights).tolist() == [0, 1]
+    assert torch.equal(tile.weights(weights).to_dense(), dense[1:3, 1:4])

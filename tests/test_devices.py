@@ -1,4 +1,4 @@
-"""The devices: tiling over rows and token blocks, back ends against each other, errors."""
+"""The devices: tiling over rows, token blocks and columns, back ends against each other, errors."""
 
 import pytest
 import torch
@@ -9,12 +9,14 @@ from sparsemac.hw.formats import Mode
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.cycle_model import job_cycles
 from sparsemac.sw.device import MatmulResult
-from sparsemac.sw.golden import golden_matmul
+from sparsemac.sw.golden import AccumulatorOverflowWarning, golden_matmul
 from sparsemac.sw.packing import weight_stream_bytes
 
 # Small limits so that one layer needs several jobs along both axes.
 TILED = ArrayConfig(lanes=4, token_lanes=2, max_in_features=32, max_out_features=3,
                     max_token_blocks=2)
+#: A buffer of 16 columns, so that a layer of 45 is three column tiles: 16 + 16 + 13.
+NARROW = ArrayConfig.from_key("k2t2i16")
 
 
 def random_layer(seed, rows, cols, tokens, density):
@@ -62,10 +64,41 @@ def test_amaranth_equals_reference_when_tiled(mode):
     assert amaranth.job_cycles == reference.job_cycles
 
 
-def test_layer_too_wide_says_what_to_do():
-    weights, activations = random_layer(seed=1, rows=2, cols=40, tokens=1, density=1.0)
-    with pytest.raises(ValueError, match="40 input features.*at most 32.*max_in_features >= 40"):
-        open_device("reference", TILED).matmul(weights, activations)
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())
+def test_reference_tiles_over_columns(mode):
+    weights, activations = random_layer(seed=21, rows=6, cols=45, tokens=5, density=0.3)
+    result = open_device("reference", NARROW).matmul(weights, activations, mode)
+    assert torch.equal(result.sums, golden_matmul(weights, activations))
+    # Each column tile is a job of its own: its rows' nonzeros within the tile, its own width.
+    dense = weights.to_dense()
+    expected = [job_cycles((dense[:, start:stop] != 0).sum(dim=1).numpy(), stop - start, 5,
+                           NARROW, mode).total
+                for start, stop in ((0, 16), (16, 32), (32, 45))]
+    assert result.job_cycles == expected
+    assert result.activation_bytes == 3 * NARROW.token_lanes * 45  # 5 tokens: 3 blocks of 2
+    assert result.output_bytes == 3 * (3 * NARROW.token_lanes * 6 * 4)  # sums of every tile
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.name.lower())
+def test_amaranth_equals_reference_over_columns(mode):
+    weights, activations = random_layer(seed=22, rows=3, cols=37, tokens=3, density=0.4)
+    reference = open_device("reference", NARROW).matmul(weights, activations, mode)
+    amaranth = open_device("amaranth", NARROW).matmul(weights, activations, mode)
+    assert reference.jobs == 3
+    assert torch.equal(amaranth.sums, reference.sums)
+    assert amaranth.job_cycles == reference.job_cycles
+
+
+def test_column_tiles_wrap_like_one_accumulator():
+    # 131 080 products of (-128) x (-128) = 2**31 + 2**17: past int32 only in the tiles' total.
+    config = ArrayConfig(lanes=8, token_lanes=1, max_in_features=32768)
+    weights = CSRMatrix.from_dense(torch.full((1, 131_080), -128, dtype=torch.int8))
+    activations = torch.full((1, 131_080), -128, dtype=torch.int8)
+    result = open_device("reference", config).matmul(weights, activations)
+    assert result.jobs == 5
+    assert result.sums.item() == -(1 << 31) + (1 << 17)
+    with pytest.warns(AccumulatorOverflowWarning):
+        assert torch.equal(result.sums, golden_matmul(weights, activations))
 
 
 def test_shape_mismatch_is_refused():

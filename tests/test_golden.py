@@ -11,8 +11,8 @@ from torch import nn
 
 from sparsemac.sw.csr import FORMAT_MAX_COLS, CSRMatrix
 from sparsemac.sw.golden import (
-    AccumulatorOverflowWarning, golden_matmul, overflow_possible, quantised_linear,
-    worst_case_accumulator, wrap_int32,
+    AccumulatorOverflowWarning, accumulate_int32, golden_matmul, overflow_possible,
+    quantised_linear, worst_case_accumulator, wrap_int32,
 )
 from sparsemac.sw.pruning import prune_mask
 from sparsemac.sw.quantisation import quantise_activations, quantise_weights
@@ -189,3 +189,13 @@ def test_quantised_linear_errors():
         quantised_linear(linear, x, granularity="row")
     with pytest.raises(TypeError, match="linear must be an nn.Linear"):
         quantised_linear(nn.ReLU(), x)
+
+
+def test_accumulate_int32_wraps_like_the_accumulators():
+    total = torch.tensor([2**31 - 1, -2**31, 5, -7], dtype=torch.int32)
+    partial = torch.tensor([1, -1, -2**31, 2**31 - 1], dtype=torch.int32)
+    assert accumulate_int32(total, partial).tolist() == [-2**31, 2**31 - 1, 5 - 2**31, 2**31 - 8]
+    with pytest.raises(TypeError, match="partial must be an int32 tensor, not torch.int64"):
+        accumulate_int32(total, partial.long())
+    with pytest.raises(ValueError, match=r"total has shape \(4,\) but partial has \(2,\)"):
+        accumulate_int32(total, partial[:2])

@@ -7,11 +7,13 @@ board RTL under Verilator behind a pseudo-terminal and talk to it with :class:`F
 
 import os
 import random
+import re
 
 import pytest
 import torch
 from amaranth.sim import Simulator
 
+from sparsemac.bitstreams.build import BoardFitError
 from sparsemac.devices import open_device
 from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
@@ -347,6 +349,12 @@ def test_missing_port_is_a_clear_error(tmp_path):
         open_device("fpga", CONFIG, port=str(tmp_path / "ttyUSB9"))
     with pytest.raises(DeviceError, match="needs a serial port"):
         open_device("fpga", CONFIG)
+
+
+def test_a_config_that_cannot_fit_the_board_is_refused_before_the_port(tmp_path):
+    with pytest.raises(BoardFitError, match=re.escape(
+            "K=16 T=8 in<=4096 cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 block RAMs")):
+        open_device("fpga", ArrayConfig.from_key("k16t8"), port=str(tmp_path / "ttyUSB9"))
 
 
 def test_silent_port_times_out():

@@ -76,7 +76,12 @@ def test_wrong_input_width_is_refused():
         offloaded(torch.randn(2, 47))
 
 
-def test_layer_too_wide_for_the_array_is_refused():
-    linear = make_linear(seed=7, in_features=100)
-    with pytest.raises(ValueError, match="max_in_features >= 100"):
-        OffloadedLinear.from_linear(linear, open_device("reference", SMALL))
+def test_layer_wider_than_the_array_is_tiled():
+    linear = make_linear(seed=7, in_features=150)
+    x = torch.randn(5, 150, generator=torch.Generator().manual_seed(8))
+    offloaded = OffloadedLinear.from_linear(linear, open_device("reference", SMALL), sparsity=0.5)
+    offloaded(x)
+    assert offloaded.stats.jobs == 3  # 150 columns in tiles of 64: 64 + 64 + 22
+    golden = quantise_activations(x, offloaded.granularity).values.long() \
+        @ offloaded.weights.to_dense().long().T
+    assert torch.equal(offloaded.last_sums, golden.int())

@@ -98,10 +98,13 @@ def test_unknown_layer_lists_valid_names(capsys):
     assert "encoder.layer.0.nonsense" in err and "encoder.layer.0.intermediate.dense" in err
 
 
-def test_layer_too_wide_for_array(capsys):
-    status, _, err = run_simulate(capsys, "--backend", "reference", "--max-in-features", "256")
-    assert status == 2
-    assert "384 input features" in err and "--max-in-features 512" in err
+def test_layer_wider_than_the_array_is_tiled(capsys):
+    status, out, err = run_simulate(capsys, "--json", "--backend", "reference",
+                                    "--max-in-features", "256")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["jobs"] == 2  # 384 input features: column tiles of 256 and 128
+    assert report["bit_exact"] is True and report["cycle_model_match"] is True
 
 
 @pytest.mark.parametrize("sparsity", ["1.5", "-0.1", "lots"])

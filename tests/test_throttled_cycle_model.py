@@ -145,6 +145,21 @@ def test_layer_cycles_sums_the_driver_jobs():
     assert layer.weight_bytes == sum(job.weight_bytes for job in jobs)
 
 
+def test_layer_cycles_counts_column_tiles():
+    # 1100 columns at 512 per job: tiles of 512, 512 and 76, each a job of its own width.
+    config = CONFIGS["K3"]
+    weights = random_weights(10, 1100, 0.9, seed=8)
+    memory = memory_preset("ulx3s-sdram")
+    layer = layer_cycles(weights, 6, config, Mode.SPARSE, memory)
+    dense = weights.to_dense()
+    jobs = [throttled_job_cycles((dense[:, start:stop] != 0).sum(dim=1).numpy(), stop - start, 6,
+                                 config, Mode.SPARSE, memory)
+            for start, stop in ((0, 512), (512, 1024), (1024, 1100))]
+    assert layer.jobs == 3
+    assert layer.cycles == sum(job.cycles for job in jobs)
+    assert layer.fill_beats == 2 * 1100  # 6 tokens on 4 token lanes: two blocks of each tile
+
+
 @pytest.mark.parametrize("preset", ["ulx3s-sdram", "uart"])
 def test_verilator_under_a_preset_matches_reference_device(preset):
     # The whole flow: ReferenceDevice and VerilatorDevice given the same preset agree; at the

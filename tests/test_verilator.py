@@ -1,8 +1,9 @@
 """The ``verilator`` back end against the reference and Amaranth back ends, and its build cache.
 
 Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
-blocks a job, so bigger layers are split into several jobs): one Verilator build for the whole
-file, plus its FST-tracing variant for the waveform test and an odd K=5 T=3 build.
+blocks a job, so bigger layers are split into several jobs, wider ones into column tiles): one
+Verilator build for the whole file, plus its FST-tracing variant for the waveform test, an odd
+K=5 T=3 build and its dual-port-buffer variant.
 """
 
 import re
@@ -27,6 +28,9 @@ SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, max_out_features
 #: Odd K > 1 and odd T: the adder tree has an unpaired input, lanes pad words of 5.
 ODD = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
                   max_token_blocks=3)
+#: Two read lanes a buffer replica; odd K, so one replica serves a single lane.
+DUAL = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                   max_token_blocks=3, read_ports=2)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,7 @@ CASES = {
     "sparse-50": (random_weights(9, 64, 0.5, seed=2), 6, 12),
     "full-rows": (random_weights(5, 17, 0.0, seed=3), 4, 13),
     "tiled-rows-and-tokens": (random_weights(40, 33, 0.8, seed=4), 13, 14),
+    "tiled-columns": (random_weights(20, 150, 0.7, seed=9), 5, 21),
     "empty-rows": (weights_with_row_lengths((0, 3, 0, 0, 9, 0), 20, seed=5), 3, 15),
     "all-zero": (CSRMatrix.from_dense(np.zeros((7, 10), dtype=np.int8)), 2, 16),
     "one-nonzero": (_one_nonzero(6, 64), 1, 17),
@@ -66,14 +71,17 @@ def test_verilator_matches_reference(verilator, name, mode):
     assert result.job_cycles == expected.job_cycles
     if name == "tiled-rows-and-tokens":
         assert result.jobs == 3 * 3  # 40 rows in tiles of 16, 13 tokens in jobs of 6
+    if name == "tiled-columns":
+        assert result.jobs == 2 * 3  # 20 rows in tiles of 16, 150 columns: 64 + 64 + 22
 
 
 @pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
-def test_odd_lanes_match_reference(mode):
-    with VerilatorDevice(ODD) as device:
+@pytest.mark.parametrize("config", [ODD, DUAL], ids=["odd-lanes", "dual-port-buffer"])
+def test_other_configs_match_reference(config, mode):
+    with VerilatorDevice(config) as device:
         for name, (weights, tokens, seed) in CASES.items():
             activations = random_activations(tokens, weights.cols, seed)
-            expected = ReferenceDevice(ODD).matmul(weights, activations, mode)
+            expected = ReferenceDevice(config).matmul(weights, activations, mode)
             result = device.matmul(weights, activations, mode)
             assert torch.equal(result.sums, expected.sums), name
             assert result.job_cycles == expected.job_cycles, name

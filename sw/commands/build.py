@@ -1,5 +1,6 @@
 """``sparsemac build``: the board bitstream, its staleness check, and programming the board."""
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -31,12 +32,30 @@ def add_arguments(parser):
                         help="board clock made by the PLL from 25 MHz (default: 60)")
     parser.add_argument("--baud", type=int, default=None, help="UART rate (default: 3000000)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
+                        help="stop the build (killing the tools) if it runs longer; exit code "
+                             f"{TIMEOUT_EXIT} (default: no limit)")
     parser.add_argument("--check", action="store_true",
                         help="only say whether the bitstream in the output folder is stale "
                              "against the current RTL and config (exit 1 if stale)")
     parser.add_argument("--program", action="store_true",
                         help="load the bitstream into the board (building it first if stale) "
                              "with openFPGALoader or fujprog")
+
+
+#: Exit code of a build stopped at its time limit (as coreutils' ``timeout``).
+TIMEOUT_EXIT = 124
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"--time-limit takes a positive number of seconds, "
+                                         f"not {text!r}")
+    return value
 
 
 def find_programmer():
@@ -60,6 +79,11 @@ def run(args):
         config = config_from_args(args)
     except (TypeError, ValueError) as error:
         print(f"bad array config: {error}", file=sys.stderr)
+        return 2
+    try:
+        build.check_fits(config, args.board)
+    except build.BoardFitError as error:
+        print(error, file=sys.stderr)
         return 2
     folder = (Path(args.output) if args.output is not None
               else build.default_output(config, args.board))
@@ -93,15 +117,22 @@ def run(args):
         if args.baud is not None:
             options["baud"] = args.baud
         try:
-            result = build.build_bitstream(config, args.board, folder, seed=args.seed, **options)
+            result = build.build_bitstream(config, args.board, folder, seed=args.seed,
+                                           time_limit=args.time_limit, **options)
+        except build.BuildTimeout as error:
+            print(error, file=sys.stderr)
+            return TIMEOUT_EXIT
         except (RuntimeError, ValueError) as error:
             print(error, file=sys.stderr)
             return 1
+        resources = result.resources
         print(f"wrote {result.bitstream}, {result.manifest} and {result.report} "
               f"in {result.seconds:.0f} s")
-        if not result.resources.meets_timing:
-            print(f"warning: Fmax {result.resources.fmax_mhz} MHz misses the "
-                  f"{result.resources.constraint_mhz} MHz clock: see {result.report}",
+        print(f"Fmax {resources.fmax_mhz:.2f} MHz (clock {resources.constraint_mhz:g} MHz); "
+              f"critical path {resources.critical_ns:.2f} ns from {resources.critical_from} "
+              f"to {resources.critical_to}")
+        if not resources.meets_timing:
+            print(f"warning: {resources.timing_shortfall()}: see {result.report}",
                   file=sys.stderr)
 
     if programmer is not None:

@@ -27,7 +27,8 @@ DEFAULT_GRANULARITY = "token"
 
 _FIELDS = (("lanes", "K", "nonzero weights per cycle"),
            ("token_lanes", "T", "tokens in parallel"),
-           ("max_in_features", "N", "activation buffer depth: the widest layer input"))
+           ("max_in_features", "N",
+            "activation buffer depth: the widest input of one job (wider layers are tiled)"))
 
 
 def _config_names(text):

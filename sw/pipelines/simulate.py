@@ -181,18 +181,6 @@ class SimulationReport:
         ])]
 
 
-def _checked_layer(loaded, layer, config):
-    from ..models import get_linear  # see simulate_layer: transformers is imported on use
-
-    linear = get_linear(loaded.model, layer)
-    if linear.in_features > config.max_in_features:
-        needed = 1 << (linear.in_features - 1).bit_length()
-        raise ValueError(f"layer {layer!r} has {linear.in_features} input features but the "
-                         f"array holds at most {config.max_in_features} "
-                         f"(--max-in-features): use --max-in-features {needed} or more")
-    return linear
-
-
 def estimate_fst_bytes(cycles, config):
     """The estimated size of an FST waveform of ``cycles`` clock cycles of ``config``'s core.
 
@@ -285,10 +273,10 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
     # whose `simulate` options read this module's defaults.
-    from ..models import capture_linear_input, load_model
+    from ..models import capture_linear_input, get_linear, load_model
     progress(f"loading {model} (seed {seed})")
     loaded = load_model(model, seed=seed)
-    linear = _checked_layer(loaded, layer, config)
+    linear = get_linear(loaded.model, layer)
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
     weight = linear.weight.detach().float()
     [mask], target = choose_masks([weight], None if is_structured(method) else sparsity,

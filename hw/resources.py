@@ -1,0 +1,160 @@
+"""What the board design of an :class:`~sparsemac.hw.config.ArrayConfig` takes on an ECP5.
+
+:func:`estimate_resources` predicts, from the config alone and before any synthesis, the
+DP16KD block RAMs and MULT18X18D multipliers of the board design (the core behind its UART host
+link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
+
+* **Multipliers**: one MULT18X18D per int8 product, K x T, and one more when T is not a power
+  of two: the host link's reply length, sums beats x 4T bytes, is then a true product.
+* **Block RAM**: every memory of the design, mapped as Yosys' ``memory_libmap`` maps it: onto
+  DP16KD block RAMs in their cheapest aspect ratio (16384 x 1 ... 512 x 36; at most 18 bits
+  wide when both ports read), or onto LUT RAM (16 x 4 cells, one copy per read port) where that
+  costs less (Yosys' costs: 128 a block RAM, 4 a LUT RAM cell). The memories are the K
+  activation buffer replicas (``2 * max_in_features`` words of 8T bits; with
+  ``read_ports == 2``, K/2 pairs of one-bank memories of ``max_in_features`` words), the
+  host link's five stream FIFOs (:func:`~sparsemac.hw.link_formats.fifo_depth` beats less the
+  one in the output register) and its 1024-byte receive buffer. Of the column FIFO Yosys keeps
+  only ``16 (K - 1) + log2(max_in_features)`` bits a beat: the bits above the column address in
+  the last lane feed nothing (measured on six syntheses, see docs/architecture.md).
+* **Logic cells** (TRELLIS_COMB: LUT4s and carry halves) are a least-squares fit,
+  ``2000 + 70 K^2 + 100 K T + 390 K``, to six syntheses (K = 2 to 16, T = 1 to 8): the
+  streamer's ring multiplexers grow with K^2, the adder trees and accumulators with K x T; two
+  read ports add the bank multiplexer, ``16 K T``. Its error on those was within 11 %; treat it
+  as +-15 %.
+
+The board totals and the check that a config fits live with the boards
+(:func:`sparsemac.bitstreams.build.check_fits`).
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Shape
+
+from .config import check_config
+from .link_formats import MAX_PAYLOAD, LinkFormats, fifo_depth, layout_bytes
+
+__all__ = ["BLOCK_RAM_ASPECTS", "LOGIC_ERROR", "MemoryEstimate", "ResourceEstimate",
+           "estimate_resources", "map_memory"]
+
+#: The DP16KD's (depth, width) aspect ratios: 18 Kbit each, the 36-bit one as a simple dual port.
+BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: Yosys' mapping costs (share/lattice/brams_16kd.txt and lutrams_trellis.txt).
+_BLOCK_RAM_COST = 128
+_LUT_RAM_COST = 4
+_LUT_RAM_DEPTH, _LUT_RAM_WIDTH = 16, 4
+#: The logic fit's coefficients: constant, K^2, K x T, K (see the module docstring).
+_LOGIC_FIT = (2000, 70, 100, 390)
+#: The relative error to allow the logic estimate.
+LOGIC_ERROR = 0.15
+_BUFFER = "activation buffer"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """One memory of the design and what it maps onto.
+
+    Attributes
+    ----------
+    name : str
+    count : int
+        How many identical copies the design has.
+    depth, width : int
+        Words and bits a word of one copy.
+    block_rams : int
+        DP16KD of one copy (0 if it is LUT RAM).
+    lut_ram_cells : int
+        16 x 4 LUT RAM cells of one copy (0 if it is block RAM).
+    """
+    name: str
+    count: int
+    depth: int
+    width: int
+    block_rams: int
+    lut_ram_cells: int
+
+
+def map_memory(name, depth, width, count=1, read_ports=1):
+    """The :class:`MemoryEstimate` of ``count`` memories of ``depth`` words of ``width`` bits
+    with one write and ``read_ports`` read ports: block RAM in its cheapest aspect ratio (the
+    36-bit one only as a simple dual port), or LUT RAM where Yosys' costs make that cheaper."""
+    aspects = BLOCK_RAM_ASPECTS if read_ports == 1 else BLOCK_RAM_ASPECTS[:-1]
+    block_rams = min(-(-depth // ram_depth) * -(-width // ram_width)
+                     for ram_depth, ram_width in aspects)
+    cells = read_ports * -(-depth // _LUT_RAM_DEPTH) * -(-width // _LUT_RAM_WIDTH)
+    if cells * _LUT_RAM_COST < block_rams * _BLOCK_RAM_COST:
+        return MemoryEstimate(name, count, depth, width, 0, cells)
+    return MemoryEstimate(name, count, depth, width, block_rams, 0)
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """What the board design of a config takes on an ECP5.
+
+    Attributes
+    ----------
+    multipliers : int
+        MULT18X18D: the K x T of the array, and one in the host link when T is not a power of
+        two.
+    logic_cells : int
+        TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
+    memories : tuple of MemoryEstimate
+    """
+    multipliers: int
+    logic_cells: int
+    memories: tuple
+
+    @property
+    def block_rams(self):
+        """DP16KD of all memories."""
+        return sum(memory.count * memory.block_rams for memory in self.memories)
+
+    @property
+    def buffer_block_rams(self):
+        """DP16KD of the activation buffer alone."""
+        return sum(memory.count * memory.block_rams for memory in self.memories
+                   if memory.name == _BUFFER)
+
+
+def estimate_resources(config):
+    """Predicts the board design's block RAMs, multipliers and logic for ``config``.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Returns
+    -------
+    ResourceEstimate
+    """
+    config = check_config(config)
+    formats = LinkFormats(config)
+    width = config.token_lanes * config.VALUE_WIDTH
+    if config.read_ports == 1:
+        memories = [map_memory(_BUFFER, 2 * config.max_in_features, width, count=config.lanes)]
+    else:
+        # A one-lane replica (odd K) reads through one port only.
+        pairs, single = divmod(config.lanes, 2)
+        memories = [map_memory(_BUFFER, config.max_in_features, width, count=2 * pairs,
+                               read_ports=2)]
+        if single:
+            memories.append(map_memory(_BUFFER, config.max_in_features, width, count=2))
+    for opcode, name in formats.fifo_streams.items():
+        width = Shape.cast(formats.beats[opcode]).width
+        if name == "columns":
+            width -= config.COLUMN_WIDTH - config.column_address_width
+        # SyncFIFOBuffered keeps one beat in its output register, the rest in its memory.
+        memories.append(map_memory(f"{name} FIFO", fifo_depth(formats.beat_bytes(opcode)) - 1,
+                                   width))
+    memories.append(map_memory("sums FIFO", fifo_depth(formats.sums_bytes) - 1,
+                               8 * layout_bytes(formats.core.sums)))
+    memories.append(map_memory("receive buffer", MAX_PAYLOAD, 8))
+    multipliers = config.multipliers + int(config.token_lanes & (config.token_lanes - 1) != 0)
+    constant, squares, products, lanes = _LOGIC_FIT
+    logic = (constant + squares * config.lanes ** 2 + products * config.multipliers
+             + lanes * config.lanes)
+    if config.read_ports == 2:
+        # The bank multiplexer after the memories, about two cells a bit (measured: +102 on
+        # k4t2i1024).
+        logic += 2 * config.lanes * width
+    return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
+                            memories=tuple(memories))

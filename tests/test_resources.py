@@ -1,0 +1,59 @@
+"""The resource model against real syntheses: the committed default place and route, a Yosys
+synthesis run here, and the K=16 T=8 place and route kept as a fixture."""
+
+import pytest
+
+from sparsemac.bitstreams import build
+from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
+from sparsemac.hw.resources import LOGIC_ERROR, estimate_resources, map_memory
+
+
+def assert_logic_close(estimate, synthesised):
+    assert abs(estimate.logic_cells - synthesised) <= LOGIC_ERROR * synthesised
+
+
+def test_the_default_build_matches_its_place_and_route():
+    report = build.parse_nextpnr_report(build.committed_folder("ulx3s-85f")
+                                        / "nextpnr-report.json")
+    estimate = estimate_resources(DEFAULT_CONFIG)
+    assert (estimate.block_rams, estimate.multipliers) == (report.bram, report.dsp) == (141, 32)
+    assert estimate.buffer_block_rams == 8 * 16  # eight 8192 x 32-bit replicas
+    assert_logic_close(estimate, report.lut4)
+
+
+def test_a_yosys_synthesis_matches(tmp_path):
+    # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
+    # a power of two makes the host link's reply length (beats x 12 bytes) a 13th multiplier.
+    config = ArrayConfig.from_key("k4t3i512")
+    synthesised = build.synthesise(config, "ulx3s-85f", tmp_path)
+    estimate = estimate_resources(config)
+    assert (estimate.block_rams, estimate.multipliers) == (synthesised.bram, synthesised.dsp)
+    assert (estimate.buffer_block_rams, estimate.multipliers) == (8, 13)
+    assert synthesised.lut_ram_cells == 0
+    assert_logic_close(estimate, synthesised.logic_cells)
+
+
+@pytest.mark.parametrize("depth, width, block_rams, lut_ram_cells", [
+    (8192, 32, 16, 0),   # the default replica: 8192 x 2 sixteen times
+    (1024, 64, 4, 0),    # K16T8 i512's replica: 1024 x 18 four times
+    (63, 256, 8, 0),     # a 64-beat FIFO of 256 bits: 512 x 36 eight times
+    (128, 8, 0, 16),     # K8T1 i64's replica: cheaper as 16 LUT RAM cells (64 < 128)
+    (32, 16, 0, 8),      # K2T2 i16's
+])
+def test_memories_map_as_yosys_maps_them(depth, width, block_rams, lut_ram_cells):
+    memory = map_memory("m", depth, width)
+    assert (memory.block_rams, memory.lut_ram_cells) == (block_rams, lut_ram_cells)
+
+
+def test_two_read_ports_halve_a_deep_buffer():
+    # Synthesised (Yosys alone): k16t8i1024p2 took 87 DP16KD, its buffer 16 one-bank memories
+    # of 1024 x 64 bits at 1024 x 18 (no 36-bit mode with two read ports), 4 each; k4t2i1024p2
+    # took 12. With one read port a replica, k16t8i1024 needs 16 x 8.
+    dual = estimate_resources(ArrayConfig.from_key("k16t8i1024p2"))
+    assert (dual.block_rams, dual.buffer_block_rams) == (87, 64)
+    assert estimate_resources(ArrayConfig.from_key("k16t8i1024")).buffer_block_rams == 128
+    assert estimate_resources(ArrayConfig.from_key("k4t2i1024p2")).block_rams == 12
+    # Where the width sets the count, the second port gains nothing: 1024 x 64 either way.
+    assert estimate_resources(ArrayConfig.from_key("k16t8i512p2")).buffer_block_rams == 64
+    assert (map_memory("m", 512, 36).block_rams, map_memory("m", 512, 36, read_ports=2)
+            .block_rams) == (1, 2)
