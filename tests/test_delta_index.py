@@ -149,3 +149,26 @@ def test_cli_refuses_the_delta_index_without_the_decoder(command, capsys):
     assert ("the k8t4 array has no delta decoder, so its jobs cannot use the delta index: use a "
             "config with delta bits, e.g. k8t4d5") in err
     assert "loading" not in err
+
+
+@pytest.mark.parametrize("backend", ["reference", "verilator"])
+def test_column_tiles_stream_their_own_deltas(backend):
+    """A layer three column tiles wide (the last ragged) on a delta-decoder array: each tile's
+    deltas count from its own first column, sums add up bit-exact and the cycles are the
+    throttled model's, with long gaps and an empty row inside the tiles."""
+    from sparsemac.devices import open_device
+    from sparsemac.sw.golden import golden_matmul
+    from sparsemac.sw.throttled_cycle_model import layer_cycles
+
+    config = ArrayConfig.from_key("k4t2i64d5")
+    dense = random_weights(20, 150, 0.85, seed=3).to_dense()
+    dense[3] = 0
+    dense[5, :64] = 0
+    dense[5, [0, 63]] = 7    # a 63-column gap inside the first tile: an escape entry
+    weights = CSRMatrix.from_dense(dense)
+    activations = random_activations(7, 150, seed=4)
+    device = open_device(backend, config)
+    result = device.matmul(weights, activations, index=ColumnIndex.DELTA)
+    assert result.jobs == 3
+    assert torch.equal(result.sums, golden_matmul(weights, activations))
+    assert result.cycles == layer_cycles(weights, 7, config, index=ColumnIndex.DELTA).cycles
