@@ -325,8 +325,8 @@ class Int8Linear(nn.Module):
     """A linear computed through the array's int8 path on the host, for whole-model measurement.
 
     ``forward`` divides the input by the migration factors (if any), quantises it dynamically,
-    multiplies by the int8 weight exactly (float64 holds every int32 sum of the wire format's
-    limits exactly), and dequantises as ``sum * activation_scale * weight_row_scale`` in float64
+    multiplies by the int8 weight exactly (in float32 blocks of columns short enough that every
+    partial sum is an exact integer), and dequantises as ``sum * activation_scale * weight_row_scale`` in float64
     plus the float bias: the arithmetic of
     :class:`~sparsemac.sw.offload.OffloadedLinear`, whose device sums equal
     :func:`~sparsemac.sw.golden.golden_matmul`'s, without a device.
@@ -368,10 +368,25 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activations = quantise_input(x, self.granularity, self.smoothing)
-        sums = activations.values.double() @ self.quantised.values.double().T
-        self.last_sums = sums.to(torch.int32)
+        self.last_sums = _integer_matmul(activations.values, self.quantised.values)
         return dequantise_sums(self.last_sums, activations.scale, self.quantised.scale,
                                self.bias, x)
+
+
+# float32 holds every integer up to 2**24 exactly, and a product of two int8 values is at most
+# 2**14 in magnitude: a dot product over this many columns, and each of its partial sums, is
+# exact in float32 whatever order BLAS adds in.
+_EXACT_FLOAT32_COLUMNS = 2 ** 24 // 2 ** 14
+
+
+def _integer_matmul(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``activations @ weights.T`` of int8 tensors, exactly, as int32 (float32 BLAS in column
+    blocks whose sums are exact, added in int64: twice as fast as a float64 product)."""
+    total = torch.zeros(activations.shape[0], weights.shape[0], dtype=torch.int64)
+    for start in range(0, activations.shape[1], _EXACT_FLOAT32_COLUMNS):
+        stop = start + _EXACT_FLOAT32_COLUMNS
+        total += (activations[:, start:stop].float() @ weights[:, start:stop].float().T).long()
+    return total.to(torch.int32)
 
 
 def quantise_input(x: torch.Tensor, granularity: str,
