@@ -349,9 +349,6 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, granularity: str = DEFAULT_GRANULARITY,
                  smoothing: torch.Tensor | None = None):
-        super().__init__()
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
         weight = linear.weight.detach().float()
         if smoothing is not None:
             if tuple(smoothing.shape) != (linear.in_features,):
@@ -359,11 +356,27 @@ class Int8Linear(nn.Module):
                                  f"{tuple(smoothing.shape)}")
             smoothing = smoothing.detach().float()
             weight = weight * smoothing
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._hold(quantise_weights(weight), linear.bias, granularity, smoothing)
+
+    @classmethod
+    def from_offloaded(cls, module: nn.Module) -> Int8Linear:
+        """The host twin of an :class:`~sparsemac.sw.offload.OffloadedLinear`: the same int8
+        weights, row scales, bias, granularity and migration, so its outputs equal the
+        offloaded module's bit for bit (which equal the device's)."""
+        host = cls.__new__(cls)
+        host._hold(QuantisedTensor(module.weights.to_dense(), module.weight_scale),
+                   module.bias, module.granularity, module.smoothing)
+        return host
+
+    def _hold(self, quantised, bias, granularity, smoothing):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
+        self.out_features, self.in_features = quantised.values.shape
         self.granularity = granularity
         self.smoothing = smoothing
-        self.quantised = quantise_weights(weight)
-        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.quantised = quantised
+        self.bias = None if bias is None else bias.detach().float().clone()
         self.last_sums = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

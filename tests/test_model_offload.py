@@ -17,7 +17,7 @@ from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main
-from sparsemac.sw.commands import bert, compare
+from sparsemac.sw.commands import bert
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.pruning import matching_linears, prune_model
@@ -350,24 +350,6 @@ def test_bert_command_reports_bad_method(capsys):
         run_command(bert, ["--method", "lottery"])
     assert exit_info.value.code == 2
     assert "unknown pruning method 'lottery'" in capsys.readouterr().err
-
-
-def test_compare_writes_tables_and_plots(tmp_path, capsys):
-    output = tmp_path / "compare"
-    assert run_command(compare, ["--sparsities", "0,0.5", "--methods", "magnitude,2:4",
-                                 "--config", "k8t4,k4t4", "--output", str(output)]) == 0
-    assert "seed 0" in capsys.readouterr().out
-    with (output / "compare.csv").open() as file:
-        rows = list(csv.DictReader(file))
-    assert [(row["method"], row["config"]) for row in rows] == [
-        ("magnitude", "k8t4"), ("magnitude", "k4t4"), ("magnitude", "k8t4"),
-        ("magnitude", "k4t4"), ("2:4", "k8t4"), ("2:4", "k4t4")]
-    summary = json.loads((output / "compare.json").read_text())
-    assert len(summary["points"]) == 6 and summary["verify"] is None
-    half = summary["points"][2]
-    assert half["sparsity_target"] == 0.5 and 1.8 < half["speedup"] <= half["ideal_speedup"]
-    for plot in ("speedup_vs_sparsity.png", "fidelity_vs_sparsity.png"):
-        assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_calibrated_methods_offload_bit_exact_on_verilator():
