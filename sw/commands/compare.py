@@ -19,7 +19,7 @@ HELP = ("The speed-accuracy front: prune a whole BERT with each method at each s
 
 # Restated from sparsemac.sw.pipelines.compare so that --help does not import torch
 # (tests/test_compare.py checks that they agree).
-DEFAULT_METHODS = "magnitude,wanda,sparsegpt"
+DEFAULT_METHODS = "magnitude,sparsegpt"
 DEFAULT_SPARSITIES = "0.5,0.8"
 DEFAULT_TRAIN, DEFAULT_TEST, DEFAULT_WORKLOAD = 800, 400, 16
 
@@ -64,11 +64,14 @@ def add_arguments(parser):
                         help=f"tweets the probes are fitted on (default {DEFAULT_TRAIN})")
     parser.add_argument("--test", type=_positive, default=DEFAULT_TEST,
                         help=f"tweets the probes are scored on (default {DEFAULT_TEST}). A "
-                             "point embeds train + test tweets through its int8 model: about "
-                             "75 s for the defaults on a busy 2-core machine, plus 30 to 70 s "
-                             "of pruning for wanda and sparsegpt, so the default sweep (float, "
-                             "int8 and 6 pruned points) takes about 15 minutes; 1 point of "
-                             f"accuracy is {DEFAULT_TEST // 100} tweets")
+                             "point embeds train + test tweets through its int8 model: 145 to "
+                             "235 s for the defaults on a 2-core machine at load average 10, "
+                             "plus 90 to 150 s of pruning for sparsegpt (wanda: about 90 s), "
+                             "so the default sweep (float, int8 and 4 pruned points) takes "
+                             "about 18 minutes at that load, half that at load 2 to 4. One "
+                             f"point of accuracy is {DEFAULT_TEST // 100} test tweets: the "
+                             "binomial standard error at 70 %% is 2.3 points, so use --train "
+                             "2000 --test 1000 (2.5 times as long) to separate close points")
     parser.add_argument("--workload", type=_positive, default=DEFAULT_WORKLOAD,
                         help="test tweets, in one batch, whose cycles are measured on the "
                              f"device (default {DEFAULT_WORKLOAD})")
