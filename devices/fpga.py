@@ -13,7 +13,7 @@ import numpy as np
 
 from ..hw import board_link
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
                                MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
                                layout_bytes)
@@ -306,7 +306,7 @@ class FPGADevice(Device):
             Opcode.READ_CYCLES, expect=layout_bytes(formats.cycles_reply)))
         return word.cycles, bool(word.done)
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE):
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
         """Runs one job on the board; see :meth:`Device.run_job`.
 
         The core is reset, then every stream is fed as its FIFO has room while the sums are
@@ -316,6 +316,9 @@ class FPGADevice(Device):
         """
 
         formats = self._formats
+        if ColumnIndex(index) != ColumnIndex.CSR:
+            raise ValueError("the board's host link carries full-width column beats: delta jobs "
+                             "run on the simulated back ends")
         packed = pack_job(self.config, weights, activations, mode)
         streams = {Opcode.ACTIVATIONS: packed.activations,
                    Opcode.ROW_POINTERS: packed.row_pointers,

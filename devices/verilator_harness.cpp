@@ -65,6 +65,18 @@ bool fits(const VlWide<N>&, uint64_t bytes) {
     return bytes <= 4 * N && bytes > 4 * (N - 1);
 }
 
+// An input beat may also be narrower than its port (a delta job's row lengths and codes sit in
+// the low bits of the row pointer and column ports); the rest of the port is zero.
+template <typename T>
+bool holds(const T&, uint64_t bytes) {
+    return bytes <= sizeof(T);
+}
+
+template <std::size_t N>
+bool holds(const VlWide<N>&, uint64_t bytes) {
+    return bytes <= 4 * N;
+}
+
 template <typename T>
 void load(T& port, const uint8_t* src, uint64_t bytes) {
     uint64_t value = 0;
@@ -113,7 +125,7 @@ struct Feed {
         : payload(payload_), valid(valid_), ready(ready_) {}
 
     bool accepts(const sm_stream& stream) const {
-        return !stream.beats || fits(payload, stream.bytes);
+        return !stream.beats || holds(payload, stream.bytes);
     }
 
     // Whether the coming clock edge takes the beat on the port.

@@ -34,6 +34,11 @@ class ArrayConfig:
         The most output rows one job may have (the width of the row counter).
     max_token_blocks : int
         The most T-token blocks one job may have.
+    delta_bits : int
+        0 (the default) for no compressed column index; 3 to 8 to build the delta decoder, which
+        lets a job send its column indices as deltas of this many bits
+        (:class:`~sparsemac.hw.formats.DeltaCode`). 5 sends the fewest bytes per nonzero on
+        90 %-sparse MiniLM layers (docs/architecture.md).
 
     Raises
     ------
@@ -48,6 +53,7 @@ class ArrayConfig:
     max_in_features: int = 4096
     max_out_features: int = 65535
     max_token_blocks: int = 65535
+    delta_bits: int = 0
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -59,7 +65,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks"):
+                     "max_token_blocks", "delta_bits"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -79,6 +85,9 @@ class ArrayConfig:
         if not 1 <= self.max_token_blocks <= 65535:
             raise ValueError(f"ArrayConfig.max_token_blocks must be from 1 to 65535, "
                              f"not {self.max_token_blocks!r}")
+        if self.delta_bits != 0 and not 3 <= self.delta_bits <= 8:
+            raise ValueError(f"ArrayConfig.delta_bits must be 0 (no delta decoder) or from 3 to "
+                             f"8, not {self.delta_bits!r}")
 
     @property
     def multipliers(self):
@@ -101,17 +110,20 @@ class ArrayConfig:
         return self.lanes * 2 * self.max_in_features * self.token_lanes * self.VALUE_WIDTH
 
     def describe(self):
-        """A short human-readable name, e.g. ``K=8 T=4 in<=4096``."""
-        return f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
+        """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... delta 5`` with the
+        delta decoder)."""
+        text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
+        return text + (f" delta {self.delta_bits}" if self.delta_bits else "")
 
     def as_dict(self):
         return asdict(self)
 
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
-        ``o<max_out_features>`` and ``b<max_token_blocks>`` for each of those that is not its
-        default, e.g. ``k8t4`` (the default array) or ``k1t1i512``. Unique per configuration;
-        :meth:`from_key` reads it back, and the command line takes it as ``--config``."""
+        ``o<max_out_features>``, ``b<max_token_blocks>`` and ``d<delta_bits>`` for each of those
+        that is not its default, e.g. ``k8t4`` (the default array), ``k1t1i512`` or ``k8t4d5``.
+        Unique per configuration; :meth:`from_key` reads it back, and the command line takes it
+        as ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
             value = getattr(self, name)
@@ -132,13 +144,14 @@ class ArrayConfig:
         if match is None:
             raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
-                             "e.g. k8t4 or k1t1i512")
+                             "d<delta bits>, e.g. k8t4, k1t1i512 or k8t4d5")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
 
 #: Letters of the optional fields of a config key, in order.
-_KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"))
+_KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
+               ("d", "delta_bits"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import flipped
 from .activation_buffer import ActivationBuffer
 from .component import ArrayComponent
 from .csr_streamer import CSRWeightStreamer
+from .delta_decoder import DeltaDecoder
 from .formats import CoreStreams
 from .mac_array import MACArray
 
@@ -18,9 +19,12 @@ class SparseMACCore(ArrayComponent):
 
     ::
 
-        row_pointers, columns, values --> CSRWeightStreamer --chunks--+
-                                                                       v
-        activations ------------------------------------> ActivationBuffer --operands--> MACArray --> sums
+        row_pointers, columns, values --> CSRWeightStreamer --chunks--> [DeltaDecoder] --+
+                                                                                         v
+        activations -------------------------------------> ActivationBuffer --operands--> ...
+        ... --> MACArray --> sums
+
+    The delta decoder is built only with ``ArrayConfig.delta_bits``.
 
     A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
     host streams the block's activations (``cols`` beats, one column of T tokens per beat) and
@@ -60,13 +64,20 @@ class SparseMACCore(ArrayComponent):
         wiring.connect(m, flipped(self.columns), streamer.columns)
         wiring.connect(m, flipped(self.values), streamer.values)
         wiring.connect(m, flipped(self.activations), activation_buffer.fill)
-        wiring.connect(m, streamer.chunks, activation_buffer.chunks)
+        blocks = [streamer, activation_buffer]
+        if self._config.delta_bits:
+            m.submodules.delta_decoder = decoder = DeltaDecoder(self._config)
+            wiring.connect(m, streamer.chunks, decoder.i_stream)
+            wiring.connect(m, decoder.o_stream, activation_buffer.chunks)
+            blocks.append(decoder)
+        else:
+            wiring.connect(m, streamer.chunks, activation_buffer.chunks)
         wiring.connect(m, activation_buffer.operands, mac_array.operands)
         wiring.connect(m, mac_array.sums, flipped(self.sums))
 
         start = Signal()
         m.d.comb += start.eq(self.job.valid & self.job.ready)
-        for block in (streamer, activation_buffer):
+        for block in blocks:
             m.d.comb += [block.start.eq(start), block.job.eq(self.job.payload)]
 
         # Count output rows to know when the job is over, and the cycles it took.

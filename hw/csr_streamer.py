@@ -5,7 +5,7 @@ from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
 from .component import ArrayComponent
-from .formats import Mode
+from .formats import ColumnIndex, Mode
 
 __all__ = ["CSRWeightStreamer"]
 
@@ -23,7 +23,10 @@ class CSRWeightStreamer(ArrayComponent):
     ring pointers), which keeps the streamer off the critical path of the core.
 
     In dense mode there are no row pointers or column words: every row has ``cols`` weights and
-    lane i of a chunk holds column ``base + i``.
+    lane i of a chunk holds column ``base + i``. A delta job (an array with the delta decoder,
+    ``index`` DELTA) sends row lengths instead of row end pointers and delta words instead of
+    column words, each in the low bits of its beat; its chunks carry the codes, and
+    :class:`~sparsemac.hw.delta_decoder.DeltaDecoder` makes columns of them.
 
     Contract
     --------
@@ -44,7 +47,7 @@ class CSRWeightStreamer(ArrayComponent):
     row_pointers : In(stream.Signature(formats.row_pointer))
     columns : In(stream.Signature(formats.column_word))
     values : In(stream.Signature(formats.value_word))
-    chunks : Out(stream.Signature(formats.chunk))
+    chunks : Out(stream.Signature(formats.coded_chunk))
         Up to K (column, value) pairs of one row; unused lanes have value 0. ``row_last`` marks
         the last chunk of a row (an empty row is one chunk of zeros), ``block_last`` the last
         chunk of a pass.
@@ -59,7 +62,7 @@ class CSRWeightStreamer(ArrayComponent):
             "row_pointers": In(stream.Signature(formats.row_pointer)),
             "columns": In(stream.Signature(formats.column_word)),
             "values": In(stream.Signature(formats.value_word)),
-            "chunks": Out(stream.Signature(formats.chunk)),
+            "chunks": Out(stream.Signature(formats.coded_chunk)),
             "busy": Out(1),
         }
 
@@ -99,6 +102,11 @@ class CSRWeightStreamer(ArrayComponent):
         fetched = Mux(fetch, at_most_lanes(fetch_left), 0)
         word_values = Array(self.values.payload[i] for i in range(lanes))
         word_columns = Array(self.columns.payload[i] for i in range(lanes))
+        if formats.delta is not None:
+            delta = job.index == ColumnIndex.DELTA
+            codes = formats.delta_word(self.columns.payload.as_value()[:formats.delta_word.size])
+            word_columns = Array(Mux(delta, codes[i], self.columns.payload[i])
+                                 for i in range(lanes))
         for entry in range(ring_size):
             offset = (entry - write_pointer)[:pointer_width]
             with m.If(offset < fetched):
@@ -151,6 +159,9 @@ class CSRWeightStreamer(ArrayComponent):
             sparse & (pointer_blocks != 0) & (~next_valid | next_consumed))
         with m.If(self.row_pointers.valid & self.row_pointers.ready):
             row_length = self.row_pointers.payload - previous_end
+            if formats.delta is not None:
+                length_width = formats.delta.row_length.width
+                row_length = Mux(delta, self.row_pointers.payload[:length_width], row_length)
             m.d.sync += [
                 next_valid.eq(1),
                 next_length.eq(row_length),

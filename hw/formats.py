@@ -5,13 +5,13 @@ layout. The host side (``sparsemac.sw.packing``) derives its byte layouts from t
 changing a width here changes both sides at once.
 """
 
-from amaranth.hdl import unsigned, signed
+from amaranth.hdl import Mux, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 
-__all__ = ["Mode", "CoreFormats", "CoreStreams"]
+__all__ = ["Mode", "ColumnIndex", "DeltaCode", "CoreFormats", "CoreStreams"]
 
 
 class Mode(enum.Enum, shape=1):
@@ -20,6 +20,68 @@ class Mode(enum.Enum, shape=1):
     SPARSE = 0
     #: Every weight, row by row; no indices, no row pointers.
     DENSE = 1
+
+
+class ColumnIndex(enum.Enum, shape=1):
+    """How a sparse job sends its column indices (a job field only of an array with the delta
+    decoder, ``ArrayConfig.delta_bits != 0``)."""
+    #: 16-bit column indices and 32-bit row end pointers.
+    CSR = 0
+    #: :class:`DeltaCode` deltas of ``delta_bits`` bits and 16-bit row lengths.
+    DELTA = 1
+
+
+class DeltaCode:
+    """The compressed column index: each entry's column as a short step from the one before.
+
+    An entry of a row is a value byte and a ``bits``-wide code. A code below :attr:`escape`
+    is a weight ``code`` columns after the previous entry's column plus one (the first entry of
+    a row counts from column -1), as EIE's 4-bit relative indices do. The code :attr:`escape`
+    is an escape entry: it multiplies as a zero weight and moves the column on by
+    :attr:`escape` plus its value byte read unsigned, so a gap of up to
+    :attr:`longest_escape` columns costs one extra entry, and longer gaps a chain of them.
+    Rows are sent as their entry counts (:attr:`row_length`), escapes included.
+
+    Parameters
+    ----------
+    bits : int
+        3 to 8.
+
+    Attributes
+    ----------
+    bits : int
+    escape : int
+        ``2 ** bits - 1``.
+    longest_escape : int
+        The most columns an escape entry moves on: ``escape + 255``.
+    row_length : unsigned
+        The row-length beat of a delta job (a row of ``cols <= 32768`` columns has at most
+        ``cols`` entries).
+    """
+
+    row_length = unsigned(16)
+
+    def __init__(self, bits):
+        if not isinstance(bits, int) or not 3 <= bits <= 8:
+            raise ValueError(f"a delta code has 3 to 8 bits, not {bits!r}")
+        self.bits = bits
+        self.escape = (1 << bits) - 1
+        self.longest_escape = self.escape + 255
+
+    def step(self, code, value):
+        """The columns an entry moves on, as an Amaranth value: ``code + 1``, or for an
+        escape ``escape`` plus the 8-bit ``value`` read unsigned. (The host encodes and decodes
+        with the same attributes, in ``sparsemac.sw.delta_index``.)"""
+        return Mux(code == self.escape, self.escape + value.as_unsigned(), code + 1)
+
+    def __eq__(self, other):
+        return type(other) is DeltaCode and other.bits == self.bits
+
+    def __hash__(self):
+        return hash((DeltaCode, self.bits))
+
+    def __repr__(self):
+        return f"DeltaCode({self.bits})"
 
 
 class CoreFormats:
@@ -34,13 +96,19 @@ class CoreFormats:
     job : StructLayout
         ``mode``, ``rows`` (output features), ``cols`` (input features), ``token_blocks``
         (blocks of T tokens) and ``nnz`` (weights streamed per token block: the CSR nonzero
-        count, or rows x cols in dense mode).
+        count, the entries of a delta job, or rows x cols in dense mode); with the delta
+        decoder, then ``index`` (:class:`ColumnIndex`).
     activation_column : ArrayLayout
         One input column of a token block: T signed 8-bit activations, token lane 0 first.
     row_pointer : unsigned
         One CSR row end pointer (``indptr[r + 1]``; the leading zero is not sent).
     column_word : ArrayLayout
         K column indices, 16 bits each.
+    delta : DeltaCode or None
+        The compressed index of an array with the delta decoder.
+    delta_word : ArrayLayout or None
+        K delta codes: what a delta job sends on the ``columns`` stream, in the low bits of the
+        beat (the host sends only its own bytes).
     value_word : ArrayLayout
         K signed 8-bit weights.
     sums : ArrayLayout
@@ -49,6 +117,10 @@ class CoreFormats:
         The hardware cycle counter reported when a job is done.
     chunk : StructLayout
         Internal: up to K (column, value) pairs of one row, unused lanes hold value 0.
+    coded_chunk : StructLayout
+        Internal: a chunk as the streamer emits it; with the delta decoder its ``columns`` are
+        wide enough for a column or a delta code, for :class:`~sparsemac.hw.delta_decoder.
+        DeltaDecoder` to turn into columns.
     operands : StructLayout
         Internal: K weights with the T activations of their columns.
     """
@@ -58,16 +130,22 @@ class CoreFormats:
         lanes, token_lanes = config.lanes, config.token_lanes
         value = signed(config.VALUE_WIDTH)
 
-        self.job = data.StructLayout({
+        job = {
             "mode": Mode,
             "rows": unsigned(16),
             "cols": unsigned(16),
             "token_blocks": unsigned(16),
             "nnz": unsigned(32),
-        })
+        }
+        self.delta = DeltaCode(config.delta_bits) if config.delta_bits else None
+        if self.delta is not None:
+            job["index"] = ColumnIndex
+        self.job = data.StructLayout(job)
         self.activation_column = data.ArrayLayout(value, token_lanes)
         self.row_pointer = unsigned(config.ROW_POINTER_WIDTH)
         self.column_word = data.ArrayLayout(unsigned(config.COLUMN_WIDTH), lanes)
+        self.delta_word = (None if self.delta is None
+                           else data.ArrayLayout(unsigned(self.delta.bits), lanes))
         self.value_word = data.ArrayLayout(value, lanes)
         self.sums = data.ArrayLayout(signed(config.SUM_WIDTH), token_lanes)
         self.cycles = unsigned(config.CYCLE_COUNTER_WIDTH)
@@ -79,6 +157,12 @@ class CoreFormats:
             "row_last": 1,
             "block_last": 1,
         })
+        if self.delta is None:
+            self.coded_chunk = self.chunk
+        else:
+            coded = unsigned(max(config.column_address_width, self.delta.bits))
+            self.coded_chunk = data.StructLayout({
+                **self.chunk.members, "columns": data.ArrayLayout(coded, lanes)})
         self.operands = data.StructLayout({
             "weights": data.ArrayLayout(value, lanes),
             "activations": data.ArrayLayout(self.activation_column, lanes),

@@ -38,7 +38,14 @@ def uart_divisor(clock_hz, baud):
 
 
 class _BitTimed(wiring.Component):
-    """A UART block with a fixed number of clock cycles per bit."""
+    """A UART block with a fixed number of clock cycles per bit.
+
+    Parameters
+    ----------
+    divisor : int
+        Clock cycles per bit, at least 4 (both :class:`UARTReceiver` and
+        :class:`UARTTransmitter` take it).
+    """
 
     def __init__(self, divisor):
         if not isinstance(divisor, int) or isinstance(divisor, bool):
@@ -64,11 +71,6 @@ class UARTReceiver(_BitTimed):
     pulses ``error``. A received byte waits on ``o_stream`` until taken; a byte that completes
     while the previous one is still waiting is dropped and pulses ``error`` (the link protocol
     recovers from lost bytes; there is no flow control).
-
-    Parameters
-    ----------
-    divisor : int
-        Clock cycles per bit, at least 4.
 
     Attributes
     ----------
@@ -141,11 +143,6 @@ class UARTTransmitter(_BitTimed):
     --------
     A byte is taken when the previous frame's stop bit is over; ``tx`` idles high. Bytes
     offered back to back go out back to back, one every ``10 * divisor`` cycles.
-
-    Parameters
-    ----------
-    divisor : int
-        Clock cycles per bit, at least 4.
 
     Attributes
     ----------

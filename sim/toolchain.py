@@ -15,6 +15,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from ..sw.cache import cache_dir
+
 __all__ = ["WAIVED_WARNINGS", "ToolMissingError", "verilator_root", "verilator_environment",
            "check_build_tools", "tool_versions", "cache_dir", "file_lock", "fst_verilator_args"]
 
@@ -168,10 +170,3 @@ def source_digest(*folders):
     return digest.hexdigest()
 
 
-def cache_dir(*parts):
-    """The build cache, outside the source tree: ``$SPARSEMAC_CACHE`` or
-    ``~/.cache/sparsemac``."""
-    base = os.environ.get("SPARSEMAC_CACHE") or Path.home() / ".cache" / "sparsemac"
-    path = Path(base, *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

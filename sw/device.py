@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
 from .packing import check_job_fits, weight_stream_bytes
@@ -118,7 +118,7 @@ class Device(abc.ABC):
     def __exit__(self, *exc_info):
         self.close()
 
-    def matmul(self, weights, activations, mode=Mode.SPARSE):
+    def matmul(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
         """``activations @ weights.T`` in int32 on this device, split into jobs as needed.
 
         Parameters
@@ -127,6 +127,9 @@ class Device(abc.ABC):
         activations : torch.Tensor of int8, [tokens, cols]
         mode : Mode
             ``Mode.DENSE`` streams every weight: the baseline the sparse mode is compared with.
+        index : ColumnIndex
+            How a sparse job sends its column indices (``DELTA``: on a config with the delta
+            decoder).
 
         Returns
         -------
@@ -162,10 +165,10 @@ class Device(abc.ABC):
             block = activations[job.token_start:job.token_stop].contiguous()
             blocks = token_blocks(block.shape[0], config)
             tile = weights.row_slice(job.row_start, job.row_stop)
-            result = self.run_job(tile, block, mode)
+            result = self.run_job(tile, block, mode, index)
             sums[job.token_start:job.token_stop, job.row_start:job.row_stop] = result.sums
             cycles.append(result.cycles)
-            weight_bytes += blocks * weight_stream_bytes(config, tile, mode)
+            weight_bytes += blocks * weight_stream_bytes(config, tile, mode, index)
             activation_bytes += blocks * config.token_lanes * cols
             output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ..hw.config import ArrayConfig
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
-from ..hw.formats import CoreFormats, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
@@ -271,7 +271,7 @@ class JobStreams:
                     if stream.rate), default=0)
 
 
-def job_streams(config, mode, rows, cols, nnz, blocks):
+def job_streams(config, mode, rows, cols, nnz, blocks, index=ColumnIndex.CSR):
     """Beats and bytes per beat of each input stream of a job, from the wire formats.
 
     Parameters
@@ -280,9 +280,13 @@ def job_streams(config, mode, rows, cols, nnz, blocks):
     mode : Mode
     rows, cols : int
     nnz : int
-        Nonzeros of the matrix (ignored in dense mode, which streams ``rows * cols`` weights).
+        Nonzeros of the matrix, or entries of a delta job (ignored in dense mode, which
+        streams ``rows * cols`` weights).
     blocks : int
         Token blocks.
+    index : ColumnIndex
+        A delta job sends 16-bit row lengths and delta words in place of row pointers and
+        column words.
 
     Returns
     -------
@@ -294,10 +298,13 @@ def job_streams(config, mode, rows, cols, nnz, blocks):
     formats = CoreFormats(config)
     sparse = Mode(mode) == Mode.SPARSE
     words = -(-(nnz if sparse else rows * cols) // config.lanes)
+    row_pointer, column_word = formats.row_pointer, formats.column_word
+    if sparse and ColumnIndex(index) == ColumnIndex.DELTA:
+        row_pointer, column_word = DeltaCode.row_length, formats.delta_word
     return JobStreams(
         activations=StreamRate(blocks * cols, layout_bytes(formats.activation_column)),
-        row_pointers=StreamRate(blocks * rows if sparse else 0, layout_bytes(formats.row_pointer)),
-        columns=StreamRate(blocks * words if sparse else 0, layout_bytes(formats.column_word)),
+        row_pointers=StreamRate(blocks * rows if sparse else 0, layout_bytes(row_pointer)),
+        columns=StreamRate(blocks * words if sparse else 0, layout_bytes(column_word)),
         values=StreamRate(blocks * words, layout_bytes(formats.value_word)))
 
 
@@ -350,7 +357,7 @@ def packed_stream_rates(config, packed, memory):
     JobStreams
     """
     streams = job_streams(config, packed.mode, packed.rows, packed.cols, packed.nnz,
-                          packed.token_blocks)
+                          packed.token_blocks, packed.index)
     return streams if memory is None else stream_rates(memory, streams)
 
 

@@ -8,14 +8,15 @@ roofline plot (:func:`plot_roofline`).
 
 from dataclasses import asdict, dataclass
 
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .energy import EnergyReport, energy_events, energy_of, load_energy_table
 from .memory import MemoryModel, check_fits_onchip
 from .packing import weight_stream_bytes
 from .throttled_cycle_model import LayerCycles, layer_cycles
 
-__all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report", "plot_roofline"]
+__all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report",
+           "recorded_memory_cycles", "plot_roofline"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class MemoryReport:
     config : ArrayConfig
     memory : MemoryModel
     sparse, dense : ModeResult
+    index : ColumnIndex
+        How the sparse jobs send their column indices.
     """
     layer: str
     rows: int
@@ -66,6 +69,7 @@ class MemoryReport:
     memory: MemoryModel
     sparse: ModeResult
     dense: ModeResult
+    index: ColumnIndex = ColumnIndex.CSR
 
     @property
     def speedup(self):
@@ -79,7 +83,8 @@ class MemoryReport:
 
     @property
     def bytes_per_nonzero(self):
-        """Sparse weight bytes per nonzero and pass (row pointers and padding included)."""
+        """Sparse weight bytes per nonzero and pass (row pointers, padding and a delta job's
+        escape entries included)."""
         passes = -(-self.tokens // self.config.token_lanes)
         return self.sparse.cycles.weight_bytes / max(1, self.nnz * passes)
 
@@ -100,6 +105,7 @@ class MemoryReport:
         return {"layer": self.layer, "rows": self.rows, "cols": self.cols,
                 "tokens": self.tokens, "nnz": self.nnz, "config": self.config.as_dict(),
                 "memory": asdict(self.memory), "energy_table": self.sparse.energy.table,
+                "index": self.index.name.lower(),
                 "sparse": mode(self.sparse), "dense": mode(self.dense),
                 "speedup": self.speedup, "compute_speedup": self.compute_speedup,
                 "bytes_per_nonzero": self.bytes_per_nonzero, "energy_ratio": self.energy_ratio}
@@ -113,7 +119,8 @@ class MemoryReport:
                        f"{self.sparse.cycles.cycles:,}", f"{self.dense.cycles.cycles:,}",
                        f"{self.speedup:.2f}x"))
         cycles.append(("bound by", self.sparse.cycles.bound, self.dense.cycles.bound, ""))
-        cycles.append(("weight bytes per nonzero", f"{self.bytes_per_nonzero:.3f}", "", ""))
+        cycles.append((f"weight bytes per nonzero ({self.index.name.lower()} index)",
+                       f"{self.bytes_per_nonzero:.3f}", "", ""))
         energy = []
         energy.append(("energy (uJ)", f"{self.sparse.energy.total_uj:.3f}",
                        f"{self.dense.energy.total_uj:.3f}", f"{self.energy_ratio:.3f}"))
@@ -189,7 +196,8 @@ class ModelMemoryReport:
                   "sparse uJ", "dense uJ"], rows)]
 
 
-def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
+def memory_report(weights, tokens, config, memory, table=None, layer="layer",
+                  index=ColumnIndex.CSR):
     """Runs the throttled cycle model and the energy model over one layer, sparse and dense.
 
     Parameters
@@ -202,6 +210,8 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
         None loads the default (Horowitz 45 nm).
     layer : str
         The layer's name, for the report and errors.
+    index : ColumnIndex
+        How the sparse jobs send their column indices (DELTA: ``config`` needs the decoder).
 
     Returns
     -------
@@ -211,22 +221,64 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer"):
     ------
     MemoryModelError
         If ``memory`` keeps weights on chip and the layer's weights do not fit, in either mode.
+    ValueError
+        If ``index`` is DELTA and ``config`` has no delta decoder.
     """
     if not isinstance(weights, CSRMatrix):
         raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
     table = load_energy_table() if table is None else table
+    index = ColumnIndex(index)
     for mode in Mode:
-        check_fits_onchip(memory, config, weight_stream_bytes(config, weights, mode),
+        check_fits_onchip(memory, config, weight_stream_bytes(config, weights, mode, index),
                           f"{layer} ({mode.name.lower()} mode)")
     results = {}
     for mode, macs in ((Mode.SPARSE, weights.nnz * tokens),
                        (Mode.DENSE, weights.rows * weights.cols * tokens)):
-        cycles = layer_cycles(weights, tokens, config, mode, memory)
+        cycles = layer_cycles(weights, tokens, config, mode, memory, index)
         energy = energy_of(energy_events(cycles, config, memory), table)
         results[mode] = ModeResult(cycles=cycles, energy=energy, macs=macs)
     return MemoryReport(layer=layer, rows=weights.rows, cols=weights.cols, tokens=tokens,
                         nnz=weights.nnz, config=config, memory=memory,
-                        sparse=results[Mode.SPARSE], dense=results[Mode.DENSE])
+                        sparse=results[Mode.SPARSE], dense=results[Mode.DENSE], index=index)
+
+
+def recorded_memory_cycles(report, config, memory, index=ColumnIndex.CSR):
+    """Sparse and dense cycles that an offloaded model's recorded calls take under ``memory``.
+
+    The memory-bound counterpart of ``OffloadReport.cycles_for``: every call of every layer,
+    from the exact throttled cycle model.
+
+    Parameters
+    ----------
+    report : OffloadReport
+        Of :func:`~sparsemac.sw.model_offload.offload`, after the model has run.
+    config : ArrayConfig
+    memory : MemoryModel
+    index : ColumnIndex
+        Of the sparse jobs.
+
+    Returns
+    -------
+    tuple of int
+        ``(sparse, dense)``.
+
+    Raises
+    ------
+    MemoryModelError
+        If ``memory`` keeps weights on chip and a layer's weights do not fit.
+    """
+    for layer, module in zip(report.layers, report.modules):
+        for mode in Mode:
+            check_fits_onchip(memory, config, weight_stream_bytes(config, module.weights, mode,
+                                                                  index),
+                              f"{layer.name} ({mode.name.lower()} mode)")
+    sparse = dense = 0
+    for layer, module in zip(report.layers, report.modules):
+        for tokens in layer.call_tokens:
+            sparse += layer_cycles(module.weights, tokens, config, Mode.SPARSE, memory,
+                                   index).cycles
+            dense += layer_cycles(module.weights, tokens, config, Mode.DENSE, memory).cycles
+    return sparse, dense
 
 
 def plot_roofline(reports, path):

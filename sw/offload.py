@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .device import Device
 from .pruning import choose_masks, is_structured
@@ -69,6 +69,9 @@ class OffloadedLinear(nn.Module):
     stats : OffloadStats
     last_sums : torch.Tensor or None
         int32 sums of the last call, [tokens, out_features], for bit-exact comparisons.
+    index : ColumnIndex
+        How the device's jobs send the column indices (``DELTA`` on a config with the delta
+        decoder); may be changed between calls.
     """
 
     def __init__(self, weights, weight_scale, bias, device, granularity=DEFAULT_GRANULARITY,
@@ -101,6 +104,7 @@ class OffloadedLinear(nn.Module):
                              None if smoothing is None else smoothing.detach().float().clone())
         self.stats = OffloadStats()
         self.last_sums = None
+        self.index = ColumnIndex.CSR
 
     @classmethod
     def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
@@ -166,7 +170,7 @@ class OffloadedLinear(nn.Module):
             raise ValueError(f"expected input of shape (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
         activations = self.quantise_input(x)
-        result = self.device.matmul(self.weights, activations.values, Mode.SPARSE)
+        result = self.device.matmul(self.weights, activations.values, Mode.SPARSE, self.index)
         return result, activations.scale
 
     def quantise_input(self, x):

@@ -14,12 +14,15 @@ from amaranth.hdl import Shape
 from amaranth.lib import data
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import CoreFormats, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
 from .csr import CSRMatrix
 from .cycle_model import token_blocks
+from .delta_index import DeltaMatrix
+from .memory import job_streams
 
-__all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes"]
+__all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
+           "check_index", "coded_weights", "streamed_row_lengths"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,12 +30,77 @@ def _formats(config):
     return CoreFormats(config)
 
 
-def weight_stream_bytes(config, weights, mode=Mode.SPARSE):
+def check_index(config, index):
+    """Raises a clear error unless ``config`` can run sparse jobs of ``index``.
+
+    Raises
+    ------
+    ValueError
+        If ``index`` is DELTA and ``config`` has no delta decoder.
+    """
+    if ColumnIndex(index) == ColumnIndex.DELTA and not config.delta_bits:
+        raise ValueError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
+                         f"use the delta index: use a config with delta bits, e.g. "
+                         f"{config.key()}d5")
+
+
+def coded_weights(config, weights, index=ColumnIndex.CSR):
+    """``weights`` as a sparse job of ``index`` sends them.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    weights : CSRMatrix or DeltaMatrix
+        A :class:`DeltaMatrix` (a delta job built by hand) only with ``index`` DELTA.
+    index : ColumnIndex
+
+    Returns
+    -------
+    CSRMatrix or DeltaMatrix
+        ``weights`` itself for CSR; its :class:`DeltaMatrix` for DELTA.
+
+    Raises
+    ------
+    ValueError
+        If ``index`` is DELTA and ``config`` has no delta decoder, or a :class:`DeltaMatrix`
+        uses another code than ``config``'s.
+    TypeError
+        If ``weights`` is of the wrong type for ``index``.
+    """
+    if ColumnIndex(index) == ColumnIndex.CSR:
+        if not isinstance(weights, CSRMatrix):
+            raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
+        return weights
+    check_index(config, index)
+    code = DeltaCode(config.delta_bits)
+    if isinstance(weights, DeltaMatrix):
+        if weights.code != code:
+            raise ValueError(f"the job is coded in {weights.code.bits}-bit deltas but the "
+                             f"{config.key()} array decodes {code.bits}-bit ones")
+        return weights
+    if not isinstance(weights, CSRMatrix):
+        raise TypeError(f"weights must be a CSRMatrix or DeltaMatrix, not "
+                        f"{type(weights).__name__}")
+    return DeltaMatrix.from_csr(weights, code)
+
+
+def streamed_row_lengths(config, weights, index=ColumnIndex.CSR):
+    """Entries each row streams in a sparse job of ``index``: what the cycle models count.
+
+    Parameters and errors as :func:`coded_weights`.
+    """
+    coded = coded_weights(config, weights, index)
+    return coded.row_lengths() if isinstance(coded, CSRMatrix) else coded.row_lengths
+
+
+def weight_stream_bytes(config, weights, mode=Mode.SPARSE, index=ColumnIndex.CSR):
     """Bytes of one pass of ``weights`` to the core, counted from the stream layouts.
 
     Sparse mode: one row pointer per row, then ``ceil(nnz / K)`` column words and as many value
-    words. Dense mode: every weight, row after row, in ``ceil(rows * cols / K)`` value words.
-    The weights are streamed again for every token block; this is one pass.
+    words; with the delta index, one 16-bit row length per row and ``ceil(entries / K)`` delta
+    words and value words. Dense mode: every weight, row after row, in
+    ``ceil(rows * cols / K)`` value words. The weights are streamed again for every token
+    block; this is one pass.
 
     Parameters
     ----------
@@ -40,6 +108,8 @@ def weight_stream_bytes(config, weights, mode=Mode.SPARSE):
     weights : CSRMatrix
         In dense mode only its shape matters.
     mode : Mode
+    index : ColumnIndex
+        Of a sparse job.
 
     Returns
     -------
@@ -50,17 +120,21 @@ def weight_stream_bytes(config, weights, mode=Mode.SPARSE):
     ------
     TypeError
         If ``config`` is not an ArrayConfig or ``weights`` not a CSRMatrix.
+    ValueError
+        As :func:`coded_weights`.
     """
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     if not isinstance(weights, CSRMatrix):
         raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
-    formats, lanes = _formats(config), config.lanes
-    value_word = layout_bytes(formats.value_word)
-    if Mode(mode) == Mode.DENSE:
-        return -(-weights.rows * weights.cols // lanes) * value_word
-    return (weights.rows * layout_bytes(formats.row_pointer)
-            + -(-weights.nnz // lanes) * (layout_bytes(formats.column_word) + value_word))
+    if Mode(mode) == Mode.DENSE:  # a dense job sends no indices, whatever ``index`` says
+        return -(-weights.rows * weights.cols // config.lanes) * layout_bytes(
+            _formats(config).value_word)
+    index = ColumnIndex(index)
+    coded = coded_weights(config, weights, index)
+    entries = coded.nnz if isinstance(coded, CSRMatrix) else coded.entries
+    streams = job_streams(config, Mode.SPARSE, weights.rows, weights.cols, entries, 1, index)
+    return streams.weight_bytes
 
 
 def _element_dtype(layout):
@@ -85,6 +159,20 @@ def _pack_elements(layout, elements):
     return beats.view(np.uint8).reshape(len(beats), count * dtype.itemsize)
 
 
+def _pack_bit_array(layout, elements):
+    """Beats of an ArrayLayout of narrow unsigned elements (at most 64 bits a beat), laid out
+    as the layout places them: element i at bit ``i * width``."""
+    width, count = Shape.cast(layout.elem_shape).width, layout.length
+    if count * width > 64:
+        raise ValueError(f"cannot pack {layout!r}: more than 64 bits a beat")
+    elements = np.asarray(elements, dtype=np.uint64).reshape(-1, count)
+    if elements.size and int(elements.max()) >> width:
+        raise ValueError(f"an element of {int(elements.max())} does not fit {width} bits")
+    shifts = np.arange(count, dtype=np.uint64) * np.uint64(width)
+    beats = np.bitwise_or.reduce(elements << shifts, axis=1).astype("<u8")
+    return beats.view(np.uint8).reshape(len(beats), 8)[:, :layout_bytes(layout)].copy()
+
+
 def _words(elements, lanes):
     """``elements`` padded with zeros to whole words of ``lanes``: a pass's padding."""
     padded = np.zeros(-(-len(elements) // lanes) * lanes, dtype=elements.dtype)
@@ -99,13 +187,18 @@ class PackedJob:
     Attributes
     ----------
     mode : Mode
-    rows, cols, tokens, token_blocks, nnz : int
+    index : ColumnIndex
+        How a sparse job sends its columns.
+    rows, cols, tokens, token_blocks : int
+    nnz : int
+        Weights streamed per pass: nonzeros, a delta job's entries, or ``rows * cols``.
     job : int
         The ``job`` payload as an integer.
     activations, row_pointers, columns, values : numpy.ndarray of uint8, [beats, bytes]
         Empty (zero beats) where the mode sends nothing.
     """
     mode: Mode
+    index: ColumnIndex
     rows: int
     cols: int
     tokens: int
@@ -123,16 +216,19 @@ class PackedJob:
         return self.row_pointers.size + self.columns.size + self.values.size
 
 
-def pack_job(config, weights, activations, mode=Mode.SPARSE):
+def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
     """Packs one job: ``weights`` (rows x cols) against ``activations`` (tokens x cols).
 
     Parameters
     ----------
     config : ArrayConfig
-    weights : CSRMatrix
-        In dense mode its dense form is streamed, zeros included.
+    weights : CSRMatrix or DeltaMatrix
+        In dense mode its dense form is streamed, zeros included. A :class:`DeltaMatrix` is a
+        delta job's entries as given (``index`` DELTA).
     activations : torch.Tensor of int8, [tokens, cols]
     mode : Mode
+    index : ColumnIndex
+        How a sparse job sends its column indices; DELTA needs a config with the delta decoder.
 
     Returns
     -------
@@ -145,10 +241,11 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     """
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    if not isinstance(weights, CSRMatrix):
-        raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
-    mode = Mode(mode)
-    check_job_fits(config, weights, activations)
+    mode, index = Mode(mode), ColumnIndex(index)
+    if mode == Mode.DENSE and index == ColumnIndex.DELTA:
+        raise ValueError("the delta index is for sparse jobs; a dense job sends no indices")
+    coded = coded_weights(config, weights, index)
+    check_job_fits(config, coded, activations)
     formats = CoreFormats(config)
     lanes, token_lanes = config.lanes, config.token_lanes
     rows, cols = weights.shape
@@ -164,7 +261,12 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     # Pack one pass, then repeat its bytes for every token block: the weights are re-streamed
     # per block, and repeating 8-bit bytes rather than 64-bit integers keeps big layers cheap.
     empty = np.zeros((0, 0), dtype=np.uint8)
-    if mode == Mode.SPARSE:
+    if index == ColumnIndex.DELTA:
+        nnz = coded.entries
+        row_pointers = _pack_elements(DeltaCode.row_length, coded.row_lengths)
+        columns = _pack_bit_array(formats.delta_word, _words(coded.codes, lanes))
+        values = _pack_elements(formats.value_word, _words(coded.values, lanes))
+    elif mode == Mode.SPARSE:
         nnz = weights.nnz
         row_pointers = _pack_elements(formats.row_pointer, weights.indptr[1:])
         columns = _pack_elements(formats.column_word, _words(weights.indices, lanes))
@@ -177,9 +279,12 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE):
     row_pointers, columns, values = (np.tile(stream, (blocks, 1)) if stream.size else stream
                                      for stream in (row_pointers, columns, values))
 
-    job = formats.job.const({"mode": mode, "rows": rows, "cols": cols, "token_blocks": blocks,
-                             "nnz": nnz}).as_value().value
-    return PackedJob(mode=mode, rows=rows, cols=cols, tokens=tokens, token_blocks=blocks,
+    fields = {"mode": mode, "rows": rows, "cols": cols, "token_blocks": blocks, "nnz": nnz}
+    if formats.delta is not None:
+        fields["index"] = index
+    job = formats.job.const(fields).as_value().value
+    return PackedJob(mode=mode, index=index, rows=rows, cols=cols, tokens=tokens,
+                     token_blocks=blocks,
                      nnz=nnz, job=job, activations=activation_beats, row_pointers=row_pointers,
                      columns=columns, values=values)
 

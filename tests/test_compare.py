@@ -163,3 +163,35 @@ def test_a_bad_method_is_refused_by_the_parser(capsys):
         main(["compare", "--methods", "magnitude,sparsegpt-5:4"])
     assert exit_info.value.code == 2
     assert "after sparsegpt- comes an N:M pattern" in capsys.readouterr().err
+
+
+def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path):
+    from sparsemac.hw.config import ArrayConfig
+    from sparsemac.sw.memory import memory_preset
+    from sparsemac.sw.throttled_cycle_model import layer_cycles
+
+    small = ArrayConfig(lanes=4, token_lanes=4)
+    memory = memory_preset("ulx3s-sdram")
+    report = compare.sweep(["magnitude"], [0.9], configs=(DEFAULT_CONFIG, small),
+                           sizes=SIZES, workload=WORKLOAD, memory=memory, output=tmp_path)
+    loaded = load_model("minilm")
+    splits = task_splits(load_labelled(), sizes=SIZES)
+    tokens = loaded.tokenizer(splits.test.texts[:WORKLOAD], padding=True,
+                              return_tensors="pt")["input_ids"].numel()
+    model = copy.deepcopy(loaded.model)
+    prune_model(model, 0.9, "magnitude")
+    csrs = [CSRMatrix.from_dense(quantise_weights(linear.weight.detach()).values)
+            for _, linear in matching_linears(model)]
+    point = report.points[2]
+    assert point.label == "magnitude 0.9" and list(point.by_config) == ["k8t4", "k4t4"]
+    for config in (DEFAULT_CONFIG, small):
+        cycles = point.by_config[config.key()]
+        for mode in ("sparse", "dense"):
+            kind = Mode.SPARSE if mode == "sparse" else Mode.DENSE
+            assert cycles[f"{mode}_cycles"] == sum(
+                matmul_cycles(csr, tokens, config, kind) for csr in csrs)
+            assert cycles[f"memory_{mode}_cycles"] == sum(
+                layer_cycles(csr, tokens, config, kind, memory).cycles for csr in csrs)
+    assert point.by_config["k8t4"]["sparse_cycles"] == point.sparse_cycles
+    titles = [title for title, _, _ in report.sections()]
+    assert any(title.startswith("Cycles on every config") for title in titles)

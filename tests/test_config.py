@@ -25,6 +25,9 @@ from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
     ({"token_lanes": True}, TypeError, r"token_lanes must be an integer, not True"),
     ({"max_in_features": "4096"}, TypeError, r"max_in_features must be an integer, not '4096'"),
     ({"max_out_features": None}, TypeError, r"max_out_features must be an integer, not None"),
+    ({"delta_bits": 2}, ValueError, r"delta_bits must be 0 \(no delta decoder\) or from 3 to 8, "
+                                    r"not 2"),
+    ({"delta_bits": 9}, ValueError, r"delta_bits.*not 9"),
 ], ids=lambda value: str(value) if isinstance(value, dict) else None)
 def test_validation_names_the_bad_value(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -37,6 +40,7 @@ def test_validation_names_the_bad_value(kwargs, error, match):
     {"max_in_features": 32768, "max_out_features": 1, "max_token_blocks": 1},
     {"max_out_features": 65535, "max_token_blocks": 65535},
     {"lanes": 3, "max_in_features": 8},
+    {"delta_bits": 3}, {"delta_bits": 8},
 ], ids=str)
 def test_range_limits_are_accepted(kwargs):
     config = ArrayConfig(**kwargs)
@@ -65,6 +69,8 @@ def test_describe_and_key_are_stable():
     assert config.key() == "k3t2i64o10b20"
     assert ArrayConfig(**config.as_dict()).key() == config.key()
     assert ArrayConfig(lanes=1, token_lanes=1, max_in_features=512).key() == "k1t1i512"
+    assert ArrayConfig(delta_bits=5).key() == "k8t4d5"
+    assert ArrayConfig.from_key("k8t4d5") == ArrayConfig(delta_bits=5)
 
 
 def test_from_key_reads_back_every_key():
@@ -84,14 +90,15 @@ def test_from_key_reads_back_every_key():
 def test_key_tells_every_field_apart():
     changed = [dataclasses.replace(DEFAULT_CONFIG, **{name: value}) for name, value in
                (("lanes", 4), ("token_lanes", 8), ("max_in_features", 2048),
-                ("max_out_features", 100), ("max_token_blocks", 100))]
+                ("max_out_features", 100), ("max_token_blocks", 100), ("delta_bits", 5))]
     keys = {config.key() for config in changed + [DEFAULT_CONFIG]}
     assert len(keys) == len(changed) + 1, keys
 
 
 def test_as_dict_round_trips_and_config_is_frozen():
     assert DEFAULT_CONFIG.as_dict() == {"lanes": 8, "token_lanes": 4, "max_in_features": 4096,
-                                        "max_out_features": 65535, "max_token_blocks": 65535}
+                                        "max_out_features": 65535, "max_token_blocks": 65535,
+                                        "delta_bits": 0}
     assert ArrayConfig(**DEFAULT_CONFIG.as_dict()) == DEFAULT_CONFIG
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_CONFIG.lanes = 4

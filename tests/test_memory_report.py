@@ -1,13 +1,15 @@
 """The memory report of a layer, sparse against dense, and its roofline plot."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import random_weights
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import ColumnIndex, DeltaCode, Mode
 from sparsemac.sw.energy import energy_events, energy_of, load_energy_table
+from sparsemac.sw.delta_index import DeltaMatrix
 from sparsemac.sw.memory import MemoryModelError, memory_preset, onchip_weight_bytes
 from sparsemac.sw.memory_report import ModelMemoryReport, memory_report, plot_roofline
 from sparsemac.sw.throttled_cycle_model import layer_cycles
@@ -87,3 +89,49 @@ def test_model_report_totals_its_layers():
     assert title.startswith("Under ulx3s-sdram (weights 1.946 B/cycle")
     assert [row[0] for row in rows] == ["layer16", "layer40", "inference"]
     assert rows[-1][2] == f"{document['speedup']:.2f}x"
+
+
+def test_delta_index_report_counts_its_bytes_and_escapes():
+    """The delta index's report: fewer bytes per nonzero, its entries (escapes included) in
+    the chunk count, and the same dense side."""
+    config = ArrayConfig(lanes=8, token_lanes=4, max_in_features=512, delta_bits=5)
+    weights = random_weights(48, 384, 0.9, seed=1)
+    memory = memory_preset("ulx3s-sdram")
+    csr = memory_report(weights, 16, config, memory, layer="ffn")
+    delta = memory_report(weights, 16, config, memory, layer="ffn", index=ColumnIndex.DELTA)
+    coded = DeltaMatrix.from_csr(weights, DeltaCode(5))
+    words = -(-coded.entries // 8)
+    assert delta.sparse.cycles.weight_bytes == 4 * (48 * 2 + words * (5 + 8))
+    assert delta.bytes_per_nonzero == (48 * 2 + words * 13) / weights.nnz
+    assert delta.sparse.cycles.compute_cycles == layer_cycles(
+        weights, 16, config, Mode.SPARSE, None, ColumnIndex.DELTA).compute_cycles
+    assert delta.dense == csr.dense
+    assert delta.sparse.cycles.cycles < csr.sparse.cycles.cycles
+    assert json.loads(json.dumps(delta.as_json()))["index"] == "delta"
+
+
+def test_recorded_calls_under_a_memory(monkeypatch):
+    """compare --memory: every recorded call of every layer, sparse and dense, each distinct
+    job replayed once."""
+    from sparsemac.sw import throttled_cycle_model
+    from sparsemac.sw.memory_report import recorded_memory_cycles
+
+    weights = [random_weights(24, 64, 0.8, seed) for seed in (1, 2)]
+    report = SimpleNamespace(layers=[SimpleNamespace(name=f"l{i}", call_tokens=[5, 9])
+                                     for i in range(2)],
+                             modules=[SimpleNamespace(weights=w) for w in weights])
+    memory = memory_preset("ulx3s-sdram")
+    expected = [sum(layer_cycles(w, tokens, CONFIG, mode, memory).cycles
+                    for w in weights for tokens in (5, 9)) for mode in (Mode.SPARSE, Mode.DENSE)]
+    throttled_cycle_model._cached_replay.cache_clear()
+    replays = []
+    original = throttled_cycle_model.replay_schedule
+    monkeypatch.setattr(throttled_cycle_model, "replay_schedule",
+                        lambda *args: replays.append(args) or original(*args))
+    assert list(recorded_memory_cycles(report, CONFIG, memory)) == expected
+    # Two layers of one shape share their dense jobs: 4 sparse and 2 dense replays.
+    assert len(replays) == 6
+    too_big = SimpleNamespace(layers=report.layers[:1], modules=[SimpleNamespace(
+        weights=random_weights(2000, 512, 0.0, seed=3))])
+    with pytest.raises(MemoryModelError, match=r"l0 \(sparse mode\) has \d+ bytes of weights"):
+        recorded_memory_cycles(too_big, CONFIG, memory_preset("onchip"))

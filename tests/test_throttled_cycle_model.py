@@ -5,6 +5,7 @@ Rates are fractions of what the core can take at most: one column and value word
 Verilator configs keep ``max_in_features`` small so each builds in about a minute.
 """
 
+import dataclasses
 import random
 
 import numpy as np
@@ -157,3 +158,13 @@ def test_verilator_under_a_preset_matches_reference_device(preset):
     expected = ReferenceDevice(config, memory=memory).matmul(weights, activations)
     assert torch.equal(result.sums, expected.sums)
     assert result.job_cycles == expected.job_cycles
+
+
+def test_replay_of_streams_that_cannot_feed_the_job_says_where_it_stuck():
+    """Streams with fewer beats than the job needs: the compiled replay stops, not hangs."""
+    config = CONFIGS["K3"]
+    streams = job_streams(config, Mode.SPARSE, 2, 10, 6, 1)
+    short = dataclasses.replace(streams, values=dataclasses.replace(streams.values, beats=1))
+    with pytest.raises(RuntimeError, match=r"the cycle model's replay is stuck in cycle \d+: no "
+                                           "stream can move and none is waiting for credit"):
+        replay_schedule(np.array([3, 3]), 10, 2, config, Mode.SPARSE, short)

@@ -38,13 +38,13 @@ class StreamerTestbench(Testbench):
 
     async def run(self, case, profile):
         expected = chunk_expectation(self.config, case)
-        scoreboard = Scoreboard("chunks", self.formats.chunk, expected)
+        scoreboard = Scoreboard("chunks", self.formats.coded_chunk, expected)
         self.chunks.callback = scoreboard.check
         for driver in self.inputs.values():
             driver.pauses = self.pauses(profile.idle)
         self.chunks_ready.pauses = self.pauses(profile.backpressure)
 
-        packed = pack_job(self.config, case.weights, case.activations, case.mode)
+        packed = pack_job(self.config, case.weights, case.activations, case.mode, case.index)
         beats = input_beats(self.config, packed)
         await self.start(packed.job)
         for name in _WEIGHT_STREAMS:

@@ -18,7 +18,10 @@ The catalogue:
   (rows of K - 1, K, K + 1, 2K, ... nonzeros), ``cols_not_multiple_of_k``,
   ``tokens_not_multiple_of_t``, ``many_token_blocks`` (six blocks of a matrix too small to hide
   the activation loads), ``tiny`` (1 x 1, one token), ``extreme_values`` (int8 extremes);
-* ``dense_mode_*``: the dense baseline mode, zeros streamed.
+* ``dense_mode_*``: the dense baseline mode, zeros streamed;
+* ``delta_gaps``: rows with gaps of every length the delta code handles (plain steps, single
+  escapes, escape chains past the longest escape, a first column far from 0, empty rows), sent
+  with the delta index on a config with the delta decoder (plain CSR on the others).
 """
 
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ...hw.formats import Mode
+from ...hw.formats import ColumnIndex, DeltaCode, Mode
 from ...sw.csr import CSRMatrix
 from ...sw.pruning import prune_mask
 from ...sw.quantisation import quantise_weights
@@ -47,11 +50,13 @@ class Case:
     activations : torch.Tensor
         int8, tokens x cols.
     mode : Mode
+    index : ColumnIndex
     """
     name: str
     weights: CSRMatrix
     activations: torch.Tensor
     mode: Mode = Mode.SPARSE
+    index: ColumnIndex = ColumnIndex.CSR
 
     @property
     def tokens(self):
@@ -59,7 +64,8 @@ class Case:
 
     def describe(self):
         rows, cols = self.weights.shape
-        return (f"{self.name}: {rows}x{cols} {self.mode.name.lower()}, nnz {self.weights.nnz} "
+        mode = "delta" if self.index == ColumnIndex.DELTA else self.mode.name.lower()
+        return (f"{self.name}: {rows}x{cols} {mode}, nnz {self.weights.nnz} "
                 f"({self.weights.sparsity:.1%} sparse), {self.tokens} tokens")
 
 
@@ -196,10 +202,30 @@ def build_case(name, config, rng):
     elif name == "dense_mode_tiny":
         dense = _with_row_lengths(rng, [1, 0], 3)
         tokens, mode = 1, Mode.DENSE
+    elif name == "delta_gaps":
+        return _delta_gaps(config, rng, three_blocks)
     else:
         raise KeyError(f"no regression case named {name!r}; known: {', '.join(CASE_NAMES)}")
     weights = CSRMatrix.from_dense(dense)
     return Case(name, weights, _activations(rng, tokens, weights.cols), mode)
+
+
+def _delta_gaps(config, rng, tokens):
+    """Gaps of every path of the delta code (of ``config``, or 3 bits without a decoder)."""
+    code = DeltaCode(config.delta_bits or 3)
+    cols = min(config.max_in_features, 384)
+    steps = (1, code.escape, code.escape + 1, code.longest_escape, code.longest_escape + 1)
+    dense = _with_row_lengths(rng, [0] * 6, cols)
+    for row, step in enumerate(steps):
+        column = -1
+        while column + step < cols:
+            column += step
+            dense[row, column] = rng.choice([v for v in range(-128, 128) if v])
+    dense[3, :] = 0                                          # an empty row
+    dense[4, : cols - 1] = 0                                 # only the last column
+    index = ColumnIndex.DELTA if config.delta_bits else ColumnIndex.CSR
+    return Case("delta_gaps", CSRMatrix.from_dense(dense), _activations(rng, tokens, cols),
+                index=index)
 
 
 CASE_NAMES = (
@@ -207,5 +233,5 @@ CASE_NAMES = (
     "minilm_query", "minilm_intermediate",
     "empty_rows", "dense_row", "single_nonzero", "row_lengths_near_k", "cols_not_multiple_of_k",
     "tokens_not_multiple_of_t", "many_token_blocks", "tiny", "extreme_values",
-    "dense_mode_s0", "dense_mode_s90", "dense_mode_tiny",
+    "dense_mode_s0", "dense_mode_s90", "dense_mode_tiny", "delta_gaps",
 )

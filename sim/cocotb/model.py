@@ -9,12 +9,13 @@ The numbers come from the project's pure reference functions: sums from
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ...hw.formats import CoreFormats, CoreStreams, Mode
+from ...hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode
 from ...sw.cycle_model import job_cycles, token_blocks
 from ...sw.golden import golden_matmul
-from ...sw.packing import beats_to_ints, pack_job
+from ...sw.packing import beats_to_ints, coded_weights, pack_job, streamed_row_lengths
 from .scoreboard import Expected
 
 __all__ = ["Chunk", "row_chunks", "CoreExpectation", "core_expectation", "chunk_expectation",
@@ -62,7 +63,7 @@ class CoreExpectation:
 def core_expectation(config, case):
     """The inputs, expected ``sums`` beats and ideal cycle count of ``case`` on the core."""
     formats = CoreFormats(config)
-    packed = pack_job(config, case.weights, case.activations, case.mode)
+    packed = pack_job(config, case.weights, case.activations, case.mode, case.index)
     sums = block_sums(config, case)
     token_lanes = config.token_lanes
     expected = []
@@ -71,8 +72,8 @@ def core_expectation(config, case):
         for row in range(case.weights.rows):
             expected.append(Expected(_bits(formats.sums, lanes[:, row].tolist()),
                                      f"{_block_label(config, block)}, row {row}"))
-    cycles = job_cycles(case.weights.row_lengths(), case.weights.cols, case.tokens, config,
-                        case.mode).total
+    lengths = streamed_row_lengths(config, case.weights, case.index)
+    cycles = job_cycles(lengths, case.weights.cols, case.tokens, config, case.mode).total
     return CoreExpectation(packed=packed, sums=expected, cycles=cycles)
 
 
@@ -86,17 +87,26 @@ class Chunk:
     block_last: bool
 
 
-def row_chunks(config, case):
+def row_chunks(config, case, streamed=False):
     """The chunks of one pass over the weights: ``max(1, ceil(n / K))`` per row of ``n``.
 
-    In dense mode every row has ``cols`` entries, zeros included, at columns ``0..cols-1``.
+    In dense mode every row has ``cols`` entries, zeros included, at columns ``0..cols-1``. A
+    delta job's chunks hold its entries, escapes included: with ``streamed``, as the streamer
+    emits them (codes and value bytes), otherwise as the decoder hands them to the buffer
+    (columns, and weight 0 for an escape).
     """
     lanes = config.lanes
     weights = case.weights
     dense = weights.to_dense() if case.mode == Mode.DENSE else None
+    coded = coded_weights(config, weights, case.index) if case.mode == Mode.SPARSE else None
+    ends = np.cumsum(coded.row_lengths) if case.index == ColumnIndex.DELTA else None
     chunks = []
     for row in range(weights.rows):
-        if dense is None:
+        if ends is not None:
+            start, stop = ends[row] - coded.row_lengths[row], ends[row]
+            columns, values = (coded.codes, coded.values) if streamed else coded.decoded()
+            columns, values = columns[start:stop].tolist(), values[start:stop].tolist()
+        elif dense is None:
             start, stop = weights.indptr[row], weights.indptr[row + 1]
             columns = weights.indices[start:stop].tolist()
             values = weights.data[start:stop].tolist()
@@ -117,10 +127,10 @@ def chunk_expectation(config, case):
     Unused lanes must carry value 0; their columns are don't-care (masked out).
     """
     formats = CoreFormats(config)
-    layout, lanes = formats.chunk, config.lanes
-    all_columns = (1 << config.column_address_width) - 1
+    layout, lanes = formats.coded_chunk, config.lanes
+    all_columns = (1 << layout.members["columns"].elem_shape.width) - 1
     blocks = token_blocks(case.tokens, config)
-    pass_chunks = row_chunks(config, case)
+    pass_chunks = row_chunks(config, case, streamed=True)
     expected = []
     for block in range(blocks):
         for index, chunk in enumerate(pass_chunks):

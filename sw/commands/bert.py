@@ -9,9 +9,9 @@ import json
 
 from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_granularity_argument, add_memory_arguments,
-                      add_report_arguments, config_from_args, fraction_argument,
-                      memory_from_args, method_argument)
+                      add_config_arguments, add_granularity_argument, add_index_argument,
+                      add_memory_arguments, add_report_arguments, config_from_args,
+                      fraction_argument, index_from_args, memory_from_args, method_argument)
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
@@ -39,6 +39,7 @@ def add_arguments(parser):
                         help="seed of random pruning and of bert-base's weights (default 0)")
     add_config_arguments(parser)
     add_memory_arguments(parser)
+    add_index_argument(parser)
     parser.add_argument("--verify", action="store_true",
                         help="measure the dense baseline on the device instead of predicting "
                              "it with the cycle model")
@@ -56,7 +57,7 @@ def run(args):
         scope=args.scope, granularity=args.granularity, text=args.text, tokens=args.tokens,
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration)
     if args.csv is not None:
         write_csv(args.csv, report.layers)
     if args.json:

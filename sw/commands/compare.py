@@ -10,8 +10,8 @@ import argparse
 import json
 
 from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
-                      add_granularity_argument, config_from_args, fraction_argument,
-                      method_argument)
+                      add_granularity_argument, add_memory_arguments, configs_from_args,
+                      fraction_argument, memory_from_args, method_argument)
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
@@ -79,7 +79,7 @@ def add_arguments(parser):
                         help="labelled task instead of the built-in tweets: a UTF-8 CSV with "
                              "text and label columns")
     add_calibration_argument(parser)
-    add_config_arguments(parser)
+    add_config_arguments(parser, several=True)
     add_granularity_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the task's splits and of random pruning (default 0)")
@@ -92,6 +92,14 @@ def add_arguments(parser):
                              "as the reference")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the tables")
+    add_memory_arguments(parser, energy=False)  # issue 12: memory-bound cycles too
+
+
+def _memory(args):
+    """``--memory``/``--bandwidth`` (issue 12): None when neither is given."""
+    if args.memory is None and args.bandwidth is None:
+        return None
+    return memory_from_args(args)
 
 
 def run(args):
@@ -102,11 +110,11 @@ def run(args):
 
     progress(f"seed {args.seed}")
     report = sweep(args.methods, args.sparsities, model=args.model,
-                   checkpoints=args.checkpoints, config=config_from_args(args),
+                   checkpoints=args.checkpoints, configs=configs_from_args(args),
                    granularity=args.granularity, seed=args.seed,
                    sizes=SplitSizes(train=args.train, test=args.test),
                    workload=args.workload, data=args.data, calibration=args.calibration,
-                   output=args.output, verify=args.verify)
+                   output=args.output, verify=args.verify, memory=_memory(args))
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -11,11 +11,13 @@ import dataclasses
 
 from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.formats import ColumnIndex
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
-           "memory_from_args", "add_report_arguments", "add_granularity_argument",
-           "METHOD_HELP", "method_argument", "add_calibration_argument", "fraction_argument"]
+           "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
+           "add_granularity_argument", "METHOD_HELP", "method_argument",
+           "add_calibration_argument", "fraction_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -52,8 +54,9 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
     group = parser.add_argument_group(f"array configuration (default: {names})")
     group.add_argument("--config", metavar="NAME", type=_config_names,
                        action="extend" if several else "store",
-                       help="k<K>t<T>, then i<max in features> if not 4096, e.g. k8t4 (the "
-                            "ULX3S build) or k1t1i512"
+                       help="k<K>t<T>, then i<max in features> if not 4096 and d<delta bits> "
+                            "for the delta decoder, e.g. k8t4 (the ULX3S build), k1t1i512 or "
+                            "k8t4d5"
                             + ("; repeatable or comma-separated" if several else ""))
     for name, metavar, meaning in _FIELDS:
         group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
@@ -94,8 +97,9 @@ def add_backend_arguments(parser):
                         help="serial port of the board for --backend fpga, e.g. /dev/ttyUSB0")
 
 
-def add_memory_arguments(parser):
-    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and ``--energy-table PATH``.
+def add_memory_arguments(parser, energy=True):
+    """Adds ``--memory PRESET``, ``--bandwidth WEIGHT[,ACT]`` and (with ``energy``)
+    ``--energy-table PATH``.
 
     Read them back with :func:`memory_from_args` (the model) and ``args.energy_table``.
     """
@@ -108,9 +112,11 @@ def add_memory_arguments(parser):
     choice.add_argument("--bandwidth", metavar="WEIGHT[,ACT]", default=None,
                         help="bytes per core cycle of the weight path and, optionally, of the "
                              "activation path (unthrottled when omitted)")
-    group.add_argument("--energy-table", metavar="PATH", default=None,
-                       help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 nm; "
-                            "see sparsemac/sw/data/energy_horowitz_45nm.json for the format)")
+    if energy:
+        group.add_argument("--energy-table", metavar="PATH", default=None,
+                           help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 "
+                                "nm; see sparsemac/sw/data/energy_horowitz_45nm.json for the "
+                                "format)")
 
 
 def memory_from_args(args):
@@ -126,6 +132,20 @@ def memory_from_args(args):
     if args.bandwidth is not None:
         return parse_bandwidth(args.bandwidth)
     return memory_preset("ideal" if args.memory is None else args.memory)
+
+
+def add_index_argument(parser):
+    """Adds ``--index csr|delta``: how sparse jobs send their column indices."""
+    parser.add_argument("--index", choices=("csr", "delta"), default="csr",
+                        help="column indices of the sparse jobs: csr (16-bit columns, 32-bit row "
+                             "pointers) or delta (compressed deltas and 16-bit row lengths; needs "
+                             "a config with the delta decoder, e.g. k8t4d5) (default: "
+                             "%(default)s)")
+
+
+def index_from_args(args):
+    """The :class:`~sparsemac.hw.formats.ColumnIndex` of ``--index``."""
+    return ColumnIndex[args.index.upper()]
 
 
 def add_report_arguments(parser, *, printed, written):

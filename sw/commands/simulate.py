@@ -11,8 +11,9 @@ import json
 
 from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_memory_arguments, add_report_arguments,
-                      config_from_args, fraction_argument, memory_from_args, method_argument)
+                      add_config_arguments, add_index_argument, add_memory_arguments,
+                      add_report_arguments, config_from_args, fraction_argument,
+                      index_from_args, memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -41,6 +42,7 @@ def add_arguments(parser):
     add_backend_arguments(parser)
     add_config_arguments(parser)
     add_memory_arguments(parser)
+    add_index_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds random pruning and the bert-base weights (default: "
                              "%(default)s)")
@@ -68,7 +70,7 @@ def run(args):
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration)
     if args.csv is not None:
         write_csv(args.csv, [report.csv_row()])
     if args.json:

@@ -18,11 +18,13 @@ import torch
 
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.formats import ColumnIndex
 from ..calibration import fixes_sparsity, method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import ModelMemoryReport, memory_report
 from ..model_offload import cross_check, offload
+from ..packing import check_index
 from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
                       tokenize)
 from ..progress import phase, progress, progress_bar
@@ -135,7 +137,7 @@ def _times(value):
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
                  scope="local", granularity=DEFAULT_GRANULARITY, text=None, tokens=None, seed=0,
                  config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
-                 energy_table=None, calibration=None):
+                 energy_table=None, index=ColumnIndex.CSR, calibration=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
 
     Parameters
@@ -170,6 +172,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     calibration : str or Path or None
         Calibration text of a calibrated method: a UTF-8 file, one text a line; None for the
         built-in task's calibration split (seeded by `seed`). Only with a calibrated method.
+    index : ColumnIndex
+        How the sparse jobs send their column indices; DELTA needs a config with the delta
+        decoder (``ArrayConfig.delta_bits``).
 
     Returns
     -------
@@ -194,6 +199,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
                          "is only for --backend fpga")
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    check_index(config, index)
     table = load_energy_table(energy_table)
     # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
     # two that wait on each other, by an order of magnitude when the machine is busy.
@@ -222,11 +228,13 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     with open_device(backend, config, **device_options) as device:
         offloaded, report = offload(loaded.model, device, sparsity, method, progress=True,
                                     measure_dense=verify, keep_sums=check, **options)
+        for module in report.modules:
+            module.index = ColumnIndex(index)
         # Before the sentence runs: an onchip layer that does not fit is refused here.
         with phase(f"cycle and energy model under memory {memory.name}"):
             memory_figures = ModelMemoryReport(tuple(
                 memory_report(module.weights, length, config, memory, table=table,
-                              layer=layer.name)
+                              layer=layer.name, index=index)
                 for layer, module in zip(report.layers, report.modules)))
         embedding = mean_pooled(offloaded, inputs, report, f"{backend} run")
     if report.sparsity_target is not None and report.sparsity_found > report.sparsity_target:
@@ -239,6 +247,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         reference_model, reference = offload(reference_model, open_device("reference", config),
                                              sparsity, method, keep_sums=True,
                                              measure_dense=verify, **options)
+        for module in reference.modules:
+            module.index = ColumnIndex(index)
         mean_pooled(reference_model, inputs, reference, "reference run")
         crosscheck = cross_check(reference, report)
         offloaded = reference_model  # bit-exact or not, the ranking runs on the reference

@@ -36,6 +36,7 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ..calibration import check_method, fixes_sparsity
+from ..memory_report import recorded_memory_cycles
 from ..model_offload import cross_check, offload
 from ..progress import progress
 from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
@@ -93,6 +94,11 @@ class FrontPoint:
         the float model).
     seconds : float
         Wall time of the point: pruning, device run, embedding and probes.
+    by_config : dict of str to dict
+        Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
+        ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's
+        equal the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under
+        the sweep's memory model (exact throttled cycle model, issue 12), None without one.
     """
 
     method: str
@@ -111,6 +117,7 @@ class FrontPoint:
     knn_agreement: float
     host_equals_device: bool | None
     seconds: float
+    by_config: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -191,6 +198,8 @@ class CompareReport:
     verify: dict | None
     wall_s: float
     files: list = field(default_factory=list)
+    #: ``memory``: the model's description, when the sweep had one (issue 12).
+    memory: str | None = None
 
     @property
     def passed(self):
@@ -242,16 +251,38 @@ class CompareReport:
                           f"cycles): " + ("PASS" if self.passed else "FAIL")])
         summary += [["wall time", f"{self.wall_s:.1f} s"],
                     ["wrote", ", ".join(map(str, self.files))]]
-        return [(title, header, rows),
+        return [(title, header, rows), *self._memory_sections(),
                 (f"Highest speedup within {WITHIN_POINTS:g} point of the float model's "
                  "accuracy", None, best),
                 ("Summary", None, summary)]
 
 
+    def _memory_sections(self):
+        """Every point on every config, and under the memory model (issue 12), when the sweep
+        had more than one config or a memory model; else nothing."""
+        if self.memory is None and len(self.points[0].by_config) < 2:
+            return []
+        bound = self.memory is not None
+        header = ["point", "config", "sparse cyc", "dense cyc", "speedup",
+                  *(["memory sparse", "memory dense", "speedup"] if bound else [])]
+        rows = []
+        for point in self.points:
+            for key, cycles in point.by_config.items():
+                rows.append([point.label, key, f"{cycles['sparse_cycles']:,}",
+                             f"{cycles['dense_cycles']:,}",
+                             f"{cycles['dense_cycles'] / cycles['sparse_cycles']:.2f}x"])
+                if bound:
+                    sparse, dense = cycles["memory_sparse_cycles"], cycles["memory_dense_cycles"]
+                    rows[-1] += [f"{sparse:,}", f"{dense:,}", f"{dense / sparse:.2f}x"]
+        title = "Cycles on every config (exact cycle model)" + (
+            f"; under {self.memory} (exact throttled model)" if bound else "")
+        return [(title, header, rows)]
+
+
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
-          checkpoints=(), config=DEFAULT_CONFIG, granularity=DEFAULT_GRANULARITY, seed=0,
+          checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False):
+          output="results/compare", verify=False, memory=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -266,7 +297,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     checkpoints : sequence of str or Path
         Pruned (e.g. distilled) checkpoints of the same architecture, offloaded with their
         zeros as they are and scored against `model`.
-    config : ArrayConfig
+    configs : sequence of ArrayConfig
+        The device runs the first; the others get the same calls' cycles from the exact cycle
+        model (:attr:`FrontPoint.by_config`). The front is the first config's.
     granularity : str
         Activation scale, as in :func:`~sparsemac.sw.model_offload.offload`.
     seed : int
@@ -284,6 +317,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     verify : bool
         Rerun the fastest point within one point of the float model (else the fastest) on
         Verilator, one test text: bit-exact sums and equal cycles to the reference.
+    memory : MemoryModel or None
+        Also count every point's workload cycles under this memory model (issue 12).
 
     Returns
     -------
@@ -299,7 +334,11 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
 
     started = time.perf_counter()
     methods, sparsities, checkpoints = list(methods), list(sparsities), list(checkpoints)
-    plan = _plan(methods, sparsities, checkpoints, config, granularity, workload, sizes)
+    configs = list(configs)
+    if not configs:
+        raise ValueError("need at least one array config")
+    config = configs[0]
+    plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
     splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
     texts = (load_texts(calibration) if calibration is not None
              else splits.calibration.texts)
@@ -330,6 +369,15 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
             setattr(offloaded.get_submodule(parent), child, Int8Linear.from_offloaded(module))
         on_host = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
         task = evaluate_embeddings(dense, model_embedder(offloaded, tokenizer), splits)
+        by_config = {}
+        for other in configs:
+            cycles = ((report.sparse_cycles, report.dense_cycles) if other is config
+                      else report.cycles_for(other))
+            bound = (None, None) if memory is None else recorded_memory_cycles(report, other,
+                                                                               memory)
+            by_config[other.key()] = dict(sparse_cycles=cycles[0], dense_cycles=cycles[1],
+                                          memory_sparse_cycles=bound[0],
+                                          memory_dense_cycles=bound[1])
         return FrontPoint(
             method=method if kind == "pruned" else kind, kind=kind, model=source,
             sparsity_target=None if kind != "pruned" or fixes_sparsity(method) else sparsity,
@@ -340,7 +388,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
             accuracy_dense_probe=task.accuracy_dense_probe, cosine=task.cosine,
             knn_agreement=task.knn_agreement,
             host_equals_device=bool(torch.equal(on_device, on_host)),
-            seconds=time.perf_counter() - point_started)
+            seconds=time.perf_counter() - point_started, by_config=by_config)
 
     points = []
     for number, (kind, method, source, sparsity) in enumerate(plan, start=1):
@@ -357,7 +405,10 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
                 speedup=1.0, sparse_weight_bytes=point.dense_weight_bytes,
                 dense_weight_bytes=point.dense_weight_bytes, accuracy=dense_task.accuracy,
                 accuracy_dense_probe=dense_task.accuracy, cosine=1.0, knn_agreement=1.0,
-                host_equals_device=None, seconds=0.0))
+                host_equals_device=None, seconds=0.0,
+                by_config={key: dict(cycles, sparse_cycles=cycles["dense_cycles"],
+                                     memory_sparse_cycles=cycles["memory_dense_cycles"])
+                           for key, cycles in point.by_config.items()}))
         progress(f"point {number}/{len(plan)} {point.label}: {point.speedup:.2f}x, accuracy "
                  f"{point.accuracy:.2%}, cosine {point.cosine:.4f}, {point.seconds:.0f} s "
                  f"(elapsed {time.perf_counter() - started:.0f} s)")
@@ -375,21 +426,22 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
               else str(calibration)},
         workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
         points=points, front=pareto_front(points), best=best, verify=checked,
-        wall_s=time.perf_counter() - started)
+        wall_s=time.perf_counter() - started,
+        memory=None if memory is None else memory.describe())
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(output / "compare.csv", [dict(asdict(point), label=point.label)
-                                       for point in points])
+    write_csv(output / "compare.csv", [_csv_row(point) for point in points])
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
     _plot(result, output / "front.png")
     result.files = [output / name for name in ("compare.csv", "compare.json", "front.png")]
     return result
 
 
-def _plan(methods, sparsities, checkpoints, config, granularity, workload, sizes):
+def _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes):
     """The points to measure, as ``(kind, method, model, sparsity)``; every argument checked."""
-    if not isinstance(config, ArrayConfig):
-        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    for config in configs:
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     if isinstance(workload, bool) or not isinstance(workload, int) \
@@ -450,6 +502,14 @@ def _verify(points, best, loaded, texts, text, config, seed, granularity):
             "sparse_cycles": verilator.sparse_cycles, "dense_cycles": verilator.dense_cycles,
             "reference_sparse_cycles": reference.sparse_cycles,
             "device_s": verilator.device_s}
+
+
+def _csv_row(point):
+    """A point as one flat CSV row: each config's cycles as ``<config>_<figure>`` columns."""
+    row = {name: value for name, value in asdict(point).items() if name != "by_config"}
+    for key, cycles in point.by_config.items():
+        row.update({f"{key}_{name}": value for name, value in cycles.items()})
+    return dict(row, label=point.label)
 
 
 def _json_ready(point):

@@ -19,13 +19,14 @@ import torch
 from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
-from ...hw.formats import Mode
+from ...hw.formats import ColumnIndex, Mode
 from ..calibration import fixes_sparsity, method_calibration, prune_calibrated
 from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import memory_report
 from ..offload import OffloadedLinear
+from ..packing import check_index
 from ..progress import phase, progress
 from . import check_output_path
 from ..pruning import choose_masks
@@ -225,7 +226,8 @@ def _check_options(backend, port, fst, fst_limit, method, memory):
 def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT_SPARSITY,
                    method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
                    seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
-                   memory=PRESETS["ideal"], energy_table=None, calibration=None):
+                   memory=PRESETS["ideal"], energy_table=None, index=ColumnIndex.CSR,
+                   calibration=None):
     """Runs one pruned layer sparse and dense on a device and checks both runs.
 
     Parameters
@@ -268,6 +270,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         Calibration text of a calibrated method: a UTF-8 file, one text a line; None for the
         built-in task's calibration split (seeded by `seed`, disjoint from its evaluation text).
         Only with a calibrated method.
+    index : ColumnIndex
+        How the sparse jobs send their column indices; DELTA needs a config with the delta
+        decoder (``ArrayConfig.delta_bits``).
 
     Returns
     -------
@@ -287,6 +292,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     _check_options(backend, port, fst, fst_limit, method, memory)
     calibrated, texts = method_calibration(method, calibration, seed=seed)
+    check_index(config, index)
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
     # whose `simulate` options read this module's defaults.
@@ -310,12 +316,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     predicted = OffloadedLinear.from_linear(linear, reference, mask=mask)
     activations = quantise_activations(inputs, predicted.granularity).values
     weights = predicted.weights
-    predicted_sparse = reference.matmul(weights, activations, Mode.SPARSE)
+    predicted_sparse = reference.matmul(weights, activations, Mode.SPARSE, index)
     predicted_dense = reference.matmul(weights, activations, Mode.DENSE)
     # The memory model's figures, and an onchip layer's fit, before any device work.
     with phase(f"cycle and energy model under memory {memory.name}"):
         memory_figures = memory_report(weights, inputs.shape[0], config, memory, table=table,
-                                       layer=layer)
+                                       layer=layer, index=index)
     if fst is not None:
         estimate = estimate_fst_bytes(predicted_sparse.cycles + predicted_dense.cycles, config)
         if estimate > fst_limit:
@@ -333,6 +339,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **options) as device:
         offloaded = OffloadedLinear.from_linear(linear, device, mask=mask)
+        offloaded.index = ColumnIndex(index)
         with phase(f"sparse run: {weights.nnz:,} nonzeros x {inputs.shape[0]} tokens"):
             with torch.no_grad():
                 output = offloaded(inputs)
