@@ -49,8 +49,9 @@ from .pruning import DEFAULT_BERT_PATTERNS, keep_all_but_lowest, matching_linear
 
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
-    "CalibratedLayer", "CalibrationReport", "InputStatistics",
-    "activation_absmax", "capture_group_inputs", "check_pattern", "prune_calibrated",
+    "CalibratedLayer", "CalibratedMethod", "CalibrationReport", "InputStatistics",
+    "activation_absmax", "capture_group_inputs", "check_method", "check_pattern",
+    "fixes_sparsity", "method_calibration", "parse_calibrated", "prune_calibrated",
     "reconstruction_error", "sparsegpt_prune", "wanda_prune",
 ]
 
@@ -382,6 +383,122 @@ PRUNERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "wanda": wanda_prune,
     "sparsegpt": sparsegpt_prune,
 }
+
+
+@dataclass(frozen=True)
+class CalibratedMethod:
+    """A calibrated method as a user spells it where any pruning method is accepted.
+
+    ``wanda`` or ``sparsegpt``, optionally followed by ``-`` and a pattern: ``wanda-2:4``,
+    ``sparsegpt-k-aligned``.
+
+    Attributes
+    ----------
+    method : {"wanda", "sparsegpt"}
+    pattern : {None, "N:M", "k-aligned"}
+    """
+
+    method: str
+    pattern: str | None
+
+
+def parse_calibrated(text: str) -> CalibratedMethod | None:
+    """The calibrated method `text` names, or None if it names none (``magnitude``, ``2:4``).
+
+    Raises
+    ------
+    ValueError
+        If `text` starts with a calibrated method and a ``-`` but the pattern after it is
+        neither ``N:M`` (``1 <= N <= M``) nor ``k-aligned``.
+    """
+    if not isinstance(text, str):
+        return None
+    method, dash, pattern = text.strip().partition("-")
+    if method not in PRUNERS:
+        return None
+    if not dash:
+        return CalibratedMethod(method, None)
+    match = _NM.match(pattern)
+    if pattern != K_ALIGNED and not (match and 1 <= int(match[1]) <= int(match[2])):
+        raise ValueError(f"method {text!r}: after {method}- comes an N:M pattern with "
+                         f"1 <= N <= M (e.g. {method}-2:4) or {K_ALIGNED!r}, not {pattern!r}")
+    return CalibratedMethod(method, pattern if pattern == K_ALIGNED else
+                            f"{match[1]}:{match[2]}")
+
+
+def check_method(text: str) -> CalibratedMethod | None:
+    """Validate any pruning method a user typed: calibrated, or one of :func:`parse_method
+    <sparsemac.sw.pruning.parse_method>`'s with an explicit N:M.
+
+    Returns
+    -------
+    CalibratedMethod or None
+        None for magnitude, random and N:M.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the method is unknown or its pattern invalid; the message lists every valid form.
+    """
+    from .pruning import parse_method
+
+    calibrated = parse_calibrated(text)
+    if calibrated is None:
+        try:
+            parse_method(text, explicit=True)
+        except ValueError as error:
+            if "unknown pruning method" not in str(error):
+                raise
+            raise ValueError(f"{error}; or a calibrated one: {', '.join(PRUNERS)}, each "
+                             f"optionally with -N:M or -{K_ALIGNED} (e.g. sparsegpt-2:4)"
+                             ) from None
+    return calibrated
+
+
+def method_calibration(method: str, path=None, *, seed: int = 0
+                       ) -> tuple[CalibratedMethod | None, list[str] | None]:
+    """Check a method and read its calibration text, before any model or device work.
+
+    Parameters
+    ----------
+    method : str
+        As :func:`check_method`.
+    path : str or Path, optional
+        A UTF-8 text file, one text a line; None: the built-in task's calibration split
+        (:func:`~sparsemac.sw.task.calibration_texts` with `seed`).
+    seed : int
+
+    Returns
+    -------
+    calibrated : CalibratedMethod or None
+    texts : list of str or None
+        None when the method is not calibrated.
+
+    Raises
+    ------
+    ValueError
+        If the method is invalid, `path` is given for a method that takes no calibration
+        text, or the file is missing, empty or not UTF-8 (``TaskDataError``, naming it).
+    """
+    from .task import calibration_texts
+
+    calibrated = check_method(method)
+    if calibrated is None:
+        if path is not None:
+            raise ValueError(f"calibration text is for wanda and sparsegpt; method {method} "
+                             "takes none")
+        return None, None
+    return calibrated, calibration_texts(path, seed=seed)
+
+
+def fixes_sparsity(text: str) -> bool:
+    """Whether the method `text` names has an N:M pattern, whose ``1 - N/M`` is its sparsity."""
+    from .pruning import is_structured
+
+    calibrated = check_method(text)
+    if calibrated is None:
+        return is_structured(text)
+    return calibrated.pattern not in (None, K_ALIGNED)
 
 
 def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor,

@@ -15,6 +15,7 @@ into jobs as :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` does), or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
+from .calibration import parse_calibrated, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
@@ -269,8 +271,9 @@ class CrossCheck:
 
 def offload(model: nn.Module, device: Device, sparsity: float | None, method: str = "magnitude",
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
-            patterns=DEFAULT_BERT_PATTERNS, measure_dense: bool = False,
-            keep_sums: bool = False, progress: bool = False) -> tuple[nn.Module, OffloadReport]:
+            patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
+            tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
+            progress: bool = False) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.
 
     Parameters
@@ -286,7 +289,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         None or ``1 - n/m`` for N:M methods, whose pattern fixes it.
     method : str
         ``"magnitude"``, ``"random"`` or an ``"N:M"`` string such as ``"2:4"``, as in
-        :func:`~sparsemac.sw.pruning.prune_mask`.
+        :func:`~sparsemac.sw.pruning.prune_mask`; or a calibrated method, ``"wanda"`` or
+        ``"sparsegpt"``, optionally with a pattern: ``"sparsegpt-2:4"``, ``"wanda-k-aligned"``
+        (:func:`~sparsemac.sw.calibration.parse_calibrated`; K is the device's lanes). A
+        calibrated method prunes the float linears in place, in order, on `calibration`
+        (:func:`~sparsemac.sw.calibration.prune_calibrated`), before they are quantised.
     seed : int or None
         For random pruning (required there): layer ``i`` gets seed ``seed + i``, as in
         :func:`~sparsemac.sw.pruning.prune_model`.
@@ -298,6 +305,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         Regular expressions selecting the linears by qualified name (``re.search``); the
         default selects the six encoder linears of each BERT layer. Other models need their
         own, e.g. ``[r"^transformer\\.layer\\.\\d+\\."]`` for DistilBERT.
+    calibration : sequence of str, optional
+        Calibration text of a calibrated method (required there, unused otherwise): keep it
+        apart from evaluation text (:func:`~sparsemac.sw.task.calibration_texts`).
+    tokenizer : transformers.PreTrainedTokenizerFast, optional
+        The model's, to feed `calibration` (required with a calibrated method).
     measure_dense : bool
         Run every call again on the device in dense mode and record its cycles (and check that
         its sums equal the sparse run's) instead of predicting them with the cycle model.
@@ -318,14 +330,17 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     ------
     ValueError
         If no linear matches (the message names the patterns and the model's linears), the
-        method, scope or granularity is unknown, the sparsity is invalid, or a layer does not
-        fit the device. Nothing is replaced then.
+        method, scope or granularity is unknown, the sparsity is invalid (or not what an N:M
+        pattern gives), a layer does not fit the device, or a calibrated method lacks its
+        calibration text or tokenizer. Nothing is replaced or pruned then.
     TypeError
         If `device` is not a Device.
     """
     if not isinstance(device, Device):
         raise TypeError(f"device must be a Device (see open_device), not {device!r}")
-    parse_method(method)  # a bad method fails before the model is searched
+    calibrated = parse_calibrated(method)
+    if calibrated is None:
+        parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     conv1d = conv1d_class()
@@ -333,8 +348,13 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     linears = [(name, _as_linear(module)) for name, module in require_linears(model, patterns,
                                                                               kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
-    masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
+    if calibrated is None:
+        masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
+    else:
+        masks, target = _calibrated_masks(model, linears, device.config, sparsity, calibrated,
+                                          scope=scope, patterns=patterns,
+                                          calibration=calibration, tokenizer=tokenizer)
 
     # Build every replacement before swapping any, so an error leaves the model untouched.
     replacements = []
@@ -431,6 +451,29 @@ def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
 
 
 # Internals --------------------------------------------------------------------------------------
+
+def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, patterns,
+                      calibration, tokenizer):
+    """Prune `linears` of `model` in place with a calibrated method; their keep-masks and the
+    target sparsity. Every check comes before the first weight changes."""
+    name = calibrated.method + (f"-{calibrated.pattern}" if calibrated.pattern else "")
+    if scope != "local":
+        raise ValueError(f"{name} prunes each layer on its own: scope must be 'local', not "
+                         f"{scope!r}")
+    if calibration is None or tokenizer is None:
+        raise ValueError(f"{name} needs calibration text and the model's tokenizer")
+    for layer, linear in linears:
+        if not isinstance(model.get_submodule(layer), nn.Linear):
+            raise ValueError(f"{name} prunes nn.Linear layers only, and {layer} is a "
+                             f"{type(model.get_submodule(layer)).__name__}")
+        if linear.in_features > config.max_in_features:
+            raise ValueError(f"{layer} has {linear.in_features} input features but the array "
+                             f"holds at most {config.max_in_features}")
+    report = prune_calibrated(model, tokenizer, calibrated.method, sparsity, calibration,
+                              pattern=calibrated.pattern, lanes=config.lanes,
+                              patterns=patterns)
+    return [report.masks[layer] for layer, _ in linears], report.sparsity_target
+
 
 def _as_linear(module):
     """`module` if an nn.Linear, else the nn.Linear a transformers Conv1D computes.

@@ -33,7 +33,8 @@ import torch
 __all__ = [
     "BUILTIN_LICENCE", "BUILTIN_SOURCE", "DEFAULT_SPLIT_SIZES", "KNN_NEIGHBOURS",
     "DEFAULT_FIDELITY_POINTS", "FidelityPoint", "FidelityRow", "LabelledTexts", "SplitSizes",
-    "TaskDataError", "TaskEmbeddings", "TaskReport", "TaskSplits", "embed_splits",
+    "TaskDataError", "TaskEmbeddings", "TaskReport", "TaskSplits", "calibration_texts",
+    "embed_splits",
     "evaluate_embeddings", "fidelity_table", "load_labelled", "load_texts", "model_embedder",
     "task_splits",
 ]
@@ -244,6 +245,31 @@ def load_texts(path: str | Path) -> list[str]:
     path = Path(path)
     # _read_utf8 refuses a file of only whitespace, so some line is left.
     return [text for text in map(_clean, _read_utf8(path).splitlines()) if text]
+
+
+def calibration_texts(path: str | Path | None = None, *, seed: int = 0) -> list[str]:
+    """Calibration text for one-shot pruning: a user's file, or the built-in task's split.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A plain UTF-8 text file, one text per line (:func:`load_texts`). None: the calibration
+        split of the built-in tweets (:func:`task_splits` with `seed` and the default sizes),
+        disjoint from their train and test splits.
+    seed : int
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    TaskDataError
+        As :func:`load_texts` (missing, empty or not UTF-8: the message names the file).
+    """
+    if path is not None:
+        return load_texts(path)
+    return task_splits(load_labelled(), seed=seed).calibration.texts
 
 
 def _builtin_csv() -> bytes:

@@ -32,3 +32,26 @@ def test_a_layer_that_does_not_fit_onchip_is_refused_before_the_run(capsys):
     assert ("error: encoder.layer.0.attention.self.query (dense mode) has 147456 bytes of "
             "weights but the block RAM left beside a K=8 T=4 in<=4096 array holds 137216") in err
     assert "reference run" not in err
+
+
+def test_a_calibrated_method_runs_the_whole_model(capsys, tmp_path):
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("The lamp is lit at dusk.\nA ship passes in the night.\n",
+                           encoding="utf-8")
+    status, out, err = run_bert(capsys, "--json", "--method", "wanda-k-aligned",
+                                "--sparsity", "0.75", "--calibration", str(calibration))
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["method"] == "wanda-k-aligned" and report["sparsity"] == 0.75
+    for layer in report["layers"]:  # each layer keeps a multiple of K=8 nearest a quarter
+        rows, cols = layer["shape"]
+        assert layer["nnz"] <= 8 * round(rows * cols / 4 / 8)
+        assert layer["nnz"] > 0.99 * rows * cols / 4
+
+
+def test_a_missing_calibration_file_is_refused(capsys, tmp_path):
+    missing = tmp_path / "nothing.txt"
+    status, out, err = run_bert(capsys, "--method", "sparsegpt", "--calibration", str(missing))
+    assert status == 2 and out == ""
+    assert f"sparsemac bert: error: {missing}: no such file" in err
+    assert "[sparsemac]" not in err

@@ -254,3 +254,85 @@ def test_board_estimate_counts_the_memory(capsys):
     status, out, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
                                     "--memory", "ulx3s-sdram")
     assert "fed by memory ulx3s-sdram" in out
+
+
+# Calibrated methods --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory):
+    """Eight short texts: calibration is then quick, and apart from the built-in task."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
+    path.write_text("\n".join(f"Sentence {i} about lamps, stairs and the sea at night."
+                              for i in range(8)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("backend", ["reference", "verilator"])
+@pytest.mark.parametrize("method, sparsity, target", [
+    ("sparsegpt-k-aligned", "0.75", 0.75), ("wanda-2:4", "0.9", None)])
+def test_calibrated_methods_stay_bit_exact_and_cycle_exact(capsys, calibration_file, backend,
+                                                            method, sparsity, target):
+    status, out, err = run_simulate(
+        capsys, "--json", "--backend", backend, "--method", method, "--sparsity", sparsity,
+        "--tokens", "8", "--calibration", str(calibration_file))
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["method"] == method and report["target_sparsity"] == target
+    assert report["bit_exact"] is True and report["cycle_model_match"] is True
+    assert report["sparse_cycles"] == report["predicted_sparse_cycles"]
+    # K-aligned: 1536 x 384 keeps 147,456 weights, a multiple of K=8; 2:4 keeps half. int8
+    # rounding may zero a few more.
+    kept = 1 - (target or 0.5)
+    assert 1 - kept <= report["sparsity"] < 1 - kept + 0.002
+    # Every row of a K-aligned layer fills its chunks of K: the speedup is the ideal one but
+    # for each job's fixed start and drain.
+    if target:
+        assert report["efficiency"] > 0.97
+
+
+def test_calibrated_pruning_uses_the_calibration_text(calibration_file, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("A completely different text.\nAnd another one, longer than that.\n",
+                     encoding="utf-8")
+    reports = [simulate.simulate_layer(method="wanda", sparsity=0.5, backend="reference",
+                                       tokens=4, calibration=path)
+               for path in (calibration_file, calibration_file, other)]
+    assert reports[0].sparse_cycles == reports[1].sparse_cycles
+    assert reports[0].relative_error == reports[1].relative_error  # seeded, deterministic
+    assert reports[0].relative_error != reports[2].relative_error
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"  \n\n", "the file is empty (or only whitespace)"),
+    (b"caf\xe9\n", "not UTF-8 (byte 0xe9 on line 1): save it as UTF-8"),
+])
+def test_a_bad_calibration_file_is_refused_before_any_model(capsys, tmp_path, content, message):
+    path = tmp_path / "calibration.txt"
+    if content is not None:
+        path.write_bytes(content)
+    status, _, err = run_simulate(capsys, "--method", "sparsegpt", "--calibration", str(path))
+    assert status == 2
+    assert f"sparsemac simulate: error: {path}: {message}" in err
+    assert "[sparsemac]" not in err  # nothing loaded, no device opened
+
+
+def test_calibration_text_needs_a_calibrated_method(capsys, calibration_file):
+    status, _, err = run_simulate(capsys, "--calibration", str(calibration_file))
+    assert status == 2
+    assert ("calibration text is for wanda and sparsegpt; method magnitude takes none"
+            in err)
+
+
+@pytest.mark.parametrize("method, message", [
+    ("wanda-3", "method 'wanda-3': after wanda- comes an N:M pattern with 1 <= N <= M "
+                "(e.g. wanda-2:4) or 'k-aligned', not '3'"),
+    ("obs", "unknown pruning method 'obs'; valid methods are 'magnitude', 'random' or an 'N:M' "
+            "string such as '2:4'; or a calibrated one: wanda, sparsegpt, each optionally with "
+            "-N:M or -k-aligned (e.g. sparsegpt-2:4)"),
+])
+def test_a_bad_calibrated_method_is_refused(capsys, method, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_simulate(capsys, "--method", method)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,19 +1,27 @@
-"""``sparsemac compare``: sweep pruning method and sparsity over a whole offloaded MiniLM and
-tabulate cycles saved against output fidelity, with plots.
+"""``sparsemac compare``: the speed-accuracy front of pruning methods x sparsities (and
+distilled checkpoints) on a whole offloaded BERT, with the task accuracy of each point.
 
 The work is :func:`sparsemac.sw.pipelines.compare.sweep`; this command parses, calls it and
-prints its report.
+prints its report. Exit status: 0, 1 when a host/device or Verilator check fails, 2 for bad
+input.
 """
 
-from .options import (add_config_arguments, add_granularity_argument, add_memory_arguments,
-                      configs_from_args, fraction_argument, memory_from_args)
+import argparse
+import json
 
-HELP = ("Sweep sparsity and pruning method (and array configs) over a whole offloaded MiniLM: "
-        "cycles sparse vs dense, weight bytes and fidelity vs the float model, as CSV, JSON "
-        "and PNG plots.")
+from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
+                      add_granularity_argument, add_memory_arguments, configs_from_args,
+                      fraction_argument, memory_from_args, method_argument)
 
-DEFAULT_SPARSITIES = "0,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95"
-DEFAULT_METHODS = "magnitude,random,2:4,1:4"
+HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
+        "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
+        "the device and accuracy on the built-in tweet task; table, CSV, JSON and a PNG plot.")
+
+# Restated from sparsemac.sw.pipelines.compare so that --help does not import torch
+# (tests/test_compare.py checks that they agree).
+DEFAULT_METHODS = "magnitude,sparsegpt"
+DEFAULT_SPARSITIES = "0.5,0.8"
+DEFAULT_TRAIN, DEFAULT_TEST, DEFAULT_WORKLOAD = 800, 400, 16
 
 
 def _sparsities(text):
@@ -21,29 +29,69 @@ def _sparsities(text):
 
 
 def _methods(text):
-    from .options import method_argument
-
     return [method_argument(method.strip()) for method in text.split(",") if method.strip()]
+
+
+def _directories(text):
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"need a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need a positive integer, not {value}")
+    return value
 
 
 def add_arguments(parser):
     parser.add_argument("--model", default="minilm",
-                        help="minilm (default) or a local BERT checkpoint with a tokenizer")
-    parser.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES,
-                        help=f"comma-separated sparsities of magnitude and random pruning "
-                             f"(default {DEFAULT_SPARSITIES})")
+                        help="the float model: minilm (default) or a local BERT checkpoint "
+                             "directory with a tokenizer")
+    parser.add_argument("--checkpoints", metavar="DIR[,DIR...]", type=_directories,
+                        default=[],
+                        help="pruned checkpoints of the same model (e.g. from sparsemac prune), "
+                             "each a point offloaded with its zeros as they are")
     parser.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
-                        help=f"comma-separated methods; N:M patterns give one point each at "
-                             f"1 - N/M (default {DEFAULT_METHODS})")
+                        help=f"comma-separated pruning methods: {METHOD_HELP}; an N:M pattern "
+                             f"is one point at 1 - N/M (default {DEFAULT_METHODS})")
+    parser.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES,
+                        help=f"comma-separated sparsities of the other methods (default "
+                             f"{DEFAULT_SPARSITIES})")
+    parser.add_argument("--train", type=_positive, default=DEFAULT_TRAIN,
+                        help=f"tweets the probes are fitted on (default {DEFAULT_TRAIN})")
+    parser.add_argument("--test", type=_positive, default=DEFAULT_TEST,
+                        help=f"tweets the probes are scored on (default {DEFAULT_TEST}). A "
+                             "point embeds train + test tweets through its int8 model: 145 to "
+                             "235 s for the defaults on a 2-core machine at load average 10, "
+                             "plus 90 to 150 s of pruning for sparsegpt (wanda: about 90 s), "
+                             "so the default sweep (float, int8 and 4 pruned points) takes "
+                             "about 18 minutes at that load, half that at load 2 to 4. One "
+                             f"point of accuracy is {DEFAULT_TEST // 100} test tweets: the "
+                             "binomial standard error at 70 %% is 2.3 points, so use --train "
+                             "2000 --test 1000 (2.5 times as long) to separate close points")
+    parser.add_argument("--workload", type=_positive, default=DEFAULT_WORKLOAD,
+                        help="test tweets, in one batch, whose cycles are measured on the "
+                             f"device (default {DEFAULT_WORKLOAD})")
+    parser.add_argument("--data", metavar="CSV", default=None,
+                        help="labelled task instead of the built-in tweets: a UTF-8 CSV with "
+                             "text and label columns")
+    add_calibration_argument(parser)
     add_config_arguments(parser, several=True)
     add_granularity_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of random pruning (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the task's splits and of random pruning (default 0)")
     parser.add_argument("--output", default="results/compare",
-                        help="folder for compare.csv, compare.json and the PNG plots "
+                        help="folder for compare.csv, compare.json and front.png "
                              "(default results/compare)")
     parser.add_argument("--verify", action="store_true",
-                        help="rerun one point (magnitude 90 %%) on the Verilator device: same "
-                             "cycles and bit-exact sums as the reference")
+                        help="rerun the fastest point within 1 point of the float model on "
+                             "the Verilator device, one tweet: same cycles and bit-exact sums "
+                             "as the reference")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the tables")
     add_memory_arguments(parser, energy=False)  # issue 12: memory-bound cycles too
 
 
@@ -56,11 +104,19 @@ def _memory(args):
 
 def run(args):
     from ..pipelines.compare import sweep
+    from ..progress import progress
     from ..tables import format_sections
+    from ..task import SplitSizes
 
-    print(f"seed {args.seed}")
-    report = sweep(args.methods, args.sparsities, configs_from_args(args), model=args.model,
-                   granularity=args.granularity, seed=args.seed, output=args.output,
-                   verify=args.verify, memory=_memory(args))
-    print(format_sections(report.sections()))
+    progress(f"seed {args.seed}")
+    report = sweep(args.methods, args.sparsities, model=args.model,
+                   checkpoints=args.checkpoints, configs=configs_from_args(args),
+                   granularity=args.granularity, seed=args.seed,
+                   sizes=SplitSizes(train=args.train, test=args.test),
+                   workload=args.workload, data=args.data, calibration=args.calibration,
+                   output=args.output, verify=args.verify, memory=_memory(args))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(format_sections(report.sections()))
     return 0 if report.passed else 1

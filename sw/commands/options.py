@@ -16,7 +16,8 @@ from ...hw.formats import ColumnIndex
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
-           "add_granularity_argument", "method_argument", "fraction_argument"]
+           "add_granularity_argument", "METHOD_HELP", "method_argument",
+           "add_calibration_argument", "fraction_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -172,15 +173,31 @@ def add_granularity_argument(parser):
                              f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
+#: How ``--method`` is spelt, for the help of every command that takes one.
+METHOD_HELP = ("magnitude, random, N:M such as 2:4, or calibrated on text: wanda, sparsegpt, "
+               "each optionally with -N:M or -k-aligned (rows keep multiples of K), e.g. "
+               "sparsegpt-2:4")
+
+
 def method_argument(text):
-    """argparse type of ``--method``: magnitude, random or an explicit N:M such as 2:4."""
-    from ..pruning import parse_method  # torch: imported when an option is parsed, not at --help
+    """argparse type of ``--method``: magnitude, random, an explicit N:M such as 2:4, or a
+    calibrated method (:func:`~sparsemac.sw.calibration.parse_calibrated`)."""
+    # torch: imported when an option is parsed, not at --help
+    from ..calibration import check_method
 
     try:
-        parse_method(text, explicit=True)
+        check_method(text)
     except (TypeError, ValueError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def add_calibration_argument(parser):
+    """``--calibration PATH``: the calibration text of wanda and sparsegpt."""
+    parser.add_argument("--calibration", metavar="PATH", default=None,
+                        help="calibration text of wanda and sparsegpt: a UTF-8 file, one text "
+                             "a line (default: the 128-tweet calibration split of the built-in "
+                             "task, disjoint from its train and test splits)")
 
 
 def fraction_argument(text):

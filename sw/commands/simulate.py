@@ -10,9 +10,10 @@ input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (add_backend_arguments, add_config_arguments, add_index_argument,
-                      add_memory_arguments, add_report_arguments, config_from_args,
-                      fraction_argument, index_from_args, memory_from_args, method_argument)
+from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
+                      add_config_arguments, add_index_argument, add_memory_arguments,
+                      add_report_arguments, config_from_args, fraction_argument,
+                      index_from_args, memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -33,7 +34,8 @@ def add_arguments(parser):
                         help="fraction of weights to prune, 0 to 1 (default: %(default)s; "
                              "ignored by N:M methods)")
     parser.add_argument("--method", type=method_argument, default="magnitude",
-                        help="pruning: magnitude, random or N:M such as 2:4 (default: %(default)s)")
+                        help=f"pruning: {METHOD_HELP} (default: %(default)s)")
+    add_calibration_argument(parser)
     parser.add_argument("--tokens", type=int, default=None,
                         help="repeat the sentence to exactly this many tokens (default: the "
                              "sentence itself)")
@@ -68,7 +70,7 @@ def run(args):
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args))
+        index=index_from_args(args), calibration=args.calibration)
     if args.csv is not None:
         write_csv(args.csv, [report.csv_row()])
     if args.json:

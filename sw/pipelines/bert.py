@@ -19,6 +19,7 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
+from ..calibration import fixes_sparsity, method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import ModelMemoryReport, memory_report
@@ -27,7 +28,6 @@ from ..packing import check_index
 from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
                       tokenize)
 from ..progress import phase, progress, progress_bar
-from ..pruning import is_structured, parse_method
 from ..quantisation import DEFAULT_GRANULARITY
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
@@ -137,7 +137,7 @@ def _times(value):
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
                  scope="local", granularity=DEFAULT_GRANULARITY, text=None, tokens=None, seed=0,
                  config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
-                 energy_table=None, index=ColumnIndex.CSR):
+                 energy_table=None, index=ColumnIndex.CSR, calibration=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
 
     Parameters
@@ -151,7 +151,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         Fraction of weights pruned (default :data:`DEFAULT_SPARSITY`; None for N:M methods,
         whose pattern fixes it).
     method, scope, granularity, seed
-        As in :func:`~sparsemac.sw.model_offload.offload`.
+        As in :func:`~sparsemac.sw.model_offload.offload`; a calibrated method (``wanda``,
+        ``sparsegpt``, ``sparsegpt-2:4`` ...) is run on each device's copy of the model, so
+        with a cross-check it runs twice (deterministic: the same weights both times).
     text : str or None
         The sentence (default: the built-in 16-token sentence).
     tokens : int or None
@@ -167,6 +169,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         streams: ideal ones on the simulators).
     energy_table : str or Path or None
         Per-event energies as JSON; None for the default table.
+    calibration : str or Path or None
+        Calibration text of a calibrated method: a UTF-8 file, one text a line; None for the
+        built-in task's calibration split (seeded by `seed`). Only with a calibrated method.
     index : ColumnIndex
         How the sparse jobs send their column indices; DELTA needs a config with the delta
         decoder (``ArrayConfig.delta_bits``).
@@ -178,15 +183,17 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     Raises
     ------
     ValueError, FileNotFoundError
-        If an option or the model is wrong; options are checked before anything is loaded.
+        If an option, the model or the calibration file is wrong; options and the file are
+        checked before anything is loaded.
     DeviceError
         If the device cannot be built or fails.
     """
     started = time.perf_counter()
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    parse_method(method, explicit=True)  # a bad method fails before any work
-    structured = is_structured(method)
+    # A bad method or calibration file fails before any work.
+    calibrated, texts = method_calibration(method, calibration, seed=seed)
+    structured = fixes_sparsity(method)
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
@@ -211,7 +218,11 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     check = backend != "reference"
     reference_model = copy.deepcopy(loaded.model) if check else None
 
-    options = dict(seed=seed, granularity=granularity, scope=scope)
+    if calibrated is not None and loaded.tokenizer is None:
+        raise ValueError(f"{method} needs a tokenizer for its calibration text, and "
+                         f"{loaded.name} has none")
+    options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
+                   tokenizer=loaded.tokenizer)
     device_options = {} if port is None else {"port": port}
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **device_options) as device:

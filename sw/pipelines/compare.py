@@ -1,10 +1,27 @@
-"""Sweep pruning method and sparsity over a whole offloaded MiniLM: :func:`sweep`.
+"""The speed-accuracy front of a pruned, offloaded BERT: :func:`sweep`.
 
-Cycles saved against output fidelity, as a :class:`CompareReport` and as CSV, JSON and PNG plots
-in an output folder. ``sparsemac compare`` prints the report's table; from Python::
+Every point is a model offloaded to the array (every encoder linear pruned, quantised to int8,
+packed in CSR): the float model and int8 alone for reference, each pruning method at each
+sparsity, and distilled checkpoints as they are. Per point:
+
+- **cycles**, sparse and dense, measured on the device (the reference back end: golden model
+  and exact cycle model, which equal the RTL's cycle for cycle) for the workload, the first
+  test texts of the task in one padded batch; speedup = dense / sparse cycles;
+- **task accuracy** on the labelled tweets of :mod:`sparsemac.sw.task`: a linear probe fitted
+  on the point's own train embeddings and scored on the test split, and the dense (float)
+  model's probe reading the point's test embeddings; embedding cosine and kNN agreement to the
+  float model. The thousands of task texts run through the same int8 arithmetic on the host
+  (:meth:`Int8Linear.from_offloaded <sparsemac.sw.quantisation.Int8Linear.from_offloaded>`),
+  which is checked, per point, to give the device's very embeddings for the workload;
+- weight bytes of one pass over the link, CSR and dense.
+
+The report's :attr:`CompareReport.front` is the Pareto-optimal subset (no other point is as
+fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, per method, the
+fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's. ``sparsemac
+compare`` prints it; from Python::
 
     from sparsemac.sw.pipelines.compare import sweep
-    report = sweep(["magnitude", "2:4"], [0.5, 0.9], output="results/compare")
+    report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
 """
 
 import copy
@@ -17,153 +34,291 @@ from pathlib import Path
 import torch
 
 from ...devices import open_device
-from ...hw.config import DEFAULT_CONFIG
+from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ..calibration import check_method, fixes_sparsity
 from ..memory_report import recorded_memory_cycles
 from ..model_offload import cross_check, offload
-from ..models import (DEFAULT_SENTENCE, SIMILARITY_PAIRS, load_model, ranking_agreement,
-                      sentence_embeddings, tokenize)
-from ..progress import progress_bar
-from ..pruning import is_structured, parse_method
-from ..quantisation import DEFAULT_GRANULARITY
+from ..progress import progress
+from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 from ..tables import write_csv
+from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
+                    model_embedder, task_splits)
 
-__all__ = ["DEFAULT_SPARSITIES", "DEFAULT_METHODS", "VERIFY_POINT", "ComparePoint",
-           "CompareReport", "sweep"]
+__all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
+           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within", "pareto_front",
+           "sweep"]
 
-DEFAULT_SPARSITIES = (0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-DEFAULT_METHODS = ("magnitude", "random", "2:4", "1:4")
-#: The point ``verify`` runs on Verilator when the sweep has it (else the sweep's last).
-VERIFY_POINT = ("magnitude", 0.9)
+#: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
+#: 18.5 minutes on the shared 2-core machine at load average 10 to 12 (a point embeds 1,200
+#: tweets through its int8 model: 145 to 235 s; sparsegpt adds 90 to 150 s of pruning), about
+#: half that at load 2 to 4. Wanda, a third method, adds 8 minutes at that load; it was
+#: dominated by sparsegpt at both sparsities (docs/results.md), so it is left to ``--methods``.
+DEFAULT_METHODS = ("magnitude", "sparsegpt")
+DEFAULT_SPARSITIES = (0.5, 0.8)
+#: Train and test split sizes of the default sweep (the task's own defaults are 2,000 and
+#: 1,000, which take 2.5 times as long per point).
+DEFAULT_SIZES = SplitSizes(train=800, test=400)
+#: Test texts in the workload whose cycles are measured.
+DEFAULT_WORKLOAD = 16
+#: "Within one point": the accuracy drop, in percentage points, that :func:`best_within` allows.
+WITHIN_POINTS = 1.0
+# Accuracies are ratios of counts: a drop of exactly one point must not fail on rounding.
+_TOLERANCE = 1e-9
 
 
 @dataclass
-class ComparePoint:
-    """One row of the sweep: a pruned, offloaded model on one array configuration.
+class FrontPoint:
+    """One model on the front.
 
-    Cycles are for the workload (the similarity benchmark's sentences in one batch); the
-    fidelity figures compare with the float model as given and do not depend on the array.
+    Attributes
+    ----------
+    method : str
+        ``"float"``, ``"int8"`` (no pruning), a pruning method, or ``"checkpoint"``.
+    kind : {"float", "int8", "pruned", "checkpoint"}
+        The float model never runs on the array: its cycles are the dense ones (speedup 1).
+    model : str
+        The model it was made from (a checkpoint's directory).
+    sparsity_target : float or None
+        Asked for; None for N:M patterns, checkpoints, float and int8.
+    sparsity : float
+        Achieved fraction of zero int8 weights over the offloaded linears (0 for float).
+    sparse_cycles, dense_cycles : int
+        Measured on the device for the workload (sparse = dense for the float model).
+    speedup : float
+        Dense over sparse cycles.
+    sparse_weight_bytes, dense_weight_bytes : int
+    accuracy, accuracy_dense_probe, cosine, knn_agreement : float
+        :class:`~sparsemac.sw.task.TaskReport`'s, against the float model.
+    host_equals_device : bool or None
+        The host's int8 embeddings of the workload equal the device's, bit for bit (None for
+        the float model).
+    seconds : float
+        Wall time of the point: pruning, device run, embedding and probes.
+    by_config : dict of str to dict
+        Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
+        ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's
+        equal the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under
+        the sweep's memory model (exact throttled cycle model, issue 12), None without one.
     """
 
     method: str
-    config: str
-    sparsity_target: float
+    kind: str
+    model: str
+    sparsity_target: float | None
     sparsity: float
     sparse_cycles: int
     dense_cycles: int
     speedup: float
-    ideal_speedup: float
-    efficiency: float
     sparse_weight_bytes: int
     dense_weight_bytes: int
-    embedding_cosine: float
-    ranking_agreement: float
-    grade_agreement: float
+    accuracy: float
+    accuracy_dense_probe: float
+    cosine: float
+    knn_agreement: float
+    host_equals_device: bool | None
+    seconds: float
+    by_config: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How tables and the plot name the point."""
+        if self.kind == "checkpoint":
+            return f"checkpoint {Path(self.model).name}"
+        if self.sparsity_target is None or self.kind != "pruned":
+            return self.method
+        return f"{self.method} {self.sparsity_target:g}"
 
 
-def _points(methods, sparsities):
-    """(method, sparsity) pairs of the sweep; an N:M method is one point, sparsity None."""
-    points = []
-    for method in methods:
-        if is_structured(method):
-            points.append((method, None))
-        else:
-            points.extend((method, sparsity) for sparsity in sparsities)
-    return points
+def pareto_front(points) -> list[int]:
+    """Indices of the points no other point dominates, by increasing speedup.
+
+    A point dominates another when its speedup and accuracy are both at least as high and one
+    is higher. Of points equal in both, the first listed is kept.
+    """
+    front = []
+    for index, point in enumerate(points):
+        dominated = any(
+            other.speedup >= point.speedup and other.accuracy >= point.accuracy
+            and (other.speedup > point.speedup or other.accuracy > point.accuracy
+                 or other_index < index)
+            for other_index, other in enumerate(points) if other_index != index)
+        if not dominated:
+            front.append(index)
+    return sorted(front, key=lambda index: points[index].speedup)
+
+
+def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
+    """Per method, the index of the fastest point whose accuracy is within `within` points.
+
+    Parameters
+    ----------
+    points : sequence of FrontPoint
+    dense_accuracy : float
+        The float model's accuracy, in [0, 1].
+    within : float
+        Allowed drop in percentage points.
+
+    Returns
+    -------
+    dict of str to int or None
+        By method (a checkpoint by its label), in order of first appearance; None where no
+        point of the method is accurate enough. The float model is left out.
+    """
+    floor = dense_accuracy - within / 100 - _TOLERANCE
+    best = {}
+    for index, point in enumerate(points):
+        if point.kind == "float":
+            continue
+        name = point.label if point.kind == "checkpoint" else point.method
+        best.setdefault(name, None)
+        current = best[name]
+        if point.accuracy >= floor and (current is None
+                                        or point.speedup > points[current].speedup):
+            best[name] = index
+    return best
 
 
 @dataclass
 class CompareReport:
-    """The sweep: every point on every config, the workload, and the files written.
+    """The front: every point, which are Pareto-optimal, the best per method, files written.
 
     ``as_json()`` is the content of ``compare.json``.
     """
+
     model: str
     seed: int
     granularity: str
+    config: dict
+    data: dict
     workload: dict
-    configs: dict
-    float_grade_agreement: float
+    dense_accuracy: float
     points: list
+    front: list
+    best: dict
     verify: dict | None
     wall_s: float
     files: list = field(default_factory=list)
-    #: ``--memory``: the preset and, per point and config, memory-bound cycles (issue 12).
-    memory: dict | None = None
+    #: ``memory``: the model's description, when the sweep had one (issue 12).
+    memory: str | None = None
 
     @property
     def passed(self):
-        """False only when the verified point differs between Verilator and the reference."""
-        return self.verify is None or (self.verify["bit_exact"] and self.verify["cycles_equal"])
+        """False when a point's host and device embeddings differ or the Verilator rerun
+        disagrees with the reference."""
+        host = all(point.host_equals_device is not False for point in self.points)
+        return host and (self.verify is None
+                         or (self.verify["bit_exact"] and self.verify["cycles_equal"]))
 
     def as_json(self):
         summary = asdict(self)
-        summary["points"] = [_json_ready(asdict(point)) for point in self.points]
+        summary["points"] = [dict(_json_ready(asdict(point)), label=point.label)
+                             for point in self.points]
         del summary["files"]
         return summary
 
     def sections(self):
         """The human report as ``(title, header, rows)`` tables."""
-        workload = self.workload
-        title = (f"{self.model}: {workload['sentences']} sentences in one batch "
-                 f"({workload['tokens_per_layer_call']} tokens per layer call); float model's "
-                 f"ranking vs the pairs' grades: Spearman {self.float_grade_agreement:.3f}")
-        header = ["method", "config", "sparsity", "sparse cyc", "dense cyc", "speedup", "ideal",
-                  "eff", "cosine", "rank"]
-        rows = [[point.method, point.config, f"{point.sparsity:.3f}",
-                 f"{point.sparse_cycles:,}", f"{point.dense_cycles:,}", f"{point.speedup:.2f}x",
-                 f"{point.ideal_speedup:.2f}x", f"{point.efficiency:.2f}",
-                 f"{point.embedding_cosine:.4f}", f"{point.ranking_agreement:.3f}"]
-                for point in self.points]
-        summary = [["seed", str(self.seed)]]
+        data, workload = self.data, self.workload
+        title = (f"{self.model} on K={self.config['lanes']} T={self.config['token_lanes']}: "
+                 f"probe on {data['train']} train, scored on {data['test']} test texts of "
+                 f"{data['source']}; cycles of {workload['texts']} test texts in one batch "
+                 f"({workload['tokens']} tokens a layer call)")
+        header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", "accuracy",
+                  "dense probe", "cosine", "kNN", "CSR bytes", "front", "s"]
+        front = set(self.front)
+        rows = [[point.label, f"{point.sparsity:.3f}", f"{point.sparse_cycles:,}",
+                 f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", f"{point.accuracy:.2%}",
+                 f"{point.accuracy_dense_probe:.2%}", f"{point.cosine:.4f}",
+                 f"{point.knn_agreement:.3f}", f"{point.sparse_weight_bytes:,}",
+                 "*" if index in front else "", f"{point.seconds:.0f}"]
+                for index, point in enumerate(self.points)]
+        best = [[name, "-" if index is None else
+                 f"{self.points[index].label}: {self.points[index].speedup:.2f}x at "
+                 f"{self.points[index].accuracy:.2%}"]
+                for name, index in self.best.items()]
+        summary = [["seed", str(self.seed)],
+                   ["float accuracy", f"{self.dense_accuracy:.2%}"],
+                   ["host = device", "yes on every point" if all(
+                       point.host_equals_device is not False for point in self.points)
+                    else "NO on " + ", ".join(point.label for point in self.points
+                                              if point.host_equals_device is False)]]
         if self.verify:
             verify = self.verify
             summary.append([
-                "verify", f"{verify['method']} {verify['sparsity']}, one sentence of "
-                          f"{verify['tokens']} tokens, Verilator vs reference: bit-exact "
-                          f"{verify['bit_exact']}, cycles equal {verify['cycles_equal']} "
-                          f"({verify['sparse_cycles']:,} sparse cycles): "
-                          + ("PASS" if self.passed else "FAIL")])
+                "verify", f"{verify['label']}, {verify['tokens']} tokens, Verilator vs "
+                          f"reference: bit-exact {verify['bit_exact']}, cycles equal "
+                          f"{verify['cycles_equal']} ({verify['sparse_cycles']:,} sparse "
+                          f"cycles): " + ("PASS" if self.passed else "FAIL")])
         summary += [["wall time", f"{self.wall_s:.1f} s"],
                     ["wrote", ", ".join(map(str, self.files))]]
-        return [(title, header, rows), *self._memory_sections(), ("Summary", None, summary)]
+        return [(title, header, rows), *self._memory_sections(),
+                (f"Highest speedup within {WITHIN_POINTS:g} point of the float model's "
+                 "accuracy", None, best),
+                ("Summary", None, summary)]
+
 
     def _memory_sections(self):
-        """The ``--memory`` table (issue 12), or nothing."""
-        if self.memory is None:
+        """Every point on every config, and under the memory model (issue 12), when the sweep
+        had more than one config or a memory model; else nothing."""
+        if self.memory is None and len(self.points[0].by_config) < 2:
             return []
-        rows = [[point["method"], point["config"], f"{point['sparsity']:.3f}",
-                 f"{point['sparse_cycles']:,}", f"{point['dense_cycles']:,}",
-                 f"{point['dense_cycles'] / point['sparse_cycles']:.2f}x"]
-                for point in self.memory["points"]]
-        return [(f"Memory-bound cycles under {self.memory['describe']} (exact throttled model)",
-                 ["method", "config", "sparsity", "sparse cyc", "dense cyc", "speedup"], rows)]
+        bound = self.memory is not None
+        header = ["point", "config", "sparse cyc", "dense cyc", "speedup",
+                  *(["memory sparse", "memory dense", "speedup"] if bound else [])]
+        rows = []
+        for point in self.points:
+            for key, cycles in point.by_config.items():
+                rows.append([point.label, key, f"{cycles['sparse_cycles']:,}",
+                             f"{cycles['dense_cycles']:,}",
+                             f"{cycles['dense_cycles'] / cycles['sparse_cycles']:.2f}x"])
+                if bound:
+                    sparse, dense = cycles["memory_sparse_cycles"], cycles["memory_dense_cycles"]
+                    rows[-1] += [f"{sparse:,}", f"{dense:,}", f"{dense / sparse:.2f}x"]
+        title = "Cycles on every config (exact cycle model)" + (
+            f"; under {self.memory} (exact throttled model)" if bound else "")
+        return [(title, header, rows)]
 
 
-def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAULT_CONFIG,), *,
-          model="minilm", granularity=DEFAULT_GRANULARITY, seed=0, output="results/compare",
-          verify=False, memory=None):
-    """Offloads the model once per (method, sparsity) point and measures every config.
-
-    Cycles come from the reference device on the first config and from the exact cycle model
-    on the others (same recorded calls); fidelity is against the float model as given.
+def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
+          checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
+          sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
+          output="results/compare", verify=False, memory=None):
+    """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
     ----------
     methods : sequence of str
-        Pruning methods; an N:M method is one point at ``1 - N/M``.
+        Pruning methods as :func:`~sparsemac.sw.model_offload.offload` takes them; an N:M
+        pattern (``2:4``, ``sparsegpt-2:4``) is one point at ``1 - N/M``.
     sparsities : sequence of float
-        Sparsities of magnitude and random pruning.
+        Sparsities of the other methods.
+    model : str
+        The float model: ``minilm`` or a local BERT checkpoint with a tokenizer.
+    checkpoints : sequence of str or Path
+        Pruned (e.g. distilled) checkpoints of the same architecture, offloaded with their
+        zeros as they are and scored against `model`.
     configs : sequence of ArrayConfig
-        Named in the report by :meth:`ArrayConfig.key`.
-    model, granularity, seed
-        As in :func:`~sparsemac.sw.model_offload.offload`; the model needs a tokenizer.
+        The device runs the first; the others get the same calls' cycles from the exact cycle
+        model (:attr:`FrontPoint.by_config`). The front is the first config's.
+    granularity : str
+        Activation scale, as in :func:`~sparsemac.sw.model_offload.offload`.
+    seed : int
+        Of the task's splits and of random pruning.
+    sizes : SplitSizes
+        Of the task's splits; the calibration split is the calibrated methods' text.
+    workload : int
+        Test texts in the batch whose cycles are measured.
+    data : str or Path or None
+        A labelled CSV (``text``, ``label``); None for the built-in tweets.
+    calibration : str or Path or None
+        A text file of calibration text instead of the calibration split.
     output : str or Path
-        Folder for ``compare.csv``, ``compare.json`` and the PNG plots (created).
+        Folder for ``compare.csv``, ``compare.json`` and ``front.png`` (created).
     verify : bool
-        Rerun one point (magnitude 90 %) on Verilator: same cycles and bit-exact sums as the
-        reference.
+        Rerun the fastest point within one point of the float model (else the fastest) on
+        Verilator, one test text: bit-exact sums and equal cycles to the reference.
     memory : MemoryModel or None
-        Also count every point's cycles under this memory model (the report's ``memory``).
+        Also count every point's workload cycles under this memory model (issue 12).
 
     Returns
     -------
@@ -172,174 +327,233 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, configs=(DEFAU
     Raises
     ------
     ValueError
-        If there is no method or config, a method is unknown, or the model has no tokenizer.
+        If a method, sparsity, size, file or checkpoint is wrong; all of it is checked before
+        any model is loaded.
     """
+    from ..models import load_model, sentence_embeddings
+
     started = time.perf_counter()
-    methods, sparsities, configs = list(methods), list(sparsities), list(configs)
-    if not methods or not configs:
-        raise ValueError("need at least one method and one config")
-    for method in methods:  # a bad method fails here, before any work
-        parse_method(method, explicit=True)
-    points = _points(methods, sparsities)
+    methods, sparsities, checkpoints = list(methods), list(sparsities), list(checkpoints)
+    configs = list(configs)
+    if not configs:
+        raise ValueError("need at least one array config")
+    config = configs[0]
+    plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
+    splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
+    texts = (load_texts(calibration) if calibration is not None
+             else splits.calibration.texts)
     torch.set_num_threads(1)  # small elementwise work per layer: see the bert pipeline
     loaded = load_model(model)
     if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.name} has no tokenizer: the fidelity benchmark needs text")
-    sentences = ([pair.first for pair in SIMILARITY_PAIRS]
-                 + [pair.second for pair in SIMILARITY_PAIRS])
-    grades = [pair.grade for pair in SIMILARITY_PAIRS]
-
-    def embed(offloaded):
-        # One batch: every layer runs once on the whole benchmark, padding included.
-        return sentence_embeddings(offloaded, loaded.tokenizer, sentences,
-                                   batch_size=len(sentences))
-
-    def scores(embeddings):
-        pairs = len(SIMILARITY_PAIRS)
-        return (embeddings[:pairs] * embeddings[pairs:]).sum(dim=1)
-
-    float_embeddings = embed(loaded.model)
-    float_scores = scores(float_embeddings)
-    config, others = configs[0], configs[1:]
+        raise ValueError(f"{loaded.name} has no tokenizer: the task needs text")
+    tokenizer = loaded.tokenizer
+    batch = splits.test.texts[:workload]
+    tokens = int(tokenizer(batch, padding=True, truncation=True,
+                           return_tensors="pt")["input_ids"].shape[1])
+    embedding_started = time.perf_counter()
+    dense = embed_splits(model_embedder(loaded.model, tokenizer), splits)
+    dense_task = evaluate_embeddings(dense, dense, splits)
+    progress(f"float model embedded and probed: accuracy {dense_task.dense_accuracy:.2%}, "
+             f"{time.perf_counter() - embedding_started:.0f} s")
     device = open_device("reference", config)
-    rows, memory_points = [], []
-    with progress_bar(len(points), "sweep", "point") as bar:
-        for method, sparsity in points:
-            offloaded, report = offload(copy.deepcopy(loaded.model), device, sparsity, method,
-                                        seed=seed, granularity=granularity)
-            embeddings = embed(offloaded)
-            point_scores = scores(embeddings)
-            fidelity = dict(
-                embedding_cosine=float((embeddings * float_embeddings).sum(dim=1).mean()),
-                ranking_agreement=ranking_agreement(point_scores, float_scores),
-                grade_agreement=ranking_agreement(point_scores, grades))
-            cycles = [(config.key(), report.sparse_cycles, report.dense_cycles)]
-            cycles += [(other.key(), *report.cycles_for(other)) for other in others]
-            for name, sparse, dense in cycles:
-                speedup, ideal = dense / sparse, report.ideal_speedup
-                rows.append(ComparePoint(
-                    method=method, config=name, sparsity_target=report.sparsity_target,
-                    sparsity=report.sparsity, sparse_cycles=sparse, dense_cycles=dense,
-                    speedup=speedup, ideal_speedup=ideal, efficiency=speedup / ideal,
-                    sparse_weight_bytes=report.sparse_weight_bytes,
-                    dense_weight_bytes=report.dense_weight_bytes, **fidelity))
-            if memory is not None:
-                memory_points += _memory_points(report, method, configs, memory)
-            bar.update()
 
-    checked = _verify(loaded, points, config, seed, granularity) if verify else None
-    tokens = int(loaded.tokenizer(sentences, padding=True,
-                                  return_tensors="pt")["input_ids"].numel())
+    def measure(kind, method, source, base, sparsity):
+        point_started = time.perf_counter()
+        offloaded, report = offload(base, device, sparsity, method, seed=seed,
+                                    granularity=granularity, calibration=texts,
+                                    tokenizer=tokenizer)
+        on_device = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
+        report.detach()
+        for layer, module in zip(report.layers, report.modules):
+            parent, _, child = layer.name.rpartition(".")
+            setattr(offloaded.get_submodule(parent), child, Int8Linear.from_offloaded(module))
+        on_host = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
+        task = evaluate_embeddings(dense, model_embedder(offloaded, tokenizer), splits)
+        by_config = {}
+        for other in configs:
+            cycles = ((report.sparse_cycles, report.dense_cycles) if other is config
+                      else report.cycles_for(other))
+            bound = (None, None) if memory is None else recorded_memory_cycles(report, other,
+                                                                               memory)
+            by_config[other.key()] = dict(sparse_cycles=cycles[0], dense_cycles=cycles[1],
+                                          memory_sparse_cycles=bound[0],
+                                          memory_dense_cycles=bound[1])
+        return FrontPoint(
+            method=method if kind == "pruned" else kind, kind=kind, model=source,
+            sparsity_target=None if kind != "pruned" or fixes_sparsity(method) else sparsity,
+            sparsity=report.sparsity, sparse_cycles=report.sparse_cycles,
+            dense_cycles=report.dense_cycles, speedup=report.speedup,
+            sparse_weight_bytes=report.sparse_weight_bytes,
+            dense_weight_bytes=report.dense_weight_bytes, accuracy=task.accuracy,
+            accuracy_dense_probe=task.accuracy_dense_probe, cosine=task.cosine,
+            knn_agreement=task.knn_agreement,
+            host_equals_device=bool(torch.equal(on_device, on_host)),
+            seconds=time.perf_counter() - point_started, by_config=by_config)
+
+    points = []
+    for number, (kind, method, source, sparsity) in enumerate(plan, start=1):
+        if kind == "checkpoint":
+            base = load_model(str(source)).model
+        else:
+            base = copy.deepcopy(loaded.model)
+        point = measure(kind, method, str(source), base, sparsity)
+        points.append(point)
+        if kind == "int8":  # the float model: never on the array, its cycles are the dense ones
+            points.insert(0, FrontPoint(
+                method="float", kind="float", model=loaded.name, sparsity_target=None,
+                sparsity=0.0, sparse_cycles=point.dense_cycles, dense_cycles=point.dense_cycles,
+                speedup=1.0, sparse_weight_bytes=point.dense_weight_bytes,
+                dense_weight_bytes=point.dense_weight_bytes, accuracy=dense_task.accuracy,
+                accuracy_dense_probe=dense_task.accuracy, cosine=1.0, knn_agreement=1.0,
+                host_equals_device=None, seconds=0.0,
+                by_config={key: dict(cycles, sparse_cycles=cycles["dense_cycles"],
+                                     memory_sparse_cycles=cycles["memory_dense_cycles"])
+                           for key, cycles in point.by_config.items()}))
+        progress(f"point {number}/{len(plan)} {point.label}: {point.speedup:.2f}x, accuracy "
+                 f"{point.accuracy:.2%}, cosine {point.cosine:.4f}, {point.seconds:.0f} s "
+                 f"(elapsed {time.perf_counter() - started:.0f} s)")
+
+    best = best_within(points, dense_task.accuracy)
+    checked = None
+    if verify:
+        checked = _verify(points, best, loaded, texts, splits.test.texts[0], config, seed,
+                          granularity)
     result = CompareReport(
-        model=loaded.name, seed=seed, granularity=granularity,
-        workload={"sentences": len(sentences), "tokens_per_layer_call": tokens},
-        configs={config.key(): config.as_dict() for config in configs},
-        float_grade_agreement=ranking_agreement(float_scores, grades), points=rows,
-        verify=checked, wall_s=time.perf_counter() - started,
-        memory=None if memory is None else {"preset": asdict(memory),
-                                            "describe": memory.describe(),
-                                            "points": memory_points})
+        model=loaded.name, seed=seed, granularity=granularity, config=config.as_dict(),
+        data={"source": splits.train.source, "train": len(splits.train),
+              "test": len(splits.test), "calibration": len(texts),
+              "calibration_source": "calibration split" if calibration is None
+              else str(calibration)},
+        workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
+        points=points, front=pareto_front(points), best=best, verify=checked,
+        wall_s=time.perf_counter() - started,
+        memory=None if memory is None else memory.describe())
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(output / "compare.csv", rows)
+    write_csv(output / "compare.csv", [_csv_row(point) for point in points])
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
-    result.files = [output / name for name in ("compare.csv", "compare.json",
-                                                *_plot(rows, output))]
+    _plot(result, output / "front.png")
+    result.files = [output / name for name in ("compare.csv", "compare.json", "front.png")]
     return result
 
 
-def _memory_points(report, method, configs, memory):
-    """``--memory`` (issue 12): the point's recorded calls under ``memory`` on every config."""
-    return [{"method": method, "config": config.key(), "sparsity": report.sparsity,
-             **dict(zip(("sparse_cycles", "dense_cycles"),
-                        recorded_memory_cycles(report, config, memory)))}
-            for config in configs]
+def _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes):
+    """The points to measure, as ``(kind, method, model, sparsity)``; every argument checked."""
+    for config in configs:
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    if isinstance(workload, bool) or not isinstance(workload, int) \
+            or not 1 <= workload <= sizes.test:
+        raise ValueError(f"the workload must be 1 to {sizes.test} test texts (the test "
+                         f"split), not {workload!r}")
+    for sparsity in sparsities:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+                or not 0.0 <= sparsity <= 1.0:
+            raise ValueError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
+    unstructured = [method for method in methods if not fixes_sparsity(method)]
+    if unstructured and not sparsities:
+        raise ValueError(f"{', '.join(unstructured)} need at least one sparsity")
+    for method in methods:
+        check_method(method)
+    for checkpoint in checkpoints:
+        if not Path(checkpoint).is_dir():
+            raise ValueError(f"checkpoint {checkpoint}: no such directory")
+    plan = [("int8", "magnitude", None, 0.0)]
+    for method in methods:
+        if fixes_sparsity(method):
+            plan.append(("pruned", method, None, None))
+        else:
+            plan.extend(("pruned", method, None, sparsity) for sparsity in sparsities)
+    # A checkpoint keeps its own zeros: pruning it to sparsity 0 adds none.
+    plan.extend(("checkpoint", "magnitude", checkpoint, 0.0) for checkpoint in checkpoints)
+    return [(kind, method, "" if source is None else source, sparsity)
+            for kind, method, source, sparsity in plan]
 
 
-def _verify(loaded, points, config, seed, granularity):
-    """Rerun the sample point on one sentence on Verilator and on the reference."""
-    method, sparsity = VERIFY_POINT if VERIFY_POINT in points else points[-1]
-    inputs = tokenize(loaded, DEFAULT_SENTENCE)
+def _verify(points, best, loaded, texts, text, config, seed, granularity):
+    """Rerun one point on one test text on Verilator and on the reference."""
+    from ..models import load_model, sentence_embeddings
+
+    chosen = [index for index in best.values() if index is not None
+              and points[index].kind in ("pruned", "checkpoint")]
+    pool = chosen or [index for index, point in enumerate(points)
+                      if point.kind in ("pruned", "checkpoint")] or [1]
+    point = points[max(pool, key=lambda index: points[index].speedup)]
+    method = "magnitude" if point.kind != "pruned" else point.method
+    sparsity = 0.0 if point.kind != "pruned" else point.sparsity_target
     reports = []
     for backend in ("reference", "verilator"):
+        model = (load_model(point.model).model if point.kind == "checkpoint"
+                 else copy.deepcopy(loaded.model))
         with open_device(backend, config) as device:
-            offloaded, report = offload(copy.deepcopy(loaded.model), device, sparsity, method,
-                                        seed=seed, granularity=granularity, keep_sums=True,
+            offloaded, report = offload(model, device, sparsity, method, seed=seed,
+                                        granularity=granularity, calibration=texts,
+                                        tokenizer=loaded.tokenizer, keep_sums=True,
                                         progress=True)
-            with torch.no_grad():
-                offloaded(**inputs)
+            sentence_embeddings(offloaded, loaded.tokenizer, [text])
         reports.append(report)
     check = cross_check(*reports)
     reference, verilator = reports
-    return {"method": method, "sparsity": sparsity, "config": config.as_dict(),
-            "tokens": int(inputs["input_ids"].shape[1]), "bit_exact": check.bit_exact,
-            "cycles_equal": check.cycles_equal, "sums_mismatch": check.sums_mismatch,
-            "cycles_mismatch": check.cycles_mismatch,
+    return {"label": point.label, "tokens": len(loaded.tokenizer(text)["input_ids"]),
+            "bit_exact": check.bit_exact, "cycles_equal": check.cycles_equal,
+            "sums_mismatch": check.sums_mismatch, "cycles_mismatch": check.cycles_mismatch,
             "sparse_cycles": verilator.sparse_cycles, "dense_cycles": verilator.dense_cycles,
             "reference_sparse_cycles": reference.sparse_cycles,
             "device_s": verilator.device_s}
 
 
+def _csv_row(point):
+    """A point as one flat CSV row: each config's cycles as ``<config>_<figure>`` columns."""
+    row = {name: value for name, value in asdict(point).items() if name != "by_config"}
+    for key, cycles in point.by_config.items():
+        row.update({f"{key}_{name}": value for name, value in cycles.items()})
+    return dict(row, label=point.label)
+
+
 def _json_ready(point):
-    """JSON has no infinity (the ideal speedup at sparsity 1): null stands for it."""
+    """JSON has no infinity: null stands for it."""
     return {key: None if isinstance(value, float) and not math.isfinite(value) else value
             for key, value in point.items()}
 
 
-def _plot(rows, output):
-    """Speedup and fidelity against sparsity; returns the file names written."""
+def _plot(report, path):
+    """Speedup against task accuracy, the front drawn through its points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    methods = list(dict.fromkeys(row.method for row in rows))
-    configs = list(dict.fromkeys(row.config for row in rows))
-    styles = dict(zip(configs, ("-", "--", ":", "-.") * len(configs)))
-    colours = {method: f"C{index}" for index, method in enumerate(methods)}
-
-    def series(method, config=None):
-        wanted = config or configs[0]
-        chosen = [row for row in rows if row.method == method and row.config == wanted]
-        return sorted(chosen, key=lambda row: row.sparsity)
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    top = max(row.sparsity for row in rows)
-    ideal = np.linspace(0, max(top, 0.5), 200)
-    axes.plot(ideal, 1 / (1 - ideal), color="black", linestyle=":", label="ideal 1/(1-s)")
-    for method in methods:
-        for config in configs:
-            points = series(method, config)
-            axes.plot([row.sparsity for row in points], [row.speedup for row in points],
-                      marker="o", color=colours[method], linestyle=styles[config],
-                      label=method if len(configs) == 1 else f"{method} {config}")
-    axes.set_yscale("log")
-    axes.set_xlabel("achieved sparsity s")
-    axes.set_ylabel("speedup (dense / sparse cycles)")
-    axes.set_title("Whole MiniLM on the sparse MAC array: speedup vs sparsity")
+    points = report.points
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    names = list(dict.fromkeys(point.label if point.kind == "checkpoint" else point.method
+                               for point in points if point.kind not in ("float", "int8")))
+    colours = {name: f"C{index % 10}" for index, name in enumerate(names)}
+    for point in points:
+        name = point.label if point.kind == "checkpoint" else point.method
+        style = {"float": dict(marker="*", s=180, color="black", label="float model"),
+                 "int8": dict(marker="D", s=60, color="grey", label="int8 only")}.get(
+            point.kind, dict(marker="s" if point.kind == "checkpoint" else "o", s=45,
+                             color=colours.get(name)))
+        axes.scatter(point.speedup, 100 * point.accuracy, zorder=3, **style)
+    for name in names:  # one legend entry per method
+        axes.scatter([], [], color=colours[name], label=name,
+                     marker="s" if name.startswith("checkpoint") else "o")
+    front = [points[index] for index in report.front]
+    axes.step([point.speedup for point in front], [100 * point.accuracy for point in front],
+              where="pre", color="black", linewidth=1, alpha=0.6, label="Pareto front")
+    dense = 100 * report.dense_accuracy
+    top = max(100 * point.accuracy for point in points)
+    axes.axhspan(dense - WITHIN_POINTS, max(top, dense) + 0.5, color="green", alpha=0.08,
+                 label=f"at most {WITHIN_POINTS:g} point below float")
+    axes.set_xscale("log")
+    axes.set_xlabel("speedup on the array (dense / sparse cycles, measured)")
+    axes.set_ylabel("task accuracy, own linear probe (%)")
+    axes.set_title(f"{report.model}: speed against accuracy ({report.data['test']} test "
+                   "tweets)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
-    figure.savefig(output / "speedup_vs_sparsity.png", dpi=120)
+    figure.savefig(path, dpi=90)
     plt.close(figure)
-
-    figure, (cosine_axes, rank_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for method in methods:
-        points = series(method)
-        sparsity = [row.sparsity for row in points]
-        cosine_axes.plot(sparsity, [row.embedding_cosine for row in points], marker="o",
-                         color=colours[method], label=method)
-        rank_axes.plot(sparsity, [row.ranking_agreement for row in points], marker="o",
-                       color=colours[method], label=method)
-    cosine_axes.set_ylabel("embedding cosine vs float model")
-    rank_axes.set_ylabel("similarity ranking Spearman vs float model")
-    for axes in (cosine_axes, rank_axes):
-        axes.set_xlabel("achieved sparsity s")
-        axes.grid(True, alpha=0.3)
-        axes.legend()
-    figure.suptitle("Whole MiniLM, int8 offloaded: fidelity vs sparsity")
-    figure.tight_layout()
-    figure.savefig(output / "fidelity_vs_sparsity.png", dpi=120)
-    plt.close(figure)
-    return ["speedup_vs_sparsity.png", "fidelity_vs_sparsity.png"]

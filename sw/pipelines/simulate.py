@@ -10,6 +10,7 @@ cycle counts against the cycle model. ``sparsemac simulate`` prints the report; 
     print(report.speedup, report.bit_exact)
 """
 
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -19,6 +20,7 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex, Mode
+from ..calibration import fixes_sparsity, method_calibration, prune_calibrated
 from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
@@ -27,7 +29,7 @@ from ..offload import OffloadedLinear
 from ..packing import check_index
 from ..progress import phase, progress
 from . import check_output_path
-from ..pruning import choose_masks, is_structured, parse_method
+from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
@@ -198,7 +200,6 @@ def _check_options(backend, port, fst, fst_limit, method, memory):
     if backend == "fpga" and not memory.ideal:
         raise ValueError(f"memory {memory.name} needs a simulated backend: the board's streams "
                          "run at its link's own rate")
-    parse_method(method, explicit=True)  # a bad method fails here, before any model or device
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
@@ -213,7 +214,8 @@ def _check_options(backend, port, fst, fst_limit, method, memory):
 def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT_SPARSITY,
                    method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
                    seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
-                   memory=PRESETS["ideal"], energy_table=None, index=ColumnIndex.CSR):
+                   memory=PRESETS["ideal"], energy_table=None, index=ColumnIndex.CSR,
+                   calibration=None):
     """Runs one pruned layer sparse and dense on a device and checks both runs.
 
     Parameters
@@ -226,7 +228,10 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     sparsity : float
         Fraction of weights to prune (ignored by N:M methods, whose pattern fixes it).
     method : str
-        ``magnitude``, ``random`` or an explicit ``N:M`` such as ``2:4``.
+        ``magnitude``, ``random``, an explicit ``N:M`` such as ``2:4``, or a calibrated method
+        (``wanda``, ``sparsegpt``, ``sparsegpt-2:4``, ``wanda-k-aligned``: see
+        :func:`~sparsemac.sw.calibration.parse_calibrated`), which prunes the layer on its inputs
+        for the calibration text, K-aligned to ``config.lanes``.
     tokens : int or None
         Repeat the sentence to exactly this many tokens.
     backend : str
@@ -249,6 +254,10 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     energy_table : str or Path or None
         Per-event energies as JSON; None for the default table
         (:func:`~sparsemac.sw.energy.load_energy_table`).
+    calibration : str or Path or None
+        Calibration text of a calibrated method: a UTF-8 file, one text a line; None for the
+        built-in task's calibration split (seeded by `seed`, disjoint from its evaluation text).
+        Only with a calibrated method.
     index : ColumnIndex
         How the sparse jobs send their column indices; DELTA needs a config with the delta
         decoder (``ArrayConfig.delta_bits``).
@@ -260,8 +269,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     Raises
     ------
     ValueError, FileNotFoundError
-        If an option, the model, layer, config or token count is wrong; every option is checked
-        before the model is loaded or a device opened.
+        If an option, the model, layer, config or token count is wrong, or the calibration file
+        is missing, empty or not UTF-8; every option and file is checked before the model is
+        loaded or a device opened.
     DeviceError
         If the device cannot be built or fails.
     """
@@ -269,6 +279,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     _check_options(backend, port, fst, fst_limit, method, memory)
+    calibrated, texts = method_calibration(method, calibration, seed=seed)
     check_index(config, index)
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
@@ -278,9 +289,16 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     loaded = load_model(model, seed=seed)
     linear = get_linear(loaded.model, layer)
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
+    with torch.no_grad():
+        float_output = linear(inputs)  # before a calibrated method changes the weights
+    structured = fixes_sparsity(method)
+    if calibrated is None:
+        [mask], target = choose_masks([linear.weight.detach().float()],
+                                      None if structured else sparsity, method, seed=seed)
+    else:
+        mask, target = _prune_calibrated_layer(loaded, layer, calibrated,
+                                               None if structured else sparsity, texts, config)
     weight = linear.weight.detach().float()
-    [mask], target = choose_masks([weight], None if is_structured(method) else sparsity,
-                                  method, seed=seed)
     throttled = None if memory.ideal else memory
     reference = ReferenceDevice(config, memory=throttled)
     predicted = OffloadedLinear.from_linear(linear, reference, mask=mask)
@@ -318,7 +336,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     sparse = offloaded.stats
     golden = golden_matmul(weights, activations)
     with torch.no_grad():
-        error = approximation_error(linear(inputs), output)
+        error = approximation_error(float_output, output)
         # Against the pruned float layer, what is left is the int8 quantisation's own error.
         quantisation = approximation_error(
             torch.nn.functional.linear(inputs, weight * mask, linear.bias), output)
@@ -335,7 +353,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     return SimulationReport(
         model=loaded.name, layer=layer, rows=weights.rows, cols=weights.cols,
         tokens=inputs.shape[0], config=config.as_dict(), backend=backend, seed=seed,
-        method=method, target_sparsity=None if is_structured(method) else target,
+        method=method, target_sparsity=None if structured else target,
         sparsity=achieved, jobs=sparse.jobs,
         sparse_cycles=sparse.cycles, dense_cycles=dense.cycles, speedup=speedup,
         ideal_speedup=ideal, efficiency=None if ideal is None else speedup / ideal,
@@ -349,6 +367,18 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
         wall_s=time.perf_counter() - started, fst=None if fst is None else str(fst),
         board=board_figures, memory=memory_figures)
+
+
+def _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts, config):
+    """Prune one linear in place with a calibrated method on its calibration inputs."""
+    if loaded.tokenizer is None:
+        raise ValueError(f"{calibrated.method} needs a tokenizer for its calibration text, and "
+                         f"{loaded.name} has none")
+    with phase(f"{calibrated.method} on {len(texts)} calibration texts"):
+        report = prune_calibrated(loaded.model, loaded.tokenizer, calibrated.method, sparsity,
+                                  texts, pattern=calibrated.pattern, lanes=config.lanes,
+                                  patterns=(f"^{re.escape(layer)}$",))
+    return report.masks[layer], report.sparsity_target
 
 
 def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_bytes,
