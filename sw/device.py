@@ -24,7 +24,7 @@ from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
 from .golden import accumulate_int32
-from .packing import weight_stream_bytes
+from .packing import check_operands, weight_stream_bytes
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
@@ -150,17 +150,9 @@ class Device(abc.ABC):
             raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
         mode = Mode(mode)
         config = self._config
-        if not isinstance(activations, torch.Tensor) or activations.dtype != torch.int8:
-            raise TypeError("activations must be an int8 torch.Tensor, not "
-                            f"{getattr(activations, 'dtype', type(activations).__name__)}")
-        if activations.dim() != 2 or activations.shape[0] < 1:
-            raise ValueError("activations must be 2-D [tokens, in_features] with at least one "
-                             f"token, not {tuple(activations.shape)}")
+        check_operands(weights, activations)
         rows, cols = weights.shape
         tokens = activations.shape[0]
-        if activations.shape[1] != cols:
-            raise ValueError(f"activations have {activations.shape[1]} features but the weights "
-                             f"have {cols} input features")
         jobs = list(job_tiles(rows, cols, tokens, config))
 
         sums = torch.zeros((tokens, rows), dtype=torch.int32)

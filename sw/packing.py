@@ -289,19 +289,25 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.C
                      columns=columns, values=values)
 
 
-def check_job_fits(config, weights, activations):
-    """Raises a clear error unless ``weights`` and ``activations`` make one job of ``config``."""
+def check_operands(weights, activations):
+    """Raises a clear error unless ``activations`` are int8 ``[tokens, in_features]`` with at
+    least one token and the input features of ``weights``."""
     if not isinstance(activations, torch.Tensor) or activations.dtype != torch.int8:
         raise TypeError("activations must be an int8 torch.Tensor, not "
                         f"{getattr(activations, 'dtype', type(activations).__name__)}")
-    if activations.dim() != 2:
-        raise ValueError(f"activations must be 2-D [tokens, in_features], not "
-                         f"{tuple(activations.shape)}")
+    if activations.dim() != 2 or activations.shape[0] < 1:
+        raise ValueError("activations must be 2-D [tokens, in_features] with at least one "
+                         f"token, not {tuple(activations.shape)}")
+    if activations.shape[1] != weights.shape[1]:
+        raise ValueError(f"activations have {activations.shape[1]} features but the weights "
+                         f"have {weights.shape[1]} input features")
+
+
+def check_job_fits(config, weights, activations):
+    """Raises a clear error unless ``weights`` and ``activations`` make one job of ``config``."""
+    check_operands(weights, activations)
     rows, cols = weights.shape
     tokens = activations.shape[0]
-    if activations.shape[1] != cols:
-        raise ValueError(f"activations have {activations.shape[1]} features but the weights "
-                         f"have {cols} input features")
     if not 1 <= cols <= config.max_in_features:
         raise ValueError(f"the layer has {cols} input features but this array holds at most "
                          f"{config.max_in_features}: use a config with max_in_features >= {cols}")
