@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import Mode
+from ..hw.formats import ColumnIndex, Mode
 from .calibration import parse_calibrated, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
 from .offload import OffloadedLinear, OffloadStats
-from .packing import weight_stream_bytes
+from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
@@ -142,6 +142,8 @@ class OffloadReport:
         One per offloaded linear, in module order.
     modules : list of OffloadedLinear
         The offloaded linears, in the order of `layers`.
+    index : ColumnIndex
+        How their sparse jobs send column indices.
     """
 
     backend: str
@@ -153,6 +155,7 @@ class OffloadReport:
     dense_measured: bool
     layers: list[LayerReport]
     modules: list[OffloadedLinear] = field(repr=False)
+    index: ColumnIndex = ColumnIndex.CSR
     _hooks: list = field(default_factory=list, repr=False)
 
     @property
@@ -208,7 +211,8 @@ class OffloadReport:
             layer.reset()
 
     def cycles_for(self, config: ArrayConfig) -> tuple[int, int]:
-        """Sparse and dense cycles the recorded calls would take on another array.
+        """Sparse and dense cycles the recorded calls would take on another array, with this
+        report's column index (a DELTA report needs a config with the delta decoder).
 
         Parameters
         ----------
@@ -222,7 +226,8 @@ class OffloadReport:
         sparse = dense = 0
         for layer, module in zip(self.layers, self.modules):
             for tokens in layer.call_tokens:
-                sparse += matmul_cycles(module.weights, tokens, config, Mode.SPARSE)
+                sparse += matmul_cycles(module.weights, tokens, config, Mode.SPARSE,
+                                        self.index)
                 dense += matmul_cycles(module.weights, tokens, config, Mode.DENSE)
         return sparse, dense
 
@@ -238,6 +243,7 @@ class OffloadReport:
                 "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
                 "sparsity": self.sparsity,
                 "scope": self.scope, "seed": self.seed, "dense_measured": self.dense_measured,
+                "index": self.index.name.lower(),
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
                 "sparse_weight_bytes": self.sparse_weight_bytes,
@@ -273,7 +279,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
-            progress: bool = False) -> tuple[nn.Module, OffloadReport]:
+            progress: bool = False,
+            index: ColumnIndex = ColumnIndex.CSR) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.
 
     Parameters
@@ -317,6 +324,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         Keep every call's int32 sums in the report, for :func:`cross_check`.
     progress : bool
         Show a progress bar on stderr while layers are packed.
+    index : ColumnIndex
+        How the sparse jobs send column indices: ``DELTA`` needs a device whose config has
+        the delta decoder.
 
     Returns
     -------
@@ -343,6 +353,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    index = ColumnIndex(index)
+    check_index(device.config, index)
     conv1d = conv1d_class()
     kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     linears = [(name, _as_linear(module)) for name, module in require_linears(model, patterns,
@@ -366,6 +378,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
             if bar is not None:
                 bar.update()
     for name, module in replacements:
+        module.index = index
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, module)
 
@@ -376,7 +389,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
         dense_measured=measure_dense,
         layers=[_layer_report(name, module, config, sparsity_found)
                 for (name, module), sparsity_found in zip(replacements, found)],
-        modules=[module for _, module in replacements])
+        modules=[module for _, module in replacements], index=index)
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
             _recorder(layer, measure_dense, keep_sums)))
@@ -388,7 +401,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
 
 
 def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
-                  mode: Mode = Mode.SPARSE) -> int:
+                  mode: Mode = Mode.SPARSE, index: ColumnIndex = ColumnIndex.CSR) -> int:
     """Cycles of one :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` call, predicted.
 
     The layer is split into jobs as the driver splits it (token blocks of ``config.max_tokens``,
@@ -404,6 +417,8 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
         Rows of activations, at least 1.
     config : ArrayConfig
     mode : Mode
+    index : ColumnIndex
+        Of a sparse job; ignored in dense mode.
 
     Returns
     -------
@@ -417,7 +432,10 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
     if tokens < 1:
         raise ValueError(f"a call needs at least one token, not {tokens!r}")
     rows, cols = weights.shape
-    return sum(job_cycles(job.row_lengths(weights), job.cols, job.tokens, config, mode).total
+    if Mode(mode) == Mode.DENSE:
+        index = ColumnIndex.CSR
+    return sum(job_cycles(tile_row_lengths(job, weights, config, index), job.cols, job.tokens,
+                          config, mode).total
                for job in job_tiles(rows, cols, tokens, config))
 
 
@@ -495,7 +513,8 @@ def _layer_report(name, module, config, sparsity_found):
     weights = module.weights
     return LayerReport(name=name, shape=weights.shape, sparsity_found=sparsity_found,
                        nnz=weights.nnz,
-                       sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE),
+                       sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE,
+                                                               module.index),
                        dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE),
                        stats=module.stats)
 

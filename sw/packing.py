@@ -22,7 +22,7 @@ from .delta_index import DeltaMatrix
 from .memory import job_streams
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
-           "check_index", "coded_weights", "streamed_row_lengths"]
+           "check_index", "coded_weights", "streamed_row_lengths", "tile_row_lengths"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +91,15 @@ def streamed_row_lengths(config, weights, index=ColumnIndex.CSR):
     """
     coded = coded_weights(config, weights, index)
     return coded.row_lengths() if isinstance(coded, CSRMatrix) else coded.row_lengths
+
+
+def tile_row_lengths(tile, weights, config, index=ColumnIndex.CSR):
+    """Entries each row of column tile ``tile`` (a :class:`~sparsemac.sw.cycle_model.JobTile`)
+    of the layer ``weights`` streams in a sparse job of ``index``: what the cycle models count
+    for that job. A delta job's steps count from the tile's first column."""
+    if ColumnIndex(index) == ColumnIndex.CSR:
+        return tile.row_lengths(weights)    # no copy of the tile's weights needed
+    return streamed_row_lengths(config, tile.weights(weights), index)
 
 
 def weight_stream_bytes(config, weights, mode=Mode.SPARSE, index=ColumnIndex.CSR):

@@ -35,7 +35,7 @@ from ..hw.formats import ColumnIndex, Mode
 from .cache import cache_dir
 from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
 from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
-from .packing import streamed_row_lengths
+from .packing import tile_row_lengths
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
            "throttled_job_cycles", "layer_cycles", "replay_schedule", "REPLAY_CACHE"]
@@ -128,13 +128,6 @@ class LayerCycles(CycleBounds):
     row_pointers: int
 
 
-def _streamed_lengths(tile, weights, config, index):
-    """Entries each row of column tile ``tile`` of ``weights`` streams with ``index``."""
-    if index == ColumnIndex.CSR:
-        return tile.row_lengths(weights)    # no copy of the tile's weights needed
-    return streamed_row_lengths(config, tile.weights(weights), index)
-
-
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
     """Cycles and schedule counts of a whole layer, split into jobs as the driver splits it.
 
@@ -154,7 +147,7 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=C
     """
     if Mode(mode) == Mode.DENSE:
         index = ColumnIndex.CSR
-    jobs = [throttled_job_cycles(_streamed_lengths(tile, weights, config, index), tile.cols,
+    jobs = [throttled_job_cycles(tile_row_lengths(tile, weights, config, index), tile.cols,
                                  tile.tokens, config, mode, memory, index)
             for tile in job_tiles(weights.rows, weights.cols, tokens, config)]
     totals = {name: sum(getattr(job, name) for job in jobs)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsemac.hw.config import DEFAULT_CONFIG
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import ColumnIndex, Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.commands import compare as command
 from sparsemac.sw.csr import CSRMatrix
@@ -148,6 +148,7 @@ def test_help_defaults_agree_with_the_pipeline():
     (["--checkpoints", "{tmp}/nowhere"], "checkpoint {tmp}/nowhere: no such directory"),
     (["--workload", "50", "--test", "40"], "the workload must be 1 to 40 test texts"),
     (["--data", "{tmp}/empty.csv"], "{tmp}/empty.csv: the file is empty"),
+    (["--index", "delta"], "the k8t4 array has no delta decoder"),
 ])
 def test_bad_input_exits_2_before_any_model(capsys, tmp_path, argv, message):
     (tmp_path / "empty.csv").write_text("")
@@ -165,15 +166,18 @@ def test_a_bad_method_is_refused_by_the_parser(capsys):
     assert "after sparsegpt- comes an N:M pattern" in capsys.readouterr().err
 
 
-def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path):
+@pytest.mark.parametrize("index", list(ColumnIndex))
+def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path, index):
     from sparsemac.hw.config import ArrayConfig
     from sparsemac.sw.memory import memory_preset
     from sparsemac.sw.throttled_cycle_model import layer_cycles
 
-    small = ArrayConfig(lanes=4, token_lanes=4)
+    delta_bits = 5 if index == ColumnIndex.DELTA else 0
+    first = ArrayConfig(delta_bits=delta_bits)
+    small = ArrayConfig(lanes=4, token_lanes=4, delta_bits=delta_bits)
     memory = memory_preset("ulx3s-sdram")
-    report = compare.sweep(["magnitude"], [0.9], configs=(DEFAULT_CONFIG, small),
-                           sizes=SIZES, workload=WORKLOAD, memory=memory, output=tmp_path)
+    report = compare.sweep(["magnitude"], [0.9], configs=(first, small), sizes=SIZES,
+                           workload=WORKLOAD, memory=memory, output=tmp_path, index=index)
     loaded = load_model("minilm")
     splits = task_splits(load_labelled(), sizes=SIZES)
     tokens = loaded.tokenizer(splits.test.texts[:WORKLOAD], padding=True,
@@ -183,15 +187,20 @@ def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path):
     csrs = [CSRMatrix.from_dense(quantise_weights(linear.weight.detach()).values)
             for _, linear in matching_linears(model)]
     point = report.points[2]
-    assert point.label == "magnitude 0.9" and list(point.by_config) == ["k8t4", "k4t4"]
-    for config in (DEFAULT_CONFIG, small):
+    assert point.label == "magnitude 0.9"
+    assert list(point.by_config) == [first.key(), small.key()]
+    for config in (first, small):
         cycles = point.by_config[config.key()]
         for mode in ("sparse", "dense"):
             kind = Mode.SPARSE if mode == "sparse" else Mode.DENSE
             assert cycles[f"{mode}_cycles"] == sum(
-                matmul_cycles(csr, tokens, config, kind) for csr in csrs)
+                matmul_cycles(csr, tokens, config, kind, index) for csr in csrs)
             assert cycles[f"memory_{mode}_cycles"] == sum(
-                layer_cycles(csr, tokens, config, kind, memory).cycles for csr in csrs)
-    assert point.by_config["k8t4"]["sparse_cycles"] == point.sparse_cycles
+                layer_cycles(csr, tokens, config, kind, memory, index).cycles for csr in csrs)
+    assert point.by_config[first.key()]["sparse_cycles"] == point.sparse_cycles
+    assert report.index == index.name.lower()
+    if index == ColumnIndex.DELTA:  # fewer bytes a nonzero: fewer memory-bound cycles than CSR
+        assert point.by_config[first.key()]["memory_sparse_cycles"] < sum(
+            layer_cycles(csr, tokens, first, Mode.SPARSE, memory).cycles for csr in csrs)
     titles = [title for title, _, _ in report.sections()]
     assert any(title.startswith("Cycles on every config") for title in titles)

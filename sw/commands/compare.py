@@ -10,8 +10,9 @@ import argparse
 import json
 
 from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
-                      add_granularity_argument, add_memory_arguments, configs_from_args,
-                      fraction_argument, memory_from_args, method_argument)
+                      add_granularity_argument, add_index_argument, add_memory_arguments,
+                      configs_from_args, fraction_argument, index_from_args, memory_from_args,
+                      method_argument)
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
@@ -93,6 +94,7 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the tables")
     add_memory_arguments(parser, energy=False)  # issue 12: memory-bound cycles too
+    add_index_argument(parser)
 
 
 def _memory(args):
@@ -114,7 +116,8 @@ def run(args):
                    granularity=args.granularity, seed=args.seed,
                    sizes=SplitSizes(train=args.train, test=args.test),
                    workload=args.workload, data=args.data, calibration=args.calibration,
-                   output=args.output, verify=args.verify, memory=_memory(args))
+                   output=args.output, verify=args.verify, memory=_memory(args),
+                   index=index_from_args(args))
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -222,14 +222,12 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         raise ValueError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
-                   tokenizer=loaded.tokenizer)
+                   tokenizer=loaded.tokenizer, index=index)
     device_options = {} if port is None else {"port": port}
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **device_options) as device:
         offloaded, report = offload(loaded.model, device, sparsity, method, progress=True,
                                     measure_dense=verify, keep_sums=check, **options)
-        for module in report.modules:
-            module.index = ColumnIndex(index)
         # Before the sentence runs: an onchip layer that does not fit is refused here.
         with phase(f"cycle and energy model under memory {memory.name}"):
             memory_figures = ModelMemoryReport(tuple(
@@ -247,8 +245,6 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         reference_model, reference = offload(reference_model, open_device("reference", config),
                                              sparsity, method, keep_sums=True,
                                              measure_dense=verify, **options)
-        for module in reference.modules:
-            module.index = ColumnIndex(index)
         mean_pooled(reference_model, inputs, reference, "reference run")
         crosscheck = cross_check(reference, report)
         offloaded = reference_model  # bit-exact or not, the ranking runs on the reference

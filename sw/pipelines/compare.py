@@ -35,9 +35,11 @@ import torch
 
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.formats import ColumnIndex
 from ..calibration import check_method, fixes_sparsity
 from ..memory_report import recorded_memory_cycles
 from ..model_offload import cross_check, offload
+from ..packing import check_index
 from ..progress import progress
 from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 from ..tables import write_csv
@@ -200,6 +202,8 @@ class CompareReport:
     files: list = field(default_factory=list)
     #: ``memory``: the model's description, when the sweep had one (issue 12).
     memory: str | None = None
+    #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
+    index: str = "csr"
 
     @property
     def passed(self):
@@ -222,9 +226,10 @@ class CompareReport:
         title = (f"{self.model} on K={self.config['lanes']} T={self.config['token_lanes']}: "
                  f"probe on {data['train']} train, scored on {data['test']} test texts of "
                  f"{data['source']}; cycles of {workload['texts']} test texts in one batch "
-                 f"({workload['tokens']} tokens a layer call)")
+                 f"({workload['tokens']} tokens a layer call)"
+                 + ("; delta column index" if self.index == "delta" else ""))
         header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", "accuracy",
-                  "dense probe", "cosine", "kNN", "CSR bytes", "front", "s"]
+                  "dense probe", "cosine", "kNN", f"{self.index.upper()} bytes", "front", "s"]
         front = set(self.front)
         rows = [[point.label, f"{point.sparsity:.3f}", f"{point.sparse_cycles:,}",
                  f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", f"{point.accuracy:.2%}",
@@ -282,7 +287,7 @@ class CompareReport:
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
           checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None):
+          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -319,6 +324,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         Verilator, one test text: bit-exact sums and equal cycles to the reference.
     memory : MemoryModel or None
         Also count every point's workload cycles under this memory model (issue 12).
+    index : ColumnIndex
+        How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
+        with the delta decoder (e.g. ``k8t4d5``).
 
     Returns
     -------
@@ -338,6 +346,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     if not configs:
         raise ValueError("need at least one array config")
     config = configs[0]
+    index = ColumnIndex(index)
+    for other in configs:
+        check_index(other, index)
     plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
     splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
     texts = (load_texts(calibration) if calibration is not None
@@ -361,7 +372,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         point_started = time.perf_counter()
         offloaded, report = offload(base, device, sparsity, method, seed=seed,
                                     granularity=granularity, calibration=texts,
-                                    tokenizer=tokenizer)
+                                    tokenizer=tokenizer, index=index)
         on_device = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
         report.detach()
         for layer, module in zip(report.layers, report.modules):
@@ -373,8 +384,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         for other in configs:
             cycles = ((report.sparse_cycles, report.dense_cycles) if other is config
                       else report.cycles_for(other))
-            bound = (None, None) if memory is None else recorded_memory_cycles(report, other,
-                                                                               memory)
+            bound = (None, None) if memory is None else recorded_memory_cycles(
+                report, other, memory, index)
             by_config[other.key()] = dict(sparse_cycles=cycles[0], dense_cycles=cycles[1],
                                           memory_sparse_cycles=bound[0],
                                           memory_dense_cycles=bound[1])
@@ -417,7 +428,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     checked = None
     if verify:
         checked = _verify(points, best, loaded, texts, splits.test.texts[0], config, seed,
-                          granularity)
+                          granularity, index)
     result = CompareReport(
         model=loaded.name, seed=seed, granularity=granularity, config=config.as_dict(),
         data={"source": splits.train.source, "train": len(splits.train),
@@ -427,7 +438,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
         points=points, front=pareto_front(points), best=best, verify=checked,
         wall_s=time.perf_counter() - started,
-        memory=None if memory is None else memory.describe())
+        memory=None if memory is None else memory.describe(), index=index.name.lower())
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "compare.csv", [_csv_row(point) for point in points])
@@ -472,7 +483,7 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
             for kind, method, source, sparsity in plan]
 
 
-def _verify(points, best, loaded, texts, text, config, seed, granularity):
+def _verify(points, best, loaded, texts, text, config, seed, granularity, index):
     """Rerun one point on one test text on Verilator and on the reference."""
     from ..models import load_model, sentence_embeddings
 
@@ -491,7 +502,7 @@ def _verify(points, best, loaded, texts, text, config, seed, granularity):
             offloaded, report = offload(model, device, sparsity, method, seed=seed,
                                         granularity=granularity, calibration=texts,
                                         tokenizer=loaded.tokenizer, keep_sums=True,
-                                        progress=True)
+                                        progress=True, index=index)
             sentence_embeddings(offloaded, loaded.tokenizer, [text])
         reports.append(report)
     check = cross_check(*reports)
