@@ -55,3 +55,38 @@ def test_a_missing_calibration_file_is_refused(capsys, tmp_path):
     assert status == 2 and out == ""
     assert f"sparsemac bert: error: {missing}: no such file" in err
     assert "[sparsemac]" not in err
+
+
+def test_the_delta_index_runs_the_whole_model_with_its_bytes_and_cycles(capsys):
+    """``--index delta``: every layer's sparse jobs and weight bytes are the delta index's, and
+    the memory figures follow it."""
+    from sparsemac.hw.config import ArrayConfig
+    from sparsemac.hw.formats import ColumnIndex, Mode
+    from sparsemac.sw.csr import CSRMatrix
+    from sparsemac.sw.memory import memory_preset
+    from sparsemac.sw.models import load_model
+    from sparsemac.sw.packing import weight_stream_bytes
+    from sparsemac.sw.pruning import matching_linears, prune_model
+    from sparsemac.sw.quantisation import quantise_weights
+    from sparsemac.sw.throttled_cycle_model import layer_cycles
+
+    status, out, err = run_bert(capsys, "--json", "--config", "k8t4d5", "--index", "delta",
+                                "--memory", "ulx3s-sdram")
+    assert status == 0, err
+    report = json.loads(out)
+    config = ArrayConfig.from_key("k8t4d5")
+    model = load_model("minilm").model
+    prune_model(model, 0.9, "magnitude")
+    csrs = [CSRMatrix.from_dense(quantise_weights(linear.weight.detach()).values)
+            for _, linear in matching_linears(model)]
+    assert report["sparse_weight_bytes"] == sum(
+        weight_stream_bytes(config, csr, Mode.SPARSE, ColumnIndex.DELTA) for csr in csrs)
+    assert report["sparse_weight_bytes"] < sum(
+        weight_stream_bytes(config, csr, Mode.SPARSE) for csr in csrs)
+    memory = memory_preset("ulx3s-sdram")
+    for layer, csr in zip(report["memory"]["layers"], csrs, strict=True):
+        assert layer["sparse"]["cycles"] == layer_cycles(csr, 4, config, Mode.SPARSE, memory,
+                                                         ColumnIndex.DELTA).cycles
+    assert report["index"] == "delta"
+    text = run_bert(capsys, "--config", "k8t4d5", "--index", "delta")[1]
+    assert f"{report['sparse_weight_bytes']:,} DELTA vs" in text

@@ -76,6 +76,8 @@ class BertReport:
     wall_s: float
     layers: list
     memory: ModelMemoryReport | None = None
+    #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
+    index: str = "csr"
 
     @property
     def passed(self):
@@ -111,7 +113,7 @@ class BertReport:
                          + ("-" if self.sparsity is None else f"{self.sparsity:.1%}")
                          + f", applied {self.achieved_sparsity:.1%}"],
             ["dense baseline", baseline],
-            ["weight bytes", f"{self.sparse_weight_bytes:,} CSR vs "
+            ["weight bytes", f"{self.sparse_weight_bytes:,} {self.index.upper()} vs "
                              f"{self.dense_weight_bytes:,} dense"],
             ["embedding cosine", f"{self.embedding_cosine:.4f} (against {BASELINE})"],
         ]
@@ -272,7 +274,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         cycles_equal=None if crosscheck is None else crosscheck.cycles_equal,
         baseline=BASELINE, embedding_cosine=cosine, ranking_agreement=agreement,
         device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers,
-        memory=memory_figures)
+        memory=memory_figures, index=summary["index"])
 
 
 def mean_pooled(model, inputs, report=None, desc=None):
