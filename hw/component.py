@@ -28,10 +28,22 @@ class ArrayComponent(wiring.Component):
     #: The formats class the interface is built from (called with the config).
     Formats = CoreFormats
 
+    def __new__(cls, config, *args, **kwargs):
+        # Refused before the object exists, so a bad config leaves no "created but never used"
+        # elaboratable behind to warn about.
+        cls.check(config)
+        return super().__new__(cls, config, *args, src_loc_at=1, **kwargs)
+
     def __init__(self, config):
-        self._config = check_config(config)
+        self._config = config
         self._formats = self.Formats(config)
         super().__init__(self.members(self._formats))
+
+    @classmethod
+    def check(cls, config):
+        """Raises a clear error unless this block can be built for ``config``; a subclass with
+        further needs extends it."""
+        check_config(config)
 
     def members(self, formats):
         """The component's signature, or a dict of its members, built from ``formats``."""

@@ -39,10 +39,11 @@ class DeltaDecoder(ArrayComponent):
         If the config has no delta decoder (``delta_bits == 0``).
     """
 
-    def __init__(self, config):
+    @classmethod
+    def check(cls, config):
+        super().check(config)
         if not config.delta_bits:
             raise ValueError(f"{config.key()} has no delta decoder: set ArrayConfig.delta_bits")
-        super().__init__(config)
 
     def members(self, formats):
         return {
