@@ -91,6 +91,27 @@ def test_fpga_backend_needs_a_port(capsys):
     assert status == 1 and "cannot open serial port '/dev/no-such-board'" in err
 
 
+@pytest.mark.parametrize("method, sparsity", [("2:4", "0.6"), ("sparsegpt-1:4", "0.5")])
+def test_a_sparsity_the_pattern_cannot_reach_is_refused_before_any_work(capsys, method,
+                                                                         sparsity):
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--method", method,
+                                    "--sparsity", sparsity)
+    pattern = method.rpartition("-")[2]
+    assert status == 2 and out == ""
+    assert f"error: sparsity {sparsity} cannot be reached with {pattern}" in err
+    assert "loading" not in err
+
+
+def test_an_nm_method_takes_its_own_sparsity_or_none(capsys):
+    for extra in ([], ["--sparsity", "0.5"]):
+        status, out, err = run_simulate(capsys, "--backend", "reference", "--method", "2:4",
+                                        "--json", *extra)
+        assert status == 0, err
+        report = json.loads(out)
+        # 2:4 prunes half; a weight that quantises to zero adds a little
+        assert report["target_sparsity"] is None and 0.5 <= report["sparsity"] < 0.5001
+
+
 def test_unknown_layer_lists_valid_names(capsys):
     status, _, err = run_simulate(capsys, "--backend", "reference", "--layer",
                                   "encoder.layer.0.nonsense")
@@ -269,7 +290,7 @@ def calibration_file(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["reference", "verilator"])
 @pytest.mark.parametrize("method, sparsity, target", [
-    ("sparsegpt-k-aligned", "0.75", 0.75), ("wanda-2:4", "0.9", None)])
+    ("sparsegpt-k-aligned", "0.75", 0.75), ("wanda-2:4", "0.5", None)])
 def test_calibrated_methods_stay_bit_exact_and_cycle_exact(capsys, calibration_file, backend,
                                                             method, sparsity, target):
     status, out, err = run_simulate(

@@ -30,9 +30,9 @@ def add_arguments(parser):
                              "or a local checkpoint directory (default: %(default)s)")
     parser.add_argument("--layer", default=DEFAULT_LAYER,
                         help="qualified name of the linear to run (default: %(default)s)")
-    parser.add_argument("--sparsity", type=fraction_argument, default=DEFAULT_SPARSITY,
-                        help="fraction of weights to prune, 0 to 1 (default: %(default)s; "
-                             "ignored by N:M methods)")
+    parser.add_argument("--sparsity", type=fraction_argument, default=None,
+                        help=f"fraction of weights to prune, 0 to 1 (default: {DEFAULT_SPARSITY}; "
+                             "an N:M method's pattern fixes it, and another value is refused)")
     parser.add_argument("--method", type=method_argument, default="magnitude",
                         help=f"pruning: {METHOD_HELP} (default: %(default)s)")
     add_calibration_argument(parser)

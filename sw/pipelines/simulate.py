@@ -20,7 +20,7 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex, Mode
-from ..calibration import fixes_sparsity, method_calibration, prune_calibrated
+from ..calibration import check_pattern, fixes_sparsity, method_calibration, prune_calibrated
 from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
@@ -211,7 +211,7 @@ def _check_options(backend, port, fst, fst_limit, method, memory):
             raise ValueError(f"the FST size limit must be positive, not {fst_limit!r}")
 
 
-def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT_SPARSITY,
+def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
                    method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
                    seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
                    memory=PRESETS["ideal"], energy_table=None, index=ColumnIndex.CSR,
@@ -225,8 +225,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         :func:`~sparsemac.sw.models.load_model`).
     layer : str
         Qualified name of the linear.
-    sparsity : float
-        Fraction of weights to prune (ignored by N:M methods, whose pattern fixes it).
+    sparsity : float or None
+        Fraction of weights to prune; None for :data:`DEFAULT_SPARSITY`, or for the ``1 - N/M``
+        of an N:M method, whose pattern fixes it (another value is refused).
     method : str
         ``magnitude``, ``random``, an explicit ``N:M`` such as ``2:4``, or a calibrated method
         (``wanda``, ``sparsegpt``, ``sparsegpt-2:4``, ``wanda-k-aligned``: see
@@ -280,6 +281,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     _check_options(backend, port, fst, fst_limit, method, memory)
     calibrated, texts = method_calibration(method, calibration, seed=seed)
+    structured = fixes_sparsity(method)
+    if structured and sparsity is not None:  # 0.6 with 2:4: refused before any work
+        check_pattern(sparsity, method if calibrated is None else calibrated.pattern,
+                      config.lanes)
+    elif sparsity is None and not structured:
+        sparsity = DEFAULT_SPARSITY
     check_index(config, index)
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
@@ -291,13 +298,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=DEFAULT
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
     with torch.no_grad():
         float_output = linear(inputs)  # before a calibrated method changes the weights
-    structured = fixes_sparsity(method)
     if calibrated is None:
-        [mask], target = choose_masks([linear.weight.detach().float()],
-                                      None if structured else sparsity, method, seed=seed)
+        [mask], target = choose_masks([linear.weight.detach().float()], sparsity, method,
+                                      seed=seed)
     else:
-        mask, target = _prune_calibrated_layer(loaded, layer, calibrated,
-                                               None if structured else sparsity, texts, config)
+        mask, target = _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts,
+                                               config)
     weight = linear.weight.detach().float()
     throttled = None if memory.ideal else memory
     reference = ReferenceDevice(config, memory=throttled)
