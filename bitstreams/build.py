@@ -296,7 +296,9 @@ def _tool_versions():
         except metadata.PackageNotFoundError:
             versions[package] = "missing"
     for variable, default in _TOOLS.items():
-        versions[variable] = os.environ.get(variable, default)
+        command = os.environ.get(variable, default)
+        # The venv's own launcher is recorded by name: a manifest must not name this machine.
+        versions[variable] = default if command == _tool_command(default) else command
     return versions
 
 

