@@ -5,7 +5,7 @@
 Each bench is one DUT (the whole core or one block) and one cocotb module under
 :mod:`sparsemac.sim.cocotb`. A Verilator build is cached on disk under
 ``cache_dir("cocotb", ...)``, keyed by the config, the top level, the Verilog text, the build
-flags and the tool versions, so a second run compiles nothing; a file lock lets parallel
+flags, the tool versions and the Python environment (whose cocotb libraries it loads), so a second run compiles nothing; a file lock lets parallel
 pytest workers share a build instead of racing to make it.
 
 Every random choice of a run derives from one seed (cocotb's ``COCOTB_RANDOM_SEED``; cocotb
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -125,7 +126,10 @@ def _build_key(config, bench, verilog_text, waves):
     blob = json.dumps({"config": config.as_dict(), "top": bench.toplevel,
                        "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
                        "args": _build_args(waves), "make": _MAKE_OVERRIDES,
-                       "tools": tool_versions()}, sort_keys=True)
+                       "tools": tool_versions(),
+                       # The simulator loads the cocotb libraries of the environment that built
+                       # it: a build from another (perhaps deleted) venv would not start.
+                       "environment": sys.prefix}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -140,3 +140,12 @@ def test_replay_command_names_any_config_the_way_the_cli_reads_it():
                        "--test 'test_core/case=tiny$' --seed 7 --waves")
     args = build_parser().parse_args(["regress", "--config", "k2t8i256"])
     assert configs_from_args(args) == [config]
+
+
+def test_a_build_is_keyed_by_the_python_environment(monkeypatch):
+    """The simulator binary loads the cocotb libraries of the venv that built it, so another
+    venv (say a fresh clone's) must not reuse it."""
+    config, bench = ArrayConfig.from_key("k8t4"), regress.BENCHES["core"]
+    key = regress._build_key(config, bench, "module m; endmodule", waves=False)
+    monkeypatch.setattr(regress.sys, "prefix", "/elsewhere/.venv")
+    assert regress._build_key(config, bench, "module m; endmodule", waves=False) != key
