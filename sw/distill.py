@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..hw.config import DEFAULT_CONFIG
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
@@ -120,7 +121,7 @@ class DistillRecipe:
     sparsity: float = 0.9
     method: str = "magnitude"
     pattern: str | None = None
-    lanes: int = 8
+    lanes: int = DEFAULT_CONFIG.lanes  # K of the k-aligned pattern: the default array's
     steps: int = 600
     prune_end: float = 0.6
     prune_every: int = 10
