@@ -525,7 +525,9 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         os.environ.setdefault(variable, _tool_command(name))
 
     digest = design_digest(config)
-    build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_{digest.hex}")
+    # The seed is in the name, so that builds of one design with different seeds can run at once.
+    build_dir = cache_dir("bitstreams",
+                          f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_{digest.hex}")
     platform = platform_for(board)
     top = board_design(config, clock_hz, baud)
     log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")
