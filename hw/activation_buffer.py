@@ -4,12 +4,12 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream
 from amaranth.lib.wiring import In, Out
 
-from .component import ArrayComponent
+from .component import JobComponent
 
 __all__ = ["ActivationBuffer"]
 
 
-class ActivationBuffer(ArrayComponent):
+class ActivationBuffer(JobComponent):
     """Holds the activations of two blocks of T tokens and looks up K columns per cycle.
 
     Each of the K read lanes has its own replica of the storage (one block RAM per lane and
@@ -35,17 +35,15 @@ class ActivationBuffer(ArrayComponent):
 
     Attributes
     ----------
-    start : In(1)
-    job : In(formats.job)
+    start, job
+        As in :class:`~sparsemac.hw.component.JobComponent`.
     fill : In(stream.Signature(formats.activation_column))
     chunks : In(stream.Signature(formats.chunk))
     operands : Out(stream.Signature(formats.operands))
     """
 
-    def members(self, formats):
+    def streams(self, formats):
         return {
-            "start": In(1),
-            "job": In(formats.job),
             "fill": In(stream.Signature(formats.activation_column)),
             "chunks": In(stream.Signature(formats.chunk)),
             "operands": Out(stream.Signature(formats.operands)),
