@@ -38,8 +38,11 @@ class ActivationBuffer(JobComponent):
     start, job
         As in :class:`~sparsemac.hw.component.JobComponent`.
     fill : In(stream.Signature(formats.activation_column))
+        The job's token blocks, column by column.
     chunks : In(stream.Signature(formats.chunk))
+        The weight chunks of the job, whose columns are looked up.
     operands : Out(stream.Signature(formats.operands))
+        Each chunk's weights beside the activations of its columns, for the MAC array.
     """
 
     def streams(self, formats):

@@ -31,7 +31,9 @@ class DeltaDecoder(JobComponent):
     start, job
         As in :class:`~sparsemac.hw.component.JobComponent`.
     i_stream : In(stream.Signature(formats.coded_chunk))
+        The streamer's chunks: delta codes in place of columns in a delta job.
     o_stream : Out(stream.Signature(formats.chunk))
+        The same chunks with their column addresses, in the same cycle.
 
     Raises
     ------
