@@ -134,6 +134,10 @@ class CSRWeightStreamer(ArrayComponent):
         pointer_row = Signal.like(job.rows)
         pointer_blocks = Signal.like(job.token_blocks)
         previous_end = Signal(formats.row_pointer)
+        span = self._config.span_rows
+        if span:
+            # The most entries of the next row a chunk may carry: all but its last one.
+            next_head = Signal(range(lanes))
 
         # The row being emitted.
         in_row = Signal()
@@ -143,18 +147,35 @@ class CSRWeightStreamer(ArrayComponent):
         blocks_to_emit = Signal.like(job.token_blocks)
         next_column = Signal.like(job.cols)
 
-        take = Mux(in_row, row_take, next_take)
+        row_part = Mux(in_row, row_take, next_take)
         length = Mux(in_row, row_left, next_length)
+        take = row_part
+        row_ready = in_row | next_valid
+        if span:
+            # A sparse row's last chunk, once the row is under way, also carries the head of the
+            # next row of the pass when that row has entries to spare. It waits for the next
+            # row's length (one row ahead), so the chunks never depend on the input timing.
+            closing = Signal()
+            spanning = Signal()
+            extra = Signal(range(lanes))
+            m.d.comb += [
+                closing.eq(sparse & in_row & (row_left < lanes) & (row_index != job.rows - 1)),
+                spanning.eq(closing & next_valid & (next_head != 0)),
+                extra.eq(Mux(spanning, Mux(lanes - row_take > next_head, next_head,
+                                           lanes - row_take), 0)),
+            ]
+            take = row_part + extra
+            row_ready = (in_row & ~closing) | next_valid
         output_free = ~self.chunks.valid | self.chunks.ready
         emit = Signal()
-        m.d.comb += emit.eq(self.busy & output_free & (in_row | next_valid) & (occupancy >= take))
+        m.d.comb += emit.eq(self.busy & output_free & row_ready & (occupancy >= take))
         consumed = Mux(emit, take, 0)
         m.d.sync += [
             read_pointer.eq(read_pointer + consumed),
             occupancy.eq(occupancy - consumed + fetched),
         ]
 
-        next_consumed = emit & ~in_row & sparse
+        next_consumed = emit & (~in_row | spanning) & sparse if span else emit & ~in_row & sparse
         m.d.comb += self.row_pointers.ready.eq(
             sparse & (pointer_blocks != 0) & (~next_valid | next_consumed))
         with m.If(self.row_pointers.valid & self.row_pointers.ready):
@@ -167,6 +188,9 @@ class CSRWeightStreamer(ArrayComponent):
                 next_length.eq(row_length),
                 next_take.eq(at_most_lanes(row_length)),
             ]
+            if span:
+                m.d.sync += next_head.eq(Mux(row_length >= lanes, lanes - 1,
+                                             Mux(row_length != 0, row_length - 1, 0)))
             with m.If(pointer_row == job.rows - 1):
                 m.d.sync += [
                     pointer_row.eq(0),
@@ -182,7 +206,7 @@ class CSRWeightStreamer(ArrayComponent):
             m.d.sync += next_valid.eq(0)
 
         column_base = Mux(in_row, next_column, 0)
-        rest = length - take
+        rest = length - row_part
         row_last = rest == 0
         block_last = row_last & (row_index == job.rows - 1)
         with m.If(emit):
@@ -203,6 +227,15 @@ class CSRWeightStreamer(ArrayComponent):
                 row_take.eq(at_most_lanes(rest)),
                 next_column.eq(column_base + lanes),
             ]
+            if span:
+                head_left = next_length - extra
+                m.d.sync += self.chunks.payload.split.eq(Mux(spanning, row_take, lanes))
+                with m.If(spanning):
+                    m.d.sync += [
+                        in_row.eq(1),
+                        row_left.eq(head_left),
+                        row_take.eq(at_most_lanes(head_left)),
+                    ]
             with m.If(block_last):
                 m.d.sync += [
                     row_index.eq(0),
