@@ -138,6 +138,9 @@ class CSRWeightStreamer(ArrayComponent):
         if span:
             # The most entries of the next row a chunk may carry: all but its last one.
             next_head = Signal(range(lanes))
+            # Whether the row being emitted is the last of its pass (a register, so the span
+            # decision does not wait for a compare of the row counter).
+            on_last_row = Signal()
 
         # The row being emitted.
         in_row = Signal()
@@ -159,7 +162,8 @@ class CSRWeightStreamer(ArrayComponent):
             spanning = Signal()
             extra = Signal(range(lanes))
             m.d.comb += [
-                closing.eq(sparse & in_row & (row_left < lanes) & (row_index != job.rows - 1)),
+                # row_take is row_left up to K: the row under way ends in this chunk with room.
+                closing.eq(sparse & in_row & (row_take != lanes) & ~on_last_row),
                 spanning.eq(closing & next_valid & (next_head != 0)),
                 extra.eq(Mux(spanning, Mux(lanes - row_take > next_head, next_head,
                                            lanes - row_take), 0)),
@@ -236,6 +240,10 @@ class CSRWeightStreamer(ArrayComponent):
                         row_left.eq(head_left),
                         row_take.eq(at_most_lanes(head_left)),
                     ]
+                with m.If(block_last):
+                    m.d.sync += on_last_row.eq(job.rows == 1)
+                with m.Elif(row_last):
+                    m.d.sync += on_last_row.eq(row_index + 2 == job.rows)
             with m.If(block_last):
                 m.d.sync += [
                     row_index.eq(0),
@@ -267,5 +275,7 @@ class CSRWeightStreamer(ArrayComponent):
                 pointer_blocks.eq(Mux(dense, 0, self.job.token_blocks)),
                 previous_end.eq(0),
             ]
+            if span:
+                m.d.sync += on_last_row.eq(self.job.rows == 1)
 
         return m

@@ -145,6 +145,9 @@ CASES = [
     Case("span-edge-rows-k3", SPAN3, weights_with_row_lengths(SPAN_LENGTHS, 30, 12), 2),
     Case("span-random-0.9", SPAN4, random_weights(12, 60, 0.9, 13), 3, seed=13),
     Case("span-dense", SPAN3, random_weights(4, 7, 0.3, 14), 2, Mode.DENSE),
+    # One and two rows a pass: the last row of a pass is also the first.
+    Case("span-one-row", SPAN4, weights_with_row_lengths([9], 20, 15), 3),
+    Case("span-two-rows", SPAN3, weights_with_row_lengths([4, 5], 20, 16), 3),
 ] + [
     Case(f"random-{sparsity}", config, random_weights(8, 40, sparsity, seed), 3, seed=seed)
     for config in (K4T2, K3T1, K8T4)
