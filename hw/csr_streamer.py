@@ -138,9 +138,11 @@ class CSRWeightStreamer(ArrayComponent):
         if span:
             # The most entries of the next row a chunk may carry: all but its last one.
             next_head = Signal(range(lanes))
-            # Whether the row being emitted is the last of its pass (a register, so the span
-            # decision does not wait for a compare of the row counter).
+            # Whether the row being emitted is the last of its pass, and whether it ends in
+            # its next chunk (row_left <= K): registers, so the span decision waits for no
+            # compare of the row counter or of the 32-bit row length.
             on_last_row = Signal()
+            row_ends = Signal()
 
         # The row being emitted.
         in_row = Signal()
@@ -155,21 +157,27 @@ class CSRWeightStreamer(ArrayComponent):
         take = row_part
         row_ready = in_row | next_valid
         if span:
-            # A sparse row's last chunk, once the row is under way, also carries the head of the
-            # next row of the pass when that row has entries to spare. It waits for the next
-            # row's length (one row ahead), so the chunks never depend on the input timing.
-            closing = Signal()
+            # In sparse mode a row is always taken into the registers of the row being emitted
+            # (``prime`` for the job's first row, then each row as the one before it closes),
+            # so the look-ahead register holds the row after it: a row's last chunk is then
+            # filled up with the head of that next row of the pass when it has entries to spare
+            # (all but its last one; not after an empty row). A closing chunk waits for the
+            # next row's length unless no row follows in the job, so the chunks never depend on
+            # the input timing.
+            prime = Signal()
             spanning = Signal()
             extra = Signal(range(lanes))
             m.d.comb += [
-                # row_take is row_left up to K: the row under way ends in this chunk with room.
-                closing.eq(sparse & in_row & (row_take != lanes) & ~on_last_row),
-                spanning.eq(closing & next_valid & (next_head != 0)),
+                prime.eq(sparse & self.busy & ~in_row & next_valid),
+                # row_take is row_left up to K: neither 0 nor K, the row ends here with room.
+                spanning.eq(sparse & in_row & (row_take != lanes) & (row_take != 0)
+                            & ~on_last_row & next_valid & (next_head != 0)),
                 extra.eq(Mux(spanning, Mux(lanes - row_take > next_head, next_head,
                                            lanes - row_take), 0)),
             ]
             take = row_part + extra
-            row_ready = (in_row & ~closing) | next_valid
+            row_ready = Mux(sparse, in_row & (~row_ends | next_valid | (pointer_blocks == 0)),
+                            row_ready)
         output_free = ~self.chunks.valid | self.chunks.ready
         emit = Signal()
         m.d.comb += emit.eq(self.busy & output_free & row_ready & (occupancy >= take))
@@ -179,7 +187,10 @@ class CSRWeightStreamer(ArrayComponent):
             occupancy.eq(occupancy - consumed + fetched),
         ]
 
-        next_consumed = emit & (~in_row | spanning) & sparse if span else emit & ~in_row & sparse
+        if span:
+            next_consumed = prime | (emit & sparse & row_ends & next_valid)
+        else:
+            next_consumed = emit & ~in_row & sparse
         m.d.comb += self.row_pointers.ready.eq(
             sparse & (pointer_blocks != 0) & (~next_valid | next_consumed))
         with m.If(self.row_pointers.valid & self.row_pointers.ready):
@@ -234,12 +245,16 @@ class CSRWeightStreamer(ArrayComponent):
             if span:
                 head_left = next_length - extra
                 m.d.sync += self.chunks.payload.split.eq(Mux(spanning, row_take, lanes))
-                with m.If(spanning):
-                    m.d.sync += [
-                        in_row.eq(1),
-                        row_left.eq(head_left),
-                        row_take.eq(at_most_lanes(head_left)),
-                    ]
+                with m.If(sparse):
+                    m.d.sync += row_ends.eq(rest <= lanes)
+                    # The next row (its head already sent if the chunk spans) follows at once.
+                    with m.If(row_last):
+                        m.d.sync += [
+                            in_row.eq(next_valid),
+                            row_left.eq(head_left),
+                            row_take.eq(at_most_lanes(head_left)),
+                            row_ends.eq(head_left <= lanes),
+                        ]
                 with m.If(block_last):
                     m.d.sync += on_last_row.eq(job.rows == 1)
                 with m.Elif(row_last):
@@ -255,6 +270,14 @@ class CSRWeightStreamer(ArrayComponent):
                 m.d.sync += row_index.eq(row_index + 1)
         with m.Elif(self.chunks.ready):
             m.d.sync += self.chunks.valid.eq(0)
+        if span:
+            with m.If(prime):
+                m.d.sync += [
+                    in_row.eq(1),
+                    row_left.eq(next_length),
+                    row_take.eq(next_take),
+                    row_ends.eq(next_length <= lanes),
+                ]
 
         with m.If(self.start & ~self.busy):
             dense = self.job.mode == Mode.DENSE

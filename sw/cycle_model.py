@@ -6,7 +6,7 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
 * cycle 0 accepts the job; from cycle 1 the activation buffer takes one column per cycle, so
   block 0 is loaded after ``cols`` cycles and its bank can be read from cycle ``cols + 1``;
 * the streamer fetches its first word and its first row pointer in cycle 1 and hands over its
-  first chunk in cycle 3;
+  first chunk in cycle 3 (cycle 4 in a sparse job of an array whose chunks span rows);
 * one chunk is issued per cycle from then on, ``max(1, ceil(n / K))`` per row of ``n``
   nonzeros (with ``span_rows``, ``max(1, ceil((n - c) / K))`` where ``c`` of the row's nonzeros
   rode in the previous row's last chunk: :func:`span_carries`), as long as the bank of the
@@ -37,6 +37,10 @@ PIPELINE_LATENCY = 5
 
 #: The cycle in which the streamer's first chunk is ready, counting the job's acceptance as 0.
 FIRST_CHUNK = 3
+
+#: One cycle more in a sparse job of an array whose chunks span rows: its streamer takes the
+#: first row into its row registers before it emits (``CSRWeightStreamer``).
+SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
 
 
 def token_blocks(tokens, config):
@@ -141,12 +145,10 @@ def span_carries(row_lengths, lanes):
     """How many of each row's nonzeros ride in the previous row's last chunk, when chunks span
     rows (``ArrayConfig.span_rows``), over one pass.
 
-    The streamer knows the next row's length one row ahead, so a row's last chunk, once the row
-    is under way, is filled up with the first nonzeros of the next row, never its last one (a
-    chunk closes at most one row): ``min(K - r, n' - 1)`` of them, where ``r`` (1 to K) is
-    what is left of the row and ``n'`` the next row's length. Nothing rides in the chunk of an
-    empty row, in a row's first chunk (the row after it is not known yet when the row begins),
-    or across the end of the pass.
+    A row's last chunk is filled up with the first nonzeros of the next row of the pass, never
+    its last one (a chunk closes at most one row): ``min(K - r, n' - 1)`` of them, where ``r``
+    (1 to K) is what is left of the row and ``n'`` the next row's length. Nothing rides in the
+    chunk of an empty row or across the end of the pass.
 
     Parameters
     ----------
@@ -165,8 +167,7 @@ def span_carries(row_lengths, lanes):
     carries = [0] * len(lengths)
     for row, length in enumerate(lengths[:-1]):
         rest = length - carries[row]
-        # A row begun fresh and shorter than K ends in its first chunk, with no room known.
-        if rest <= 0 or (carries[row] == 0 and length <= lanes):
+        if rest == 0:
             continue
         left = rest - lanes * ((rest - 1) // lanes)
         carries[row + 1] = max(0, min(lanes - left, lengths[row + 1] - 1))
@@ -318,6 +319,7 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
 
     blocks = token_blocks(tokens, config)
     issue = issue_cycles_per_block(row_lengths, cols, config, mode)
+    first_chunk = SPAN_FIRST_CHUNK if config.span_rows and mode == Mode.SPARSE else FIRST_CHUNK
 
     load_end = []     # cycle in which the last column of block j is written
     issue_start = []  # cycle in which block j issues its first chunk
@@ -328,7 +330,7 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
         load_end.append(load_start + cols - 1)
         ready = load_end[-1] + 1
         if block == 0:
-            issue_start.append(max(ready, FIRST_CHUNK))
+            issue_start.append(max(ready, first_chunk))
         else:
             issue_start.append(max(ready, issue_start[-1] + issue))
     total = issue_start[-1] + issue - 1 + PIPELINE_LATENCY

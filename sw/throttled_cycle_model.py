@@ -328,16 +328,26 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             row_part, length = row_take, row_left
         else:
             row_part, length = next_take, next_length
-        # A row's last chunk waits for the next row's length when it may span into it.
-        closing = span and sparse and in_row and row_left < lanes and row_index != rows - 1
-        spanning = closing and next_valid and next_head != 0
+        # Spanning sparse rows: every row is emitted from the row registers (the first one is
+        # primed there), and a row's last chunk waits for the next row's length unless no
+        # row follows in the job.
+        spans = span and sparse
+        primed = spans and busy and not in_row and next_valid
+        spanning = (spans and in_row and 0 < row_take < lanes and row_index != rows - 1
+                    and next_valid and next_head != 0)
         extra = min(lanes - row_take, next_head) if spanning else 0
         head_left = next_length - extra
+        had_next = next_valid
         take = row_part + extra
-        emit = (busy and (not chunk_valid or chunk_ready) and ((in_row and not closing)
-                                                                or next_valid)
-                and occupancy >= take)
-        next_consumed = emit and (not in_row or spanning) and sparse
+        if spans:
+            row_ready = in_row and (row_left > lanes or next_valid or pointer_blocks == 0)
+        else:
+            row_ready = in_row or next_valid
+        emit = (busy and (not chunk_valid or chunk_ready) and row_ready and occupancy >= take)
+        if spans:
+            next_consumed = primed or (emit and row_left <= lanes and next_valid)
+        else:
+            next_consumed = emit and not in_row and sparse
         pointer = (pointer_blocks != 0 and (not next_valid or next_consumed)
                    and p_left != 0 and p_level >= p_beat)
 
@@ -423,8 +433,9 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             chunk_block_last = rest == 0 and row_index == rows - 1
             in_row = rest != 0
             row_left, row_take = rest, (lanes if rest > lanes else rest)
-            if spanning:
-                in_row = True
+            if spans and rest == 0:
+                # The next row follows at once, its head already sent if the chunk spans.
+                in_row = had_next
                 row_left, row_take = head_left, (lanes if head_left > lanes else head_left)
             if chunk_block_last:
                 row_index = 0
@@ -434,6 +445,9 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
                 row_index += 1
         elif accept:
             chunk_valid = False
+        if primed:
+            in_row = True
+            row_left, row_take = head_left, (lanes if head_left > lanes else head_left)
 
         # The clock edge of the credit scheme: gain the rate, hold at most one beat.
         a_level = min(a_level + a_rate, a_beat)

@@ -111,6 +111,9 @@ CASES = [
     Case("span-extremes", SPAN3, CSRMatrix.from_dense(np.full((5, 7), -128, np.int8)), 3,
          activation=-128),
     Case("span-dense-mode", SPAN3, random_weights(5, 11, 0.3, 31), 5, Mode.DENSE, seed=31),
+    # Fewer columns than the streamer's fill: its first chunk sets the count.
+    Case("span-cols-below-3", SPAN8, random_weights(5, 2, 0.3, 32), 6, seed=32),
+    Case("span-one-row", SPAN3, weights_with_row_lengths([9], 20, 33), 5, seed=33),
 ]
 
 
