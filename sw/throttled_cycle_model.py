@@ -351,7 +351,7 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
         pointer = (pointer_blocks != 0 and (not next_valid or next_consumed)
                    and p_left != 0 and p_level >= p_beat)
 
-        if not (fill or accept or fetch or emit or pointer):
+        if not (fill or accept or fetch or emit or pointer or primed):
             # Nothing moves until a stream short of credit has a beat: jump there.
             edges = -1
             for left, level, beat, rate in ((a_left, a_level, a_beat, a_rate),

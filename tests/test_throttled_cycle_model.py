@@ -92,6 +92,17 @@ def test_amaranth_matches_model(fraction, mode, config):
     assert model.cycles > model.compute_cycles
 
 
+def test_amaranth_matches_model_while_the_first_row_waits_for_its_pointer():
+    """A spanning streamer takes its first row into its row registers when the row's pointer
+    comes; at a slow rate the ring is full long before, so nothing else moves then."""
+    weights = weights_with_row_lengths((20, 20), 20, seed=6)
+    activations = random_activations(1, 20, seed=7)
+    memory = _memory(SPAN3, Mode.SPARSE, FRACTIONS["slow"], activations=False)
+    run = run_core_job(SPAN3, pack_job(SPAN3, weights, activations), memory=memory)
+    assert run.cycles == throttled_job_cycles(weights.row_lengths(), 20, 1, SPAN3,
+                                              memory=memory).cycles
+
+
 def test_amaranth_device_takes_a_memory():
     weights = random_weights(4, 12, 0.5, seed=10)
     activations = random_activations(3, 12, seed=11)
