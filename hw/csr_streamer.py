@@ -28,6 +28,14 @@ class CSRWeightStreamer(ArrayComponent):
     column words, each in the low bits of its beat; its chunks carry the codes, and
     :class:`~sparsemac.hw.delta_decoder.DeltaDecoder` makes columns of them.
 
+    With ``span_rows`` a sparse row's last chunk also carries the first entries of the next row
+    of the pass, all but that row's last one, and its ``split`` says where the rows meet
+    (:func:`sparsemac.sw.cycle_model.pass_chunks` lists the chunks of a pass). To know the next
+    row while the row before it ends, every sparse row is taken into the row registers before
+    its first chunk (the job's first row one cycle after its pointer, every other one as the
+    row before it closes), and a closing chunk waits for the next row's length, so the chunks
+    depend on the row lengths alone, never on the input timing.
+
     Contract
     --------
     A job begins with ``start`` high for one cycle while idle, with ``job`` valid in that cycle.
@@ -36,7 +44,8 @@ class CSRWeightStreamer(ArrayComponent):
     words in sparse mode); lanes past ``nnz`` in the last word of a pass are padding and are
     dropped. The last row end pointer of a pass must equal ``nnz``, and the host checks this;
     a job that breaks it waits for data that never comes. With every input valid the first
-    chunk is valid in the third cycle after ``start``.
+    chunk is valid in the third cycle after ``start`` (the fourth in a sparse job with
+    ``span_rows``).
 
     Attributes
     ----------
@@ -48,9 +57,9 @@ class CSRWeightStreamer(ArrayComponent):
     columns : In(stream.Signature(formats.column_word))
     values : In(stream.Signature(formats.value_word))
     chunks : Out(stream.Signature(formats.coded_chunk))
-        Up to K (column, value) pairs of one row; unused lanes have value 0. ``row_last`` marks
-        the last chunk of a row (an empty row is one chunk of zeros), ``block_last`` the last
-        chunk of a pass.
+        Up to K (column, value) pairs of one row (with ``span_rows``, of one row and the head of
+        the next); unused lanes have value 0. ``row_last`` marks the last chunk of a row (an
+        empty row is one chunk of zeros), ``block_last`` the last chunk of a pass.
     busy : Out(1)
         High from ``start`` until the last chunk of the job has been emitted.
     """
