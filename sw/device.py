@@ -48,14 +48,12 @@ class JobResult:
 
 
 @dataclass
-class MatmulResult:
-    """A whole layer's product, combined from its jobs.
+class MatmulResult(JobResult):
+    """A whole layer's product, combined from its jobs: a :class:`JobResult` whose ``cycles``
+    is the sum of the jobs' cycle counts, with the figures of the jobs.
 
     Attributes
     ----------
-    sums : torch.Tensor of int32, [tokens, rows]
-    cycles : int
-        Sum of the jobs' cycle counts.
     jobs : int
     weight_bytes : int
         Weight traffic over all jobs (weights are re-streamed for every token block).
@@ -66,8 +64,6 @@ class MatmulResult:
         Host wall time spent in the device.
     job_cycles : list of int
     """
-    sums: torch.Tensor
-    cycles: int
     jobs: int
     weight_bytes: int
     activation_bytes: int

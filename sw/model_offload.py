@@ -39,8 +39,34 @@ from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
 
+
+def _stat(name, doc):
+    """A read-only property reading the offloaded linear's counter ``stats.<name>``."""
+    return property(lambda self: getattr(self.stats, name), doc=doc)
+
+
+def _total(name, doc):
+    """A read-only property summing ``<name>`` over the report's ``layers``."""
+    return property(lambda self: sum(getattr(layer, name) for layer in self.layers), doc=doc)
+
+
+class _Speedups:
+    """The speedups of a report that has ``dense_cycles``, ``sparse_cycles`` and ``sparsity``
+    (one layer's, or the whole model's)."""
+
+    @property
+    def speedup(self) -> float:
+        """Dense over sparse cycles; NaN before the first call."""
+        return self.dense_cycles / self.sparse_cycles if self.sparse_cycles else float("nan")
+
+    @property
+    def ideal_speedup(self) -> float:
+        """``1 / (1 - sparsity)``: the speedup if cycles fell in proportion to the nonzeros."""
+        return 1.0 / (1.0 - self.sparsity) if self.sparsity < 1.0 else float("inf")
+
+
 @dataclass
-class LayerReport(LayerWeights):
+class LayerReport(_Speedups, LayerWeights):
     """One offloaded linear: its int8 weights (:class:`~sparsemac.sw.pruning.LayerWeights`,
     whose ``sparsity`` is the sparsity applied: zeros found, pruned, or rounded to zero by
     quantisation), and what its calls have cost so far.
@@ -72,35 +98,10 @@ class LayerReport(LayerWeights):
     call_tokens: list[int] = field(default_factory=list)
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
 
-    @property
-    def calls(self) -> int:
-        """Forward calls the layer has run."""
-        return self.stats.calls
-
-    @property
-    def tokens(self) -> int:
-        """Tokens (rows of activations) of those calls."""
-        return self.stats.tokens
-
-    @property
-    def sparse_cycles(self) -> int:
-        """Device cycles of those calls, as the device reported them."""
-        return self.stats.cycles
-
-    @property
-    def device_s(self) -> float:
-        """Host wall time spent in the device for the sparse runs."""
-        return self.stats.device_s
-
-    @property
-    def speedup(self) -> float:
-        """Dense over sparse cycles; NaN before the first call."""
-        return _ratio(self.dense_cycles, self.sparse_cycles)
-
-    @property
-    def ideal_speedup(self) -> float:
-        """``1 / (1 - sparsity)``: the speedup if cycles fell in proportion to the nonzeros."""
-        return _ideal(self.sparsity)
+    calls = _stat("calls", "Forward calls the layer has run.")
+    tokens = _stat("tokens", "Tokens (rows of activations) of those calls.")
+    sparse_cycles = _stat("cycles", "Device cycles of those calls, as the device reported them.")
+    device_s = _stat("device_s", "Host wall time spent in the device for the sparse runs.")
 
     def reset(self) -> None:
         """Forget the calls, here and in the offloaded linear's stats (the weights' figures
@@ -122,7 +123,7 @@ class LayerReport(LayerWeights):
 
 
 @dataclass
-class OffloadReport:
+class OffloadReport(_Speedups):
     """What offloading a model did, and what its runs have cost; totals are sums of `layers`.
 
     Attributes
@@ -158,18 +159,13 @@ class OffloadReport:
     index: ColumnIndex = ColumnIndex.CSR
     _hooks: list = field(default_factory=list, repr=False)
 
-    @property
-    def sparse_cycles(self) -> int:
-        return sum(layer.sparse_cycles for layer in self.layers)
-
-    @property
-    def dense_cycles(self) -> int:
-        return sum(layer.dense_cycles for layer in self.layers)
-
-    @property
-    def speedup(self) -> float:
-        """Dense over sparse cycles of the whole model; NaN before the first run."""
-        return _ratio(self.dense_cycles, self.sparse_cycles)
+    sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")
+    dense_cycles = _total("dense_cycles", "Cycles of the same calls with dense weights.")
+    sparse_weight_bytes = _total("sparse_weight_bytes",
+                                 "Bytes of one pass of every layer's weights in CSR.")
+    dense_weight_bytes = _total("dense_weight_bytes",
+                                "Bytes of one pass of every layer's weights in dense mode.")
+    device_s = _total("device_s", "Host wall time spent in the device for the sparse runs.")
 
     @property
     def sparsity(self) -> float:
@@ -187,23 +183,6 @@ class OffloadReport:
     @property
     def _weights(self) -> int:
         return sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
-
-    @property
-    def ideal_speedup(self) -> float:
-        """``1 / (1 - sparsity)`` of the whole model."""
-        return _ideal(self.sparsity)
-
-    @property
-    def sparse_weight_bytes(self) -> int:
-        return sum(layer.sparse_weight_bytes for layer in self.layers)
-
-    @property
-    def dense_weight_bytes(self) -> int:
-        return sum(layer.dense_weight_bytes for layer in self.layers)
-
-    @property
-    def device_s(self) -> float:
-        return sum(layer.device_s for layer in self.layers)
 
     def reset(self) -> None:
         """Forget every call so far, here and in the modules' own stats."""
@@ -540,14 +519,6 @@ def _recorder(layer, measure_dense, keep_sums):
                                                 module.device.config, Mode.DENSE)
 
     return record
-
-
-def _ratio(numerator, denominator):
-    return numerator / denominator if denominator else float("nan")
-
-
-def _ideal(sparsity):
-    return 1.0 / (1.0 - sparsity) if sparsity < 1.0 else float("inf")
 
 
 def _finite(value):

@@ -17,24 +17,25 @@ from sparsemac.sw.cli import main
 # One worker runs the module: its fixtures run the proofs two at a time themselves.
 pytestmark = pytest.mark.xdist_group("formal")
 
+
+def _broken_case(harness, prop, mode, depth, dut, source, config="k1t1"):
+    return ProofSpec(harness, prop, CONFIGS[config], mode, depth, dut=dut), source
+
+
 #: Each broken variant with the proof that must fail on it, and the file of the assertion
 #: that must catch it (the property itself, not some other check).
 BROKEN_CASES = [
-    (ProofSpec(CSRStreamerHarness, "conservation", CONFIGS["k2t1"], "bmc", 10,
-               dut=broken.PairDroppingStreamer), "csr_streamer.py"),
-    (ProofSpec(ActivationBufferHarness, "scoreboard", CONFIGS["k1t1"], "bmc", 10,
-               dut=broken.DuplicatingBuffer), "activation_buffer.py"),
+    _broken_case(CSRStreamerHarness, "conservation", "bmc", 10, broken.PairDroppingStreamer,
+                 "csr_streamer.py", config="k2t1"),
+    _broken_case(ActivationBufferHarness, "scoreboard", "bmc", 10, broken.DuplicatingBuffer,
+                 "activation_buffer.py"),
     # The base case must reach a waiting sums beat: three cycles of pipeline, then a wait.
-    (ProofSpec(MACArrayHarness, "protocol", CONFIGS["k1t1"], "prove", 6,
-               dut=broken.FlickeringMACArray), "harness.py"),
-    (ProofSpec(MACArrayHarness, "rows", CONFIGS["k1t1"], "bmc", 12,
-               dut=broken.RowLosingMACArray), "mac_array.py"),
-    (ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14,
-               dut=broken.SkippingCounterCore), "core.py"),
-    (ProofSpec(SparseMACCoreHarness, "job", CONFIGS["k1t1"], "bmc", 14,
-               dut=broken.EagerCore), "core.py"),
-    (ProofSpec(FrameReceiverHarness, "protocol", CONFIGS["k1t1"], "prove", 24,
-               dut=broken.ImpatientReceiver), "harness.py"),
+    _broken_case(MACArrayHarness, "protocol", "prove", 6, broken.FlickeringMACArray, "harness.py"),
+    _broken_case(MACArrayHarness, "rows", "bmc", 12, broken.RowLosingMACArray, "mac_array.py"),
+    _broken_case(SparseMACCoreHarness, "job", "bmc", 14, broken.SkippingCounterCore, "core.py"),
+    _broken_case(SparseMACCoreHarness, "job", "bmc", 14, broken.EagerCore, "core.py"),
+    _broken_case(FrameReceiverHarness, "protocol", "prove", 24, broken.ImpatientReceiver,
+                 "harness.py"),
 ]
 BROKEN = [spec for spec, _ in BROKEN_CASES]
 

@@ -10,17 +10,16 @@ import json
 from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
                       add_config_arguments, add_granularity_argument, add_index_argument,
-                      add_memory_arguments, add_report_arguments, config_from_args,
-                      fraction_argument, index_from_args, memory_from_args, method_argument)
+                      add_memory_arguments, add_model_argument, add_report_arguments,
+                      config_from_args, fraction_argument, index_from_args, memory_from_args,
+                      method_argument)
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="minilm",
-                        help="minilm (real weights, default), bert-base (BERT-base shapes, "
-                             "random weights) or a local BERT checkpoint directory")
+    add_model_argument(parser)
     add_backend_arguments(parser)
     parser.add_argument("--sparsity", type=fraction_argument, default=None,
                         help="fraction of weights pruned (default 0.9; fixed by the pattern "

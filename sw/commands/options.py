@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
-           "add_calibration_argument", "fraction_argument"]
+           "add_calibration_argument", "fraction_argument", "add_model_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -63,6 +63,24 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
         group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
                            help=f"{metavar}, {meaning} (changes this field of --config)")
     parser.set_defaults(_default_configs=tuple(default))
+
+
+def add_model_argument(parser, role=None, *, tokenizer=False):
+    """Adds ``--model``: ``minilm`` (the default), ``bert-base`` or a local BERT checkpoint.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    role : str or None
+        What the model is to the command, put first in the help (e.g. ``"the dense teacher"``).
+    tokenizer : bool
+        Whether a local checkpoint must have a tokenizer too.
+    """
+    parser.add_argument("--model", default="minilm",
+                        help=(f"{role}: " if role else "")
+                        + "minilm (packaged, real weights), bert-base (BERT-base shapes, seeded "
+                          "random weights) or a local BERT checkpoint directory"
+                        + (" with a tokenizer" if tokenizer else "") + " (default: %(default)s)")
 
 
 def configs_from_args(args):

@@ -5,6 +5,8 @@ import argparse
 import json
 import re
 
+from .options import add_model_argument
+
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
 
@@ -23,9 +25,7 @@ def _duration(text):
 def add_arguments(parser):
     # Recipe options default to None, which leaves DistillRecipe's default: importing it here
     # would load torch for every ``sparsemac --help``. The command prints the whole recipe.
-    parser.add_argument("--model", default="minilm",
-                        help="the dense teacher: minilm (default), bert-base or a local BERT "
-                             "checkpoint directory with a tokenizer")
+    add_model_argument(parser, "the dense teacher", tokenizer=True)
     parser.add_argument("--output", required=True,
                         help="directory of the run: its checkpoint, then the sparse model")
     parser.add_argument("--resume", action="store_true",

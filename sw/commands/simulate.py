@@ -12,7 +12,7 @@ import json
 from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
                       add_config_arguments, add_index_argument, add_memory_arguments,
-                      add_report_arguments, config_from_args, fraction_argument,
+                      add_model_argument, add_report_arguments, config_from_args, fraction_argument,
                       index_from_args, memory_from_args, method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -22,12 +22,9 @@ HELP = ("run one pruned layer of a BERT on a simulated array: cycles, speedup ov
 
 
 def add_arguments(parser):
-    from ..pipelines.simulate import (DEFAULT_FST_LIMIT, DEFAULT_LAYER, DEFAULT_MODEL,
-                                      DEFAULT_SPARSITY)
+    from ..pipelines.simulate import DEFAULT_FST_LIMIT, DEFAULT_LAYER, DEFAULT_SPARSITY
 
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="minilm (packaged, real weights), bert-base (seeded random weights) "
-                             "or a local checkpoint directory (default: %(default)s)")
+    add_model_argument(parser)
     parser.add_argument("--layer", default=DEFAULT_LAYER,
                         help="qualified name of the linear to run (default: %(default)s)")
     parser.add_argument("--sparsity", type=fraction_argument, default=None,

@@ -7,7 +7,7 @@ a notebook calls the same function.
 
 from pathlib import Path
 
-__all__ = ["check_output_path"]
+__all__ = ["check_output_path", "check_port"]
 
 
 def check_output_path(path, what):
@@ -22,3 +22,16 @@ def check_output_path(path, what):
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write the {what} {str(path)!r}: folder {str(folder)!r} "
                                 "does not exist")
+
+
+def check_port(backend, port):
+    """Refuses a board serial port without the ``fpga`` back end, and ``fpga`` without one.
+
+    Raises
+    ------
+    ValueError
+        If exactly one of ``backend == "fpga"`` and ``port`` is given.
+    """
+    if (backend == "fpga") != (port is not None):
+        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
+                         "is only for --backend fpga")

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...devices import open_device
-from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.config import DEFAULT_CONFIG, check_config
 from ...hw.formats import ColumnIndex
+from . import check_port
 from ..calibration import fixes_sparsity, method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
@@ -169,14 +170,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         The memory feeding the array: the report's ``memory`` gives each layer's cycles and
         energy under it for one inference of the sentence (the device itself runs with its own
         streams: ideal ones on the simulators).
-    energy_table : str or Path or None
-        Per-event energies as JSON; None for the default table.
-    calibration : str or Path or None
-        Calibration text of a calibrated method: a UTF-8 file, one text a line; None for the
-        built-in task's calibration split (seeded by `seed`). Only with a calibrated method.
-    index : ColumnIndex
-        How the sparse jobs send their column indices; DELTA needs a config with the delta
-        decoder (``ArrayConfig.delta_bits``).
+    energy_table, calibration, index
+        As in :func:`~sparsemac.sw.pipelines.simulate.simulate_layer`.
 
     Returns
     -------
@@ -191,14 +186,11 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         If the device cannot be built or fails.
     """
     started = time.perf_counter()
-    if not isinstance(config, ArrayConfig):
-        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    check_config(config)
     # A bad method or calibration file fails before any work.
     calibrated, texts = method_calibration(method, calibration, seed=seed)
     structured = fixes_sparsity(method)
-    if (backend == "fpga") != (port is not None):
-        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
-                         "is only for --backend fpga")
+    check_port(backend, port)
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
     check_index(config, index)

@@ -18,7 +18,7 @@ import torch
 
 from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
-from ...hw.config import DEFAULT_CONFIG, ArrayConfig
+from ...hw.config import DEFAULT_CONFIG, ArrayConfig, check_config
 from ...hw.formats import ColumnIndex, Mode
 from ..calibration import check_pattern, fixes_sparsity, method_calibration, prune_calibrated
 from ..energy import load_energy_table
@@ -28,7 +28,7 @@ from ..memory_report import memory_report
 from ..offload import OffloadedLinear
 from ..packing import check_index
 from ..progress import phase, progress
-from . import check_output_path
+from . import check_output_path, check_port
 from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
 
@@ -200,9 +200,7 @@ def _check_options(backend, port, fst, fst_limit, method, memory):
     if backend == "fpga" and not memory.ideal:
         raise ValueError(f"memory {memory.name} needs a simulated backend: the board's streams "
                          "run at its link's own rate")
-    if (backend == "fpga") != (port is not None):
-        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
-                         "is only for --backend fpga")
+    check_port(backend, port)
     if fst is not None:
         if backend != "verilator":
             raise ValueError("--fst needs --backend verilator")
@@ -277,8 +275,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
         If the device cannot be built or fails.
     """
     started = time.perf_counter()
-    if not isinstance(config, ArrayConfig):
-        raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+    check_config(config)
     _check_options(backend, port, fst, fst_limit, method, memory)
     calibrated, texts = method_calibration(method, calibration, seed=seed)
     structured = fixes_sparsity(method)
