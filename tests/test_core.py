@@ -114,6 +114,9 @@ CASES = [
     # Fewer columns than the streamer's fill: its first chunk sets the count.
     Case("span-cols-below-3", SPAN8, random_weights(5, 2, 0.3, 32), 6, seed=32),
     Case("span-one-row", SPAN3, weights_with_row_lengths([9], 20, 33), 5, seed=33),
+    # K = 1 never has room to span, but still takes each row into its row registers.
+    Case("span-k1", ArrayConfig(lanes=1, token_lanes=4, max_in_features=64, span_rows=1),
+         weights_with_row_lengths([0, 3, 1, 2, 0, 5], 12, 34), 5, seed=34),
 ]
 
 
