@@ -154,8 +154,9 @@ class ArrayConfig:
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
         ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>``, ``p<read_ports>`` and
         ``s<span_rows>`` for each of those that is not its default, e.g. ``k8t4`` (the default
-        array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2`` or ``k8t4s1``. Unique per configuration; :meth:`from_key`
-        reads it back, and the command line takes it as ``--config``."""
+        array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2`` or ``k8t4s1``. Unique per
+        configuration; :meth:`from_key` reads it back, and the command line takes it as
+        ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
             value = getattr(self, name)
