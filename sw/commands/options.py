@@ -55,9 +55,9 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
     group = parser.add_argument_group(f"array configuration (default: {names})")
     group.add_argument("--config", metavar="NAME", type=_config_names,
                        action="extend" if several else "store",
-                       help="k<K>t<T>, then i<max in features> if not 4096 and d<delta bits> "
-                            "for the delta decoder, e.g. k8t4 (the ULX3S build), k1t1i512 or "
-                            "k8t4d5"
+                       help="k<K>t<T>, then i<max in features> if not 4096, d<delta bits> "
+                            "for the delta decoder and s1 for chunks that span rows, e.g. k8t4 "
+                            "(the ULX3S build), k1t1i512, k8t4d5 or k8t4s1"
                             + ("; repeatable or comma-separated" if several else ""))
     for name, metavar, meaning in _FIELDS:
         group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
