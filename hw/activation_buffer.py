@@ -31,7 +31,7 @@ class ActivationBuffer(JobComponent):
     read only when full. ``chunks`` is accepted only while the current bank is full; a chunk
     with ``block_last`` set frees that bank after it is read. Each accepted chunk leaves, two
     cycles later, as an ``operands`` beat holding its weights and the T activations of each of
-    its K columns.
+    its K columns (and its ``split``, with ``span_rows``).
 
     Attributes
     ----------
@@ -101,6 +101,13 @@ class ActivationBuffer(JobComponent):
                 self.operands.payload.weights.eq(read_weights),
                 self.operands.payload.row_last.eq(read_last),
             ]
+        if config.span_rows:
+            read_split = Signal.like(self.chunks.payload.split)
+            with m.If(advance):
+                m.d.sync += [
+                    read_split.eq(self.chunks.payload.split),
+                    self.operands.payload.split.eq(read_split),
+                ]
         with m.If(accept & self.chunks.payload.block_last):
             m.d.sync += [
                 full[read_bank].eq(0),

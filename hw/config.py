@@ -45,6 +45,13 @@ class ArrayConfig:
         replicas, each with its two banks in separate block RAMs read through both ports of the
         ECP5's true dual-port DP16KD; it halves the buffer where its depth, not its width, sets
         the block RAM count, see docs/architecture.md).
+    span_rows : int
+        0 (the default): every chunk holds the nonzeros of one row only, so a row of n nonzeros
+        takes ``max(1, ceil(n / K))`` cycles. 1: a sparse row's last chunk is filled up with the
+        first nonzeros of the next row of the pass (never its last one), and the MAC array sums
+        the two rows apart (:func:`sparsemac.sw.cycle_model.span_carries` gives the schedule).
+        Not with ``delta_bits``: the delta decoder's column scan does not restart inside a
+        chunk.
 
     Raises
     ------
@@ -61,6 +68,7 @@ class ArrayConfig:
     max_token_blocks: int = 65535
     delta_bits: int = 0
     read_ports: int = 1
+    span_rows: int = 0
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -72,7 +80,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks", "delta_bits", "read_ports"):
+                     "max_token_blocks", "delta_bits", "read_ports", "span_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -97,6 +105,13 @@ class ArrayConfig:
                              f"8, not {self.delta_bits!r}")
         if self.read_ports not in (1, 2):
             raise ValueError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
+        if self.span_rows not in (0, 1):
+            raise ValueError(f"ArrayConfig.span_rows must be 0 or 1, not {self.span_rows!r}")
+        if self.span_rows and self.delta_bits:
+            raise ValueError(
+                f"ArrayConfig.span_rows={self.span_rows!r} cannot be combined with "
+                f"ArrayConfig.delta_bits={self.delta_bits!r}: the delta decoder's column scan "
+                "does not restart at a row boundary inside a chunk")
 
     @property
     def multipliers(self):
@@ -125,20 +140,23 @@ class ArrayConfig:
 
     def describe(self):
         """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... delta 5`` with the
-        delta decoder, ``... dual-port buffer`` with two read ports a replica)."""
+        delta decoder, ``... dual-port buffer`` with two read ports a replica, ``... spanning
+        rows`` with chunks that span rows)."""
         text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
         text += f" delta {self.delta_bits}" if self.delta_bits else ""
-        return text + (" dual-port buffer" if self.read_ports == 2 else "")
+        text += " dual-port buffer" if self.read_ports == 2 else ""
+        return text + (" spanning rows" if self.span_rows else "")
 
     def as_dict(self):
         return asdict(self)
 
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
-        ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>`` and ``p<read_ports>``
-        for each of those that is not its default, e.g. ``k8t4`` (the default array),
-        ``k1t1i512``, ``k8t4d5`` or ``k16t8i1024p2``. Unique per configuration; :meth:`from_key`
-        reads it back, and the command line takes it as ``--config``."""
+        ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>``, ``p<read_ports>`` and
+        ``s<span_rows>`` for each of those that is not its default, e.g. ``k8t4`` (the default
+        array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2`` or ``k8t4s1``. Unique per
+        configuration; :meth:`from_key` reads it back, and the command line takes it as
+        ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
         for letter, name in _KEY_FIELDS:
             value = getattr(self, name)
@@ -159,14 +177,15 @@ class ArrayConfig:
         if match is None:
             raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
-                             "d<delta bits>, p<read ports>, e.g. k8t4, k1t1i512 or k8t4d5")
+                             "d<delta bits>, p<read ports>, s<span rows>, e.g. k8t4, k1t1i512, "
+                             "k8t4d5 or k8t4s1")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
 
 #: Letters of the optional fields of a config key, in order.
 _KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
-               ("d", "delta_bits"), ("p", "read_ports"))
+               ("d", "delta_bits"), ("p", "read_ports"), ("s", "span_rows"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

@@ -28,6 +28,14 @@ class CSRWeightStreamer(ArrayComponent):
     column words, each in the low bits of its beat; its chunks carry the codes, and
     :class:`~sparsemac.hw.delta_decoder.DeltaDecoder` makes columns of them.
 
+    With ``span_rows`` a sparse row's last chunk also carries the first entries of the next row
+    of the pass, all but that row's last one, and its ``split`` says where the rows meet
+    (:func:`sparsemac.sw.cycle_model.pass_chunks` lists the chunks of a pass). To know the next
+    row while the row before it ends, every sparse row is taken into the row registers before
+    its first chunk (the job's first row one cycle after its pointer, every other one as the
+    row before it closes), and a closing chunk waits for the next row's length, so the chunks
+    depend on the row lengths alone, never on the input timing.
+
     Contract
     --------
     A job begins with ``start`` high for one cycle while idle, with ``job`` valid in that cycle.
@@ -36,7 +44,8 @@ class CSRWeightStreamer(ArrayComponent):
     words in sparse mode); lanes past ``nnz`` in the last word of a pass are padding and are
     dropped. The last row end pointer of a pass must equal ``nnz``, and the host checks this;
     a job that breaks it waits for data that never comes. With every input valid the first
-    chunk is valid in the third cycle after ``start``.
+    chunk is valid in the third cycle after ``start`` (the fourth in a sparse job with
+    ``span_rows``).
 
     Attributes
     ----------
@@ -48,9 +57,9 @@ class CSRWeightStreamer(ArrayComponent):
     columns : In(stream.Signature(formats.column_word))
     values : In(stream.Signature(formats.value_word))
     chunks : Out(stream.Signature(formats.coded_chunk))
-        Up to K (column, value) pairs of one row; unused lanes have value 0. ``row_last`` marks
-        the last chunk of a row (an empty row is one chunk of zeros), ``block_last`` the last
-        chunk of a pass.
+        Up to K (column, value) pairs of one row (with ``span_rows``, of one row and the head of
+        the next); unused lanes have value 0. ``row_last`` marks the last chunk of a row (an
+        empty row is one chunk of zeros), ``block_last`` the last chunk of a pass.
     busy : Out(1)
         High from ``start`` until the last chunk of the job has been emitted.
     """
@@ -145,6 +154,15 @@ class CSRWeightStreamer(ArrayComponent):
         pointer_row = Signal.like(job.rows)
         pointer_blocks = Signal.like(job.token_blocks)
         previous_end = Signal(formats.row_pointer)
+        span = self._config.span_rows
+        if span:
+            # The most entries of the next row a chunk may carry: all but its last one.
+            next_head = Signal(range(lanes))
+            # Whether the row being emitted is the last of its pass, and whether it ends in
+            # its next chunk (row_left <= K): registers, so the span decision waits for no
+            # compare of the row counter or of the 32-bit row length.
+            on_last_row = Signal()
+            row_ends = Signal()
 
         # The row being emitted.
         in_row = Signal()
@@ -154,18 +172,45 @@ class CSRWeightStreamer(ArrayComponent):
         blocks_to_emit = Signal.like(job.token_blocks)
         next_column = Signal.like(job.cols)
 
-        take = Mux(in_row, row_take, next_take)
+        row_part = Mux(in_row, row_take, next_take)
         length = Mux(in_row, row_left, next_length)
+        take = row_part
+        row_ready = in_row | next_valid
+        if span:
+            # In sparse mode a row is always taken into the registers of the row being emitted
+            # (``prime`` for the job's first row, then each row as the one before it closes),
+            # so the look-ahead register holds the row after it: a row's last chunk is then
+            # filled up with the head of that next row of the pass when it has entries to spare
+            # (all but its last one; not after an empty row). A closing chunk waits for the
+            # next row's length unless no row follows in the job, so the chunks never depend on
+            # the input timing.
+            prime = Signal()
+            spanning = Signal()
+            extra = Signal(range(lanes))
+            m.d.comb += [
+                prime.eq(sparse & self.busy & ~in_row & next_valid),
+                # row_take is row_left up to K: neither 0 nor K, the row ends here with room.
+                spanning.eq(sparse & in_row & (row_take != lanes) & (row_take != 0)
+                            & ~on_last_row & next_valid & (next_head != 0)),
+                extra.eq(Mux(spanning, Mux(lanes - row_take > next_head, next_head,
+                                           lanes - row_take), 0)),
+            ]
+            take = row_part + extra
+            row_ready = Mux(sparse, in_row & (~row_ends | next_valid | (pointer_blocks == 0)),
+                            row_ready)
         output_free = ~self.chunks.valid | self.chunks.ready
         emit = Signal()
-        m.d.comb += emit.eq(self.busy & output_free & (in_row | next_valid) & (occupancy >= take))
+        m.d.comb += emit.eq(self.busy & output_free & row_ready & (occupancy >= take))
         consumed = Mux(emit, take, 0)
         m.d.sync += [
             read_pointer.eq(read_pointer + consumed),
             occupancy.eq(occupancy - consumed + fetched),
         ]
 
-        next_consumed = emit & ~in_row & sparse
+        if span:
+            next_consumed = prime | (emit & sparse & row_ends & next_valid)
+        else:
+            next_consumed = emit & ~in_row & sparse
         m.d.comb += self.row_pointers.ready.eq(
             sparse & (pointer_blocks != 0) & (~next_valid | next_consumed))
         with m.If(self.row_pointers.valid & self.row_pointers.ready):
@@ -178,6 +223,9 @@ class CSRWeightStreamer(ArrayComponent):
                 next_length.eq(row_length),
                 next_take.eq(at_most_lanes(row_length)),
             ]
+            if span:
+                m.d.sync += next_head.eq(Mux(row_length >= lanes, lanes - 1,
+                                             Mux(row_length != 0, row_length - 1, 0)))
             with m.If(pointer_row == job.rows - 1):
                 m.d.sync += [
                     pointer_row.eq(0),
@@ -193,7 +241,7 @@ class CSRWeightStreamer(ArrayComponent):
             m.d.sync += next_valid.eq(0)
 
         column_base = Mux(in_row, next_column, 0)
-        rest = length - take
+        rest = length - row_part
         row_last = rest == 0
         block_last = row_last & (row_index == job.rows - 1)
         with m.If(emit):
@@ -214,6 +262,23 @@ class CSRWeightStreamer(ArrayComponent):
                 row_take.eq(at_most_lanes(rest)),
                 next_column.eq(column_base + lanes),
             ]
+            if span:
+                head_left = next_length - extra
+                m.d.sync += self.chunks.payload.split.eq(Mux(spanning, row_take, lanes))
+                with m.If(sparse):
+                    m.d.sync += row_ends.eq(rest <= lanes)
+                    # The next row (its head already sent if the chunk spans) follows at once.
+                    with m.If(row_last):
+                        m.d.sync += [
+                            in_row.eq(next_valid),
+                            row_left.eq(head_left),
+                            row_take.eq(at_most_lanes(head_left)),
+                            row_ends.eq(head_left <= lanes),
+                        ]
+                with m.If(block_last):
+                    m.d.sync += on_last_row.eq(job.rows == 1)
+                with m.Elif(row_last):
+                    m.d.sync += on_last_row.eq(row_index + 2 == job.rows)
             with m.If(block_last):
                 m.d.sync += [
                     row_index.eq(0),
@@ -225,6 +290,14 @@ class CSRWeightStreamer(ArrayComponent):
                 m.d.sync += row_index.eq(row_index + 1)
         with m.Elif(self.chunks.ready):
             m.d.sync += self.chunks.valid.eq(0)
+        if span:
+            with m.If(prime):
+                m.d.sync += [
+                    in_row.eq(1),
+                    row_left.eq(next_length),
+                    row_take.eq(next_take),
+                    row_ends.eq(next_length <= lanes),
+                ]
 
         with m.If(self.start & ~self.busy):
             dense = self.job.mode == Mode.DENSE
@@ -245,5 +318,7 @@ class CSRWeightStreamer(ArrayComponent):
                 pointer_blocks.eq(Mux(dense, 0, self.job.token_blocks)),
                 previous_end.eq(0),
             ]
+            if span:
+                m.d.sync += on_last_row.eq(self.job.rows == 1)
 
         return m

@@ -127,13 +127,17 @@ class CoreFormats:
     cycles : unsigned
         The hardware cycle counter reported when a job is done.
     chunk : StructLayout
-        Internal: up to K (column, value) pairs of one row, unused lanes hold value 0.
+        Internal: up to K (column, value) pairs of one row, unused lanes hold value 0. With
+        ``span_rows`` also ``split``: on a ``row_last`` chunk, lanes below ``split`` close the
+        row and lanes from ``split`` on begin the next one; ``split`` is K on every chunk that
+        does not span rows.
     coded_chunk : StructLayout
         Internal: a chunk as the streamer emits it; with the delta decoder its ``columns`` are
         wide enough for a column or a delta code, for :class:`~sparsemac.hw.delta_decoder.
         DeltaDecoder` to turn into columns.
     operands : StructLayout
-        Internal: K weights with the T activations of their columns.
+        Internal: K weights with the T activations of their columns (and the chunk's ``split``
+        with ``span_rows``).
     """
 
     def __init__(self, config):
@@ -162,11 +166,14 @@ class CoreFormats:
         self.cycles = unsigned(config.CYCLE_COUNTER_WIDTH)
 
         address = unsigned(config.column_address_width)
+        # Only an array that spans rows has the field, so the others' designs are unchanged.
+        split = {"split": range(lanes + 1)} if config.span_rows else {}
         self.chunk = data.StructLayout({
             "columns": data.ArrayLayout(address, lanes),
             "values": data.ArrayLayout(value, lanes),
             "row_last": 1,
             "block_last": 1,
+            **split,
         })
         if self.delta is None:
             self.coded_chunk = self.chunk
@@ -178,6 +185,7 @@ class CoreFormats:
             "weights": data.ArrayLayout(value, lanes),
             "activations": data.ArrayLayout(self.activation_column, lanes),
             "row_last": 1,
+            **split,
         })
 
 

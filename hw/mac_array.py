@@ -1,6 +1,6 @@
 """The MAC array: K x T int8 multipliers into T wrapping int32 accumulators."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
@@ -24,6 +24,11 @@ class MACArray(ArrayComponent):
     of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
     ``sums`` three cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
     and not ready, so back-pressure loses nothing.
+
+    With ``span_rows`` each token's reduction is segmented at the beat's ``split``: two masked
+    adder trees sum the lanes below it (the "low" partial) and from it on (the "high" one). A
+    ``row_last`` beat sends ``accumulator + low`` and restarts the accumulator at ``high``, the
+    start of the next row; any other beat adds all its lanes, as without ``span_rows``.
 
     Attributes
     ----------
@@ -59,6 +64,13 @@ class MACArray(ArrayComponent):
         partial_last = Signal()
         accumulators = [Signal(signed(sum_width), name=f"accumulator{token}")
                         for token in range(token_lanes)]
+        span = self._config.span_rows
+        if span:
+            # The lanes of a row_last beat from split on begin the next row: their sum (the
+            # "high" partial) restarts the accumulator instead of 0. Beats that close no row
+            # count as split K, so every lane is then low.
+            product_split = Signal(range(lanes + 1))
+            highs = [Signal(partial_shape, name=f"high{token}") for token in range(token_lanes)]
 
         with m.If(advance):
             m.d.sync += [
@@ -68,17 +80,25 @@ class MACArray(ArrayComponent):
                 partial_last.eq(product_last),
                 self.sums.valid.eq(partial_valid & partial_last),
             ]
+            if span:
+                m.d.sync += product_split.eq(Mux(operands.row_last, operands.split, lanes))
             for token in range(token_lanes):
                 for lane in range(lanes):
                     m.d.sync += products[lane][token].eq(
                         operands.weights[lane] * operands.activations[lane][token])
-                m.d.sync += partials[token].eq(
-                    _adder_tree([products[lane][token] for lane in range(lanes)]))
+                terms = [products[lane][token] for lane in range(lanes)]
+                restart = 0
+                if span:
+                    low = [Mux(lane < product_split, term, 0) for lane, term in enumerate(terms)]
+                    high = [Mux(lane < product_split, 0, term) for lane, term in enumerate(terms)]
+                    terms, restart = low, highs[token]
+                    m.d.sync += restart.eq(_adder_tree(high))
+                m.d.sync += partials[token].eq(_adder_tree(terms))
                 total = (accumulators[token] + partials[token])[:sum_width].as_signed()
                 with m.If(partial_valid & partial_last):
                     m.d.sync += [
                         self.sums.payload[token].eq(total),
-                        accumulators[token].eq(0),
+                        accumulators[token].eq(restart),
                     ]
                 with m.Elif(partial_valid):
                     m.d.sync += accumulators[token].eq(total)

@@ -19,8 +19,10 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
 * **Logic cells** (TRELLIS_COMB: LUT4s and carry halves) are a least-squares fit,
   ``2000 + 70 K^2 + 100 K T + 390 K``, to six syntheses (K = 2 to 16, T = 1 to 8): the
   streamer's ring multiplexers grow with K^2, the adder trees and accumulators with K x T; two
-  read ports add the bank multiplexer, ``16 K T``. Its error on those was within 11 %; treat it
-  as +-15 %.
+  read ports add the bank multiplexer, ``16 K T``; chunks that span rows (``span_rows``) add
+  ``46 K T + 165``, the second masked adder tree of each token and the streamer's span decision
+  (fitted to k4t2i512 and k8t4 against their syntheses without it: +533 and +1 630). Its error on
+  those was within 11 %; treat it as +-15 %.
 
 The board totals and the check that a config fits live with the boards
 (:func:`sparsemac.bitstreams.build.check_fits`).
@@ -44,6 +46,9 @@ _LUT_RAM_COST = 4
 _LUT_RAM_DEPTH, _LUT_RAM_WIDTH = 16, 4
 #: The logic fit's coefficients: constant, K^2, K x T, K (see the module docstring).
 _LOGIC_FIT = (2000, 70, 100, 390)
+#: Chunks that span rows: logic cells per multiplier (the second adder tree and its masks) and
+#: for the streamer (see the module docstring).
+_SPAN_FIT = (46, 165)
 #: The relative error to allow the logic estimate.
 LOGIC_ERROR = 0.15
 _BUFFER = "activation buffer"
@@ -156,5 +161,8 @@ def estimate_resources(config):
         # The bank multiplexer after the memories, about two cells a bit (measured: +102 on
         # k4t2i1024).
         logic += 2 * config.lanes * width
+    if config.span_rows:
+        per_multiplier, streamer = _SPAN_FIT
+        logic += per_multiplier * config.multipliers + streamer
     return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))

@@ -6,9 +6,11 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
 * cycle 0 accepts the job; from cycle 1 the activation buffer takes one column per cycle, so
   block 0 is loaded after ``cols`` cycles and its bank can be read from cycle ``cols + 1``;
 * the streamer fetches its first word and its first row pointer in cycle 1 and hands over its
-  first chunk in cycle 3;
+  first chunk in cycle 3 (cycle 4 in a sparse job of an array whose chunks span rows);
 * one chunk is issued per cycle from then on, ``max(1, ceil(n / K))`` per row of ``n``
-  nonzeros, as long as the bank of the block is loaded; block ``j`` is loaded into bank
+  nonzeros (with ``span_rows``, ``max(1, ceil((n - c) / K))`` where ``c`` of the row's nonzeros
+  rode in the previous row's last chunk: :func:`span_carries`), as long as the bank of the
+  block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
   multiply, add, accumulate).
@@ -28,13 +30,17 @@ from ..hw.formats import Mode
 from .csr import CSRMatrix
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
-           "token_blocks"]
+           "span_carries", "ChunkSlice", "pass_chunks", "token_blocks"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
 PIPELINE_LATENCY = 5
 
 #: The cycle in which the streamer's first chunk is ready, counting the job's acceptance as 0.
 FIRST_CHUNK = 3
+
+#: One cycle more in a sparse job of an array whose chunks span rows: its streamer takes the
+#: first row into its row registers before it emits (``CSRWeightStreamer``).
+SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
 
 
 def token_blocks(tokens, config):
@@ -135,6 +141,93 @@ def job_tiles(rows, cols, tokens, config):
                               min(cols, col_start + config.max_in_features))
 
 
+def span_carries(row_lengths, lanes):
+    """How many of each row's nonzeros ride in the previous row's last chunk, when chunks span
+    rows (``ArrayConfig.span_rows``), over one pass.
+
+    A row's last chunk is filled up with the first nonzeros of the next row of the pass, never
+    its last one (a chunk closes at most one row): ``min(K - r, n' - 1)`` of them, where ``r``
+    (1 to K) is what is left of the row and ``n'`` the next row's length. Nothing rides in the
+    chunk of an empty row or across the end of the pass.
+
+    Parameters
+    ----------
+    row_lengths : array of int
+        Nonzeros per row of the pass.
+    lanes : int
+        K.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        ``c`` per row (0 for the first row); row ``i`` then issues ``max(1, ceil((n_i - c_i) /
+        K))`` chunks of its own, and its last one closes it.
+    """
+    lengths = [int(length) for length in row_lengths]
+    carries = [0] * len(lengths)
+    for row, length in enumerate(lengths[:-1]):
+        rest = length - carries[row]
+        if rest == 0:
+            continue
+        left = rest - lanes * ((rest - 1) // lanes)
+        carries[row + 1] = max(0, min(lanes - left, lengths[row + 1] - 1))
+    return np.array(carries, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ChunkSlice:
+    """One chunk of a sparse pass: the pass's entries ``start:stop`` (rows back to back).
+
+    Attributes
+    ----------
+    row : int
+        The row of the chunk's first lane.
+    start, stop : int
+    split : int
+        The chunk's ``split`` field: on a chunk that spans rows, the lanes of ``row`` (the rest
+        of the chunk begins row ``row + 1``); K on every other chunk.
+    row_last : bool
+        Whether the chunk closes ``row``.
+    """
+    row: int
+    start: int
+    stop: int
+    split: int
+    row_last: bool
+
+
+def pass_chunks(row_lengths, lanes, span=False):
+    """The chunks the streamer emits for one sparse pass, in order.
+
+    Parameters
+    ----------
+    row_lengths : array of int
+    lanes : int
+        K.
+    span : bool
+        Chunks span rows (``ArrayConfig.span_rows``), as :func:`span_carries` tells.
+
+    Returns
+    -------
+    list of ChunkSlice
+    """
+    lengths = [int(length) for length in row_lengths]
+    carries = span_carries(lengths, lanes).tolist() if span else [0] * len(lengths)
+    carries.append(0)
+    chunks, row_start = [], 0
+    for row, length in enumerate(lengths):
+        row_stop = row_start + length
+        own = max(1, -(-(length - carries[row]) // lanes))
+        for index in range(own):
+            first = row_start + carries[row] + index * lanes
+            last = index == own - 1
+            extra = carries[row + 1] if last else 0
+            chunks.append(ChunkSlice(row, first, min(first + lanes, row_stop) + extra,
+                                     row_stop - first if extra else lanes, last))
+        row_start = row_stop
+    return chunks
+
+
 def issue_cycles_per_block(row_lengths, cols, config, mode=Mode.SPARSE):
     """Cycles the array spends issuing one pass over the weights.
 
@@ -150,12 +243,15 @@ def issue_cycles_per_block(row_lengths, cols, config, mode=Mode.SPARSE):
     Returns
     -------
     int
-        ``sum over rows of max(1, ceil(n / K))``, with ``n = cols`` for every row in dense mode.
+        ``sum over rows of max(1, ceil(n / K))``, with ``n = cols`` for every row in dense mode;
+        with ``config.span_rows`` (sparse mode), ``n`` less the row's :func:`span_carries`.
     """
     lanes = config.lanes
     row_lengths = np.asarray(row_lengths, dtype=np.int64)
     if mode == Mode.DENSE:
         return len(row_lengths) * max(1, -(-cols // lanes))
+    if config.span_rows:
+        row_lengths = row_lengths - span_carries(row_lengths, lanes)
     return int(np.maximum(1, -(-row_lengths // lanes)).sum())
 
 
@@ -223,6 +319,7 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
 
     blocks = token_blocks(tokens, config)
     issue = issue_cycles_per_block(row_lengths, cols, config, mode)
+    first_chunk = SPAN_FIRST_CHUNK if config.span_rows and mode == Mode.SPARSE else FIRST_CHUNK
 
     load_end = []     # cycle in which the last column of block j is written
     issue_start = []  # cycle in which block j issues its first chunk
@@ -233,7 +330,7 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
         load_end.append(load_start + cols - 1)
         ready = load_end[-1] + 1
         if block == 0:
-            issue_start.append(max(ready, FIRST_CHUNK))
+            issue_start.append(max(ready, first_chunk))
         else:
             issue_start.append(max(ready, issue_start[-1] + issue))
     total = issue_start[-1] + issue - 1 + PIPELINE_LATENCY

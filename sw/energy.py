@@ -2,7 +2,8 @@
 
 :func:`energy_events` counts what the core does in a layer from its exact schedule
 (:func:`sparsemac.sw.throttled_cycle_model.layer_cycles`): every accepted chunk is one operand
-beat of the MAC array, so K x T int8 multiplies, (K - 1) x T adder-tree adds, T accumulator
+beat of the MAC array, so K x T int8 multiplies, (K - 1) x T adder-tree adds (twice that with
+``span_rows``, whose two masked trees both add every beat), T accumulator
 updates and K activation lookups of T x 8 bits; every activation column is written into all K
 buffer replicas; the bytes streamed in and the sums streamed out cross the chip boundary, from a
 DRAM or over the host link as the memory model says, except weights resident on chip
@@ -162,7 +163,8 @@ def energy_events(layer, config, memory):
     crossing = layer.weight_bytes - resident + layer.activation_bytes + layer.output_bytes
     return EnergyEvents(
         int8_multiply=layer.chunks * lanes * token_lanes,
-        tree_add=layer.chunks * (lanes - 1) * token_lanes,
+        # Chunks that span rows sum each token's lanes in two masked adder trees.
+        tree_add=layer.chunks * (lanes - 1) * token_lanes * (2 if config.span_rows else 1),
         accumulator_update=layer.chunks * token_lanes,
         block_ram_read_bit=layer.chunks * lanes * column_bits + 8 * resident,
         block_ram_write_bit=layer.fill_beats * lanes * column_bits,

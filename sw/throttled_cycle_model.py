@@ -11,7 +11,9 @@ register:
 * the CSR streamer fetches a column and value word together whenever its ring holds at most
   2K entries, takes the next row end pointer when its one-row look-ahead register is empty
   (or being consumed), and emits a chunk when the row's entries are in the ring and its output
-  register is free;
+  register is free (with ``span_rows``, a row's last chunk also takes the head of the next row
+  when the streamer decides so, as :class:`~sparsemac.hw.csr_streamer.CSRWeightStreamer`
+  does);
 * a chunk is accepted while the bank of its block is full; the last chunk's sums are accepted
   :data:`~sparsemac.sw.cycle_model.PIPELINE_LATENCY` cycles later, and that cycle, counting the
   job's acceptance as cycle 0, is what the hardware counter reports.
@@ -272,8 +274,8 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
                          # An unthrottled stream gains a whole beat per cycle: never short.
                          stream.rate or stream.bytes * RATE_ONE] for stream in streams],
                        dtype=np.int64)
-    counts = _replay(lengths, rows, cols, blocks, nnz, config.lanes, sparse, buckets,
-                     PIPELINE_LATENCY)
+    counts = _replay(lengths, rows, cols, blocks, nnz, config.lanes, sparse,
+                     bool(config.span_rows), buckets, PIPELINE_LATENCY)
     if counts[0] < 0:
         raise RuntimeError(f"the cycle model's replay is stuck in cycle {-counts[0]}: no stream "
                            "can move and none is waiting for credit")
@@ -286,7 +288,7 @@ numba.config.CACHE_DIR = str(cache_dir("numba"))
 
 
 @numba.njit(cache=True)
-def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
+def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, latency):
     """The replay itself, compiled: ``(cycles, chunks, fill_beats, words, row_pointers)``, or a
     negative cycle count (the cycle, negated) if nothing can move any more.
 
@@ -304,6 +306,7 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
     busy, blocks_to_emit, row_index, in_row = True, blocks, 0, False
     occupancy, fetch_left, blocks_to_fetch = 0, nnz, blocks - 1
     next_valid, next_length, next_take = not sparse, cols, min(lanes, cols)
+    next_head = 0
     pointer_row, pointer_blocks = 0, blocks if sparse else 0
     row_left = row_take = 0
     chunk_valid = chunk_block_last = False
@@ -322,16 +325,33 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
         fetch = (fetch_left != 0 and occupancy <= ring_limit and v_left != 0
                  and v_level >= v_beat and (not sparse or (c_left != 0 and c_level >= c_beat)))
         if in_row:
-            take, length = row_take, row_left
+            row_part, length = row_take, row_left
         else:
-            take, length = next_take, next_length
-        emit = (busy and (not chunk_valid or chunk_ready) and (in_row or next_valid)
-                and occupancy >= take)
-        next_consumed = emit and not in_row and sparse
+            row_part, length = next_take, next_length
+        # Spanning sparse rows: every row is emitted from the row registers (the first one is
+        # primed there), and a row's last chunk waits for the next row's length unless no
+        # row follows in the job.
+        spans = span and sparse
+        primed = spans and busy and not in_row and next_valid
+        spanning = (spans and in_row and 0 < row_take < lanes and row_index != rows - 1
+                    and next_valid and next_head != 0)
+        extra = min(lanes - row_take, next_head) if spanning else 0
+        head_left = next_length - extra
+        had_next = next_valid
+        take = row_part + extra
+        if spans:
+            row_ready = in_row and (row_left > lanes or next_valid or pointer_blocks == 0)
+        else:
+            row_ready = in_row or next_valid
+        emit = (busy and (not chunk_valid or chunk_ready) and row_ready and occupancy >= take)
+        if spans:
+            next_consumed = primed or (emit and row_left <= lanes and next_valid)
+        else:
+            next_consumed = emit and not in_row and sparse
         pointer = (pointer_blocks != 0 and (not next_valid or next_consumed)
                    and p_left != 0 and p_level >= p_beat)
 
-        if not (fill or accept or fetch or emit or pointer):
+        if not (fill or accept or fetch or emit or pointer or primed):
             # Nothing moves until a stream short of credit has a beat: jump there.
             edges = -1
             for left, level, beat, rate in ((a_left, a_level, a_beat, a_rate),
@@ -398,6 +418,7 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
             next_valid = True
             next_length = lengths[pointer_row]
             next_take = lanes if next_length > lanes else next_length
+            next_head = lanes - 1 if next_length >= lanes else max(next_length - 1, 0)
             if pointer_row == rows - 1:
                 pointer_row = 0
                 pointer_blocks -= 1
@@ -407,11 +428,15 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
             next_valid = False
         if emit:
             occupancy -= take
-            rest = length - take
+            rest = length - row_part
             chunk_valid = True
             chunk_block_last = rest == 0 and row_index == rows - 1
             in_row = rest != 0
             row_left, row_take = rest, (lanes if rest > lanes else rest)
+            if spans and rest == 0:
+                # The next row follows at once, its head already sent if the chunk spans.
+                in_row = had_next
+                row_left, row_take = head_left, (lanes if head_left > lanes else head_left)
             if chunk_block_last:
                 row_index = 0
                 blocks_to_emit -= 1
@@ -420,6 +445,9 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, buckets, latency):
                 row_index += 1
         elif accept:
             chunk_valid = False
+        if primed:
+            in_row = True
+            row_left, row_take = head_left, (lanes if head_left > lanes else head_left)
 
         # The clock edge of the credit scheme: gain the rate, hold at most one beat.
         a_level = min(a_level + a_rate, a_beat)

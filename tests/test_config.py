@@ -41,6 +41,9 @@ def test_a_value_that_is_not_an_integer_is_refused(name, value):
     ({"delta_bits": 9}, ValueError, r"delta_bits.*not 9"),
     ({"read_ports": 3}, ValueError, r"read_ports must be 1 or 2, not 3"),
     ({"read_ports": 2.0}, TypeError, r"read_ports must be an integer, not 2\.0"),
+    ({"span_rows": 2}, ValueError, r"span_rows must be 0 or 1, not 2"),
+    ({"span_rows": 1, "delta_bits": 5}, ValueError,
+     r"span_rows=1 cannot be combined with ArrayConfig\.delta_bits=5"),
 ], ids=lambda value: str(value) if isinstance(value, dict) else None)
 def test_validation_names_the_bad_value(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -89,6 +92,9 @@ def test_describe_and_key_are_stable():
     # Three replicas (two of two lanes, one of one) x 2 banks x 1024 columns x 8 tokens x 8 bits.
     assert (dual.replicas, dual.activation_buffer_bits) == (3, 3 * 2 * 1024 * 8 * 8)
     assert ArrayConfig.from_key("k5t8i1024p2") == dual
+    span = ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, span_rows=1)
+    assert (span.key(), span.describe()) == ("k5t3i512s1", "K=5 T=3 in<=512 spanning rows")
+    assert ArrayConfig.from_key("k5t3i512s1") == span
 
 
 def test_from_key_reads_back_every_key():
@@ -109,7 +115,7 @@ def test_key_tells_every_field_apart():
     changed = [dataclasses.replace(DEFAULT_CONFIG, **{name: value}) for name, value in
                (("lanes", 4), ("token_lanes", 8), ("max_in_features", 2048),
                 ("max_out_features", 100), ("max_token_blocks", 100), ("delta_bits", 5),
-                ("read_ports", 2))]
+                ("read_ports", 2), ("span_rows", 1))]
     keys = {config.key() for config in changed + [DEFAULT_CONFIG]}
     assert len(keys) == len(changed) + 1, keys
 
@@ -117,7 +123,8 @@ def test_key_tells_every_field_apart():
 def test_as_dict_round_trips_and_config_is_frozen():
     assert DEFAULT_CONFIG.as_dict() == {"lanes": 8, "token_lanes": 4, "max_in_features": 4096,
                                         "max_out_features": 65535, "max_token_blocks": 65535,
-                                        "delta_bits": 0, "read_ports": 1}
+                                        "delta_bits": 0, "read_ports": 1,
+                                        "span_rows": 0}
     assert ArrayConfig(**DEFAULT_CONFIG.as_dict()) == DEFAULT_CONFIG
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_CONFIG.lanes = 4

@@ -21,6 +21,11 @@ from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
 pytestmark = pytest.mark.usefixtures("sim_deadline")
 
 DUAL = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, read_ports=2)
+SPAN8 = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64, span_rows=1)
+SPAN3 = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, span_rows=1)
+#: Empty, length-1 and short rows, rows of exactly K and one past, long rows: every way a chunk
+#: may or may not span into the next row, at K = 8 and K = 3.
+SPAN_LENGTHS = [0, 5, 0, 12, 37, 0, 3, 1, 1, 2, 9, 8, 16, 17, 1, 0, 7, 2, 30, 4]
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,21 @@ CASES = [
     Case("dual-port-load-bound", DUAL, weights_with_row_lengths([1, 0], 40, 24), 11, seed=24),
     Case("dual-port", DUAL, random_weights(7, 23, 0.5, 25), 7, seed=25),
     Case("dual-port-dense-mode", DUAL, random_weights(5, 11, 0.3, 26), 5, Mode.DENSE, seed=26),
+    # Chunks that span rows: compute-bound jobs of several passes, so the spans and the pass
+    # boundaries (which no chunk crosses) set the cycle count.
+    Case("span-edge-rows", SPAN8, weights_with_row_lengths(SPAN_LENGTHS, 37, 27), 9, seed=27),
+    Case("span-edge-rows-k3", SPAN3, weights_with_row_lengths(SPAN_LENGTHS, 37, 28), 7, seed=28),
+    Case("span-sparsity-0.9", SPAN8, random_weights(24, 64, 0.9, 29), 9, seed=29),
+    Case("span-sparsity-0.5-k3", SPAN3, random_weights(9, 23, 0.5, 30), 5, seed=30),
+    Case("span-extremes", SPAN3, CSRMatrix.from_dense(np.full((5, 7), -128, np.int8)), 3,
+         activation=-128),
+    Case("span-dense-mode", SPAN3, random_weights(5, 11, 0.3, 31), 5, Mode.DENSE, seed=31),
+    # Fewer columns than the streamer's fill: its first chunk sets the count.
+    Case("span-cols-below-3", SPAN8, random_weights(5, 2, 0.3, 32), 6, seed=32),
+    Case("span-one-row", SPAN3, weights_with_row_lengths([9], 20, 33), 5, seed=33),
+    # K = 1 never has room to span, but still takes each row into its row registers.
+    Case("span-k1", ArrayConfig(lanes=1, token_lanes=4, max_in_features=64, span_rows=1),
+         weights_with_row_lengths([0, 3, 1, 2, 0, 5], 12, 34), 5, seed=34),
 ]
 
 

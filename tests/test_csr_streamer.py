@@ -10,6 +10,13 @@ from conftest import (K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, rando
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.csr_streamer import CSRWeightStreamer
 from sparsemac.hw.formats import CoreFormats, Mode
+from sparsemac.sw.cycle_model import pass_chunks
+
+SPAN4 = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64, span_rows=1)
+SPAN3 = ArrayConfig(lanes=3, token_lanes=1, max_in_features=64, span_rows=1)
+#: Row lengths that make a K = 3 or 4 chunk span, or not, every way: empty and length-1 rows
+#: (nothing to spare), rows ending exactly at K (no room), rows begun fresh.
+SPAN_LENGTHS = [0, 5, 0, 6, 9, 0, 3, 1, 1, 2, 5, 4, 7, 8, 1, 0, 2, 2, 13, 4]
 
 #: Written into the padding lanes of the last word of every pass: they must never come out.
 PAD_VALUE, PAD_COLUMN = 0x55, 0x3F
@@ -51,10 +58,13 @@ def stream_beats(case):
 
 
 def ref_chunks(case):
-    """Expected chunks as (columns, values, row_last, block_last); in sparse mode ``columns``
-    has only the used lanes (the others are don't-care), in dense mode all K lanes."""
+    """Expected chunks as (columns, values, row_last, block_last, split); in sparse mode
+    ``columns`` has only the used lanes (the others are don't-care), in dense mode all K lanes.
+    ``split`` is K without ``span_rows``."""
     config, weights = case.config, case.weights
     lanes, dense = config.lanes, weights.to_dense().numpy()
+    if case.mode == Mode.SPARSE and config.span_rows:
+        return span_ref_chunks(case) * case.blocks
     chunks = []
     for _ in range(case.blocks):
         for row in range(weights.rows):
@@ -73,7 +83,21 @@ def ref_chunks(case):
                     lane_columns = [int(c) for c in columns[chunk * lanes:(chunk + 1) * lanes]]
                 last = chunk == count - 1
                 chunks.append((lane_columns, lane_values + [0] * (lanes - len(lane_values)),
-                               last, last and row == weights.rows - 1))
+                               last, last and row == weights.rows - 1, lanes))
+    return chunks
+
+
+def span_ref_chunks(case):
+    """The chunks of one sparse pass of a ``span_rows`` array, from the schedule of
+    :func:`~sparsemac.sw.cycle_model.pass_chunks` (tests/test_cycle_model.py checks it by
+    hand)."""
+    lanes, weights = case.config.lanes, case.weights
+    chunks = []
+    for chunk in pass_chunks(weights.row_lengths(), lanes, span=True):
+        values = [int(v) for v in weights.data[chunk.start:chunk.stop]]
+        chunks.append(([int(c) for c in weights.indices[chunk.start:chunk.stop]],
+                       values + [0] * (lanes - len(values)), chunk.row_last,
+                       chunk.row_last and chunk.row == weights.rows - 1, chunk.split))
     return chunks
 
 
@@ -95,9 +119,10 @@ def rtl_chunks(case, expected):
     bench.record("busy", 40 * len(expected) + 20, dut.busy)
     results = bench.run(40 * len(expected) + 20)
     got = []
-    for chunk, (columns, _, _, _) in zip(decode(formats.chunk, results["chunks"]), expected):
+    for chunk, (columns, *_) in zip(decode(formats.chunk, results["chunks"]), expected):
+        split = chunk.split if config.span_rows else config.lanes
         got.append(([chunk.columns[lane] for lane in range(len(columns))], list(chunk.values),
-                    bool(chunk.row_last), bool(chunk.block_last)))
+                    bool(chunk.row_last), bool(chunk.block_last), split))
     return got, results["busy"]
 
 
@@ -114,6 +139,15 @@ CASES = [
     Case("dense", K4T2, random_weights(5, 10, 0.5, 8), 3, Mode.DENSE),
     Case("dense-k3", K3T1, random_weights(4, 7, 0.3, 9), 2, Mode.DENSE),
     Case("dense-cols-past-max", K8T4, random_weights(3, 61, 0.5, 10), 2, Mode.DENSE),
+    # Chunks that span rows: empty, length-1, short and long rows, several passes (no chunk
+    # spans a pass boundary), at K = 4 and the odd K = 3.
+    Case("span-edge-rows", SPAN4, weights_with_row_lengths(SPAN_LENGTHS, 30, 11), 3),
+    Case("span-edge-rows-k3", SPAN3, weights_with_row_lengths(SPAN_LENGTHS, 30, 12), 2),
+    Case("span-random-0.9", SPAN4, random_weights(12, 60, 0.9, 13), 3, seed=13),
+    Case("span-dense", SPAN3, random_weights(4, 7, 0.3, 14), 2, Mode.DENSE),
+    # One and two rows a pass: the last row of a pass is also the first.
+    Case("span-one-row", SPAN4, weights_with_row_lengths([9], 20, 15), 3),
+    Case("span-two-rows", SPAN3, weights_with_row_lengths([4, 5], 20, 16), 3),
 ] + [
     Case(f"random-{sparsity}", config, random_weights(8, 40, sparsity, seed), 3, seed=seed)
     for config in (K4T2, K3T1, K8T4)
@@ -140,7 +174,7 @@ def test_chunk_counts_per_row(case):
     expected = ref_chunks(case)
     got, _ = rtl_chunks(case, expected)
     counts, count = [], 0
-    for _, _, row_last, _ in got:
+    for _, _, row_last, *_ in got:
         count += 1
         if row_last:
             counts.append(count)

@@ -11,8 +11,8 @@ import torch
 from conftest import HAND_CASES, K8T4
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.cycle_model import (JobTile, issue_cycles_per_block, job_cycles, job_tiles,
-                                      token_blocks)
+from sparsemac.sw.cycle_model import (ChunkSlice, JobTile, issue_cycles_per_block, job_cycles,
+                                      job_tiles, pass_chunks, span_carries, token_blocks)
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.pruning import prune_mask
 
@@ -36,6 +36,69 @@ def test_issue_cycles_per_block():
     # Dense mode ignores the lengths: 6 rows of ceil(9 / 4) = 3.
     assert issue_cycles_per_block([0, 1, 4, 5, 8, 9], 9, config, Mode.DENSE) == 18
     assert [token_blocks(tokens, K8T4) for tokens in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
+
+
+#: Worked out by hand at K = 8 (see test_span_carries_by_hand).
+SPAN_LENGTHS = [0, 5, 0, 12, 37, 0, 3, 1, 1, 2, 9, 8, 16, 17, 1, 0, 7, 2, 30, 4]
+
+
+def test_span_carries_by_hand():
+    # Row 1 (5) spans nothing: row 2 is empty. Row 3 (12): 8, then 4 left, filled with 4 of
+    # row 4 (37), whose 33 are 4 chunks of 8 and 1 left; row 5 is empty. Row 6 (3) and 7 (1)
+    # are followed by rows of 1: nothing to spare (never a row's last entry). Row 8 (1) takes
+    # 1 of row 9 (2), whose last one takes 7 of row 10 (9); its 2 left take 6 of row 11 (8),
+    # whose 2 left take 6 of row 12 (16); its 10 are 8 + 2, and 6 of row 13 (17), whose 11
+    # are 8 + 3; row 14 (1) has nothing to spare. Row 16 (7) takes 1 of row 17 (2), whose
+    # last one takes 7 of row 18 (30); its 23 are 2 x 8 + 7, and 1 of row 19 (4).
+    carries = [0, 0, 0, 0, 4, 0, 0, 0, 0, 1, 7, 6, 6, 6, 0, 0, 0, 1, 7, 1]
+    assert span_carries(SPAN_LENGTHS, 8).tolist() == carries
+    span = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64, span_rows=1)
+    # Rows 10, 13 and 18 need a chunk less: 29 rather than 32.
+    assert issue_cycles_per_block(SPAN_LENGTHS, 37, K8T4) == 32
+    assert issue_cycles_per_block(SPAN_LENGTHS, 37, span) == 29
+    # Dense mode never spans.
+    assert issue_cycles_per_block(SPAN_LENGTHS, 37, span, Mode.DENSE) == 20 * 5
+    # One token block: issue from cycle 38 (after the 37-cycle load), the issues, the drain.
+    assert job_cycles(SPAN_LENGTHS, 37, 4, span).total == 38 + 29 - 1 + 5
+    assert job_cycles(SPAN_LENGTHS, 37, 4, K8T4).total == 38 + 32 - 1 + 5
+    # With 2 columns the load is shorter than the fill: the first chunk of a spanning sparse
+    # job is ready in cycle 4 (its first row is taken into the row registers first), not 3.
+    assert job_cycles([1, 2], 2, 1, span).total == 4 + 2 - 1 + 5
+    assert job_cycles([1, 2], 2, 1, span, Mode.DENSE).total == 3 + 2 - 1 + 5
+
+
+def test_pass_chunks_by_hand():
+    # K = 3, rows of 7, 4, 5, 2, 0, 6 entries at offsets 0, 7, 11, 16, 18, 18.
+    chunks = pass_chunks([7, 4, 5, 2, 0, 6], 3, span=True)
+    assert chunks == [
+        ChunkSlice(0, 0, 3, 3, False), ChunkSlice(0, 3, 6, 3, False),
+        ChunkSlice(0, 6, 9, 1, True),     # 1 of row 0, 2 of row 1 (4, all but its last)
+        ChunkSlice(1, 9, 12, 2, True),    # 2 of row 1, 1 of row 2
+        ChunkSlice(2, 12, 15, 3, False),
+        ChunkSlice(2, 15, 17, 1, True),   # 1 of row 2, 1 of row 3 (2: all but its last)
+        ChunkSlice(3, 17, 18, 3, True),   # row 4 is empty: nothing to carry
+        ChunkSlice(4, 18, 18, 3, True),
+        ChunkSlice(5, 18, 21, 3, False), ChunkSlice(5, 21, 24, 3, True)]
+    assert span_carries([7, 4, 5, 2, 0, 6], 3).tolist() == [0, 2, 1, 1, 0, 0]
+    span = ArrayConfig(lanes=3, token_lanes=1, max_in_features=64, span_rows=1)
+    assert issue_cycles_per_block([7, 4, 5, 2, 0, 6], 7, span) == len(chunks) == 10
+    without = pass_chunks([7, 4, 5, 2, 0, 6], 3)
+    assert len(without) == 11 and all(chunk.split == 3 for chunk in without)
+
+
+def test_span_counts_match_the_enumeration():
+    rng = np.random.default_rng(3)
+    for lanes in (1, 2, 5, 8):
+        config = ArrayConfig(lanes=lanes, token_lanes=1, max_in_features=64, span_rows=1)
+        for _ in range(50):
+            lengths = rng.integers(0, 3 * lanes + 2, int(rng.integers(1, 30)))
+            chunks = pass_chunks(lengths, lanes, span=True)
+            assert issue_cycles_per_block(lengths, 64, config) == len(chunks)
+            # Every entry once, in order; a chunk holds at most K and closes at most one row.
+            assert [chunk.start for chunk in chunks[1:]] == [chunk.stop for chunk in chunks[:-1]]
+            assert chunks[-1].stop == lengths.sum()
+            assert all(chunk.stop - chunk.start <= lanes for chunk in chunks)
+            assert sum(chunk.row_last for chunk in chunks) == len(lengths)
 
 
 def random_jobs(count, seed):

@@ -1,5 +1,6 @@
 """MACArray: K x T products, adder trees and T wrapping int32 accumulators."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from sparsemac.hw.mac_array import MACArray
 class Case:
     name: str
     config: ArrayConfig
-    beats: tuple  # of (weights [K], activations [K][T], row_last)
+    beats: tuple  # of (weights [K], activations [K][T], row_last[, split with span_rows])
     seed: int = 0
 
     @property
@@ -44,15 +45,31 @@ def constant_row(config, count, weight, activation):
     return tuple((*beat, index == count - 1) for index in range(count))
 
 
+def random_span_beats(config, count, seed):
+    """``count`` beats of random operands, a random third of them ``row_last``, each with a
+    random ``split`` from 0 to K (which a beat that closes no row must ignore)."""
+    rng = np.random.default_rng(seed)
+    lanes, tokens = config.lanes, config.token_lanes
+    return tuple((rng.integers(-128, 128, lanes).tolist(),
+                  rng.integers(-128, 128, (lanes, tokens)).tolist(), bool(rng.random() < 0.4),
+                  int(rng.integers(0, lanes + 1))) for _ in range(count - 1)) + (
+        ([1] * lanes, [[-128] * tokens] * lanes, True, lanes),)
+
+
 def ref_sums(case):
-    """Per row, per token: the wrapped int32 sum of its beats' products."""
-    sums, row = [], [0] * case.config.token_lanes
-    for weights, activations, row_last in case.beats:
-        for token in range(len(row)):
-            row[token] += sum(w * a[token] for w, a in zip(weights, activations))
+    """Per row, per token: the wrapped int32 sum of its beats' products; on a row_last beat
+    with a ``split``, only the lanes below it, the others beginning the next row."""
+    lanes, tokens = case.config.lanes, case.config.token_lanes
+    sums, row = [], [0] * tokens
+    for weights, activations, row_last, *split in case.beats:
+        split = split[0] if split and row_last else lanes
+        products = [[w * a[token] for w, a in zip(weights, activations)]
+                    for token in range(tokens)]
+        for token in range(tokens):
+            row[token] += sum(products[token][:split])
         if row_last:
             sums.append([wrap_int32(total) for total in row])
-            row = [0] * len(row)
+            row = [sum(products[token][split:]) for token in range(tokens)]
     return sums
 
 
@@ -60,8 +77,9 @@ def rtl_sums(case, idle=0.3, backpressure=0.3):
     formats = CoreFormats(case.config)
     dut = MACArray(case.config)
     bench = Bench(dut, case.seed)
-    payloads = [{"weights": w, "activations": a, "row_last": int(last)}
-                for w, a, last in case.beats]
+    payloads = [{"weights": w, "activations": a, "row_last": int(last),
+                 **({"split": split[0]} if split else {})}
+                for w, a, last, *split in case.beats]
     bench.put(dut.operands, layout_beats(formats.operands, payloads), idle=idle)
     rows = sum(1 for beat in case.beats if beat[2])
     bench.get("sums", dut.sums, rows, backpressure=backpressure)
@@ -85,6 +103,10 @@ CASES = [
          + constant_row(K32T1, 2, 1, 1), 17),
     # -128 * 127 * 32 per beat: below -2**31 after 4097 beats, so the sum wraps positive.
     Case("overflow-negative", K32T1, constant_row(K32T1, 4200, -128, 127), 18),
+] + [
+    # Segmented reduction: every split, odd K, K = 1.
+    Case("span", dataclasses.replace(config, span_rows=1), random_span_beats(config, 60, seed),
+         seed) for config, seed in ((K4T2, 21), (K3T2, 22), (K1T1, 23), (K8T4, 24))
 ]
 
 
@@ -100,7 +122,7 @@ def test_sums_match_wrapped_reference(case):
 
 def test_overflow_cases_do_wrap():
     """The overflow cases really leave the int32 range (so they test the wrap)."""
-    for case in CASES[-2:]:
+    for case in (case for case in CASES if case.name.startswith("overflow")):
         exact = sum(sum(w * a[0] for w, a in zip(weights, acts)) for weights, acts, _ in
                     case.beats[:4200])
         assert not -(1 << 31) <= exact < (1 << 31), case.id

@@ -28,10 +28,12 @@ def test_the_board_build_matches_its_place_and_route():
     assert_logic_close(estimate, 13924)
 
 
-def test_a_yosys_synthesis_matches(tmp_path):
+@pytest.mark.parametrize("key", ["k4t3i512", "k4t3i512s1"])
+def test_a_yosys_synthesis_matches(tmp_path, key):
     # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
     # a power of two makes the host link's reply length (beats x 12 bytes) a 13th multiplier.
-    config = ArrayConfig.from_key("k4t3i512")
+    # Chunks that span rows add logic only (a second adder tree a token).
+    config = ArrayConfig.from_key(key)
     synthesised = build.synthesise(config, "ulx3s-85f", tmp_path)
     estimate = estimate_resources(config)
     assert (estimate.block_rams, estimate.multipliers) == (synthesised.bram, synthesised.dsp)

@@ -26,8 +26,12 @@ from sparsemac.sw.packing import pack_job
 from sparsemac.sw.throttled_cycle_model import (layer_cycles, replay_schedule,
                                                 throttled_job_cycles)
 
+SPAN3 = dataclasses.replace(K3T2, span_rows=1)
 CONFIGS = {f"K{k}": ArrayConfig(lanes=k, token_lanes=4, max_in_features=512,
                                 max_out_features=64, max_token_blocks=8) for k in (1, 3, 8)}
+#: Chunks that span rows, odd K (tests/test_verilator.py runs the same build).
+CONFIGS["K5S"] = ArrayConfig(lanes=5, token_lanes=4, max_in_features=512, max_out_features=64,
+                             max_token_blocks=8, span_rows=1)
 
 #: Fractions of the full rate: ideal, half, quarter, an odd one and a very slow one.
 FRACTIONS = {"ideal": None, "half": 0.5, "quarter": 0.25, "odd": 0.37, "slow": 0.05}
@@ -75,17 +79,28 @@ def test_verilator_matches_model(device, fraction, mode):
             assert model.cycles >= model.compute_cycles
 
 
+@pytest.mark.parametrize("config", [K3T2, SPAN3], ids=["K3T2", "K3T2-span"])
 @pytest.mark.parametrize("fraction", ["half", "odd"])
 @pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
-def test_amaranth_matches_model(fraction, mode):
-    config = K3T2
-    weights = weights_with_row_lengths((5, 0, 1, 7, 3), 20, seed=4)
+def test_amaranth_matches_model(fraction, mode, config):
+    weights = weights_with_row_lengths((5, 0, 1, 7, 3, 2, 2, 9, 1, 4), 20, seed=4)
     activations = random_activations(5, 20, seed=5)
     memory = _memory(config, mode, FRACTIONS[fraction])
     run = run_core_job(config, pack_job(config, weights, activations, mode), memory=memory)
     model = throttled_job_cycles(weights.row_lengths(), 20, 5, config, mode, memory)
     assert run.cycles == model.cycles
     assert model.cycles > model.compute_cycles
+
+
+def test_amaranth_matches_model_while_the_first_row_waits_for_its_pointer():
+    """A spanning streamer takes its first row into its row registers when the row's pointer
+    comes; at a slow rate the ring is full long before, so nothing else moves then."""
+    weights = weights_with_row_lengths((20, 20), 20, seed=6)
+    activations = random_activations(1, 20, seed=7)
+    memory = _memory(SPAN3, Mode.SPARSE, FRACTIONS["slow"], activations=False)
+    run = run_core_job(SPAN3, pack_job(SPAN3, weights, activations), memory=memory)
+    assert run.cycles == throttled_job_cycles(weights.row_lengths(), 20, 1, SPAN3,
+                                              memory=memory).cycles
 
 
 def test_amaranth_device_takes_a_memory():
@@ -97,15 +112,18 @@ def test_amaranth_device_takes_a_memory():
                                                  memory=memory).cycles
 
 
+@pytest.mark.parametrize("span", [0, 1], ids=["rows", "spans"])
 @pytest.mark.parametrize("lanes", [1, 3, 8])
-def test_replay_matches_the_closed_form_with_ideal_streams(lanes):
+def test_replay_matches_the_closed_form_with_ideal_streams(lanes, span):
     rng = np.random.default_rng(lanes)
     for _ in range(100):
         config = ArrayConfig(lanes=lanes, token_lanes=int(rng.choice([1, 4])),
-                             max_in_features=128)
+                             max_in_features=128, span_rows=span)
         rows, cols = int(rng.integers(1, 20)), int(rng.integers(1, 129))
         tokens = int(rng.integers(1, 6 * config.token_lanes))
-        lengths = rng.integers(0, cols + 1, rows) * (rng.random(rows) < 0.7)
+        # Rows of up to 3K nonzeros half the time, so spans are frequent.
+        longest = cols if rng.random() < 0.5 else min(cols, 3 * lanes)
+        lengths = rng.integers(0, longest + 1, rows) * (rng.random(rows) < 0.7)
         for mode in (Mode.SPARSE, Mode.DENSE):
             nnz = int(lengths.sum())
             streams = job_streams(config, mode, rows, cols, nnz, -(-tokens // config.token_lanes))

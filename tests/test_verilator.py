@@ -3,7 +3,8 @@
 Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
 blocks a job, so bigger layers are split into several jobs, wider ones into column tiles): one
 Verilator build for the whole file, plus its FST-tracing variant for the waveform test, an odd
-K=5 T=3 build and its dual-port-buffer variant.
+K=5 T=3 build and its dual-port-buffer variant, and a K=5 T=4 build whose chunks span rows (the
+one tests/test_throttled_cycle_model.py runs too).
 """
 
 import re
@@ -31,6 +32,9 @@ ODD = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=1
 #: Two read lanes a buffer replica; odd K, so one replica serves a single lane.
 DUAL = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
                    max_token_blocks=3, read_ports=2)
+#: Chunks that span rows, odd K: the build of tests/test_throttled_cycle_model.py's K5S.
+SPAN = ArrayConfig(lanes=5, token_lanes=4, max_in_features=512, max_out_features=64,
+                   max_token_blocks=8, span_rows=1)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,8 @@ def test_verilator_matches_reference(verilator, name, mode):
 
 
 @pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
-@pytest.mark.parametrize("config", [ODD, DUAL], ids=["odd-lanes", "dual-port-buffer"])
+@pytest.mark.parametrize("config", [ODD, DUAL, SPAN],
+                         ids=["odd-lanes", "dual-port-buffer", "spanning-rows"])
 def test_other_configs_match_reference(config, mode):
     with VerilatorDevice(config) as device:
         for name, (weights, tokens, seed) in CASES.items():

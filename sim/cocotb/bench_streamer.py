@@ -2,8 +2,9 @@
 (top level ``csr_weight_streamer``).
 
 The CSR streams of each catalogue case go in; every ``chunks`` beat must match the reference
-schedule (:func:`~.model.row_chunks`: ``max(1, ceil(n / K))`` chunks per row, unused lanes
-zero, ``row_last``/``block_last`` flags) and ``busy`` must fall once the last chunk is out.
+schedule (:func:`~.model.row_chunks`: ``max(1, ceil(n / K))`` chunks per row, or spanning
+rows with ``span_rows``, unused lanes zero, ``row_last``/``block_last`` flags, ``split``) and
+``busy`` must fall once the last chunk is out.
 """
 
 import cocotb

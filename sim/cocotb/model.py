@@ -9,11 +9,11 @@ The numbers come from the project's pure reference functions: sums from
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+from amaranth.hdl import Shape
 
 from ...hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode
-from ...sw.cycle_model import job_cycles, token_blocks
+from ...sw.cycle_model import job_cycles, pass_chunks, token_blocks
 from ...sw.golden import golden_matmul
 from ...sw.packing import beats_to_ints, coded_weights, pack_job, streamed_row_lengths
 from .scoreboard import Expected
@@ -79,46 +79,58 @@ def core_expectation(config, case):
 
 @dataclass(frozen=True)
 class Chunk:
-    """Up to K (column, value) pairs of one row, as the streamer hands them to the array."""
+    """Up to K (column, value) pairs as the streamer hands them to the array: of ``row``, and
+    with ``span_rows`` from lane ``split`` on of the next row."""
     row: int
     columns: tuple
     values: tuple
     row_last: bool
     block_last: bool
+    split: int
 
 
 def row_chunks(config, case, streamed=False):
-    """The chunks of one pass over the weights: ``max(1, ceil(n / K))`` per row of ``n``.
+    """The chunks of one pass over the weights: ``max(1, ceil(n / K))`` per row of ``n``, or
+    with ``span_rows`` the schedule of :func:`~sparsemac.sw.cycle_model.pass_chunks`.
 
     In dense mode every row has ``cols`` entries, zeros included, at columns ``0..cols-1``. A
     delta job's chunks hold its entries, escapes included: with ``streamed``, as the streamer
     emits them (codes and value bytes), otherwise as the decoder hands them to the buffer
     (columns, and weight 0 for an escape).
     """
-    lanes = config.lanes
-    weights = case.weights
-    dense = weights.to_dense() if case.mode == Mode.DENSE else None
-    coded = coded_weights(config, weights, case.index) if case.mode == Mode.SPARSE else None
-    ends = np.cumsum(coded.row_lengths) if case.index == ColumnIndex.DELTA else None
-    chunks = []
-    for row in range(weights.rows):
-        if ends is not None:
-            start, stop = ends[row] - coded.row_lengths[row], ends[row]
-            columns, values = (coded.codes, coded.values) if streamed else coded.decoded()
-            columns, values = columns[start:stop].tolist(), values[start:stop].tolist()
-        elif dense is None:
-            start, stop = weights.indptr[row], weights.indptr[row + 1]
-            columns = weights.indices[start:stop].tolist()
-            values = weights.data[start:stop].tolist()
-        else:
-            columns = list(range(weights.cols))
+    lanes, weights = config.lanes, case.weights
+    if case.mode == Mode.DENSE:
+        dense = weights.to_dense()
+        chunks = []
+        for row in range(weights.rows):
             values = dense[row].tolist()
-        for offset in range(0, max(len(columns), 1), lanes):
-            last = offset + lanes >= len(columns)
-            chunks.append(Chunk(row, tuple(columns[offset:offset + lanes]),
-                                tuple(values[offset:offset + lanes]), last,
-                                last and row == weights.rows - 1))
-    return chunks
+            for offset in range(0, weights.cols, lanes):
+                last = offset + lanes >= weights.cols
+                chunks.append(Chunk(row, tuple(range(offset, min(offset + lanes, weights.cols))),
+                                    tuple(values[offset:offset + lanes]), last,
+                                    last and row == weights.rows - 1, lanes))
+        return chunks
+    if case.index == ColumnIndex.DELTA:
+        coded = coded_weights(config, weights, case.index)
+        lengths = coded.row_lengths
+        columns, values = (coded.codes, coded.values) if streamed else coded.decoded()
+    else:
+        lengths, columns, values = weights.row_lengths(), weights.indices, weights.data
+    columns, values = columns.tolist(), values.tolist()
+    return [Chunk(chunk.row, tuple(columns[chunk.start:chunk.stop]),
+                  tuple(values[chunk.start:chunk.stop]), chunk.row_last,
+                  chunk.row_last and chunk.row == weights.rows - 1, chunk.split)
+            for chunk in pass_chunks(lengths, lanes, bool(config.span_rows))]
+
+
+def _split_field(config):
+    """A function of a :class:`Chunk` giving the ``split`` member of a payload (with ``mask``,
+    that value's bits instead): ``{}`` for an array without ``span_rows``, whose layouts lack
+    the field."""
+    if not config.span_rows:
+        return lambda chunk, mask=None: {}
+    all_bits = (1 << Shape.cast(range(config.lanes + 1)).width) - 1
+    return lambda chunk, mask=None: {"split": chunk.split if mask is None else mask & all_bits}
 
 
 def chunk_expectation(config, case):
@@ -130,18 +142,20 @@ def chunk_expectation(config, case):
     layout, lanes = formats.coded_chunk, config.lanes
     all_columns = (1 << layout.members["columns"].elem_shape.width) - 1
     blocks = token_blocks(case.tokens, config)
-    pass_chunks = row_chunks(config, case, streamed=True)
+    chunks_of_pass = row_chunks(config, case, streamed=True)
+    split = _split_field(config)
     expected = []
     for block in range(blocks):
-        for index, chunk in enumerate(pass_chunks):
+        for index, chunk in enumerate(chunks_of_pass):
             used = len(chunk.values)
             value = _bits(layout, {
                 "columns": list(chunk.columns) + [0] * (lanes - used),
                 "values": list(chunk.values) + [0] * (lanes - used),
-                "row_last": chunk.row_last, "block_last": chunk.block_last})
+                "row_last": chunk.row_last, "block_last": chunk.block_last, **split(chunk)})
             mask = _bits(layout, {
                 "columns": [all_columns] * used + [0] * (lanes - used),
-                "values": [-1] * lanes, "row_last": 1, "block_last": 1})
+                "values": [-1] * lanes, "row_last": 1, "block_last": 1,
+                **split(chunk, mask=-1)})
             expected.append(Expected(value, f"block {block}, row {chunk.row}, chunk {index}",
                                      mask))
     return expected
@@ -165,17 +179,18 @@ def mac_array_stimulus(config, case):
     padded_rows = sums.shape[0]
     activations = torch.zeros(padded_rows, case.weights.cols, dtype=torch.int8)
     activations[:case.tokens] = case.activations
-    pass_chunks = row_chunks(config, case)
+    chunks_of_pass = row_chunks(config, case)
+    split = _split_field(config)
     operands, expected = [], []
     for block in range(padded_rows // token_lanes):
         columns_of_block = activations[block * token_lanes:(block + 1) * token_lanes].T
-        for chunk in pass_chunks:
+        for chunk in chunks_of_pass:
             used = len(chunk.values)
             columns = list(chunk.columns) + [0] * (lanes - used)
             operands.append(_bits(formats.operands, {
                 "weights": list(chunk.values) + [0] * (lanes - used),
                 "activations": [columns_of_block[column].tolist() for column in columns],
-                "row_last": chunk.row_last}))
+                "row_last": chunk.row_last, **split(chunk)}))
             if chunk.row_last:
                 lanes_of_row = sums[block * token_lanes:(block + 1) * token_lanes, chunk.row]
                 expected.append(Expected(_bits(formats.sums, lanes_of_row.tolist()),

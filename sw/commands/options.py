@@ -61,9 +61,10 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
     group.add_argument("--config", metavar="NAME", type=_config_names,
                        action="extend" if several else "store",
                        help="k<K>t<T>, then i<max in features> if not 4096, d<delta bits> for "
-                            "the delta decoder and p2 for the dual-port buffer, e.g. k8t4, "
-                            f"k1t1i512, k8t4d5 or {board_config} (the {DEFAULT_BOARD} build); "
-                            "without it, --backend fpga and --board use the board's build"
+                            "the delta decoder, p2 for the dual-port buffer and s1 for chunks "
+                            f"that span rows, e.g. k8t4, k1t1i512, k8t4d5, k8t4s1 or {board_config} "
+                            f"(the {DEFAULT_BOARD} build); without it, --backend fpga and --board "
+                            "use the board's build"
                             + ("; repeatable or comma-separated" if several else ""))
     for name, metavar, meaning in _FIELDS:
         group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
