@@ -32,7 +32,7 @@ from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout
 from ..hw.resources import LOGIC_ERROR, estimate_resources
 from ..sim.toolchain import cache_dir, package_versions
 
-__all__ = ["BOARDS", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError", "BuildTimeout",
+__all__ = ["BOARDS", "DEFAULT_BOARD", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError", "BuildTimeout",
            "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
@@ -54,17 +54,27 @@ def _tool_command(name):
 
 @dataclass(frozen=True)
 class Board:
-    """A supported board: its amaranth-boards platform and the device's resource totals."""
+    """A supported board: its amaranth-boards platform, the device's resource totals, and the
+    array config its committed bitstream is built for (``bitstreams/<board>/``)."""
     name: str
     platform: str
     device: str
     totals: dict
+    config: ArrayConfig
 
 
 BOARDS = {
+    # 64 multipliers: twice the default array's 32 (the 128-multiplier k16t8i512 placed but did
+    # not route); the dual-port buffer of 1024 columns keeps it to 50 block RAMs, and wider
+    # layers run as column tiles. docs/results.md has the builds behind this choice.
     "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
-                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208}),
+                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
+                       config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
+                                          read_ports=2)),
 }
+
+#: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).
+DEFAULT_BOARD = "ulx3s-85f"
 
 
 class BoardFitError(ValueError):
@@ -118,13 +128,13 @@ def check_fits(config, board):
 
 
 def committed_folder(board):
-    """Where the commit-ready outputs of the default config for ``board`` live."""
+    """Where the commit-ready outputs of ``board``'s own config (:attr:`Board.config`) live."""
     return _HERE / board
 
 
 def default_output(config, board):
-    """The committed folder for the default config, else ``./build/<board>-<config key>``."""
-    return (committed_folder(board) if config == DEFAULT_CONFIG
+    """The committed folder for ``board``'s own config, else ``./build/<board>-<config key>``."""
+    return (committed_folder(board) if config == BOARDS[board].config
             else Path("build") / f"{board}-{config.key()}")
 
 
@@ -459,19 +469,21 @@ def _kill_group(process):
     process.wait()
 
 
-def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
+def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
                     clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, time_limit=None,
                     log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
     Parameters
     ----------
-    config : ArrayConfig
+    config : ArrayConfig or None
+        None for the board's own config (:attr:`Board.config`).
     board : str
         A key of :data:`BOARDS`.
     output : path or None
         Folder for the bitstream, manifest and report. Default: the committed folder
-        (``bitstreams/<board>/``) for the default config, else ``./build/<board>-<config key>``.
+        (``bitstreams/<board>/``) for the board's own config, else
+        ``./build/<board>-<config key>``.
     clock_hz, baud : int
         Board clock (made by the PLL) and UART rate.
     seed : int
@@ -501,13 +513,16 @@ def build_bitstream(config=DEFAULT_CONFIG, board="ulx3s-85f", output=None, *,
                          f"{time_limit!r}")
     began = time.time()
     deadline = None if time_limit is None else began + time_limit
+    config = BOARDS[board].config if config is None and board in BOARDS else config
     check_fits(config, board)
     output = Path(default_output(config, board) if output is None else output)
     for variable, name in _TOOLS.items():
         os.environ.setdefault(variable, _tool_command(name))
 
     digest = design_digest(config)
-    build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_{digest.hex}")
+    # The seed is in the name, so that builds of one design with different seeds can run at once.
+    build_dir = cache_dir("bitstreams",
+                          f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_{digest.hex}")
     platform = platform_for(board)
     top = board_design(config, clock_hz, baud)
     log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")

@@ -17,8 +17,6 @@ C++ toolchain.
 
 import importlib
 
-from ..hw.config import DEFAULT_CONFIG
-
 __all__ = ["BACKENDS", "open_device"]
 
 #: Back-end name -> "module:class" of its device, imported only when opened.
@@ -30,14 +28,16 @@ BACKENDS = {
 }
 
 
-def open_device(backend, config=DEFAULT_CONFIG, **options):
+def open_device(backend, config=None, **options):
     """Opens a device by back-end name.
 
     Parameters
     ----------
     backend : str
         One of :data:`BACKENDS`.
-    config : ArrayConfig
+    config : ArrayConfig or None
+        None for the back end's own default: :data:`~sparsemac.hw.config.DEFAULT_CONFIG`, or for
+        ``fpga`` the config of the board's bitstream.
     **options
         Passed to the device (e.g. ``fst_path`` for ``verilator``, ``port`` for ``fpga``).
 
@@ -56,4 +56,4 @@ def open_device(backend, config=DEFAULT_CONFIG, **options):
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     module_name, class_name = BACKENDS[backend].split(":")
     device_class = getattr(importlib.import_module(module_name), class_name)
-    return device_class(config, **options)
+    return device_class(**options) if config is None else device_class(config, **options)

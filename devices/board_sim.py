@@ -20,7 +20,8 @@ import time
 import tty
 from pathlib import Path
 
-from ..hw.config import ArrayConfig, DEFAULT_CONFIG
+from ..bitstreams.build import BOARDS, DEFAULT_BOARD
+from ..hw.config import ArrayConfig
 from ..hw.uart import uart_divisor
 from ..sim.toolchain import (cache_dir, check_build_tools, file_lock, tool_versions,
                              verilator_environment)
@@ -50,7 +51,7 @@ def sim_board(config):
                     design_hash=design_hash(config), timeout_s=SIM_TIMEOUT_S)
 
 
-def build_board_sim(config=DEFAULT_CONFIG):
+def build_board_sim(config):
     """The path of the simulator executable of ``config``, built only on a cache miss.
 
     Raises
@@ -102,7 +103,8 @@ class SimulatedBoard:
 
     Parameters
     ----------
-    config : ArrayConfig
+    config : ArrayConfig or None
+        None for the config of the ULX3S bitstream (:data:`~sparsemac.bitstreams.build.BOARDS`).
 
     Attributes
     ----------
@@ -110,8 +112,8 @@ class SimulatedBoard:
         The pty to open with pyserial (or :class:`FPGADevice`).
     """
 
-    def __init__(self, config=DEFAULT_CONFIG):
-        self.config = config
+    def __init__(self, config=None):
+        self.config = config = BOARDS[DEFAULT_BOARD].config if config is None else config
         executable = build_board_sim(config)
         master, slave = os.openpty()
         tty.setraw(slave)

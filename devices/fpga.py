@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstreams.build import check_fits
+from ..bitstreams.build import BOARDS, DEFAULT_BOARD, check_fits
 from ..hw import board_link
-from ..hw.config import DEFAULT_CONFIG
 from ..hw.formats import ColumnIndex, Mode
 from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
                                MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
@@ -124,7 +123,9 @@ class FPGADevice(Device):
 
     Parameters
     ----------
-    config : ArrayConfig
+    config : ArrayConfig or None
+        None for the config the board's bitstream is built for
+        (:attr:`sparsemac.bitstreams.build.Board.config`).
     port : str
         Serial port, e.g. ``/dev/ttyUSB0`` (the ULX3S FTDI) or a simulated board's pty.
     baudrate : int
@@ -150,8 +151,10 @@ class FPGADevice(Device):
 
     name = "fpga"
 
-    def __init__(self, config=DEFAULT_CONFIG, *, port=None, baudrate=DEFAULT_BAUDRATE,
-                 timeout=2.0, resync_s=0.2, check_design=True, board="ulx3s-85f"):
+    def __init__(self, config=None, *, port=None, baudrate=DEFAULT_BAUDRATE,
+                 timeout=2.0, resync_s=0.2, check_design=True, board=DEFAULT_BOARD):
+        if config is None and board in BOARDS:
+            config = BOARDS[board].config
         super().__init__(config)
         check_fits(config, board)
         self._formats = LinkFormats(config)

@@ -99,16 +99,21 @@ class CSRWeightStreamer(ArrayComponent):
         write_pointer = Signal(pointer_width)
         occupancy = Signal(range(3 * lanes + 1))
 
-        # Fetch side: a whole word whenever at most 2K entries are held.
+        # Fetch side: a whole word whenever at most 2K entries are held. How much the next word
+        # brings, min(K, fetch_left), and whether any is left are registers, worked out when
+        # fetch_left changes: the input streams' valid then reaches the ring's write enables
+        # through one gate instead of through the arithmetic on fetch_left.
         fetch_left = Signal.like(job.nnz)
+        fetch_count = Signal(range(lanes + 1))
+        fetch_pending = Signal()
         blocks_to_fetch = Signal.like(job.token_blocks)
-        can_fetch = (fetch_left != 0) & (occupancy <= 2 * lanes)
+        can_fetch = fetch_pending & (occupancy <= 2 * lanes)
         m.d.comb += [
             self.values.ready.eq(can_fetch & (self.columns.valid | ~sparse)),
             self.columns.ready.eq(can_fetch & self.values.valid & sparse),
         ]
         fetch = self.values.valid & self.values.ready
-        fetched = Mux(fetch, at_most_lanes(fetch_left), 0)
+        fetched = Mux(fetch, fetch_count, 0)
         word_values = Array(self.values.payload[i] for i in range(lanes))
         word_columns = Array(self.columns.payload[i] for i in range(lanes))
         if formats.delta is not None:
@@ -118,22 +123,28 @@ class CSRWeightStreamer(ArrayComponent):
                                  for i in range(lanes))
         for entry in range(ring_size):
             offset = (entry - write_pointer)[:pointer_width]
-            with m.If(offset < fetched):
+            with m.If(fetch & (offset < fetch_count)):
                 m.d.sync += [
                     ring_values[entry].eq(word_values[offset]),
                     ring_columns[entry].eq(word_columns[offset]),
                 ]
         m.d.sync += write_pointer.eq(write_pointer + fetched)
+
+        def set_fetch_left(value):
+            m.d.sync += [
+                fetch_left.eq(value),
+                fetch_count.eq(at_most_lanes(value)),
+                fetch_pending.eq(value != 0),
+            ]
+
         with m.If(fetch):
             with m.If(fetch_left > lanes):
-                m.d.sync += fetch_left.eq(fetch_left - lanes)
+                set_fetch_left(fetch_left - lanes)
             with m.Elif(blocks_to_fetch != 0):
-                m.d.sync += [
-                    fetch_left.eq(job.nnz),
-                    blocks_to_fetch.eq(blocks_to_fetch - 1),
-                ]
+                set_fetch_left(job.nnz)
+                m.d.sync += blocks_to_fetch.eq(blocks_to_fetch - 1)
             with m.Else():
-                m.d.sync += fetch_left.eq(0)
+                set_fetch_left(0)
 
         # The length of the next row, worked out one row ahead. Dense rows are all ``cols``
         # long, so in dense mode it is set once per job and never consumed.
@@ -290,6 +301,7 @@ class CSRWeightStreamer(ArrayComponent):
 
         with m.If(self.start & ~self.busy):
             dense = self.job.mode == Mode.DENSE
+            set_fetch_left(self.job.nnz)
             m.d.sync += [
                 job.eq(self.job),
                 self.busy.eq(1),
@@ -298,7 +310,6 @@ class CSRWeightStreamer(ArrayComponent):
                 in_row.eq(0),
                 read_pointer.eq(0),
                 write_pointer.eq(0),
-                fetch_left.eq(self.job.nnz),
                 blocks_to_fetch.eq(self.job.token_blocks - 1),
                 next_valid.eq(dense),
                 next_length.eq(self.job.cols),

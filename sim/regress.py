@@ -81,14 +81,15 @@ BENCHES = {bench.name: bench for bench in (
     Bench("mac_array", "mac_array", "sparsemac.sim.cocotb.bench_mac_array", "test_mac_array"),
 )}
 
-#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t4`` is the
-#: shipped default; the others put K and T at their extremes with a small activation buffer,
-#: enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
+#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2`` is
+#: the ULX3S build (``bitstreams.build.BOARDS``; the default array, k8t4, is run by the
+#: Verilator device tests); the others put K and T at their extremes with a small activation
+#: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
 #: odd (adder trees and lane padding that powers of two never exercise) and has the delta
 #: decoder, which its ``delta_gaps`` case runs; ``k5t3i512s1`` is the same odd array with
 #: chunks that span rows (segmented adder trees).
 NAMED_CONFIGS = {config.key(): config for config in (
-    ArrayConfig(),
+    ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024, read_ports=2),
     ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
     ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),
     ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, delta_bits=4),

@@ -18,11 +18,12 @@ from sparsemac.hw.link_formats import MAX_PAYLOAD
 from sparsemac.sw.cli import main
 
 COMMITTED = build.committed_folder("ulx3s-85f")
+BOARD_CONFIG = build.BOARDS["ulx3s-85f"].config
 
 
 def test_committed_bitstream_matches_the_current_rtl(capsys):
     manifest = build.read_manifest(COMMITTED)
-    assert build.check_manifest(manifest, DEFAULT_CONFIG) is None
+    assert build.check_manifest(manifest, BOARD_CONFIG) is None
     assert (COMMITTED / "sparsemac.bit").stat().st_size < 4 << 20
     assert main(["build", "--check"]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -35,7 +36,7 @@ def test_committed_build_meets_its_clock():
     assert resources.fmax_mhz == manifest["resources"]["fmax_mhz"]
     assert resources.constraint_mhz == pytest.approx(manifest["clock_hz"] / 1e6, abs=0.01)
     assert resources.totals == build.BOARDS["ulx3s-85f"].totals
-    assert resources.dsp == DEFAULT_CONFIG.multipliers
+    assert resources.dsp == BOARD_CONFIG.multipliers == 64
     assert 0 < resources.bram <= resources.totals["bram"]
     assert "Fmax" in (COMMITTED / "report.txt").read_text()
 
@@ -54,7 +55,8 @@ def test_check_reports_a_stale_bitstream(tmp_path, capsys):
     manifest["config"] = ArrayConfig(lanes=4).as_dict()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert main(["build", "--check", "--output", str(tmp_path)]) == 1
-    assert ("the config differs: the bitstream is of K=4 T=4 in<=4096, not K=8 T=4 in<=4096"
+    assert ("the config differs: the bitstream is of K=4 T=4 in<=4096, not K=8 T=8 in<=1024 "
+            "dual-port buffer"
             in capsys.readouterr().out)
     assert main(["build", "--check", "--output", str(tmp_path / "nothing")]) == 1
     assert "run `sparsemac build` first" in capsys.readouterr().out
@@ -90,14 +92,14 @@ def test_report_parser():
 
 
 @pytest.mark.parametrize("config", [ArrayConfig(lanes=4, token_lanes=2, max_in_features=64),
-                                    DEFAULT_CONFIG])
+                                    BOARD_CONFIG])
 def test_board_design_elaborates_for_the_ulx3s(config):
     from amaranth.back import verilog
     platform = build.platform_for("ulx3s-85f")
     plan = platform.prepare(build.board_design(config), name="sparsemac")
     assert "EHXPLLL" in plan.files["sparsemac.il"]
     assert 'LOCATE COMP "uart_0__tx__io" SITE "L4"' in plan.files["sparsemac.lpf"]
-    if config != DEFAULT_CONFIG:
+    if config != BOARD_CONFIG:
         board = BoardTop(config, clock_hz=30_000_000, baud=3_000_000, design_hash=1)
         assert "module sparsemac_board" in verilog.convert(board, name="sparsemac_board")
 
@@ -175,15 +177,15 @@ def test_a_build_that_misses_timing_says_by_how_much_and_where():
     report["fmax"][clock]["constraint"] = 90.0
     resources = build.parse_nextpnr_report(report)
     assert resources.timing_shortfall() == (
-        "Fmax 70.05 MHz misses the 90 MHz clock by 19.95 MHz: 14.28 ns against a 11.11 ns "
-        "period, 3.17 ns too slow on the path from board.core.streamer.fetch_left_TRELLIS_FF_Q_3 "
-        "to board.core.streamer.column29_TRELLIS_FF_Q_9")
+        "Fmax 75.38 MHz misses the 90 MHz clock by 14.62 MHz: 13.27 ns against a 11.11 ns "
+        "period, 2.16 ns too slow on the path from board.link.sums_fifo.inner_level_TRELLIS_FF_Q_1 "
+        "to board.link.row_pointers_fifo.inner_level_TRELLIS_FF_Q_3")
     assert resources.timing_shortfall() in resources.lines()
     met = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
     assert met.timing_shortfall() is None
     assert (met.critical_from, met.critical_to, met.critical_ns) == (
-        "board.core.streamer.fetch_left_TRELLIS_FF_Q_3",
-        "board.core.streamer.column29_TRELLIS_FF_Q_9", 14.28)
+        "board.link.sums_fifo.inner_level_TRELLIS_FF_Q_1",
+        "board.link.row_pointers_fifo.inner_level_TRELLIS_FF_Q_3", 13.27)
 
 
 @pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-from sparsemac.bitstreams.build import BoardFitError
+from sparsemac.bitstreams.build import BOARDS, BoardFitError
 from sparsemac.devices import open_device
 from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
@@ -329,6 +329,21 @@ def test_a_lost_sync_byte_is_a_host_time_out_and_the_next_command_works(board):
         with pytest.raises(DeviceError, match="no complete reply"):
             device.exchange(encode_request(FORMATS, Opcode.STATUS, tag)[1:], tag)
         assert device.identify().token_lanes == CONFIG.token_lanes
+
+
+def test_the_board_build_end_to_end_without_naming_its_config():
+    # The config of the committed ULX3S bitstream is what a simulated board and the fpga back
+    # end take when none is given; one layer through the pty, exact in sums and cycles.
+    from sparsemac.devices.board_sim import SimulatedBoard
+    config = BOARDS["ulx3s-85f"].config
+    with SimulatedBoard() as simulated, \
+            open_device("fpga", port=simulated.port, timeout=5.0, resync_s=0.05) as device:
+        assert simulated.config == device.config == config
+        weights, activations = pruned_layer(24, 40, 8, 0.3, seed=4)
+        result = device.matmul(weights, activations)
+        reference = open_device("reference", config).matmul(weights, activations)
+        assert torch.equal(result.sums, reference.sums)
+        assert result.cycles == reference.cycles
 
 
 def test_mismatched_config_is_refused(board):

@@ -1,7 +1,7 @@
 """The cocotb regressions under pytest, and tests that their checker can fail.
 
 Each (config, bench) pair is one pytest test running all catalogue cases in one Verilator
-process; the configs cover K in {1, 4, 5, 8} and T in {1, 3, 4, 16}. Builds are cached on disk and
+process; the configs cover K in {1, 4, 5, 8} and T in {1, 3, 8, 16}. Builds are cached on disk and
 shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design once, ever.
 The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
 """
@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from sparsemac.bitstreams.build import BOARDS
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sim import regress
 from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardError
@@ -18,8 +19,8 @@ from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardErro
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
 #: K=1 T=1, K=4 T=16 and the odd K=5 T=3 (with the delta decoder, and with chunks that span
-#: rows) with a 512-column buffer, and the shipped default K=8 T=4.
-CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k8t4")
+#: rows) with a 512-column buffer, and the ULX3S build K=8 T=8 (1024 columns, dual-port buffer).
+CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k8t8i1024p2")
 
 
 def _failure_report(run):
@@ -47,8 +48,10 @@ def test_regression(config, bench, tmp_path):
 def test_configs_cover_lane_extremes():
     configs = [ArrayConfig.from_key(name) for name in CONFIGS]
     assert set(CONFIGS) == set(regress.NAMED_CONFIGS)
+    # What ships is regressed: the config of every board's committed bitstream.
+    assert {board.config.key() for board in BOARDS.values()} <= set(CONFIGS)
     assert {1, 4, 8} <= {config.lanes for config in configs}
-    assert {1, 4, 16} <= {config.token_lanes for config in configs}
+    assert {1, 8, 16} <= {config.token_lanes for config in configs}
     # An odd K > 1: the adder tree then has an unpaired input at some level.
     assert any(config.lanes > 1 and config.lanes % 2 for config in configs)
 

@@ -1,5 +1,5 @@
-"""The resource model against real syntheses: the committed default place and route, a Yosys
-synthesis run here, and the K=16 T=8 place and route kept as a fixture."""
+"""The resource model against real syntheses: the committed board place and route, the default
+array's earlier one, a Yosys synthesis run here, and the K=16 T=8 synthesis."""
 
 import pytest
 
@@ -12,13 +12,20 @@ def assert_logic_close(estimate, synthesised):
     assert abs(estimate.logic_cells - synthesised) <= LOGIC_ERROR * synthesised
 
 
-def test_the_default_build_matches_its_place_and_route():
+def test_the_board_build_matches_its_place_and_route():
     report = build.parse_nextpnr_report(build.committed_folder("ulx3s-85f")
                                         / "nextpnr-report.json")
-    estimate = estimate_resources(DEFAULT_CONFIG)
-    assert (estimate.block_rams, estimate.multipliers) == (report.bram, report.dsp) == (141, 32)
-    assert estimate.buffer_block_rams == 8 * 16  # eight 8192 x 32-bit replicas
+    estimate = estimate_resources(build.BOARDS["ulx3s-85f"].config)
+    assert (estimate.block_rams, estimate.multipliers) == (report.bram, report.dsp) == (50, 64)
+    # Four dual-port replicas: eight one-bank memories of 1024 x 64 bits, 4 block RAMs each.
+    assert estimate.buffer_block_rams == 8 * 4
     assert_logic_close(estimate, report.lut4)
+    # The default array (k8t4), placed and routed before the board moved to 64 multipliers:
+    # 141 block RAMs (eight 8192 x 32-bit replicas, 16 each) and 13 924 logic cells.
+    estimate = estimate_resources(DEFAULT_CONFIG)
+    assert (estimate.block_rams, estimate.multipliers) == (141, 32)
+    assert estimate.buffer_block_rams == 8 * 16
+    assert_logic_close(estimate, 13924)
 
 
 @pytest.mark.parametrize("key", ["k4t3i512", "k4t3i512s1"])

@@ -23,11 +23,14 @@ INSTALL_HINT = ("no FPGA programmer found on PATH: install openFPGALoader (Debia
 
 
 def add_arguments(parser):
-    parser.add_argument("--board", default="ulx3s-85f", help="target board (default: ulx3s-85f)")
-    add_config_arguments(parser)
+    from ...bitstreams.build import BOARDS, DEFAULT_BOARD
+
+    parser.add_argument("--board", default=DEFAULT_BOARD,
+                        help=f"target board (default: {DEFAULT_BOARD})")
+    add_config_arguments(parser, default=(BOARDS[DEFAULT_BOARD].config,))
     parser.add_argument("--output", default=None,
-                        help="output folder (default: bitstreams/<board>/ for the default config, "
-                             "else build/<board>-<config>)")
+                        help="output folder (default: bitstreams/<board>/ for the board's own "
+                             "config, else build/<board>-<config>)")
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="board clock made by the PLL from 25 MHz (default: 60)")
     parser.add_argument("--baud", type=int, default=None, help="UART rate (default: 3000000)")

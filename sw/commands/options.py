@@ -51,13 +51,20 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
     default : sequence of ArrayConfig
         The configurations used without ``--config``.
     """
+    from ...bitstreams.build import BOARDS, DEFAULT_BOARD
+
     names = ", ".join(config.key() for config in default)
-    group = parser.add_argument_group(f"array configuration (default: {names})")
+    board_config = BOARDS[DEFAULT_BOARD].config.key()
+    title = f"array configuration (default: {names}"
+    title += ")" if names == board_config else f"; on a board, its build: {board_config})"
+    group = parser.add_argument_group(title)
     group.add_argument("--config", metavar="NAME", type=_config_names,
                        action="extend" if several else "store",
-                       help="k<K>t<T>, then i<max in features> if not 4096, d<delta bits> "
-                            "for the delta decoder and s1 for chunks that span rows, e.g. k8t4 "
-                            "(the ULX3S build), k1t1i512, k8t4d5 or k8t4s1"
+                       help="k<K>t<T>, then i<max in features> if not 4096, d<delta bits> for "
+                            "the delta decoder, p2 for the dual-port buffer and s1 for chunks "
+                            f"that span rows, e.g. k8t4, k1t1i512, k8t4d5, k8t4s1 or {board_config} "
+                            f"(the {DEFAULT_BOARD} build); without it, --backend fpga and --board "
+                            "use the board's build"
                             + ("; repeatable or comma-separated" if several else ""))
     for name, metavar, meaning in _FIELDS:
         group.add_argument("--" + name.replace("_", "-"), type=int, metavar=metavar,
@@ -91,10 +98,21 @@ def configs_from_args(args):
     TypeError, ValueError
         If a field option makes a configuration out of range.
     """
-    configs = args.config or args._default_configs
+    configs = args.config or _default_configs(args)
     changes = {name: getattr(args, name) for name, _, _ in _FIELDS
                if getattr(args, name) is not None}
     return list(dict.fromkeys(dataclasses.replace(config, **changes) for config in configs))
+
+
+def _default_configs(args):
+    """Without ``--config``: the config of the board's bitstream when the command runs on a
+    board (``--backend fpga``) or estimates for one (``--board``), else the command's own."""
+    from ...bitstreams.build import BOARDS, DEFAULT_BOARD
+
+    board = getattr(args, "board", None)
+    if board is None and getattr(args, "backend", None) == "fpga":
+        board = DEFAULT_BOARD
+    return (BOARDS[board].config,) if board in BOARDS else args._default_configs
 
 
 def config_from_args(args):

@@ -396,10 +396,8 @@ def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_b
     built = ArrayConfig(**manifest["config"])
     if built != config:
         raise ValueError(f"the committed {board} bitstream is built for {built.describe()}, "
-                         f"not {config.describe()}: pass --config {built.key()} (--lanes "
-                         f"{built.lanes} --token-lanes {built.token_lanes} --max-in-features "
-                         f"{built.max_in_features}), or "
-                         "build one for this config with `sparsemac build`")
+                         f"not {config.describe()}: pass --config {built.key()} (or no "
+                         "--config), or build one for this config with `sparsemac build`")
     sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
     dense = board_estimate(dense_cycles, dense_bytes, manifest)
     return {"name": board, "memory": memory.name, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
