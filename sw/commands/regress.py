@@ -15,8 +15,9 @@ HELP = ("run the cocotb regressions (core, CSR streamer, MAC array) on Verilator
 def add_arguments(parser):
     add_config_arguments(parser, several=True)
     parser.add_argument("--all-configs", action="store_true",
-                        help="every config of the regression: k8t4, the lane extremes, odd K "
-                             "and T, with the delta decoder and with chunks that span rows")
+                        help="every config of the regression: the ULX3S build (k8t8i1024p2), "
+                             "the lane extremes, odd K and T, with the delta decoder and with "
+                             "chunks that span rows")
     parser.add_argument("--bench", action="append", metavar="NAME",
                         help="run only this bench: core, streamer or mac_array "
                              "(repeatable; default: all)")
