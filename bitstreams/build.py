@@ -140,36 +140,25 @@ def default_output(config, board):
 
 @dataclass
 class ResourceReport:
-    """What a place-and-route used and reached, against the device totals.
-
-    Attributes
-    ----------
-    lut4, ff, dsp, bram : int
-        Logic cells (TRELLIS_COMB: LUT4s and carry halves), flip-flops (TRELLIS_FF),
-        MULT18X18D and DP16KD used.
-    totals : dict
-        The device's totals under the same keys.
-    fmax_mhz : float
-        nextpnr's achieved Fmax of the ``sync`` clock.
-    constraint_mhz : float
-        The clock the design runs at (the timing constraint).
-    critical_path : list of str
-        The worst ``sync`` path, one ``delay ns  signal`` group a line, then its total.
-    critical_from, critical_to : str
-        The cells the worst path starts and ends at ("" if the report has none).
-    critical_ns : float
-        The worst path's delay (0 if the report has none).
-    """
+    """What a place-and-route used and reached, against the device totals."""
+    #: Logic cells (TRELLIS_COMB: LUT4s and carry halves), flip-flops (TRELLIS_FF), MULT18X18D and
+    #: DP16KD used.
     lut4: int
     ff: int
     dsp: int
     bram: int
+    #: The device's totals under the same keys.
     totals: dict
+    #: nextpnr's achieved Fmax of the ``sync`` clock.
     fmax_mhz: float
+    #: The clock the design runs at (the timing constraint).
     constraint_mhz: float
-    critical_path: list = field(default_factory=list)
+    #: The worst ``sync`` path, one ``delay ns  signal`` group a line, then its total.
+    critical_path: list[str] = field(default_factory=list)
+    #: The cells the worst path starts and ends at ("" if the report has none).
     critical_from: str = ""
     critical_to: str = ""
+    #: The worst path's delay (0 if the report has none).
     critical_ns: float = 0.0
 
     @property
@@ -282,14 +271,7 @@ def _summarise_path(steps):
 
 @dataclass
 class BuildResult:
-    """What :func:`build_bitstream` wrote.
-
-    Attributes
-    ----------
-    bitstream, manifest, report : Path
-    resources : ResourceReport
-    seconds : float
-    """
+    """What :func:`build_bitstream` wrote."""
     bitstream: Path
     manifest: Path
     report: Path
@@ -323,25 +305,16 @@ def platform_for(board):
 
 @dataclass(frozen=True)
 class SynthesisCounts:
-    """The cells Yosys mapped the board design onto, before place and route.
-
-    Attributes
-    ----------
-    bram, dsp : int
-        DP16KD and MULT18X18D.
-    logic_cells : int
-        LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the
-        few cells it adds when packing.
-    lut_ram_cells : int
-        TRELLIS_DPR16X4.
-    ff : int
-        TRELLIS_FF.
-    seconds : float
-    """
+    """The cells Yosys mapped the board design onto, before place and route."""
+    #: DP16KD and MULT18X18D.
     bram: int
     dsp: int
+    #: LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the few cells
+    #: it adds when packing.
     logic_cells: int
+    #: TRELLIS_DPR16X4.
     lut_ram_cells: int
+    #: TRELLIS_FF.
     ff: int
     seconds: float
 
@@ -614,26 +587,16 @@ def check_manifest(manifest, config=None):
 
 @dataclass(frozen=True)
 class BoardEstimate:
-    """Estimated wall time of a workload on the board.
-
-    Attributes
-    ----------
-    compute_s : float
-        Core cycles at the board clock.
-    link_s : float
-        UART bytes, framing included, at 10 bits per byte (8N1).
-    total_s : float
-        ``compute_s + link_s``: an upper bound, since the core computes while the link streams.
-    fmax_mhz : float
-        nextpnr's Fmax (the board clock is at most this).
-    clock_mhz : float
-        The clock the board runs at.
-    baud : int
-    """
+    """Estimated wall time of a workload on the board."""
+    #: Core cycles at the board clock.
     compute_s: float
+    #: UART bytes, framing included, at 10 bits per byte (8N1).
     link_s: float
+    #: ``compute_s + link_s``: an upper bound, since the core computes while the link streams.
     total_s: float
+    #: nextpnr's Fmax (the board clock is at most this).
     fmax_mhz: float
+    #: The clock the board runs at.
     clock_mhz: float
     baud: int
 

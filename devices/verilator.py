@@ -68,22 +68,14 @@ _ERRORS = {
 
 @dataclass(frozen=True)
 class BuildResult:
-    """Where a Verilator library is and how it was obtained.
-
-    Attributes
-    ----------
-    path : Path
-        The shared library.
-    cached : bool
-        True when an earlier build was reused: nothing was generated or compiled.
-    seconds : float
-        Time spent in :func:`build_library`.
-    log : Path
-        The build log (of the build that made ``path``).
-    """
+    """Where a Verilator library is and how it was obtained."""
+    #: The shared library.
     path: Path
+    #: True when an earlier build was reused: nothing was generated or compiled.
     cached: bool
+    #: Time spent in :func:`build_library`.
     seconds: float
+    #: The build log (of the build that made ``path``).
     log: Path
 
 

@@ -41,16 +41,10 @@ _MODULE = re.compile(r"^module \\(\S+)\n.*?^end\n", re.MULTILINE | re.DOTALL)
 
 @dataclass(frozen=True)
 class DesignDigest:
-    """The hash of a board design and of each of its RTLIL modules.
-
-    Attributes
-    ----------
-    value : int
-        The 64-bit design hash (what the identification word reports).
-    modules : dict
-        RTLIL module name (``sparsemac_board.link.receiver`` ...) -> 16 hex digits of its hash.
-    """
+    """The hash of a board design and of each of its RTLIL modules."""
+    #: The 64-bit design hash (what the identification word reports).
     value: int
+    #: RTLIL module name (``sparsemac_board.link.receiver`` ...) -> 16 hex digits of its hash.
     modules: dict
 
     @property

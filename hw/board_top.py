@@ -65,15 +65,6 @@ class BoardTop(ArrayComponent):
     def members(self, formats):
         return {"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(8)}
 
-    @property
-    def divisor(self):
-        """Clock cycles per UART bit."""
-        return self._divisor
-
-    @property
-    def timeout_cycles(self):
-        return self._timeout_cycles
-
     def elaborate(self, platform):
         m = Module()
 

@@ -56,25 +56,16 @@ _BUFFER = "activation buffer"
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """One memory of the design and what it maps onto.
-
-    Attributes
-    ----------
-    name : str
-    count : int
-        How many identical copies the design has.
-    depth, width : int
-        Words and bits a word of one copy.
-    block_rams : int
-        DP16KD of one copy (0 if it is LUT RAM).
-    lut_ram_cells : int
-        16 x 4 LUT RAM cells of one copy (0 if it is block RAM).
-    """
+    """One memory of the design and what it maps onto."""
     name: str
+    #: How many identical copies the design has.
     count: int
+    #: Words and bits a word of one copy.
     depth: int
     width: int
+    #: DP16KD of one copy (0 if it is LUT RAM).
     block_rams: int
+    #: 16 x 4 LUT RAM cells of one copy (0 if it is block RAM).
     lut_ram_cells: int
 
 
@@ -93,20 +84,12 @@ def map_memory(name, depth, width, count=1, read_ports=1):
 
 @dataclass(frozen=True)
 class ResourceEstimate:
-    """What the board design of a config takes on an ECP5.
-
-    Attributes
-    ----------
-    multipliers : int
-        MULT18X18D: the K x T of the array, and one in the host link when T is not a power of
-        two.
-    logic_cells : int
-        TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
-    memories : tuple of MemoryEstimate
-    """
+    """What the board design of a config takes on an ECP5."""
+    #: MULT18X18D: the K x T of the array, and one in the host link when T is not a power of two.
     multipliers: int
+    #: TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
     logic_cells: int
-    memories: tuple
+    memories: tuple[MemoryEstimate, ...]
 
     @property
     def block_rams(self):

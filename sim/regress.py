@@ -40,22 +40,14 @@ __all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult",
 
 @dataclass(frozen=True)
 class Bench:
-    """One DUT and the cocotb module that tests it.
-
-    Attributes
-    ----------
-    name : str
-        Short name used on the command line: ``core``, ``streamer``, ``mac_array``.
-    toplevel : str
-        The Verilog top module.
-    module : str
-        The cocotb test module.
-    test : str
-        Its test function, parametrised over :data:`CASE_NAMES`.
-    """
+    """One DUT and the cocotb module that tests it."""
+    #: Short name used on the command line: ``core``, ``streamer``, ``mac_array``.
     name: str
+    #: The Verilog top module.
     toplevel: str
+    #: The cocotb test module.
     module: str
+    #: Its test function, parametrised over :data:`CASE_NAMES`.
     test: str
 
     def component(self, config):

@@ -69,17 +69,11 @@ _NM_TOLERANCE = 1e-9
 
 @dataclass
 class InputStatistics:
-    """What a linear received on the calibration text.
+    """What a linear received on the calibration text."""
 
-    Attributes
-    ----------
-    hessian : torch.Tensor
-        ``X^T X`` in float64, ``cols x cols``, over every real (non-padding) token.
-    tokens : int
-        Rows of ``X``.
-    """
-
+    #: ``X^T X`` in float64, ``cols x cols``, over every real (non-padding) token.
     hessian: torch.Tensor
+    #: Rows of ``X``.
     tokens: int
 
     @classmethod
@@ -96,58 +90,36 @@ class InputStatistics:
 
 @dataclass
 class CalibratedLayer:
-    """One pruned linear.
-
-    Attributes
-    ----------
-    name : str
-    shape : tuple of int
-        ``(out_features, in_features)``.
-    sparsity : float
-        Fraction of zero weights after pruning.
-    nnz : int
-    relative_error : float
-        ``||X (W' - W)^T|| / ||X W^T||`` on the calibration inputs (Frobenius norms): how far
-        the pruned layer's output moved.
-    seconds : float
-        Time to capture the inputs and prune.
-    """
+    """One pruned linear."""
 
     name: str
+    #: ``(out_features, in_features)``.
     shape: tuple[int, int]
+    #: Fraction of zero weights after pruning.
     sparsity: float
     nnz: int
+    #: ``||X (W' - W)^T|| / ||X W^T||`` on the calibration inputs (Frobenius norms): how far the
+    #: pruned layer's output moved.
     relative_error: float
+    #: Time to capture the inputs and prune.
     seconds: float
 
 
 @dataclass
 class CalibrationReport:
-    """What :func:`prune_calibrated` did.
-
-    Attributes
-    ----------
-    method : str
-    sparsity_target : float
-    pattern : str or None
-    lanes : int
-    calibration_texts, calibration_tokens : int
-        Texts fed, and real tokens they made.
-    layers : list of CalibratedLayer
-        In the order they were pruned.
-    seconds : float
-    masks : dict of str to torch.Tensor
-        The keep-mask of each pruned linear.
-    """
+    """What :func:`prune_calibrated` did."""
 
     method: str
     sparsity_target: float
     pattern: str | None
     lanes: int
+    #: Texts fed, and real tokens they made.
     calibration_texts: int
     calibration_tokens: int
+    #: In the order they were pruned.
     layers: list[CalibratedLayer]
     seconds: float
+    #: The keep-mask of each pruned linear.
     masks: dict[str, torch.Tensor] = field(repr=False)
 
     @property
@@ -391,14 +363,11 @@ class CalibratedMethod:
 
     ``wanda`` or ``sparsegpt``, optionally followed by ``-`` and a pattern: ``wanda-2:4``,
     ``sparsegpt-k-aligned``.
-
-    Attributes
-    ----------
-    method : {"wanda", "sparsegpt"}
-    pattern : {None, "N:M", "k-aligned"}
     """
 
+    #: ``"wanda"`` or ``"sparsegpt"``.
     method: str
+    #: ``None``, ``"N:M"`` or ``"k-aligned"``.
     pattern: str | None
 
 

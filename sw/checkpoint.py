@@ -58,66 +58,44 @@ _CSR_TENSORS = ("indptr", "indices", "data", "weight_scale")
 
 @dataclass(frozen=True)
 class SavedLayer:
-    """One offloaded linear of a checkpoint.
+    """One offloaded linear of a checkpoint."""
 
-    Attributes
-    ----------
-    name, shape
-        As in :class:`~sparsemac.sw.pruning.LayerWeights`.
-    nnz : int
-        Stored weights.
-    granularity : {"tensor", "token"}
-        Activation quantisation scale, as in :class:`~sparsemac.sw.offload.OffloadedLinear`.
-    bias : bool
-        The layer has a float bias.
-    """
-
+    #: As in :class:`~sparsemac.sw.pruning.LayerWeights`.
     name: str
     shape: tuple[int, int]
+    #: Stored weights.
     nnz: int
+    #: Activation quantisation scale, as in :class:`~sparsemac.sw.offload.OffloadedLinear`.
+    #: ``"tensor"`` or ``"token"``.
     granularity: str
+    #: The layer has a float bias.
     bias: bool
 
 
 @dataclass(frozen=True)
 class OffloadManifest:
-    """What ``sparsemac-offload.json`` records.
+    """What ``sparsemac-offload.json`` records."""
 
-    Attributes
-    ----------
-    format : str
-        :data:`FORMAT`.
-    model_class : str
-        The transformers class of the model, e.g. ``BertModel``.
-    qmax : int
-        The int8 range of the weights, ``[-qmax, qmax]``, symmetric, one scale per row.
-    config : ArrayConfig
-        The array the model was offloaded to.
-    layers : list of SavedLayer
-        In module order.
-    """
-
+    #: :data:`FORMAT`.
     format: str
+    #: The transformers class of the model, e.g. ``BertModel``.
     model_class: str
+    #: The int8 range of the weights, ``[-qmax, qmax]``, symmetric, one scale per row.
     qmax: int
+    #: The array the model was offloaded to.
     config: ArrayConfig
+    #: In module order.
     layers: list[SavedLayer]
 
 
 @dataclass
 class OffloadedCheckpoint:
-    """A loaded checkpoint.
+    """A loaded checkpoint."""
 
-    Attributes
-    ----------
-    model : transformers.PreTrainedModel
-        In eval mode, its offloaded linears on the device given to :func:`load_offloaded`.
-    manifest : OffloadManifest
-        What the checkpoint says of itself; ``manifest.config`` is the array it was saved
-        for (the sums do not depend on the array, the cycles do).
-    """
-
+    #: In eval mode, its offloaded linears on the device given to :func:`load_offloaded`.
     model: nn.Module
+    #: What the checkpoint says of itself; ``manifest.config`` is the array it was saved for (the
+    #: sums do not depend on the array, the cycles do).
     manifest: OffloadManifest
 
 

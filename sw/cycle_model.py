@@ -176,23 +176,15 @@ def span_carries(row_lengths, lanes):
 
 @dataclass(frozen=True)
 class ChunkSlice:
-    """One chunk of a sparse pass: the pass's entries ``start:stop`` (rows back to back).
-
-    Attributes
-    ----------
-    row : int
-        The row of the chunk's first lane.
-    start, stop : int
-    split : int
-        The chunk's ``split`` field: on a chunk that spans rows, the lanes of ``row`` (the rest
-        of the chunk begins row ``row + 1``); K on every other chunk.
-    row_last : bool
-        Whether the chunk closes ``row``.
-    """
+    """One chunk of a sparse pass: the pass's entries ``start:stop`` (rows back to back)."""
+    #: The row of the chunk's first lane.
     row: int
     start: int
     stop: int
+    #: The chunk's ``split`` field: on a chunk that spans rows, the lanes of ``row`` (the rest of
+    #: the chunk begins row ``row + 1``); K on every other chunk.
     split: int
+    #: Whether the chunk closes ``row``.
     row_last: bool
 
 
@@ -257,26 +249,17 @@ def issue_cycles_per_block(row_lengths, cols, config, mode=Mode.SPARSE):
 
 @dataclass(frozen=True)
 class CycleBreakdown:
-    """Where the cycles of one job go.
-
-    Attributes
-    ----------
-    total : int
-        What the hardware cycle counter reports.
-    issue : int
-        Cycles issuing chunks (``token_blocks x issue_cycles_per_block``).
-    load_stall : int
-        Cycles the array waited for activations: the first block's load, and any later block
-        whose load took longer than the previous block's compute.
-    fill : int
-        Cycles waiting for the streamer's first chunk beyond the first load.
-    drain : int
-        Cycles after the last issue until the last sums are accepted.
-    """
+    """Where the cycles of one job go."""
+    #: What the hardware cycle counter reports.
     total: int  # = issue + load_stall + fill + drain
+    #: Cycles issuing chunks (``token_blocks x issue_cycles_per_block``).
     issue: int
+    #: Cycles the array waited for activations: the first block's load, and any later block whose
+    #: load took longer than the previous block's compute.
     load_stall: int
+    #: Cycles waiting for the streamer's first chunk beyond the first load.
     fill: int
+    #: Cycles after the last issue until the last sums are accepted.
     drain: int
 
 

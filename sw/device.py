@@ -35,15 +35,10 @@ class DeviceError(RuntimeError):
 
 @dataclass
 class JobResult:
-    """What one job returned.
-
-    Attributes
-    ----------
-    sums : torch.Tensor of int32, [tokens, rows]
-    cycles : int
-        The hardware cycle counter (the cycle model's prediction on ``reference``).
-    """
+    """What one job returned."""
+    #: int32, ``[tokens, rows]``.
     sums: torch.Tensor
+    #: The hardware cycle counter (the cycle model's prediction on ``reference``).
     cycles: int
 
 
@@ -51,25 +46,17 @@ class JobResult:
 class MatmulResult(JobResult):
     """A whole layer's product, combined from its jobs: a :class:`JobResult` whose ``cycles``
     is the sum of the jobs' cycle counts, with the figures of the jobs.
-
-    Attributes
-    ----------
-    jobs : int
-    weight_bytes : int
-        Weight traffic over all jobs (weights are re-streamed for every token block).
-    activation_bytes, output_bytes : int
-        Activations sent and sums returned over all jobs (a layer of several column tiles
-        returns one set of sums per tile).
-    wall_s : float
-        Host wall time spent in the device.
-    job_cycles : list of int
     """
     jobs: int
+    #: Weight traffic over all jobs (weights are re-streamed for every token block).
     weight_bytes: int
+    #: Activations sent and sums returned over all jobs (a layer of several column tiles returns one
+    #: set of sums per tile).
     activation_bytes: int
     output_bytes: int
+    #: Host wall time spent in the device.
     wall_s: float
-    job_cycles: list = field(default_factory=list)
+    job_cycles: list[int] = field(default_factory=list)
 
 
 class Device(abc.ABC):

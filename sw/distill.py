@@ -76,62 +76,46 @@ _PLAIN_PROGRESS_S = 60.0
 
 @dataclass(frozen=True)
 class DistillRecipe:
-    """How a sparse model is distilled: everything that decides its weights.
+    """How a sparse model is distilled: everything that decides its weights."""
 
-    Attributes
-    ----------
-    sparsity : float
-        Fraction of each encoder linear's weights removed at the end, in (0, 1).
-    method : {"magnitude", "wanda", "sparsegpt"}
-        How masks are chosen at each pruning step: the smallest ``|w|`` of the current
-        student weights (pruned weights staying pruned), or the calibrated methods of
-        :func:`~sparsemac.sw.calibration.prune_calibrated` run on the student as it is, fed
-        the calibration texts (their zeroed weights score lowest, so they stay pruned too).
-    pattern : {None, "N:M", "k-aligned"}
-        None: unstructured. ``"N:M"`` (e.g. ``"2:4"``): the steps before the last pruning step
-        prune unstructured on the schedule, the last one to the N:M pattern, whose sparsity
-        ``1 - N/M`` must be `sparsity`. ``"k-aligned"`` (calibrated methods): every row keeps a
-        multiple of `lanes` weights at every pruning step.
-    lanes : int
-        The array's K, for ``"k-aligned"``.
-    steps : int
-        Optimiser steps, at least 2.
-    prune_end : float
-        Fraction of `steps` by which the sparsity reaches its final value; pruning starts at
-        step 0 from dense and the remaining steps recover at the final sparsity.
-    prune_every : int
-        Steps between mask updates (``frequency`` of the cubic schedule).
-    batch_size : int
-        Sentences per step.
-    max_tokens : int
-        Sequences are padded to the longest of the batch and cut at this many tokens.
-    learning_rate : float
-        Peak AdamW learning rate: linear warm-up over `warmup` of the steps, constant until
-        the end of pruning, then linear decay to zero at the last step.
-    warmup : float
-        Fraction of `steps` of warm-up.
-    embedding_loss : {"cosine", "mse"}
-        ``1 - cosine`` or the mean squared error of the mean-pooled last hidden states.
-    embedding_weight, hidden_weight : float
-        Weights of the embedding loss and of the per-layer hidden-state MSE in the total.
-    seed : int
-        Seeds the batch order and dropout.
-    """
-
+    #: Fraction of each encoder linear's weights removed at the end, in (0, 1).
     sparsity: float = 0.9
+    #: How masks are chosen at each pruning step: the smallest ``|w|`` of the current student
+    #: weights (pruned weights staying pruned), or the calibrated methods of
+    #: :func:`~sparsemac.sw.calibration.prune_calibrated` run on the student as it is, fed the
+    #: calibration texts (their zeroed weights score lowest, so they stay pruned too).
+    #: One of ``"magnitude"``, ``"wanda"``, ``"sparsegpt"``.
     method: str = "magnitude"
+    #: None: unstructured. ``"N:M"`` (e.g. ``"2:4"``): the steps before the last pruning step prune
+    #: unstructured on the schedule, the last one to the N:M pattern, whose sparsity ``1 - N/M``
+    #: must be `sparsity`. ``"k-aligned"`` (calibrated methods): every row keeps a multiple of
+    #: `lanes` weights at every pruning step. ``None``, ``"N:M"`` or ``"k-aligned"``.
     pattern: str | None = None
+    #: The array's K, for ``"k-aligned"``.
     lanes: int = DEFAULT_CONFIG.lanes  # K of the k-aligned pattern: the default array's
+    #: Optimiser steps, at least 2.
     steps: int = 600
+    #: Fraction of `steps` by which the sparsity reaches its final value; pruning starts at step 0
+    #: from dense and the remaining steps recover at the final sparsity.
     prune_end: float = 0.6
+    #: Steps between mask updates (``frequency`` of the cubic schedule).
     prune_every: int = 10
+    #: Sentences per step.
     batch_size: int = 32
+    #: Sequences are padded to the longest of the batch and cut at this many tokens.
     max_tokens: int = 48
+    #: Peak AdamW learning rate: linear warm-up over `warmup` of the steps, constant until the end
+    #: of pruning, then linear decay to zero at the last step.
     learning_rate: float = 1e-4
+    #: Fraction of `steps` of warm-up.
     warmup: float = 0.05
+    #: ``1 - cosine`` or the mean squared error of the mean-pooled last hidden states.
+    #: ``"cosine"`` or ``"mse"``.
     embedding_loss: str = "cosine"
+    #: Weights of the embedding loss and of the per-layer hidden-state MSE in the total.
     embedding_weight: float = 1.0
     hidden_weight: float = 1.0
+    #: Seeds the batch order and dropout.
     seed: int = 0
 
     def __post_init__(self):
@@ -185,77 +169,51 @@ class DistillRecipe:
 
 @dataclass
 class Fidelity:
-    """How close a model is to the dense teacher.
+    """How close a model is to the dense teacher."""
 
-    Attributes
-    ----------
-    embedding_cosine : float
-        Mean cosine similarity between its and the teacher's sentence embeddings of the
-        evaluation texts (the task's test split when there is a task).
-    task : TaskReport or None
-        The linear-probe task figures against the teacher, when a task was given.
-    """
-
+    #: Mean cosine similarity between its and the teacher's sentence embeddings of the evaluation
+    #: texts (the task's test split when there is a task).
     embedding_cosine: float
+    #: The linear-probe task figures against the teacher, when a task was given.
     task: TaskReport | None = None
 
 
 @dataclass
 class PruneReport:
-    """What :func:`distill_prune` did.
+    """What :func:`distill_prune` did."""
 
-    Attributes
-    ----------
-    output : str
-        The output directory.
-    model : str
-        The teacher's model spec.
-    recipe : DistillRecipe
-    finished : bool
-        False when the time budget stopped the run: the directory then holds a checkpoint to
-        resume from, and `layers`, `before` and `after` are empty or None.
-    step : int
-        Optimiser steps done so far (``recipe.steps`` when finished).
-    resumed_from : int or None
-        The step the checkpoint this invocation resumed from was taken at.
-    sparsity : float
-        Zero weights over all pruned linears, as a fraction (None unless finished).
-    layers : list of LayerPruneReport
-        Per pruned linear, in module order.
-    before : Fidelity or None
-        One-shot pruning of the teacher to the final sparsity with the recipe's method, no
-        training: what distillation starts from.
-    after : Fidelity or None
-        The distilled model.
-    eval_texts : int
-        Texts the embedding cosine averages over.
-    corpus_texts : int
-        Texts of the distillation corpus.
-    truncated_texts : int
-        Corpus texts longer than ``recipe.max_tokens`` tokens, which training cuts.
-    final_loss : float or None
-        Mean loss of the last 10 steps (or fewer) this invocation ran.
-    step_s : float or None
-        Mean wall time of the steps this invocation ran.
-    wall_s : float
-        Wall time of this invocation.
-    """
-
+    #: The output directory.
     output: str
+    #: The teacher's model spec.
     model: str
     recipe: DistillRecipe
+    #: False when the time budget stopped the run: the directory then holds a checkpoint to resume
+    #: from, and `layers`, `before` and `after` are empty or None.
     finished: bool
+    #: Optimiser steps done so far (``recipe.steps`` when finished).
     step: int
+    #: The step the checkpoint this invocation resumed from was taken at.
     resumed_from: int | None
+    #: Zero weights over all pruned linears, as a fraction (None unless finished).
     sparsity: float | None
+    #: Per pruned linear, in module order.
     layers: list[LayerPruneReport]
+    #: One-shot pruning of the teacher to the final sparsity with the recipe's method, no training:
+    #: what distillation starts from.
     before: Fidelity | None
+    #: The distilled model.
     after: Fidelity | None
+    #: Texts the embedding cosine averages over.
     eval_texts: int
+    #: Texts of the distillation corpus.
     corpus_texts: int
+    #: Corpus texts longer than ``recipe.max_tokens`` tokens, which training cuts.
     truncated_texts: int
+    #: Mean loss of the last 10 steps (or fewer) this invocation ran.
     final_loss: float | None
+    #: Mean wall time of the steps this invocation ran.
     step_s: float | None
+    #: Wall time of this invocation.
     wall_s: float
 
     def as_dict(self) -> dict:

@@ -33,14 +33,7 @@ DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "energy_horowitz_45nm
 
 @dataclass(frozen=True)
 class EnergyEvents:
-    """Counts of the events that cost energy; each field is also a key of an energy table.
-
-    Attributes
-    ----------
-    int8_multiply, tree_add, accumulator_update : int
-    block_ram_read_bit, block_ram_write_bit : int
-    offchip_byte, link_byte : int
-    """
+    """Counts of the events that cost energy; each field is also a key of an energy table."""
     int8_multiply: int
     tree_add: int
     accumulator_update: int
@@ -55,34 +48,20 @@ EVENT_NAMES = tuple(field.name for field in fields(EnergyEvents))
 
 @dataclass(frozen=True)
 class EnergyTable:
-    """Picojoules per event.
-
-    Attributes
-    ----------
-    name, source : str
-    picojoules : EnergyEvents
-        One float per event (an :class:`EnergyEvents` holding energies, not counts).
-    """
+    """Picojoules per event."""
     name: str
     source: str
+    #: One float per event (an :class:`EnergyEvents` holding energies, not counts).
     picojoules: EnergyEvents
 
 
 @dataclass(frozen=True)
 class EnergyReport:
-    """A layer's events and what they cost.
-
-    Attributes
-    ----------
-    table : str
-        The name of the table used.
-    events : EnergyEvents
-    picojoules : EnergyEvents
-        Energy per event kind (count times its table entry).
-    total_pj : float
-    """
+    """A layer's events and what they cost."""
+    #: The name of the table used.
     table: str
     events: EnergyEvents
+    #: Energy per event kind (count times its table entry).
     picojoules: EnergyEvents
     total_pj: float
 

@@ -127,16 +127,8 @@ def worst_case_accumulator(weights: CSRMatrix) -> int:
 
 
 def overflow_possible(weights: CSRMatrix) -> bool:
-    """Whether some int8 activations could drive a row's sum outside int32.
-
-    Parameters
-    ----------
-    weights : CSRMatrix
-
-    Returns
-    -------
-    bool
-    """
+    """Whether some int8 activations could drive a row's sum outside int32 (see
+    :func:`worst_case_accumulator`)."""
     return worst_case_accumulator(weights) > INT32_MAX
 
 
@@ -199,24 +191,16 @@ def golden_matmul(weights: CSRMatrix, activations: torch.Tensor) -> torch.Tensor
 
 @dataclass
 class LinearResult:
-    """A linear layer computed through the int8 path, beside the float reference.
+    """A linear layer computed through the int8 path, beside the float reference."""
 
-    Attributes
-    ----------
-    output : torch.Tensor
-        Dequantised result of the integer path plus bias, shape ``(..., out_features)``.
-    reference : torch.Tensor
-        ``linear(x)`` in floating point, with the layer's weights as they stand.
-    max_abs_error : float
-        ``max |output - reference|``.
-    relative_error : float
-        ``||output - reference||_2 / ||reference||_2`` (0 if both are zero, inf if only the
-        reference is).
-    """
-
+    #: Dequantised result of the integer path plus bias, shape ``(..., out_features)``.
     output: torch.Tensor
+    #: ``linear(x)`` in floating point, with the layer's weights as they stand.
     reference: torch.Tensor
+    #: ``max |output - reference|``.
     max_abs_error: float
+    #: ``||output - reference||_2 / ||reference||_2`` (0 if both are zero, inf if only the reference
+    #: is).
     relative_error: float
 
 

@@ -88,26 +88,17 @@ class MemoryModelError(ValueError):
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Bytes per core cycle on the weight and activation paths.
-
-    Attributes
-    ----------
-    name : str
-        The preset name, or ``custom``.
-    weight_bytes_per_cycle, activation_bytes_per_cycle : float or None
-        None for a path that keeps every stream valid (no limit).
-    weights_on_chip : bool
-        The weights are resident in block RAM (``onchip``): the layer must fit.
-    over_link : bool
-        Off-chip bytes travel over the host link rather than from a DRAM (``uart``).
-    source : str
-        Where the figures come from.
-    """
+    """Bytes per core cycle on the weight and activation paths."""
+    #: The preset name, or ``custom``.
     name: str
+    #: None for a path that keeps every stream valid (no limit).
     weight_bytes_per_cycle: float | None
     activation_bytes_per_cycle: float | None
+    #: The weights are resident in block RAM (``onchip``): the layer must fit.
     weights_on_chip: bool = False
+    #: Off-chip bytes travel over the host link rather than from a DRAM (``uart``).
     over_link: bool = False
+    #: Where the figures come from.
     source: str = ""
 
     def __post_init__(self):
@@ -219,19 +210,12 @@ def parse_bandwidth(text):
 
 @dataclass(frozen=True)
 class StreamRate:
-    """One input stream of a job under a memory model.
-
-    Attributes
-    ----------
-    beats : int
-        Beats in the whole job.
-    bytes : int
-        Bytes per beat.
-    rate : int
-        Credits gained per cycle in units of 1/RATE_ONE byte; 0 for an unthrottled stream.
-    """
+    """One input stream of a job under a memory model."""
+    #: Beats in the whole job.
     beats: int
+    #: Bytes per beat.
     bytes: int
+    #: Credits gained per cycle in units of 1/RATE_ONE byte; 0 for an unthrottled stream.
     rate: int = 0
 
     @property

@@ -21,19 +21,12 @@ __all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report",
 
 @dataclass(frozen=True)
 class ModeResult:
-    """One mode of a layer.
-
-    Attributes
-    ----------
-    cycles : LayerCycles
-        Memory-bound (``cycles.cycles``) and compute-bound (``cycles.compute_cycles``) cycles.
-    energy : EnergyReport
-    macs : int
-        Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode,
-        rows x cols x tokens (zeros included) in dense mode.
-    """
+    """One mode of a layer."""
+    #: Memory-bound (``cycles.cycles``) and compute-bound (``cycles.compute_cycles``) cycles.
     cycles: LayerCycles
     energy: EnergyReport
+    #: Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode, rows x
+    #: cols x tokens (zeros included) in dense mode.
     macs: int
 
     @property
@@ -48,18 +41,7 @@ class ModeResult:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """A layer under one memory model, sparse against dense.
-
-    Attributes
-    ----------
-    layer : str
-    rows, cols, tokens, nnz : int
-    config : ArrayConfig
-    memory : MemoryModel
-    sparse, dense : ModeResult
-    index : ColumnIndex
-        How the sparse jobs send their column indices.
-    """
+    """A layer under one memory model, sparse against dense."""
     layer: str
     rows: int
     cols: int
@@ -69,6 +51,7 @@ class MemoryReport:
     memory: MemoryModel
     sparse: ModeResult
     dense: ModeResult
+    #: How the sparse jobs send their column indices.
     index: ColumnIndex = ColumnIndex.CSR
 
     @property
@@ -134,14 +117,9 @@ class MemoryReport:
 
 @dataclass(frozen=True)
 class ModelMemoryReport:
-    """Every offloaded layer of one inference under one memory model, and their totals.
-
-    Attributes
-    ----------
-    layers : tuple of MemoryReport
-        One per layer, all under the same memory model and energy table.
-    """
-    layers: tuple
+    """Every offloaded layer of one inference under one memory model, and their totals."""
+    #: One per layer, all under the same memory model and energy table.
+    layers: tuple[MemoryReport, ...]
 
     def _total(self, mode, figure):
         return sum(figure(getattr(report, mode)) for report in self.layers)

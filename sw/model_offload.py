@@ -70,32 +70,23 @@ class LayerReport(_Speedups, LayerWeights):
     """One offloaded linear: its int8 weights (:class:`~sparsemac.sw.pruning.LayerWeights`,
     whose ``sparsity`` is the sparsity applied: zeros found, pruned, or rounded to zero by
     quantisation), and what its calls have cost so far.
-
-    Attributes
-    ----------
-    sparsity_found : float
-        Fraction of zero weights in the model as given, before pruning (a model pruned
-        beforehand keeps its zeros: pruning only adds to them).
-    sparse_weight_bytes, dense_weight_bytes : int
-        Bytes of one pass of the weights over the link in CSR and in dense mode.
-    stats : OffloadStats
-        The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
-        :attr:`sparse_cycles` and :attr:`device_s` read them.
-    dense_cycles : int
-        Cycles of the same calls with dense weights: predicted by the cycle model, or measured
-        on the device when the report's ``dense_measured`` is True.
-    call_tokens : list of int
-        Tokens of each call, in order.
-    sums : list of torch.Tensor
-        int32 sums of each call, kept only when :func:`offload` was given ``keep_sums=True``.
     """
 
+    #: Fraction of zero weights in the model as given, before pruning (a model pruned beforehand
+    #: keeps its zeros: pruning only adds to them).
     sparsity_found: float
+    #: Bytes of one pass of the weights over the link in CSR and in dense mode.
     sparse_weight_bytes: int
     dense_weight_bytes: int
+    #: The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
+    #: :attr:`sparse_cycles` and :attr:`device_s` read them.
     stats: OffloadStats = field(default_factory=OffloadStats, repr=False)
+    #: Cycles of the same calls with dense weights: predicted by the cycle model, or measured on the
+    #: device when the report's ``dense_measured`` is True.
     dense_cycles: int = 0
+    #: Tokens of each call, in order.
     call_tokens: list[int] = field(default_factory=list)
+    #: int32 sums of each call, kept only when :func:`offload` was given ``keep_sums=True``.
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     calls = _stat("calls", "Forward calls the layer has run.")
@@ -124,38 +115,25 @@ class LayerReport(_Speedups, LayerWeights):
 
 @dataclass
 class OffloadReport(_Speedups):
-    """What offloading a model did, and what its runs have cost; totals are sums of `layers`.
+    """What offloading a model did, and what its runs have cost; totals are sums of `layers`."""
 
-    Attributes
-    ----------
-    backend : str
-        The device's back-end name.
-    config : ArrayConfig
-    method : str
-    sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
-        :attr:`sparsity` say what the model had and what it got.
-    scope : {"local", "global"}
-    seed : int or None
-    dense_measured : bool
-        Dense cycles were measured on the device rather than predicted.
-    layers : list of LayerReport
-        One per offloaded linear, in module order.
-    modules : list of OffloadedLinear
-        The offloaded linears, in the order of `layers`.
-    index : ColumnIndex
-        How their sparse jobs send column indices.
-    """
-
+    #: The device's back-end name.
     backend: str
     config: ArrayConfig
     method: str
+    #: The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
+    #: :attr:`sparsity` say what the model had and what it got.
     sparsity_target: float
+    #: ``"local"`` or ``"global"``.
     scope: str
     seed: int | None
+    #: Dense cycles were measured on the device rather than predicted.
     dense_measured: bool
+    #: One per offloaded linear, in module order.
     layers: list[LayerReport]
+    #: The offloaded linears, in the order of `layers`.
     modules: list[OffloadedLinear] = field(repr=False)
+    #: How their sparse jobs send column indices.
     index: ColumnIndex = ColumnIndex.CSR
     _hooks: list = field(default_factory=list, repr=False)
 
@@ -232,17 +210,11 @@ class OffloadReport(_Speedups):
 
 @dataclass
 class CrossCheck:
-    """Two runs of the same offloaded model on two devices, compared layer by layer.
+    """Two runs of the same offloaded model on two devices, compared layer by layer."""
 
-    Attributes
-    ----------
-    sums_mismatch : list of str
-        Layers whose int32 sums differ in some call (or whose call counts differ).
-    cycles_mismatch : list of str
-        Layers whose sparse or dense cycle totals differ.
-    """
-
+    #: Layers whose int32 sums differ in some call (or whose call counts differ).
     sums_mismatch: list[str]
+    #: Layers whose sparse or dense cycle totals differ.
     cycles_mismatch: list[str]
 
     @property

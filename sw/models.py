@@ -76,40 +76,26 @@ _IGNORED_CHECKPOINT_KEYS = frozenset({"embeddings.position_ids", "embeddings.tok
 
 @dataclass
 class LoadedModel:
-    """A BERT encoder ready for inference, with the tokenizer that feeds it.
+    """A BERT encoder ready for inference, with the tokenizer that feeds it."""
 
-    Attributes
-    ----------
-    name : str
-        ``"minilm"``, ``"bert-base"`` or the checkpoint directory's name.
-    model : transformers.BertModel
-        The encoder, float32 and in eval mode.
-    tokenizer : transformers.PreTrainedTokenizerFast or None
-        None when a checkpoint directory ships no tokenizer.
-    source : str
-        Where the weights came from: a directory, or how they were initialised.
-    """
-
+    #: ``"minilm"``, ``"bert-base"`` or the checkpoint directory's name.
     name: str
+    #: The encoder, float32 and in eval mode.
     model: BertModel
+    #: None when a checkpoint directory ships no tokenizer.
     tokenizer: PreTrainedTokenizerFast | None
+    #: Where the weights came from: a directory, or how they were initialised.
     source: str
 
 
 @dataclass(frozen=True)
 class SimilarityPair:
-    """Two sentences and how alike a reader would judge them.
+    """Two sentences and how alike a reader would judge them."""
 
-    Attributes
-    ----------
-    first, second : str
-        The sentences.
-    grade : int
-        Intended similarity, 0 (unrelated) to 4 (paraphrases).
-    """
-
+    #: The sentences.
     first: str
     second: str
+    #: Intended similarity, 0 (unrelated) to 4 (paraphrases).
     grade: int
 
 

@@ -17,23 +17,15 @@ __all__ = ["OffloadStats", "OffloadedLinear"]
 
 @dataclass
 class OffloadStats:
-    """What an :class:`OffloadedLinear` has done since it was built (or last reset).
-
-    Attributes
-    ----------
-    calls, tokens, jobs : int
-    cycles : int
-        Device cycles of the sparse runs.
-    weight_bytes : int
-        Weight traffic of the sparse runs.
-    device_s : float
-        Host wall time spent in the device.
-    """
+    """What an :class:`OffloadedLinear` has done since it was built (or last reset)."""
     calls: int = 0
     tokens: int = 0
     jobs: int = 0
+    #: Device cycles of the sparse runs.
     cycles: int = 0
+    #: Weight traffic of the sparse runs.
     weight_bytes: int = 0
+    #: Host wall time spent in the device.
     device_s: float = 0.0
 
     def reset(self):

@@ -191,32 +191,25 @@ def _words(elements, lanes):
 
 @dataclass
 class PackedJob:
-    """The beats of every input stream of one job.
-
-    Attributes
-    ----------
-    mode : Mode
-    index : ColumnIndex
-        How a sparse job sends its columns.
-    rows, cols, tokens, token_blocks : int
-    nnz : int
-        Weights streamed per pass: nonzeros, a delta job's entries, or ``rows * cols``.
-    job : int
-        The ``job`` payload as an integer.
-    activations, row_pointers, columns, values : numpy.ndarray of uint8, [beats, bytes]
-        Empty (zero beats) where the mode sends nothing.
-    """
+    """The beats of every input stream of one job."""
     mode: Mode
+    #: How a sparse job sends its columns.
     index: ColumnIndex
     rows: int
     cols: int
     tokens: int
     token_blocks: int
+    #: Weights streamed per pass: nonzeros, a delta job's entries, or ``rows * cols``.
     nnz: int
+    #: The ``job`` payload as an integer.
     job: int
+    #: Empty (zero beats) where the mode sends nothing. uint8, ``[beats, bytes]``.
     activations: np.ndarray
+    #: uint8, ``[beats, bytes]``.
     row_pointers: np.ndarray
+    #: uint8, ``[beats, bytes]``.
     columns: np.ndarray
+    #: uint8, ``[beats, bytes]``.
     values: np.ndarray
 
     @property

@@ -325,20 +325,13 @@ def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
 
 @dataclass
 class LayerWeights:
-    """The weights of one linear layer, as pruned: what every per-layer report starts with.
+    """The weights of one linear layer, as pruned: what every per-layer report starts with."""
 
-    Attributes
-    ----------
-    name : str
-        Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
-    shape : tuple of int
-        ``(out_features, in_features)``.
-    nnz : int
-        Nonzero weights.
-    """
-
+    #: Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     name: str
+    #: ``(out_features, in_features)``.
     shape: tuple[int, int]
+    #: Nonzero weights.
     nnz: int
 
     @property
@@ -350,14 +343,9 @@ class LayerWeights:
 
 @dataclass
 class LayerPruneReport(LayerWeights):
-    """What pruning did to one linear layer (:class:`LayerWeights`, and what was asked).
+    """What pruning did to one linear layer (:class:`LayerWeights`, and what was asked)."""
 
-    Attributes
-    ----------
-    sparsity_target : float
-        The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
-    """
-
+    #: The sparsity asked for (``1 - n/m`` for N:M; the global target for global scope).
     sparsity_target: float
 
 

@@ -105,20 +105,13 @@ class QuantisedTensor:
 
 @dataclass
 class QuantisationError:
-    """How far a quantised tensor is from the original.
+    """How far a quantised tensor is from the original."""
 
-    Attributes
-    ----------
-    max_abs : float
-        Largest absolute error of one element.
-    rms : float
-        Root mean square error.
-    relative : float
-        ``||error||_2 / ||original||_2``; 0 when both are zero, inf when only the original is.
-    """
-
+    #: Largest absolute error of one element.
     max_abs: float
+    #: Root mean square error.
     rms: float
+    #: ``||error||_2 / ||original||_2``; 0 when both are zero, inf when only the original is.
     relative: float
 
 

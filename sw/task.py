@@ -67,25 +67,16 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class LabelledTexts:
-    """Texts with integer class labels.
-
-    Attributes
-    ----------
-    texts : list of str
-    labels : list of int
-        ``labels[i]`` indexes `label_names` and labels ``texts[i]``.
-    label_names : tuple of str
-        Class names, sorted (numerically when every label is an integer).
-    source : str
-        Where the texts came from: a file path or :data:`BUILTIN_SOURCE`.
-    licence : str
-        The data's licence as known, ``"user data"`` for a user file.
-    """
+    """Texts with integer class labels."""
 
     texts: list[str]
+    #: ``labels[i]`` indexes `label_names` and labels ``texts[i]``.
     labels: list[int]
+    #: Class names, sorted (numerically when every label is an integer).
     label_names: tuple[str, ...]
+    #: Where the texts came from: a file path or :data:`BUILTIN_SOURCE`.
     source: str
+    #: The data's licence as known, ``"user data"`` for a user file.
     licence: str
 
     def __len__(self) -> int:
@@ -101,19 +92,13 @@ class LabelledTexts:
 
 @dataclass(frozen=True)
 class SplitSizes:
-    """How many texts each split of :func:`task_splits` takes.
+    """How many texts each split of :func:`task_splits` takes."""
 
-    Attributes
-    ----------
-    train, test, calibration : int
-        At least 1 each.
-    distillation : int or None
-        None: every text the other splits leave.
-    """
-
+    #: At least 1 each.
     train: int = 2000
     test: int = 1000
     calibration: int = 128
+    #: None: every text the other splits leave.
     distillation: int | None = None
 
 
@@ -123,65 +108,42 @@ DEFAULT_SPLIT_SIZES = SplitSizes()
 
 @dataclass(frozen=True)
 class TaskSplits:
-    """Disjoint splits of one labelled set (no text appears in two of them).
+    """Disjoint splits of one labelled set (no text appears in two of them)."""
 
-    Attributes
-    ----------
-    train, test : LabelledTexts
-        The probe is fitted on `train` and scored on `test`.
-    calibration : LabelledTexts
-        Calibration text for one-shot pruning and quantisation.
-    distillation : LabelledTexts
-        Text for distillation (its labels are not needed there).
-    seed : int
-        The seed of the shuffle that made them.
-    """
-
+    #: The probe is fitted on `train` and scored on `test`.
     train: LabelledTexts
     test: LabelledTexts
+    #: Calibration text for one-shot pruning and quantisation.
     calibration: LabelledTexts
+    #: Text for distillation (its labels are not needed there).
     distillation: LabelledTexts
+    #: The seed of the shuffle that made them.
     seed: int
 
 
 @dataclass(frozen=True)
 class TaskEmbeddings:
-    """Sentence embeddings of a model for the train and test splits.
+    """Sentence embeddings of a model for the train and test splits."""
 
-    Attributes
-    ----------
-    train, test : torch.Tensor
-        float32, ``[len(split), hidden]``, rows of unit length.
-    """
-
+    #: float32, ``[len(split), hidden]``, rows of unit length.
     train: torch.Tensor
     test: torch.Tensor
 
 
 @dataclass
 class TaskReport:
-    """How a candidate model does on the task, beside the dense model.
+    """How a candidate model does on the task, beside the dense model."""
 
-    Attributes
-    ----------
-    dense_accuracy : float
-        Test accuracy of the dense model with its own probe, in [0, 1].
-    accuracy : float
-        Test accuracy of the candidate with a probe fitted on its own train embeddings.
-    accuracy_dense_probe : float
-        Test accuracy of the candidate's embeddings read by the dense model's probe.
-    cosine : float
-        Mean cosine between the candidate's and the dense model's test embeddings.
-    knn_agreement : float
-        Mean fraction of the :data:`KNN_NEIGHBOURS` nearest train texts of a test text (by
-        cosine) that the candidate and the dense model share, in [0, 1].
-    train_size, test_size : int
-    """
-
+    #: Test accuracy of the dense model with its own probe, in [0, 1].
     dense_accuracy: float
+    #: Test accuracy of the candidate with a probe fitted on its own train embeddings.
     accuracy: float
+    #: Test accuracy of the candidate's embeddings read by the dense model's probe.
     accuracy_dense_probe: float
+    #: Mean cosine between the candidate's and the dense model's test embeddings.
     cosine: float
+    #: Mean fraction of the :data:`KNN_NEIGHBOURS` nearest train texts of a test text (by cosine)
+    #: that the candidate and the dense model share, in [0, 1].
     knn_agreement: float
     train_size: int
     test_size: int
@@ -522,29 +484,20 @@ def _knn_agreement(dense, candidate):
 
 @dataclass(frozen=True)
 class FidelityPoint:
-    """One model variant of :func:`fidelity_table`.
+    """One model variant of :func:`fidelity_table`."""
 
-    Attributes
-    ----------
-    method : str
-        ``"float"`` (no pruning), ``"magnitude"`` (per layer, as
-        :func:`~sparsemac.sw.pruning.prune_model`) or a calibrated method of
-        :data:`~sparsemac.sw.calibration.PRUNERS`.
-    sparsity : float or None
-        None with an N:M pattern.
-    pattern : str or None
-        ``"2:4"``-style, or ``"k-aligned"`` (calibrated methods only), or None.
-    granularity : str or None
-        None: float weights. Otherwise int8 (:class:`~sparsemac.sw.quantisation.Int8Linear`)
-        with this activation granularity, after pruning.
-    alpha : float or None
-        SmoothQuant migration strength for int8, from the calibration split; None: none.
-    """
-
+    #: ``"float"`` (no pruning), ``"magnitude"`` (per layer, as
+    #: :func:`~sparsemac.sw.pruning.prune_model`) or a calibrated method of
+    #: :data:`~sparsemac.sw.calibration.PRUNERS`.
     method: str = "float"
+    #: None with an N:M pattern.
     sparsity: float | None = 0.0
+    #: ``"2:4"``-style, or ``"k-aligned"`` (calibrated methods only), or None.
     pattern: str | None = None
+    #: None: float weights. Otherwise int8 (:class:`~sparsemac.sw.quantisation.Int8Linear`) with
+    #: this activation granularity, after pruning.
     granularity: str | None = None
+    #: SmoothQuant migration strength for int8, from the calibration split; None: none.
     alpha: float | None = None
 
 
@@ -563,21 +516,13 @@ DEFAULT_FIDELITY_POINTS = (
 
 @dataclass
 class FidelityRow:
-    """One measured point of :func:`fidelity_table`.
-
-    Attributes
-    ----------
-    point : FidelityPoint
-    sparsity : float
-        Achieved, over the pruned linears.
-    report : TaskReport
-    prune_seconds, evaluate_seconds : float
-        Pruning and quantisation; embedding and probing.
-    """
+    """One measured point of :func:`fidelity_table`."""
 
     point: FidelityPoint
+    #: Achieved, over the pruned linears.
     sparsity: float
     report: TaskReport
+    #: Pruning and quantisation; embedding and probing.
     prune_seconds: float
     evaluate_seconds: float
 

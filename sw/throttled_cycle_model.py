@@ -48,48 +48,31 @@ REPLAY_CACHE = 4096
 
 @dataclass(frozen=True)
 class ScheduleCounts:
-    """What the core did in one job, counted from its exact schedule.
-
-    Attributes
-    ----------
-    cycles : int
-        The hardware cycle count.
-    chunks : int
-        Chunks accepted by the activation buffer (each one operand beat of the MAC array).
-    fill_beats : int
-        Activation columns written into the buffer.
-    words : int
-        Weight words (K values, and K columns in sparse mode) fetched into the ring.
-    row_pointers : int
-        Row end pointers taken.
-    """
+    """What the core did in one job, counted from its exact schedule."""
+    #: The hardware cycle count.
     cycles: int
+    #: Chunks accepted by the activation buffer (each one operand beat of the MAC array).
     chunks: int
+    #: Activation columns written into the buffer.
     fill_beats: int
+    #: Weight words (K values, and K columns in sparse mode) fetched into the ring.
     words: int
+    #: Row end pointers taken.
     row_pointers: int
 
 
 @dataclass(frozen=True)
 class CycleBounds:
-    """Cycles under a memory model, next to the bounds that explain them.
-
-    Attributes
-    ----------
-    cycles : int
-        What the hardware counter reports with the streams throttled.
-    compute_cycles : int
-        The same work with ideal streams (:func:`~sparsemac.sw.cycle_model.job_cycles`).
-    weight_transfer_cycles, activation_transfer_cycles : int
-        Cycles the weight and the activation path need for their bytes alone (0 when the path
-        is unthrottled): lower bounds of ``cycles``.
-    weight_bytes, activation_bytes, output_bytes : int
-        Bytes streamed in (padding included) and out.
-    """
+    """Cycles under a memory model, next to the bounds that explain them."""
+    #: What the hardware counter reports with the streams throttled.
     cycles: int
+    #: The same work with ideal streams (:func:`~sparsemac.sw.cycle_model.job_cycles`).
     compute_cycles: int
+    #: Cycles the weight and the activation path need for their bytes alone (0 when the path is
+    #: unthrottled): lower bounds of ``cycles``.
     weight_transfer_cycles: int
     activation_transfer_cycles: int
+    #: Bytes streamed in (padding included) and out.
     weight_bytes: int
     activation_bytes: int
     output_bytes: int
@@ -104,26 +87,15 @@ class CycleBounds:
 
 @dataclass(frozen=True)
 class ThrottledCycles(CycleBounds):
-    """One job's :class:`CycleBounds` and its schedule.
-
-    Attributes
-    ----------
-    schedule : ScheduleCounts
-    """
+    """One job's :class:`CycleBounds` and its schedule."""
     schedule: ScheduleCounts
 
 
 @dataclass(frozen=True)
 class LayerCycles(CycleBounds):
-    """A whole layer's jobs: the sums of their :class:`ThrottledCycles`.
-
-    Attributes
-    ----------
-    jobs : int
-    chunks, fill_beats, words, row_pointers : int
-        Summed :class:`ScheduleCounts`.
-    """
+    """A whole layer's jobs: the sums of their :class:`ThrottledCycles`."""
     jobs: int
+    #: Summed :class:`ScheduleCounts`.
     chunks: int
     fill_beats: int
     words: int

@@ -40,20 +40,11 @@ __all__ = ["Case", "CASE_NAMES", "SPARSITY_CASES", "build_case"]
 
 @dataclass(frozen=True)
 class Case:
-    """One job for the core: ``weights`` against ``activations`` in ``mode``.
-
-    Attributes
-    ----------
-    name : str
-    weights : CSRMatrix
-        int8, rows x cols.
-    activations : torch.Tensor
-        int8, tokens x cols.
-    mode : Mode
-    index : ColumnIndex
-    """
+    """One job for the core: ``weights`` against ``activations`` in ``mode``."""
     name: str
+    #: int8, rows x cols.
     weights: CSRMatrix
+    #: int8, tokens x cols.
     activations: torch.Tensor
     mode: Mode = Mode.SPARSE
     index: ColumnIndex = ColumnIndex.CSR

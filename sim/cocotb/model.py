@@ -44,19 +44,12 @@ def block_sums(config, case):
 
 @dataclass(frozen=True)
 class CoreExpectation:
-    """What the core must do for one case.
-
-    Attributes
-    ----------
-    packed : PackedJob
-        The input beats.
-    sums : list of Expected
-        One beat per row per token block, block-major.
-    cycles : int
-        The cycle model's count with ideal streams.
-    """
+    """What the core must do for one case."""
+    #: The input beats.
     packed: object
-    sums: list
+    #: One beat per row per token block, block-major.
+    sums: list[Expected]
+    #: The cycle model's count with ideal streams.
     cycles: int
 
 

@@ -16,38 +16,24 @@ __all__ = ["Expected", "Mismatch", "ScoreboardError", "Scoreboard"]
 
 @dataclass(frozen=True)
 class Expected:
-    """One expected output beat.
-
-    Attributes
-    ----------
-    value : int
-        The payload bits.
-    where : str
-        What the beat is, for reports: e.g. ``"block 1 (tokens 4-7), row 5"``.
-    mask : int or None
-        Bits that must match; None means all of them. Lets a model leave don't-care fields
-        (e.g. the column of an unused lane) unchecked.
-    """
+    """One expected output beat."""
+    #: The payload bits.
     value: int
+    #: What the beat is, for reports: e.g. ``"block 1 (tokens 4-7), row 5"``.
     where: str
+    #: Bits that must match; None means all of them. Lets a model leave don't-care fields (e.g. the
+    #: column of an unused lane) unchecked.
     mask: int | None = None
 
 
 @dataclass(frozen=True)
 class Mismatch:
-    """A beat that differs from its expectation (or is missing or extra).
-
-    Attributes
-    ----------
-    index : int
-        Position of the beat in the stream, from 0.
-    where : str
-    fields : tuple of (str, int or None, int or None)
-        ``(field, expected, actual)`` for each differing field; None for a missing side.
-    """
+    """A beat that differs from its expectation (or is missing or extra)."""
+    #: Position of the beat in the stream, from 0.
     index: int
     where: str
-    fields: tuple
+    #: ``(field, expected, actual)`` for each differing field; None for a missing side.
+    fields: tuple[tuple[str, int | None, int | None], ...]
 
     def describe(self, stream, lane_name="lane"):
         shown = ", ".join(f"{_label(path, lane_name)}: expected {expected}, got {actual}"

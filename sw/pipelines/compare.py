@@ -70,56 +70,41 @@ _TOLERANCE = 1e-9
 
 @dataclass
 class FrontPoint:
-    """One model on the front.
+    """One model on the front."""
 
-    Attributes
-    ----------
-    method : str
-        ``"float"``, ``"int8"`` (no pruning), a pruning method, or ``"checkpoint"``.
-    kind : {"float", "int8", "pruned", "checkpoint"}
-        The float model never runs on the array: its cycles are the dense ones (speedup 1).
-    model : str
-        The model it was made from (a checkpoint's directory).
-    sparsity_target : float or None
-        Asked for; None for N:M patterns, checkpoints, float and int8.
-    sparsity : float
-        Achieved fraction of zero int8 weights over the offloaded linears (0 for float).
-    sparse_cycles, dense_cycles : int
-        Measured on the device for the workload (sparse = dense for the float model).
-    speedup : float
-        Dense over sparse cycles.
-    sparse_weight_bytes, dense_weight_bytes : int
-    accuracy, accuracy_dense_probe, cosine, knn_agreement : float
-        :class:`~sparsemac.sw.task.TaskReport`'s, against the float model.
-    host_equals_device : bool or None
-        The host's int8 embeddings of the workload equal the device's, bit for bit (None for
-        the float model).
-    seconds : float
-        Wall time of the point: pruning, device run, embedding and probes.
-    by_config : dict of str to dict
-        Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
-        ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's
-        equal the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under
-        the sweep's memory model (exact throttled cycle model, issue 12), None without one.
-    """
-
+    #: ``"float"``, ``"int8"`` (no pruning), a pruning method, or ``"checkpoint"``.
     method: str
+    #: The float model never runs on the array: its cycles are the dense ones (speedup 1).
+    #: One of ``"float"``, ``"int8"``, ``"pruned"``, ``"checkpoint"``.
     kind: str
+    #: The model it was made from (a checkpoint's directory).
     model: str
+    #: Asked for; None for N:M patterns, checkpoints, float and int8.
     sparsity_target: float | None
+    #: Achieved fraction of zero int8 weights over the offloaded linears (0 for float).
     sparsity: float
+    #: Measured on the device for the workload (sparse = dense for the float model).
     sparse_cycles: int
     dense_cycles: int
+    #: Dense over sparse cycles.
     speedup: float
     sparse_weight_bytes: int
     dense_weight_bytes: int
+    #: :class:`~sparsemac.sw.task.TaskReport`'s, against the float model.
     accuracy: float
     accuracy_dense_probe: float
     cosine: float
     knn_agreement: float
+    #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
+    #: float model).
     host_equals_device: bool | None
+    #: Wall time of the point: pruning, device run, embedding and probes.
     seconds: float
-    by_config: dict = field(default_factory=dict)
+    #: Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
+    #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
+    #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
+    #: memory model (exact throttled cycle model, issue 12), None without one.
+    by_config: dict[str, dict] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

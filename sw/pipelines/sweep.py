@@ -62,35 +62,22 @@ class VerifySpec:
 @dataclass(frozen=True)
 class BuildSpec:
     """One board build per array config and nextpnr placement seed."""
-    seeds: tuple
+    seeds: tuple[int, ...]
     board: str
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys).
-
-    Attributes
-    ----------
-    configs : tuple of ArrayConfig
-    models : tuple of str
-    layers : tuple of str or "all"
-    methods : tuple of str
-    sparsities : tuple of float
-        Targets of the unstructured methods (N:M points ignore them: one point per pattern).
-    tokens : tuple of int or None
-        Token counts; None is the built-in sentence as it is (16 tokens).
-    seed : int
-        Seeds random pruning and the random ``bert-base`` weights.
-    verify : VerifySpec or None
-    build : BuildSpec or None
-    """
-    configs: tuple
-    models: tuple
-    layers: tuple | str
-    methods: tuple
-    sparsities: tuple = ()
-    tokens: tuple = (None,)
+    """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys)."""
+    configs: tuple[ArrayConfig, ...]
+    models: tuple[str, ...]
+    layers: tuple[str, ...] | str
+    methods: tuple[str, ...]
+    #: Targets of the unstructured methods (N:M points ignore them: one point per pattern).
+    sparsities: tuple[float, ...] = ()
+    #: Token counts; None is the built-in sentence as it is (16 tokens).
+    tokens: tuple[int | None, ...] = (None,)
+    #: Seeds random pruning and the random ``bert-base`` weights.
     seed: int = 0
     verify: VerifySpec | None = None
     build: BuildSpec | None = None
@@ -308,33 +295,21 @@ def _parse_build(section, fail):
 class SweepPoint:
     """One task of a sweep: a layer measurement (``kind="layer"``) or a board build
     (``kind="build"``). Small by design: it is what travels to the workers.
-
-    Attributes
-    ----------
-    kind : {"layer", "build"}
-    config : ArrayConfig
-    design_hash : str
-        The design hash of ``config`` when the sweep was expanded.
-    model, layer, method : str
-    sparsity : float or None
-        Target sparsity; None for N:M.
-    tokens : int or None
-        None: the built-in sentence as it is.
-    seed : int
-    verify : bool
-        Also run on the Verilator device.
-    board : str
-    build_seed : int or None
     """
+    #: ``"layer"`` or ``"build"``.
     kind: str
     config: ArrayConfig
+    #: The design hash of ``config`` when the sweep was expanded.
     design_hash: str
     model: str = ""
     layer: str = ""
     method: str = ""
+    #: Target sparsity; None for N:M.
     sparsity: float | None = None
+    #: None: the built-in sentence as it is.
     tokens: int | None = None
     seed: int = 0
+    #: Also run on the Verilator device.
     verify: bool = False
     board: str = ""
     build_seed: int | None = None
@@ -747,40 +722,27 @@ def _compute(points, table, spec_digest, client):
 
 @dataclass
 class SweepReport:
-    """What :func:`run_sweep` did and found.
-
-    Attributes
-    ----------
-    spec : SweepSpec
-    output : str
-        The output folder; ``results`` is its CSV.
-    results : list of PointResult
-        The rows of this spec's points, in point order (earlier runs' rows included).
-    points, skipped, computed : int
-        Points in the spec; found done in the table; computed now.
-    failed : int
-        Rows of this spec whose point failed.
-    wall_s : float
-        Wall time from the start of a local cluster (or from the connection to a running one)
-        to the last row.
-    points_per_s : float
-        Points computed per second from the first submission, each worker's first model load
-        included (0 when nothing was computed).
-    cluster : str
-        Where the points ran.
-    plots : list of str
-    """
+    """What :func:`run_sweep` did and found."""
     spec: SweepSpec
+    #: The output folder; ``results`` is its CSV.
     output: str
-    results: list
+    #: The rows of this spec's points, in point order (earlier runs' rows included).
+    results: list[PointResult]
+    #: Points in the spec; found done in the table; computed now.
     points: int
     skipped: int
     computed: int
+    #: Rows of this spec whose point failed.
     failed: int
+    #: Wall time from the start of a local cluster (or from the connection to a running one) to the
+    #: last row.
     wall_s: float
+    #: Points computed per second from the first submission, each worker's first model load included
+    #: (0 when nothing was computed).
     points_per_s: float
+    #: Where the points ran.
     cluster: str
-    plots: list = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
 
     @property
     def table(self):
