@@ -94,7 +94,7 @@ class OffloadedLinear(nn.Module):
         self.index = ColumnIndex.CSR
 
     @classmethod
-    def from_linear(cls, linear, device, *, sparsity=0.0, method="magnitude", seed=None,
+    def from_linear(cls, linear, device, *, sparsity=None, method="magnitude", seed=None,
                     n=2, m=4, granularity=DEFAULT_GRANULARITY, mask=None, smoothing=None):
         """Prunes, quantises and packs ``linear`` for ``device``.
 
@@ -102,8 +102,9 @@ class OffloadedLinear(nn.Module):
         ----------
         linear : nn.Linear
         device : Device
-        sparsity : float
-            Fraction of weights to remove (ignored by N:M methods, whose pattern fixes it).
+        sparsity : float or None
+            Fraction of weights to remove. None: none for ``"magnitude"`` and ``"random"``, the
+            pattern's for N:M, which refuses any other value.
         method : str
             ``"magnitude"``, ``"random"`` or ``"N:M"`` (see :func:`prune_mask`).
         seed : int or None
@@ -126,9 +127,9 @@ class OffloadedLinear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
         if mask is None:
-            # The pattern of N:M pruning fixes the sparsity: any value passed is ignored.
-            [mask], _ = choose_masks([weight], None if is_structured(method) else sparsity,
-                                     method, seed=seed, n=n, m=m)
+            if sparsity is None and not is_structured(method):
+                sparsity = 0.0
+            [mask], _ = choose_masks([weight], sparsity, method, seed=seed, n=n, m=m)
         elif tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")

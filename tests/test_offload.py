@@ -68,6 +68,17 @@ def test_n_m_pruning_fixes_the_sparsity():
     offloaded = OffloadedLinear.from_linear(make_linear(seed=5), open_device("reference", SMALL),
                                             method="2:4")
     assert offloaded.sparsity >= 0.5
+    same = OffloadedLinear.from_linear(make_linear(seed=5), open_device("reference", SMALL),
+                                       method="2:4", sparsity=0.5)
+    assert same.weights == offloaded.weights
+
+
+def test_n_m_pruning_refuses_another_sparsity():
+    """A sparsity the pattern cannot give is an error, not silently replaced by the pattern's."""
+    with pytest.raises(ValueError, match=r"2:4 pruning has sparsity 0.5; pass that or None, "
+                                         r"not 0.9"):
+        OffloadedLinear.from_linear(make_linear(seed=5), open_device("reference", SMALL),
+                                    method="2:4", sparsity=0.9)
 
 
 def test_wrong_input_width_is_refused():
