@@ -27,6 +27,8 @@ def _broken_case(harness, prop, mode, depth, dut, source, config="k1t1"):
 BROKEN_CASES = [
     _broken_case(CSRStreamerHarness, "conservation", "bmc", 10, broken.PairDroppingStreamer,
                  "csr_streamer.py", config="k2t1"),
+    _broken_case(CSRStreamerHarness, "conservation", "bmc", 8, broken.SplitLosingStreamer,
+                 "csr_streamer.py", config="k2t1s1"),
     _broken_case(ActivationBufferHarness, "scoreboard", "bmc", 10, broken.DuplicatingBuffer,
                  "activation_buffer.py"),
     # The base case must reach a waiting sums beat: three cycles of pipeline, then a wait.

@@ -16,8 +16,9 @@ from ...hw.frame_receiver import FrameReceiver
 from ...hw.mac_array import MACArray
 from .harness import transfer
 
-__all__ = ["BrokenVariant", "PairDroppingStreamer", "DuplicatingBuffer", "FlickeringMACArray",
-           "RowLosingMACArray", "SkippingCounterCore", "EagerCore", "ImpatientReceiver"]
+__all__ = ["BrokenVariant", "PairDroppingStreamer", "SplitLosingStreamer", "DuplicatingBuffer",
+           "FlickeringMACArray", "RowLosingMACArray", "SkippingCounterCore", "EagerCore",
+           "ImpatientReceiver"]
 
 
 class BrokenVariant(wiring.Component):
@@ -61,6 +62,16 @@ class PairDroppingStreamer(BrokenVariant):
         value = inner.chunks.payload.values[0]
         with m.If(value == 2):
             m.d.comb += self.chunks.payload.values[0].eq(0)
+
+
+class SplitLosingStreamer(BrokenVariant):
+    """Sends every chunk with ``split`` = K: a chunk that spans rows then gives the next row's
+    head to the row it closes (for an array with ``span_rows``)."""
+
+    BLOCK = CSRWeightStreamer
+
+    def mutate(self, m, inner):
+        m.d.comb += self.chunks.payload.split.eq(self.config.lanes)
 
 
 class DuplicatingBuffer(BrokenVariant):

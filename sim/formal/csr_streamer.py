@@ -26,6 +26,10 @@ class CSRStreamerHarness(Harness):
     ``row_last`` falls exactly where the row's end pointer says, every other chunk is full, an
     empty row is one chunk with no pair; ``block_last`` marks the last row of each pass; no
     chunk leaves outside a job, and ``busy`` stays high until the job's last chunk is out.
+    With ``span_rows`` the lanes of a chunk from its ``split`` on are the next row's: a sparse
+    row's last chunk (not the pass's last, not an empty row's) carries exactly ``min(K - r,
+    n' - 1)`` of them (r pairs of its own, n' in the next row), its ``split`` is r when it carries any and K
+    otherwise, and the row checks above count only the lanes below ``split``.
     Bounded: the pair counters grow without bound over jobs, so induction does not close.
     """
 
@@ -33,7 +37,8 @@ class CSRStreamerHarness(Harness):
     PROPERTIES = {
         **Harness.PROPERTIES,
         "conservation": "pairs out = pairs in, in order, once; row_last/block_last placed right",
-        "cover": "a job ends; a stall; an empty row; a row over two chunks",
+        "cover": "a job ends; a stall; an empty row; a row over two chunks (with span_rows: a "
+                 "chunk carrying the next row's head)",
     }
 
     def environment(self, m):
@@ -55,6 +60,9 @@ class CSRStreamerHarness(Harness):
         chunk = self.chunks.payload
         self.used = used = Cat(chunk.values[lane] != 0 for lane in range(lanes))
         self.taken = taken = sum(used[lane] for lane in range(lanes))
+        # The pairs of the row the chunk closes or continues; the rest begin the next row.
+        self.own = own = (sum(used[lane] & (chunk.split > lane) for lane in range(lanes))
+                          if self.config.span_rows else taken)
         self.row_end = Mux(sparse, self.source.ends[out_pass[0]][out_row], row_start + job.cols)
         with m.If(transfer(self.chunks)):
             m.d.sync += out_pair.eq(out_pair + taken)
@@ -64,7 +72,7 @@ class CSRStreamerHarness(Harness):
                 with m.If(out_pass == job.token_blocks - 1):
                     m.d.sync += active.eq(0)
             with m.Elif(chunk.row_last):
-                m.d.sync += [out_row.eq(out_row + 1), row_start.eq(out_pair + taken)]
+                m.d.sync += [out_row.eq(out_row + 1), row_start.eq(out_pair + own)]
         with m.If(accepted):
             m.d.sync += [out_pass.eq(0), out_row.eq(0), out_pair.eq(0), row_start.eq(0)]
 
@@ -73,8 +81,8 @@ class CSRStreamerHarness(Harness):
         address_width = self.config.column_address_width
         job, chunk = self.held_job, self.chunks.payload
         sparse = job.mode == Mode.SPARSE
-        used, taken, out_pair = self.used, self.taken, self.out_pair
-        row_last = out_pair + taken == self.row_end
+        used, taken, own, out_pair = self.used, self.taken, self.own, self.out_pair
+        row_last = out_pair + own == self.row_end
         column_base = Mux(sparse, out_pair, out_pair - self.row_start)
         # One Assert per line, so that the source line in a failure names the check.
         valid = self.chunks.valid
@@ -82,8 +90,8 @@ class CSRStreamerHarness(Harness):
             Assert(~valid | self.active & (self.out_pass < job.token_blocks),
                    "a chunk outside a job"),
             Assert(~valid | (chunk.row_last == row_last), "row_last not at the row's end"),
-            Assert(~valid | row_last | (taken == lanes), "a chunk before its row's end not full"),
-            Assert(~valid | (out_pair + taken <= self.row_end), "a chunk past its row's end"),
+            Assert(~valid | row_last | (own == lanes), "a chunk before its row's end not full"),
+            Assert(~valid | (out_pair + own <= self.row_end), "a chunk past its row's end"),
             Assert(~valid | (chunk.block_last == (chunk.row_last & (self.out_row == job.rows - 1))),
                    "block_last not on the last row of the pass"),
         ]
@@ -98,6 +106,25 @@ class CSRStreamerHarness(Harness):
         m.d.comb += Assert(self.busy | ~self.active | (self.out_pass == job.token_blocks - 1)
                            & self.chunks.valid & chunk.block_last,
                            "busy fell before the job's last chunk")
+        if self.config.span_rows:
+            self._check_span(m)
+
+    def _check_span(self, m):
+        lanes, chunk = self.config.lanes, self.chunks.payload
+        sparse = self.held_job.mode == Mode.SPARSE
+        next_length = self.source.ends[self.out_pass[0]][self.out_row + 1] - self.row_end
+        head = Mux(next_length == 0, 0, next_length - 1)  # never the next row's last pair
+        room = lanes - self.own
+        # An empty row's chunk carries nothing (see sw.cycle_model.span_carries).
+        spans = sparse & chunk.row_last & ~chunk.block_last & (self.own != 0)
+        spill = Mux(spans, Mux(room < head, room, head), 0)
+        carried = self.taken - self.own
+        valid = self.chunks.valid
+        m.d.comb += [
+            Assert(~valid | (carried == spill), "a row's last chunk without the next row's head"),
+            Assert(~valid | (chunk.split == Mux(carried != 0, self.own, lanes)),
+                   "split is not where the rows meet"),
+        ]
 
     def check_cover(self, m):
         job, chunk = self.held_job, self.chunks.payload
@@ -108,3 +135,5 @@ class CSRStreamerHarness(Harness):
             Cover(transfer(self.chunks) & chunk.row_last & (self.taken == 0)),
             Cover(transfer(self.chunks) & chunk.row_last & (self.out_pair != self.row_start)),
         ]
+        if self.config.span_rows:
+            m.d.comb += Cover(transfer(self.chunks) & chunk.row_last & (self.taken > self.own))

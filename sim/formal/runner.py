@@ -76,13 +76,13 @@ class ProofSpec:
     @property
     def config_name(self):
         config = self.config
-        return f"K={config.lanes} T={config.token_lanes} in<={config.max_in_features}"
+        span = " spanning rows" if config.span_rows else ""
+        return f"K={config.lanes} T={config.token_lanes} in<={config.max_in_features}{span}"
 
     @property
     def name(self):
         """A file-system-safe name, unique per spec."""
-        return (f"{self.block}-{self.prop}-k{self.config.lanes}t{self.config.token_lanes}"
-                f"i{self.config.max_in_features}-{self.mode}{self.depth}")
+        return f"{self.block}-{self.prop}-{self.config.key()}-{self.mode}{self.depth}"
 
     def build(self):
         """The harness, elaborated around its block (or the broken variant ``dut``)."""

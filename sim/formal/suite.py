@@ -1,7 +1,8 @@
 """The proofs of the gateware: which property, for which configurations, in which mode.
 
 Configurations are small so the proofs close: K in {1, 2, 3}, T in {1, 2} and the smallest
-activation buffer (8 columns); the job sizes are bounded in each harness. ``prove`` is
+activation buffer (8 columns), and K in {2, 3} with chunks that span rows; the job sizes are
+bounded in each harness. ``prove`` is
 k-induction (unbounded), ``bmc`` holds for every behaviour up to ``depth`` cycles from reset,
 ``cover`` shows each cover statement reachable within ``depth`` cycles. The fast proofs run in
 CI; ``slow`` ones only with ``sparsemac formal --all``.
@@ -17,20 +18,31 @@ from .runner import ProofSpec
 
 __all__ = ["CONFIGS", "proofs", "select", "config_name"]
 
-#: The configurations proved: every K in {1, 2, 3} with every T in {1, 2}.
-CONFIGS = {f"k{lanes}t{tokens}": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8)
-           for lanes in (1, 2, 3) for tokens in (1, 2)}
+#: The configurations proved: every K in {1, 2, 3} with every T in {1, 2}; and spanning rows
+#: (``s1``, which needs K > 1) at K in {2, 3}, T = 1 (the schedule does not depend on T) and
+#: at K = 2, T = 2 (the MAC array's two reductions per token).
+CONFIGS = {
+    **{f"k{lanes}t{tokens}": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8)
+       for lanes in (1, 2, 3) for tokens in (1, 2)},
+    **{f"k{lanes}t{tokens}s1": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8,
+                                           span_rows=1)
+       for lanes, tokens in ((2, 1), (3, 1), (2, 2))},
+}
+
+#: The configurations that do not span rows.
+_PLAIN = tuple(name for name, config in CONFIGS.items() if not config.span_rows)
 
 #: Configurations of the fast (CI) run of each proof: the extremes of K with both T.
 _FAST = ("k1t1", "k2t2", "k3t1")
 
-#: Every K at T = 1.
+#: Every K at T = 1, and spanning at T = 1.
 _T1 = ("k1t1", "k2t1", "k3t1")
+_T1_SPAN = ("k2t1s1", "k3t1s1")
 
 
 def config_name(config):
     """The key of ``config`` in :data:`CONFIGS`."""
-    return f"k{config.lanes}t{config.token_lanes}"
+    return f"k{config.lanes}t{config.token_lanes}" + ("s1" if config.span_rows else "")
 
 
 def _liveness_depth(config):
@@ -43,21 +55,22 @@ def _liveness_depth(config):
 #: The streamer does not depend on T, so it is proved at T = 1; the frame receiver depends on
 #: neither K nor T (only through the payload buffer's beat sizes, which it does not use).
 _PLAN = [
-    (CSRStreamerHarness, "protocol", "prove", 2, _T1, _T1),
-    (CSRStreamerHarness, "conservation", "bmc", 8, ("k1t1", "k2t1"), ("k1t1", "k2t1")),
+    (CSRStreamerHarness, "protocol", "prove", 2, _T1 + _T1_SPAN, _T1 + ("k2t1s1",)),
+    (CSRStreamerHarness, "conservation", "bmc", 8, ("k1t1", "k2t1", "k2t1s1"),
+     ("k1t1", "k2t1", "k2t1s1")),
     # The solver's time grows steeply with depth here: 10 for K=1 takes ~5 min, for K=2 and
     # K=3 over 15 min on the shared machine; 9 takes 3 to 5 min.
     (CSRStreamerHarness, "conservation", "bmc", 10, ("k1t1",), ()),
-    (CSRStreamerHarness, "conservation", "bmc", 9, ("k2t1", "k3t1"), ()),
-    (CSRStreamerHarness, "cover", "cover", 12, _T1, ("k2t1",)),
-    (ActivationBufferHarness, "protocol", "prove", 2, tuple(CONFIGS), _FAST),
-    (ActivationBufferHarness, "scoreboard", "bmc", 10, tuple(CONFIGS), ("k2t1",)),
+    (CSRStreamerHarness, "conservation", "bmc", 9, ("k2t1", "k3t1") + _T1_SPAN, ()),
+    (CSRStreamerHarness, "cover", "cover", 12, _T1 + _T1_SPAN, ("k2t1", "k2t1s1")),
+    (ActivationBufferHarness, "protocol", "prove", 2, _PLAIN, _FAST),
+    (ActivationBufferHarness, "scoreboard", "bmc", 10, _PLAIN, ("k2t1",)),
     (ActivationBufferHarness, "cover", "cover", 14, ("k1t1", "k2t2"), ("k1t1",)),
     (MACArrayHarness, "protocol", "prove", 2, tuple(CONFIGS), _FAST),
-    (MACArrayHarness, "rows", "bmc", 12, tuple(CONFIGS), ("k2t2",)),
+    (MACArrayHarness, "rows", "bmc", 12, tuple(CONFIGS), ("k2t2", "k2t2s1")),
     (MACArrayHarness, "cover", "cover", 8, tuple(CONFIGS), ("k1t1",)),
     (SparseMACCoreHarness, "protocol", "bmc", 16, tuple(CONFIGS), ("k1t1",)),
-    (SparseMACCoreHarness, "job", "bmc", 14, tuple(CONFIGS), ("k1t1", "k2t2")),
+    (SparseMACCoreHarness, "job", "bmc", 14, tuple(CONFIGS), ("k1t1", "k2t2", "k2t1s1")),
     (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, tuple(CONFIGS), ()),
     (SparseMACCoreHarness, "cover", "cover", 16, tuple(CONFIGS), ("k2t1",)),
     (FrameReceiverHarness, "protocol", "prove", 2, ("k1t1",), ("k1t1",)),

@@ -14,7 +14,8 @@ def add_arguments(parser):
     parser.add_argument("--property", action="append", metavar="NAME",
                         help="only this property set, e.g. protocol (repeatable)")
     parser.add_argument("--config", action="append", metavar="NAME",
-                        help="only this configuration, k<K>t<T>, e.g. k2t1 (repeatable)")
+                        help="only this configuration, k<K>t<T> (s1: chunks span rows), e.g. k2t1 "
+                             "or k2t1s1 (repeatable)")
     parser.add_argument("--jobs", type=int, default=2, metavar="N",
                         help="proofs run at once (default: 2)")
 
