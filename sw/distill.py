@@ -91,11 +91,10 @@ class DistillRecipe:
     #: must be `sparsity`. ``"k-aligned"`` (calibrated methods): every row keeps a multiple of
     #: `lanes` weights at every pruning step. ``None``, ``"N:M"`` or ``"k-aligned"``.
     pattern: str | None = None
-    #: The array's K, for ``"k-aligned"``.
-    lanes: int = DEFAULT_CONFIG.lanes  # K of the k-aligned pattern: the default array's
-    #: Optimiser steps, at least 2. 1,200 with the learning rate below took MiniLM at 90 % to
-    #: embedding cosine 0.82 of the dense model's, its accuracy on the task unchanged, in 35
-    #: minutes on two cores (docs/results.md, "A longer recovery").
+    #: The array's K, for ``"k-aligned"`` (by default the default array's).
+    lanes: int = DEFAULT_CONFIG.lanes
+    #: Optimiser steps, at least 2. The default, with the learning rate below, is the recipe
+    #: measured in docs/results.md ("A longer recovery").
     steps: int = 1200
     #: Fraction of `steps` by which the sparsity reaches its final value; pruning starts at step 0
     #: from dense and the remaining steps recover at the final sparsity.

@@ -28,8 +28,8 @@ class CSRStreamerHarness(Harness):
     chunk leaves outside a job, and ``busy`` stays high until the job's last chunk is out.
     With ``span_rows`` the lanes of a chunk from its ``split`` on are the next row's: a sparse
     row's last chunk (not the pass's last, not an empty row's) carries exactly ``min(K - r,
-    n' - 1)`` of them (r pairs of its own, n' in the next row), its ``split`` is r when it carries any and K
-    otherwise, and the row checks above count only the lanes below ``split``.
+    n' - 1)`` of them (r pairs of its own, n' in the next row), its ``split`` is r when it
+    carries any and K otherwise, and the row checks above count only the lanes below ``split``.
     Bounded: the pair counters grow without bound over jobs, so induction does not close.
     """
 

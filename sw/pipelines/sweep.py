@@ -71,6 +71,7 @@ class SweepSpec:
     """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys)."""
     configs: tuple[ArrayConfig, ...]
     models: tuple[str, ...]
+    #: Layer names, or ``"all"``.
     layers: tuple[str, ...] | str
     methods: tuple[str, ...]
     #: Targets of the unstructured methods (N:M points ignore them: one point per pattern).
