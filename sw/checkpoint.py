@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import save_file
 from torch import nn
 
 from ..hw.config import ArrayConfig
 from .csr import CSRMatrix
 from .device import Device
-from .models import OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors
+from .models import (OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors,
+                     write_safetensors)
 from .offload import OffloadedLinear
 from .pruning import conv1d_class
 from .quantisation import QMAX
@@ -157,7 +157,7 @@ def save_offloaded(model: nn.Module, path: str | os.PathLike) -> OffloadManifest
     partial.mkdir()
     try:
         model.config.to_json_file(partial / _CONFIG_FILE)
-        save_file(tensors, partial / TENSORS_FILE, metadata={"format": FORMAT})
+        write_safetensors(tensors, partial / TENSORS_FILE, metadata={"format": FORMAT})
         # safetensors creates its file readable by its owner only; the others follow the umask.
         (partial / TENSORS_FILE).chmod((partial / _CONFIG_FILE).stat().st_mode)
         (partial / MANIFEST_FILE).write_text(json.dumps(_manifest_json(manifest), indent=1))

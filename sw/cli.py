@@ -15,6 +15,14 @@ COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal"
             "prune")
 
 
+#: What Ctrl-C leaves, said instead of a traceback; a command module may say more in its own
+#: ``INTERRUPTED`` (how to continue).
+INTERRUPTED = "nothing it had written is lost"
+
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+INTERRUPTED_EXIT = 130
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="sparsemac",
@@ -25,7 +33,8 @@ def build_parser():
         module = importlib.import_module(f"sparsemac.sw.commands.{name}")
         subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(subparser)
-        subparser.set_defaults(handler=module.run)
+        subparser.set_defaults(handler=module.run,
+                               interrupted=getattr(module, "INTERRUPTED", INTERRUPTED))
     return parser
 
 
@@ -33,7 +42,7 @@ def main(argv=None):
     """Runs one subcommand; returns its exit status.
 
     Exit status 2 means bad input (the message says what to fix), 1 a failed check or a device,
-    build or tool failure, 0 success.
+    build or tool failure, 130 an interruption by Ctrl-C, 0 success.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,6 +54,9 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"sparsemac {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nsparsemac {args.command}: interrupted; {args.interrupted}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except RuntimeError as error:  # DeviceError, ToolMissingError, CoreTimeout
         print(f"sparsemac {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

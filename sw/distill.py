@@ -37,11 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..hw.config import DEFAULT_CONFIG
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, write_safetensors
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
@@ -309,7 +308,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         raise ValueError(f"time budget of {time_budget:g} s is too short for one step: a step "
                          f"takes about {step_estimate:.1f} s here (estimated as "
                          f"{_STEP_PER_TEACHER_FORWARD:g} x the teacher's forward pass on the "
-                         f"first batch of {recipe.batch_size} texts)")
+                         f"first batch of {recipe.batch_size} texts), and the evaluations "
+                         "before and after the steps need time of their own")
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
     evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
     evaluated = _now()
@@ -452,7 +452,7 @@ class _Run:
                  "param_groups": optimizer["param_groups"]}
         output.mkdir(parents=True, exist_ok=True)
         partial = output / (CHECKPOINT_FILE + ".partial")
-        save_file(tensors, partial, metadata={_STATE_KEY: json.dumps(state)})
+        write_safetensors(tensors, partial, metadata={_STATE_KEY: json.dumps(state)})
         os.replace(partial, output / CHECKPOINT_FILE)
 
     def restore(self, checkpoint: tuple[dict, dict], identity: dict) -> int:
@@ -592,6 +592,9 @@ def _check_output(output: Path, identity: dict, resume: bool):
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {output} is a file, not a directory")
     if not output.exists() or not any(output.iterdir()):
+        if resume:
+            raise ValueError(f"--resume: {output} holds no run to resume; drop --resume to "
+                             "start one there")
         return None
     if (output / REPORT_FILE).exists():
         raise ValueError(f"output {output} already holds a finished run ({REPORT_FILE}); "
@@ -644,7 +647,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     checkpoint goes."""
     output.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
-    save_file(state, output / _WEIGHTS_FILE, metadata={"format": "pt"})
+    write_safetensors(state, output / _WEIGHTS_FILE, metadata={"format": "pt"})
     student.config.to_json_file(output / "config.json")
     source = Path(teacher.source)
     files = [source / name for name in _TOKENIZER_FILES if (source / name).is_file()]

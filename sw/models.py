@@ -27,7 +27,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoTokenizer, BatchEncoding, BertConfig, BertModel, PreTrainedTokenizerFast,
@@ -37,7 +37,8 @@ __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
     "OFFLOAD_MANIFEST_FILE",
     "LoadedModel", "SimilarityPair",
-    "load_model", "read_safetensors", "read_json", "encoder_linear_names", "get_linear",
+    "load_model", "read_safetensors", "write_safetensors", "read_json", "encoder_linear_names",
+    "get_linear",
     "tokenize", "capture_linear_input",
     "sentence_embeddings", "similarity_scores", "ranking_agreement",
 ]
@@ -528,6 +529,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     hint = (": it is an offloaded model, load it with sparsemac.sw.checkpoint.load_offloaded"
             if (path / OFFLOAD_MANIFEST_FILE).is_file() else "")
     raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], file: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to one safetensors file whose permissions follow the umask, as any
+    other file the toolkit writes (the safetensors library alone leaves it readable by its
+    owner only)."""
+    save_file(tensors, file, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)
 
 
 def read_safetensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:

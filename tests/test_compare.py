@@ -204,3 +204,29 @@ def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path, index):
             layer_cycles(csr, tokens, first, Mode.SPARSE, memory).cycles for csr in csrs)
     titles = [title for title, _, _ in report.sections()]
     assert any(title.startswith("Cycles on every config") for title in titles)
+
+
+def test_an_output_under_a_file_is_refused_before_any_model(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("kept")
+    assert main(["compare", "--output", str(tmp_path / "a-file" / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path}/a-file' is a file, not a folder" in err
+    assert "float model" not in err and (tmp_path / "a-file").read_text() == "kept"
+
+
+def test_a_truncated_checkpoint_is_refused_before_any_point(capsys, tmp_path):
+    checkpoint = tmp_path / "truncated"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "bert", "hidden')
+    assert main(["compare", "--output", str(tmp_path / "out"), "--checkpoints",
+                 str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "float model" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_method_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--methods", " , "])
+    assert exit_info.value.code == 2
+    assert "--methods names no method" in capsys.readouterr().err

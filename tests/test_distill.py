@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -253,6 +254,28 @@ def test_time_budget_shorter_than_a_step_fails_up_front(teacher, tmp_path, capsy
     assert ("sparsemac prune: error: time budget of 0.001 s is too short for one step: a step "
             "takes about") in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(teacher, tmp_path):
+    for output in (tmp_path / "missing", tmp_path):
+        with pytest.raises(ValueError, match=f"--resume: {output} holds no run to resume"):
+            distill_prune(teacher, TEXTS, output, RECIPE, resume=True, progress=False)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_threads_must_be_positive(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--output", str(tmp_path / "run"), "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a whole number of at least 1, not '0'" in capsys.readouterr().err
+
+
+def test_the_written_model_follows_the_umask(finished):
+    output = finished[0]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert (output / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_time_budget_stops_with_a_checkpoint_that_resumes_exactly(teacher, finished, tmp_path,

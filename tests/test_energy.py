@@ -141,3 +141,11 @@ def test_bad_table(tmp_path, change, message):
     with pytest.raises(ValueError) as error:
         load_energy_table(path)
     assert message in str(error.value)
+
+
+def test_a_table_that_is_not_utf8_names_the_file_and_the_option(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"picojoules": {"µ": 1}}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"energy table {path} \\(--energy-table\\) is not "
+                                         "UTF-8 text"):
+        load_energy_table(path)

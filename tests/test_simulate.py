@@ -360,3 +360,47 @@ def test_a_bad_calibrated_method_is_refused(capsys, method, message):
         run_simulate(capsys, "--method", method)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, message", [
+    ("{tmp}", "cannot write the CSV report '{tmp}': it is a folder"),
+    ("{tmp}/a-file/out.csv", "cannot write the CSV report '{tmp}/a-file/out.csv': "
+                             "'{tmp}/a-file' is a file, not a folder"),
+])
+def test_a_csv_path_that_cannot_be_written_is_refused_before_the_run(capsys, tmp_path, target,
+                                                                     message):
+    (tmp_path / "a-file").write_text("kept")
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--csv",
+                                    target.format(tmp=tmp_path))
+    assert status == 2 and out == ""
+    assert f"sparsemac simulate: error: {message.format(tmp=tmp_path)}" in err
+    assert "loading" not in err and (tmp_path / "a-file").read_text() == "kept"
+
+
+def test_a_failed_csv_write_keeps_the_printed_report(capsys):
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--csv", "/dev/full")
+    assert status == 2
+    assert "Summary" in out and "bit-exact" in out
+    assert ("sparsemac simulate: error: cannot write the CSV report '/dev/full': No space left "
+            "on device; the report is printed above") in err
+
+
+def test_the_csv_report_says_where_it_went(capsys, tmp_path):
+    path = tmp_path / "simulate.csv"
+    status, _, err = run_simulate(capsys, "--backend", "reference", "--csv", str(path))
+    assert status == 0 and path.is_file()
+    assert f"CSV report written to {path}" in err
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "nan", "x"])
+def test_a_fst_limit_that_is_not_positive_is_refused(capsys, limit):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--fst-limit", limit])
+    assert exit_info.value.code == 2
+    assert f"expected a positive number, not '{limit}'" in capsys.readouterr().err
+
+
+def test_the_job_section_names_the_whole_config(capsys):
+    status, out, err = run_simulate(capsys, "--backend", "reference", "--config", "k8t4s1")
+    assert status == 0, err
+    assert "k8t4s1: K=8 T=4 in<=4096 spanning rows" in out

@@ -5,14 +5,12 @@ The work is :func:`sparsemac.sw.pipelines.bert.measure_bert`; this command parse
 prints its report.
 """
 
-import json
-
-from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
                       add_config_arguments, add_granularity_argument, add_index_argument,
                       add_memory_arguments, add_model_argument, add_report_arguments,
                       config_from_args, fraction_argument, index_from_args, memory_from_args,
                       method_argument)
+from .report_output import check_report_outputs, finish
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
@@ -46,21 +44,13 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..pipelines import check_output_path
     from ..pipelines.bert import measure_bert
 
-    if args.csv is not None:
-        check_output_path(args.csv, "CSV report")
+    check_report_outputs(args)
     report = measure_bert(
         args.model, backend=args.backend, sparsity=args.sparsity, method=args.method,
         scope=args.scope, granularity=args.granularity, text=args.text, tokens=args.tokens,
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
         index=index_from_args(args), calibration=args.calibration)
-    if args.csv is not None:
-        write_csv(args.csv, report.layers)
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print(format_sections(report.sections()))
-    return 0 if report.passed else 1
+    return finish(args, report, report.layers)

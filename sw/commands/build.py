@@ -5,7 +5,8 @@ import shutil
 import subprocess
 import sys
 
-from .options import add_config_arguments, config_from_args
+from .options import (add_config_arguments, config_from_args, positive_argument,
+                      positive_integer_argument)
 
 HELP = ("Build the ULX3S bitstream with the open toolchain (Yosys, nextpnr-ecp5, ecppack), check "
         "whether the committed one is stale, or program a board.")
@@ -31,9 +32,9 @@ def add_arguments(parser):
     parser.add_argument("--output", default=None,
                         help="output folder (default: bitstreams/<board>/ for the board's own "
                              "config, else build/<board>-<config>)")
-    parser.add_argument("--clock-mhz", type=float, default=None,
+    parser.add_argument("--clock-mhz", type=positive_argument, default=None,
                         help="board clock made by the PLL from 25 MHz (default: 60)")
-    parser.add_argument("--baud", type=int, default=None, help="UART rate (default: 3000000)")
+    parser.add_argument("--baud", type=positive_integer_argument, default=None, help="UART rate (default: 3000000)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                         help="stop the build (killing the tools) if it runs longer; exit code "
@@ -93,9 +94,16 @@ def run(args):
 
     def stale_reason():
         try:
-            return build.check_manifest(build.read_manifest(folder), config)
+            manifest = build.read_manifest(folder)
         except FileNotFoundError as error:
             return str(error)
+        # A clock or baud rate asked for is part of what the bitstream must match.
+        asked = {"clock_hz": None if args.clock_mhz is None else round(args.clock_mhz * 1e6),
+                 "baud": args.baud}
+        for key, value in asked.items():
+            if value is not None and manifest.get(key) != value:
+                return f"it was built with {key} {manifest.get(key)}, not {value}"
+        return build.check_manifest(manifest, config)
 
     if args.check:
         reason = stale_reason()

@@ -12,7 +12,7 @@ import json
 from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
                       add_granularity_argument, add_index_argument, add_memory_arguments,
                       configs_from_args, fraction_argument, index_from_args, memory_from_args,
-                      method_argument)
+                      method_argument, positive_integer_argument)
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
@@ -30,21 +30,15 @@ def _sparsities(text):
 
 
 def _methods(text):
-    return [method_argument(method.strip()) for method in text.split(",") if method.strip()]
+    methods = [method_argument(method.strip()) for method in text.split(",") if method.strip()]
+    if not methods:
+        raise argparse.ArgumentTypeError(f"--methods names no method: give one or more of "
+                                         f"{METHOD_HELP}")
+    return methods
 
 
 def _directories(text):
     return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"need a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need a positive integer, not {value}")
-    return value
 
 
 def add_arguments(parser):
@@ -61,9 +55,9 @@ def add_arguments(parser):
     parser.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES,
                         help=f"comma-separated sparsities of the other methods (default "
                              f"{DEFAULT_SPARSITIES})")
-    parser.add_argument("--train", type=_positive, default=DEFAULT_TRAIN,
+    parser.add_argument("--train", type=positive_integer_argument, default=DEFAULT_TRAIN,
                         help=f"tweets the probes are fitted on (default {DEFAULT_TRAIN})")
-    parser.add_argument("--test", type=_positive, default=DEFAULT_TEST,
+    parser.add_argument("--test", type=positive_integer_argument, default=DEFAULT_TEST,
                         help=f"tweets the probes are scored on (default {DEFAULT_TEST}). A "
                              "point embeds train + test tweets through its int8 model: 145 to "
                              "235 s for the defaults on a 2-core machine at load average 10, "
@@ -73,7 +67,7 @@ def add_arguments(parser):
                              f"point of accuracy is {DEFAULT_TEST // 100} test tweets: the "
                              "binomial standard error at 70 %% is 2.3 points, so use --train "
                              "2000 --test 1000 (2.5 times as long) to separate close points")
-    parser.add_argument("--workload", type=_positive, default=DEFAULT_WORKLOAD,
+    parser.add_argument("--workload", type=positive_integer_argument, default=DEFAULT_WORKLOAD,
                         help="test tweets, in one batch, whose cycles are measured on the "
                              f"device (default {DEFAULT_WORKLOAD})")
     parser.add_argument("--data", metavar="CSV", default=None,

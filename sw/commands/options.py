@@ -17,7 +17,8 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
-           "add_calibration_argument", "fraction_argument", "add_model_argument"]
+           "add_calibration_argument", "fraction_argument", "positive_argument",
+           "positive_integer_argument", "add_model_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -234,6 +235,27 @@ def add_calibration_argument(parser):
                         help="calibration text of wanda and sparsegpt: a UTF-8 file, one text "
                              "a line (default: the 128-tweet calibration split of the built-in "
                              "task, disjoint from its train and test splits)")
+
+
+def _number(text, convert, accepts, expected):
+    """``convert(text)`` if that works and ``accepts`` it, else an argparse error."""
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accepts(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+    return value
+
+
+def positive_argument(text):
+    """argparse type of a positive number (a size limit, a clock, a rate)."""
+    return _number(text, float, lambda value: 0 < value < float("inf"), "a positive number")
+
+
+def positive_integer_argument(text):
+    """argparse type of a positive whole number (a baud rate, a thread count)."""
+    return _number(text, int, lambda value: value >= 1, "a whole number of at least 1")
 
 
 def fraction_argument(text):

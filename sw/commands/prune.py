@@ -5,7 +5,11 @@ import argparse
 import json
 import re
 
-from .options import add_model_argument
+from .options import add_model_argument, positive_integer_argument
+
+#: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
+INTERRUPTED = ("the last checkpoint in --output is intact: add --resume to the same command to "
+               "continue from it")
 
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
@@ -68,7 +72,7 @@ def add_arguments(parser):
     parser.add_argument("--time-budget", type=_duration, default=None,
                         help="wall time this invocation may take, e.g. 45m; at the end it "
                              "checkpoints and stops, and --resume continues")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_integer_argument, default=1,
                         help="torch threads (default 1: on a shared 2-core machine a second "
                              "thread waits more than it works; resume bit-exactness needs the "
                              "same count)")

@@ -7,13 +7,12 @@ Exit status: 0 when both runs are bit-exact and match the cycle model, 1 when no
 input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 """
 
-import json
-
-from ..tables import format_sections, write_csv
 from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
                       add_config_arguments, add_index_argument, add_memory_arguments,
                       add_model_argument, add_report_arguments, config_from_args, fraction_argument,
-                      index_from_args, memory_from_args, method_argument)
+                      index_from_args, memory_from_args, method_argument,
+                      positive_argument)
+from .report_output import check_report_outputs, finish
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -46,7 +45,7 @@ def add_arguments(parser):
     add_report_arguments(parser, printed="the table", written="the report as one CSV row")
     parser.add_argument("--fst", metavar="PATH", default=None,
                         help="write an FST waveform of both runs here (verilator only)")
-    parser.add_argument("--fst-limit", type=float, default=DEFAULT_FST_LIMIT / 1e9,
+    parser.add_argument("--fst-limit", type=positive_argument, default=DEFAULT_FST_LIMIT / 1e9,
                         metavar="GB",
                         help="refuse, before the run, a waveform estimated larger than this "
                              "(default: %(default).2f GB)")
@@ -56,24 +55,17 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..pipelines import check_output_path
     from ..pipelines.simulate import simulate_layer
     from ..progress import progress
 
-    if args.csv is not None:
-        check_output_path(args.csv, "CSV report")
+    check_report_outputs(args)
     report = simulate_layer(
         args.model, args.layer, sparsity=args.sparsity, method=args.method, tokens=args.tokens,
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
         index=index_from_args(args), calibration=args.calibration)
-    if args.csv is not None:
-        write_csv(args.csv, [report.csv_row()])
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print(format_sections(report.sections()))
+    status = finish(args, report, [report.csv_row()])
     if not report.passed:
         progress("FAILED: the device disagrees with the golden model or the cycle model")
-    return 0 if report.passed else 1
+    return status

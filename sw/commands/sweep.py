@@ -5,6 +5,10 @@ in the results table), 2 for bad input (spec, output folder, cluster options, or
 that does not answer).
 """
 
+#: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
+INTERRUPTED = ("every finished point is in the results table: run the same command again to "
+               "compute the rest")
+
 HELP = ("sweep array configs x models x layers x pruning methods x sparsities on Dask: cycles "
         "and fidelity per point in one CSV, Pareto plots and a summary (see docs/sweeps.md)")
 

@@ -5,23 +5,58 @@ every other layer. A command parses its arguments, calls one of these and prints
 a notebook calls the same function.
 """
 
+import os
 from pathlib import Path
 
-__all__ = ["check_output_path", "check_port"]
+__all__ = ["check_output_path", "check_output_folder", "check_port"]
 
 
 def check_output_path(path, what):
-    """Refuses an output file whose folder does not exist, before any work is done.
+    """Refuses, before any work is done, an output file that cannot be created: a folder, a
+    file under something that is not a folder, a missing folder or one not writable.
 
     Raises
     ------
     FileNotFoundError
         If the folder of ``path`` does not exist (the message names it and ``what``).
+    ValueError
+        If ``path`` is a folder, or a part of its folder is a file, or the folder is not
+        writable.
     """
-    folder = Path(path).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write the {what} {str(path)!r}: folder {str(folder)!r} "
-                                "does not exist")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"cannot write the {what} {str(path)!r}: it is a folder; give a file "
+                         "name")
+    _check_writable_folder(path.absolute().parent, f"the {what} {str(path)!r}", create=False)
+
+
+def check_output_folder(path, what):
+    """Refuses, before any work is done, an output folder that cannot be made or written: a
+    file, a path under a file, or under a folder not writable. Missing folders are fine: they
+    are made when the results are written.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` or the nearest existing folder above it is a file, or is not writable.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write the {what} in {str(path)!r}: it is a file, not a folder")
+    _check_writable_folder(path.absolute(), f"the {what} in {str(path)!r}", create=True)
+
+
+def _check_writable_folder(folder, target, *, create):
+    existing = folder
+    while not existing.exists():
+        if not create:
+            raise FileNotFoundError(f"cannot write {target}: folder {str(folder)!r} does not "
+                                    "exist")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {target}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {target}: folder {str(existing)!r} is not writable")
 
 
 def check_port(backend, port):

@@ -45,6 +45,7 @@ from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
+from . import check_output_folder
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
            "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within", "pareto_front",
@@ -335,6 +336,10 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     for other in configs:
         check_index(other, index)
     plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
+    output = Path(output)
+    check_output_folder(output, "compare results")
+    for checkpoint in checkpoints:  # a truncated one fails now, not after an hour of points
+        load_model(str(checkpoint))
     splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
     texts = (load_texts(calibration) if calibration is not None
              else splits.calibration.texts)
@@ -405,6 +410,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
                 by_config={key: dict(cycles, sparse_cycles=cycles["dense_cycles"],
                                      memory_sparse_cycles=cycles["memory_dense_cycles"])
                            for key, cycles in point.by_config.items()}))
+        output.mkdir(parents=True, exist_ok=True)  # each finished point is kept at once
+        write_csv(output / "compare.csv", [_csv_row(point) for point in points])
         progress(f"point {number}/{len(plan)} {point.label}: {point.speedup:.2f}x, accuracy "
                  f"{point.accuracy:.2%}, cosine {point.cosine:.4f}, {point.seconds:.0f} s "
                  f"(elapsed {time.perf_counter() - started:.0f} s)")
@@ -424,9 +431,6 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         points=points, front=pareto_front(points), best=best, verify=checked,
         wall_s=time.perf_counter() - started,
         memory=None if memory is None else memory.describe(), index=index.name.lower())
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_csv(output / "compare.csv", [_csv_row(point) for point in points])
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
     _plot(result, output / "front.png")
     result.files = [output / name for name in ("compare.csv", "compare.json", "front.png")]

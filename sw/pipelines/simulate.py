@@ -122,15 +122,14 @@ class SimulationReport:
         yes = {True: "yes", False: "NO"}
         ideal = "-" if self.ideal_speedup is None else f"{self.ideal_speedup:.2f}x"
         efficiency = "-" if self.efficiency is None else f"{self.efficiency:.1%}"
-        config = self.config
+        config = ArrayConfig(**self.config)
         return [
             ("Job", None, [
                 ["model", self.model],
                 ["layer", self.layer],
                 ["shape", f"{self.rows} x {self.cols} (out x in), {self.tokens} tokens, "
                           f"{self.jobs} job(s) per mode"],
-                ["config", f"K={config['lanes']} T={config['token_lanes']} "
-                           f"in<={config['max_in_features']}"],
+                ["config", f"{config.key()}: {config.describe()}"],
                 ["backend", self.backend],
                 ["seed", str(self.seed)],
                 ["pruning", f"{self.method}, "

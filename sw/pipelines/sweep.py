@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 import tomllib
@@ -33,6 +34,7 @@ from pathlib import Path
 from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
 from ..progress import progress, progress_bar
+from . import check_output_folder
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
            "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
@@ -654,17 +656,57 @@ def _default_workers():
     return len(os.sched_getaffinity(0))
 
 
+#: A TCP scheduler address as ``--scheduler`` takes it: an optional scheme, a host, a port.
+_TCP_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)"
+                          r":(?P<port>\d{1,5})")
+#: Dask's other transports, whose addresses its client checks itself.
+_OTHER_SCHEMES = ("inproc://", "ws://", "wss://", "ucx://")
+
+
+def check_scheduler_address(scheduler):
+    """``(host, port)`` of a TCP scheduler address such as ``tcp://127.0.0.1:8786``, or None
+    for an address of another Dask transport (``inproc://``, ``ws://``, ...).
+
+    Raises
+    ------
+    ValueError
+        If the address is of no Dask transport, or a TCP one is not ``[tcp://|tls://]HOST:PORT``
+        with a port from 1 to 65535.
+    """
+    if not isinstance(scheduler, str):
+        raise TypeError(f"scheduler must be an address string, not {scheduler!r}")
+    if scheduler.startswith(_OTHER_SCHEMES):
+        return None
+    match = _TCP_ADDRESS.fullmatch(scheduler.strip())
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"--scheduler {scheduler!r} is not a scheduler address: write "
+                         "tcp://HOST:PORT (or tls://HOST:PORT) with a port from 1 to 65535, "
+                         "e.g. tcp://127.0.0.1:8786")
+    return match["host"].strip("[]"), int(match["port"])
+
+
 def _connect_remote(scheduler):
     """A client of the running Dask cluster at ``scheduler``, or a ValueError in seconds."""
+    import socket
+
     from distributed import Client
 
+    address = check_scheduler_address(scheduler)
+    advice = ("start one with `dask scheduler` and workers with `dask worker ADDRESS` (see "
+              "docs/sweeps.md)")
+    try:  # a closed port or an unknown host answers at once: no Dask client to clean up
+        if address is not None:
+            socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ValueError(f"no Dask scheduler answers at {scheduler!r} "
+                         f"({error.strerror or type(error).__name__}): {advice}") from None
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except Exception as error:  # noqa: BLE001 - whatever answers there, it is no scheduler
+        # Not the error's own text: whatever answered there speaks no Dask, and what the
+        # client made of its bytes (a 3 EiB message length, say) tells the user nothing.
         raise ValueError(f"no Dask scheduler answers at {scheduler!r} within "
-                         f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}: {error}): start one "
-                         "with `dask scheduler` and workers with `dask worker ADDRESS` "
-                         "(see docs/sweeps.md)") from None
+                         f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}): {advice}") from None
     count = len(client.scheduler_info()["workers"])
     return client, f"the Dask cluster at {scheduler} ({count} worker(s) when the sweep began)"
 
@@ -971,6 +1013,9 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
         ``scheduler``, or a scheduler that does not answer within :data:`CONNECT_TIMEOUT_S`
         seconds. All of these are raised before any point is computed.
     """
+    check_output_folder(output, "sweep table")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     if scheduler is not None and (workers is not None or threads_per_worker != 1):
         raise ValueError("--workers and --threads-per-worker size the local cluster: with "
                          "--scheduler, the cluster's size is set where its workers start")
