@@ -33,7 +33,7 @@ from .toolchain import (WAIVED_WARNINGS, cache_dir, check_build_tools, file_lock
                         fst_verilator_args, tool_versions, verilator_environment)
 from .verilog import TOP_NAME, generate_verilog
 
-__all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun",
+__all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun", "RegressionReport",
            "bench_verilog", "build", "run_bench", "run_regression", "replay_command",
            "merge_junit"]
 
@@ -226,6 +226,68 @@ class BenchRun:
     @property
     def failed(self):
         return [result for result in self.results if not result.passed]
+
+
+@dataclass
+class RegressionReport:
+    """Every bench run of one regression: ``sparsemac regress`` prints it."""
+    runs: list[BenchRun]
+    #: The regression seed, which replays every test.
+    seed: int
+    #: The folder of ``results.xml``, the logs and the waveforms.
+    output: Path
+    #: Wall time of the whole regression.
+    seconds: float
+
+    @property
+    def failures(self):
+        """Benches that did not run plus tests that failed."""
+        return sum(bool(run.error) + len(run.failed) for run in self.runs)
+
+    @property
+    def passed(self):
+        return self.failures == 0
+
+    def csv_rows(self):
+        """One dict per test."""
+        return [{"config": run.config.key(), "bench": result.bench, "test": result.name,
+                 "passed": result.passed, "cycles": result.cycles,
+                 "wall_s": result.wall_time, "message": result.message}
+                for run in self.runs for result in run.results]
+
+    def as_json(self):
+        return {"passed": self.passed, "seed": self.seed, "output": str(self.output),
+                "seconds": self.seconds,
+                "errors": [{"config": run.config.key(), "bench": run.bench.name,
+                            "error": run.error} for run in self.runs if run.error],
+                "tests": self.csv_rows()}
+
+    def sections(self):
+        """Per bench and config the tests passed and failed, then each failure with its log and
+        the one command that replays it, then where the results are."""
+        rows = [[run.config.key(), run.bench.name, len(run.results) - len(run.failed),
+                 len(run.failed), f"{sum(result.cycles for result in run.results):,}",
+                 f"{sum(result.wall_time for result in run.results):.1f} s"
+                 + (f" (+{run.build_seconds:.0f} s build)" if run.compiled else "")]
+                for run in self.runs]
+        sections = [("Regression", ["config", "test", "passed", "failed", "simulated cycles",
+                                    "wall time"], rows)]
+        for run in self.runs:
+            if run.error:
+                sections.append((f"ERROR {run.config.key()} {run.bench.name}", None,
+                                 [["error", run.error]]))
+            for result in run.failed:
+                details = [["message", result.message], ["log", str(run.log)]]
+                if result.waveform is not None:
+                    details.append(["waveform", str(result.waveform)])
+                details.append(["replay", replay_command(run.config, run.bench, result,
+                                                         self.seed)])
+                sections.append((f"FAILED {run.config.key()} {result.bench} {result.name}",
+                                 None, details))
+        return sections + [("Summary", None, [
+            ["JUnit XML", str(Path(self.output) / "results.xml")], ["seed", str(self.seed)],
+            ["wall time", f"{self.seconds:.0f} s"],
+            ["result", "all passed" if self.passed else f"{self.failures} failed"]])]
 
 
 def _parse_results(bench, path):

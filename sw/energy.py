@@ -102,7 +102,7 @@ def load_energy_table(path=None):
         raise ValueError(f"energy table {path} is not valid JSON: {error}") from error
     except UnicodeDecodeError:
         raise ValueError(f"energy table {path} (--energy-table) is not UTF-8 text: give a JSON "
-                         "file like sparsemac/sw/data/energy_horowitz_45nm.json") from None
+                         "file like sw/data/energy_horowitz_45nm.json") from None
     if not isinstance(table, dict) or not isinstance(table.get("picojoules"), dict):
         raise ValueError(f"energy table {path} needs a 'picojoules' object")
     energies = table["picojoules"]

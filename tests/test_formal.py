@@ -2,6 +2,8 @@
 
 import subprocess
 
+import json
+
 import pytest
 
 from sparsemac.sim.formal import broken
@@ -107,3 +109,16 @@ def test_cli_runs_one_proof_and_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "MACArray.cover  K=1 T=1 in<=8  cover      8    PASS" in out
     assert "1 of 1 passed" in out
+
+
+def test_cli_json_report_of_one_proof(capsys, tmp_path):
+    path = tmp_path / "proofs.csv"
+    assert main(["formal", "--block", "MACArray", "--property", "cover", "--config", "k1t1",
+                 "--json", "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert report["passed"] is True
+    [result] = report["results"]
+    assert (result["block"], result["property"], result["status"]) == ("MACArray", "cover",
+                                                                        "PASS")
+    assert "MACArray" in path.read_text()

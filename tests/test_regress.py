@@ -6,6 +6,7 @@ shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design onc
 The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
 """
 
+import json
 import os
 import re
 
@@ -15,6 +16,7 @@ from sparsemac.bitstreams.build import BOARDS
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sim import regress
 from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardError
+from sparsemac.sw.cli import main
 
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
@@ -152,3 +154,22 @@ def test_a_build_is_keyed_by_the_python_environment(monkeypatch):
     key = regress._build_key(config, bench, "module m; endmodule", waves=False)
     monkeypatch.setattr(regress.sys, "prefix", "/elsewhere/.venv")
     assert regress._build_key(config, bench, "module m; endmodule", waves=False) != key
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bench", "nope"], "unknown bench 'nope'; known: core"),
+    (["--test", "no such test$"], "no test matches 'no such test$'"),
+])
+def test_cli_bad_selection_exits_2(capsys, argv, message):
+    assert main(["regress", *argv]) == 2
+    assert f"sparsemac regress: error: {message}" in capsys.readouterr().err
+
+
+def test_cli_json_report_of_one_test(capsys, tmp_path):
+    assert main(["regress", "--config", "k1t1i512", "--bench", "core", "--test",
+                 "case=tiny$", "--seed", str(SEED), "--output", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True and report["seed"] == SEED
+    [test] = report["tests"]
+    assert test["config"] == "k1t1i512" and test["passed"] and test["cycles"] > 0
+    assert (tmp_path / "results.xml").is_file()

@@ -129,6 +129,41 @@ class FormalReport:
     def failed(self):
         return [result for result in self.results if not result.passed]
 
+    @property
+    def passed(self):
+        return not self.failed
+
+    def sections(self):
+        """The human report as ``(title, header, rows)`` tables: every proof, then each
+        failure with its message, counterexample and replay command, then the count."""
+        rows = [[f"{result.spec.block}.{result.spec.prop}", result.spec.config_name,
+                 result.spec.mode, result.spec.depth, result.status, f"{result.seconds:.1f} s"]
+                for result in self.results]
+        sections = [("Proofs", ["property", "config", "mode", "depth", "result", "time"], rows)]
+        for result in self.failed:
+            details = [["message", result.message or "-"]]
+            if result.trace is not None:
+                details.append(["counterexample", str(result.trace)])
+            details.append(["replay", result.replay])
+            sections.append((f"{result.status} {result.spec.name}", None, details))
+        passed = len(self.results) - len(self.failed)
+        return sections + [("Summary", None, [
+            ["result", f"{passed} of {len(self.results)} passed in {self.seconds:.0f} s"]])]
+
+    def as_json(self):
+        return {"passed": self.passed, "seconds": self.seconds, "jobs": self.jobs,
+                "results": self.csv_rows()}
+
+    def csv_rows(self):
+        """One dict per proof."""
+        return [{"name": result.spec.name, "block": result.spec.block,
+                 "property": result.spec.prop, "config": result.spec.config_name,
+                 "mode": result.spec.mode, "depth": result.spec.depth, "status": result.status,
+                 "seconds": result.seconds, "message": result.message,
+                 "trace": None if result.trace is None else str(result.trace),
+                 "replay": result.replay}
+                for result in self.results]
+
 
 def sby_command(sby_file):
     """The SymbiYosys command line, pointing it at the YoWASP tools by name."""

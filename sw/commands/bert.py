@@ -53,4 +53,4 @@ def run(args):
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
         index=index_from_args(args), calibration=args.calibration)
-    return finish(args, report, report.layers)
+    return finish(args, report)

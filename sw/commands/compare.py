@@ -7,12 +7,12 @@ input.
 """
 
 import argparse
-import json
 
 from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
                       add_granularity_argument, add_index_argument, add_memory_arguments,
                       configs_from_args, fraction_argument, index_from_args, memory_from_args,
                       method_argument, positive_integer_argument)
+from .report_output import finish
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
@@ -101,7 +101,6 @@ def _memory(args):
 def run(args):
     from ..pipelines.compare import sweep
     from ..progress import progress
-    from ..tables import format_sections
     from ..task import SplitSizes
 
     progress(f"seed {args.seed}")
@@ -112,8 +111,4 @@ def run(args):
                    workload=args.workload, data=args.data, calibration=args.calibration,
                    output=args.output, verify=args.verify, memory=_memory(args),
                    index=index_from_args(args))
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print(format_sections(report.sections()))
-    return 0 if report.passed else 1
+    return finish(args, report)

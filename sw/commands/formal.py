@@ -2,6 +2,9 @@
 
 import time
 
+from .options import add_report_arguments
+from .report_output import check_report_outputs, finish
+
 HELP = ("prove the stream handshakes, the CSR streamer's conservation and the core's job "
         "contract formally (SymbiYosys + Boolector from PyPI)")
 
@@ -18,13 +21,14 @@ def add_arguments(parser):
                              "or k2t1s1 (repeatable)")
     parser.add_argument("--jobs", type=int, default=2, metavar="N",
                         help="proofs run at once (default: 2)")
+    add_report_arguments(parser, printed="the tables", written="one row per proof")
 
 
 def run(args):
     from ...sim.formal.runner import run_proofs
     from ...sim.formal.suite import select
-    from ..tables import format_table
 
+    check_report_outputs(args)
     specs = select(everything=args.all, blocks=args.block, props=args.property,
                    configs=args.config)
     print(f"{len(specs)} proofs, {args.jobs} at once")
@@ -37,19 +41,5 @@ def run(args):
               f"{result.spec.name} ({result.seconds:.1f} s)", flush=True)
 
     report = run_proofs(specs, jobs=args.jobs, on_result=on_result)
-    rows = [(f"{result.spec.block}.{result.spec.prop}", result.spec.config_name,
-             result.spec.mode, result.spec.depth, result.status, f"{result.seconds:.1f} s")
-            for result in report.results]
     print()
-    print(format_table(rows, ("property", "config", "mode", "depth", "result", "time")))
-    for result in report.failed:
-        print(f"\n{result.status} {result.spec.name}")
-        if result.message:
-            print("  " + result.message.replace("\n", "\n  "))
-        if result.trace is not None:
-            print(f"  counterexample: {result.trace}")
-        print(f"  replay: {result.replay}")
-    print(f"\n{len(report.results) - len(report.failed)} of {len(report.results)} passed "
-          f"in {report.seconds:.0f} s")
-    return 1 if report.failed else 0
-
+    return finish(args, report)

@@ -1,8 +1,8 @@
 """The one way out of a command: its report printed, written and turned into an exit status.
 
 A report is any object with ``passed`` (bool), ``sections()`` (the tables of
-:func:`~sparsemac.sw.tables.format_sections`) and ``as_json()`` (a JSON-ready dict). Commands
-that take ``--csv`` pass the rows it writes.
+:func:`~sparsemac.sw.tables.format_sections`), ``as_json()`` (a JSON-ready dict) and, for the
+commands that take ``--csv``, ``csv_rows()`` (dicts or dataclasses, one a CSV row).
 """
 
 import json
@@ -20,9 +20,9 @@ def check_report_outputs(args):
         check_output_path(args.csv, "CSV report")
 
 
-def finish(args, report, csv_rows=None):
-    """Prints ``report`` (one JSON object with ``--json``, else its tables), then writes
-    ``csv_rows`` to ``--csv`` and says where on stderr, so a failed write loses nothing printed.
+def finish(args, report):
+    """Prints ``report`` (one JSON object with ``--json``, else its tables), then writes its
+    ``csv_rows()`` to ``--csv`` and says where on stderr, so a failed write loses nothing printed.
 
     Returns
     -------
@@ -37,13 +37,13 @@ def finish(args, report, csv_rows=None):
     from ..progress import progress
     from ..tables import format_sections, write_csv
 
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(report.as_json(), indent=2), flush=True)
     else:
         print(format_sections(report.sections()), flush=True)
     if getattr(args, "csv", None) is not None:
         try:
-            write_csv(args.csv, csv_rows)
+            write_csv(args.csv, report.csv_rows())
         except OSError as error:
             raise ValueError(f"cannot write the CSV report {args.csv!r}: "
                              f"{error.strerror or error}; the report is printed above") from None

@@ -65,7 +65,7 @@ def run(args):
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
         index=index_from_args(args), calibration=args.calibration)
-    status = finish(args, report, [report.csv_row()])
+    status = finish(args, report)
     if not report.passed:
         progress("FAILED: the device disagrees with the golden model or the cycle model")
     return status

@@ -5,6 +5,8 @@ in the results table), 2 for bad input (spec, output folder, cluster options, or
 that does not answer).
 """
 
+from .report_output import finish
+
 #: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
 INTERRUPTED = ("every finished point is in the results table: run the same command again to "
                "compute the rest")
@@ -24,13 +26,13 @@ def add_arguments(parser):
                         help="local cluster workers (default: one per CPU core)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="threads of each local worker (default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the tables")
 
 
 def run(args):
     from ..pipelines.sweep import run_sweep
-    from ..tables import format_sections
 
     report = run_sweep(args.spec, args.output, scheduler=args.scheduler, workers=args.workers,
                        threads_per_worker=args.threads_per_worker)
-    print(format_sections(report.sections()))
-    return 1 if report.failed else 0
+    return finish(args, report)

@@ -90,6 +90,10 @@ class BertReport:
         result["memory"] = None if self.memory is None else self.memory.as_json()
         return result
 
+    def csv_rows(self):
+        """One dict per offloaded linear."""
+        return self.layers
+
     def sections(self):
         """The human report as ``(title, header, rows)`` tables."""
         checked = self.bit_exact is not None

@@ -101,7 +101,7 @@ class SimulationReport:
                       memory=None if self.memory is None else self.memory.as_json())
         return result
 
-    def csv_row(self):
+    def csv_rows(self):
         """The report as one flat row (the config as its key, the board estimate's totals)."""
         row = {name: value for name, value in self.as_json().items()
                if name not in ("config", "board", "memory")}
@@ -114,7 +114,7 @@ class SimulationReport:
             row.update(memory=self.memory.memory.name,
                        memory_sparse_energy_pj=self.memory.sparse.energy.total_pj,
                        memory_dense_energy_pj=self.memory.dense.energy.total_pj)
-        return row
+        return [row]
 
     def sections(self):
         """The human report as ``(title, header, rows)`` tables; later sections (a board

@@ -791,6 +791,18 @@ class SweepReport:
     def table(self):
         return str(Path(self.output) / RESULTS_FILE)
 
+    @property
+    def passed(self):
+        """Whether every point of the spec has a result."""
+        return self.failed == 0
+
+    def as_json(self):
+        return {"passed": self.passed, "table": self.table, "seed": self.spec.seed,
+                "points": self.points, "skipped": self.skipped, "computed": self.computed,
+                "failed": self.failed, "wall_s": self.wall_s, "points_per_s": self.points_per_s,
+                "cluster": self.cluster, "plots": self.plots,
+                "results": [dataclasses.asdict(row) for row in self.results]}
+
     def design_points(self):
         """Layer rows summed over the layers of each (model, tokens, config, method, sparsity):
         the designs the Pareto plots compare. See :func:`_design_points`."""
