@@ -14,6 +14,7 @@ into its output folder:
     The same resources and timing for a reader, with nextpnr's critical path.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -277,6 +278,25 @@ class BuildResult:
     report: Path
     resources: ResourceReport
     seconds: float
+
+    @property
+    def passed(self):
+        """Whether the design meets its clock."""
+        return self.resources.meets_timing
+
+    def sections(self):
+        """The files written and the resource and timing report, as ``(title, header, rows)``
+        tables."""
+        return [("Build", None, [["bitstream", str(self.bitstream)],
+                                 ["manifest", str(self.manifest)],
+                                 ["report", str(self.report)],
+                                 ["wall time", f"{self.seconds:.0f} s"]]),
+                ("Resources and timing", None, [[line] for line in self.resources.lines()])]
+
+    def as_json(self):
+        return {"passed": self.passed, "bitstream": str(self.bitstream),
+                "manifest": str(self.manifest), "report": str(self.report),
+                "seconds": self.seconds, "resources": dataclasses.asdict(self.resources)}
 
 
 def _tool_versions():

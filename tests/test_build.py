@@ -122,7 +122,7 @@ def test_a_config_that_cannot_fit_is_refused_before_synthesis(tmp_path, capsys):
     output = tmp_path / "out"
     assert main(["build", "--config", "k16t8", "--output", str(output)]) == 2
     assert capsys.readouterr().err == (
-        "K=16 T=8 in<=4096 cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 block RAMs "
+        "sparsemac build: error: K=16 T=8 in<=4096 cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 block RAMs "
         "(DP16KD; the activation buffer 512) but the device has 208. Lower max_in_features "
         "(wider layers run as column tiles), lanes or token_lanes\n")
     with pytest.raises(build.BoardFitError, match=re.escape(
@@ -261,3 +261,21 @@ def test_check_compares_the_clock_and_baud_rate_asked_for(capsys):
     assert "it was built with clock_hz 60000000, not 50000000" in capsys.readouterr().out
     assert main(["build", "--check", "--baud", "1000000"]) == 1
     assert "it was built with baud 3000000, not 1000000" in capsys.readouterr().out
+
+
+def test_a_build_reports_like_every_command(capsys):
+    import argparse
+
+    from sparsemac.sw.commands.report_output import finish
+
+    resources = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
+    result = build.BuildResult(bitstream=COMMITTED / "sparsemac.bit",
+                               manifest=COMMITTED / "manifest.json",
+                               report=COMMITTED / "nextpnr-report.json", resources=resources,
+                               seconds=1.0)
+    assert finish(argparse.Namespace(json=True), result) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["resources"]["dsp"] == resources.dsp == 64
+    assert finish(argparse.Namespace(json=False), result) == 0
+    out = capsys.readouterr().out
+    assert "Resources and timing" in out and "DSP (MULT18X18D)" in out

@@ -7,6 +7,7 @@ import sys
 
 from .options import (add_config_arguments, config_from_args, positive_argument,
                       positive_integer_argument)
+from .report_output import finish
 
 HELP = ("Build the ULX3S bitstream with the open toolchain (Yosys, nextpnr-ecp5, ecppack), check "
         "whether the committed one is stale, or program a board.")
@@ -45,6 +46,8 @@ def add_arguments(parser):
     parser.add_argument("--program", action="store_true",
                         help="load the bitstream into the board (building it first if stale) "
                              "with openFPGALoader or fujprog")
+    parser.add_argument("--json", action="store_true",
+                        help="print the build's report as one JSON object")
 
 
 #: Exit code of a build stopped at its time limit (as coreutils' ``timeout``).
@@ -74,21 +77,13 @@ def find_programmer():
 def run(args):
     from pathlib import Path
     from ...bitstreams import build
+    from ..progress import progress
 
     if args.board not in build.BOARDS:
-        print(f"unknown board {args.board!r}: choose one of {', '.join(build.BOARDS)}",
-              file=sys.stderr)
-        return 2
-    try:
-        config = config_from_args(args)
-    except (TypeError, ValueError) as error:
-        print(f"bad array config: {error}", file=sys.stderr)
-        return 2
-    try:
-        build.check_fits(config, args.board)
-    except build.BoardFitError as error:
-        print(error, file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown board {args.board!r}: choose one of "
+                         f"{', '.join(build.BOARDS)}")
+    config = config_from_args(args)
+    build.check_fits(config, args.board)
     folder = (Path(args.output) if args.output is not None
               else build.default_output(config, args.board))
 
@@ -133,18 +128,10 @@ def run(args):
         except build.BuildTimeout as error:
             print(error, file=sys.stderr)
             return TIMEOUT_EXIT
-        except (RuntimeError, ValueError) as error:
-            print(error, file=sys.stderr)
-            return 1
-        resources = result.resources
-        print(f"wrote {result.bitstream}, {result.manifest} and {result.report} "
-              f"in {result.seconds:.0f} s")
-        print(f"Fmax {resources.fmax_mhz:.2f} MHz (clock {resources.constraint_mhz:g} MHz); "
-              f"critical path {resources.critical_ns:.2f} ns from {resources.critical_from} "
-              f"to {resources.critical_to}")
-        if not resources.meets_timing:
-            print(f"warning: {resources.timing_shortfall()}: see {result.report}",
-                  file=sys.stderr)
+        status = finish(args, result)
+        if status:
+            progress(f"warning: {result.resources.timing_shortfall()}: see {result.report}")
+            return status
 
     if programmer is not None:
         name, path = programmer
