@@ -32,6 +32,7 @@ from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
 from ..hw.resources import LOGIC_ERROR, estimate_resources
 from ..sim.toolchain import cache_dir, package_versions
+from ..hw.errors import InputError, MissingFileError, RunFailure, SparsemacError
 
 __all__ = ["BOARDS", "DEFAULT_BOARD", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "design_hash", "BoardFitError", "BuildTimeout",
            "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
@@ -78,7 +79,7 @@ BOARDS = {
 DEFAULT_BOARD = "ulx3s-85f"
 
 
-class BoardFitError(ValueError):
+class BoardFitError(InputError):
     """A config's design cannot fit the board; the message gives the numbers."""
 
 
@@ -107,7 +108,7 @@ def check_fits(config, board):
         If ``board`` is unknown.
     """
     if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+        raise InputError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     totals = BOARDS[board].totals
     estimate = estimate_resources(config)
     short = []
@@ -228,13 +229,13 @@ def parse_nextpnr_report(report, clock="sync"):
         used = {key: utilisation[cell]["used"] for key, cell in _UTILISATION_KEYS.items()}
         totals = {key: utilisation[cell]["available"] for key, cell in _UTILISATION_KEYS.items()}
     except KeyError as error:
-        raise ValueError(f"the nextpnr report has no utilisation of {error}") from error
+        raise InputError(f"the nextpnr report has no utilisation of {error}") from error
     fmax_by_clock = report.get("fmax", {})
     clocks = {name: value for name, value in fmax_by_clock.items() if clock in name}
     if not clocks and len(fmax_by_clock) == 1:
         clocks = fmax_by_clock    # one clock: nextpnr names its net after a driver, not "sync"
     if not clocks:
-        raise ValueError(f"the nextpnr report has no Fmax for a clock named like {clock!r}: "
+        raise InputError(f"the nextpnr report has no Fmax for a clock named like {clock!r}: "
                          f"it has {sorted(report.get('fmax', {}))}")
     name, fmax = min(clocks.items(), key=lambda item: item[1]["achieved"])
     critical = {}
@@ -318,7 +319,7 @@ def board_design(config, clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD):
 def platform_for(board):
     """A fresh amaranth-boards platform object for ``board``."""
     if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+        raise InputError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     import amaranth_boards.ulx3s as boards
     return getattr(boards, BOARDS[board].platform)()
 
@@ -368,7 +369,7 @@ def synthesise(config, board, folder):
     done = subprocess.run([os.environ.get("YOSYS", _tool_command(_TOOLS["YOSYS"])), "-q",
                            "-l", "synth.log", "synth.ys"], cwd=folder, capture_output=True)
     if done.returncode != 0:
-        raise RuntimeError(f"Yosys failed on {config.describe()}: see {folder / 'synth.log'}")
+        raise RunFailure(f"Yosys failed on {config.describe()}: see {folder / 'synth.log'}")
     seconds = time.perf_counter() - started
     log = (folder / "synth.log").read_text()
     statistics = log[log.rindex("Printing statistics"):]
@@ -380,7 +381,7 @@ def synthesise(config, board, folder):
                            ff=cells.get("TRELLIS_FF", 0), seconds=seconds)
 
 
-class BuildTimeout(RuntimeError):
+class BuildTimeout(SparsemacError, RuntimeError):
     """A build ran past its time limit and was stopped.
 
     Attributes
@@ -502,7 +503,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         If a tool fails (the message names the log to read).
     """
     if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"the time limit must be a positive number of seconds, not "
+        raise InputError(f"the time limit must be a positive number of seconds, not "
                          f"{time_limit!r}")
     began = time.time()
     deadline = None if time_limit is None else began + time_limit
@@ -527,7 +528,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         ecppack_opts="--compress")
     plan.extract(build_dir)
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
-        raise RuntimeError(f"the {board} build failed: see the logs in {build_dir} "
+        raise RunFailure(f"the {board} build failed: see the logs in {build_dir} "
                            "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)")
     seconds = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)
@@ -574,7 +575,7 @@ def read_manifest(folder):
     """
     path = Path(folder) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"no manifest at {path}: run `sparsemac build` first")
+        raise MissingFileError(f"no manifest at {path}: run `sparsemac build` first")
     return json.loads(path.read_text())
 
 

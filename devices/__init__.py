@@ -17,6 +17,8 @@ C++ toolchain.
 
 import importlib
 
+from ..hw.errors import InputError
+
 __all__ = ["BACKENDS", "open_device"]
 
 #: Back-end name -> "module:class" of its device, imported only when opened.
@@ -53,7 +55,7 @@ def open_device(backend, config=None, **options):
         If the device cannot be built or opened.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     module_name, class_name = BACKENDS[backend].split(":")
     device_class = getattr(importlib.import_module(module_name), class_name)
     return device_class(**options) if config is None else device_class(config, **options)

@@ -27,6 +27,7 @@ from ..sim.toolchain import (cache_dir, check_build_tools, file_lock, tool_versi
                              verilator_environment)
 from ..sim.verilog import generate_verilog
 from ..sw.progress import phase
+from ..hw.errors import RunFailure
 
 __all__ = ["SIM_CLOCK_HZ", "SIM_BAUD", "SIM_TIMEOUT_S", "build_board_sim", "SimulatedBoard"]
 
@@ -93,7 +94,7 @@ def build_board_sim(config):
                                         stderr=subprocess.STDOUT)
                 if result.returncode != 0:
                     tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                    raise RuntimeError(f"building the board simulation failed ({log}):\n{tail}")
+                    raise RunFailure(f"building the board simulation failed ({log}):\n{tail}")
         (folder / "obj" / "board_sim").replace(executable)
     return executable
 
@@ -125,7 +126,7 @@ class SimulatedBoard:
         time.sleep(0.05)
         if self._process.poll() is not None:
             self.close()
-            raise RuntimeError(f"the board simulation exited at once ({self._process.returncode})")
+            raise RunFailure(f"the board simulation exited at once ({self._process.returncode})")
 
     def close(self):
         """Stops the simulation and closes the pty."""

@@ -19,6 +19,7 @@ from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_
                                layout_bytes)
 from ..sw.device import Device, DeviceError, JobResult
 from ..sw.packing import pack_job, unpack_sums
+from ..hw.errors import InputError
 
 __all__ = ["FPGADevice", "LinkStatusError", "Identification", "encode_request", "decode_reply",
            "DEFAULT_BAUDRATE"]
@@ -327,7 +328,7 @@ class FPGADevice(Device):
 
         formats = self._formats
         if ColumnIndex(index) != ColumnIndex.CSR:
-            raise ValueError("the board's host link carries full-width column beats: delta jobs "
+            raise InputError("the board's host link carries full-width column beats: delta jobs "
                              "run on the simulated back ends")
         packed = pack_job(self.config, weights, activations, mode)
         streams = {Opcode.ACTIVATIONS: packed.activations,

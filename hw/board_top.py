@@ -17,6 +17,7 @@ from .component import ArrayComponent
 from .core import SparseMACCore
 from .host_link import HostLink
 from .uart import UARTReceiver, UARTTransmitter, uart_divisor
+from .errors import InputError
 
 __all__ = ["BoardTop", "ULX3STop", "PLLSettings", "pll_settings"]
 
@@ -150,7 +151,7 @@ def pll_settings(input_hz, output_hz):
                                                         or settings.vco_hz > best.vco_hz):
                 best = settings
     if best is None:
-        raise ValueError(f"the ECP5 PLL cannot make exactly {output_hz / 1e6:g} MHz from "
+        raise InputError(f"the ECP5 PLL cannot make exactly {output_hz / 1e6:g} MHz from "
                          f"{input_hz / 1e6:g} MHz: choose a rational multiple with a small "
                          "denominator, e.g. 25 MHz x 6/5 = 30 MHz")
     return best

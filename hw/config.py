@@ -3,6 +3,8 @@
 import re
 from dataclasses import asdict, dataclass, fields
 
+from .errors import InputError
+
 __all__ = ["ArrayConfig", "DEFAULT_CONFIG", "check_config"]
 
 
@@ -85,30 +87,30 @@ class ArrayConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
         if not 1 <= self.lanes <= 32:
-            raise ValueError(f"ArrayConfig.lanes must be from 1 to 32, not {self.lanes!r}")
+            raise InputError(f"ArrayConfig.lanes must be from 1 to 32, not {self.lanes!r}")
         if not 1 <= self.token_lanes <= 64:
-            raise ValueError(
+            raise InputError(
                 f"ArrayConfig.token_lanes must be from 1 to 64, not {self.token_lanes!r}")
         if (not _is_power_of_two(self.max_in_features)
                 or not max(8, self.lanes) <= self.max_in_features <= 1 << (self.COLUMN_WIDTH - 1)):
-            raise ValueError(
+            raise InputError(
                 f"ArrayConfig.max_in_features must be a power of two from {max(8, self.lanes)} "
                 f"to {1 << (self.COLUMN_WIDTH - 1)}, not {self.max_in_features!r}")
         if not 1 <= self.max_out_features <= 65535:
-            raise ValueError(f"ArrayConfig.max_out_features must be from 1 to 65535, "
+            raise InputError(f"ArrayConfig.max_out_features must be from 1 to 65535, "
                              f"not {self.max_out_features!r}")
         if not 1 <= self.max_token_blocks <= 65535:
-            raise ValueError(f"ArrayConfig.max_token_blocks must be from 1 to 65535, "
+            raise InputError(f"ArrayConfig.max_token_blocks must be from 1 to 65535, "
                              f"not {self.max_token_blocks!r}")
         if self.delta_bits != 0 and not 3 <= self.delta_bits <= 8:
-            raise ValueError(f"ArrayConfig.delta_bits must be 0 (no delta decoder) or from 3 to "
+            raise InputError(f"ArrayConfig.delta_bits must be 0 (no delta decoder) or from 3 to "
                              f"8, not {self.delta_bits!r}")
         if self.read_ports not in (1, 2):
-            raise ValueError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
+            raise InputError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
         if self.span_rows not in (0, 1):
-            raise ValueError(f"ArrayConfig.span_rows must be 0 or 1, not {self.span_rows!r}")
+            raise InputError(f"ArrayConfig.span_rows must be 0 or 1, not {self.span_rows!r}")
         if self.span_rows and self.delta_bits:
-            raise ValueError(
+            raise InputError(
                 f"ArrayConfig.span_rows={self.span_rows!r} cannot be combined with "
                 f"ArrayConfig.delta_bits={self.delta_bits!r}: the delta decoder's column scan "
                 "does not restart at a row boundary inside a chunk")
@@ -175,7 +177,7 @@ class ArrayConfig:
         """
         match = _KEY_PATTERN.fullmatch(key.strip().lower()) if isinstance(key, str) else None
         if match is None:
-            raise ValueError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
+            raise InputError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
                              "d<delta bits>, p<read ports>, s<span rows>, e.g. k8t4, k1t1i512, "
                              "k8t4d5 or k8t4s1")

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .component import JobComponent
 from .formats import ColumnIndex
+from .errors import InputError
 
 __all__ = ["DeltaDecoder"]
 
@@ -45,7 +46,7 @@ class DeltaDecoder(JobComponent):
     def check(cls, config):
         super().check(config)
         if not config.delta_bits:
-            raise ValueError(f"{config.key()} has no delta decoder: set ArrayConfig.delta_bits")
+            raise InputError(f"{config.key()} has no delta decoder: set ArrayConfig.delta_bits")
 
     def streams(self, formats):
         return {

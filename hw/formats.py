@@ -10,6 +10,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
+from .errors import InputError
 
 __all__ = ["Mode", "ColumnIndex", "DeltaCode", "CoreFormats", "CoreStreams"]
 
@@ -83,7 +84,7 @@ class DeltaCode(_BuiltFrom):
 
     def __init__(self, bits):
         if not isinstance(bits, int) or not 3 <= bits <= 8:
-            raise ValueError(f"a delta code has 3 to 8 bits, not {bits!r}")
+            raise InputError(f"a delta code has 3 to 8 bits, not {bits!r}")
         self.bits = bits
         self.escape = (1 << bits) - 1
         self.longest_escape = self.escape + 255

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .component import ArrayComponent
 from .link_formats import LINK_CRC, MAX_PAYLOAD, REQUEST_SYNC, LinkFormats, Status, layout_bytes
+from .errors import InputError
 
 __all__ = ["FrameReceiver", "beat_size_of"]
 
@@ -64,7 +65,7 @@ class FrameReceiver(ArrayComponent):
 
     def __init__(self, config, *, timeout_cycles):
         if not isinstance(timeout_cycles, int) or timeout_cycles < 16:
-            raise ValueError(f"timeout_cycles must be an integer of at least 16, "
+            raise InputError(f"timeout_cycles must be an integer of at least 16, "
                              f"not {timeout_cycles!r}")
         self._timeout_cycles = timeout_cycles
         super().__init__(config)

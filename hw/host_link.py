@@ -10,6 +10,7 @@ from .frame_receiver import FrameReceiver, beat_size_of
 from .link_formats import (LinkFormats, Opcode, Status, REPLY_SYNC, IDENTIFICATION_MAGIC,
                            MAX_PAYLOAD, PROTOCOL_VERSION, fifo_depth, layout_bytes)
 from .reply_sender import ReplySender
+from .errors import InputError
 
 __all__ = ["HostLink"]
 
@@ -75,10 +76,10 @@ class HostLink(ArrayComponent):
 
     def __init__(self, config, *, design_hash, clock_hz, baud, timeout_cycles):
         if not isinstance(design_hash, int) or not 0 <= design_hash < 1 << 64:
-            raise ValueError(f"design_hash must be a 64-bit unsigned integer, not {design_hash!r}")
+            raise InputError(f"design_hash must be a 64-bit unsigned integer, not {design_hash!r}")
         for name, value in (("clock_hz", clock_hz), ("baud", baud)):
             if not isinstance(value, int) or not 0 < value < 1 << 32:
-                raise ValueError(f"{name} must be a positive 32-bit integer, not {value!r}")
+                raise InputError(f"{name} must be a positive 32-bit integer, not {value!r}")
         self._receiver = FrameReceiver(config, timeout_cycles=timeout_cycles)
         self._sender = ReplySender(config)
         super().__init__(config)

@@ -9,6 +9,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from .errors import InputError
+
 __all__ = ["uart_divisor", "UARTReceiver", "UARTTransmitter"]
 
 #: The largest baud rate error (clock / divisor against the nominal rate) that 8N1 tolerates
@@ -25,14 +27,14 @@ def uart_divisor(clock_hz, baud):
         If the divisor is under 4 or the resulting rate is off by more than 2 %.
     """
     if not clock_hz > 0 or not baud > 0:
-        raise ValueError(f"clock and baud rates must be positive, not {clock_hz!r} and {baud!r}")
+        raise InputError(f"clock and baud rates must be positive, not {clock_hz!r} and {baud!r}")
     divisor = round(clock_hz / baud)
     if divisor < 4:
-        raise ValueError(f"a {clock_hz / 1e6:g} MHz clock is too slow for {baud} baud: "
+        raise InputError(f"a {clock_hz / 1e6:g} MHz clock is too slow for {baud} baud: "
                          f"the UART needs at least 4 cycles per bit, not {clock_hz / baud:.2f}")
     error = abs(clock_hz / divisor - baud) / baud
     if error > MAX_BAUD_ERROR:
-        raise ValueError(f"{baud} baud from {clock_hz / 1e6:g} MHz is off by {error:.1%} "
+        raise InputError(f"{baud} baud from {clock_hz / 1e6:g} MHz is off by {error:.1%} "
                          f"(divisor {divisor}): choose a baud rate that divides the clock")
     return divisor
 
@@ -51,7 +53,7 @@ class _BitTimed(wiring.Component):
         if not isinstance(divisor, int) or isinstance(divisor, bool):
             raise TypeError(f"divisor must be an integer, not {divisor!r}")
         if divisor < 4:
-            raise ValueError(f"divisor must be at least 4 cycles per bit, not {divisor!r}")
+            raise InputError(f"divisor must be at least 4 cycles per bit, not {divisor!r}")
         self._divisor = divisor
         super().__init__()
 

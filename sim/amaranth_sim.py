@@ -17,6 +17,7 @@ from ..hw.link_formats import layout_bytes
 from ..sw.memory import RATE_ONE, packed_stream_rates
 from ..sw.packing import beats_to_ints
 from .stalls import IDEAL
+from ..hw.errors import SparsemacError
 
 __all__ = ["stream_put_all", "stream_put_throttled", "stream_get_all", "run_core_job", "CoreRun",
            "CoreTimeout"]
@@ -24,7 +25,7 @@ __all__ = ["stream_put_all", "stream_put_throttled", "stream_get_all", "run_core
 CLOCK_PERIOD = 1e-8
 
 
-class CoreTimeout(RuntimeError):
+class CoreTimeout(SparsemacError, RuntimeError):
     """The core did not finish a job within its cycle budget: it is stuck."""
 
 

@@ -32,6 +32,7 @@ from .cocotb.testbench import CLOCK_PERIOD_NS, config_environment
 from .toolchain import (WAIVED_WARNINGS, cache_dir, check_build_tools, file_lock,
                         fst_verilator_args, tool_versions, verilator_environment)
 from .verilog import TOP_NAME, generate_verilog
+from ..hw.errors import RunFailure
 
 __all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun", "RegressionReport",
            "bench_verilog", "build", "run_bench", "run_regression", "replay_command",
@@ -188,7 +189,7 @@ def build(config, bench, waves=False, verilog=None):
                              build_dir=build_dir, build_args=_build_args(waves), waves=waves,
                              log_file=log, clean=True)
             except (RuntimeError, SystemExit) as error:
-                raise RuntimeError(f"Verilator build of {bench.toplevel} failed ({error}); "
+                raise RunFailure(f"Verilator build of {bench.toplevel} failed ({error}); "
                                    f"see {log}") from None
         stamp.write_text(verilog.name)
     return build_dir, True

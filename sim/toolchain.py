@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..sw.cache import cache_dir
+from ..hw.errors import SparsemacError
 
 __all__ = ["WAIVED_WARNINGS", "ToolMissingError", "verilator_root", "verilator_environment",
            "check_build_tools", "package_versions", "tool_versions", "cache_dir", "file_lock",
@@ -39,7 +40,7 @@ WAIVED_WARNINGS = {
 }
 
 
-class ToolMissingError(RuntimeError):
+class ToolMissingError(SparsemacError, RuntimeError):
     """A tool the simulator needs is not installed; the message says how to install it."""
 
 

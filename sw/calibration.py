@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .pruning import DEFAULT_BERT_PATTERNS, keep_all_but_lowest, matching_linears
+from ..hw.errors import InputError, RunFailure
 
 __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
@@ -160,27 +161,27 @@ def check_pattern(sparsity: float | None, pattern: str | None, lanes: int,
     if pattern is not None and pattern != K_ALIGNED:
         match = _NM.match(pattern) if isinstance(pattern, str) else None
         if not match:
-            raise ValueError(f"unknown pattern {pattern!r}: use None (unstructured), an 'N:M' "
+            raise InputError(f"unknown pattern {pattern!r}: use None (unstructured), an 'N:M' "
                              f"string such as '2:4', or {K_ALIGNED!r}")
         nm = int(match[1]), int(match[2])
         if not 1 <= nm[0] <= nm[1]:
-            raise ValueError(f"pattern {pattern!r} needs 1 <= N <= M")
+            raise InputError(f"pattern {pattern!r} needs 1 <= N <= M")
         exact = 1 - nm[0] / nm[1]
         if sparsity is None:
             sparsity = exact
         elif abs(sparsity - exact) > _NM_TOLERANCE:
-            raise ValueError(f"sparsity {sparsity!r} cannot be reached with {pattern}: that "
+            raise InputError(f"sparsity {sparsity!r} cannot be reached with {pattern}: that "
                              f"pattern prunes exactly {exact!r}; pass that or None")
         if cols is not None and cols % nm[1]:
-            raise ValueError(f"{pattern} needs in_features to be a multiple of {nm[1]}, "
+            raise InputError(f"{pattern} needs in_features to be a multiple of {nm[1]}, "
                              f"got {cols}")
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
             or not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
+        raise InputError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        raise InputError(f"lanes must be a positive integer, not {lanes!r}")
     if pattern == K_ALIGNED and cols is not None and cols % lanes:
-        raise ValueError(f"K-aligned pruning needs in_features to be a multiple of K={lanes}, "
+        raise InputError(f"K-aligned pruning needs in_features to be a multiple of K={lanes}, "
                          f"got {cols}")
     return float(sparsity), nm
 
@@ -230,9 +231,9 @@ def _apportion(total: int, sizes: Sequence[int]) -> list[int]:
 def _check_layer(weight, statistics):
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
             or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 2-D float tensor, not {weight!r:.60}")
+        raise InputError(f"weight must be a 2-D float tensor, not {weight!r:.60}")
     if tuple(statistics.hessian.shape) != (weight.shape[1],) * 2:
-        raise ValueError(f"statistics are of {statistics.hessian.shape[0]} input features, the "
+        raise InputError(f"statistics are of {statistics.hessian.shape[0]} input features, the "
                          f"weight has {weight.shape[1]}")
 
 
@@ -307,7 +308,7 @@ def sparsegpt_prune(weight: torch.Tensor, statistics: InputStatistics, sparsity:
     rows, cols = weight.shape
     sparsity, nm = check_pattern(sparsity, pattern, lanes, cols)
     if blocksize < 1 or dampening <= 0:
-        raise ValueError(f"need blocksize >= 1 and dampening > 0, got {blocksize!r}, "
+        raise InputError(f"need blocksize >= 1 and dampening > 0, got {blocksize!r}, "
                          f"{dampening!r}")
     w = weight.detach().to(torch.float64).clone()
     hessian = statistics.hessian.clone()
@@ -389,7 +390,7 @@ def parse_calibrated(text: str) -> CalibratedMethod | None:
         return CalibratedMethod(method, None)
     match = _NM.match(pattern)
     if pattern != K_ALIGNED and not (match and 1 <= int(match[1]) <= int(match[2])):
-        raise ValueError(f"method {text!r}: after {method}- comes an N:M pattern with "
+        raise InputError(f"method {text!r}: after {method}- comes an N:M pattern with "
                          f"1 <= N <= M (e.g. {method}-2:4) or {K_ALIGNED!r}, not {pattern!r}")
     return CalibratedMethod(method, pattern if pattern == K_ALIGNED else
                             f"{match[1]}:{match[2]}")
@@ -418,7 +419,7 @@ def check_method(text: str) -> CalibratedMethod | None:
         except ValueError as error:
             if "unknown pruning method" not in str(error):
                 raise
-            raise ValueError(f"{error}; or a calibrated one: {', '.join(PRUNERS)}, each "
+            raise InputError(f"{error}; or a calibrated one: {', '.join(PRUNERS)}, each "
                              f"optionally with -N:M or -{K_ALIGNED} (e.g. sparsegpt-2:4)"
                              ) from None
     return calibrated
@@ -454,7 +455,7 @@ def method_calibration(method: str, path=None, *, seed: int = 0
     calibrated = check_method(method)
     if calibrated is None:
         if path is not None:
-            raise ValueError(f"calibration text is for wanda and sparsegpt; method {method} "
+            raise InputError(f"calibration text is for wanda and sparsegpt; method {method} "
                              "takes none")
         return None, None
     return calibrated, calibration_texts(path, seed=seed)
@@ -545,7 +546,7 @@ def capture_group_inputs(model: nn.Module, linears: Sequence[tuple[str, nn.Linea
         for handle in handles:
             handle.remove()
     if not seen:
-        raise RuntimeError("none of the linears to prune ran in the model's forward pass")
+        raise RunFailure("none of the linears to prune ran in the model's forward pass")
     x = seen[0]
     tokens = x[token_mask] if x.dim() == 3 else x
     return group, InputStatistics.from_inputs(tokens.reshape(-1, x.shape[-1]))
@@ -593,15 +594,15 @@ def prune_calibrated(model: nn.Module, tokenizer, method: str, sparsity: float |
     import sys
 
     if method not in PRUNERS:
-        raise ValueError(f"unknown calibrated method {method!r}; valid: "
+        raise InputError(f"unknown calibrated method {method!r}; valid: "
                          f"{', '.join(map(repr, PRUNERS))}")
     texts = [text for text in calibration_texts]
     if not texts or not any(text.strip() for text in texts):
-        raise ValueError("calibrated pruning needs calibration text; got none")
+        raise InputError("calibrated pruning needs calibration text; got none")
     patterns = tuple(patterns)
     linears = matching_linears(model, patterns)
     if not linears:
-        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+        raise InputError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
     for _, linear in linears:
         sparsity_checked, _ = check_pattern(sparsity, pattern, lanes, linear.in_features)
     prune = PRUNERS[method]
@@ -666,11 +667,11 @@ def activation_absmax(model: nn.Module, tokenizer, texts: Sequence[str],
     """
     texts = list(texts)
     if not texts:
-        raise ValueError("activation statistics need calibration text; got none")
+        raise InputError("activation statistics need calibration text; got none")
     patterns = tuple(patterns)
     linears = matching_linears(model, patterns)
     if not linears:
-        raise ValueError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+        raise InputError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
     inputs = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     token_mask = inputs["attention_mask"].bool()
     maxima: dict[str, torch.Tensor] = {}

@@ -44,6 +44,7 @@ from .models import (OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensor
 from .offload import OffloadedLinear
 from .pruning import conv1d_class
 from .quantisation import QMAX
+from ..hw.errors import InputError, MissingFileError
 
 __all__ = ["FORMAT", "MANIFEST_FILE", "TENSORS_FILE", "SavedLayer", "OffloadManifest",
            "OffloadedCheckpoint", "save_offloaded", "load_offloaded", "bind_save_pretrained"]
@@ -136,7 +137,7 @@ def save_offloaded(model: nn.Module, path: str | os.PathLike) -> OffloadManifest
     model_class = _transformers_class(type(model).__name__, "the model's class")
     configs = {module.device.config for _, module in layers}
     if len(configs) != 1:
-        raise ValueError(f"the offloaded layers are on arrays of {len(configs)} different "
+        raise InputError(f"the offloaded layers are on arrays of {len(configs)} different "
                          f"configs ({', '.join(sorted(c.describe() for c in configs))}): "
                          "a checkpoint records one")
     manifest = OffloadManifest(
@@ -201,14 +202,14 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
         if not (path / file).is_file():
             hint = (": a plain Hugging Face checkpoint, load it with load_model or "
                     "from_pretrained" if (path / "model.safetensors").is_file() else "")
-            raise FileNotFoundError(f"{path}: no {file}, so not a sparsemac offload "
+            raise MissingFileError(f"{path}: no {file}, so not a sparsemac offload "
                                     f"checkpoint{hint}")
     manifest = _manifest_from_json(read_json(path / MANIFEST_FILE), path / MANIFEST_FILE)
     model_class = _transformers_class(manifest.model_class, f"{path / MANIFEST_FILE}: class")
     try:
         config = model_class.config_class.from_json_file(path / _CONFIG_FILE)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path / _CONFIG_FILE}: not a {model_class.__name__} config "
+        raise InputError(f"{path / _CONFIG_FILE}: not a {model_class.__name__} config "
                          f"({error})") from error
     tensors = read_safetensors(path / TENSORS_FILE)
     where = str(path / TENSORS_FILE)
@@ -216,7 +217,7 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
                   for part in _CSR_TENSORS + (("bias",) if layer.bias else ())}
     absent = sorted(layer_keys - set(tensors))
     if absent:
-        raise ValueError(f"{where}: no tensor {_preview(absent)} of the manifest's layers")
+        raise InputError(f"{where}: no tensor {_preview(absent)} of the manifest's layers")
     dense = {key: value for key, value in tensors.items() if key not in layer_keys}
     with torch.random.fork_rng(devices=[]):  # its random init is overwritten: keep the seed
         model = model_class(config).eval()
@@ -257,7 +258,7 @@ def _offloaded_layers(model):
     layers = [(name, module) for name, module in model.named_modules()
               if isinstance(module, OffloadedLinear)]
     if not layers:
-        raise ValueError(f"this {type(model).__name__} has no OffloadedLinear: save it with "
+        raise InputError(f"this {type(model).__name__} has no OffloadedLinear: save it with "
                          "transformers' save_pretrained")
     return layers
 
@@ -265,7 +266,7 @@ def _offloaded_layers(model):
 def _transformers_class(name, what):
     found = getattr(transformers, name, None) if name.isidentifier() else None
     if not (isinstance(found, type) and issubclass(found, transformers.PreTrainedModel)):
-        raise ValueError(f"{what} {name!r} is not a transformers model class: a checkpoint "
+        raise InputError(f"{what} {name!r} is not a transformers model class: a checkpoint "
                          "rebuilds the model from its class name and config.json")
     return found
 
@@ -293,7 +294,7 @@ def _check_restorable(model, manifest, dense, where):
             fits = conv1d is not None and isinstance(module, conv1d) and shape == tuple(
                 reversed(layer.shape))
         if not fits or (module.bias is not None) != layer.bias:
-            raise ValueError(f"{where}: {layer.name} is offloaded as a {layer.shape[0]} x "
+            raise InputError(f"{where}: {layer.name} is offloaded as a {layer.shape[0]} x "
                              f"{layer.shape[1]} linear (bias {layer.bias}), but a "
                              f"{manifest.model_class} has {_describe(module)} there")
     expected = _dense_state(model, manifest.layers)
@@ -302,7 +303,7 @@ def _check_restorable(model, manifest, dense, where):
     misshapen = sorted(key for key in set(expected) & set(dense)
                        if tuple(expected[key].shape) != tuple(dense[key].shape))
     if missing or unexpected or misshapen:
-        raise ValueError(f"{where}: the tensors do not fill a {manifest.model_class} of this "
+        raise InputError(f"{where}: the tensors do not fill a {manifest.model_class} of this "
                          f"config: missing {_preview(missing)}, unexpected "
                          f"{_preview(unexpected)}, misshapen {_preview(misshapen)}")
 
@@ -333,17 +334,17 @@ def _layer_module(layer, tensors, device, where):
     wrong = [f"{part} is {get[part].dtype}" for part, dtype in dtypes.items()
              if get[part].dtype != dtype]
     if wrong:
-        raise ValueError(f"{where}: {layer.name}: {', '.join(wrong)}; expected "
+        raise InputError(f"{where}: {layer.name}: {', '.join(wrong)}; expected "
                          f"{', '.join(f'{part} {dtype}' for part, dtype in dtypes.items())}")
     try:
         weights = CSRMatrix(indptr=get["indptr"], indices=get["indices"], data=get["data"],
                             shape=tuple(layer.shape))
         if weights.nnz != layer.nnz:
-            raise ValueError(f"{weights.nnz} stored weights, the manifest says {layer.nnz}")
+            raise InputError(f"{weights.nnz} stored weights, the manifest says {layer.nnz}")
         bias = tensors[f"{layer.name}.bias"] if layer.bias else None
         return OffloadedLinear(weights, get["weight_scale"], bias, device, layer.granularity)
     except ValueError as error:
-        raise ValueError(f"{where}: {layer.name}: {error}") from error
+        raise InputError(f"{where}: {layer.name}: {error}") from error
 
 
 def _check_target(path):
@@ -376,13 +377,13 @@ def _manifest_json(manifest):
 def _manifest_from_json(content, file):
     try:
         if content.get("format") != FORMAT:
-            raise ValueError(f"format {content.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"format {content.get('format')!r}, expected {FORMAT!r}")
         if content["qmax"] != QMAX:
-            raise ValueError(f"int8 range qmax={content['qmax']!r}, this version uses {QMAX}")
+            raise InputError(f"int8 range qmax={content['qmax']!r}, this version uses {QMAX}")
         layers = [SavedLayer(name=layer["name"], shape=tuple(layer["shape"]), nnz=layer["nnz"],
                              granularity=layer["granularity"], bias=layer["bias"])
                   for layer in content["layers"]]
         return OffloadManifest(format=FORMAT, model_class=content["model_class"], qmax=QMAX,
                                config=ArrayConfig(**content["config"]), layers=layers)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{file}: not a sparsemac offload manifest: {error}") from error
+        raise InputError(f"{file}: not a sparsemac offload manifest: {error}") from error

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from ..hw.errors import InputError, MissingFileError, SparsemacError
+
 __all__ = ["main"]
 
 COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep",
@@ -42,7 +44,9 @@ def main(argv=None):
     """Runs one subcommand; returns its exit status.
 
     Exit status 2 means bad input (the message says what to fix), 1 a failed check or a device,
-    build or tool failure, 130 an interruption by Ctrl-C, 0 success.
+    build or tool failure, 130 an interruption by Ctrl-C, 0 success. Only sparsemac's own
+    errors (:mod:`sparsemac.hw.errors`) become messages: any other exception is a bug and
+    keeps its traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,13 +55,13 @@ def main(argv=None):
         return 0
     try:
         return args.handler(args) or 0
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (InputError, MissingFileError) as error:
         print(f"sparsemac {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nsparsemac {args.command}: interrupted; {args.interrupted}", file=sys.stderr)
         return INTERRUPTED_EXIT
-    except RuntimeError as error:  # DeviceError, ToolMissingError, CoreTimeout
+    except SparsemacError as error:  # DeviceError, ToolMissingError, CoreTimeout, ...
         print(f"sparsemac {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
 

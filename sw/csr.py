@@ -20,6 +20,8 @@ import torch
 
 from sparsemac.hw.config import ArrayConfig
 
+from ..hw.errors import InputError
+
 __all__ = [
     "CSRFormatError",
     "CSRMatrix",
@@ -35,7 +37,7 @@ FORMAT_MAX_ROWS = 65535
 _INT8 = np.iinfo(np.int8)
 
 
-class CSRFormatError(ValueError):
+class CSRFormatError(InputError):
     """A CSR matrix breaks the format; the message names the problem and where it is."""
 
 
@@ -273,7 +275,7 @@ class CSRMatrix:
             If the bounds are out of range.
         """
         if not 0 <= start <= stop <= self.rows:
-            raise ValueError(f"row slice [{start}, {stop}) is not within the {self.rows} rows")
+            raise InputError(f"row slice [{start}, {stop}) is not within the {self.rows} rows")
         first, last = int(self.indptr[start]), int(self.indptr[stop])
         return CSRMatrix(indptr=self.indptr[start:stop + 1] - first,
                          indices=self.indices[first:last], data=self.data[first:last],

@@ -28,6 +28,7 @@ import numpy as np
 from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 from .csr import CSRMatrix
+from ..hw.errors import InputError
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
            "span_carries", "ChunkSlice", "pass_chunks", "token_blocks"]
@@ -130,7 +131,7 @@ def job_tiles(rows, cols, tokens, config):
         If ``rows``, ``cols`` or ``tokens`` is below 1 (checked on the first iteration).
     """
     if min(rows, cols, tokens) < 1:
-        raise ValueError(f"a layer needs at least one row, column and token, not {rows} rows, "
+        raise InputError(f"a layer needs at least one row, column and token, not {rows} rows, "
                          f"{cols} columns and {tokens} tokens")
     for token_start in range(0, tokens, config.max_tokens):
         token_stop = min(tokens, token_start + config.max_tokens)
@@ -292,13 +293,13 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
     row_lengths = np.asarray(row_lengths, dtype=np.int64)
     rows = len(row_lengths)
     if not 1 <= rows <= config.max_out_features:
-        raise ValueError(f"a job needs 1 to {config.max_out_features} rows, not {rows}")
+        raise InputError(f"a job needs 1 to {config.max_out_features} rows, not {rows}")
     if not 1 <= cols <= config.max_in_features:
-        raise ValueError(f"a job needs 1 to {config.max_in_features} columns, not {cols}")
+        raise InputError(f"a job needs 1 to {config.max_in_features} columns, not {cols}")
     if not 1 <= tokens <= config.max_tokens:
-        raise ValueError(f"a job needs 1 to {config.max_tokens} tokens, not {tokens}")
+        raise InputError(f"a job needs 1 to {config.max_tokens} tokens, not {tokens}")
     if mode == Mode.SPARSE and ((row_lengths < 0) | (row_lengths > cols)).any():
-        raise ValueError(f"row lengths must be from 0 to cols ({cols})")
+        raise InputError(f"row lengths must be from 0 to cols ({cols})")
 
     blocks = token_blocks(tokens, config)
     issue = issue_cycles_per_block(row_lengths, cols, config, mode)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..hw.formats import DeltaCode
 from .csr import CSRFormatError, CSRMatrix
+from ..hw.errors import InputError
 
 __all__ = ["DeltaFormatError", "DeltaMatrix"]
 
@@ -185,7 +186,7 @@ class DeltaMatrix:
     def row_slice(self, start, stop):
         """Rows ``[start, stop)`` as a matrix of their own."""
         if not 0 <= start <= stop <= self.rows:
-            raise ValueError(f"row slice [{start}, {stop}) is not within the {self.rows} rows")
+            raise InputError(f"row slice [{start}, {stop}) is not within the {self.rows} rows")
         ends = np.concatenate([[0], np.cumsum(self.row_lengths)])
         first, last = int(ends[start]), int(ends[stop])
         return DeltaMatrix(self.code, self.row_lengths[start:stop], self.codes[first:last],

@@ -25,11 +25,12 @@ from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
 from .golden import accumulate_int32
 from .packing import check_operands, weight_stream_bytes
+from ..hw.errors import SparsemacError
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
 
-class DeviceError(RuntimeError):
+class DeviceError(SparsemacError, RuntimeError):
     """A device could not be built, opened or run; the message says what to do."""
 
 

@@ -44,6 +44,7 @@ from .models import LoadedModel, load_model, write_safetensors
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
+from ..hw.errors import InputError
 
 __all__ = [
     "CHECKPOINT_FILE", "EMBEDDING_LOSSES", "MASK_METHODS", "REPORT_FILE", "DistillRecipe",
@@ -120,36 +121,36 @@ class DistillRecipe:
 
     def __post_init__(self):
         if isinstance(self.sparsity, bool) or not 0.0 < self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be between 0 and 1 (exclusive), not "
+            raise InputError(f"sparsity must be between 0 and 1 (exclusive), not "
                              f"{self.sparsity!r}")
         if self.method not in MASK_METHODS:
-            raise ValueError(f"unknown mask method {self.method!r}; valid: "
+            raise InputError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
         if self.pattern == K_ALIGNED and self.method == "magnitude":
-            raise ValueError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
+            raise InputError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
                              "(wanda or sparsegpt), not 'magnitude'")
         check_pattern(self.sparsity, self.pattern, self.lanes)
         for name in ("steps", "prune_every", "batch_size", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+                raise InputError(f"{name} must be a positive integer, not {value!r}")
         if self.steps < 2:
-            raise ValueError(f"steps must be at least 2 (prune, then train at the final "
+            raise InputError(f"steps must be at least 2 (prune, then train at the final "
                              f"sparsity), not {self.steps!r}")
         if self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
+            raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
                              f"{self.max_tokens!r}")
         for name in ("prune_end", "warmup"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a fraction of the steps in [0, 1], not "
+                raise InputError(f"{name} must be a fraction of the steps in [0, 1], not "
                                  f"{getattr(self, name)!r}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, not {self.learning_rate!r}")
+            raise InputError(f"learning_rate must be positive, not {self.learning_rate!r}")
         if self.embedding_loss not in EMBEDDING_LOSSES:
-            raise ValueError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
+            raise InputError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
                              f"{self.embedding_loss!r}")
         if min(self.embedding_weight, self.hidden_weight) < 0:
-            raise ValueError("loss weights must not be negative")
+            raise InputError("loss weights must not be negative")
 
     @property
     def prune_end_step(self) -> int:
@@ -280,20 +281,20 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     started = _now()
     texts = list(texts)
     if not texts:
-        raise ValueError("the distillation corpus is empty")
+        raise InputError("the distillation corpus is empty")
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every!r}")
+        raise InputError(f"checkpoint_every must be at least 1, not {checkpoint_every!r}")
     if time_budget is not None and not time_budget > 0:
-        raise ValueError(f"time budget must be positive, not {time_budget!r} s")
+        raise InputError(f"time budget must be positive, not {time_budget!r} s")
     output = Path(output)
     teacher = load_model(model)
     if teacher.tokenizer is None:
-        raise ValueError(f"{teacher.name} has no tokenizer: distillation needs text")
+        raise InputError(f"{teacher.name} has no tokenizer: distillation needs text")
     if calibration_texts is None and task is not None:
         calibration_texts = task.calibration.texts
     calibration = list(calibration_texts or [])
     if recipe.method != "magnitude" and not calibration:
-        raise ValueError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
+        raise InputError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
     identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
                 "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
                 # Magnitude masks read no calibration text: another one is the same run.
@@ -305,7 +306,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
     if time_budget is not None and _now() + step_estimate > deadline:
-        raise ValueError(f"time budget of {time_budget:g} s is too short for one step: a step "
+        raise InputError(f"time budget of {time_budget:g} s is too short for one step: a step "
                          f"takes about {step_estimate:.1f} s here (estimated as "
                          f"{_STEP_PER_TEACHER_FORWARD:g} x the teacher's forward pass on the "
                          f"first batch of {recipe.batch_size} texts), and the evaluations "
@@ -590,26 +591,26 @@ def _check_output(output: Path, identity: dict, resume: bool):
     """Decide what `output` allows before anything is written: the checkpoint to resume from
     as ``(state, tensors)``, or None to start afresh."""
     if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} is a file, not a directory")
+        raise InputError(f"output {output} is a file, not a directory")
     if not output.exists() or not any(output.iterdir()):
         if resume:
-            raise ValueError(f"--resume: {output} holds no run to resume; drop --resume to "
+            raise InputError(f"--resume: {output} holds no run to resume; drop --resume to "
                              "start one there")
         return None
     if (output / REPORT_FILE).exists():
-        raise ValueError(f"output {output} already holds a finished run ({REPORT_FILE}); "
+        raise InputError(f"output {output} already holds a finished run ({REPORT_FILE}); "
                          "choose another directory")
     path = output / CHECKPOINT_FILE
     if not path.is_file():
-        raise ValueError(f"output {output} exists and is not a sparsemac prune run (no "
+        raise InputError(f"output {output} exists and is not a sparsemac prune run (no "
                          f"{CHECKPOINT_FILE}); choose another directory")
     if not resume:
-        raise ValueError(f"output {output} holds an unfinished run; pass --resume to continue "
+        raise InputError(f"output {output} holds an unfinished run; pass --resume to continue "
                          "it, or choose another directory")
     state, tensors = _read_checkpoint(path)
     differences = _differences(state.get("identity", {}), identity)
     if differences:
-        raise ValueError(f"cannot resume {path}: it is a run of another model, corpus or "
+        raise InputError(f"cannot resume {path}: it is a run of another model, corpus or "
                          f"recipe ({'; '.join(differences)})")
     return state, tensors
 
@@ -620,12 +621,12 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:  # safetensors raises its own error types for a bad header
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+        raise InputError(f"{path} is not a readable safetensors checkpoint: {error}") from error
     if _STATE_KEY not in metadata:
-        raise ValueError(f"{path} has no {_STATE_KEY} metadata: not a sparsemac prune checkpoint")
+        raise InputError(f"{path} has no {_STATE_KEY} metadata: not a sparsemac prune checkpoint")
     state = json.loads(metadata[_STATE_KEY])
     if state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state.get('format')!r}, expected "
+        raise InputError(f"{path} has checkpoint format {state.get('format')!r}, expected "
                          f"{_STATE_FORMAT}")
     return state, tensors
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..hw.config import ArrayConfig
 from .memory import MemoryModel
 from .throttled_cycle_model import LayerCycles
+from ..hw.errors import InputError
 
 __all__ = ["EnergyEvents", "EnergyTable", "EnergyReport", "DEFAULT_TABLE", "load_energy_table",
            "energy_events", "energy_of"]
@@ -99,21 +100,21 @@ def load_energy_table(path=None):
     try:
         table = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"energy table {path} is not valid JSON: {error}") from error
+        raise InputError(f"energy table {path} is not valid JSON: {error}") from error
     except UnicodeDecodeError:
-        raise ValueError(f"energy table {path} (--energy-table) is not UTF-8 text: give a JSON "
+        raise InputError(f"energy table {path} (--energy-table) is not UTF-8 text: give a JSON "
                          "file like sw/data/energy_horowitz_45nm.json") from None
     if not isinstance(table, dict) or not isinstance(table.get("picojoules"), dict):
-        raise ValueError(f"energy table {path} needs a 'picojoules' object")
+        raise InputError(f"energy table {path} needs a 'picojoules' object")
     energies = table["picojoules"]
     missing = sorted(set(EVENT_NAMES) - set(energies))
     unknown = sorted(set(energies) - set(EVENT_NAMES))
     if missing or unknown:
-        raise ValueError(f"energy table {path}: missing events {missing}, unknown events "
+        raise InputError(f"energy table {path}: missing events {missing}, unknown events "
                          f"{unknown}; expected exactly {', '.join(EVENT_NAMES)}")
     for name, value in energies.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"energy table {path}: {name} must be a non-negative number of "
+            raise InputError(f"energy table {path}: {name} must be a non-negative number of "
                              f"picojoules, not {value!r}")
     return EnergyTable(name=str(table.get("name", path.stem)), source=str(table.get("source", "")),
                        picojoules=EnergyEvents(**{name: float(energies[name])

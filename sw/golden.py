@@ -28,6 +28,7 @@ from torch import nn
 from .csr import CSRMatrix
 from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, QuantisedTensor,
                            approximation_error, quantise_activations, quantise_weights)
+from ..hw.errors import InputError
 
 __all__ = [
     "ACTIVATION_MAX_MAGNITUDE",
@@ -103,7 +104,7 @@ def accumulate_int32(total: torch.Tensor, partial: torch.Tensor) -> torch.Tensor
             raise TypeError(f"{name} must be an int32 tensor, not "
                             f"{getattr(value, 'dtype', type(value).__name__)}")
     if total.shape != partial.shape:
-        raise ValueError(f"total has shape {tuple(total.shape)} but partial has "
+        raise InputError(f"total has shape {tuple(total.shape)} but partial has "
                          f"{tuple(partial.shape)}")
     return wrap_int32(total.to(torch.int64) + partial.to(torch.int64))
 
@@ -171,10 +172,10 @@ def golden_matmul(weights: CSRMatrix, activations: torch.Tensor) -> torch.Tensor
     if activations.dtype != torch.int8:
         raise TypeError(f"activations must be torch.int8, got {activations.dtype}")
     if activations.dim() != 2:
-        raise ValueError(f"activations must be 2-D (tokens, features), "
+        raise InputError(f"activations must be 2-D (tokens, features), "
                          f"got shape {tuple(activations.shape)}")
     if activations.shape[1] != weights.cols:
-        raise ValueError(f"activations have {activations.shape[1]} columns but the weights "
+        raise InputError(f"activations have {activations.shape[1]} columns but the weights "
                          f"have {weights.cols} input features")
     worst = worst_case_accumulator(weights)
     if worst > INT32_MAX:
@@ -243,23 +244,23 @@ def quantised_linear(linear: nn.Linear, x: torch.Tensor, weights: QuantisedTenso
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
     out_features, in_features = linear.weight.shape
     if x.dim() == 0 or x.shape[-1] != in_features:
-        raise ValueError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
+        raise InputError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
     if weights is None:
         if csr is not None:
-            raise ValueError("csr needs weights: its row scales are in the QuantisedTensor")
+            raise InputError("csr needs weights: its row scales are in the QuantisedTensor")
         weights = quantise_weights(linear.weight.detach())
     if tuple(weights.values.shape) != (out_features, in_features) or \
             tuple(weights.scale.shape) != (out_features, 1):
-        raise ValueError(f"weights must have values ({out_features}, {in_features}) and scale "
+        raise InputError(f"weights must have values ({out_features}, {in_features}) and scale "
                          f"({out_features}, 1), got {tuple(weights.values.shape)} and "
                          f"{tuple(weights.scale.shape)}")
     if csr is None:
         csr = CSRMatrix.from_dense(weights.values)
     elif csr.shape != (out_features, in_features):
-        raise ValueError(f"csr has shape {csr.shape} but the layer is "
+        raise InputError(f"csr has shape {csr.shape} but the layer is "
                          f"({out_features}, {in_features})")
 
     tokens = x.detach().reshape(-1, in_features)

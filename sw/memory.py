@@ -32,6 +32,7 @@ from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
 from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
 from ..hw.resources import estimate_resources
+from ..hw.errors import InputError
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
            "PRESETS", "memory_preset", "parse_bandwidth", "job_streams",
@@ -82,7 +83,7 @@ DEVICE_BLOCK_RAMS = 208
 BLOCK_RAM_BYTES = 2048
 
 
-class MemoryModelError(ValueError):
+class MemoryModelError(InputError):
     """A memory preset or bandwidth that cannot be used; the message says what to fix."""
 
 

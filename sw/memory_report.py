@@ -14,6 +14,7 @@ from .energy import EnergyReport, energy_events, energy_of, load_energy_table
 from .memory import MemoryModel, check_fits_onchip
 from .packing import weight_stream_bytes
 from .throttled_cycle_model import LayerCycles, layer_cycles
+from ..hw.errors import InputError
 
 __all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report",
            "recorded_memory_cycles", "plot_roofline"]
@@ -277,7 +278,7 @@ def plot_roofline(reports, path):
     import numpy as np
 
     if not reports:
-        raise ValueError("plot_roofline needs at least one report")
+        raise InputError("plot_roofline needs at least one report")
     config, memory = reports[0].config, reports[0].memory
     peak = config.multipliers
     bandwidth = memory.weight_bytes_per_cycle

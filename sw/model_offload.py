@@ -35,6 +35,7 @@ from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
 from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
+from ..hw.errors import InputError
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check"]
@@ -303,7 +304,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     if calibrated is None:
         parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     index = ColumnIndex(index)
     check_index(device.config, index)
     conv1d = conv1d_class()
@@ -381,7 +382,7 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
         If `tokens` is below 1.
     """
     if tokens < 1:
-        raise ValueError(f"a call needs at least one token, not {tokens!r}")
+        raise InputError(f"a call needs at least one token, not {tokens!r}")
     rows, cols = weights.shape
     if Mode(mode) == Mode.DENSE:
         index = ColumnIndex.CSR
@@ -408,7 +409,7 @@ def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:
         If the reports are of different layers.
     """
     if [layer.name for layer in reference.layers] != [layer.name for layer in other.layers]:
-        raise ValueError("the reports are of different layers: not the same model")
+        raise InputError("the reports are of different layers: not the same model")
     sums, cycles = [], []
     for a, b in zip(reference.layers, other.layers):
         if len(a.sums) != len(b.sums) or a.calls != b.calls or not all(
@@ -427,16 +428,16 @@ def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, pa
     target sparsity. Every check comes before the first weight changes."""
     name = calibrated.method + (f"-{calibrated.pattern}" if calibrated.pattern else "")
     if scope != "local":
-        raise ValueError(f"{name} prunes each layer on its own: scope must be 'local', not "
+        raise InputError(f"{name} prunes each layer on its own: scope must be 'local', not "
                          f"{scope!r}")
     if calibration is None or tokenizer is None:
-        raise ValueError(f"{name} needs calibration text and the model's tokenizer")
+        raise InputError(f"{name} needs calibration text and the model's tokenizer")
     for layer, linear in linears:
         if not isinstance(model.get_submodule(layer), nn.Linear):
-            raise ValueError(f"{name} prunes nn.Linear layers only, and {layer} is a "
+            raise InputError(f"{name} prunes nn.Linear layers only, and {layer} is a "
                              f"{type(model.get_submodule(layer)).__name__}")
         if linear.in_features > config.max_in_features:
-            raise ValueError(f"{layer} has {linear.in_features} input features but the array "
+            raise InputError(f"{layer} has {linear.in_features} input features but the array "
                              f"holds at most {config.max_in_features}")
     report = prune_calibrated(model, tokenizer, calibrated.method, sparsity, calibration,
                               pattern=calibrated.pattern, lanes=config.lanes,

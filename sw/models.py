@@ -33,6 +33,8 @@ from transformers import (
     AutoTokenizer, BatchEncoding, BertConfig, BertModel, PreTrainedTokenizerFast,
 )
 
+from ..hw.errors import InputError, MissingFileError, RunFailure
+
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
     "OFFLOAD_MANIFEST_FILE",
@@ -191,10 +193,10 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
         return _load_checkpoint(path, name=path.resolve().name)
     choices = f"expected one of {', '.join(map(repr, MODEL_SPECS))} or a checkpoint directory"
     if path.exists():
-        raise ValueError(f"model spec {spec!r} is a file, not a directory: {choices}")
+        raise InputError(f"model spec {spec!r} is a file, not a directory: {choices}")
     if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
-        raise FileNotFoundError(f"model directory {spec!r} does not exist: {choices}")
-    raise ValueError(f"unknown model spec {spec!r}: {choices}")
+        raise MissingFileError(f"model directory {spec!r} does not exist: {choices}")
+    raise InputError(f"unknown model spec {spec!r}: {choices}")
 
 
 def encoder_linear_names(model: BertModel) -> list[str]:
@@ -247,7 +249,7 @@ def get_linear(model: BertModel, name: str) -> nn.Linear:
     names = encoder_linear_names(model)
     examples = ", ".join(names[:len(ENCODER_LINEAR_SUFFIXES)])
     problem = "no module" if module is None else f"a {type(module).__name__}, not a linear, at"
-    raise ValueError(f"{problem} {name!r}: encoder linears are encoder.layer.<0..."
+    raise InputError(f"{problem} {name!r}: encoder linears are encoder.layer.<0..."
                      f"{len(model.encoder.layer) - 1}>.<suffix>, e.g. {examples}")
 
 
@@ -286,13 +288,13 @@ def tokenize(loaded: LoadedModel, text_or_texts: str | Sequence[str],
         return tokenizer(texts, padding=True, truncation=True, max_length=max_tokens,
                          return_tensors="pt")
     if not 2 <= tokens <= max_tokens:
-        raise ValueError(f"tokens={tokens!r}: must be from 2 ([CLS] [SEP]) to {max_tokens}")
+        raise InputError(f"tokens={tokens!r}: must be from 2 ([CLS] [SEP]) to {max_tokens}")
     rows = []
     for text in texts:
         pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
         body = tokens - 2
         if body and not pieces:
-            raise ValueError(f"cannot fill {tokens} tokens from the empty text {text!r}")
+            raise InputError(f"cannot fill {tokens} tokens from the empty text {text!r}")
         repeats = -(-body // len(pieces)) if pieces else 0
         rows.append([tokenizer.cls_token_id] + (pieces * repeats)[:body]
                     + [tokenizer.sep_token_id])
@@ -440,7 +442,7 @@ def ranking_agreement(scores_a: torch.Tensor | Sequence[float],
     a = torch.as_tensor(scores_a).detach().cpu().to(torch.float64).numpy()
     b = torch.as_tensor(scores_b).detach().cpu().to(torch.float64).numpy()
     if a.ndim != 1 or a.shape != b.shape or a.size < 2:
-        raise ValueError(f"need two 1-D score vectors of one length >= 2, got shapes "
+        raise InputError(f"need two 1-D score vectors of one length >= 2, got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     ranks_a = scipy.stats.rankdata(a) - (a.size + 1) / 2
     ranks_b = scipy.stats.rankdata(b) - (b.size + 1) / 2
@@ -460,7 +462,7 @@ def _minilm_dir() -> Path:
 def _require_tokenizer(tokenizer: PreTrainedTokenizerFast | None,
                        owner: str) -> PreTrainedTokenizerFast:
     if tokenizer is None:
-        raise ValueError(f"{owner} has no tokenizer: load a checkpoint directory that ships "
+        raise InputError(f"{owner} has no tokenizer: load a checkpoint directory that ships "
                          "tokenizer.json or vocab.txt, or use 'minilm' / 'bert-base'")
     return tokenizer
 
@@ -469,7 +471,7 @@ def _random_bert_base(seed: int) -> LoadedModel:
     config = BertConfig()
     tokenizer = _load_tokenizer(_minilm_dir())
     if tokenizer.vocab_size != config.vocab_size:
-        raise RuntimeError(f"MiniLM's vocabulary has {tokenizer.vocab_size} tokens, "
+        raise RunFailure(f"MiniLM's vocabulary has {tokenizer.vocab_size} tokens, "
                            f"BERT-base {config.vocab_size}: they are no longer the same")
     torch.manual_seed(seed)
     model = BertModel(config).to(torch.float32).eval()
@@ -480,27 +482,27 @@ def _random_bert_base(seed: int) -> LoadedModel:
 def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json, so not a Hugging Face checkpoint")
+        raise MissingFileError(f"{path}: no config.json, so not a Hugging Face checkpoint")
     model_type = read_json(config_file).get("model_type", "bert")
     if model_type != "bert":
-        raise ValueError(f"{path}: config.json says model_type={model_type!r}, expected 'bert'")
+        raise InputError(f"{path}: config.json says model_type={model_type!r}, expected 'bert'")
     config = BertConfig.from_json_file(config_file)
     state = _strip_wrapper_prefix(_read_safetensors(path), path)
     model = BertModel(config, add_pooling_layer=any(k.startswith("pooler.") for k in state))
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit config.json: {error}") from error
+        raise InputError(f"{path}: weights do not fit config.json: {error}") from error
     unexpected = sorted(set(result.unexpected_keys) - _IGNORED_CHECKPOINT_KEYS)
     if result.missing_keys or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fill a BertModel exactly: "
+        raise InputError(f"{path}: checkpoint does not fill a BertModel exactly: "
                          f"missing {_preview(result.missing_keys)}, "
                          f"unexpected {_preview(unexpected)}")
     tokenizer = None
     if any((path / file).is_file() for file in _TOKENIZER_FILES):
         tokenizer = _load_tokenizer(path)
         if len(tokenizer) > config.vocab_size:
-            raise ValueError(f"{path}: tokenizer has {len(tokenizer)} tokens, more than the "
+            raise InputError(f"{path}: tokenizer has {len(tokenizer)} tokens, more than the "
                              f"{config.vocab_size} embeddings of config.json")
     return LoadedModel(name=name, model=model.to(torch.float32).eval(), tokenizer=tokenizer,
                        source=str(path))
@@ -513,7 +515,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         index_file = path / _SAFETENSORS_INDEX
         weight_map = read_json(index_file).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index_file}: no 'weight_map' object naming the shards")
+            raise InputError(f"{index_file}: no 'weight_map' object naming the shards")
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             state.update(read_safetensors(path / shard))
@@ -521,14 +523,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     pickled = [file for file in _PICKLE_WEIGHTS if (path / file).is_file()]
     if pickled:
         # Unpickling a checkpoint can run arbitrary code, so the conversion is left to the user.
-        raise ValueError(
+        raise InputError(
             f"{path}: only {', '.join(pickled)} found; safetensors weights are required "
             f"({_SAFETENSORS_FILE}). If you trust the file, convert it once with: python -c "
             "\"from transformers import AutoModel; m = AutoModel.from_pretrained('DIR'); "
             "m.save_pretrained('DIR', safe_serialization=True)\"")
     hint = (": it is an offloaded model, load it with sparsemac.sw.checkpoint.load_offloaded"
             if (path / OFFLOAD_MANIFEST_FILE).is_file() else "")
-    raise FileNotFoundError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
+    raise MissingFileError(f"{path}: no {_SAFETENSORS_FILE} or {_SAFETENSORS_INDEX}{hint}")
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], file: str | os.PathLike,
@@ -565,14 +567,14 @@ def read_safetensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     file = Path(file)
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
+        raise MissingFileError(f"{file}: no such file")
     problem = _safetensors_problem(file)
     if problem is None:
         try:
             return load_file(file)
         except SafetensorError as error:
             problem = f"not a valid safetensors file ({error})"
-    raise ValueError(f"{file}: {problem}; re-download or re-save it")
+    raise InputError(f"{file}: {problem}; re-download or re-save it")
 
 
 def _safetensors_problem(file: Path) -> str | None:
@@ -618,9 +620,9 @@ def read_json(file: Path) -> dict:
     try:
         content = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file}: not valid JSON ({error})") from error
+        raise InputError(f"{file}: not valid JSON ({error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{file}: expected a JSON object, found {type(content).__name__}")
+        raise InputError(f"{file}: expected a JSON object, found {type(content).__name__}")
     return content
 
 
@@ -628,11 +630,11 @@ def _strip_wrapper_prefix(state: dict[str, torch.Tensor],
                           path: Path) -> dict[str, torch.Tensor]:
     prefixes = {key[:-len(_ANCHOR_KEY)] for key in state if key.endswith(_ANCHOR_KEY)}
     if len(prefixes) != 1:
-        raise ValueError(f"{path}: expected one '{_ANCHOR_KEY}' tensor, found "
+        raise InputError(f"{path}: expected one '{_ANCHOR_KEY}' tensor, found "
                          f"{len(prefixes)}: not a single BERT checkpoint")
     prefix = prefixes.pop()
     if prefix and not prefix.endswith("."):
-        raise ValueError(f"{path}: cannot read key prefix {prefix!r} as a module path")
+        raise InputError(f"{path}: cannot read key prefix {prefix!r} as a module path")
     # Keys outside the prefix belong to a task head (classifier, MLM head): not the encoder.
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 

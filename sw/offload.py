@@ -11,6 +11,7 @@ from .device import Device
 from .pruning import choose_masks, is_structured
 from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, dequantise_sums,
                            quantise_input, quantise_weights)
+from ..hw.errors import InputError
 
 __all__ = ["OffloadStats", "OffloadedLinear"]
 
@@ -74,9 +75,9 @@ class OffloadedLinear(nn.Module):
         if not isinstance(device, Device):
             raise TypeError(f"device must be a Device (see open_device), not {device!r}")
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+            raise InputError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
         if tuple(weight_scale.shape) != (weights.rows, 1):
-            raise ValueError(f"weight_scale must have shape ({weights.rows}, 1), "
+            raise InputError(f"weight_scale must have shape ({weights.rows}, 1), "
                              f"not {tuple(weight_scale.shape)}")
         self.weights = weights
         self.device = device
@@ -85,7 +86,7 @@ class OffloadedLinear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.detach().float().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         if smoothing is not None and tuple(smoothing.shape) != (weights.cols,):
-            raise ValueError(f"smoothing must have shape ({weights.cols},), "
+            raise InputError(f"smoothing must have shape ({weights.cols},), "
                              f"not {tuple(smoothing.shape)}")
         self.register_buffer("smoothing",
                              None if smoothing is None else smoothing.detach().float().clone())
@@ -131,7 +132,7 @@ class OffloadedLinear(nn.Module):
                 sparsity = 0.0
             [mask], _ = choose_masks([weight], sparsity, method, seed=seed, n=n, m=m)
         elif tuple(mask.shape) != tuple(weight.shape):
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
+            raise InputError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")
         weight = weight * mask
         if smoothing is not None:
@@ -155,7 +156,7 @@ class OffloadedLinear(nn.Module):
             raise TypeError("OffloadedLinear takes a floating-point tensor, not "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input of shape (..., {self.in_features}), "
+            raise InputError(f"expected input of shape (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
         activations = self.quantise_input(x)
         result = self.device.matmul(self.weights, activations.values, Mode.SPARSE, self.index)

@@ -20,6 +20,7 @@ from .csr import CSRMatrix
 from .cycle_model import token_blocks
 from .delta_index import DeltaMatrix
 from .memory import job_streams
+from ..hw.errors import InputError
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
            "check_index", "coded_weights", "streamed_row_lengths", "tile_row_lengths"]
@@ -39,7 +40,7 @@ def check_index(config, index):
         If ``index`` is DELTA and ``config`` has no delta decoder.
     """
     if ColumnIndex(index) == ColumnIndex.DELTA and not config.delta_bits:
-        raise ValueError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
+        raise InputError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
                          f"use the delta index: use a config with delta bits, e.g. "
                          f"{config.key()}d5")
 
@@ -75,7 +76,7 @@ def coded_weights(config, weights, index=ColumnIndex.CSR):
     code = DeltaCode(config.delta_bits)
     if isinstance(weights, DeltaMatrix):
         if weights.code != code:
-            raise ValueError(f"the job is coded in {weights.code.bits}-bit deltas but the "
+            raise InputError(f"the job is coded in {weights.code.bits}-bit deltas but the "
                              f"{config.key()} array decodes {code.bits}-bit ones")
         return weights
     if not isinstance(weights, CSRMatrix):
@@ -153,7 +154,7 @@ def _element_dtype(layout):
     else:
         shape, count = Shape.cast(layout), 1
     if shape.width not in (8, 16, 32, 64):
-        raise ValueError(f"cannot pack elements of {shape!r}: only whole 8/16/32/64-bit elements")
+        raise InputError(f"cannot pack elements of {shape!r}: only whole 8/16/32/64-bit elements")
     kind = "i" if shape.signed else "u"
     return np.dtype(f"<{kind}{shape.width // 8}"), count
 
@@ -163,7 +164,7 @@ def _pack_elements(layout, elements):
     elements = np.asarray(elements)
     info = np.iinfo(dtype)
     if elements.size and (elements.min() < info.min or elements.max() > info.max):
-        raise ValueError(f"values from {elements.min()} to {elements.max()} do not fit {dtype}")
+        raise InputError(f"values from {elements.min()} to {elements.max()} do not fit {dtype}")
     beats = elements.astype(dtype).reshape(-1, count)
     return beats.view(np.uint8).reshape(len(beats), count * dtype.itemsize)
 
@@ -173,10 +174,10 @@ def _pack_bit_array(layout, elements):
     as the layout places them: element i at bit ``i * width``."""
     width, count = Shape.cast(layout.elem_shape).width, layout.length
     if count * width > 64:
-        raise ValueError(f"cannot pack {layout!r}: more than 64 bits a beat")
+        raise InputError(f"cannot pack {layout!r}: more than 64 bits a beat")
     elements = np.asarray(elements, dtype=np.uint64).reshape(-1, count)
     if elements.size and int(elements.max()) >> width:
-        raise ValueError(f"an element of {int(elements.max())} does not fit {width} bits")
+        raise InputError(f"an element of {int(elements.max())} does not fit {width} bits")
     shifts = np.arange(count, dtype=np.uint64) * np.uint64(width)
     beats = np.bitwise_or.reduce(elements << shifts, axis=1).astype("<u8")
     return beats.view(np.uint8).reshape(len(beats), 8)[:, :layout_bytes(layout)].copy()
@@ -245,7 +246,7 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.C
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     mode, index = Mode(mode), ColumnIndex(index)
     if mode == Mode.DENSE and index == ColumnIndex.DELTA:
-        raise ValueError("the delta index is for sparse jobs; a dense job sends no indices")
+        raise InputError("the delta index is for sparse jobs; a dense job sends no indices")
     coded = coded_weights(config, weights, index)
     check_job_fits(config, coded, activations)
     formats = CoreFormats(config)
@@ -298,10 +299,10 @@ def check_operands(weights, activations):
         raise TypeError("activations must be an int8 torch.Tensor, not "
                         f"{getattr(activations, 'dtype', type(activations).__name__)}")
     if activations.dim() != 2 or activations.shape[0] < 1:
-        raise ValueError("activations must be 2-D [tokens, in_features] with at least one "
+        raise InputError("activations must be 2-D [tokens, in_features] with at least one "
                          f"token, not {tuple(activations.shape)}")
     if activations.shape[1] != weights.shape[1]:
-        raise ValueError(f"activations have {activations.shape[1]} features but the weights "
+        raise InputError(f"activations have {activations.shape[1]} features but the weights "
                          f"have {weights.shape[1]} input features")
 
 
@@ -311,13 +312,13 @@ def check_job_fits(config, weights, activations):
     rows, cols = weights.shape
     tokens = activations.shape[0]
     if not 1 <= cols <= config.max_in_features:
-        raise ValueError(f"the layer has {cols} input features but this array holds at most "
+        raise InputError(f"the layer has {cols} input features but this array holds at most "
                          f"{config.max_in_features}: use a config with max_in_features >= {cols}")
     if not 1 <= rows <= config.max_out_features:
-        raise ValueError(f"one job takes 1 to {config.max_out_features} rows, not {rows}: "
+        raise InputError(f"one job takes 1 to {config.max_out_features} rows, not {rows}: "
                          "split the rows (the driver does this)")
     if not 1 <= tokens <= config.max_tokens:
-        raise ValueError(f"one job takes 1 to {config.max_tokens} tokens, not {tokens}: "
+        raise InputError(f"one job takes 1 to {config.max_tokens} tokens, not {tokens}: "
                          "split the tokens (the driver does this)")
 
 
@@ -340,7 +341,7 @@ def unpack_sums(config, beats, rows, tokens):
     beats = np.ascontiguousarray(beats, dtype=np.uint8)
     expected = (blocks * rows, count * dtype.itemsize)
     if beats.shape != expected:
-        raise ValueError(f"expected {expected[0]} sums beats of {expected[1]} bytes, "
+        raise InputError(f"expected {expected[0]} sums beats of {expected[1]} bytes, "
                          f"got an array of shape {beats.shape}")
     sums = beats.view(dtype).reshape(blocks, rows, count).transpose(0, 2, 1)
     return torch.from_numpy(sums.reshape(blocks * count, rows)[:tokens].astype(np.int32).copy())

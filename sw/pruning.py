@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hw.errors import InputError
+
 __all__ = [
     "DEFAULT_BERT_PATTERNS",
     "GradualPruner",
@@ -63,20 +65,20 @@ def _check_weight(weight, what="weight"):
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, not {type(weight).__name__}")
     if weight.dim() != 2:
-        raise ValueError(f"{what} must be 2-D (out_features, in_features), "
+        raise InputError(f"{what} must be 2-D (out_features, in_features), "
                          f"got shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {weight.dtype}")
     if not bool(torch.isfinite(weight).all()):
         # NaN has no place in a magnitude order, so no mask could be exact.
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise InputError(f"{what} contains NaN or infinite values")
 
 
 def _check_sparsity(sparsity):
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise TypeError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
     if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], not {sparsity!r}")
+        raise InputError(f"sparsity must be in [0, 1], not {sparsity!r}")
 
 
 def _prune_count(sparsity, numel):
@@ -132,18 +134,18 @@ def parse_method(method, n=2, m=4, *, explicit=False):
         n, m = int(match.group(1)), int(match.group(2))
         method = "n:m"
     elif explicit and method == "n:m":
-        raise ValueError("pruning method 'n:m' does not say which pattern: write it as N:M, "
+        raise InputError("pruning method 'n:m' does not say which pattern: write it as N:M, "
                          "e.g. '2:4'")
     if method not in METHODS:
         named = [repr(name) for name in METHODS if not (explicit and name == "n:m")]
-        raise ValueError(f"unknown pruning method {method!r}; valid methods are "
+        raise InputError(f"unknown pruning method {method!r}; valid methods are "
                          f"{', '.join(named)} or an 'N:M' string such as '2:4'")
     if method == "n:m":
         for name, value in (("n", n), ("m", m)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if not 1 <= n <= m:
-            raise ValueError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
+            raise InputError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
     return method, n, m
 
 
@@ -196,14 +198,14 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
     if method == "n:m":
         return _nm_mask(weight, sparsity, n, m)
     if sparsity is None:
-        raise ValueError(f"method {method!r} needs a sparsity in [0, 1], got None")
+        raise InputError(f"method {method!r} needs a sparsity in [0, 1], got None")
     _check_sparsity(sparsity)
     count = _prune_count(sparsity, weight.numel())
     if method == "magnitude":
         flat = keep_all_but_lowest(weight.detach().abs().flatten(), count)
     else:
         if seed is None:
-            raise ValueError("random pruning needs a seed so that the mask is reproducible")
+            raise InputError("random pruning needs a seed so that the mask is reproducible")
         generator = torch.Generator().manual_seed(seed)
         flat = torch.ones(weight.numel(), dtype=torch.bool)
         flat[torch.randperm(weight.numel(), generator=generator)[:count]] = False
@@ -215,11 +217,11 @@ def _nm_mask(weight, sparsity, n, m):
     if sparsity is not None:
         _check_sparsity(sparsity)
         if abs(sparsity - (1 - n / m)) > _NM_TOLERANCE:
-            raise ValueError(f"{n}:{m} pruning has sparsity {1 - n / m!r}; pass that or None, "
+            raise InputError(f"{n}:{m} pruning has sparsity {1 - n / m!r}; pass that or None, "
                              f"not {sparsity!r}")
     rows, cols = weight.shape
     if cols % m:
-        raise ValueError(f"{n}:{m} pruning needs in_features to be a multiple of {m}, "
+        raise InputError(f"{n}:{m} pruning needs in_features to be a multiple of {m}, "
                          f"got {cols}")
     groups = weight.detach().abs().reshape(rows, cols // m, m)
     # Stable descending sort keeps the lower index of equal magnitudes.
@@ -420,7 +422,7 @@ def require_linears(model: nn.Module, patterns: Iterable[str] = DEFAULT_BERT_PAT
         message += (f". Its {len(skipped)} Conv1D layers ({_folded_names(skipped)}) are not "
                     "supported here: transformers' Conv1D (GPT-2) stores its weight transposed, "
                     "(in_features, out_features), and this takes nn.Linear weights only")
-    raise ValueError(message)
+    raise InputError(message)
 
 
 def conv1d_class() -> type | None:
@@ -457,9 +459,9 @@ def layer_prune_report(name, weight, target):
 
 def _check_scope(scope, method):
     if scope not in ("local", "global"):
-        raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")
+        raise InputError(f"scope must be 'local' or 'global', not {scope!r}")
     if scope == "global" and method != "magnitude":
-        raise ValueError(f"global scope needs the 'magnitude' method, not {method!r}")
+        raise InputError(f"global scope needs the 'magnitude' method, not {method!r}")
 
 
 def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitude",
@@ -554,9 +556,9 @@ def _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, freq
     _check_sparsity(initial_sparsity)
     _check_sparsity(final_sparsity)
     if not begin_step < end_step:
-        raise ValueError(f"begin_step ({begin_step!r}) must be before end_step ({end_step!r})")
+        raise InputError(f"begin_step ({begin_step!r}) must be before end_step ({end_step!r})")
     if frequency < 1:
-        raise ValueError(f"frequency must be at least 1, not {frequency!r}")
+        raise InputError(f"frequency must be at least 1, not {frequency!r}")
 
 
 class GradualPruner:
@@ -602,7 +604,7 @@ class GradualPruner:
                  scope: str = "local", patterns: Iterable[str] = DEFAULT_BERT_PATTERNS):
         _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
         if method != "magnitude":
-            raise ValueError(f"gradual pruning supports only the 'magnitude' method, "
+            raise InputError(f"gradual pruning supports only the 'magnitude' method, "
                              f"not {method!r}")
         _check_scope(scope, method)
         self.linears = require_linears(model, patterns)

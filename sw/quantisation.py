@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..hw.errors import InputError
+
 __all__ = [
     "DEFAULT_GRANULARITY",
     "DEFAULT_SMOOTHING_ALPHA",
@@ -93,10 +95,10 @@ class QuantisedTensor:
         except RuntimeError:
             shape = None
         if shape != self.values.shape:
-            raise ValueError(f"scale of shape {tuple(self.scale.shape)} does not broadcast "
+            raise InputError(f"scale of shape {tuple(self.scale.shape)} does not broadcast "
                              f"against values of shape {tuple(self.values.shape)}")
         if not bool((torch.isfinite(self.scale) & (self.scale > 0)).all()):
-            raise ValueError("scale must be positive and finite")
+            raise InputError("scale must be positive and finite")
 
     def dequantise(self) -> torch.Tensor:
         """The real values ``values * scale``, in the dtype of ``scale``."""
@@ -125,7 +127,7 @@ def _check_real(x, what):
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{what} contains NaN or infinite values; they have no int8 value")
+        raise InputError(f"{what} contains NaN or infinite values; they have no int8 value")
 
 
 def _quantise(x, amax):
@@ -166,7 +168,7 @@ def quantise_weights(weight: torch.Tensor) -> QuantisedTensor:
     """
     _check_real(weight, "weight")
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (rows, cols), got shape {tuple(weight.shape)}")
+        raise InputError(f"weight must be 2-D (rows, cols), got shape {tuple(weight.shape)}")
     weight = weight.detach()
     amax = weight.abs().amax(dim=1, keepdim=True) if weight.shape[1] else \
         torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
@@ -198,9 +200,9 @@ def quantise_activations(x: torch.Tensor, granularity: str = "tensor") -> Quanti
     """
     _check_real(x, "activations")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
     if x.dim() == 0:
-        raise ValueError("activations must have at least one dimension (features)")
+        raise InputError("activations must have at least one dimension (features)")
     x = x.detach()
     if x.numel() == 0:
         amax = torch.zeros((*x.shape[:-1], 1) if granularity == "token" else (), dtype=x.dtype)
@@ -253,7 +255,7 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
         If the shapes differ.
     """
     if tuple(reference.shape) != tuple(approximation.shape):
-        raise ValueError(f"shapes differ: reference {tuple(reference.shape)}, "
+        raise InputError(f"shapes differ: reference {tuple(reference.shape)}, "
                          f"approximation {tuple(approximation.shape)}")
     reference = reference.detach().to(torch.float64)
     error = approximation.detach().to(torch.float64) - reference
@@ -298,14 +300,14 @@ def smoothing_scales(activation_absmax: torch.Tensor, weight: torch.Tensor,
         If `alpha` is outside [0, 1], the shapes disagree, or an input is not finite or negative.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1], not {alpha!r}")
+        raise InputError(f"alpha must be a number in [0, 1], not {alpha!r}")
     _check_real(weight, "weight")
     _check_real(activation_absmax, "activation_absmax")
     if weight.dim() != 2 or tuple(activation_absmax.shape) != (weight.shape[1],):
-        raise ValueError(f"activation_absmax must have shape ({weight.shape[-1]},) for a weight "
+        raise InputError(f"activation_absmax must have shape ({weight.shape[-1]},) for a weight "
                          f"of shape {tuple(weight.shape)}, got {tuple(activation_absmax.shape)}")
     if bool((activation_absmax < 0).any()):
-        raise ValueError("activation_absmax must be non-negative (a maximum of magnitudes)")
+        raise InputError("activation_absmax must be non-negative (a maximum of magnitudes)")
     x_max = activation_absmax.detach().to(torch.float64)
     w_max = weight.detach().abs().amax(dim=0).to(torch.float64)
     usable = (x_max > 0) & (w_max > 0)
@@ -345,7 +347,7 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach().float()
         if smoothing is not None:
             if tuple(smoothing.shape) != (linear.in_features,):
-                raise ValueError(f"smoothing must have shape ({linear.in_features},), got "
+                raise InputError(f"smoothing must have shape ({linear.in_features},), got "
                                  f"{tuple(smoothing.shape)}")
             smoothing = smoothing.detach().float()
             weight = weight * smoothing
@@ -364,7 +366,7 @@ class Int8Linear(nn.Module):
     def _hold(self, quantised, bias, granularity, smoothing):
         super().__init__()
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
+            raise InputError(f"granularity must be one of {GRANULARITIES!r}, not {granularity!r}")
         self.out_features, self.in_features = quantised.values.shape
         self.granularity = granularity
         self.smoothing = smoothing
@@ -480,7 +482,7 @@ def quantise_model(model: nn.Module, patterns: Iterable[str], *,
     patterns = tuple(patterns)
     linears = matching_linears(model, patterns)
     if not linears:
-        raise ValueError(f"no nn.Linear matches the patterns {list(patterns)!r}")
+        raise InputError(f"no nn.Linear matches the patterns {list(patterns)!r}")
     smoothing = smoothing or {}
     replacements = [(name, Int8Linear(linear, granularity, smoothing.get(name)))
                     for name, linear in linears]

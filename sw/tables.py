@@ -3,6 +3,8 @@
 import csv
 import dataclasses
 
+from ..hw.errors import InputError
+
 __all__ = ["format_table", "format_sections", "write_csv"]
 
 
@@ -40,7 +42,7 @@ def write_csv(path, rows):
     """
     rows = list(rows)
     if not rows:
-        raise ValueError("no rows to write")
+        raise InputError("no rows to write")
     rows = [row if isinstance(row, dict) else dataclasses.asdict(row) for row in rows]
     names = list(rows[0])
     with open(path, "w", newline="") as file:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..hw.errors import InputError
+
 __all__ = [
     "BUILTIN_LICENCE", "BUILTIN_SOURCE", "DEFAULT_SPLIT_SIZES", "KNN_NEIGHBOURS",
     "DEFAULT_FIDELITY_POINTS", "FidelityPoint", "FidelityRow", "LabelledTexts", "SplitSizes",
@@ -61,7 +63,7 @@ _PROBE_C = 10.0
 _PROBE_MAX_ITER = 2000
 
 
-class TaskDataError(ValueError):
+class TaskDataError(InputError):
     """A task file is missing, empty, not UTF-8 or lacks a column (the CLI exits with 2)."""
 
 
@@ -329,7 +331,7 @@ def task_splits(labelled: LabelledTexts, seed: int = 0,
         size = getattr(sizes, name)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)
                                  or size < 1):
-            raise ValueError(f"split size {name}={size!r}: must be an integer of at least 1")
+            raise InputError(f"split size {name}={size!r}: must be an integer of at least 1")
     first: dict[str, int] = {}
     for index, text in enumerate(labelled.texts):
         first.setdefault(text, index)
@@ -338,7 +340,7 @@ def task_splits(labelled: LabelledTexts, seed: int = 0,
     fixed = sizes.train + sizes.test + sizes.calibration
     distillation = unique.size - fixed if sizes.distillation is None else sizes.distillation
     if fixed + max(distillation, 1) > unique.size:
-        raise ValueError(f"{labelled.source}: the splits need {fixed} + "
+        raise InputError(f"{labelled.source}: the splits need {fixed} + "
                          f"{sizes.distillation or 'at least 1'} unique texts, there are "
                          f"{unique.size}")
     bounds = np.cumsum([0, sizes.train, sizes.test, sizes.calibration, distillation])
@@ -422,15 +424,15 @@ def evaluate_embeddings(dense: TaskEmbeddings | Embedder, candidate: TaskEmbeddi
         for split in ("train", "test"):
             rows = getattr(embeddings, split).shape[0]
             if rows != len(getattr(splits, split)):
-                raise ValueError(f"{name} {split} embeddings have {rows} rows, the split has "
+                raise InputError(f"{name} {split} embeddings have {rows} rows, the split has "
                                  f"{len(getattr(splits, split))} texts")
     if dense.test.shape[1] != candidate.test.shape[1]:
-        raise ValueError(f"dense embeddings are {dense.test.shape[1]} wide, the candidate's "
+        raise InputError(f"dense embeddings are {dense.test.shape[1]} wide, the candidate's "
                          f"{candidate.test.shape[1]}")
     train_labels = np.asarray(splits.train.labels)
     test_labels = np.asarray(splits.test.labels)
     if np.unique(train_labels).size < 2:
-        raise ValueError("the train split has a single class: a probe needs two or more")
+        raise InputError("the train split has a single class: a probe needs two or more")
     dense_probe = _fit_probe(dense.train, train_labels)
     own_probe = (dense_probe if candidate is dense
                  else _fit_probe(candidate.train, train_labels))
@@ -446,7 +448,7 @@ def evaluate_embeddings(dense: TaskEmbeddings | Embedder, candidate: TaskEmbeddi
 def _unit_rows(embeddings, count):
     embeddings = torch.as_tensor(embeddings).detach().to(torch.float32)
     if embeddings.dim() != 2 or embeddings.shape[0] != count:
-        raise ValueError(f"the embedder returned shape {tuple(embeddings.shape)} for {count} "
+        raise InputError(f"the embedder returned shape {tuple(embeddings.shape)} for {count} "
                          "texts; expected [texts, hidden]")
     return embeddings
 

@@ -15,6 +15,8 @@ import itertools
 import cocotb
 from cocotb.triggers import Event, RisingEdge
 
+from ...hw.errors import InputError
+
 __all__ = ["no_pauses", "random_pauses", "StreamDriver", "StreamMonitor", "BackPressure"]
 
 
@@ -41,7 +43,7 @@ def random_pauses(rng, probability, max_burst=4):
         True for a cycle of pause.
     """
     if not 0 <= probability < 1:
-        raise ValueError(f"pause probability must be in [0, 1), not {probability!r}")
+        raise InputError(f"pause probability must be in [0, 1), not {probability!r}")
     while True:
         if probability and rng.random() < probability:
             for _ in range(rng.randint(1, max_burst)):

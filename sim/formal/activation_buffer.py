@@ -4,6 +4,7 @@ from amaranth.hdl import Array, Assert, Assume, Cat, Const, Cover, Mux, Signal, 
 
 from ...hw.activation_buffer import ActivationBuffer
 from .harness import Harness, transfer
+from ...hw.errors import InputError
 
 __all__ = ["ActivationBufferHarness", "MAX_BLOCKS", "IN_FLIGHT"]
 
@@ -39,7 +40,7 @@ class ActivationBufferHarness(Harness):
     def environment(self, m):
         config = self.config
         if config.max_in_features > 8 or config.token_lanes > 2:
-            raise ValueError(f"the activation tags need max_in_features <= 8 and token_lanes "
+            raise InputError(f"the activation tags need max_in_features <= 8 and token_lanes "
                              f"<= 2, not {config.describe()}")
         cols = Signal.like(self.job.cols)
         blocks = Signal.like(self.job.token_blocks)

@@ -10,6 +10,8 @@ from amaranth.hdl import Assert, Assume, Module, ResetSignal, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, flipped
 
+from ...hw.errors import InputError
+
 __all__ = ["Harness", "stream_ports", "stream_protocol", "transfer", "count"]
 
 
@@ -90,7 +92,7 @@ class Harness(wiring.Component):
 
     def __init__(self, dut, prop):
         if prop not in self.PROPERTIES:
-            raise ValueError(f"{type(self).__name__} has no property {prop!r}; "
+            raise InputError(f"{type(self).__name__} has no property {prop!r}; "
                              f"known: {', '.join(self.PROPERTIES)}")
         self._dut = dut
         self._prop = prop

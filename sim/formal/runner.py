@@ -25,6 +25,7 @@ from amaranth.back import rtlil
 
 from ...hw.config import ArrayConfig
 from ..toolchain import ToolMissingError, cache_dir, file_lock
+from ...hw.errors import InputError
 
 __all__ = ["MODES", "STATUSES", "ProofSpec", "ProofResult", "FormalReport", "run_proofs",
            "run_proof", "sby_command", "solver_environment"]
@@ -62,12 +63,12 @@ class ProofSpec:
 
     def __post_init__(self):
         if self.prop not in self.harness.PROPERTIES:
-            raise ValueError(f"{self.harness.__name__} has no property {self.prop!r}; "
+            raise InputError(f"{self.harness.__name__} has no property {self.prop!r}; "
                              f"known: {', '.join(self.harness.PROPERTIES)}")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise InputError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be a positive integer, not {self.depth!r}")
+            raise InputError(f"depth must be a positive integer, not {self.depth!r}")
 
     @property
     def block(self):
@@ -318,7 +319,7 @@ def run_proofs(specs, jobs=2, on_result=None):
     FormalReport
     """
     if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
+        raise InputError(f"jobs must be a positive integer, not {jobs!r}")
     env = solver_environment()
     start = time.monotonic()
     results = {}

@@ -15,6 +15,7 @@ from .csr_streamer import CSRStreamerHarness
 from .host_link import FrameReceiverHarness, HostLinkHarness, ReplySenderHarness
 from .mac_array import MACArrayHarness
 from .runner import ProofSpec
+from ...hw.errors import InputError
 
 __all__ = ["CONFIGS", "proofs", "select", "config_name"]
 
@@ -113,11 +114,11 @@ def select(everything=False, blocks=None, props=None, configs=None):
         known = sorted({key(spec) for spec in specs})
         for name in wanted or ():
             if name not in known:
-                raise ValueError(f"unknown {label} {name!r}; known: {', '.join(known)}")
+                raise InputError(f"unknown {label} {name!r}; known: {', '.join(known)}")
         if wanted:
             specs = [spec for spec in specs if key(spec) in wanted]
     if not everything:
         specs = [spec for spec in specs if not spec.slow]
     if not specs:
-        raise ValueError("no proof matches; add --all to include the slow ones")
+        raise InputError("no proof matches; add --all to include the slow ones")
     return specs

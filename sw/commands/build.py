@@ -8,6 +8,7 @@ import sys
 from .options import (add_config_arguments, config_from_args, positive_argument,
                       positive_integer_argument)
 from .report_output import finish
+from ...hw.errors import InputError
 
 HELP = ("Build the ULX3S bitstream with the open toolchain (Yosys, nextpnr-ecp5, ecppack), check "
         "whether the committed one is stale, or program a board.")
@@ -80,7 +81,7 @@ def run(args):
     from ..progress import progress
 
     if args.board not in build.BOARDS:
-        raise ValueError(f"unknown board {args.board!r}: choose one of "
+        raise InputError(f"unknown board {args.board!r}: choose one of "
                          f"{', '.join(build.BOARDS)}")
     config = config_from_args(args)
     build.check_fits(config, args.board)

@@ -12,6 +12,7 @@ import dataclasses
 from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
+from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
@@ -120,7 +121,7 @@ def config_from_args(args):
     """The one configuration ``args`` names (commands that run one)."""
     configs = configs_from_args(args)
     if len(configs) != 1:
-        raise ValueError(f"--config names {len(configs)} configurations; this command runs one")
+        raise InputError(f"--config names {len(configs)} configurations; this command runs one")
     return configs[0]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .options import add_config_arguments, add_report_arguments, configs_from_args
 from .report_output import check_report_outputs, finish
+from ...hw.errors import InputError
 
 HELP = ("run the cocotb regressions (core, CSR streamer, MAC array) on Verilator against the "
         "golden and cycle models")
@@ -48,7 +49,7 @@ def run(args):
     configs = _configs(args)
     unknown = set(args.bench or ()) - set(regress.BENCHES)
     if unknown:
-        raise ValueError(f"unknown bench {sorted(unknown)[0]!r}; "
+        raise InputError(f"unknown bench {sorted(unknown)[0]!r}; "
                          f"known: {', '.join(regress.BENCHES)}")
     check_report_outputs(args)
     benches = [regress.BENCHES[name] for name in (args.bench or regress.BENCHES)]
@@ -56,7 +57,7 @@ def run(args):
     output = args.output or cache_dir("regress")
     total = sum(len(regress.selected_tests(bench, args.test)) for bench in benches) * len(configs)
     if not total:
-        raise ValueError(f"no test matches {args.test!r}")
+        raise InputError(f"no test matches {args.test!r}")
     progress(f"seed {seed}; {total} tests on {', '.join(config.key() for config in configs)}; "
              f"results in {output}")
 

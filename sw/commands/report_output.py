@@ -8,6 +8,8 @@ commands that take ``--csv``, ``csv_rows()`` (dicts or dataclasses, one a CSV ro
 import json
 from pathlib import Path
 
+from ...hw.errors import InputError
+
 __all__ = ["check_report_outputs", "finish"]
 
 
@@ -45,7 +47,7 @@ def finish(args, report):
         try:
             write_csv(args.csv, report.csv_rows())
         except OSError as error:
-            raise ValueError(f"cannot write the CSV report {args.csv!r}: "
+            raise InputError(f"cannot write the CSV report {args.csv!r}: "
                              f"{error.strerror or error}; the report is printed above") from None
         progress(f"CSV report written to {Path(args.csv).absolute()}")
     return 0 if report.passed else 1

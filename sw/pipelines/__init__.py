@@ -8,6 +8,8 @@ a notebook calls the same function.
 import os
 from pathlib import Path
 
+from ...hw.errors import InputError, MissingFileError
+
 __all__ = ["check_output_path", "check_output_folder", "check_port"]
 
 
@@ -25,7 +27,7 @@ def check_output_path(path, what):
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise ValueError(f"cannot write the {what} {str(path)!r}: it is a folder; give a file "
+        raise InputError(f"cannot write the {what} {str(path)!r}: it is a folder; give a file "
                          "name")
     _check_writable_folder(path.absolute().parent, f"the {what} {str(path)!r}", create=False)
 
@@ -42,7 +44,7 @@ def check_output_folder(path, what):
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"cannot write the {what} in {str(path)!r}: it is a file, not a folder")
+        raise InputError(f"cannot write the {what} in {str(path)!r}: it is a file, not a folder")
     _check_writable_folder(path.absolute(), f"the {what} in {str(path)!r}", create=True)
 
 
@@ -50,13 +52,13 @@ def _check_writable_folder(folder, target, *, create):
     existing = folder
     while not existing.exists():
         if not create:
-            raise FileNotFoundError(f"cannot write {target}: folder {str(folder)!r} does not "
+            raise MissingFileError(f"cannot write {target}: folder {str(folder)!r} does not "
                                     "exist")
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"cannot write {target}: {str(existing)!r} is a file, not a folder")
+        raise InputError(f"cannot write {target}: {str(existing)!r} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {target}: folder {str(existing)!r} is not writable")
+        raise InputError(f"cannot write {target}: folder {str(existing)!r} is not writable")
 
 
 def check_port(backend, port):
@@ -68,5 +70,5 @@ def check_port(backend, port):
         If exactly one of ``backend == "fpga"`` and ``port`` is given.
     """
     if (backend == "fpga") != (port is not None):
-        raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
+        raise InputError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")

@@ -30,6 +30,7 @@ from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarit
                       tokenize)
 from ..progress import phase, progress, progress_bar
 from ..quantisation import DEFAULT_GRANULARITY
+from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
 
@@ -201,7 +202,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
     check_index(config, index)
     if text is not None and not text.strip():
-        raise ValueError("--text is empty: give a sentence, or leave --text out for the "
+        raise InputError("--text is empty: give a sentence, or leave --text out for the "
                          "built-in one")
     table = load_energy_table(energy_table)
     # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
@@ -222,7 +223,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     reference_model = copy.deepcopy(loaded.model) if check else None
 
     if calibrated is not None and loaded.tokenizer is None:
-        raise ValueError(f"{method} needs a tokenizer for its calibration text, and "
+        raise InputError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
                    tokenizer=loaded.tokenizer, index=index)

@@ -46,6 +46,7 @@ from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
 from . import check_output_folder
+from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
            "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within", "pareto_front",
@@ -330,7 +331,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     methods, sparsities, checkpoints = list(methods), list(sparsities), list(checkpoints)
     configs = list(configs)
     if not configs:
-        raise ValueError("need at least one array config")
+        raise InputError("need at least one array config")
     config = configs[0]
     index = ColumnIndex(index)
     for other in configs:
@@ -346,7 +347,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     torch.set_num_threads(1)  # small elementwise work per layer: see the bert pipeline
     loaded = load_model(model)
     if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.name} has no tokenizer: the task needs text")
+        raise InputError(f"{loaded.name} has no tokenizer: the task needs text")
     tokenizer = loaded.tokenizer
     batch = splits.test.texts[:workload]
     tokens = int(tokenizer(batch, padding=True, truncation=True,
@@ -443,23 +444,23 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     if isinstance(workload, bool) or not isinstance(workload, int) \
             or not 1 <= workload <= sizes.test:
-        raise ValueError(f"the workload must be 1 to {sizes.test} test texts (the test "
+        raise InputError(f"the workload must be 1 to {sizes.test} test texts (the test "
                          f"split), not {workload!r}")
     for sparsity in sparsities:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0.0 <= sparsity <= 1.0:
-            raise ValueError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
+            raise InputError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
     unstructured = [method for method in methods if not fixes_sparsity(method)]
     if unstructured and not sparsities:
-        raise ValueError(f"{', '.join(unstructured)} need at least one sparsity")
+        raise InputError(f"{', '.join(unstructured)} need at least one sparsity")
     for method in methods:
         check_method(method)
     for checkpoint in checkpoints:
         if not Path(checkpoint).is_dir():
-            raise ValueError(f"checkpoint {checkpoint}: no such directory")
+            raise InputError(f"checkpoint {checkpoint}: no such directory")
     plan = [("int8", "magnitude", None, 0.0)]
     for method in methods:
         if fixes_sparsity(method):

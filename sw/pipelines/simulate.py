@@ -31,6 +31,7 @@ from ..progress import phase, progress
 from . import check_output_path, check_port
 from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
+from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
            "SimulationReport", "simulate_layer", "estimate_fst_bytes"]
@@ -193,19 +194,19 @@ def estimate_fst_bytes(cycles, config):
 
 def _check_options(backend, port, fst, fst_limit, method, memory):
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
     if backend == "fpga" and not memory.ideal:
-        raise ValueError(f"memory {memory.name} needs a simulated backend: the board's streams "
+        raise InputError(f"memory {memory.name} needs a simulated backend: the board's streams "
                          "run at its link's own rate")
     check_port(backend, port)
     if fst is not None:
         if backend != "verilator":
-            raise ValueError("--fst needs --backend verilator")
+            raise InputError("--fst needs --backend verilator")
         check_output_path(fst, "waveform")
         if fst_limit <= 0:
-            raise ValueError(f"the FST size limit must be positive, not {fst_limit!r}")
+            raise InputError(f"the FST size limit must be positive, not {fst_limit!r}")
 
 
 def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
@@ -315,7 +316,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     if fst is not None:
         estimate = estimate_fst_bytes(predicted_sparse.cycles + predicted_dense.cycles, config)
         if estimate > fst_limit:
-            raise ValueError(f"the waveform of {predicted_sparse.cycles + predicted_dense.cycles:,}"
+            raise InputError(f"the waveform of {predicted_sparse.cycles + predicted_dense.cycles:,}"
                              f" cycles would be about {estimate / 1e9:.2f} GB, over the "
                              f"{fst_limit / 1e9:.2f} GB limit: raise it with --fst-limit, or use "
                              "fewer --tokens or a smaller layer")
@@ -374,7 +375,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
 def _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts, config):
     """Prune one linear in place with a calibrated method on its calibration inputs."""
     if loaded.tokenizer is None:
-        raise ValueError(f"{calibrated.method} needs a tokenizer for its calibration text, and "
+        raise InputError(f"{calibrated.method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     with phase(f"{calibrated.method} on {len(texts)} calibration texts"):
         report = prune_calibrated(loaded.model, loaded.tokenizer, calibrated.method, sparsity,
@@ -394,7 +395,7 @@ def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_b
     manifest = read_manifest(committed_folder(board))
     built = ArrayConfig(**manifest["config"])
     if built != config:
-        raise ValueError(f"the committed {board} bitstream is built for {built.describe()}, "
+        raise InputError(f"the committed {board} bitstream is built for {built.describe()}, "
                          f"not {config.describe()}: pass --config {built.key()} (or no "
                          "--config), or build one for this config with `sparsemac build`")
     sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)

@@ -35,6 +35,7 @@ from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
 from ..progress import progress, progress_bar
 from . import check_output_folder
+from ...hw.errors import InputError, MissingFileError, RunFailure
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
            "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
@@ -116,11 +117,11 @@ def load_spec(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep spec {str(path)!r} does not exist")
+        raise MissingFileError(f"sweep spec {str(path)!r} does not exist")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a TOML file: {error}") from None
+        raise InputError(f"{path}: not a TOML file: {error}") from None
     return parse_spec(data, source=str(path))
 
 
@@ -152,7 +153,7 @@ def parse_spec(data, source="spec"):
     from ..pruning import is_structured
 
     def fail(message):
-        raise ValueError(f"{source}: {message}")
+        raise InputError(f"{source}: {message}")
 
     if not isinstance(data, dict):
         fail("a spec is a table of axes")
@@ -359,7 +360,7 @@ def expand_points(spec):
                 for method, sparsity in prunings)
     if spec.verify is not None:
         if spec.verify.sample > len(points):
-            raise ValueError(f"[verify] sample is {spec.verify.sample} but the sweep has only "
+            raise InputError(f"[verify] sample is {spec.verify.sample} but the sweep has only "
                              f"{len(points)} layer points")
         chosen = set(random.Random(spec.verify.seed).sample(range(len(points)),
                                                             spec.verify.sample))
@@ -597,14 +598,14 @@ class _ResultsTable:
         self.folder = Path(folder)
         self.path = self.folder / RESULTS_FILE
         if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"--output {str(self.folder)!r} is a file, not a folder")
+            raise InputError(f"--output {str(self.folder)!r} is a file, not a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.folder / ".sweep.lock", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise ValueError(f"another sweep is writing to {self.folder}: wait for it or "
+            raise InputError(f"another sweep is writing to {self.folder}: wait for it or "
                              "choose another --output") from None
         self.rows = self._read()
         self._file = None
@@ -623,7 +624,7 @@ class _ResultsTable:
             if header is None:
                 return []
             if tuple(header) != COLUMNS:
-                raise ValueError(
+                raise InputError(
                     f"{self.path} has other columns than this version of sparsemac writes: "
                     "it is left as it is; choose another --output")
             return [PointResult(**{name: _parse_cell(name, text)
@@ -679,7 +680,7 @@ def check_scheduler_address(scheduler):
         return None
     match = _TCP_ADDRESS.fullmatch(scheduler.strip())
     if match is None or not 1 <= int(match["port"]) <= 65535:
-        raise ValueError(f"--scheduler {scheduler!r} is not a scheduler address: write "
+        raise InputError(f"--scheduler {scheduler!r} is not a scheduler address: write "
                          "tcp://HOST:PORT (or tls://HOST:PORT) with a port from 1 to 65535, "
                          "e.g. tcp://127.0.0.1:8786")
     return match["host"].strip("[]"), int(match["port"])
@@ -698,14 +699,14 @@ def _connect_remote(scheduler):
         if address is not None:
             socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        raise ValueError(f"no Dask scheduler answers at {scheduler!r} "
+        raise InputError(f"no Dask scheduler answers at {scheduler!r} "
                          f"({error.strerror or type(error).__name__}): {advice}") from None
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except Exception as error:  # noqa: BLE001 - whatever answers there, it is no scheduler
         # Not the error's own text: whatever answered there speaks no Dask, and what the
         # client made of its bytes (a 3 EiB message length, say) tells the user nothing.
-        raise ValueError(f"no Dask scheduler answers at {scheduler!r} within "
+        raise InputError(f"no Dask scheduler answers at {scheduler!r} within "
                          f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}): {advice}") from None
     count = len(client.scheduler_info()["workers"])
     return client, f"the Dask cluster at {scheduler} ({count} worker(s) when the sweep began)"
@@ -759,7 +760,7 @@ def _compute(points, table, spec_digest, client):
     finally:
         bar.close()
     if cancelled:
-        raise RuntimeError(f"{cancelled} of {len(points)} points were cancelled (did the Dask "
+        raise RunFailure(f"{cancelled} of {len(points)} points were cancelled (did the Dask "
                            "scheduler stop?): run the same sweep again to compute them")
 
 
@@ -1029,12 +1030,12 @@ def run_sweep(spec, output, scheduler=None, workers=None, threads_per_worker=1,
     if scheduler is not None:
         check_scheduler_address(scheduler)
     if scheduler is not None and (workers is not None or threads_per_worker != 1):
-        raise ValueError("--workers and --threads-per-worker size the local cluster: with "
+        raise InputError("--workers and --threads-per-worker size the local cluster: with "
                          "--scheduler, the cluster's size is set where its workers start")
     workers = _default_workers() if workers is None else workers
     for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            raise InputError(f"{name} must be a positive integer, not {value!r}")
     client, cluster, where = None, None, "nothing to compute"
     if scheduler is not None:
         client, where = _connect_remote(scheduler)
