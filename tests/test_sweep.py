@@ -13,6 +13,7 @@ import pytest
 from distributed import LocalCluster
 
 from sparsemac.bitstreams.build import BuildResult, ResourceReport
+from sparsemac.hw.board_link import design_digest
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw import cli
 from sparsemac.sw.offload import OffloadedLinear
@@ -418,3 +419,19 @@ def test_output_folder_in_use_is_refused(tmp_path):
             run_sweep(spec_of(), tmp_path, workers=1, processes=False)
     finally:
         held.close()
+
+
+def test_design_hashes_are_kept_on_disk(tmp_path, monkeypatch):
+    # A rerun elaborates no design: the hash comes from the cache, keyed by the gateware.
+    monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path))
+    config = ArrayConfig.from_key("k2t2i512")
+    first = sweep._design_hash(config)
+    assert first == design_digest(config).hex
+
+    def elaborate(_config):
+        raise AssertionError("the design was elaborated again")
+
+    monkeypatch.setattr(sweep, "design_digest", elaborate)
+    assert sweep._design_hash(config) == first
+    [cached] = (tmp_path / "design-hashes").iterdir()
+    assert cached.name.startswith("k2t2i512-")

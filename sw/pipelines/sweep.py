@@ -342,7 +342,7 @@ def expand_points(spec):
     from ..models import encoder_linear_names, get_linear
     from ..pruning import is_structured
 
-    hashes = {config: design_digest(config).hex for config in spec.configs}
+    hashes = {config: _design_hash(config) for config in spec.configs}
     prunings = [(method, None) if is_structured(method) else (method, sparsity)
                 for method in spec.methods
                 for sparsity in ((None,) if is_structured(method) else spec.sparsities)]
@@ -371,6 +371,28 @@ def expand_points(spec):
                                  board=spec.build.board, build_seed=seed)
                       for config in spec.configs for seed in spec.build.seeds)
     return points
+
+
+def _design_hash(config):
+    """:func:`~sparsemac.hw.board_link.design_digest`'s hex of ``config``, kept on disk under a
+    key of every gateware source and the Amaranth version: elaborating a large config takes
+    seconds, and a sweep rerun with nothing to compute should not pay them again."""
+    from importlib.metadata import version
+
+    from ... import hw
+    from ..cache import cache_dir
+
+    sources = hashlib.sha256(version("amaranth").encode())
+    for path in sorted(Path(hw.__file__).parent.glob("*.py")):
+        sources.update(path.name.encode() + b"\0" + path.read_bytes())
+    path = cache_dir("design-hashes") / f"{config.key()}-{sources.hexdigest()[:16]}"
+    if path.is_file():
+        return path.read_text().strip()
+    value = design_digest(config).hex
+    partial = path.with_suffix(".partial")
+    partial.write_text(value + "\n")
+    os.replace(partial, path)  # a sweep on another worker may write the same file
+    return value
 
 
 # --- One point, on a worker -------------------------------------------------------------------
