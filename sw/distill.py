@@ -40,7 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..hw.config import DEFAULT_CONFIG
-from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .calibration import check_pattern, prune_calibrated
+from .methods import KINDS, PruningMethod
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
@@ -55,8 +56,8 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.safetensors"
 #: The JSON report of a finished run, beside the Hugging Face files; written last.
 REPORT_FILE = "distill_report.json"
-#: The mask methods of a recipe.
-MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
+#: The mask methods of a recipe: every kind but random, whose masks cannot grow on a schedule.
+MASK_METHODS = tuple(kind for kind in KINDS if kind != "random")
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
@@ -126,10 +127,7 @@ class DistillRecipe:
         if self.method not in MASK_METHODS:
             raise ValueError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
-        if self.pattern == K_ALIGNED and self.method == "magnitude":
-            raise ValueError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
-                             "(wanda or sparsegpt), not 'magnitude'")
-        check_pattern(self.sparsity, self.pattern, self.lanes)
+        check_pattern(self.sparsity, self.mask_method.pattern, self.lanes)
         for name in ("steps", "prune_every", "batch_size", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -151,6 +149,17 @@ class DistillRecipe:
                              f"{self.embedding_loss!r}")
         if min(self.embedding_weight, self.hidden_weight) < 0:
             raise ValueError("loss weights must not be negative")
+
+    @property
+    def mask_method(self) -> PruningMethod:
+        """The method and pattern of the last pruning step.
+
+        Raises
+        ------
+        ValueError
+            If the pattern is invalid or does not suit the method.
+        """
+        return PruningMethod(self.method, self.pattern)
 
     @property
     def prune_end_step(self) -> int:
@@ -524,7 +533,7 @@ def _prune_step(run: _Run, step: int) -> None:
     sparsity = cubic_sparsity(step, 0.0, recipe.sparsity, 0, pruner.end_step,
                               recipe.prune_every)
     last = step == pruner.end_step
-    n_m = recipe.pattern not in (None, K_ALIGNED)
+    n_m = recipe.mask_method.fixes_sparsity
     if sparsity == 0.0 or (recipe.method == "magnitude" and not (n_m and last)):
         pruner.step(step)  # magnitude, pruned weights ranked below every kept one
         return

@@ -25,15 +25,16 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
-from .calibration import parse_calibrated, prune_calibrated
+from .calibration import prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
+from .methods import PruningMethod, parse_method
 from .offload import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
-                      parse_method, require_linears)
+                      require_linears)
 from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
@@ -226,7 +227,8 @@ class CrossCheck:
         return not self.cycles_mismatch
 
 
-def offload(model: nn.Module, device: Device, sparsity: float | None, method: str = "magnitude",
+def offload(model: nn.Module, device: Device, sparsity: float | None,
+            method: str | PruningMethod = "magnitude",
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
@@ -245,11 +247,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     sparsity : float or None
         Fraction of each layer's weights to remove (of all matched weights with global scope).
         None or ``1 - n/m`` for N:M methods, whose pattern fixes it.
-    method : str
+    method : str or PruningMethod
         ``"magnitude"``, ``"random"`` or an ``"N:M"`` string such as ``"2:4"``, as in
         :func:`~sparsemac.sw.pruning.prune_mask`; or a calibrated method, ``"wanda"`` or
         ``"sparsegpt"``, optionally with a pattern: ``"sparsegpt-2:4"``, ``"wanda-k-aligned"``
-        (:func:`~sparsemac.sw.calibration.parse_calibrated`; K is the device's lanes). A
+        (:func:`~sparsemac.sw.methods.parse_method`; K is the device's lanes). A
         calibrated method prunes the float linears in place, in order, on `calibration`
         (:func:`~sparsemac.sw.calibration.prune_calibrated`), before they are quantised.
     seed : int or None
@@ -299,9 +301,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     """
     if not isinstance(device, Device):
         raise TypeError(f"device must be a Device (see open_device), not {device!r}")
-    calibrated = parse_calibrated(method)
-    if calibrated is None:
-        parse_method(method)  # a bad method fails before the model is searched
+    method = parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     index = ColumnIndex(index)
@@ -312,10 +312,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
                                                                               kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
-    if calibrated is None:
+    if not method.calibrated:
         masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     else:
-        masks, target = _calibrated_masks(model, linears, device.config, sparsity, calibrated,
+        masks, target = _calibrated_masks(model, linears, device.config, sparsity, method,
                                           scope=scope, patterns=patterns,
                                           calibration=calibration, tokenizer=tokenizer)
 
@@ -335,7 +335,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
 
     config = device.config
     report = OffloadReport(
-        backend=device.name, config=config, method=method,
+        backend=device.name, config=config, method=method.text,
         sparsity_target=None if target is None else float(target), scope=scope, seed=seed,
         dense_measured=measure_dense,
         layers=[_layer_report(name, module, config, sparsity_found)
@@ -425,7 +425,7 @@ def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, pa
                       calibration, tokenizer):
     """Prune `linears` of `model` in place with a calibrated method; their keep-masks and the
     target sparsity. Every check comes before the first weight changes."""
-    name = calibrated.method + (f"-{calibrated.pattern}" if calibrated.pattern else "")
+    name = calibrated.text
     if scope != "local":
         raise ValueError(f"{name} prunes each layer on its own: scope must be 'local', not "
                          f"{scope!r}")
@@ -438,7 +438,7 @@ def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, pa
         if linear.in_features > config.max_in_features:
             raise ValueError(f"{layer} has {linear.in_features} input features but the array "
                              f"holds at most {config.max_in_features}")
-    report = prune_calibrated(model, tokenizer, calibrated.method, sparsity, calibration,
+    report = prune_calibrated(model, tokenizer, calibrated.kind, sparsity, calibration,
                               pattern=calibrated.pattern, lanes=config.lanes,
                               patterns=patterns)
     return [report.masks[layer] for layer, _ in linears], report.sparsity_target

@@ -8,7 +8,8 @@ from torch import nn
 from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .device import Device
-from .pruning import choose_masks, is_structured
+from .methods import parse_method
+from .pruning import choose_masks
 from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, dequantise_sums,
                            quantise_input, quantise_weights)
 
@@ -105,7 +106,7 @@ class OffloadedLinear(nn.Module):
         sparsity : float or None
             Fraction of weights to remove. None: none for ``"magnitude"`` and ``"random"``, the
             pattern's for N:M, which refuses any other value.
-        method : str
+        method : str or PruningMethod
             ``"magnitude"``, ``"random"`` or ``"N:M"`` (see :func:`prune_mask`).
         seed : int or None
             For random pruning.
@@ -127,9 +128,10 @@ class OffloadedLinear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
         if mask is None:
-            if sparsity is None and not is_structured(method):
+            method = parse_method(method, nm=(n, m))
+            if sparsity is None and not method.fixes_sparsity:
                 sparsity = 0.0
-            [mask], _ = choose_masks([weight], sparsity, method, seed=seed, n=n, m=m)
+            [mask], _ = choose_masks([weight], sparsity, method, seed=seed)
         elif tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")

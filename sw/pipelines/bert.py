@@ -20,7 +20,7 @@ from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, check_config
 from ...hw.formats import ColumnIndex
 from . import check_port
-from ..calibration import fixes_sparsity, method_calibration
+from ..calibration import method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import ModelMemoryReport, memory_report
@@ -188,8 +188,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     started = time.perf_counter()
     check_config(config)
     # A bad method or calibration file fails before any work.
-    calibrated, texts = method_calibration(method, calibration, seed=seed)
-    structured = fixes_sparsity(method)
+    method, texts = method_calibration(method, calibration, seed=seed)
+    structured = method.fixes_sparsity
     check_port(backend, port)
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
@@ -212,7 +212,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     check = backend != "reference"
     reference_model = copy.deepcopy(loaded.model) if check else None
 
-    if calibrated is not None and loaded.tokenizer is None:
+    if method.calibrated and loaded.tokenizer is None:
         raise ValueError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
@@ -254,7 +254,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
             layer["bit_exact"] = layer["name"] not in crosscheck.sums_mismatch
             layer["cycles_equal"] = layer["name"] not in crosscheck.cycles_mismatch
     return BertReport(
-        model=loaded.name, source=loaded.source, backend=backend, method=method,
+        model=loaded.name, source=loaded.source, backend=backend, method=method.text,
         sparsity=summary["sparsity_target"], sparsity_found=summary["sparsity_found"],
         achieved_sparsity=summary["sparsity"], scope=scope, seed=seed, tokens=length,
         config=summary["config"], sparse_cycles=summary["sparse_cycles"],

@@ -36,8 +36,8 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
-from ..calibration import check_method, fixes_sparsity
 from ..memory_report import recorded_memory_cycles
+from ..methods import parse_method
 from ..model_offload import cross_check, offload
 from ..packing import check_index
 from ..progress import progress
@@ -277,7 +277,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
 
     Parameters
     ----------
-    methods : sequence of str
+    methods : sequence of str or PruningMethod
         Pruning methods as :func:`~sparsemac.sw.model_offload.offload` takes them; an N:M
         pattern (``2:4``, ``sparsegpt-2:4``) is one point at ``1 - N/M``.
     sparsities : sequence of float
@@ -376,7 +376,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
                                           memory_dense_cycles=bound[1])
         return FrontPoint(
             method=method if kind == "pruned" else kind, kind=kind, model=source,
-            sparsity_target=None if kind != "pruned" or fixes_sparsity(method) else sparsity,
+            sparsity_target=(None if kind != "pruned" or parse_method(method).fixes_sparsity
+                             else sparsity),
             sparsity=report.sparsity, sparse_cycles=report.sparse_cycles,
             dense_cycles=report.dense_cycles, speedup=report.speedup,
             sparse_weight_bytes=report.sparse_weight_bytes,
@@ -448,20 +449,19 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0.0 <= sparsity <= 1.0:
             raise ValueError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
-    unstructured = [method for method in methods if not fixes_sparsity(method)]
+    methods = [parse_method(method) for method in methods]
+    unstructured = [method.text for method in methods if not method.fixes_sparsity]
     if unstructured and not sparsities:
         raise ValueError(f"{', '.join(unstructured)} need at least one sparsity")
-    for method in methods:
-        check_method(method)
     for checkpoint in checkpoints:
         if not Path(checkpoint).is_dir():
             raise ValueError(f"checkpoint {checkpoint}: no such directory")
     plan = [("int8", "magnitude", None, 0.0)]
     for method in methods:
-        if fixes_sparsity(method):
-            plan.append(("pruned", method, None, None))
+        if method.fixes_sparsity:
+            plan.append(("pruned", method.text, None, None))
         else:
-            plan.extend(("pruned", method, None, sparsity) for sparsity in sparsities)
+            plan.extend(("pruned", method.text, None, sparsity) for sparsity in sparsities)
     # A checkpoint keeps its own zeros: pruning it to sparsity 0 adds none.
     plan.extend(("checkpoint", "magnitude", checkpoint, 0.0) for checkpoint in checkpoints)
     return [(kind, method, "" if source is None else source, sparsity)

@@ -20,7 +20,7 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig, check_config
 from ...hw.formats import ColumnIndex, Mode
-from ..calibration import check_pattern, fixes_sparsity, method_calibration, prune_calibrated
+from ..calibration import check_pattern, method_calibration, prune_calibrated
 from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
@@ -33,7 +33,7 @@ from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
-           "SimulationReport", "simulate_layer", "estimate_fst_bytes"]
+           "SimulationReport", "simulate_layer", "estimate_fst_bytes", "prune_layer"]
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_LAYER = "encoder.layer.0.intermediate.dense"
@@ -192,7 +192,7 @@ def estimate_fst_bytes(cycles, config):
     return int(cycles * FST_BYTES_PER_CYCLE * config.multipliers / DEFAULT_CONFIG.multipliers)
 
 
-def _check_options(backend, port, fst, fst_limit, method, memory):
+def _check_options(backend, port, fst, fst_limit, memory):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not isinstance(memory, MemoryModel):
@@ -226,10 +226,10 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     sparsity : float or None
         Fraction of weights to prune; None for :data:`DEFAULT_SPARSITY`, or for the ``1 - N/M``
         of an N:M method, whose pattern fixes it (another value is refused).
-    method : str
+    method : str or PruningMethod
         ``magnitude``, ``random``, an explicit ``N:M`` such as ``2:4``, or a calibrated method
         (``wanda``, ``sparsegpt``, ``sparsegpt-2:4``, ``wanda-k-aligned``: see
-        :func:`~sparsemac.sw.calibration.parse_calibrated`), which prunes the layer on its inputs
+        :func:`~sparsemac.sw.methods.parse_method`), which prunes the layer on its inputs
         for the calibration text, K-aligned to ``config.lanes``.
     tokens : int or None
         Repeat the sentence to exactly this many tokens.
@@ -276,12 +276,11 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     """
     started = time.perf_counter()
     check_config(config)
-    _check_options(backend, port, fst, fst_limit, method, memory)
-    calibrated, texts = method_calibration(method, calibration, seed=seed)
-    structured = fixes_sparsity(method)
+    _check_options(backend, port, fst, fst_limit, memory)
+    method, texts = method_calibration(method, calibration, seed=seed)
+    structured = method.fixes_sparsity
     if structured and sparsity is not None:  # 0.6 with 2:4: refused before any work
-        check_pattern(sparsity, method if calibrated is None else calibrated.pattern,
-                      config.lanes)
+        check_pattern(sparsity, method.pattern, config.lanes)
     elif sparsity is None and not structured:
         sparsity = DEFAULT_SPARSITY
     check_index(config, index)
@@ -295,12 +294,8 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
     with torch.no_grad():
         float_output = linear(inputs)  # before a calibrated method changes the weights
-    if calibrated is None:
-        [mask], target = choose_masks([linear.weight.detach().float()], sparsity, method,
-                                      seed=seed)
-    else:
-        mask, target = _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts,
-                                               config)
+    mask, target = prune_layer(loaded, layer, method, sparsity, texts=texts, lanes=config.lanes,
+                               seed=seed)
     weight = linear.weight.detach().float()
     throttled = None if memory.ideal else memory
     reference = ReferenceDevice(config, memory=throttled)
@@ -356,7 +351,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     return SimulationReport(
         model=loaded.name, layer=layer, rows=weights.rows, cols=weights.cols,
         tokens=inputs.shape[0], config=config.as_dict(), backend=backend, seed=seed,
-        method=method, target_sparsity=None if structured else target,
+        method=method.text, target_sparsity=None if structured else target,
         sparsity=achieved, jobs=sparse.jobs,
         sparse_cycles=sparse.cycles, dense_cycles=dense.cycles, speedup=speedup,
         ideal_speedup=ideal, efficiency=None if ideal is None else speedup / ideal,
@@ -372,14 +367,50 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
         board=board_figures, memory=memory_figures)
 
 
-def _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts, config):
-    """Prune one linear in place with a calibrated method on its calibration inputs."""
+def prune_layer(loaded, layer, method, sparsity, *, texts=None, lanes=DEFAULT_CONFIG.lanes,
+                seed=None):
+    """The keep-mask of one linear of a loaded model, by any pruning method.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        A calibrated method prunes (and, SparseGPT, updates) the linear in place, on what it
+        receives for `texts`; the other methods leave the model as it is.
+    layer : str
+        Qualified name of the linear.
+    method : PruningMethod
+    sparsity : float or None
+        As :func:`~sparsemac.sw.pruning.choose_masks`.
+    texts : list of str, optional
+        The calibration text of a calibrated method (required there).
+    lanes : int
+        The array's K, for ``k-aligned``.
+    seed : int or None
+        For random pruning.
+
+    Returns
+    -------
+    mask : torch.Tensor
+        Bool keep-mask of the linear's weight.
+    target : float or None
+        The sparsity aimed at.
+
+    Raises
+    ------
+    ValueError
+        If the sparsity does not suit the method, or a calibrated method has no tokenizer.
+    """
+    linear = loaded.model.get_submodule(layer)
+    if not method.calibrated:
+        [mask], target = choose_masks([linear.weight.detach().float()], sparsity, method,
+                                      seed=seed)
+        return mask, target
     if loaded.tokenizer is None:
-        raise ValueError(f"{calibrated.method} needs a tokenizer for its calibration text, and "
+        raise ValueError(f"{method.kind} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
-    with phase(f"{calibrated.method} on {len(texts)} calibration texts"):
-        report = prune_calibrated(loaded.model, loaded.tokenizer, calibrated.method, sparsity,
-                                  texts, pattern=calibrated.pattern, lanes=config.lanes,
+    with phase(f"{method.kind} on {len(texts)} calibration texts"):
+        report = prune_calibrated(loaded.model, loaded.tokenizer, method.kind, sparsity,
+                                  texts, pattern=method.pattern, lanes=lanes,
                                   patterns=(f"^{re.escape(layer)}$",))
     return report.masks[layer], report.sparsity_target
 
