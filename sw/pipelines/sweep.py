@@ -14,6 +14,8 @@ only the points not in the table, an interrupted sweep resumes, and rows of othe
 designs stay untouched. A point that raises is recorded with its error and the sweep goes on.
 """
 
+import contextlib
+import copy
 import csv
 import dataclasses
 import fcntl
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
+from ..methods import parse_method
 from ..progress import progress, progress_bar
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
@@ -128,11 +131,12 @@ def parse_spec(data, source="spec"):
     Keys: ``configs`` (array config names as :meth:`ArrayConfig.key` writes them, such as
     ``"k8t4"`` or ``"k1t1i512"``, or tables of :class:`ArrayConfig` fields), ``models``
     (``"minilm"``, ``"bert-base"`` or checkpoint directories), ``layers`` (linear names, or
-    ``"all"`` for every encoder linear), ``methods`` (``"magnitude"``, ``"random"`` or N:M
-    patterns such as ``"2:4"``: :func:`~sparsemac.sw.pruning.parse_method`), ``sparsities``
-    (0 to 1; needed by unstructured methods), optional ``tokens`` (2 or more; default the
-    sentence itself), ``seed`` (default 0), ``[verify]`` with ``sample`` and ``seed``, and
-    ``[build]`` with ``seeds`` and ``board`` (default ``"ulx3s-85f"``).
+    ``"all"`` for every encoder linear), ``methods`` (every method ``--method`` takes:
+    :func:`~sparsemac.sw.methods.parse_method`; calibrated ones prune on the built-in task's
+    calibration text), ``sparsities`` (0 to 1; needed unless every method is N:M), optional
+    ``tokens`` (2 or more; default the sentence itself), ``seed`` (default 0), ``[verify]``
+    with ``sample`` and ``seed``, and ``[build]`` with ``seeds`` and ``board`` (default
+    ``"ulx3s-85f"``).
 
     Models and layer names are checked when the points are expanded (:func:`expand_points`),
     which loads each model.
@@ -147,8 +151,6 @@ def parse_spec(data, source="spec"):
         On an unknown key or value, an empty axis or a value of the wrong type; the message
         names ``source`` and the key.
     """
-    from ..pruning import is_structured
-
     def fail(message):
         raise ValueError(f"{source}: {message}")
 
@@ -186,7 +188,7 @@ def parse_spec(data, source="spec"):
         layers = tuple(_string(value, "layers", fail) for value in layers)
     methods = tuple(_parse_method(_string(value, "methods", fail), fail)
                     for value in axis("methods"))
-    unstructured = [method for method in methods if not is_structured(method)]
+    unstructured = [method for method in methods if not method.fixes_sparsity]
     sparsities = axis("sparsities", required=bool(unstructured)) or []
     for value in sparsities:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -201,7 +203,8 @@ def parse_spec(data, source="spec"):
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         fail(f"seed must be a non-negative integer, not {seed!r}")
-    return SweepSpec(configs=configs, models=models, layers=layers, methods=methods,
+    return SweepSpec(configs=configs, models=models, layers=layers,
+                     methods=tuple(method.text for method in methods),
                      sparsities=tuple(float(value) for value in sparsities), tokens=tuple(tokens),
                      seed=seed, verify=_parse_verify(data.get("verify"), fail),
                      build=_parse_build(data.get("build"), fail))
@@ -232,13 +235,10 @@ def _parse_config(value, fail):
 
 
 def _parse_method(method, fail):
-    from ..pruning import parse_method
-
     try:
-        parse_method(method, explicit=True)
+        return parse_method(method)
     except ValueError as error:
         fail(str(error))
-    return method
 
 
 def _parse_section(section, name, keys, fail):
@@ -337,12 +337,12 @@ def expand_points(spec):
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
     from ..models import encoder_linear_names, get_linear
-    from ..pruning import is_structured
 
     hashes = {config: design_digest(config).hex for config in spec.configs}
-    prunings = [(method, None) if is_structured(method) else (method, sparsity)
+    fixed = {method: parse_method(method).fixes_sparsity for method in spec.methods}
+    prunings = [(method, None if fixed[method] else sparsity)
                 for method in spec.methods
-                for sparsity in ((None,) if is_structured(method) else spec.sparsities)]
+                for sparsity in ((None,) if fixed[method] else spec.sparsities)]
     points = []
     for model in spec.models:
         loaded = _loaded_model(model, spec.seed)
@@ -511,21 +511,30 @@ def _measure_layer(point, result):
 
     from ...devices.reference import ReferenceDevice
     from ...hw.formats import Mode
+    from ..calibration import method_calibration
     from ..model_offload import matmul_cycles
     from ..models import get_linear
     from ..offload import OffloadedLinear
     from ..quantisation import approximation_error
-    from .simulate import simulate_layer
+    from .simulate import prune_layer, simulate_layer
 
     config = point.config
+    method, texts = method_calibration(point.method, seed=point.seed)
     loaded = _loaded_model(point.model, point.seed)
-    linear = get_linear(loaded.model, point.layer)
     inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens)
-    layer = OffloadedLinear.from_linear(linear, ReferenceDevice(config), sparsity=point.sparsity,
-                                        method=point.method, seed=point.seed)
+    with torch.no_grad():
+        reference = get_linear(loaded.model, point.layer)(inputs)
+    # A calibrated method changes the weights of the model it runs, and feeds the shared
+    # tokenizer: it prunes a copy of its own, one thread at a time.
+    with _MODEL_LOCK if method.calibrated else contextlib.nullcontext():
+        if method.calibrated:
+            loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+        mask, _ = prune_layer(loaded, point.layer, method, point.sparsity, texts=texts,
+                              lanes=config.lanes, seed=point.seed)
+    layer = OffloadedLinear.from_linear(get_linear(loaded.model, point.layer),
+                                        ReferenceDevice(config), mask=mask)
     with torch.no_grad():
         output = layer(inputs)
-        reference = linear(inputs)
     weights, tokens = layer.weights, inputs.shape[0]
     error = approximation_error(reference, output)
     sparse = layer.stats.cycles
