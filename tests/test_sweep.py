@@ -15,11 +15,10 @@ from distributed import LocalCluster
 from sparsemac.bitstreams.build import BuildResult, ResourceReport
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw import cli
-from sparsemac.sw.pipelines import simulate, sweep
+from sparsemac.sw.pipelines import pareto_front, simulate, sweep
 from sparsemac.sw.pipelines.simulate import simulate_layer
 from sparsemac.sw.pipelines.sweep import (
-    COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, pareto_front, run_point,
-    run_sweep,
+    COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, run_point, run_sweep,
 )
 
 pytestmark = pytest.mark.xdist_group("sweep")  # one Dask cluster at a time on 2 cores
@@ -299,7 +298,7 @@ def test_pareto_front():
     point = argparse.Namespace
     items = [point(x=1, y=5), point(x=2, y=3), point(x=2, y=4), point(x=3, y=3),
              point(x=4, y=1), point(x=5, y=2)]
-    assert [(item.x, item.y) for item in pareto_front(items, "x", "y")] == [
+    assert [(items[index].x, items[index].y) for index in pareto_front(items, "x", "y")] == [
         (1, 5), (2, 3), (4, 1)]
 
 

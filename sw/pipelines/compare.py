@@ -45,9 +45,10 @@ from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
+from . import pareto_front
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
-           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within", "pareto_front",
+           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within",
            "sweep"]
 
 #: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
@@ -114,24 +115,6 @@ class FrontPoint:
         if self.sparsity_target is None or self.kind != "pruned":
             return self.method
         return f"{self.method} {self.sparsity_target:g}"
-
-
-def pareto_front(points) -> list[int]:
-    """Indices of the points no other point dominates, by increasing speedup.
-
-    A point dominates another when its speedup and accuracy are both at least as high and one
-    is higher. Of points equal in both, the first listed is kept.
-    """
-    front = []
-    for index, point in enumerate(points):
-        dominated = any(
-            other.speedup >= point.speedup and other.accuracy >= point.accuracy
-            and (other.speedup > point.speedup or other.accuracy > point.accuracy
-                 or other_index < index)
-            for other_index, other in enumerate(points) if other_index != index)
-        if not dominated:
-            front.append(index)
-    return sorted(front, key=lambda index: points[index].speedup)
 
 
 def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
@@ -422,7 +405,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
               "calibration_source": "calibration split" if calibration is None
               else str(calibration)},
         workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
-        points=points, front=pareto_front(points), best=best, verify=checked,
+        points=points, front=pareto_front(points, "speedup", "accuracy", maximise=True),
+        best=best, verify=checked,
         wall_s=time.perf_counter() - started,
         memory=None if memory is None else memory.describe(), index=index.name.lower())
     output = Path(output)

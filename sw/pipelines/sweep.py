@@ -36,10 +36,11 @@ from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
 from ..methods import parse_method
 from ..progress import progress, progress_bar
+from . import pareto_front
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
            "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
-           "expand_points", "run_point", "run_sweep", "pareto_front"]
+           "expand_points", "run_point", "run_sweep"]
 
 #: The results table inside the output folder.
 RESULTS_FILE = "sweep.csv"
@@ -777,7 +778,8 @@ class SweepReport:
             *([["plots", ", ".join(self.plots)]] if self.plots else []),
         ])]
         for workload, designs in _by_workload(self.design_points()).items():
-            front = pareto_front(designs, "sparse_cycles", "relative_error")
+            front = [designs[index]
+                     for index in pareto_front(designs, "sparse_cycles", "relative_error")]
             sections.append((f"Pareto front, cycles against relative error: {workload} "
                              f"({len(front)} of {len(designs)} designs)",
                              ["config", "method", "sparsity", "cycles", "speedup",
@@ -872,17 +874,6 @@ def _by_workload(designs):
     return workloads
 
 
-def pareto_front(items, x, y):
-    """The items no other item beats on both attributes ``x`` and ``y`` (lower is better),
-    sorted by ``x``; of equal items the first is kept."""
-    front, best = [], float("inf")
-    for item in sorted(items, key=lambda item: (getattr(item, x), getattr(item, y))):
-        if getattr(item, y) < best:
-            front.append(item)
-            best = getattr(item, y)
-    return front
-
-
 def _plot(designs, folder):
     """The Pareto plots as PNGs in ``folder``: cycles against relative error, and cycles
     against the array's multipliers and activation buffer. Returns their paths."""
@@ -903,7 +894,7 @@ def _plot(designs, folder):
             axes.scatter(getattr(design, x) / scale, getattr(design, y),
                          color=colours[design.config], marker=markers[design.method], s=28,
                          alpha=0.8)
-        front = pareto_front(designs, x, y)
+        front = [designs[index] for index in pareto_front(designs, x, y)]
         axes.step([getattr(item, x) / scale for item in front],
                   [getattr(item, y) for item in front], where="post", color="black",
                   linewidth=1)
