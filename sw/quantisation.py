@@ -26,10 +26,10 @@ from torch import nn
 __all__ = [
     "DEFAULT_GRANULARITY",
     "DEFAULT_SMOOTHING_ALPHA",
+    "ErrorMeasure",
     "GRANULARITIES",
     "Int8Linear",
     "QMAX",
-    "QuantisationError",
     "QuantisedTensor",
     "approximation_error",
     "dequantise_sums",
@@ -104,8 +104,9 @@ class QuantisedTensor:
 
 
 @dataclass
-class QuantisationError:
-    """How far a quantised tensor is from the original."""
+class ErrorMeasure:
+    """How far an approximation (a quantised tensor, an int8 layer's output) is from what it
+    approximates."""
 
     #: Largest absolute error of one element.
     max_abs: float
@@ -211,7 +212,7 @@ def quantise_activations(x: torch.Tensor, granularity: str = "tensor") -> Quanti
     return _quantise(x, amax)
 
 
-def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> QuantisationError:
+def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> ErrorMeasure:
     """Compare a tensor with its quantised form.
 
     Parameters
@@ -223,7 +224,7 @@ def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> Qu
 
     Returns
     -------
-    QuantisationError
+    ErrorMeasure
 
     Raises
     ------
@@ -234,7 +235,7 @@ def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> Qu
 
 
 def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
-                        ) -> QuantisationError:
+                        ) -> ErrorMeasure:
     """The error of any real approximation of a tensor, computed in float64.
 
     Parameters
@@ -244,7 +245,7 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
 
     Returns
     -------
-    QuantisationError
+    ErrorMeasure
         All zero for empty tensors.
 
     Raises
@@ -258,14 +259,14 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
     reference = reference.detach().to(torch.float64)
     error = approximation.detach().to(torch.float64) - reference
     if error.numel() == 0:
-        return QuantisationError(max_abs=0.0, rms=0.0, relative=0.0)
+        return ErrorMeasure(max_abs=0.0, rms=0.0, relative=0.0)
     error_norm = float(torch.linalg.vector_norm(error))
     reference_norm = float(torch.linalg.vector_norm(reference))
     if reference_norm:
         relative = error_norm / reference_norm
     else:
         relative = 0.0 if error_norm == 0 else float("inf")
-    return QuantisationError(max_abs=float(error.abs().max()),
+    return ErrorMeasure(max_abs=float(error.abs().max()),
                              rms=float(error.pow(2).mean().sqrt()), relative=relative)
 
 
