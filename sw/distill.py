@@ -226,7 +226,7 @@ class PruneReport:
     #: Wall time of this invocation.
     wall_s: float
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """The report as JSON-ready built-in types."""
         return asdict(self)
 
@@ -663,7 +663,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     else:  # a model without a directory of its own (bert-base): its tokenizer's own files
         teacher.tokenizer.save_pretrained(str(output))
     partial = output / (REPORT_FILE + ".partial")
-    partial.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    partial.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     os.replace(partial, output / REPORT_FILE)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
 

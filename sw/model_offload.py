@@ -103,7 +103,7 @@ class LayerReport(_Speedups, LayerWeights):
         self.call_tokens.clear()
         self.sums.clear()
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready figures (without the recorded sums)."""
         return {"name": self.name, "shape": list(self.shape),
                 "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
@@ -195,7 +195,7 @@ class OffloadReport(_Speedups):
             handle.remove()
         self._hooks.clear()
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready totals and per-layer figures."""
         return {"backend": self.backend, "config": self.config.as_dict(), "method": self.method,
                 "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
@@ -206,7 +206,7 @@ class OffloadReport(_Speedups):
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
                 "sparse_weight_bytes": self.sparse_weight_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes, "device_s": self.device_s,
-                "layers": [layer.as_dict() for layer in self.layers]}
+                "layers": [layer.as_json() for layer in self.layers]}
 
 
 @dataclass

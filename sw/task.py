@@ -526,7 +526,7 @@ class FidelityRow:
     prune_seconds: float
     evaluate_seconds: float
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready."""
         from dataclasses import asdict
 

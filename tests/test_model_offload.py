@@ -196,7 +196,7 @@ def test_a_model_pruned_beforehand_reports_found_and_applied_sparsity():
     assert report.sparsity_found == pytest.approx(0.8, abs=0.001)
     assert report.sparsity >= report.sparsity_found  # the model's own zeros are kept
     assert all(layer.sparsity_found == pytest.approx(0.8, abs=0.001) for layer in report.layers)
-    summary = report.as_dict()
+    summary = report.as_json()
     assert summary["sparsity_found"] == report.sparsity_found
     assert summary["layers"][0]["sparsity_found"] == report.layers[0].sparsity_found
 

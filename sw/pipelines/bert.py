@@ -45,8 +45,8 @@ class BertReport:
     ``sparsity`` is the target; ``sparsity_found`` the zeros the model had before pruning;
     ``achieved_sparsity`` what was applied. ``bit_exact`` and ``cycles_equal`` are None on the
     reference back end (nothing to compare with), else the cross-check against it. ``layers``
-    holds one dict per offloaded linear (:meth:`LayerReport.as_dict
-    <sparsemac.sw.model_offload.LayerReport.as_dict>`). ``memory`` holds one inference's cycles
+    holds one dict per offloaded linear (:meth:`LayerReport.as_json
+    <sparsemac.sw.model_offload.LayerReport.as_json>`). ``memory`` holds one inference's cycles
     (compute-bound and memory-bound) and energy per layer under the memory model, from the
     exact throttled cycle model and the energy model.
     """
@@ -247,7 +247,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         agreement = ranking_agreement(similarity_scores(offloaded, loaded.tokenizer),
                                       float_scores)
 
-    summary = report.as_dict()
+    summary = report.as_json()
     layers = summary.pop("layers")
     if crosscheck is not None:
         for layer in layers:
