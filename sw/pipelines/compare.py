@@ -104,7 +104,7 @@ class FrontPoint:
     #: Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
     #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
-    #: memory model (exact throttled cycle model, issue 12), None without one.
+    #: memory model (the exact throttled cycle model), None without one.
     by_config: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -168,7 +168,7 @@ class CompareReport:
     verify: dict | None
     wall_s: float
     files: list = field(default_factory=list)
-    #: ``memory``: the model's description, when the sweep had one (issue 12).
+    #: ``memory``: the model's description, when the sweep had one.
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
@@ -231,7 +231,7 @@ class CompareReport:
 
 
     def _memory_sections(self):
-        """Every point on every config, and under the memory model (issue 12), when the sweep
+        """Every point on every config, and under the memory model, when the sweep
         had more than one config or a memory model; else nothing."""
         if self.memory is None and len(self.points[0].by_config) < 2:
             return []
@@ -291,7 +291,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         Rerun the fastest point within one point of the float model (else the fastest) on
         Verilator, one test text: bit-exact sums and equal cycles to the reference.
     memory : MemoryModel or None
-        Also count every point's workload cycles under this memory model (issue 12).
+        Also count every point's workload cycles under this memory model.
     index : ColumnIndex
         How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
         with the delta decoder (e.g. ``k8t4d5``).
