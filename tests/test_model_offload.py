@@ -23,7 +23,7 @@ from sparsemac.sw.models import load_model, tokenize
 from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.pruning import matching_linears, prune_model
 
-from conftest import random_activations, random_weights
+from helpers import random_activations, random_weights
 
 #: Holds the tiny BERT (widest input 64) and keeps the Verilator build small.
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
