@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
+from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
 from ..hw.resources import LOGIC_ERROR, estimate_resources
@@ -50,31 +51,6 @@ def _tool_command(name):
     works without the venv's ``bin/`` on PATH; the bare name where it is not installed there."""
     launcher = Path(sys.executable).with_name(name)
     return str(launcher) if launcher.exists() else name
-
-
-@dataclass(frozen=True)
-class Board:
-    """A supported board: its amaranth-boards platform, the device's resource totals, and the
-    array config its committed bitstream is built for (``bitstreams/<board>/``)."""
-    name: str
-    platform: str
-    device: str
-    totals: dict
-    config: ArrayConfig
-
-
-BOARDS = {
-    # 64 multipliers: twice the default array's 32 (the 128-multiplier k16t8i512 placed but did
-    # not route); the dual-port buffer of 1024 columns keeps it to 50 block RAMs, and wider
-    # layers run as column tiles. docs/results.md has the builds behind this choice.
-    "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
-                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
-                       config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
-                                          read_ports=2)),
-}
-
-#: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).
-DEFAULT_BOARD = "ulx3s-85f"
 
 
 class BoardFitError(ValueError):
@@ -128,7 +104,7 @@ def check_fits(config, board):
 
 
 def committed_folder(board):
-    """Where the commit-ready outputs of ``board``'s own config (:attr:`Board.config`) live."""
+    """Where the commit-ready outputs of ``board``'s own config (:attr:`~sparsemac.hw.boards.Board.config`) live."""
     return _HERE / board
 
 
@@ -450,7 +426,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     Parameters
     ----------
     config : ArrayConfig or None
-        None for the board's own config (:attr:`Board.config`).
+        None for the board's own config (:attr:`~sparsemac.hw.boards.Board.config`).
     board : str
         A key of :data:`BOARDS`.
     output : path or None

@@ -125,7 +125,7 @@ class FPGADevice(Device):
     ----------
     config : ArrayConfig or None
         None for the config the board's bitstream is built for
-        (:attr:`sparsemac.bitstreams.build.Board.config`).
+        (:attr:`sparsemac.hw.boards.Board.config`).
     port : str
         Serial port, e.g. ``/dev/ttyUSB0`` (the ULX3S FTDI) or a simulated board's pty.
     baudrate : int

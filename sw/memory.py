@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 from ..hw.config import ArrayConfig
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
+from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
-from ..hw.resources import estimate_resources
+from ..hw.resources import BLOCK_RAM_BYTES, estimate_resources
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
            "PRESETS", "memory_preset", "parse_bandwidth", "job_streams",
@@ -77,9 +78,6 @@ def _sdram_efficiency(clock_hz=DEFAULT_CLOCK_HZ):
 #: Data cycles per SDRAM cycle when streaming (about 0.973 at 60 MHz): see _sdram_efficiency.
 SDRAM_EFFICIENCY = _sdram_efficiency()
 
-#: The ECP5-85F's DP16KD block RAMs, each 18 Kbit: 2048 bytes in its 9-bit-wide mode.
-DEVICE_BLOCK_RAMS = 208
-BLOCK_RAM_BYTES = 2048
 
 
 class MemoryModelError(ValueError):
@@ -342,14 +340,15 @@ def packed_stream_rates(config, packed, memory):
 
 
 def onchip_weight_bytes(config):
-    """Bytes of weights the spare block RAMs of the ECP5-85F hold next to an array of ``config``.
+    """Bytes of weights the spare block RAMs of the default board's FPGA (the ULX3S's ECP5-85F)
+    hold next to an array of ``config``.
 
     The board design (activation buffer and host link) takes the block RAMs
     :func:`~sparsemac.hw.resources.estimate_resources` predicts; the rest holds weights at
-    2048 bytes each.
+    :data:`~sparsemac.hw.resources.BLOCK_RAM_BYTES` each.
     """
     used = estimate_resources(config).block_rams
-    return max(0, DEVICE_BLOCK_RAMS - used) * BLOCK_RAM_BYTES
+    return max(0, BOARDS[DEFAULT_BOARD].totals["bram"] - used) * BLOCK_RAM_BYTES
 
 
 def check_fits_onchip(memory, config, layer_weight_bytes, layer="the layer"):
