@@ -35,8 +35,8 @@ from amaranth.hdl import Shape
 from .config import check_config
 from .link_formats import MAX_PAYLOAD, LinkFormats, fifo_depth, layout_bytes
 
-__all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate", "ResourceEstimate",
-           "estimate_resources", "map_memory"]
+__all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate",
+           "ResourceEstimate", "estimate_resources", "map_memory"]
 
 #: The DP16KD's (depth, width) aspect ratios: 18 Kbit each, the 36-bit one as a simple dual port.
 BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
