@@ -60,11 +60,13 @@ _BUFFER = "activation buffer"
 @dataclass(frozen=True)
 class MemoryEstimate:
     """One memory of the design and what it maps onto."""
+    #: What the memory holds, e.g. ``activation buffer`` or ``sums FIFO``.
     name: str
     #: How many identical copies the design has.
     count: int
-    #: Words and bits a word of one copy.
+    #: Words of one copy.
     depth: int
+    #: Bits a word.
     width: int
     #: DP16KD of one copy (0 if it is LUT RAM).
     block_rams: int
@@ -92,6 +94,7 @@ class ResourceEstimate:
     multipliers: int
     #: TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
     logic_cells: int
+    #: Every memory of the design, each with what it maps onto.
     memories: tuple[MemoryEstimate, ...]
 
     @property

@@ -88,11 +88,13 @@ class InputStatistics:
 class CalibratedLayer:
     """One pruned linear."""
 
+    #: Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     name: str
     #: ``(out_features, in_features)``.
     shape: tuple[int, int]
     #: Fraction of zero weights after pruning.
     sparsity: float
+    #: Nonzero weights after pruning.
     nnz: int
     #: ``||X (W' - W)^T|| / ||X W^T||`` on the calibration inputs (Frobenius norms): how far the
     #: pruned layer's output moved.
@@ -105,15 +107,21 @@ class CalibratedLayer:
 class CalibrationReport:
     """What :func:`prune_calibrated` did."""
 
+    #: The calibrated method's kind: ``"wanda"`` or ``"sparsegpt"``.
     method: str
+    #: The sparsity asked for (``1 - N/M`` for an N:M pattern).
     sparsity_target: float
+    #: None (unstructured), ``"N:M"`` or ``"k-aligned"``.
     pattern: str | None
+    #: The array's K that ``"k-aligned"`` rows keep multiples of.
     lanes: int
-    #: Texts fed, and real tokens they made.
+    #: Calibration texts fed.
     calibration_texts: int
+    #: Real (non-padding) tokens those texts made.
     calibration_tokens: int
     #: In the order they were pruned.
     layers: list[CalibratedLayer]
+    #: Wall time of the whole pruning, captures included.
     seconds: float
     #: The keep-mask of each pruned linear.
     masks: dict[str, torch.Tensor] = field(repr=False)

@@ -114,8 +114,9 @@ class DistillRecipe:
     #: ``1 - cosine`` or the mean squared error of the mean-pooled last hidden states.
     #: ``"cosine"`` or ``"mse"``.
     embedding_loss: str = "cosine"
-    #: Weights of the embedding loss and of the per-layer hidden-state MSE in the total.
+    #: Weight of the embedding loss in the total.
     embedding_weight: float = 1.0
+    #: Weight of the per-layer hidden-state MSE in the total.
     hidden_weight: float = 1.0
     #: Seeds the batch order and dropout.
     seed: int = 0
@@ -196,6 +197,7 @@ class PruneReport:
     output: str
     #: The teacher's model spec.
     model: str
+    #: The recipe the run followed (a resumed run keeps its checkpoint's).
     recipe: DistillRecipe
     #: False when the time budget stopped the run: the directory then holds a checkpoint to resume
     #: from, and `layers`, `before` and `after` are empty or None.

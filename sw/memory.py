@@ -89,8 +89,10 @@ class MemoryModel:
     """Bytes per core cycle on the weight and activation paths."""
     #: The preset name, or ``custom``.
     name: str
-    #: None for a path that keeps every stream valid (no limit).
+    #: Bytes per core cycle on the weight path (row pointers, columns and values); None for a path
+    #: that keeps every stream valid (no limit).
     weight_bytes_per_cycle: float | None
+    #: Bytes per core cycle on the activation path; None for no limit.
     activation_bytes_per_cycle: float | None
     #: The weights are resident in block RAM (``onchip``): the layer must fit.
     weights_on_chip: bool = False
@@ -224,9 +226,13 @@ class StreamRate:
 @dataclass(frozen=True)
 class JobStreams:
     """The four input streams of one job, in the order of ``CoreStreams.data_inputs``."""
+    #: The activation columns of every token block.
     activations: StreamRate
+    #: The CSR row end pointers (a delta job's row lengths); none in dense mode.
     row_pointers: StreamRate
+    #: The column index words (a delta job's codes); none in dense mode.
     columns: StreamRate
+    #: The weight value words.
     values: StreamRate
 
     NAMES = ("activations", "row_pointers", "columns", "values")

@@ -76,8 +76,9 @@ class LayerReport(_Speedups, LayerWeights):
     #: Fraction of zero weights in the model as given, before pruning (a model pruned beforehand
     #: keeps its zeros: pruning only adds to them).
     sparsity_found: float
-    #: Bytes of one pass of the weights over the link in CSR and in dense mode.
+    #: Bytes of one pass of the weights over the link in CSR mode.
     sparse_weight_bytes: int
+    #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
     #: The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
     #: :attr:`sparse_cycles` and :attr:`device_s` read them.
@@ -120,13 +121,16 @@ class OffloadReport(_Speedups):
 
     #: The device's back-end name.
     backend: str
+    #: The array of the device.
     config: ArrayConfig
+    #: The pruning method, in its canonical text (:attr:`~sparsemac.sw.methods.PruningMethod.text`).
     method: str
     #: The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
     #: :attr:`sparsity` say what the model had and what it got.
     sparsity_target: float
     #: ``"local"`` or ``"global"``.
     scope: str
+    #: The seed of random pruning (None for the other methods).
     seed: int | None
     #: Dense cycles were measured on the device rather than predicted.
     dense_measured: bool
@@ -136,6 +140,7 @@ class OffloadReport(_Speedups):
     modules: list[OffloadedLinear] = field(repr=False)
     #: How their sparse jobs send column indices.
     index: ColumnIndex = ColumnIndex.CSR
+    #: The forward hooks that record the runs into `layers`, removed by :meth:`detach`.
     _hooks: list = field(default_factory=list, repr=False)
 
     sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")

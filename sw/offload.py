@@ -19,8 +19,11 @@ __all__ = ["OffloadStats", "OffloadedLinear"]
 @dataclass
 class OffloadStats:
     """What an :class:`OffloadedLinear` has done since it was built (or last reset)."""
+    #: Forward calls.
     calls: int = 0
+    #: Tokens over all calls.
     tokens: int = 0
+    #: Device jobs over all calls.
     jobs: int = 0
     #: Device cycles of the sparse runs.
     cycles: int = 0

@@ -84,17 +84,25 @@ class FrontPoint:
     sparsity_target: float | None
     #: Achieved fraction of zero int8 weights over the offloaded linears (0 for float).
     sparsity: float
-    #: Measured on the device for the workload (sparse = dense for the float model).
+    #: Sparse cycles of the workload, measured on the device (equal to the dense ones for the float
+    #: model).
     sparse_cycles: int
+    #: Dense cycles of the same calls.
     dense_cycles: int
     #: Dense over sparse cycles.
     speedup: float
+    #: Bytes of one pass of every layer's weights in sparse mode.
     sparse_weight_bytes: int
+    #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
-    #: :class:`~sparsemac.sw.task.TaskReport`'s, against the float model.
+    #: Test accuracy of a probe fitted on this model's own embeddings
+    #: (:class:`~sparsemac.sw.task.TaskReport`'s figures, the float model as the dense one).
     accuracy: float
+    #: Test accuracy of its embeddings read by the float model's probe.
     accuracy_dense_probe: float
+    #: Mean cosine between its and the float model's test embeddings.
     cosine: float
+    #: Mean fraction of nearest train texts it shares with the float model.
     knn_agreement: float
     #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
     #: float model).
@@ -155,18 +163,33 @@ class CompareReport:
     ``as_json()`` is the content of ``compare.json``.
     """
 
+    #: The float model's name.
     model: str
+    #: Seeds the task's splits and random pruning.
     seed: int
+    #: Activation quantisation scale: ``"tensor"`` or ``"token"``.
     granularity: str
+    #: The fields of the array the device ran.
     config: dict
+    #: The task's data: its source, split sizes and calibration text.
     data: dict
+    #: The batch whose cycles are measured: ``texts`` and ``tokens``.
     workload: dict
+    #: The float model's task accuracy.
     dense_accuracy: float
+    #: Every :class:`FrontPoint` measured, in order.
     points: list
+    #: Indices into `points` of the Pareto-optimal ones, by increasing speedup.
     front: list
+    #: Per method, the index of its fastest point within :data:`WITHIN_POINTS` of the float
+    #: accuracy, or None.
     best: dict
+    #: The fastest best point rerun on one test text on Verilator and on the reference back end,
+    #: compared; None without ``verify``.
     verify: dict | None
+    #: Wall time of the whole comparison.
     wall_s: float
+    #: The files written: ``compare.csv``, ``compare.json``, ``front.png``.
     files: list = field(default_factory=list)
     #: ``memory``: the model's description, when the sweep had one.
     memory: str | None = None

@@ -49,38 +49,72 @@ FST_BYTES_PER_CYCLE = 238
 @dataclass
 class SimulationReport:
     """Everything ``sparsemac simulate`` measured; :meth:`as_json` is its ``--json`` output."""
+    #: The model's name: ``minilm``, ``bert-base`` or the checkpoint's directory.
     model: str
+    #: Qualified name of the linear.
     layer: str
+    #: Output rows of the layer.
     rows: int
+    #: Input columns of the layer.
     cols: int
+    #: Tokens run: the sentence's, or as many as asked.
     tokens: int
+    #: The array's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
     config: dict
+    #: The back end both runs used.
     backend: str
+    #: Seeds random pruning, bert-base's weights and the calibration split.
     seed: int
+    #: The pruning method, in its canonical text.
     method: str
-    target_sparsity: float | None  # None for N:M pruning, whose pattern fixes it
+    #: The sparsity asked for; None for N:M pruning, whose pattern fixes it.
+    target_sparsity: float | None
+    #: Fraction of zero int8 weights achieved.
     sparsity: float
+    #: Jobs each run took, one per :class:`~sparsemac.sw.cycle_model.JobTile`.
     jobs: int
+    #: Device cycles of the sparse (CSR or delta) run.
     sparse_cycles: int
+    #: Device cycles of the dense baseline run.
     dense_cycles: int
+    #: Dense over sparse cycles.
     speedup: float
-    ideal_speedup: float | None  # None for an all-zero matrix
+    #: ``1 / (1 - sparsity)``; None for an all-zero matrix.
+    ideal_speedup: float | None
+    #: Speedup over ideal speedup; None with it.
     efficiency: float | None
+    #: Weight bytes the sparse run streamed.
     weight_bytes_sparse: int
+    #: Weight bytes the dense run streamed.
     weight_bytes_dense: int
+    #: The sparse run's int32 sums equal the golden model's.
     bit_exact_sparse: bool
+    #: The dense run's int32 sums equal the golden model's.
     bit_exact_dense: bool
+    #: The cycle model's count for the sparse run.
     predicted_sparse_cycles: int
+    #: The cycle model's count for the dense run.
     predicted_dense_cycles: int
+    #: Largest absolute error of the layer's output against the float layer as given.
     max_abs_error: float
+    #: ``||error|| / ||output||`` against the float layer as given.
     relative_error: float
+    #: Relative error against the float layer pruned the same way: the int8 quantisation's own.
     quantisation_relative_error: float
+    #: Host wall time in the device, both runs.
     device_s: float
+    #: Simulated cycles of both runs per second of `device_s`.
     sim_cycles_per_s: float
+    #: Wall time of the whole simulation, model loading included.
     wall_s: float
+    #: The FST waveform written, or None.
     fst: str | None
+    #: The estimated wall time on a board from its committed build's manifest, or None without
+    #: ``board``.
     board: dict | None = None
-    memory: object = None  # MemoryReport: the layer's cycles and energy under the memory model
+    #: The layer's cycles and energy under the memory model (a
+    #: :class:`~sparsemac.sw.memory_report.MemoryReport`).
+    memory: object = None
 
     @property
     def bit_exact(self):
