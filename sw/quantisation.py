@@ -64,14 +64,6 @@ _ZERO_SCALE = 1.0
 class QuantisedTensor:
     """int8 values with the floating-point scale that turns them back into real numbers.
 
-    Parameters
-    ----------
-    values : torch.Tensor
-        ``torch.int8`` values in [-127, 127].
-    scale : torch.Tensor
-        Positive floating-point scales broadcastable against ``values``: shape ``(rows, 1)`` for
-        weights, ``()`` for a per-tensor or ``(..., 1)`` for a per-token activation scale.
-
     Raises
     ------
     TypeError
@@ -80,7 +72,10 @@ class QuantisedTensor:
         If ``scale`` does not broadcast against ``values`` or is not positive and finite.
     """
 
+    #: ``torch.int8`` values in [-127, 127].
     values: torch.Tensor
+    #: Positive floating-point scales broadcastable against `values`: shape ``(rows, 1)`` for
+    #: weights, ``()`` for a per-tensor or ``(..., 1)`` for a per-token activation scale.
     scale: torch.Tensor
 
     def __post_init__(self):
