@@ -54,12 +54,19 @@ _STATUS_MEANING = {
 @dataclass(frozen=True)
 class Identification:
     """The identification word of a board design."""
+    #: K of the design's array.
     lanes: int
+    #: T of the design's array.
     token_lanes: int
+    #: The activation buffer depth.
     max_in_features: int
+    #: The core's clock.
     clock_hz: int
+    #: The UART's rate.
     baud: int
+    #: The design hash (16 hex digits) the bitstream was built from.
     design_hash: str
+    #: The host-link protocol version it speaks.
     version: int
 
     def describe(self):
