@@ -104,7 +104,8 @@ def check_fits(config, board):
 
 
 def committed_folder(board):
-    """Where the commit-ready outputs of ``board``'s own config (:attr:`~sparsemac.hw.boards.Board.config`) live."""
+    """Where the commit-ready outputs of ``board``'s own config
+    (:attr:`~sparsemac.hw.boards.Board.config`) live."""
     return _HERE / board
 
 
@@ -117,11 +118,13 @@ def default_output(config, board):
 @dataclass
 class ResourceReport:
     """What a place-and-route used and reached, against the device totals."""
-    #: Logic cells (TRELLIS_COMB: LUT4s and carry halves), flip-flops (TRELLIS_FF), MULT18X18D and
-    #: DP16KD used.
+    #: Logic cells used (TRELLIS_COMB: LUT4s and carry halves).
     lut4: int
+    #: Flip-flops used (TRELLIS_FF).
     ff: int
+    #: MULT18X18D multipliers used.
     dsp: int
+    #: DP16KD block RAMs used.
     bram: int
     #: The device's totals under the same keys.
     totals: dict
@@ -131,8 +134,9 @@ class ResourceReport:
     constraint_mhz: float
     #: The worst ``sync`` path, one ``delay ns  signal`` group a line, then its total.
     critical_path: list[str] = field(default_factory=list)
-    #: The cells the worst path starts and ends at ("" if the report has none).
+    #: The cell the worst path starts at ("" if the report has none).
     critical_from: str = ""
+    #: The cell it ends at ("" if the report has none).
     critical_to: str = ""
     #: The worst path's delay (0 if the report has none).
     critical_ns: float = 0.0
@@ -248,10 +252,15 @@ def _summarise_path(steps):
 @dataclass
 class BuildResult:
     """What :func:`build_bitstream` wrote."""
+    #: The compressed bitstream, ``sparsemac.bit``.
     bitstream: Path
+    #: ``manifest.json``: config, design hash, rates, tools and resources.
     manifest: Path
+    #: ``report.txt``: the resources and timing for a reader.
     report: Path
+    #: What place and route used and reached.
     resources: ResourceReport
+    #: Wall time of the whole build.
     seconds: float
 
 
@@ -282,8 +291,9 @@ def platform_for(board):
 @dataclass(frozen=True)
 class SynthesisCounts:
     """The cells Yosys mapped the board design onto, before place and route."""
-    #: DP16KD and MULT18X18D.
+    #: DP16KD block RAMs.
     bram: int
+    #: MULT18X18D multipliers.
     dsp: int
     #: LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the few cells
     #: it adds when packing.
@@ -292,6 +302,7 @@ class SynthesisCounts:
     lut_ram_cells: int
     #: TRELLIS_FF.
     ff: int
+    #: Wall time of the synthesis.
     seconds: float
 
 
@@ -574,6 +585,7 @@ class BoardEstimate:
     fmax_mhz: float
     #: The clock the board runs at.
     clock_mhz: float
+    #: The UART's rate, in baud.
     baud: int
 
 

@@ -59,24 +59,31 @@ LISTED_FAILURES = 10
 @dataclass(frozen=True)
 class VerifySpec:
     """Run ``sample`` points, drawn with ``seed``, on the Verilator device too."""
+    #: Points to run on the Verilator device too, at least 1.
     sample: int
+    #: Seeds the draw of those points.
     seed: int
 
 
 @dataclass(frozen=True)
 class BuildSpec:
     """One board build per array config and nextpnr placement seed."""
+    #: nextpnr placement seeds: one build per config and seed.
     seeds: tuple[int, ...]
+    #: The board built for, a key of :data:`~sparsemac.hw.boards.BOARDS`.
     board: str
 
 
 @dataclass(frozen=True)
 class SweepSpec:
     """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys)."""
+    #: The array configurations, none twice.
     configs: tuple[ArrayConfig, ...]
+    #: ``"minilm"``, ``"bert-base"`` or checkpoint directories.
     models: tuple[str, ...]
     #: Layer names, or ``"all"``.
     layers: tuple[str, ...] | str
+    #: Pruning methods in their canonical text (:attr:`~sparsemac.sw.methods.PruningMethod.text`).
     methods: tuple[str, ...]
     #: Targets of the unstructured methods (N:M points ignore them: one point per pattern).
     sparsities: tuple[float, ...] = ()
@@ -84,7 +91,9 @@ class SweepSpec:
     tokens: tuple[int | None, ...] = (None,)
     #: Seeds random pruning and the random ``bert-base`` weights.
     seed: int = 0
+    #: Which points also run on Verilator; None: none.
     verify: VerifySpec | None = None
+    #: The board builds; None: none.
     build: BuildSpec | None = None
 
     def digest(self):
@@ -300,20 +309,27 @@ class SweepPoint:
     """
     #: ``"layer"`` or ``"build"``.
     kind: str
+    #: The array configuration.
     config: ArrayConfig
     #: The design hash of ``config`` when the sweep was expanded.
     design_hash: str
+    #: The model of a layer point (empty for a build).
     model: str = ""
+    #: Qualified name of the layer point's linear.
     layer: str = ""
+    #: The layer point's pruning method, in its canonical text.
     method: str = ""
     #: Target sparsity; None for N:M.
     sparsity: float | None = None
     #: None: the built-in sentence as it is.
     tokens: int | None = None
+    #: Seeds random pruning, bert-base's weights and the calibration split.
     seed: int = 0
     #: Also run on the Verilator device.
     verify: bool = False
+    #: The board of a build point (empty for a layer).
     board: str = ""
+    #: The build point's nextpnr placement seed.
     build_seed: int | None = None
 
     @property
@@ -378,54 +394,92 @@ class PointResult:
     """One row of the results table: a point's parameters and what it measured.
 
     Measurements a point did not make (a failed point, the board columns of a layer point)
-    are None. ``relative_error``, ``max_abs_error`` and ``cosine`` compare the layer's int8
-    output with the float, unpruned layer on the built-in sentence, as ``sparsemac simulate``
-    does; ``cosine`` is the mean over tokens. ``tokens`` is the count asked for (None: the
-    sentence as it is), ``tokens_run`` the count run. ``bit_exact`` and ``cycles_match`` are set for
-    verified points: Verilator's sums equal the golden model's and its cycle counts the cycle
-    model's, in both modes. ``error`` is empty unless the point failed.
+    are None.
     """
+    #: :attr:`SweepPoint.key`: the row's key.
     key: str
+    #: The digest of the spec that computed the row (:meth:`SweepSpec.digest`).
     spec: str
+    #: The design hash of the config when the row was computed.
     design_hash: str
+    #: ``"layer"`` or ``"build"``.
     kind: str
+    #: The array config's key, e.g. ``k8t4``.
     config: str
+    #: K of the config.
     lanes: int
+    #: T of the config.
     token_lanes: int
+    #: The activation buffer depth of the config.
     max_in_features: int
+    #: K x T.
     multipliers: int
+    #: Bits of the activation buffer, all replicas.
     activation_buffer_bits: int
+    #: As :attr:`SweepPoint.model`.
     model: str = ""
+    #: As :attr:`SweepPoint.layer`.
     layer: str = ""
+    #: As :attr:`SweepPoint.method`.
     method: str = ""
+    #: The sparsity asked for; None for N:M.
     target_sparsity: float | None = None
+    #: The token count asked for; None: the sentence as it is.
     tokens: int | None = None
+    #: The layer point's seed; None for a build.
     seed: int | None = None
+    #: The point also ran on Verilator.
     verify: bool = False
+    #: As :attr:`SweepPoint.board`.
     board: str = ""
+    #: As :attr:`SweepPoint.build_seed`.
     build_seed: int | None = None
+    #: The token count run.
     tokens_run: int | None = None
+    #: Output rows of the layer.
     rows: int | None = None
+    #: Input columns of the layer.
     cols: int | None = None
+    #: Fraction of zero int8 weights achieved.
     sparsity: float | None = None
+    #: Sparse cycles, from the exact cycle model.
     sparse_cycles: int | None = None
+    #: Dense cycles, from the exact cycle model.
     dense_cycles: int | None = None
+    #: Dense over sparse cycles.
     speedup: float | None = None
+    #: ``1 / (1 - sparsity)``; None for an all-zero layer.
     ideal_speedup: float | None = None
+    #: Speedup over ideal speedup.
     efficiency: float | None = None
+    #: ``||error|| / ||output||`` of the layer's int8 output against the float, unpruned layer on
+    #: the built-in sentence, as ``sparsemac simulate`` measures it.
     relative_error: float | None = None
+    #: The largest absolute error of that output.
     max_abs_error: float | None = None
+    #: The mean over tokens of that output's cosine with the float layer's.
     cosine: float | None = None
+    #: For a verified point: Verilator's sums equal the golden model's in both modes.
     bit_exact: bool | None = None
+    #: For a verified point: Verilator's cycle counts equal the cycle model's in both modes.
     cycles_match: bool | None = None
+    #: A build's logic cells (TRELLIS_COMB).
     lut4: int | None = None
+    #: A build's flip-flops.
     ff: int | None = None
+    #: A build's MULT18X18D multipliers.
     dsp: int | None = None
+    #: A build's DP16KD block RAMs.
     bram: int | None = None
+    #: A build's achieved Fmax.
     fmax_mhz: float | None = None
+    #: ``Type: message`` of the exception of a failed point; empty otherwise.
     error: str = ""
+    #: The Dask worker that computed the row (``local`` off Dask).
     worker: str = ""
+    #: Seconds the point took on its worker.
     seconds: float | None = None
+    #: When it finished, ISO 8601 in UTC.
     finished: str = ""
 
     @classmethod
@@ -734,14 +788,17 @@ def _compute(points, table, spec_digest, client):
 @dataclass
 class SweepReport:
     """What :func:`run_sweep` did and found."""
+    #: The spec run.
     spec: SweepSpec
     #: The output folder; ``results`` is its CSV.
     output: str
     #: The rows of this spec's points, in point order (earlier runs' rows included).
     results: list[PointResult]
-    #: Points in the spec; found done in the table; computed now.
+    #: Points in the spec.
     points: int
+    #: Points found done in the table.
     skipped: int
+    #: Points computed now.
     computed: int
     #: Rows of this spec whose point failed.
     failed: int
@@ -753,6 +810,7 @@ class SweepReport:
     points_per_s: float
     #: Where the points ran.
     cluster: str
+    #: The Pareto plots written (PNG paths); empty without plots.
     plots: list[str] = field(default_factory=list)
 
     @property
@@ -824,17 +882,29 @@ def _describe(row):
 @dataclass
 class DesignPoint:
     """A design, summed over the sweep's layers of one workload (model, tokens run)."""
+    #: The model of the workload.
     model: str
+    #: Tokens run.
     tokens: int
+    #: The array config's key.
     config: str
+    #: The pruning method.
     method: str
+    #: The sparsity asked for; None for N:M.
     target_sparsity: float | None
+    #: Layers summed.
     layers: int
+    #: K x T of the config.
     multipliers: int
+    #: Bits of its activation buffer.
     activation_buffer_bits: int
+    #: Sparse cycles summed over the layers.
     sparse_cycles: int
+    #: Dense cycles summed over the layers.
     dense_cycles: int
+    #: The layers' mean relative error.
     relative_error: float
+    #: The layers' mean cosine.
     cosine: float
 
     @property
