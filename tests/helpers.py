@@ -92,15 +92,25 @@ def reference(weights, activations):
 @dataclass(frozen=True)
 class HandCase:
     """A job whose cycle count was worked out by hand from the schedule in sw/cycle_model.py."""
+    #: The test id.
     name: str
+    #: The array the job runs on.
     config: ArrayConfig
+    #: Nonzeros of each weight row.
     row_lengths: tuple
+    #: Input columns.
     cols: int
+    #: Tokens of the job.
     tokens: int
+    #: Sparse or dense.
     mode: Mode
+    #: The count on ``done``, worked out by hand.
     cycles: int
+    #: Cycles issuing chunks, by hand (:class:`~sparsemac.sw.cycle_model.CycleBreakdown`).
     issue: int
+    #: Cycles waiting for activations, by hand.
     load_stall: int
+    #: Cycles waiting for the streamer's first chunk beyond the first load, by hand.
     fill: int
 
 
