@@ -197,7 +197,7 @@ class PruneReport:
     output: str
     #: The teacher's model spec.
     model: str
-    #: The recipe the run followed (a resumed run keeps its checkpoint's).
+    #: The recipe the run followed.
     recipe: DistillRecipe
     #: False when the time budget stopped the run: the directory then holds a checkpoint to resume
     #: from, and `layers`, `before` and `after` are empty or None.
