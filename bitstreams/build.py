@@ -68,7 +68,7 @@ def check_fits(config, board):
     ----------
     config : ArrayConfig
     board : str
-        A key of :data:`BOARDS`.
+        A key of :data:`~sparsemac.hw.boards.BOARDS`.
 
     Returns
     -------
@@ -439,7 +439,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     config : ArrayConfig or None
         None for the board's own config (:attr:`~sparsemac.hw.boards.Board.config`).
     board : str
-        A key of :data:`BOARDS`.
+        A key of :data:`~sparsemac.hw.boards.BOARDS`.
     output : path or None
         Folder for the bitstream, manifest and report. Default: the committed folder
         (``bitstreams/<board>/``) for the board's own config, else

@@ -145,7 +145,7 @@ class FPGADevice(Device):
         Refuse a board whose design hash differs from the current RTL's (the config is always
         checked).
     board : str
-        The board (a key of :data:`sparsemac.bitstreams.build.BOARDS`): a config whose design
+        The board (a key of :data:`sparsemac.hw.boards.BOARDS`): a config whose design
         cannot fit its FPGA is refused before the port is opened.
 
     Raises

@@ -74,7 +74,7 @@ BENCHES = {bench.name: bench for bench in (
 )}
 
 #: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2`` is
-#: the ULX3S build (``bitstreams.build.BOARDS``; the default array, k8t4, is run by the
+#: the ULX3S build (``hw.boards.BOARDS``; the default array, k8t4, is run by the
 #: Verilator device tests); the others put K and T at their extremes with a small activation
 #: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
 #: odd (adder trees and lane padding that powers of two never exercise) and has the delta
