@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, design_hash
+from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
 from ..hw.resources import LOGIC_ERROR, estimate_resources
@@ -54,31 +55,6 @@ def _tool_command(name):
     return str(launcher) if launcher.exists() else name
 
 
-@dataclass(frozen=True)
-class Board:
-    """A supported board: its amaranth-boards platform, the device's resource totals, and the
-    array config its committed bitstream is built for (``bitstreams/<board>/``)."""
-    name: str
-    platform: str
-    device: str
-    totals: dict
-    config: ArrayConfig
-
-
-BOARDS = {
-    # 64 multipliers: twice the default array's 32 (the 128-multiplier k16t8i512 placed but did
-    # not route); the dual-port buffer of 1024 columns keeps it to 50 block RAMs, and wider
-    # layers run as column tiles. docs/results.md has the builds behind this choice.
-    "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
-                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
-                       config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
-                                          read_ports=2)),
-}
-
-#: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).
-DEFAULT_BOARD = "ulx3s-85f"
-
-
 class BoardFitError(InputError):
     """A config's design cannot fit the board; the message gives the numbers."""
 
@@ -94,7 +70,7 @@ def check_fits(config, board):
     ----------
     config : ArrayConfig
     board : str
-        A key of :data:`BOARDS`.
+        A key of :data:`~sparsemac.hw.boards.BOARDS`.
 
     Returns
     -------
@@ -130,7 +106,8 @@ def check_fits(config, board):
 
 
 def committed_folder(board):
-    """Where the commit-ready outputs of ``board``'s own config (:attr:`Board.config`) live."""
+    """Where the commit-ready outputs of ``board``'s own config
+    (:attr:`~sparsemac.hw.boards.Board.config`) live."""
     return _HERE / board
 
 
@@ -143,11 +120,13 @@ def default_output(config, board):
 @dataclass
 class ResourceReport:
     """What a place-and-route used and reached, against the device totals."""
-    #: Logic cells (TRELLIS_COMB: LUT4s and carry halves), flip-flops (TRELLIS_FF), MULT18X18D and
-    #: DP16KD used.
+    #: Logic cells used (TRELLIS_COMB: LUT4s and carry halves).
     lut4: int
+    #: Flip-flops used (TRELLIS_FF).
     ff: int
+    #: MULT18X18D multipliers used.
     dsp: int
+    #: DP16KD block RAMs used.
     bram: int
     #: The device's totals under the same keys.
     totals: dict
@@ -157,8 +136,9 @@ class ResourceReport:
     constraint_mhz: float
     #: The worst ``sync`` path, one ``delay ns  signal`` group a line, then its total.
     critical_path: list[str] = field(default_factory=list)
-    #: The cells the worst path starts and ends at ("" if the report has none).
+    #: The cell the worst path starts at ("" if the report has none).
     critical_from: str = ""
+    #: The cell it ends at ("" if the report has none).
     critical_to: str = ""
     #: The worst path's delay (0 if the report has none).
     critical_ns: float = 0.0
@@ -274,10 +254,15 @@ def _summarise_path(steps):
 @dataclass
 class BuildResult:
     """What :func:`build_bitstream` wrote."""
+    #: The compressed bitstream, ``sparsemac.bit``.
     bitstream: Path
+    #: ``manifest.json``: config, design hash, rates, tools and resources.
     manifest: Path
+    #: ``report.txt``: the resources and timing for a reader.
     report: Path
+    #: What place and route used and reached.
     resources: ResourceReport
+    #: Wall time of the whole build.
     seconds: float
 
     @property
@@ -327,8 +312,9 @@ def platform_for(board):
 @dataclass(frozen=True)
 class SynthesisCounts:
     """The cells Yosys mapped the board design onto, before place and route."""
-    #: DP16KD and MULT18X18D.
+    #: DP16KD block RAMs.
     bram: int
+    #: MULT18X18D multipliers.
     dsp: int
     #: LUT4s plus two per CCU2C carry cell: what nextpnr counts as TRELLIS_COMB, less the few cells
     #: it adds when packing.
@@ -337,6 +323,7 @@ class SynthesisCounts:
     lut_ram_cells: int
     #: TRELLIS_FF.
     ff: int
+    #: Wall time of the synthesis.
     seconds: float
 
 
@@ -471,9 +458,9 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     Parameters
     ----------
     config : ArrayConfig or None
-        None for the board's own config (:attr:`Board.config`).
+        None for the board's own config (:attr:`~sparsemac.hw.boards.Board.config`).
     board : str
-        A key of :data:`BOARDS`.
+        A key of :data:`~sparsemac.hw.boards.BOARDS`.
     output : path or None
         Folder for the bitstream, manifest and report. Default: the committed folder
         (``bitstreams/<board>/``) for the board's own config, else
@@ -619,6 +606,7 @@ class BoardEstimate:
     fmax_mhz: float
     #: The clock the board runs at.
     clock_mhz: float
+    #: The UART's rate, in baud.
     baud: int
 
 

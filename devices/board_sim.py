@@ -105,7 +105,7 @@ class SimulatedBoard:
     Parameters
     ----------
     config : ArrayConfig or None
-        None for the config of the ULX3S bitstream (:data:`~sparsemac.bitstreams.build.BOARDS`).
+        None for the config of the ULX3S bitstream (:data:`~sparsemac.hw.boards.BOARDS`).
 
     Attributes
     ----------

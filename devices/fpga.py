@@ -55,12 +55,19 @@ _STATUS_MEANING = {
 @dataclass(frozen=True)
 class Identification:
     """The identification word of a board design."""
+    #: K of the design's array.
     lanes: int
+    #: T of the design's array.
     token_lanes: int
+    #: The activation buffer depth.
     max_in_features: int
+    #: The core's clock.
     clock_hz: int
+    #: The UART's rate.
     baud: int
+    #: The design hash (16 hex digits) the bitstream was built from.
     design_hash: str
+    #: The host-link protocol version it speaks.
     version: int
 
     def describe(self):
@@ -126,7 +133,7 @@ class FPGADevice(Device):
     ----------
     config : ArrayConfig or None
         None for the config the board's bitstream is built for
-        (:attr:`sparsemac.bitstreams.build.Board.config`).
+        (:attr:`sparsemac.hw.boards.Board.config`).
     port : str
         Serial port, e.g. ``/dev/ttyUSB0`` (the ULX3S FTDI) or a simulated board's pty.
     baudrate : int
@@ -139,7 +146,7 @@ class FPGADevice(Device):
         Refuse a board whose design hash differs from the current RTL's (the config is always
         checked).
     board : str
-        The board (a key of :data:`sparsemac.bitstreams.build.BOARDS`): a config whose design
+        The board (a key of :data:`sparsemac.hw.boards.BOARDS`): a config whose design
         cannot fit its FPGA is refused before the port is opened.
 
     Raises

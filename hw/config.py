@@ -23,38 +23,6 @@ class ArrayConfig:
     column tiles along its reduction axis; 8 lanes keep the 90 %-sparse BERT rows (about 77 and 307
     nonzeros) within a few percent of the ideal ceil(n/K) schedule.
 
-    Parameters
-    ----------
-    lanes : int
-        K, the number of nonzero weights consumed per cycle (1 to 32).
-    token_lanes : int
-        T, the number of tokens computed in parallel (1 to 64).
-    max_in_features : int
-        Activation buffer depth per token block: the widest input one job takes (a wider layer
-        runs as column tiles of this width, :func:`sparsemac.sw.cycle_model.job_tiles`).
-        A power of two from 8 (and at least ``lanes``) to 32768.
-    max_out_features : int
-        The most output rows one job may have (the width of the row counter).
-    max_token_blocks : int
-        The most T-token blocks one job may have.
-    delta_bits : int
-        0 (the default) for no compressed column index; 3 to 8 to build the delta decoder, which
-        lets a job send its column indices as deltas of this many bits
-        (:class:`~sparsemac.hw.formats.DeltaCode`). 5 sends the fewest bytes per nonzero on
-        90 %-sparse MiniLM layers (docs/architecture.md).
-    read_ports : int
-        Read lanes each activation buffer replica serves: 1 (the default: K replicas) or 2 (K/2
-        replicas, each with its two banks in separate block RAMs read through both ports of the
-        ECP5's true dual-port DP16KD; it halves the buffer where its depth, not its width, sets
-        the block RAM count, see docs/architecture.md).
-    span_rows : int
-        0 (the default): every chunk holds the nonzeros of one row only, so a row of n nonzeros
-        takes ``max(1, ceil(n / K))`` cycles. 1: a sparse row's last chunk is filled up with the
-        first nonzeros of the next row of the pass (never its last one), and the MAC array sums
-        the two rows apart (:func:`sparsemac.sw.cycle_model.span_carries` gives the schedule).
-        Not with ``delta_bits``: the delta decoder's column scan does not restart inside a
-        chunk.
-
     Raises
     ------
     TypeError
@@ -63,13 +31,34 @@ class ArrayConfig:
         If a parameter is out of its range.
     """
 
+    #: K, the number of nonzero weights consumed per cycle (1 to 32).
     lanes: int = 8
+    #: T, the number of tokens computed in parallel (1 to 64).
     token_lanes: int = 4
+    #: Activation buffer depth per token block: the widest input one job takes (a wider layer
+    #: runs as column tiles of this width, :func:`sparsemac.sw.cycle_model.job_tiles`).
+    #: A power of two from 8 (and at least ``lanes``) to 32768.
     max_in_features: int = 4096
+    #: The most output rows one job may have (the width of the row counter).
     max_out_features: int = 65535
+    #: The most T-token blocks one job may have.
     max_token_blocks: int = 65535
+    #: 0 (the default) for no compressed column index; 3 to 8 to build the delta decoder, which
+    #: lets a job send its column indices as deltas of this many bits
+    #: (:class:`~sparsemac.hw.formats.DeltaCode`). 5 sends the fewest bytes per nonzero on
+    #: 90 %-sparse MiniLM layers (docs/architecture.md).
     delta_bits: int = 0
+    #: Read lanes each activation buffer replica serves: 1 (the default: K replicas) or 2 (K/2
+    #: replicas, each with its two banks in separate block RAMs read through both ports of the
+    #: ECP5's true dual-port DP16KD; it halves the buffer where its depth, not its width, sets
+    #: the block RAM count, see docs/architecture.md).
     read_ports: int = 1
+    #: 0 (the default): every chunk holds the nonzeros of one row only, so a row of n nonzeros
+    #: takes ``max(1, ceil(n / K))`` cycles. 1: a sparse row's last chunk is filled up with the
+    #: first nonzeros of the next row of the pass (never its last one), and the MAC array sums
+    #: the two rows apart (:func:`sparsemac.sw.cycle_model.span_carries` gives the schedule).
+    #: Not with ``delta_bits``: the delta decoder's column scan does not restart inside a
+    #: chunk.
     span_rows: int = 0
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes

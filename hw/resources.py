@@ -24,8 +24,8 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
   (fitted to k4t2i512 and k8t4 against their syntheses without it: +533 and +1 630). Its error on
   those was within 11 %; treat it as +-15 %.
 
-The board totals and the check that a config fits live with the boards
-(:func:`sparsemac.bitstreams.build.check_fits`).
+The board totals live with the boards (:mod:`sparsemac.hw.boards`), the check that a config
+fits with the build flow (:func:`sparsemac.bitstreams.build.check_fits`).
 """
 
 from dataclasses import dataclass
@@ -35,11 +35,14 @@ from amaranth.hdl import Shape
 from .config import check_config
 from .link_formats import MAX_PAYLOAD, LinkFormats, fifo_depth, layout_bytes
 
-__all__ = ["BLOCK_RAM_ASPECTS", "LOGIC_ERROR", "MemoryEstimate", "ResourceEstimate",
-           "estimate_resources", "map_memory"]
+__all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate",
+           "ResourceEstimate", "estimate_resources", "map_memory"]
 
 #: The DP16KD's (depth, width) aspect ratios: 18 Kbit each, the 36-bit one as a simple dual port.
 BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: Bytes of data one DP16KD holds: a byte a word in its 9-bit-wide aspect (the ninth bit is
+#: parity), 2048.
+BLOCK_RAM_BYTES = next(depth for depth, width in BLOCK_RAM_ASPECTS if width == 9)
 #: Yosys' mapping costs (share/lattice/brams_16kd.txt and lutrams_trellis.txt).
 _BLOCK_RAM_COST = 128
 _LUT_RAM_COST = 4
@@ -57,11 +60,13 @@ _BUFFER = "activation buffer"
 @dataclass(frozen=True)
 class MemoryEstimate:
     """One memory of the design and what it maps onto."""
+    #: What the memory holds, e.g. ``activation buffer`` or ``sums FIFO``.
     name: str
     #: How many identical copies the design has.
     count: int
-    #: Words and bits a word of one copy.
+    #: Words of one copy.
     depth: int
+    #: Bits a word.
     width: int
     #: DP16KD of one copy (0 if it is LUT RAM).
     block_rams: int
@@ -89,6 +94,7 @@ class ResourceEstimate:
     multipliers: int
     #: TRELLIS_COMB, a fit good to about :data:`LOGIC_ERROR`.
     logic_cells: int
+    #: Every memory of the design, each with what it maps onto.
     memories: tuple[MemoryEstimate, ...]
 
     @property

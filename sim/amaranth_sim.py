@@ -78,7 +78,9 @@ async def stream_get_all(ctx, stream, count, rng, backpressure):
 @dataclass
 class CoreRun:
     """What the core returned for one job."""
-    sums: np.ndarray  # uint8 [token_blocks * rows, bytes per sums beat]
+    #: uint8 ``[token_blocks * rows, bytes per sums beat]``: every sums beat, in order.
+    sums: np.ndarray
+    #: The cycle count the core reported on ``done``.
     cycles: int
 
 

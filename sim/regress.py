@@ -75,7 +75,7 @@ BENCHES = {bench.name: bench for bench in (
 )}
 
 #: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2`` is
-#: the ULX3S build (``bitstreams.build.BOARDS``; the default array, k8t4, is run by the
+#: the ULX3S build (``hw.boards.BOARDS``; the default array, k8t4, is run by the
 #: Verilator device tests); the others put K and T at their extremes with a small activation
 #: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
 #: odd (adder trees and lane padding that powers of two never exercise) and has the delta
@@ -198,12 +198,19 @@ def build(config, bench, waves=False, verilog=None):
 @dataclass
 class TestResult:
     """One cocotb test's outcome, read from its JUnit XML."""
+    #: The bench's :attr:`Bench.name`.
     bench: str
+    #: The test's name, as the JUnit XML gives it.
     name: str
+    #: Neither a failure nor an error was reported.
     passed: bool
+    #: Simulated clock cycles of the test.
     cycles: int
+    #: Seconds the test took.
     wall_time: float
+    #: The failure's or error's message, empty when it passed.
     message: str = ""
+    #: Its FST waveform, when one was kept.
     waveform: Path | None = None
 
     @property
@@ -214,14 +221,23 @@ class TestResult:
 @dataclass
 class BenchRun:
     """The outcome of one bench on one config."""
+    #: The array configuration the DUT was built for.
     config: ArrayConfig
+    #: The bench that ran.
     bench: Bench
+    #: Seeds the cases and stall patterns.
     seed: int
+    #: One :class:`TestResult` per test that reported.
     results: list = field(default_factory=list)
+    #: The JUnit XML cocotb wrote; None before the tests ran.
     results_xml: Path | None = None
+    #: The simulator's log; None before the tests ran.
     log: Path | None = None
+    #: Seconds of the Verilator build (a cache hit included).
     build_seconds: float = 0.0
+    #: This run compiled the DUT (False: taken from the cache).
     compiled: bool = False
+    #: Why the build failed or tests did not report; empty otherwise.
     error: str = ""
 
     @property

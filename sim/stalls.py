@@ -13,12 +13,15 @@ __all__ = ["StallPattern", "IDEAL"]
 class StallPattern:
     """Probabilities of an idle cycle before each input beat and of a not-ready output cycle.
 
-    ``seed`` makes the pattern replayable; ``name`` labels it in test names and messages. A
-    zero pattern gives ideal streams, under which a cycle count must equal the cycle model's.
+    A zero pattern gives ideal streams, under which a cycle count must equal the cycle model's.
     """
+    #: Probability of an idle cycle before each input beat.
     idle: float = 0.0
+    #: Probability of a not-ready cycle on each output.
     backpressure: float = 0.0
+    #: Makes the pattern replayable.
     seed: int = 0
+    #: Labels it in test names and messages.
     name: str = ""
 
     @property

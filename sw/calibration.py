@@ -36,7 +36,6 @@ weights, bit for bit.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,27 +44,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from .methods import (CALIBRATED_KINDS, K_ALIGNED, NM_TOLERANCE, PruningMethod, parse_method,
+                      parse_pattern, pattern_nm)
 from .pruning import DEFAULT_BERT_PATTERNS, keep_all_but_lowest, matching_linears
 from ..hw.errors import InputError, RunFailure
 
 __all__ = [
-    "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "K_ALIGNED", "PRUNERS",
-    "CalibratedLayer", "CalibratedMethod", "CalibrationReport", "InputStatistics",
-    "activation_absmax", "capture_group_inputs", "check_method", "check_pattern",
-    "fixes_sparsity", "method_calibration", "parse_calibrated", "prune_calibrated",
+    "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "PRUNERS",
+    "CalibratedLayer", "CalibrationReport", "InputStatistics",
+    "activation_absmax", "capture_group_inputs", "check_pattern",
+    "method_calibration", "prune_calibrated",
     "reconstruction_error", "sparsegpt_prune", "wanda_prune",
 ]
 
-#: The pattern name of K-aligned pruning.
-K_ALIGNED = "k-aligned"
 #: Columns SparseGPT updates (and, unstructured, picks its mask) at a time.
 DEFAULT_BLOCKSIZE = 128
 #: SparseGPT's dampening, as a fraction of the mean diagonal of ``X^T X``.
 DEFAULT_DAMPENING = 0.01
 
-_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-# 1 - n/m is inexact in binary: closer than this is the same sparsity.
-_NM_TOLERANCE = 1e-9
 
 
 @dataclass
@@ -93,11 +89,13 @@ class InputStatistics:
 class CalibratedLayer:
     """One pruned linear."""
 
+    #: Qualified module name, e.g. ``encoder.layer.0.attention.self.query``.
     name: str
     #: ``(out_features, in_features)``.
     shape: tuple[int, int]
     #: Fraction of zero weights after pruning.
     sparsity: float
+    #: Nonzero weights after pruning.
     nnz: int
     #: ``||X (W' - W)^T|| / ||X W^T||`` on the calibration inputs (Frobenius norms): how far the
     #: pruned layer's output moved.
@@ -110,15 +108,21 @@ class CalibratedLayer:
 class CalibrationReport:
     """What :func:`prune_calibrated` did."""
 
+    #: The calibrated method's kind: ``"wanda"`` or ``"sparsegpt"``.
     method: str
+    #: The sparsity asked for (``1 - N/M`` for an N:M pattern).
     sparsity_target: float
+    #: None (unstructured), ``"N:M"`` or ``"k-aligned"``.
     pattern: str | None
+    #: The array's K that ``"k-aligned"`` rows keep multiples of.
     lanes: int
-    #: Texts fed, and real tokens they made.
+    #: Calibration texts fed.
     calibration_texts: int
+    #: Real (non-padding) tokens those texts made.
     calibration_tokens: int
     #: In the order they were pruned.
     layers: list[CalibratedLayer]
+    #: Wall time of the whole pruning, captures included.
     seconds: float
     #: The keep-mask of each pruned linear.
     masks: dict[str, torch.Tensor] = field(repr=False)
@@ -157,19 +161,12 @@ def check_pattern(sparsity: float | None, pattern: str | None, lanes: int,
         If the sparsity is outside [0, 1], missing, or not what an N:M pattern gives; if the
         pattern is unknown; or if `cols` is not a multiple of M (N:M) or K (K-aligned).
     """
-    nm = None
-    if pattern is not None and pattern != K_ALIGNED:
-        match = _NM.match(pattern) if isinstance(pattern, str) else None
-        if not match:
-            raise InputError(f"unknown pattern {pattern!r}: use None (unstructured), an 'N:M' "
-                             f"string such as '2:4', or {K_ALIGNED!r}")
-        nm = int(match[1]), int(match[2])
-        if not 1 <= nm[0] <= nm[1]:
-            raise InputError(f"pattern {pattern!r} needs 1 <= N <= M")
+    nm = pattern_nm(parse_pattern(pattern))
+    if nm is not None:
         exact = 1 - nm[0] / nm[1]
         if sparsity is None:
             sparsity = exact
-        elif abs(sparsity - exact) > _NM_TOLERANCE:
+        elif abs(sparsity - exact) > NM_TOLERANCE:
             raise InputError(f"sparsity {sparsity!r} cannot be reached with {pattern}: that "
                              f"pattern prunes exactly {exact!r}; pass that or None")
         if cols is not None and cols % nm[1]:
@@ -358,81 +355,14 @@ PRUNERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 }
 
 
-@dataclass(frozen=True)
-class CalibratedMethod:
-    """A calibrated method as a user spells it where any pruning method is accepted.
-
-    ``wanda`` or ``sparsegpt``, optionally followed by ``-`` and a pattern: ``wanda-2:4``,
-    ``sparsegpt-k-aligned``.
-    """
-
-    #: ``"wanda"`` or ``"sparsegpt"``.
-    method: str
-    #: ``None``, ``"N:M"`` or ``"k-aligned"``.
-    pattern: str | None
-
-
-def parse_calibrated(text: str) -> CalibratedMethod | None:
-    """The calibrated method `text` names, or None if it names none (``magnitude``, ``2:4``).
-
-    Raises
-    ------
-    ValueError
-        If `text` starts with a calibrated method and a ``-`` but the pattern after it is
-        neither ``N:M`` (``1 <= N <= M``) nor ``k-aligned``.
-    """
-    if not isinstance(text, str):
-        return None
-    method, dash, pattern = text.strip().partition("-")
-    if method not in PRUNERS:
-        return None
-    if not dash:
-        return CalibratedMethod(method, None)
-    match = _NM.match(pattern)
-    if pattern != K_ALIGNED and not (match and 1 <= int(match[1]) <= int(match[2])):
-        raise InputError(f"method {text!r}: after {method}- comes an N:M pattern with "
-                         f"1 <= N <= M (e.g. {method}-2:4) or {K_ALIGNED!r}, not {pattern!r}")
-    return CalibratedMethod(method, pattern if pattern == K_ALIGNED else
-                            f"{match[1]}:{match[2]}")
-
-
-def check_method(text: str) -> CalibratedMethod | None:
-    """Validate any pruning method a user typed: calibrated, or one of :func:`parse_method
-    <sparsemac.sw.pruning.parse_method>`'s with an explicit N:M.
-
-    Returns
-    -------
-    CalibratedMethod or None
-        None for magnitude, random and N:M.
-
-    Raises
-    ------
-    TypeError, ValueError
-        If the method is unknown or its pattern invalid; the message lists every valid form.
-    """
-    from .pruning import parse_method
-
-    calibrated = parse_calibrated(text)
-    if calibrated is None:
-        try:
-            parse_method(text, explicit=True)
-        except ValueError as error:
-            if "unknown pruning method" not in str(error):
-                raise
-            raise InputError(f"{error}; or a calibrated one: {', '.join(PRUNERS)}, each "
-                             f"optionally with -N:M or -{K_ALIGNED} (e.g. sparsegpt-2:4)"
-                             ) from None
-    return calibrated
-
-
-def method_calibration(method: str, path=None, *, seed: int = 0
-                       ) -> tuple[CalibratedMethod | None, list[str] | None]:
-    """Check a method and read its calibration text, before any model or device work.
+def method_calibration(method: str | PruningMethod, path=None, *, seed: int = 0
+                       ) -> tuple[PruningMethod, list[str] | None]:
+    """Parse a method and read its calibration text, before any model or device work.
 
     Parameters
     ----------
-    method : str
-        As :func:`check_method`.
+    method : str or PruningMethod
+        As :func:`~sparsemac.sw.methods.parse_method`.
     path : str or Path, optional
         A UTF-8 text file, one text a line; None: the built-in task's calibration split
         (:func:`~sparsemac.sw.task.calibration_texts` with `seed`).
@@ -440,7 +370,7 @@ def method_calibration(method: str, path=None, *, seed: int = 0
 
     Returns
     -------
-    calibrated : CalibratedMethod or None
+    method : PruningMethod
     texts : list of str or None
         None when the method is not calibrated.
 
@@ -452,23 +382,13 @@ def method_calibration(method: str, path=None, *, seed: int = 0
     """
     from .task import calibration_texts
 
-    calibrated = check_method(method)
-    if calibrated is None:
+    method = parse_method(method)
+    if not method.calibrated:
         if path is not None:
-            raise InputError(f"calibration text is for wanda and sparsegpt; method {method} "
-                             "takes none")
-        return None, None
-    return calibrated, calibration_texts(path, seed=seed)
-
-
-def fixes_sparsity(text: str) -> bool:
-    """Whether the method `text` names has an N:M pattern, whose ``1 - N/M`` is its sparsity."""
-    from .pruning import is_structured
-
-    calibrated = check_method(text)
-    if calibrated is None:
-        return is_structured(text)
-    return calibrated.pattern not in (None, K_ALIGNED)
+            raise InputError(f"calibration text is for {' and '.join(CALIBRATED_KINDS)}; "
+                             f"method {method} takes none")
+        return method, None
+    return method, calibration_texts(path, seed=seed)
 
 
 def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor,

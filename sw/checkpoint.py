@@ -61,8 +61,9 @@ _CSR_TENSORS = ("indptr", "indices", "data", "weight_scale")
 class SavedLayer:
     """One offloaded linear of a checkpoint."""
 
-    #: As in :class:`~sparsemac.sw.pruning.LayerWeights`.
+    #: Qualified module name, as in :class:`~sparsemac.sw.pruning.LayerWeights`.
     name: str
+    #: ``(out_features, in_features)``.
     shape: tuple[int, int]
     #: Stored weights.
     nnz: int

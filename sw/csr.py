@@ -79,18 +79,6 @@ def _as_int8_values(values, what="value"):
 class CSRMatrix:
     """An int8 matrix in compressed sparse row form.
 
-    Parameters
-    ----------
-    indptr : numpy.ndarray
-        ``rows + 1`` row pointers: row ``r`` holds nonzeros ``indptr[r]:indptr[r + 1]``;
-        ``indptr[0] == 0`` and ``indptr[-1] == nnz``. Any integer dtype; stored as int64.
-    indices : numpy.ndarray
-        Column of each nonzero, strictly ascending within a row. Stored as int64.
-    data : numpy.ndarray
-        The int8 value of each nonzero.
-    shape : tuple of int
-        ``(rows, cols)``.
-
     The arrays are copied and made read-only, so a constructed matrix stays valid. Equality
     compares shape and all three arrays.
 
@@ -100,9 +88,14 @@ class CSRMatrix:
         If the arrays break the format (see :meth:`validate`).
     """
 
+    #: ``rows + 1`` row pointers: row ``r`` holds nonzeros ``indptr[r]:indptr[r + 1]``;
+    #: ``indptr[0] == 0`` and ``indptr[-1] == nnz``. Any integer dtype; stored as int64.
     indptr: np.ndarray
+    #: Column of each nonzero, strictly ascending within a row. Stored as int64.
     indices: np.ndarray
+    #: The int8 value of each nonzero.
     data: np.ndarray
+    #: ``(rows, cols)``.
     shape: tuple[int, int]
 
     def __post_init__(self):

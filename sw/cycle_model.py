@@ -58,11 +58,17 @@ class JobTile:
     whose int32 sums the host adds, wrapping, into the layer's
     (:func:`~sparsemac.sw.golden.accumulate_int32`).
     """
+    #: First token of the job.
     token_start: int
+    #: One past its last token.
     token_stop: int
+    #: First output row.
     row_start: int
+    #: One past its last output row.
     row_stop: int
+    #: First input column (the tile's offset in the layer's reduction axis).
     col_start: int
+    #: One past its last input column.
     col_stop: int
 
     @property
@@ -180,7 +186,9 @@ class ChunkSlice:
     """One chunk of a sparse pass: the pass's entries ``start:stop`` (rows back to back)."""
     #: The row of the chunk's first lane.
     row: int
+    #: The pass's first entry in the chunk, counting the rows back to back.
     start: int
+    #: One past its last entry.
     stop: int
     #: The chunk's ``split`` field: on a chunk that spans rows, the lanes of ``row`` (the rest of
     #: the chunk begins row ``row + 1``); K on every other chunk.

@@ -34,18 +34,6 @@ def _row_starts(row_lengths):
 class DeltaMatrix:
     """A sparse int8 matrix as the entries a delta job streams.
 
-    Parameters
-    ----------
-    code : DeltaCode
-    row_lengths : numpy.ndarray
-        Entries per row, escapes included.
-    codes : numpy.ndarray of uint8
-        The code of each entry, row after row.
-    values : numpy.ndarray of int8
-        The value byte of each entry (an escape's holds its extra step, read unsigned).
-    shape : tuple of int
-        ``(rows, cols)`` of the matrix.
-
     Raises
     ------
     DeltaFormatError
@@ -53,10 +41,15 @@ class DeltaMatrix:
         do not fit the 16-bit row-length beat, or an entry lands past the last column.
     """
 
+    #: The delta code the entries are written in (its bits and escape).
     code: DeltaCode
+    #: Entries per row, escapes included.
     row_lengths: np.ndarray
+    #: uint8: the code of each entry, row after row.
     codes: np.ndarray
+    #: int8: the value byte of each entry (an escape's holds its extra step, read unsigned).
     values: np.ndarray
+    #: ``(rows, cols)`` of the matrix.
     shape: tuple[int, int]
 
     def __post_init__(self):

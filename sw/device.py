@@ -48,15 +48,18 @@ class MatmulResult(JobResult):
     """A whole layer's product, combined from its jobs: a :class:`JobResult` whose ``cycles``
     is the sum of the jobs' cycle counts, with the figures of the jobs.
     """
+    #: Jobs the layer took, one per :class:`~sparsemac.sw.cycle_model.JobTile`.
     jobs: int
     #: Weight traffic over all jobs (weights are re-streamed for every token block).
     weight_bytes: int
-    #: Activations sent and sums returned over all jobs (a layer of several column tiles returns one
-    #: set of sums per tile).
+    #: Activations sent over all jobs.
     activation_bytes: int
+    #: Sums returned over all jobs (a layer of several column tiles returns one set of sums per
+    #: tile).
     output_bytes: int
     #: Host wall time spent in the device.
     wall_s: float
+    #: Each job's cycle count, in the order the jobs ran.
     job_cycles: list[int] = field(default_factory=list)
 
 

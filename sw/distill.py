@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from ..hw.config import DEFAULT_CONFIG
-from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .calibration import check_pattern, prune_calibrated
+from .methods import KINDS, PruningMethod
 from .models import LoadedModel, load_model, write_safetensors
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
@@ -55,8 +56,8 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.safetensors"
 #: The JSON report of a finished run, beside the Hugging Face files; written last.
 REPORT_FILE = "distill_report.json"
-#: The mask methods of a recipe.
-MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
+#: The mask methods of a recipe: every kind but random, whose masks cannot grow on a schedule.
+MASK_METHODS = tuple(kind for kind in KINDS if kind != "random")
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
@@ -113,8 +114,9 @@ class DistillRecipe:
     #: ``1 - cosine`` or the mean squared error of the mean-pooled last hidden states.
     #: ``"cosine"`` or ``"mse"``.
     embedding_loss: str = "cosine"
-    #: Weights of the embedding loss and of the per-layer hidden-state MSE in the total.
+    #: Weight of the embedding loss in the total.
     embedding_weight: float = 1.0
+    #: Weight of the per-layer hidden-state MSE in the total.
     hidden_weight: float = 1.0
     #: Seeds the batch order and dropout.
     seed: int = 0
@@ -126,10 +128,7 @@ class DistillRecipe:
         if self.method not in MASK_METHODS:
             raise InputError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
-        if self.pattern == K_ALIGNED and self.method == "magnitude":
-            raise InputError(f"the {K_ALIGNED!r} pattern needs a calibrated method "
-                             "(wanda or sparsegpt), not 'magnitude'")
-        check_pattern(self.sparsity, self.pattern, self.lanes)
+        check_pattern(self.sparsity, self.mask_method.pattern, self.lanes)
         for name in ("steps", "prune_every", "batch_size", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -151,6 +150,17 @@ class DistillRecipe:
                              f"{self.embedding_loss!r}")
         if min(self.embedding_weight, self.hidden_weight) < 0:
             raise InputError("loss weights must not be negative")
+
+    @property
+    def mask_method(self) -> PruningMethod:
+        """The method and pattern of the last pruning step.
+
+        Raises
+        ------
+        ValueError
+            If the pattern is invalid or does not suit the method.
+        """
+        return PruningMethod(self.method, self.pattern)
 
     @property
     def prune_end_step(self) -> int:
@@ -187,6 +197,7 @@ class PruneReport:
     output: str
     #: The teacher's model spec.
     model: str
+    #: The recipe the run followed.
     recipe: DistillRecipe
     #: False when the time budget stopped the run: the directory then holds a checkpoint to resume
     #: from, and `layers`, `before` and `after` are empty or None.
@@ -217,7 +228,7 @@ class PruneReport:
     #: Wall time of this invocation.
     wall_s: float
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """The report as JSON-ready built-in types."""
         return asdict(self)
 
@@ -525,7 +536,7 @@ def _prune_step(run: _Run, step: int) -> None:
     sparsity = cubic_sparsity(step, 0.0, recipe.sparsity, 0, pruner.end_step,
                               recipe.prune_every)
     last = step == pruner.end_step
-    n_m = recipe.pattern not in (None, K_ALIGNED)
+    n_m = recipe.mask_method.fixes_sparsity
     if sparsity == 0.0 or (recipe.method == "magnitude" and not (n_m and last)):
         pruner.step(step)  # magnitude, pruned weights ranked below every kept one
         return
@@ -658,7 +669,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     else:  # a model without a directory of its own (bert-base): its tokenizer's own files
         teacher.tokenizer.save_pretrained(str(output))
     partial = output / (REPORT_FILE + ".partial")
-    partial.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    partial.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     os.replace(partial, output / REPORT_FILE)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
 

@@ -35,12 +35,19 @@ DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "energy_horowitz_45nm
 @dataclass(frozen=True)
 class EnergyEvents:
     """Counts of the events that cost energy; each field is also a key of an energy table."""
+    #: int8 x int8 products of the MAC array (K x T per operand beat).
     int8_multiply: int
+    #: Adds in the adder trees ((K - 1) x T per beat, twice that with ``span_rows``).
     tree_add: int
+    #: int32 accumulator adds (T per beat).
     accumulator_update: int
+    #: Bits read from block RAM: activation lookups, and weights resident on chip.
     block_ram_read_bit: int
+    #: Bits written into block RAM: every activation column into all K buffer replicas.
     block_ram_write_bit: int
+    #: Bytes that cross the chip boundary from or to a DRAM.
     offchip_byte: int
+    #: Bytes that cross the chip boundary over the host link.
     link_byte: int
 
 
@@ -50,7 +57,9 @@ EVENT_NAMES = tuple(field.name for field in fields(EnergyEvents))
 @dataclass(frozen=True)
 class EnergyTable:
     """Picojoules per event."""
+    #: What the table is called in reports, e.g. ``Horowitz 45 nm``.
     name: str
+    #: Where its figures come from (a citation).
     source: str
     #: One float per event (an :class:`EnergyEvents` holding energies, not counts).
     picojoules: EnergyEvents
@@ -61,9 +70,11 @@ class EnergyReport:
     """A layer's events and what they cost."""
     #: The name of the table used.
     table: str
+    #: What the layer did: the event counts.
     events: EnergyEvents
     #: Energy per event kind (count times its table entry).
     picojoules: EnergyEvents
+    #: The sum of `picojoules` over every event kind.
     total_pj: float
 
     @property

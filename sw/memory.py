@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 from ..hw.config import ArrayConfig
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
+from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from ..hw.link_formats import layout_bytes
-from ..hw.resources import estimate_resources
+from ..hw.resources import BLOCK_RAM_BYTES, estimate_resources
 from ..hw.errors import InputError
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
@@ -78,9 +79,6 @@ def _sdram_efficiency(clock_hz=DEFAULT_CLOCK_HZ):
 #: Data cycles per SDRAM cycle when streaming (about 0.973 at 60 MHz): see _sdram_efficiency.
 SDRAM_EFFICIENCY = _sdram_efficiency()
 
-#: The ECP5-85F's DP16KD block RAMs, each 18 Kbit: 2048 bytes in its 9-bit-wide mode.
-DEVICE_BLOCK_RAMS = 208
-BLOCK_RAM_BYTES = 2048
 
 
 class MemoryModelError(InputError):
@@ -92,8 +90,10 @@ class MemoryModel:
     """Bytes per core cycle on the weight and activation paths."""
     #: The preset name, or ``custom``.
     name: str
-    #: None for a path that keeps every stream valid (no limit).
+    #: Bytes per core cycle on the weight path (row pointers, columns and values); None for a path
+    #: that keeps every stream valid (no limit).
     weight_bytes_per_cycle: float | None
+    #: Bytes per core cycle on the activation path; None for no limit.
     activation_bytes_per_cycle: float | None
     #: The weights are resident in block RAM (``onchip``): the layer must fit.
     weights_on_chip: bool = False
@@ -227,9 +227,13 @@ class StreamRate:
 @dataclass(frozen=True)
 class JobStreams:
     """The four input streams of one job, in the order of ``CoreStreams.data_inputs``."""
+    #: The activation columns of every token block.
     activations: StreamRate
+    #: The CSR row end pointers (a delta job's row lengths); none in dense mode.
     row_pointers: StreamRate
+    #: The column index words (a delta job's codes); none in dense mode.
     columns: StreamRate
+    #: The weight value words.
     values: StreamRate
 
     NAMES = ("activations", "row_pointers", "columns", "values")
@@ -343,14 +347,15 @@ def packed_stream_rates(config, packed, memory):
 
 
 def onchip_weight_bytes(config):
-    """Bytes of weights the spare block RAMs of the ECP5-85F hold next to an array of ``config``.
+    """Bytes of weights the spare block RAMs of the default board's FPGA (the ULX3S's ECP5-85F)
+    hold next to an array of ``config``.
 
     The board design (activation buffer and host link) takes the block RAMs
     :func:`~sparsemac.hw.resources.estimate_resources` predicts; the rest holds weights at
-    2048 bytes each.
+    :data:`~sparsemac.hw.resources.BLOCK_RAM_BYTES` each.
     """
     used = estimate_resources(config).block_rams
-    return max(0, DEVICE_BLOCK_RAMS - used) * BLOCK_RAM_BYTES
+    return max(0, BOARDS[DEFAULT_BOARD].totals["bram"] - used) * BLOCK_RAM_BYTES
 
 
 def check_fits_onchip(memory, config, layer_weight_bytes, layer="the layer"):

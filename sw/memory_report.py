@@ -25,6 +25,7 @@ class ModeResult:
     """One mode of a layer."""
     #: Memory-bound (``cycles.cycles``) and compute-bound (``cycles.compute_cycles``) cycles.
     cycles: LayerCycles
+    #: The mode's energy events and what they cost under the report's table.
     energy: EnergyReport
     #: Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode, rows x
     #: cols x tokens (zeros included) in dense mode.
@@ -43,14 +44,23 @@ class ModeResult:
 @dataclass(frozen=True)
 class MemoryReport:
     """A layer under one memory model, sparse against dense."""
+    #: Qualified name of the linear.
     layer: str
+    #: Output rows of the layer.
     rows: int
+    #: Input columns of the layer.
     cols: int
+    #: Tokens of the call.
     tokens: int
+    #: Nonzero int8 weights.
     nnz: int
+    #: The :class:`~sparsemac.hw.config.ArrayConfig` of the array.
     config: object
+    #: The memory model the streams were fed at.
     memory: MemoryModel
+    #: The layer in sparse (CSR or delta) mode.
     sparse: ModeResult
+    #: The layer in dense mode, the baseline.
     dense: ModeResult
     #: How the sparse jobs send their column indices.
     index: ColumnIndex = ColumnIndex.CSR

@@ -25,15 +25,16 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
-from .calibration import parse_calibrated, prune_calibrated
+from .calibration import prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
+from .methods import PruningMethod, parse_method
 from .offload import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
-                      parse_method, require_linears)
+                      require_linears)
 from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
 from ..hw.errors import InputError
 
@@ -76,8 +77,9 @@ class LayerReport(_Speedups, LayerWeights):
     #: Fraction of zero weights in the model as given, before pruning (a model pruned beforehand
     #: keeps its zeros: pruning only adds to them).
     sparsity_found: float
-    #: Bytes of one pass of the weights over the link in CSR and in dense mode.
+    #: Bytes of one pass of the weights over the link in CSR mode.
     sparse_weight_bytes: int
+    #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
     #: The offloaded linear's own counters (the same object): :attr:`calls`, :attr:`tokens`,
     #: :attr:`sparse_cycles` and :attr:`device_s` read them.
@@ -103,7 +105,7 @@ class LayerReport(_Speedups, LayerWeights):
         self.call_tokens.clear()
         self.sums.clear()
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready figures (without the recorded sums)."""
         return {"name": self.name, "shape": list(self.shape),
                 "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
@@ -120,13 +122,16 @@ class OffloadReport(_Speedups):
 
     #: The device's back-end name.
     backend: str
+    #: The array of the device.
     config: ArrayConfig
+    #: The pruning method, in its canonical text (:attr:`~sparsemac.sw.methods.PruningMethod.text`).
     method: str
     #: The sparsity asked for (``1 - n/m`` for N:M pruning); :attr:`sparsity_found` and
     #: :attr:`sparsity` say what the model had and what it got.
     sparsity_target: float
     #: ``"local"`` or ``"global"``.
     scope: str
+    #: The seed of random pruning (None for the other methods).
     seed: int | None
     #: Dense cycles were measured on the device rather than predicted.
     dense_measured: bool
@@ -136,6 +141,7 @@ class OffloadReport(_Speedups):
     modules: list[OffloadedLinear] = field(repr=False)
     #: How their sparse jobs send column indices.
     index: ColumnIndex = ColumnIndex.CSR
+    #: The forward hooks that record the runs into `layers`, removed by :meth:`detach`.
     _hooks: list = field(default_factory=list, repr=False)
 
     sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")
@@ -195,7 +201,7 @@ class OffloadReport(_Speedups):
             handle.remove()
         self._hooks.clear()
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready totals and per-layer figures."""
         return {"backend": self.backend, "config": self.config.as_dict(), "method": self.method,
                 "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
@@ -206,7 +212,7 @@ class OffloadReport(_Speedups):
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
                 "sparse_weight_bytes": self.sparse_weight_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes, "device_s": self.device_s,
-                "layers": [layer.as_dict() for layer in self.layers]}
+                "layers": [layer.as_json() for layer in self.layers]}
 
 
 @dataclass
@@ -227,7 +233,8 @@ class CrossCheck:
         return not self.cycles_mismatch
 
 
-def offload(model: nn.Module, device: Device, sparsity: float | None, method: str = "magnitude",
+def offload(model: nn.Module, device: Device, sparsity: float | None,
+            method: str | PruningMethod = "magnitude",
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
@@ -246,11 +253,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     sparsity : float or None
         Fraction of each layer's weights to remove (of all matched weights with global scope).
         None or ``1 - n/m`` for N:M methods, whose pattern fixes it.
-    method : str
+    method : str or PruningMethod
         ``"magnitude"``, ``"random"`` or an ``"N:M"`` string such as ``"2:4"``, as in
         :func:`~sparsemac.sw.pruning.prune_mask`; or a calibrated method, ``"wanda"`` or
         ``"sparsegpt"``, optionally with a pattern: ``"sparsegpt-2:4"``, ``"wanda-k-aligned"``
-        (:func:`~sparsemac.sw.calibration.parse_calibrated`; K is the device's lanes). A
+        (:func:`~sparsemac.sw.methods.parse_method`; K is the device's lanes). A
         calibrated method prunes the float linears in place, in order, on `calibration`
         (:func:`~sparsemac.sw.calibration.prune_calibrated`), before they are quantised.
     seed : int or None
@@ -300,9 +307,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     """
     if not isinstance(device, Device):
         raise TypeError(f"device must be a Device (see open_device), not {device!r}")
-    calibrated = parse_calibrated(method)
-    if calibrated is None:
-        parse_method(method)  # a bad method fails before the model is searched
+    method = parse_method(method)  # a bad method fails before the model is searched
     if granularity not in GRANULARITIES:
         raise InputError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     index = ColumnIndex(index)
@@ -313,10 +318,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
                                                                               kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
-    if calibrated is None:
+    if not method.calibrated:
         masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     else:
-        masks, target = _calibrated_masks(model, linears, device.config, sparsity, calibrated,
+        masks, target = _calibrated_masks(model, linears, device.config, sparsity, method,
                                           scope=scope, patterns=patterns,
                                           calibration=calibration, tokenizer=tokenizer)
 
@@ -336,7 +341,7 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
 
     config = device.config
     report = OffloadReport(
-        backend=device.name, config=config, method=method,
+        backend=device.name, config=config, method=method.text,
         sparsity_target=None if target is None else float(target), scope=scope, seed=seed,
         dense_measured=measure_dense,
         layers=[_layer_report(name, module, config, sparsity_found)
@@ -426,7 +431,7 @@ def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, pa
                       calibration, tokenizer):
     """Prune `linears` of `model` in place with a calibrated method; their keep-masks and the
     target sparsity. Every check comes before the first weight changes."""
-    name = calibrated.method + (f"-{calibrated.pattern}" if calibrated.pattern else "")
+    name = calibrated.text
     if scope != "local":
         raise InputError(f"{name} prunes each layer on its own: scope must be 'local', not "
                          f"{scope!r}")
@@ -439,7 +444,7 @@ def _calibrated_masks(model, linears, config, sparsity, calibrated, *, scope, pa
         if linear.in_features > config.max_in_features:
             raise InputError(f"{layer} has {linear.in_features} input features but the array "
                              f"holds at most {config.max_in_features}")
-    report = prune_calibrated(model, tokenizer, calibrated.method, sparsity, calibration,
+    report = prune_calibrated(model, tokenizer, calibrated.kind, sparsity, calibration,
                               pattern=calibrated.pattern, lanes=config.lanes,
                               patterns=patterns)
     return [report.masks[layer] for layer, _ in linears], report.sparsity_target

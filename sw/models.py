@@ -95,8 +95,9 @@ class LoadedModel:
 class SimilarityPair:
     """Two sentences and how alike a reader would judge them."""
 
-    #: The sentences.
+    #: The first sentence.
     first: str
+    #: The second sentence.
     second: str
     #: Intended similarity, 0 (unrelated) to 4 (paraphrases).
     grade: int

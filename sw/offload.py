@@ -8,7 +8,8 @@ from torch import nn
 from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .device import Device
-from .pruning import choose_masks, is_structured
+from .methods import parse_method
+from .pruning import choose_masks
 from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, dequantise_sums,
                            quantise_input, quantise_weights)
 from ..hw.errors import InputError
@@ -19,8 +20,11 @@ __all__ = ["OffloadStats", "OffloadedLinear"]
 @dataclass
 class OffloadStats:
     """What an :class:`OffloadedLinear` has done since it was built (or last reset)."""
+    #: Forward calls.
     calls: int = 0
+    #: Tokens over all calls.
     tokens: int = 0
+    #: Device jobs over all calls.
     jobs: int = 0
     #: Device cycles of the sparse runs.
     cycles: int = 0
@@ -106,7 +110,7 @@ class OffloadedLinear(nn.Module):
         sparsity : float or None
             Fraction of weights to remove. None: none for ``"magnitude"`` and ``"random"``, the
             pattern's for N:M, which refuses any other value.
-        method : str
+        method : str or PruningMethod
             ``"magnitude"``, ``"random"`` or ``"N:M"`` (see :func:`prune_mask`).
         seed : int or None
             For random pruning.
@@ -128,9 +132,10 @@ class OffloadedLinear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, not {type(linear).__name__}")
         weight = linear.weight.detach().float()
         if mask is None:
-            if sparsity is None and not is_structured(method):
+            method = parse_method(method, nm=(n, m))
+            if sparsity is None and not method.fixes_sparsity:
                 sparsity = 0.0
-            [mask], _ = choose_masks([weight], sparsity, method, seed=seed, n=n, m=m)
+            [mask], _ = choose_masks([weight], sparsity, method, seed=seed)
         elif tuple(mask.shape) != tuple(weight.shape):
             raise InputError(f"mask has shape {tuple(mask.shape)} but the weight has "
                              f"{tuple(weight.shape)}")

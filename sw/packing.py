@@ -193,12 +193,17 @@ def _words(elements, lanes):
 @dataclass
 class PackedJob:
     """The beats of every input stream of one job."""
+    #: Sparse or dense.
     mode: Mode
     #: How a sparse job sends its columns.
     index: ColumnIndex
+    #: Output rows of the job.
     rows: int
+    #: Input columns of the job.
     cols: int
+    #: Tokens of the job.
     tokens: int
+    #: Blocks of T tokens, ``ceil(tokens / T)``.
     token_blocks: int
     #: Weights streamed per pass: nonzeros, a delta job's entries, or ``rows * cols``.
     nnz: int

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .methods import NM_TOLERANCE, PruningMethod, parse_method
 from ..hw.errors import InputError
 
 __all__ = [
@@ -24,23 +25,17 @@ __all__ = [
     "GradualPruner",
     "LayerPruneReport",
     "LayerWeights",
-    "METHODS",
     "choose_masks",
     "conv1d_class",
     "cubic_sparsity",
     "global_magnitude_masks",
-    "is_structured",
     "keep_all_but_lowest",
     "layer_prune_report",
-    "parse_method",
     "matching_linears",
     "prune_mask",
     "prune_model",
     "require_linears",
 ]
-
-#: The named pruning methods; ``"N:M"`` strings such as ``"2:4"`` are accepted as well.
-METHODS = ("magnitude", "random", "n:m")
 
 #: Regular expressions (``re.search``) matching the qualified names of the six linears of each
 #: BERT encoder layer, with or without a prefix such as ``bert.``.
@@ -51,14 +46,13 @@ DEFAULT_BERT_PATTERNS = (
     r"(^|\.)encoder\.layer\.\d+\.output\.dense$",
 )
 
+# Unstructured magnitude pruning, the one method of global scope and gradual pruning.
+_MAGNITUDE = PruningMethod("magnitude")
 # ``.0.`` or a final ``.0`` of a qualified name: the index of a layer in a stack of layers.
 _LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
 # A qualified name up to its first layer index (the head), e.g. ``transformer.layer.`` of
 # ``transformer.layer.3.ffn.lin1``.
 _REPEATED_PREFIX = re.compile(r"^(.*?\.|)\d+\.")
-_NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-# Two sparsities closer than this are the same N:M ratio (1 - n/m is inexact in binary).
-_NM_TOLERANCE = 1e-9
 
 
 def _check_weight(weight, what="weight"):
@@ -106,56 +100,9 @@ def keep_all_but_lowest(scores, count):
     return torch.from_numpy(keep).to(scores.device)
 
 
-def parse_method(method, n=2, m=4, *, explicit=False):
-    """Return ``(kind, n, m)`` with kind one of METHODS; ``"N:M"`` strings set n and m.
-
-    This is the one place that decides what a method string means.
-
-    Parameters
-    ----------
-    method : str
-    n, m : int
-        The pattern of the bare ``"n:m"`` method.
-    explicit : bool
-        Refuse the bare ``"n:m"`` (whose pattern would come from ``n`` and ``m``): what a user
-        types must spell the pattern, e.g. ``"2:4"``.
-
-    Raises
-    ------
-    TypeError
-        If ``method``, ``n`` or ``m`` has the wrong type.
-    ValueError
-        If the method is unknown, or the pattern is not ``1 <= n <= m``.
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, not {method!r}")
-    match = _NM_PATTERN.match(method)
-    if match:
-        n, m = int(match.group(1)), int(match.group(2))
-        method = "n:m"
-    elif explicit and method == "n:m":
-        raise InputError("pruning method 'n:m' does not say which pattern: write it as N:M, "
-                         "e.g. '2:4'")
-    if method not in METHODS:
-        named = [repr(name) for name in METHODS if not (explicit and name == "n:m")]
-        raise InputError(f"unknown pruning method {method!r}; valid methods are "
-                         f"{', '.join(named)} or an 'N:M' string such as '2:4'")
-    if method == "n:m":
-        for name, value in (("n", n), ("m", m)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {value!r}")
-        if not 1 <= n <= m:
-            raise InputError(f"N:M pruning needs 1 <= n <= m, got n={n}, m={m}")
-    return method, n, m
-
-
-def is_structured(method):
-    """Whether ``method`` is N:M pruning, whose pattern fixes the sparsity."""
-    return parse_method(method)[0] == "n:m"
-
-
-def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magnitude", *,
-               n: int = 2, m: int = 4, seed: int | None = None) -> torch.Tensor:
+def prune_mask(weight: torch.Tensor, sparsity: float | None,
+               method: str | PruningMethod = "magnitude", *, n: int = 2, m: int = 4,
+               seed: int | None = None) -> torch.Tensor:
     """The keep-mask of one weight matrix.
 
     Parameters
@@ -167,7 +114,8 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
         ``round(sparsity * weight.numel())`` weights (Python rounding, half to even). For N:M
         pruning the structure fixes the sparsity, so this must be None or equal ``1 - n/m``;
         any other value is a mistake and raises rather than being silently ignored.
-    method : str
+    method : str or PruningMethod
+        As :func:`~sparsemac.sw.methods.parse_method` reads it, not calibrated.
         ``"magnitude"``: remove the smallest ``|w|``; of equal magnitudes the one with the lower
         flat (row-major) index is removed first. ``"random"``: remove uniformly at random,
         reproducibly from ``seed``. ``"n:m"``: in each group of ``m`` consecutive weights along
@@ -190,18 +138,21 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
         If ``weight`` is not a floating-point tensor or ``sparsity`` is not a number.
     ValueError
         If ``weight`` is not 2-D or not finite, ``sparsity`` is outside [0, 1] (or missing, or
-        inconsistent with N:M), the method is unknown, ``"random"`` has no seed, or
-        ``in_features`` is not a multiple of ``m``.
+        inconsistent with N:M), the method is unknown or calibrated, ``"random"`` has no seed,
+        or ``in_features`` is not a multiple of ``m``.
     """
     _check_weight(weight)
-    method, n, m = parse_method(method, n, m)
-    if method == "n:m":
-        return _nm_mask(weight, sparsity, n, m)
+    method = parse_method(method, nm=(n, m))
+    if method.calibrated:
+        raise InputError(f"{method} prunes on calibration text: use "
+                         "sparsemac.sw.calibration.prune_calibrated")
+    if method.nm is not None:
+        return _nm_mask(weight, sparsity, *method.nm)
     if sparsity is None:
-        raise InputError(f"method {method!r} needs a sparsity in [0, 1], got None")
+        raise InputError(f"method {method.text!r} needs a sparsity in [0, 1], got None")
     _check_sparsity(sparsity)
     count = _prune_count(sparsity, weight.numel())
-    if method == "magnitude":
+    if method.kind == "magnitude":
         flat = keep_all_but_lowest(weight.detach().abs().flatten(), count)
     else:
         if seed is None:
@@ -216,7 +167,7 @@ def prune_mask(weight: torch.Tensor, sparsity: float | None, method: str = "magn
 def _nm_mask(weight, sparsity, n, m):
     if sparsity is not None:
         _check_sparsity(sparsity)
-        if abs(sparsity - (1 - n / m)) > _NM_TOLERANCE:
+        if abs(sparsity - (1 - n / m)) > NM_TOLERANCE:
             raise InputError(f"{n}:{m} pruning has sparsity {1 - n / m!r}; pass that or None, "
                              f"not {sparsity!r}")
     rows, cols = weight.shape
@@ -282,8 +233,9 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor] | Sequence[torch.Ten
 
 
 def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
-                 method: str = "magnitude", *, scope: str = "local", seed: int | None = None,
-                 n: int = 2, m: int = 4) -> tuple[list[torch.Tensor], float | None]:
+                 method: str | PruningMethod = "magnitude", *, scope: str = "local",
+                 seed: int | None = None, n: int = 2, m: int = 4
+                 ) -> tuple[list[torch.Tensor], float | None]:
     """The keep-masks of several weight matrices: the one place a pruning decision is made.
 
     :func:`prune_model`, model offload, :meth:`OffloadedLinear.from_linear
@@ -314,15 +266,14 @@ def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
     TypeError, ValueError
         As :func:`prune_mask`; or if the scope is unknown, or global with another method.
     """
-    kind, n, m = parse_method(method, n, m)
-    _check_scope(scope, kind)
+    method = parse_method(method, nm=(n, m))
+    _check_scope(scope, method)
     weights = list(weights)
     if scope == "global":
         return global_magnitude_masks(weights, sparsity), sparsity
-    masks = [prune_mask(weight, sparsity, method, n=n, m=m,
-                        seed=None if seed is None else seed + index)
+    masks = [prune_mask(weight, sparsity, method, seed=None if seed is None else seed + index)
              for index, weight in enumerate(weights)]
-    return masks, (1 - n / m if kind == "n:m" else sparsity)
+    return masks, (method.fixed_sparsity if method.fixes_sparsity else sparsity)
 
 
 @dataclass
@@ -460,11 +411,12 @@ def layer_prune_report(name, weight, target):
 def _check_scope(scope, method):
     if scope not in ("local", "global"):
         raise InputError(f"scope must be 'local' or 'global', not {scope!r}")
-    if scope == "global" and method != "magnitude":
-        raise InputError(f"global scope needs the 'magnitude' method, not {method!r}")
+    if scope == "global" and method != _MAGNITUDE:
+        raise InputError(f"global scope needs the 'magnitude' method, not {method.text!r}")
 
 
-def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitude",
+def prune_model(model: nn.Module, sparsity: float | None,
+                method: str | PruningMethod = "magnitude",
                 scope: str = "local", patterns: Iterable[str] = DEFAULT_BERT_PATTERNS,
                 seed: int | None = None, n: int = 2, m: int = 4) -> list[LayerPruneReport]:
     """Prune the matching linears of a model in place (``weight.data *= mask``).
@@ -603,10 +555,10 @@ class GradualPruner:
                  frequency: int = 1, initial_sparsity: float = 0.0, method: str = "magnitude",
                  scope: str = "local", patterns: Iterable[str] = DEFAULT_BERT_PATTERNS):
         _check_schedule(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
-        if method != "magnitude":
+        if method not in ("magnitude", _MAGNITUDE):
             raise InputError(f"gradual pruning supports only the 'magnitude' method, "
-                             f"not {method!r}")
-        _check_scope(scope, method)
+                             f"not {str(method)!r}")
+        _check_scope(scope, _MAGNITUDE)
         self.linears = require_linears(model, patterns)
         self.final_sparsity = final_sparsity
         self.initial_sparsity = initial_sparsity

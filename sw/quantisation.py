@@ -28,10 +28,10 @@ from ..hw.errors import InputError
 __all__ = [
     "DEFAULT_GRANULARITY",
     "DEFAULT_SMOOTHING_ALPHA",
+    "ErrorMeasure",
     "GRANULARITIES",
     "Int8Linear",
     "QMAX",
-    "QuantisationError",
     "QuantisedTensor",
     "approximation_error",
     "dequantise_sums",
@@ -66,14 +66,6 @@ _ZERO_SCALE = 1.0
 class QuantisedTensor:
     """int8 values with the floating-point scale that turns them back into real numbers.
 
-    Parameters
-    ----------
-    values : torch.Tensor
-        ``torch.int8`` values in [-127, 127].
-    scale : torch.Tensor
-        Positive floating-point scales broadcastable against ``values``: shape ``(rows, 1)`` for
-        weights, ``()`` for a per-tensor or ``(..., 1)`` for a per-token activation scale.
-
     Raises
     ------
     TypeError
@@ -82,7 +74,10 @@ class QuantisedTensor:
         If ``scale`` does not broadcast against ``values`` or is not positive and finite.
     """
 
+    #: ``torch.int8`` values in [-127, 127].
     values: torch.Tensor
+    #: Positive floating-point scales broadcastable against `values`: shape ``(rows, 1)`` for
+    #: weights, ``()`` for a per-tensor or ``(..., 1)`` for a per-token activation scale.
     scale: torch.Tensor
 
     def __post_init__(self):
@@ -106,8 +101,9 @@ class QuantisedTensor:
 
 
 @dataclass
-class QuantisationError:
-    """How far a quantised tensor is from the original."""
+class ErrorMeasure:
+    """How far an approximation (a quantised tensor, an int8 layer's output) is from what it
+    approximates."""
 
     #: Largest absolute error of one element.
     max_abs: float
@@ -213,7 +209,7 @@ def quantise_activations(x: torch.Tensor, granularity: str = "tensor") -> Quanti
     return _quantise(x, amax)
 
 
-def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> QuantisationError:
+def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> ErrorMeasure:
     """Compare a tensor with its quantised form.
 
     Parameters
@@ -225,7 +221,7 @@ def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> Qu
 
     Returns
     -------
-    QuantisationError
+    ErrorMeasure
 
     Raises
     ------
@@ -236,7 +232,7 @@ def quantisation_error(original: torch.Tensor, quantised: QuantisedTensor) -> Qu
 
 
 def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
-                        ) -> QuantisationError:
+                        ) -> ErrorMeasure:
     """The error of any real approximation of a tensor, computed in float64.
 
     Parameters
@@ -246,7 +242,7 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
 
     Returns
     -------
-    QuantisationError
+    ErrorMeasure
         All zero for empty tensors.
 
     Raises
@@ -260,14 +256,14 @@ def approximation_error(reference: torch.Tensor, approximation: torch.Tensor
     reference = reference.detach().to(torch.float64)
     error = approximation.detach().to(torch.float64) - reference
     if error.numel() == 0:
-        return QuantisationError(max_abs=0.0, rms=0.0, relative=0.0)
+        return ErrorMeasure(max_abs=0.0, rms=0.0, relative=0.0)
     error_norm = float(torch.linalg.vector_norm(error))
     reference_norm = float(torch.linalg.vector_norm(reference))
     if reference_norm:
         relative = error_norm / reference_norm
     else:
         relative = 0.0 if error_norm == 0 else float("inf")
-    return QuantisationError(max_abs=float(error.abs().max()),
+    return ErrorMeasure(max_abs=float(error.abs().max()),
                              rms=float(error.pow(2).mean().sqrt()), relative=relative)
 
 

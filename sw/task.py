@@ -71,6 +71,7 @@ class TaskDataError(InputError):
 class LabelledTexts:
     """Texts with integer class labels."""
 
+    #: The texts, in the set's order.
     texts: list[str]
     #: ``labels[i]`` indexes `label_names` and labels ``texts[i]``.
     labels: list[int]
@@ -96,9 +97,11 @@ class LabelledTexts:
 class SplitSizes:
     """How many texts each split of :func:`task_splits` takes."""
 
-    #: At least 1 each.
+    #: Texts the probe is fitted on, at least 1.
     train: int = 2000
+    #: Texts the probe is scored on, at least 1.
     test: int = 1000
+    #: Calibration texts of one-shot pruning and quantisation, at least 1.
     calibration: int = 128
     #: None: every text the other splits leave.
     distillation: int | None = None
@@ -112,8 +115,9 @@ DEFAULT_SPLIT_SIZES = SplitSizes()
 class TaskSplits:
     """Disjoint splits of one labelled set (no text appears in two of them)."""
 
-    #: The probe is fitted on `train` and scored on `test`.
+    #: The probe is fitted on these.
     train: LabelledTexts
+    #: The probe is scored on these.
     test: LabelledTexts
     #: Calibration text for one-shot pruning and quantisation.
     calibration: LabelledTexts
@@ -127,8 +131,9 @@ class TaskSplits:
 class TaskEmbeddings:
     """Sentence embeddings of a model for the train and test splits."""
 
-    #: float32, ``[len(split), hidden]``, rows of unit length.
+    #: The train split's embeddings: float32, ``[len(split), hidden]``, rows of unit length.
     train: torch.Tensor
+    #: The test split's, alike.
     test: torch.Tensor
 
 
@@ -147,7 +152,9 @@ class TaskReport:
     #: Mean fraction of the :data:`KNN_NEIGHBOURS` nearest train texts of a test text (by cosine)
     #: that the candidate and the dense model share, in [0, 1].
     knn_agreement: float
+    #: Texts the probes were fitted on.
     train_size: int
+    #: Texts they were scored on.
     test_size: int
 
     @property
@@ -520,15 +527,18 @@ DEFAULT_FIDELITY_POINTS = (
 class FidelityRow:
     """One measured point of :func:`fidelity_table`."""
 
+    #: The variant measured.
     point: FidelityPoint
     #: Achieved, over the pruned linears.
     sparsity: float
+    #: Its figures on the task, against the float model.
     report: TaskReport
-    #: Pruning and quantisation; embedding and probing.
+    #: Seconds of pruning and quantisation.
     prune_seconds: float
+    #: Seconds of embedding and probing.
     evaluate_seconds: float
 
-    def as_dict(self) -> dict:
+    def as_json(self) -> dict:
         """JSON-ready."""
         from dataclasses import asdict
 

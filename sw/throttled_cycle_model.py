@@ -68,13 +68,16 @@ class CycleBounds:
     cycles: int
     #: The same work with ideal streams (:func:`~sparsemac.sw.cycle_model.job_cycles`).
     compute_cycles: int
-    #: Cycles the weight and the activation path need for their bytes alone (0 when the path is
-    #: unthrottled): lower bounds of ``cycles``.
+    #: Cycles the weight path needs for its bytes alone (0 when it is unthrottled): a lower bound of
+    #: ``cycles``.
     weight_transfer_cycles: int
+    #: Cycles the activation path needs for its bytes alone, likewise.
     activation_transfer_cycles: int
-    #: Bytes streamed in (padding included) and out.
+    #: Weight bytes streamed in, padding included.
     weight_bytes: int
+    #: Activation bytes streamed in.
     activation_bytes: int
+    #: Sum bytes streamed out.
     output_bytes: int
 
     @property
@@ -88,17 +91,22 @@ class CycleBounds:
 @dataclass(frozen=True)
 class ThrottledCycles(CycleBounds):
     """One job's :class:`CycleBounds` and its schedule."""
+    #: What the core did in the job.
     schedule: ScheduleCounts
 
 
 @dataclass(frozen=True)
 class LayerCycles(CycleBounds):
     """A whole layer's jobs: the sums of their :class:`ThrottledCycles`."""
+    #: Jobs of the layer.
     jobs: int
-    #: Summed :class:`ScheduleCounts`.
+    #: Chunks over all jobs (:attr:`ScheduleCounts.chunks` summed).
     chunks: int
+    #: Activation columns written over all jobs.
     fill_beats: int
+    #: Weight words fetched over all jobs.
     words: int
+    #: Row end pointers taken over all jobs.
     row_pointers: int
 
 

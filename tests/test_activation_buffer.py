@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import K1T1, K3T1, K4T2, K8T4, STALLS, Bench, decode, layout_beats, short
+from helpers import K1T1, K3T1, K4T2, K8T4, STALLS, Bench, decode, layout_beats, short
 from sparsemac.hw.activation_buffer import ActivationBuffer
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
-                      random_activations, random_weights, reference, short,
-                      weights_with_row_lengths)
+from helpers import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
+                     random_activations, random_weights, reference, short,
+                     weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.core import SparseMACCore
 from sparsemac.hw.formats import Mode
@@ -141,7 +141,7 @@ def test_stalled_streams_bit_exact(case):
 
 @pytest.mark.parametrize("hand", HAND_CASES, ids=lambda hand: hand.name)
 def test_hand_checked_cycle_counts(hand):
-    """The cycle counts worked out by hand in conftest.HAND_CASES, on the RTL itself."""
+    """The cycle counts worked out by hand in helpers.HAND_CASES, on the RTL itself."""
     case = Case(hand.name, hand.config, weights_with_row_lengths(hand.row_lengths, hand.cols, 0),
                 hand.tokens, hand.mode)
     got, cycles = run_case(case, StallPattern())

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import (K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, random_weights,
-                      short, weights_with_row_lengths)
+from helpers import (K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, random_weights,
+                     short, weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.csr_streamer import CSRWeightStreamer
 from sparsemac.hw.formats import CoreFormats, Mode

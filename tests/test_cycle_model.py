@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HAND_CASES, K8T4
+from helpers import HAND_CASES, K8T4
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cycle_model import (ChunkSlice, JobTile, issue_cycles_per_block, job_cycles,

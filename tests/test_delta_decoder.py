@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from conftest import (STALLS, Bench, decode, layout_beats, random_activations, random_weights,
-                      reference, weights_with_row_lengths)
+from helpers import (STALLS, Bench, decode, layout_beats, random_activations, random_weights,
+                     reference, weights_with_row_lengths)
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice
 from sparsemac.devices.verilator import VerilatorDevice

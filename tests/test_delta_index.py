@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_activations, random_weights
+from helpers import random_activations, random_weights
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
 from sparsemac.sw.csr import CSRMatrix

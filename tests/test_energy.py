@@ -5,7 +5,7 @@ import json
 import pytest
 from amaranth.hdl import Value
 
-from conftest import K3T2, K4T2, random_activations, random_weights, weights_with_row_lengths
+from helpers import K3T2, K4T2, random_activations, random_weights, weights_with_row_lengths
 from sparsemac.hw.core import SparseMACCore
 from sparsemac.hw.formats import Mode
 from sparsemac.sim.amaranth_sim import run_core_job

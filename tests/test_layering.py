@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"hw": "sparsemac.hw", "sw": "sparsemac.sw", "sim": "sparsemac.sim",
            "bitstreams": "sparsemac.bitstreams", "devices": "sparsemac.devices"}
 
-#: The layers, top first (BRIEF.md, issue 10).
+#: The layers, top first.
 LAYERS = ("hw", "sw library", "sim", "bitstreams", "devices", "application")
 
 #: Module-name prefixes of the application layer; the rest of sparsemac.sw is the sw library.

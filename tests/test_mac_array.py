@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import (K1T1, K3T2, K4T2, K8T4, K32T1, Bench, decode, layout_beats, short,
-                      wrap_int32)
+from helpers import (K1T1, K3T2, K4T2, K8T4, K32T1, Bench, decode, layout_beats, short,
+                     wrap_int32)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats
 from sparsemac.hw.mac_array import MACArray

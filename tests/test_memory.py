@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import random_weights
+from helpers import random_weights
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import random_weights
+from helpers import random_weights
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import ColumnIndex, DeltaCode, Mode
 from sparsemac.sw.energy import energy_events, energy_of, load_energy_table

@@ -23,7 +23,7 @@ from sparsemac.sw.models import load_model, tokenize
 from sparsemac.sw.offload import OffloadedLinear
 from sparsemac.sw.pruning import matching_linears, prune_model
 
-from conftest import random_activations, random_weights
+from helpers import random_activations, random_weights
 
 #: Holds the tiny BERT (widest input 64) and keeps the Verilator build small.
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
@@ -196,7 +196,7 @@ def test_a_model_pruned_beforehand_reports_found_and_applied_sparsity():
     assert report.sparsity_found == pytest.approx(0.8, abs=0.001)
     assert report.sparsity >= report.sparsity_found  # the model's own zeros are kept
     assert all(layer.sparsity_found == pytest.approx(0.8, abs=0.001) for layer in report.layers)
-    summary = report.as_dict()
+    summary = report.as_json()
     assert summary["sparsity_found"] == report.sparsity_found
     assert summary["layers"][0]["sparsity_found"] == report.layers[0].sparsity_found
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from amaranth.hdl import Shape
 
-from conftest import (K3T2, K8T4, decode, layout_beats, random_activations, random_weights,
-                      short)
+from helpers import (K3T2, K8T4, decode, layout_beats, random_activations, random_weights,
+                     short)
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode
 from sparsemac.hw.link_formats import layout_bytes

@@ -16,12 +16,10 @@ from sparsemac.bitstreams.build import BuildResult, ResourceReport
 from sparsemac.hw.board_link import design_digest
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw import cli
-from sparsemac.sw.offload import OffloadedLinear
-from sparsemac.sw.pipelines import sweep
+from sparsemac.sw.pipelines import pareto_front, simulate, sweep
 from sparsemac.sw.pipelines.simulate import simulate_layer
 from sparsemac.sw.pipelines.sweep import (
-    COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, pareto_front, run_point,
-    run_sweep,
+    COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, run_point, run_sweep,
 )
 
 pytestmark = pytest.mark.xdist_group("sweep")  # one Dask cluster at a time on 2 cores
@@ -46,15 +44,15 @@ def spec_of(**changes):
 def patch_pruning(monkeypatch, method, action):
     """Makes the layer points of ``method`` call ``action(sparsity)`` before they prune (the
     workers of the tests' clusters are threads of this process, so they see the patch)."""
-    from_linear = OffloadedLinear.from_linear
+    prune_layer = simulate.prune_layer
 
-    def patched(linear, device, *, sparsity, method, seed):
-        if method == patched_method:
+    def patched(loaded, layer, method, sparsity, **options):
+        if method.text == patched_method:
             action(sparsity)
-        return from_linear(linear, device, sparsity=sparsity, method=method, seed=seed)
+        return prune_layer(loaded, layer, method, sparsity, **options)
 
     patched_method = method
-    monkeypatch.setattr(OffloadedLinear, "from_linear", patched)
+    monkeypatch.setattr(simulate, "prune_layer", patched)
 
 
 def measured(row):
@@ -110,6 +108,24 @@ def test_point_agrees_with_sparsemac_simulate(tmp_path):
     assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
     assert row.max_abs_error == pytest.approx(expected.max_abs_error, rel=1e-6)
     assert 0.0 < row.cosine < 1.0 and row.error == ""
+
+
+def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
+    """wanda, which ``--method`` takes, is a sweep method too: pruned on the built-in
+    calibration text, on a copy of the model, so the points that share it are unchanged."""
+    spec = spec_of(configs=["k8t4"], methods=["wanda"], sparsities=[0.5])
+    assert spec.methods == ("wanda",)
+    (point,) = expand_points(spec)
+    shared = sweep._loaded_model("minilm", 3).model.get_submodule(QUERY).weight.clone()
+    row = run_point(point)
+    assert row.error == ""
+    expected = simulate_layer("minilm", QUERY, sparsity=0.5, method="wanda",
+                              backend="reference", seed=3)
+    assert (row.sparse_cycles, row.dense_cycles) == (expected.sparse_cycles,
+                                                     expected.dense_cycles)
+    assert row.sparsity == expected.sparsity
+    assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
+    assert sweep._loaded_model("minilm", 3).model.get_submodule(QUERY).weight.equal(shared)
 
 
 def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
@@ -283,7 +299,7 @@ def test_pareto_front():
     point = argparse.Namespace
     items = [point(x=1, y=5), point(x=2, y=3), point(x=2, y=4), point(x=3, y=3),
              point(x=4, y=1), point(x=5, y=2)]
-    assert [(item.x, item.y) for item in pareto_front(items, "x", "y")] == [
+    assert [(items[index].x, items[index].y) for index in pareto_front(items, "x", "y")] == [
         (1, 5), (2, 3), (4, 1)]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import K3T2, random_activations, random_weights, weights_with_row_lengths
+from helpers import K3T2, random_activations, random_weights, weights_with_row_lengths
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice
 from sparsemac.devices.verilator import VerilatorDevice

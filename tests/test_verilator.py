@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_activations, random_weights, weights_with_row_lengths
+from helpers import random_activations, random_weights, weights_with_row_lengths
 from sparsemac.devices import verilator as verilator_backend
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice

@@ -41,12 +41,15 @@ __all__ = ["Case", "CASE_NAMES", "SPARSITY_CASES", "build_case"]
 @dataclass(frozen=True)
 class Case:
     """One job for the core: ``weights`` against ``activations`` in ``mode``."""
+    #: Names the case in test ids and reports.
     name: str
     #: int8, rows x cols.
     weights: CSRMatrix
     #: int8, tokens x cols.
     activations: torch.Tensor
+    #: Sparse (CSR or delta) or dense.
     mode: Mode = Mode.SPARSE
+    #: How a sparse job sends its column indices.
     index: ColumnIndex = ColumnIndex.CSR
 
     @property

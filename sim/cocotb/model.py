@@ -74,11 +74,17 @@ def core_expectation(config, case):
 class Chunk:
     """Up to K (column, value) pairs as the streamer hands them to the array: of ``row``, and
     with ``span_rows`` from lane ``split`` on of the next row."""
+    #: The row of the chunk's first lane.
     row: int
+    #: The column of each lane.
     columns: tuple
+    #: The int8 weight of each lane.
     values: tuple
+    #: The chunk closes `row`.
     row_last: bool
+    #: The chunk is the last of its pass (token block).
     block_last: bool
+    #: The first lane of the next row in a chunk that spans rows; K on every other chunk.
     split: int
 
 

@@ -31,6 +31,7 @@ class Mismatch:
     """A beat that differs from its expectation (or is missing or extra)."""
     #: Position of the beat in the stream, from 0.
     index: int
+    #: What the beat is, as its :class:`Expected` says, or ``"extra beat"``.
     where: str
     #: ``(field, expected, actual)`` for each differing field; None for a missing side.
     fields: tuple[tuple[str, int | None, int | None], ...]

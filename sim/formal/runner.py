@@ -49,10 +49,12 @@ class ProofSpec:
     harness: type
     #: One of ``harness.PROPERTIES``.
     prop: str
+    #: The array configuration the harness is built for.
     config: ArrayConfig
     #: ``prove`` (k-induction, the depth is k), ``bmc`` (every trace of ``depth`` cycles from reset)
     #: or ``cover`` (each cover reached within ``depth`` cycles).
     mode: str
+    #: k of the induction, or the cycles of a BMC or cover run.
     depth: int
     #: Too long for CI: run only by ``sparsemac formal --all``.
     slow: bool = False
@@ -94,6 +96,7 @@ class ProofSpec:
 @dataclass(frozen=True)
 class ProofResult:
     """The outcome of one :class:`ProofSpec`."""
+    #: The proof that was run.
     spec: ProofSpec
     #: One of :data:`STATUSES`: ``FAIL`` is a counterexample or a cover not reached.
     status: str
@@ -120,6 +123,7 @@ class ProofResult:
 @dataclass(frozen=True)
 class FormalReport:
     """Every proof of one run, in the order they were asked for."""
+    #: One per proof, in the order they were asked for.
     results: list[ProofResult] = field(default_factory=list)
     #: Wall time of the whole run.
     seconds: float = 0.0

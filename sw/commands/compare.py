@@ -87,12 +87,12 @@ def add_arguments(parser):
                              "as the reference")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the tables")
-    add_memory_arguments(parser, energy=False)  # issue 12: memory-bound cycles too
+    add_memory_arguments(parser, energy=False)  # memory-bound cycles too
     add_index_argument(parser)
 
 
 def _memory(args):
-    """``--memory``/``--bandwidth`` (issue 12): None when neither is given."""
+    """``--memory``/``--bandwidth``: None when neither is given."""
     if args.memory is None and args.bandwidth is None:
         return None
     return memory_from_args(args)

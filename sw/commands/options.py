@@ -13,6 +13,7 @@ from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
 from ...hw.errors import InputError
+from ..methods import METHOD_HELP, parse_method
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
@@ -211,23 +212,13 @@ def add_granularity_argument(parser):
                              f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
-#: How ``--method`` is spelt, for the help of every command that takes one.
-METHOD_HELP = ("magnitude, random, N:M such as 2:4, or calibrated on text: wanda, sparsegpt, "
-               "each optionally with -N:M or -k-aligned (rows keep multiples of K), e.g. "
-               "sparsegpt-2:4")
-
-
 def method_argument(text):
-    """argparse type of ``--method``: magnitude, random, an explicit N:M such as 2:4, or a
-    calibrated method (:func:`~sparsemac.sw.calibration.parse_calibrated`)."""
-    # torch: imported when an option is parsed, not at --help
-    from ..calibration import check_method
-
+    """argparse type of ``--method``: the :class:`~sparsemac.sw.methods.PruningMethod` that
+    `text` names (:data:`METHOD_HELP`)."""
     try:
-        check_method(text)
+        return parse_method(text)
     except (TypeError, ValueError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return text
 
 
 def add_calibration_argument(parser):

@@ -99,7 +99,7 @@ def run(args):
                            checkpoint_every=args.checkpoint_every,
                            time_budget=args.time_budget)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(report.as_json(), indent=2))
     else:
         _print_report(report)
     return 0

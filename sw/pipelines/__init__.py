@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...hw.errors import InputError, MissingFileError
 
-__all__ = ["check_output_path", "check_output_folder", "check_port"]
+__all__ = ["check_output_path", "check_output_folder", "check_port", "pareto_front"]
 
 
 def check_output_path(path, what):
@@ -72,3 +72,34 @@ def check_port(backend, port):
     if (backend == "fpga") != (port is not None):
         raise InputError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
+
+
+def pareto_front(items, x, y, *, maximise=False):
+    """The indices of the items that no other item beats on both attributes `x` and `y`.
+
+    An item is beaten by one that is at least as good on both and better on one; of items
+    equal on both, the first listed is kept.
+
+    Parameters
+    ----------
+    items : sequence
+    x, y : str
+        Attribute names of the two figures compared.
+    maximise : bool
+        Higher is better on both figures (speedup and accuracy); by default lower is (cycles
+        and error).
+
+    Returns
+    -------
+    list of int
+        Indices into `items`, by increasing `x`.
+    """
+    sign = -1 if maximise else 1
+    order = sorted(range(len(items)), key=lambda index: (sign * getattr(items[index], x),
+                                                         sign * getattr(items[index], y)))
+    front, best = [], float("inf")
+    for index in order:
+        if sign * getattr(items[index], y) < best:
+            front.append(index)
+            best = sign * getattr(items[index], y)
+    return sorted(front, key=lambda index: getattr(items[index], x))

@@ -36,36 +36,50 @@ SMALL_JOB = (64, 64, 8, 0.9)
 @dataclass
 class BackendRun:
     """One back end on one job (sparse and dense mode, one after the other)."""
+    #: The device's back-end name.
     backend: str
+    #: The job run, e.g. ``3072x768, 128 tokens, 90% sparse + dense``.
     job: str
+    #: Simulated clock cycles of both modes.
     cycles: int
+    #: Wall time of both runs.
     wall_s: float
+    #: Simulated cycles per second of wall time.
     cycles_per_s: float
+    #: CPU time of this process over both runs.
     cpu_s: float
-    cycles_per_cpu_s: float  # unaffected by other processes sharing the machine
+    #: Simulated cycles per CPU second: unaffected by other processes sharing the machine.
+    cycles_per_cpu_s: float
+    #: What a reader should know of the figure (the reference simulates no clock).
     note: str = ""
 
 
 @dataclass
 class ConfigBench:
-    """Everything measured for one array configuration.
-
-    ``cold_build_s`` is None when the cold build was not measured; ``cached_build_s`` is None
-    when Verilator was skipped (``cold=False`` and no cached build).
-    """
+    """Everything measured for one array configuration."""
+    #: The config's key, e.g. ``k8t4``.
     name: str
+    #: The config's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
     config: dict
+    #: Seconds of a Verilator build in an empty cache; None when the cold build was not measured.
     cold_build_s: float | None
+    #: Seconds of a build that hits the cache; None when Verilator was skipped (``cold=False`` and
+    #: no cached build).
     cached_build_s: float | None
+    #: One :class:`BackendRun` per back end measured.
     runs: list
 
 
 @dataclass
 class BenchReport:
     """Every configuration measured, and the machine; :meth:`as_json` is the JSON file."""
+    #: CPUs, Python, platform and simulator tool versions of the machine.
     machine: dict
+    #: Seeds the jobs' weights and activations.
     seed: int
+    #: One :class:`ConfigBench` per array configuration.
     configs: list
+    #: Wall time of the whole bench.
     wall_s: float
 
     def as_json(self):

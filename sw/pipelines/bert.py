@@ -20,7 +20,7 @@ from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, check_config
 from ...hw.formats import ColumnIndex
 from . import check_port
-from ..calibration import fixes_sparsity, method_calibration
+from ..calibration import method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import ModelMemoryReport, memory_report
@@ -30,6 +30,7 @@ from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarit
                       tokenize)
 from ..progress import phase, progress, progress_bar
 from ..quantisation import DEFAULT_GRANULARITY
+from ...hw.errors import InputError
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
@@ -41,42 +42,65 @@ BASELINE = "the float model as given"
 
 @dataclass
 class BertReport:
-    """Everything ``sparsemac bert`` measured; :meth:`as_json` is its ``--json`` output.
-
-    ``sparsity`` is the target; ``sparsity_found`` the zeros the model had before pruning;
-    ``achieved_sparsity`` what was applied. ``bit_exact`` and ``cycles_equal`` are None on the
-    reference back end (nothing to compare with), else the cross-check against it. ``layers``
-    holds one dict per offloaded linear (:meth:`LayerReport.as_dict
-    <sparsemac.sw.model_offload.LayerReport.as_dict>`). ``memory`` holds one inference's cycles
-    (compute-bound and memory-bound) and energy per layer under the memory model, from the
-    exact throttled cycle model and the energy model.
-    """
+    """Everything ``sparsemac bert`` measured; :meth:`as_json` is its ``--json`` output."""
+    #: The model's name: ``minilm``, ``bert-base`` or the checkpoint's directory.
     model: str
+    #: Where its weights came from.
     source: str
+    #: The back end the model ran on.
     backend: str
+    #: The pruning method, in its canonical text.
     method: str
+    #: The sparsity asked for; None for an N:M method, whose pattern fixes it.
     sparsity: float | None
+    #: Fraction of zero weights the model had before pruning.
     sparsity_found: float
+    #: Fraction of zero int8 weights applied: found, pruned, or rounded to zero.
     achieved_sparsity: float
+    #: ``"local"`` or ``"global"`` pruning.
     scope: str
+    #: Seeds random pruning and bert-base's random weights.
     seed: int
+    #: Tokens of the sentence run.
     tokens: int
+    #: The array's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
     config: dict
+    #: Device cycles of every offloaded call, sparse.
     sparse_cycles: int
+    #: Cycles of the same calls with dense weights (predicted, or measured when `dense_measured`).
     dense_cycles: int
+    #: Dense over sparse cycles.
     speedup: float | None
+    #: ``1 / (1 - achieved_sparsity)``.
     ideal_speedup: float | None
+    #: Dense cycles were measured on the device rather than predicted.
     dense_measured: bool
+    #: Bytes of one pass of every layer's weights in CSR mode.
     sparse_weight_bytes: int
+    #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
+    #: The int32 sums equal the reference back end's; None on the reference back end itself (nothing
+    #: to compare with).
     bit_exact: bool | None
+    #: The cycle counts equal the reference back end's; None on the reference back end.
     cycles_equal: bool | None
+    #: What the fidelity figures compare with: the float model as given.
     baseline: str
+    #: Cosine of the offloaded model's sentence embedding with the baseline's.
     embedding_cosine: float
+    #: Spearman correlation of the similarity rankings of the built-in sentence pairs with the
+    #: baseline's; None for a model without a tokenizer, or bert-base's random weights (nothing to
+    #: rank).
     ranking_agreement: float | None
+    #: Host wall time spent in the device for the sparse runs.
     device_s: float
+    #: Wall time of the whole measurement.
     wall_s: float
+    #: One dict per offloaded linear (:meth:`LayerReport.as_json
+    #: <sparsemac.sw.model_offload.LayerReport.as_json>`).
     layers: list
+    #: One inference's cycles (compute-bound and memory-bound) and energy per layer under the memory
+    #: model, from the exact throttled cycle model and the energy model.
     memory: ModelMemoryReport | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
@@ -195,8 +219,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     started = time.perf_counter()
     check_config(config)
     # A bad method or calibration file fails before any work.
-    calibrated, texts = method_calibration(method, calibration, seed=seed)
-    structured = fixes_sparsity(method)
+    method, texts = method_calibration(method, calibration, seed=seed)
+    structured = method.fixes_sparsity
     check_port(backend, port)
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
@@ -222,7 +246,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     check = backend != "reference"
     reference_model = copy.deepcopy(loaded.model) if check else None
 
-    if calibrated is not None and loaded.tokenizer is None:
+    if method.calibrated and loaded.tokenizer is None:
         raise InputError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
@@ -254,7 +278,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         offloaded = reference_model  # bit-exact or not, the ranking runs on the reference
     # The figures of the one sentence, taken before the ranking sentences run through the
     # same offloaded layers (on the reference back end they would add to its counters).
-    summary = report.as_dict()
+    summary = report.as_json()
     agreement = None
     if rank:
         agreement = ranking_agreement(similarity_scores(offloaded, loaded.tokenizer),
@@ -266,7 +290,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
             layer["bit_exact"] = layer["name"] not in crosscheck.sums_mismatch
             layer["cycles_equal"] = layer["name"] not in crosscheck.cycles_mismatch
     return BertReport(
-        model=loaded.name, source=loaded.source, backend=backend, method=method,
+        model=loaded.name, source=loaded.source, backend=backend, method=method.text,
         sparsity=summary["sparsity_target"], sparsity_found=summary["sparsity_found"],
         achieved_sparsity=summary["sparsity"], scope=scope, seed=seed, tokens=length,
         config=summary["config"], sparse_cycles=summary["sparse_cycles"],

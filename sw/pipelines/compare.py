@@ -36,8 +36,8 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
-from ..calibration import check_method, fixes_sparsity
 from ..memory_report import recorded_memory_cycles
+from ..methods import parse_method
 from ..model_offload import cross_check, offload
 from ..packing import check_index
 from ..progress import progress
@@ -45,11 +45,12 @@ from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
-from . import check_output_folder
+from . import check_output_folder, pareto_front
+from ...hw.errors import InputError
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
-           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within", "pareto_front",
+           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within",
            "sweep"]
 
 #: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
@@ -85,17 +86,25 @@ class FrontPoint:
     sparsity_target: float | None
     #: Achieved fraction of zero int8 weights over the offloaded linears (0 for float).
     sparsity: float
-    #: Measured on the device for the workload (sparse = dense for the float model).
+    #: Sparse cycles of the workload, measured on the device (equal to the dense ones for the float
+    #: model).
     sparse_cycles: int
+    #: Dense cycles of the same calls.
     dense_cycles: int
     #: Dense over sparse cycles.
     speedup: float
+    #: Bytes of one pass of every layer's weights in sparse mode.
     sparse_weight_bytes: int
+    #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
-    #: :class:`~sparsemac.sw.task.TaskReport`'s, against the float model.
+    #: Test accuracy of a probe fitted on this model's own embeddings
+    #: (:class:`~sparsemac.sw.task.TaskReport`'s figures, the float model as the dense one).
     accuracy: float
+    #: Test accuracy of its embeddings read by the float model's probe.
     accuracy_dense_probe: float
+    #: Mean cosine between its and the float model's test embeddings.
     cosine: float
+    #: Mean fraction of nearest train texts it shares with the float model.
     knn_agreement: float
     #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
     #: float model).
@@ -105,7 +114,7 @@ class FrontPoint:
     #: Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
     #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
-    #: memory model (exact throttled cycle model, issue 12), None without one.
+    #: memory model (the exact throttled cycle model), None without one.
     by_config: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -116,24 +125,6 @@ class FrontPoint:
         if self.sparsity_target is None or self.kind != "pruned":
             return self.method
         return f"{self.method} {self.sparsity_target:g}"
-
-
-def pareto_front(points) -> list[int]:
-    """Indices of the points no other point dominates, by increasing speedup.
-
-    A point dominates another when its speedup and accuracy are both at least as high and one
-    is higher. Of points equal in both, the first listed is kept.
-    """
-    front = []
-    for index, point in enumerate(points):
-        dominated = any(
-            other.speedup >= point.speedup and other.accuracy >= point.accuracy
-            and (other.speedup > point.speedup or other.accuracy > point.accuracy
-                 or other_index < index)
-            for other_index, other in enumerate(points) if other_index != index)
-        if not dominated:
-            front.append(index)
-    return sorted(front, key=lambda index: points[index].speedup)
 
 
 def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
@@ -174,20 +165,35 @@ class CompareReport:
     ``as_json()`` is the content of ``compare.json``.
     """
 
+    #: The float model's name.
     model: str
+    #: Seeds the task's splits and random pruning.
     seed: int
+    #: Activation quantisation scale: ``"tensor"`` or ``"token"``.
     granularity: str
+    #: The fields of the array the device ran.
     config: dict
+    #: The task's data: its source, split sizes and calibration text.
     data: dict
+    #: The batch whose cycles are measured: ``texts`` and ``tokens``.
     workload: dict
+    #: The float model's task accuracy.
     dense_accuracy: float
+    #: Every :class:`FrontPoint` measured, in order.
     points: list
+    #: Indices into `points` of the Pareto-optimal ones, by increasing speedup.
     front: list
+    #: Per method, the index of its fastest point within :data:`WITHIN_POINTS` of the float
+    #: accuracy, or None.
     best: dict
+    #: The fastest best point rerun on one test text on Verilator and on the reference back end,
+    #: compared; None without ``verify``.
     verify: dict | None
+    #: Wall time of the whole comparison.
     wall_s: float
+    #: The files written: ``compare.csv``, ``compare.json``, ``front.png``.
     files: list = field(default_factory=list)
-    #: ``memory``: the model's description, when the sweep had one (issue 12).
+    #: ``memory``: the model's description, when the sweep had one.
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
@@ -250,7 +256,7 @@ class CompareReport:
 
 
     def _memory_sections(self):
-        """Every point on every config, and under the memory model (issue 12), when the sweep
+        """Every point on every config, and under the memory model, when the sweep
         had more than one config or a memory model; else nothing."""
         if self.memory is None and len(self.points[0].by_config) < 2:
             return []
@@ -279,7 +285,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
 
     Parameters
     ----------
-    methods : sequence of str
+    methods : sequence of str or PruningMethod
         Pruning methods as :func:`~sparsemac.sw.model_offload.offload` takes them; an N:M
         pattern (``2:4``, ``sparsegpt-2:4``) is one point at ``1 - N/M``.
     sparsities : sequence of float
@@ -310,7 +316,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         Rerun the fastest point within one point of the float model (else the fastest) on
         Verilator, one test text: bit-exact sums and equal cycles to the reference.
     memory : MemoryModel or None
-        Also count every point's workload cycles under this memory model (issue 12).
+        Also count every point's workload cycles under this memory model.
     index : ColumnIndex
         How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
         with the delta decoder (e.g. ``k8t4d5``).
@@ -382,7 +388,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
                                           memory_dense_cycles=bound[1])
         return FrontPoint(
             method=method if kind == "pruned" else kind, kind=kind, model=source,
-            sparsity_target=None if kind != "pruned" or fixes_sparsity(method) else sparsity,
+            sparsity_target=(None if kind != "pruned" or parse_method(method).fixes_sparsity
+                             else sparsity),
             sparsity=report.sparsity, sparse_cycles=report.sparse_cycles,
             dense_cycles=report.dense_cycles, speedup=report.speedup,
             sparse_weight_bytes=report.sparse_weight_bytes,
@@ -429,7 +436,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
               "calibration_source": "calibration split" if calibration is None
               else str(calibration)},
         workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
-        points=points, front=pareto_front(points), best=best, verify=checked,
+        points=points, front=pareto_front(points, "speedup", "accuracy", maximise=True),
+        best=best, verify=checked,
         wall_s=time.perf_counter() - started,
         memory=None if memory is None else memory.describe(), index=index.name.lower())
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
@@ -453,20 +461,19 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0.0 <= sparsity <= 1.0:
             raise InputError(f"sparsity must be a number in [0, 1], not {sparsity!r}")
-    unstructured = [method for method in methods if not fixes_sparsity(method)]
+    methods = [parse_method(method) for method in methods]
+    unstructured = [method.text for method in methods if not method.fixes_sparsity]
     if unstructured and not sparsities:
         raise InputError(f"{', '.join(unstructured)} need at least one sparsity")
-    for method in methods:
-        check_method(method)
     for checkpoint in checkpoints:
         if not Path(checkpoint).is_dir():
             raise InputError(f"checkpoint {checkpoint}: no such directory")
     plan = [("int8", "magnitude", None, 0.0)]
     for method in methods:
-        if fixes_sparsity(method):
-            plan.append(("pruned", method, None, None))
+        if method.fixes_sparsity:
+            plan.append(("pruned", method.text, None, None))
         else:
-            plan.extend(("pruned", method, None, sparsity) for sparsity in sparsities)
+            plan.extend(("pruned", method.text, None, sparsity) for sparsity in sparsities)
     # A checkpoint keeps its own zeros: pruning it to sparsity 0 adds none.
     plan.extend(("checkpoint", "magnitude", checkpoint, 0.0) for checkpoint in checkpoints)
     return [(kind, method, "" if source is None else source, sparsity)

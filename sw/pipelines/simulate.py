@@ -20,7 +20,7 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig, check_config
 from ...hw.formats import ColumnIndex, Mode
-from ..calibration import check_pattern, fixes_sparsity, method_calibration, prune_calibrated
+from ..calibration import check_pattern, method_calibration, prune_calibrated
 from ..energy import load_energy_table
 from ..golden import golden_matmul
 from ..memory import PRESETS, MemoryModel
@@ -32,9 +32,10 @@ from . import check_output_path, check_port
 from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
 from ...hw.errors import InputError
+from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
-           "SimulationReport", "simulate_layer", "estimate_fst_bytes"]
+           "SimulationReport", "simulate_layer", "estimate_fst_bytes", "prune_layer"]
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_LAYER = "encoder.layer.0.intermediate.dense"
@@ -50,38 +51,72 @@ FST_BYTES_PER_CYCLE = 238
 @dataclass
 class SimulationReport:
     """Everything ``sparsemac simulate`` measured; :meth:`as_json` is its ``--json`` output."""
+    #: The model's name: ``minilm``, ``bert-base`` or the checkpoint's directory.
     model: str
+    #: Qualified name of the linear.
     layer: str
+    #: Output rows of the layer.
     rows: int
+    #: Input columns of the layer.
     cols: int
+    #: Tokens run: the sentence's, or as many as asked.
     tokens: int
+    #: The array's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
     config: dict
+    #: The back end both runs used.
     backend: str
+    #: Seeds random pruning, bert-base's weights and the calibration split.
     seed: int
+    #: The pruning method, in its canonical text.
     method: str
-    target_sparsity: float | None  # None for N:M pruning, whose pattern fixes it
+    #: The sparsity asked for; None for N:M pruning, whose pattern fixes it.
+    target_sparsity: float | None
+    #: Fraction of zero int8 weights achieved.
     sparsity: float
+    #: Jobs each run took, one per :class:`~sparsemac.sw.cycle_model.JobTile`.
     jobs: int
+    #: Device cycles of the sparse (CSR or delta) run.
     sparse_cycles: int
+    #: Device cycles of the dense baseline run.
     dense_cycles: int
+    #: Dense over sparse cycles.
     speedup: float
-    ideal_speedup: float | None  # None for an all-zero matrix
+    #: ``1 / (1 - sparsity)``; None for an all-zero matrix.
+    ideal_speedup: float | None
+    #: Speedup over ideal speedup; None with it.
     efficiency: float | None
+    #: Weight bytes the sparse run streamed.
     weight_bytes_sparse: int
+    #: Weight bytes the dense run streamed.
     weight_bytes_dense: int
+    #: The sparse run's int32 sums equal the golden model's.
     bit_exact_sparse: bool
+    #: The dense run's int32 sums equal the golden model's.
     bit_exact_dense: bool
+    #: The cycle model's count for the sparse run.
     predicted_sparse_cycles: int
+    #: The cycle model's count for the dense run.
     predicted_dense_cycles: int
+    #: Largest absolute error of the layer's output against the float layer as given.
     max_abs_error: float
+    #: ``||error|| / ||output||`` against the float layer as given.
     relative_error: float
+    #: Relative error against the float layer pruned the same way: the int8 quantisation's own.
     quantisation_relative_error: float
+    #: Host wall time in the device, both runs.
     device_s: float
+    #: Simulated cycles of both runs per second of `device_s`.
     sim_cycles_per_s: float
+    #: Wall time of the whole simulation, model loading included.
     wall_s: float
+    #: The FST waveform written, or None.
     fst: str | None
+    #: The estimated wall time on a board from its committed build's manifest, or None without
+    #: ``board``.
     board: dict | None = None
-    memory: object = None  # MemoryReport: the layer's cycles and energy under the memory model
+    #: The layer's cycles and energy under the memory model (a
+    #: :class:`~sparsemac.sw.memory_report.MemoryReport`).
+    memory: object = None
 
     @property
     def bit_exact(self):
@@ -192,7 +227,7 @@ def estimate_fst_bytes(cycles, config):
     return int(cycles * FST_BYTES_PER_CYCLE * config.multipliers / DEFAULT_CONFIG.multipliers)
 
 
-def _check_options(backend, port, fst, fst_limit, method, memory):
+def _check_options(backend, port, fst, fst_limit, memory):
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not isinstance(memory, MemoryModel):
@@ -226,10 +261,10 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     sparsity : float or None
         Fraction of weights to prune; None for :data:`DEFAULT_SPARSITY`, or for the ``1 - N/M``
         of an N:M method, whose pattern fixes it (another value is refused).
-    method : str
+    method : str or PruningMethod
         ``magnitude``, ``random``, an explicit ``N:M`` such as ``2:4``, or a calibrated method
         (``wanda``, ``sparsegpt``, ``sparsegpt-2:4``, ``wanda-k-aligned``: see
-        :func:`~sparsemac.sw.calibration.parse_calibrated`), which prunes the layer on its inputs
+        :func:`~sparsemac.sw.methods.parse_method`), which prunes the layer on its inputs
         for the calibration text, K-aligned to ``config.lanes``.
     tokens : int or None
         Repeat the sentence to exactly this many tokens.
@@ -276,12 +311,11 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     """
     started = time.perf_counter()
     check_config(config)
-    _check_options(backend, port, fst, fst_limit, method, memory)
-    calibrated, texts = method_calibration(method, calibration, seed=seed)
-    structured = fixes_sparsity(method)
+    _check_options(backend, port, fst, fst_limit, memory)
+    method, texts = method_calibration(method, calibration, seed=seed)
+    structured = method.fixes_sparsity
     if structured and sparsity is not None:  # 0.6 with 2:4: refused before any work
-        check_pattern(sparsity, method if calibrated is None else calibrated.pattern,
-                      config.lanes)
+        check_pattern(sparsity, method.pattern, config.lanes)
     elif sparsity is None and not structured:
         sparsity = DEFAULT_SPARSITY
     check_index(config, index)
@@ -295,12 +329,8 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
     with torch.no_grad():
         float_output = linear(inputs)  # before a calibrated method changes the weights
-    if calibrated is None:
-        [mask], target = choose_masks([linear.weight.detach().float()], sparsity, method,
-                                      seed=seed)
-    else:
-        mask, target = _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts,
-                                               config)
+    mask, target = prune_layer(loaded, layer, method, sparsity, texts=texts, lanes=config.lanes,
+                               seed=seed)
     weight = linear.weight.detach().float()
     throttled = None if memory.ideal else memory
     reference = ReferenceDevice(config, memory=throttled)
@@ -356,7 +386,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     return SimulationReport(
         model=loaded.name, layer=layer, rows=weights.rows, cols=weights.cols,
         tokens=inputs.shape[0], config=config.as_dict(), backend=backend, seed=seed,
-        method=method, target_sparsity=None if structured else target,
+        method=method.text, target_sparsity=None if structured else target,
         sparsity=achieved, jobs=sparse.jobs,
         sparse_cycles=sparse.cycles, dense_cycles=dense.cycles, speedup=speedup,
         ideal_speedup=ideal, efficiency=None if ideal is None else speedup / ideal,
@@ -372,14 +402,50 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
         board=board_figures, memory=memory_figures)
 
 
-def _prune_calibrated_layer(loaded, layer, calibrated, sparsity, texts, config):
-    """Prune one linear in place with a calibrated method on its calibration inputs."""
+def prune_layer(loaded, layer, method, sparsity, *, texts=None, lanes=DEFAULT_CONFIG.lanes,
+                seed=None):
+    """The keep-mask of one linear of a loaded model, by any pruning method.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        A calibrated method prunes (and, SparseGPT, updates) the linear in place, on what it
+        receives for `texts`; the other methods leave the model as it is.
+    layer : str
+        Qualified name of the linear.
+    method : PruningMethod
+    sparsity : float or None
+        As :func:`~sparsemac.sw.pruning.choose_masks`.
+    texts : list of str, optional
+        The calibration text of a calibrated method (required there).
+    lanes : int
+        The array's K, for ``k-aligned``.
+    seed : int or None
+        For random pruning.
+
+    Returns
+    -------
+    mask : torch.Tensor
+        Bool keep-mask of the linear's weight.
+    target : float or None
+        The sparsity aimed at.
+
+    Raises
+    ------
+    ValueError
+        If the sparsity does not suit the method, or a calibrated method has no tokenizer.
+    """
+    linear = loaded.model.get_submodule(layer)
+    if not method.calibrated:
+        [mask], target = choose_masks([linear.weight.detach().float()], sparsity, method,
+                                      seed=seed)
+        return mask, target
     if loaded.tokenizer is None:
-        raise InputError(f"{calibrated.method} needs a tokenizer for its calibration text, and "
+        raise InputError(f"{method.kind} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
-    with phase(f"{calibrated.method} on {len(texts)} calibration texts"):
-        report = prune_calibrated(loaded.model, loaded.tokenizer, calibrated.method, sparsity,
-                                  texts, pattern=calibrated.pattern, lanes=config.lanes,
+    with phase(f"{method.kind} on {len(texts)} calibration texts"):
+        report = prune_calibrated(loaded.model, loaded.tokenizer, method.kind, sparsity,
+                                  texts, pattern=method.pattern, lanes=lanes,
                                   patterns=(f"^{re.escape(layer)}$",))
     return report.masks[layer], report.sparsity_target
 

@@ -14,6 +14,8 @@ only the points not in the table, an interrupted sweep resumes, and rows of othe
 designs stay untouched. A point that raises is recorded with its error and the sweep goes on.
 """
 
+import contextlib
+import copy
 import csv
 import dataclasses
 import fcntl
@@ -33,13 +35,14 @@ from pathlib import Path
 
 from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
+from ..methods import parse_method
 from ..progress import progress, progress_bar
-from . import check_output_folder
+from . import check_output_folder, pareto_front
 from ...hw.errors import InputError, MissingFileError, RunFailure
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
            "PointResult", "DesignPoint", "SweepReport", "load_spec", "parse_spec",
-           "expand_points", "run_point", "run_sweep", "pareto_front"]
+           "expand_points", "run_point", "run_sweep"]
 
 #: The results table inside the output folder.
 RESULTS_FILE = "sweep.csv"
@@ -58,24 +61,31 @@ LISTED_FAILURES = 10
 @dataclass(frozen=True)
 class VerifySpec:
     """Run ``sample`` points, drawn with ``seed``, on the Verilator device too."""
+    #: Points to run on the Verilator device too, at least 1.
     sample: int
+    #: Seeds the draw of those points.
     seed: int
 
 
 @dataclass(frozen=True)
 class BuildSpec:
     """One board build per array config and nextpnr placement seed."""
+    #: nextpnr placement seeds: one build per config and seed.
     seeds: tuple[int, ...]
+    #: The board built for, a key of :data:`~sparsemac.hw.boards.BOARDS`.
     board: str
 
 
 @dataclass(frozen=True)
 class SweepSpec:
     """The axes of a sweep, validated (see :func:`parse_spec` for the TOML keys)."""
+    #: The array configurations, none twice.
     configs: tuple[ArrayConfig, ...]
+    #: ``"minilm"``, ``"bert-base"`` or checkpoint directories.
     models: tuple[str, ...]
     #: Layer names, or ``"all"``.
     layers: tuple[str, ...] | str
+    #: Pruning methods in their canonical text (:attr:`~sparsemac.sw.methods.PruningMethod.text`).
     methods: tuple[str, ...]
     #: Targets of the unstructured methods (N:M points ignore them: one point per pattern).
     sparsities: tuple[float, ...] = ()
@@ -83,7 +93,9 @@ class SweepSpec:
     tokens: tuple[int | None, ...] = (None,)
     #: Seeds random pruning and the random ``bert-base`` weights.
     seed: int = 0
+    #: Which points also run on Verilator; None: none.
     verify: VerifySpec | None = None
+    #: The board builds; None: none.
     build: BuildSpec | None = None
 
     def digest(self):
@@ -131,11 +143,12 @@ def parse_spec(data, source="spec"):
     Keys: ``configs`` (array config names as :meth:`ArrayConfig.key` writes them, such as
     ``"k8t4"`` or ``"k1t1i512"``, or tables of :class:`ArrayConfig` fields), ``models``
     (``"minilm"``, ``"bert-base"`` or checkpoint directories), ``layers`` (linear names, or
-    ``"all"`` for every encoder linear), ``methods`` (``"magnitude"``, ``"random"`` or N:M
-    patterns such as ``"2:4"``: :func:`~sparsemac.sw.pruning.parse_method`), ``sparsities``
-    (0 to 1; needed by unstructured methods), optional ``tokens`` (2 or more; default the
-    sentence itself), ``seed`` (default 0), ``[verify]`` with ``sample`` and ``seed``, and
-    ``[build]`` with ``seeds`` and ``board`` (default ``"ulx3s-85f"``).
+    ``"all"`` for every encoder linear), ``methods`` (every method ``--method`` takes:
+    :func:`~sparsemac.sw.methods.parse_method`; calibrated ones prune on the built-in task's
+    calibration text), ``sparsities`` (0 to 1; needed unless every method is N:M), optional
+    ``tokens`` (2 or more; default the sentence itself), ``seed`` (default 0), ``[verify]``
+    with ``sample`` and ``seed``, and ``[build]`` with ``seeds`` and ``board`` (default
+    ``"ulx3s-85f"``).
 
     Models and layer names are checked when the points are expanded (:func:`expand_points`),
     which loads each model.
@@ -150,8 +163,6 @@ def parse_spec(data, source="spec"):
         On an unknown key or value, an empty axis or a value of the wrong type; the message
         names ``source`` and the key.
     """
-    from ..pruning import is_structured
-
     def fail(message):
         raise InputError(f"{source}: {message}")
 
@@ -189,7 +200,7 @@ def parse_spec(data, source="spec"):
         layers = tuple(_string(value, "layers", fail) for value in layers)
     methods = tuple(_parse_method(_string(value, "methods", fail), fail)
                     for value in axis("methods"))
-    unstructured = [method for method in methods if not is_structured(method)]
+    unstructured = [method for method in methods if not method.fixes_sparsity]
     sparsities = axis("sparsities", required=bool(unstructured)) or []
     for value in sparsities:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -204,7 +215,8 @@ def parse_spec(data, source="spec"):
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         fail(f"seed must be a non-negative integer, not {seed!r}")
-    return SweepSpec(configs=configs, models=models, layers=layers, methods=methods,
+    return SweepSpec(configs=configs, models=models, layers=layers,
+                     methods=tuple(method.text for method in methods),
                      sparsities=tuple(float(value) for value in sparsities), tokens=tuple(tokens),
                      seed=seed, verify=_parse_verify(data.get("verify"), fail),
                      build=_parse_build(data.get("build"), fail))
@@ -235,13 +247,10 @@ def _parse_config(value, fail):
 
 
 def _parse_method(method, fail):
-    from ..pruning import parse_method
-
     try:
-        parse_method(method, explicit=True)
+        return parse_method(method)
     except ValueError as error:
         fail(str(error))
-    return method
 
 
 def _parse_section(section, name, keys, fail):
@@ -302,20 +311,27 @@ class SweepPoint:
     """
     #: ``"layer"`` or ``"build"``.
     kind: str
+    #: The array configuration.
     config: ArrayConfig
     #: The design hash of ``config`` when the sweep was expanded.
     design_hash: str
+    #: The model of a layer point (empty for a build).
     model: str = ""
+    #: Qualified name of the layer point's linear.
     layer: str = ""
+    #: The layer point's pruning method, in its canonical text.
     method: str = ""
     #: Target sparsity; None for N:M.
     sparsity: float | None = None
     #: None: the built-in sentence as it is.
     tokens: int | None = None
+    #: Seeds random pruning, bert-base's weights and the calibration split.
     seed: int = 0
     #: Also run on the Verilator device.
     verify: bool = False
+    #: The board of a build point (empty for a layer).
     board: str = ""
+    #: The build point's nextpnr placement seed.
     build_seed: int | None = None
 
     @property
@@ -340,12 +356,12 @@ def expand_points(spec):
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
     from ..models import encoder_linear_names, get_linear
-    from ..pruning import is_structured
 
     hashes = {config: _design_hash(config) for config in spec.configs}
-    prunings = [(method, None) if is_structured(method) else (method, sparsity)
+    fixed = {method: parse_method(method).fixes_sparsity for method in spec.methods}
+    prunings = [(method, None if fixed[method] else sparsity)
                 for method in spec.methods
-                for sparsity in ((None,) if is_structured(method) else spec.sparsities)]
+                for sparsity in ((None,) if fixed[method] else spec.sparsities)]
     points = []
     for model in spec.models:
         loaded = _loaded_model(model, spec.seed)
@@ -402,54 +418,92 @@ class PointResult:
     """One row of the results table: a point's parameters and what it measured.
 
     Measurements a point did not make (a failed point, the board columns of a layer point)
-    are None. ``relative_error``, ``max_abs_error`` and ``cosine`` compare the layer's int8
-    output with the float, unpruned layer on the built-in sentence, as ``sparsemac simulate``
-    does; ``cosine`` is the mean over tokens. ``tokens`` is the count asked for (None: the
-    sentence as it is), ``tokens_run`` the count run. ``bit_exact`` and ``cycles_match`` are set for
-    verified points: Verilator's sums equal the golden model's and its cycle counts the cycle
-    model's, in both modes. ``error`` is empty unless the point failed.
+    are None.
     """
+    #: :attr:`SweepPoint.key`: the row's key.
     key: str
+    #: The digest of the spec that computed the row (:meth:`SweepSpec.digest`).
     spec: str
+    #: The design hash of the config when the row was computed.
     design_hash: str
+    #: ``"layer"`` or ``"build"``.
     kind: str
+    #: The array config's key, e.g. ``k8t4``.
     config: str
+    #: K of the config.
     lanes: int
+    #: T of the config.
     token_lanes: int
+    #: The activation buffer depth of the config.
     max_in_features: int
+    #: K x T.
     multipliers: int
+    #: Bits of the activation buffer, all replicas.
     activation_buffer_bits: int
+    #: As :attr:`SweepPoint.model`.
     model: str = ""
+    #: As :attr:`SweepPoint.layer`.
     layer: str = ""
+    #: As :attr:`SweepPoint.method`.
     method: str = ""
+    #: The sparsity asked for; None for N:M.
     target_sparsity: float | None = None
+    #: The token count asked for; None: the sentence as it is.
     tokens: int | None = None
+    #: The layer point's seed; None for a build.
     seed: int | None = None
+    #: The point also ran on Verilator.
     verify: bool = False
+    #: As :attr:`SweepPoint.board`.
     board: str = ""
+    #: As :attr:`SweepPoint.build_seed`.
     build_seed: int | None = None
+    #: The token count run.
     tokens_run: int | None = None
+    #: Output rows of the layer.
     rows: int | None = None
+    #: Input columns of the layer.
     cols: int | None = None
+    #: Fraction of zero int8 weights achieved.
     sparsity: float | None = None
+    #: Sparse cycles, from the exact cycle model.
     sparse_cycles: int | None = None
+    #: Dense cycles, from the exact cycle model.
     dense_cycles: int | None = None
+    #: Dense over sparse cycles.
     speedup: float | None = None
+    #: ``1 / (1 - sparsity)``; None for an all-zero layer.
     ideal_speedup: float | None = None
+    #: Speedup over ideal speedup.
     efficiency: float | None = None
+    #: ``||error|| / ||output||`` of the layer's int8 output against the float, unpruned layer on
+    #: the built-in sentence, as ``sparsemac simulate`` measures it.
     relative_error: float | None = None
+    #: The largest absolute error of that output.
     max_abs_error: float | None = None
+    #: The mean over tokens of that output's cosine with the float layer's.
     cosine: float | None = None
+    #: For a verified point: Verilator's sums equal the golden model's in both modes.
     bit_exact: bool | None = None
+    #: For a verified point: Verilator's cycle counts equal the cycle model's in both modes.
     cycles_match: bool | None = None
+    #: A build's logic cells (TRELLIS_COMB).
     lut4: int | None = None
+    #: A build's flip-flops.
     ff: int | None = None
+    #: A build's MULT18X18D multipliers.
     dsp: int | None = None
+    #: A build's DP16KD block RAMs.
     bram: int | None = None
+    #: A build's achieved Fmax.
     fmax_mhz: float | None = None
+    #: ``Type: message`` of the exception of a failed point; empty otherwise.
     error: str = ""
+    #: The Dask worker that computed the row (``local`` off Dask).
     worker: str = ""
+    #: Seconds the point took on its worker.
     seconds: float | None = None
+    #: When it finished, ISO 8601 in UTC.
     finished: str = ""
 
     @classmethod
@@ -536,21 +590,30 @@ def _measure_layer(point, result):
 
     from ...devices.reference import ReferenceDevice
     from ...hw.formats import Mode
+    from ..calibration import method_calibration
     from ..model_offload import matmul_cycles
     from ..models import get_linear
     from ..offload import OffloadedLinear
     from ..quantisation import approximation_error
-    from .simulate import simulate_layer
+    from .simulate import prune_layer, simulate_layer
 
     config = point.config
+    method, texts = method_calibration(point.method, seed=point.seed)
     loaded = _loaded_model(point.model, point.seed)
-    linear = get_linear(loaded.model, point.layer)
     inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens)
-    layer = OffloadedLinear.from_linear(linear, ReferenceDevice(config), sparsity=point.sparsity,
-                                        method=point.method, seed=point.seed)
+    with torch.no_grad():
+        reference = get_linear(loaded.model, point.layer)(inputs)
+    # A calibrated method changes the weights of the model it runs, and feeds the shared
+    # tokenizer: it prunes a copy of its own, one thread at a time.
+    with _MODEL_LOCK if method.calibrated else contextlib.nullcontext():
+        if method.calibrated:
+            loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+        mask, _ = prune_layer(loaded, point.layer, method, point.sparsity, texts=texts,
+                              lanes=config.lanes, seed=point.seed)
+    layer = OffloadedLinear.from_linear(get_linear(loaded.model, point.layer),
+                                        ReferenceDevice(config), mask=mask)
     with torch.no_grad():
         output = layer(inputs)
-        reference = linear(inputs)
     weights, tokens = layer.weights, inputs.shape[0]
     error = approximation_error(reference, output)
     sparse = layer.stats.cycles
@@ -789,14 +852,17 @@ def _compute(points, table, spec_digest, client):
 @dataclass
 class SweepReport:
     """What :func:`run_sweep` did and found."""
+    #: The spec run.
     spec: SweepSpec
     #: The output folder; ``results`` is its CSV.
     output: str
     #: The rows of this spec's points, in point order (earlier runs' rows included).
     results: list[PointResult]
-    #: Points in the spec; found done in the table; computed now.
+    #: Points in the spec.
     points: int
+    #: Points found done in the table.
     skipped: int
+    #: Points computed now.
     computed: int
     #: Rows of this spec whose point failed.
     failed: int
@@ -808,6 +874,7 @@ class SweepReport:
     points_per_s: float
     #: Where the points ran.
     cluster: str
+    #: The Pareto plots written (PNG paths); empty without plots.
     plots: list[str] = field(default_factory=list)
 
     @property
@@ -845,7 +912,8 @@ class SweepReport:
             *([["plots", ", ".join(self.plots)]] if self.plots else []),
         ])]
         for workload, designs in _by_workload(self.design_points()).items():
-            front = pareto_front(designs, "sparse_cycles", "relative_error")
+            front = [designs[index]
+                     for index in pareto_front(designs, "sparse_cycles", "relative_error")]
             sections.append((f"Pareto front, cycles against relative error: {workload} "
                              f"({len(front)} of {len(designs)} designs)",
                              ["config", "method", "sparsity", "cycles", "speedup",
@@ -890,17 +958,29 @@ def _describe(row):
 @dataclass
 class DesignPoint:
     """A design, summed over the sweep's layers of one workload (model, tokens run)."""
+    #: The model of the workload.
     model: str
+    #: Tokens run.
     tokens: int
+    #: The array config's key.
     config: str
+    #: The pruning method.
     method: str
+    #: The sparsity asked for; None for N:M.
     target_sparsity: float | None
+    #: Layers summed.
     layers: int
+    #: K x T of the config.
     multipliers: int
+    #: Bits of its activation buffer.
     activation_buffer_bits: int
+    #: Sparse cycles summed over the layers.
     sparse_cycles: int
+    #: Dense cycles summed over the layers.
     dense_cycles: int
+    #: The layers' mean relative error.
     relative_error: float
+    #: The layers' mean cosine.
     cosine: float
 
     @property
@@ -940,17 +1020,6 @@ def _by_workload(designs):
     return workloads
 
 
-def pareto_front(items, x, y):
-    """The items no other item beats on both attributes ``x`` and ``y`` (lower is better),
-    sorted by ``x``; of equal items the first is kept."""
-    front, best = [], float("inf")
-    for item in sorted(items, key=lambda item: (getattr(item, x), getattr(item, y))):
-        if getattr(item, y) < best:
-            front.append(item)
-            best = getattr(item, y)
-    return front
-
-
 def _plot(designs, folder):
     """The Pareto plots as PNGs in ``folder``: cycles against relative error, and cycles
     against the array's multipliers and activation buffer. Returns their paths."""
@@ -971,7 +1040,7 @@ def _plot(designs, folder):
             axes.scatter(getattr(design, x) / scale, getattr(design, y),
                          color=colours[design.config], marker=markers[design.method], s=28,
                          alpha=0.8)
-        front = pareto_front(designs, x, y)
+        front = [designs[index] for index in pareto_front(designs, x, y)]
         axes.step([getattr(item, x) / scale for item in front],
                   [getattr(item, y) for item in front], where="post", color="black",
                   linewidth=1)

@@ -1,0 +1,43 @@
+"""The supported boards and their FPGAs' resource totals: the one place these facts live.
+
+The build flow (:mod:`sparsemac.bitstreams.build`) checks a design against a board's totals and
+builds its own config; the host's memory model (:mod:`sparsemac.sw.memory`) counts the block
+RAM a board leaves for weights. Both read them here.
+"""
+
+from dataclasses import dataclass
+
+from .config import ArrayConfig
+
+__all__ = ["BOARDS", "DEFAULT_BOARD", "Board"]
+
+
+@dataclass(frozen=True)
+class Board:
+    """A supported board: its amaranth-boards platform, the device's resource totals, and the
+    array config its committed bitstream is built for (``bitstreams/<board>/``)."""
+    #: The board's name, also its folder under ``bitstreams/`` and ``--board``'s value.
+    name: str
+    #: The amaranth-boards platform class that describes its pins.
+    platform: str
+    #: The FPGA's part name, e.g. ``LFE5U-85F``.
+    device: str
+    #: The FPGA's resources, under nextpnr's utilisation names: ``lut4`` (TRELLIS_COMB logic
+    #: cells), ``ff`` (flip-flops), ``dsp`` (MULT18X18D multipliers), ``bram`` (DP16KD).
+    totals: dict
+    #: The array config of its committed bitstream.
+    config: ArrayConfig
+
+
+BOARDS = {
+    # 64 multipliers: twice the default array's 32 (the 128-multiplier k16t8i512 placed but did
+    # not route); the dual-port buffer of 1024 columns keeps it to 50 block RAMs, and wider
+    # layers run as column tiles. docs/results.md has the builds behind this choice.
+    "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
+                       totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
+                       config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
+                                          read_ports=2)),
+}
+
+#: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).
+DEFAULT_BOARD = "ulx3s-85f"
