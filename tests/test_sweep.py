@@ -239,8 +239,8 @@ def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch)
     address = cluster.scheduler_address
     run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     before = (tmp_path / RESULTS_FILE).read_bytes()
-    monkeypatch.setattr(sweep, "design_digest",
-                        lambda config: argparse.Namespace(hex="00c0ffee00c0ffee"))
+    # Another design: its hash, as the on-disk cache of design hashes would give it.
+    monkeypatch.setattr(sweep, "_design_hash", lambda config: "00c0ffee00c0ffee")
     report = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     assert (report.computed, report.skipped) == (10, 0)
     assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
