@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode, Sparsity
 from ..hw.link_formats import layout_bytes
 from ..sim.toolchain import (WAIVED_WARNINGS, ToolMissingError, cache_dir, check_build_tools,
                              file_lock, fst_verilator_args, verilator_environment)
@@ -257,8 +257,9 @@ class VerilatorDevice(Device):
         """The :class:`BuildResult` of this device's library."""
         return self._build
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
-        packed = pack_job(self.config, weights, activations, mode, index)
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
+        packed = pack_job(self.config, weights, activations, mode, index, sparsity)
         if self._handle is None:
             raise DeviceError("the Verilator device is closed")
         expected = packed.token_blocks * packed.rows

@@ -35,12 +35,15 @@ import numpy as np
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
 from .cache import cache_dir
-from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
-from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
+from .cycle_model import (DUAL_FIRST_BEAT, DUAL_PIPELINE_LATENCY, PIPELINE_LATENCY,
+                          dual_job_cycles, job_cycles, job_tiles, token_blocks)
+from .memory import (RATE_ONE, JobStreams, MemoryModel, dual_job_streams, job_streams,
+                     stream_rates)
 from .packing import tile_row_lengths
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
-           "throttled_job_cycles", "layer_cycles", "replay_schedule", "REPLAY_CACHE"]
+           "throttled_job_cycles", "throttled_dual_job_cycles", "layer_cycles",
+           "replay_schedule", "REPLAY_CACHE"]
 
 #: Replays kept, least recently used first out (each a few hundred bytes).
 REPLAY_CACHE = 4096
@@ -178,10 +181,7 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
     nnz = int(row_lengths.sum()) if mode == Mode.SPARSE else len(row_lengths) * cols
     blocks = token_blocks(tokens, config)
     streams = job_streams(config, mode, len(row_lengths), cols, nnz, blocks, index)
-    if memory is not None:
-        if not isinstance(memory, MemoryModel):
-            raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
-        streams = stream_rates(memory, streams)
+    streams = _throttled(streams, memory)
     if memory is None or memory.ideal:
         # The closed form gives the same counts (tests check the replay against it), faster.
         schedule = ScheduleCounts(
@@ -198,6 +198,52 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
         activation_transfer_cycles=_transfer_cycles([streams.activations]),
         weight_bytes=streams.weight_bytes, activation_bytes=streams.activation_bytes,
         output_bytes=blocks * len(row_lengths) * config.token_lanes * config.SUM_WIDTH // 8,
+        schedule=schedule)
+
+
+def _throttled(streams, memory):
+    """``streams`` at ``memory``'s rates (unthrottled for None)."""
+    if memory is None:
+        return streams
+    if not isinstance(memory, MemoryModel):
+        raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    return stream_rates(memory, streams)
+
+
+def throttled_dual_job_cycles(beats, rows, tokens, config, memory=None):
+    """The cycles of a DUAL job of ``beats`` pairs beats with the pairs at ``memory``'s rate.
+
+    The pairs are the whole job: the core takes a beat in every cycle from cycle 1 on in which
+    one is offered, and a bucket that starts empty and holds at most one beat offers one every
+    ``w = max(1, ceil(beat / rate))`` cycles, so the last beat is taken in cycle ``beats * w``
+    and its sums are accepted four cycles later.
+
+    Parameters
+    ----------
+    beats : int
+        The sum of :func:`~sparsemac.sw.cycle_model.dual_row_beats`.
+    rows, tokens : int
+        The job's shape (for the bytes of its sums).
+    config : ArrayConfig
+        Dual-sparse.
+    memory : MemoryModel or None
+
+    Returns
+    -------
+    ThrottledCycles
+    """
+    compute = dual_job_cycles(beats)
+    streams = _throttled(dual_job_streams(config, beats), memory)
+    pairs = streams.pairs
+    wait = max(DUAL_FIRST_BEAT, -(-pairs.bytes * RATE_ONE // pairs.rate) if pairs.rate else 0)
+    schedule = ScheduleCounts(cycles=beats * wait + DUAL_PIPELINE_LATENCY, chunks=beats,
+                              fill_beats=0, words=0, row_pointers=0)
+    return ThrottledCycles(
+        cycles=schedule.cycles, compute_cycles=compute.total,
+        weight_transfer_cycles=_transfer_cycles([pairs]), activation_transfer_cycles=0,
+        weight_bytes=streams.weight_bytes, activation_bytes=0,
+        output_bytes=token_blocks(tokens, config) * rows * config.token_lanes
+        * config.SUM_WIDTH // 8,
         schedule=schedule)
 
 
