@@ -22,9 +22,12 @@ class OperandSelect(JobComponent):
     Contract
     --------
     After ``start`` (one cycle, while ``job`` is valid) the job's ``sparsity`` chooses the source
-    until the next ``start``; the other input is never taken. Every beat taken leaves once, in
-    order, on ``o_stream``: a buffer beat in the cycle it arrives, a ``pairs`` beat one cycle
-    after it is taken (with ``split`` K with ``span_rows``: a pairs beat spans no rows).
+    until the next ``start``; the other input is never taken. A DUAL job takes ``pairs`` beats
+    from the cycle after ``start`` until it has taken ``rows x token_blocks`` beats with
+    ``row_last``, and no more, so the next job's beats wait for its own ``start``. Every beat
+    taken leaves once, in order, on ``o_stream``: a buffer beat in the cycle it arrives, a
+    ``pairs`` beat one cycle after it is taken (with ``split`` K with ``span_rows``: a pairs beat
+    spans no rows).
 
     Attributes
     ----------
@@ -55,15 +58,26 @@ class OperandSelect(JobComponent):
     def elaborate(self, platform):
         m = Module()
         lanes, token_lanes = self._config.lanes, self._config.token_lanes
-        dual = Signal()
+        dual = Signal()   # the source, until the next job
+        taking = Signal()  # rows of the DUAL job are left to take
+        rows, blocks = Signal.like(self.job.rows), Signal.like(self.job.token_blocks)
+        row, block = Signal.like(rows), Signal.like(blocks)
         with m.If(self.start):
-            m.d.sync += dual.eq(self.job.sparsity == Sparsity.DUAL)
-
+            is_dual = self.job.sparsity == Sparsity.DUAL
+            m.d.sync += [dual.eq(is_dual), taking.eq(is_dual), rows.eq(self.job.rows),
+                         blocks.eq(self.job.token_blocks), row.eq(0), block.eq(0)]
         held = Signal(self._formats.array_operands)
         held_valid = Signal()
         pairs = self.pairs.payload
-        with m.If(dual & self.pairs.valid & (~held_valid | self.o_stream.ready)):
+        with m.If(taking & self.pairs.valid & (~held_valid | self.o_stream.ready)):
             m.d.comb += self.pairs.ready.eq(1)
+            with m.If(pairs.row_last):
+                with m.If(row != rows - 1):
+                    m.d.sync += row.eq(row + 1)
+                with m.Elif(block != blocks - 1):
+                    m.d.sync += [row.eq(0), block.eq(block + 1)]
+                with m.Else():
+                    m.d.sync += taking.eq(0)
             m.d.sync += held.row_last.eq(pairs.row_last)
             if self._config.span_rows:
                 m.d.sync += held.split.eq(lanes)
