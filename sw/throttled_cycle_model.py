@@ -33,16 +33,18 @@ import numba
 import numpy as np
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import ColumnIndex, Mode
+from ..hw.formats import ColumnIndex, Mode, Sparsity
 from .cache import cache_dir
 from .cycle_model import (DUAL_FIRST_BEAT, DUAL_PIPELINE_LATENCY, PIPELINE_LATENCY,
-                          dual_job_cycles, job_cycles, job_tiles, token_blocks)
+                          dual_job_cycles, dual_row_beats, dual_row_lengths, job_cycles,
+                          job_tiles, token_blocks)
 from .memory import (RATE_ONE, JobStreams, MemoryModel, dual_job_streams, job_streams,
                      stream_rates)
 from .packing import tile_row_lengths
 
 __all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
            "throttled_job_cycles", "throttled_dual_job_cycles", "layer_cycles",
+           "dual_layer_cycles",
            "replay_schedule", "REPLAY_CACHE"]
 
 #: Replays kept, least recently used first out (each a few hundred bytes).
@@ -98,11 +100,15 @@ class ThrottledCycles(CycleBounds):
 class LayerCycles(CycleBounds):
     """A whole layer's jobs: the sums of their :class:`ThrottledCycles`."""
     jobs: int
-    #: Summed :class:`ScheduleCounts`.
+    #: Summed :class:`ScheduleCounts` (a DUAL layer's ``chunks`` are its pairs beats).
     chunks: int
     fill_beats: int
     words: int
     row_pointers: int
+    #: Which zeros the jobs skip.
+    sparsity: Sparsity = Sparsity.WEIGHTS
+    #: The pairs a DUAL layer issues (nonzero weight by nonzero activation); 0 otherwise.
+    pairs: int = 0
 
 
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
@@ -127,13 +133,46 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=C
     jobs = [throttled_job_cycles(tile_row_lengths(tile, weights, config, index), tile.cols,
                                  tile.tokens, config, mode, memory, index)
             for tile in job_tiles(weights.rows, weights.cols, tokens, config)]
+    return _layer_of(jobs)
+
+
+def _layer_of(jobs, **fields):
+    """The :class:`LayerCycles` of ``jobs`` (:class:`ThrottledCycles`), with ``fields``."""
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",
                            "output_bytes")}
     counts = {name: sum(getattr(job.schedule, name) for job in jobs)
               for name in ("chunks", "fill_beats", "words", "row_pointers")}
-    return LayerCycles(jobs=len(jobs), **totals, **counts)
+    return LayerCycles(jobs=len(jobs), **totals, **counts, **fields)
+
+
+def dual_layer_cycles(weights, activations, config, memory=None):
+    """Cycles and schedule counts of a whole layer run as DUAL jobs, split as the driver splits
+    it.
+
+    Parameters
+    ----------
+    weights : CSRMatrix
+    activations : torch.Tensor or numpy.ndarray of int8, [tokens, cols]
+    config : ArrayConfig
+        Dual-sparse.
+    memory : MemoryModel or None
+
+    Returns
+    -------
+    LayerCycles
+        With ``sparsity`` DUAL and the ``pairs`` issued.
+    """
+    activations = np.asarray(activations)
+    jobs, pairs = [], 0
+    for tile in job_tiles(weights.rows, weights.cols, len(activations), config):
+        matrix = tile.weights(weights)
+        block = activations[tile.token_start:tile.token_stop, tile.col_start:tile.col_stop]
+        beats = int(dual_row_beats(matrix, block, config).sum())
+        jobs.append(throttled_dual_job_cycles(beats, matrix.rows, tile.tokens, config, memory))
+        pairs += int(dual_row_lengths(matrix, block, config).sum())
+    return _layer_of(jobs, sparsity=Sparsity.DUAL, pairs=pairs)
 
 
 def _transfer_cycles(streams):
@@ -310,7 +349,8 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
     """The replay itself, compiled: ``(cycles, chunks, fill_beats, words, row_pointers)``, or a
     negative cycle count (the cycle, negated) if nothing can move any more.
 
-    ``buckets`` holds a row per stream (activations, row pointers, columns, values): beats,
+    ``buckets`` holds a row per stream (activations, row pointers, columns, values, and the
+    pairs of a DUAL job, which is not replayed here: :func:`throttled_dual_job_cycles`): beats,
     credits per beat, credits per cycle.
     """
     a_left, p_left, c_left, v_left = buckets[0, 0], buckets[1, 0], buckets[2, 0], buckets[3, 0]
