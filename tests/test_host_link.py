@@ -378,7 +378,8 @@ def test_a_dual_sparse_config_is_refused_by_the_link_and_the_board(tmp_path):
     with pytest.raises(ValueError, match="cannot carry the pairs stream of the dual-sparse "
                                          "k2t2i16a1 array: run it on the reference"):
         LinkFormats(ArrayConfig.from_key("k2t2i16a1"))
-    with pytest.raises(ValueError, match="cannot carry the pairs stream.*drop 'a1'"):
+    with pytest.raises(BoardFitError, match="dual-sparse has no board design for the ulx3s-85f: "
+                                            "the host link cannot carry the pairs stream"):
         open_device("fpga", ArrayConfig.from_key("k8t4a1"), port=str(tmp_path / "ttyUSB9"))
 
 
