@@ -6,7 +6,7 @@ model (:mod:`sparsemac.sw.memory`).
 """
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import ColumnIndex, Mode
+from ..hw.formats import ColumnIndex, Mode, Sparsity
 from ..sim.amaranth_sim import run_core_job
 from ..sw.device import Device, JobResult
 from ..sw.packing import pack_job, unpack_sums
@@ -33,8 +33,9 @@ class AmaranthDevice(Device):
         self._vcd_path = vcd_path
         self.memory = memory
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
-        packed = pack_job(self.config, weights, activations, mode, index)
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
+        packed = pack_job(self.config, weights, activations, mode, index, sparsity)
         run = run_core_job(self.config, packed, vcd_path=self._vcd_path, memory=self.memory)
         return JobResult(sums=unpack_sums(self.config, run.sums, packed.rows, packed.tokens),
                          cycles=run.cycles)

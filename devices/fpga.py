@@ -13,12 +13,13 @@ import numpy as np
 
 from ..bitstreams.build import BOARDS, DEFAULT_BOARD, check_fits
 from ..hw import board_link
-from ..hw.formats import ColumnIndex, Mode
+from ..hw.formats import ColumnIndex, Mode, Sparsity
 from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
                                MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
                                layout_bytes)
 from ..sw.device import Device, DeviceError, JobResult
 from ..sw.packing import pack_job, unpack_sums
+from ..hw.errors import InputError
 from ..hw.errors import InputError
 
 __all__ = ["FPGADevice", "LinkStatusError", "Identification", "encode_request", "decode_reply",
@@ -324,7 +325,8 @@ class FPGADevice(Device):
             Opcode.READ_CYCLES, expect=layout_bytes(formats.cycles_reply)))
         return word.cycles, bool(word.done)
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
         """Runs one job on the board; see :meth:`Device.run_job`.
 
         The core is reset, then every stream is fed as its FIFO has room while the sums are
@@ -337,6 +339,9 @@ class FPGADevice(Device):
         if ColumnIndex(index) != ColumnIndex.CSR:
             raise InputError("the board's host link carries full-width column beats: delta jobs "
                              "run on the simulated back ends")
+        if Sparsity(sparsity) != Sparsity.WEIGHTS:
+            raise InputError("the board's host link has no pairs stream: dual-sparse jobs run "
+                             "on the simulated back ends")
         packed = pack_job(self.config, weights, activations, mode)
         streams = {Opcode.ACTIVATIONS: packed.activations,
                    Opcode.ROW_POINTERS: packed.row_pointers,

@@ -4,12 +4,12 @@ Instant, and the yardstick every other back end is checked against.
 """
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import ColumnIndex, Mode
-from ..sw.cycle_model import job_cycles
+from ..hw.formats import ColumnIndex, Mode, Sparsity
+from ..sw.cycle_model import dual_row_beats, job_cycles
 from ..sw.device import Device, JobResult
 from ..sw.golden import golden_matmul
-from ..sw.packing import check_job_fits, coded_weights, streamed_row_lengths
-from ..sw.throttled_cycle_model import throttled_job_cycles
+from ..sw.packing import check_job_fits, check_sparsity, coded_weights, streamed_row_lengths
+from ..sw.throttled_cycle_model import throttled_dual_job_cycles, throttled_job_cycles
 
 __all__ = ["ReferenceDevice"]
 
@@ -30,10 +30,18 @@ class ReferenceDevice(Device):
         super().__init__(config)
         self.memory = memory
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
         mode, index = Mode(mode), ColumnIndex(index)
+        check_sparsity(self.config, sparsity, mode, index)
         coded = coded_weights(self.config, weights, index)
         check_job_fits(self.config, coded, activations)
+        if Sparsity(sparsity) == Sparsity.DUAL:
+            # Skipped products are zeros: the sums are the weight-only job's.
+            beats = int(dual_row_beats(weights, activations, self.config).sum())
+            cycles = throttled_dual_job_cycles(beats, weights.rows, activations.shape[0],
+                                               self.config, self.memory).cycles
+            return JobResult(sums=golden_matmul(weights, activations), cycles=cycles)
         # What the core computes: a delta job's entries decoded as its decoder does.
         matrix = coded if index == ColumnIndex.CSR else coded.to_csr()
         lengths = streamed_row_lengths(self.config, coded, index)

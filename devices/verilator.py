@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.config import DEFAULT_CONFIG
-from ..hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode, Sparsity
 from ..hw.link_formats import layout_bytes
 from ..sim.toolchain import (WAIVED_WARNINGS, ToolMissingError, cache_dir, check_build_tools,
                              file_lock, fst_verilator_args, verilator_environment)
@@ -97,12 +97,13 @@ def is_cached(config, *, trace=False):
     return (library_dir(config, trace=trace) / LIBRARY_NAME).exists()
 
 
-def _commands(verilog, trace):
+def _commands(verilog, trace, pairs):
+    defines = (" -DSPARSEMAC_TRACE" if trace else "") + (" -DSPARSEMAC_PAIRS" if pairs else "")
     verilate = ["verilator", "--cc", str(verilog), "--top-module", TOP_NAME,
                 "--prefix", MODEL_PREFIX, "-Mdir", "obj", *VERILATOR_FLAGS,
                 *(f"-Wno-{warning}" for warning in WAIVED_WARNINGS),
                 "--exe", str(HARNESS), "-o", LIBRARY_NAME,
-                "-CFLAGS", COMPILE_FLAGS + (" -DSPARSEMAC_TRACE" if trace else ""),
+                "-CFLAGS", COMPILE_FLAGS + defines,
                 "-LDFLAGS", LINK_FLAGS]
     if trace:
         verilate += fst_verilator_args()
@@ -158,13 +159,15 @@ def _build(config, trace, folder, log, env):
     verilog = generate_verilog(config)
     shutil.rmtree(folder / "obj", ignore_errors=True)
     with open(log, "w") as output:
-        for command in _commands(verilog, trace):
+        # The harness feeds the pairs stream only of a core that has it.
+        commands = _commands(verilog, trace, "pairs" in CoreStreams(config).data_inputs)
+        for command in commands:
             output.write(f"$ {shlex.join(command)}\n")
             output.flush()
             status = subprocess.run(command, cwd=folder, env=env, stdout=output,
                                     stderr=subprocess.STDOUT).returncode
             if status != 0:
-                retry = " && ".join(shlex.join(c) for c in _commands(verilog, trace))
+                retry = " && ".join(shlex.join(c) for c in commands)
                 raise DeviceError(
                     f"the Verilator build of {config.describe()} failed ({command[0]} exited "
                     f"with {status}). Last lines of {log}:\n{_tail(log)}\n"
@@ -181,9 +184,14 @@ class _Stream(ctypes.Structure):
                 ("rate", ctypes.c_uint64)]
 
 
+#: The harness's SM_INPUTS: the data inputs of a dual-sparse core (a core without pairs passes
+#: an empty fifth stream).
+_HARNESS_INPUTS = 5
+
+
 class _JobStats(ctypes.Structure):
     _fields_ = [("sums_beats", ctypes.c_uint64), ("clock_cycles", ctypes.c_uint64),
-                ("inputs_left", ctypes.c_uint64 * 4)]
+                ("inputs_left", ctypes.c_uint64 * _HARNESS_INPUTS)]
 
 
 _libraries = {}
@@ -257,15 +265,16 @@ class VerilatorDevice(Device):
         """The :class:`BuildResult` of this device's library."""
         return self._build
 
-    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
-        packed = pack_job(self.config, weights, activations, mode, index)
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
+        packed = pack_job(self.config, weights, activations, mode, index, sparsity)
         if self._handle is None:
             raise DeviceError("the Verilator device is closed")
         expected = packed.token_blocks * packed.rows
         rates = packed_stream_rates(self.config, packed, self.memory)
         # harness.cpp's input enum follows this order (tests/test_verilator.py checks it)
         names = CoreStreams(self.config).data_inputs
-        streams = (_Stream * len(names))()
+        streams = (_Stream * _HARNESS_INPUTS)()
         keep = []  # contiguous copies stay alive until the call returns
         for slot, name in zip(streams, names):
             rate = getattr(rates, name)

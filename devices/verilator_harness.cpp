@@ -35,8 +35,10 @@ enum : int64_t {
     SM_ERR_ARGUMENT = -4,     // a null handle or buffer
 };
 
-// The input streams, in the order of the `inputs` array of sm_run_job.
-enum { SM_ACTIVATIONS, SM_ROW_POINTERS, SM_COLUMNS, SM_VALUES, SM_INPUTS };
+// The input streams, in the order of the `inputs` array of sm_run_job: CoreStreams.data_inputs of
+// a dual-sparse core. A core without the pairs stream (built without SPARSEMAC_PAIRS) has the
+// first four; its caller still passes SM_INPUTS streams, the pairs one empty.
+enum { SM_ACTIVATIONS, SM_ROW_POINTERS, SM_COLUMNS, SM_VALUES, SM_PAIRS, SM_INPUTS };
 
 struct sm_stream {
     const uint8_t* data;  // beats * bytes, beat after beat
@@ -188,6 +190,9 @@ struct sm_sim {
         top->SM_PORT(row_pointers, valid) = 0;
         top->SM_PORT(columns, valid) = 0;
         top->SM_PORT(values, valid) = 0;
+#ifdef SPARSEMAC_PAIRS
+        top->SM_PORT(pairs, valid) = 0;
+#endif
         top->SM_PORT(sums, ready) = 0;
         top->SM_PORT(done, ready) = 0;
         top->rst = 1;
@@ -252,11 +257,18 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
     SM_FEED(row_pointers);
     SM_FEED(columns);
     SM_FEED(values);
+#ifdef SPARSEMAC_PAIRS
+    SM_FEED(pairs);
+    const bool pairs_fit = pairs.accepts(inputs[SM_PAIRS]);
+#else
+    const bool pairs_fit = !inputs[SM_PAIRS].beats;
+#endif
 #undef SM_FEED
     if (!fits(top.SM_PORT(job, payload), job_bytes) || !fits(top.SM_PORT(sums, payload), sums_bytes)
         || !activations.accepts(inputs[SM_ACTIVATIONS])
         || !row_pointers.accepts(inputs[SM_ROW_POINTERS])
-        || !columns.accepts(inputs[SM_COLUMNS]) || !values.accepts(inputs[SM_VALUES]))
+        || !columns.accepts(inputs[SM_COLUMNS]) || !values.accepts(inputs[SM_VALUES])
+        || !pairs_fit)
         return SM_ERR_BEAT_SIZE;
 
     if (sim->needs_reset) sim->reset();
@@ -267,6 +279,9 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
     row_pointers.start(inputs[SM_ROW_POINTERS]);
     columns.start(inputs[SM_COLUMNS]);
     values.start(inputs[SM_VALUES]);
+#ifdef SPARSEMAC_PAIRS
+    pairs.start(inputs[SM_PAIRS]);
+#endif
     top.SM_PORT(sums, ready) = 1;
     top.SM_PORT(done, ready) = 1;
 
@@ -281,6 +296,11 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
         const bool row_pointer_taken = row_pointers.taken();
         const bool column_taken = columns.taken();
         const bool value_taken = values.taken();
+#ifdef SPARSEMAC_PAIRS
+        const bool pair_taken = pairs.taken();
+#else
+        const bool pair_taken = false;
+#endif
         const bool sum_taken = top.SM_PORT(sums, valid);
         const bool done = top.SM_PORT(done, valid);
         if (sum_taken) {
@@ -307,8 +327,11 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
         row_pointers.edge(row_pointer_taken);
         columns.edge(column_taken);
         values.edge(value_taken);
+#ifdef SPARSEMAC_PAIRS
+        pairs.edge(pair_taken);
+#endif
         if (job_taken || activation_taken || row_pointer_taken || column_taken || value_taken
-            || sum_taken)
+            || pair_taken || sum_taken)
             idle = 0;
         else if (++idle >= max_idle_cycles)
             break;
@@ -319,6 +342,9 @@ SM_API int64_t sm_run_job(sm_sim* sim, const uint8_t* job, uint64_t job_bytes,
     stats->inputs_left[SM_ROW_POINTERS] = row_pointers.left;
     stats->inputs_left[SM_COLUMNS] = columns.left;
     stats->inputs_left[SM_VALUES] = values.left;
+#ifdef SPARSEMAC_PAIRS
+    stats->inputs_left[SM_PAIRS] = pairs.left;
+#endif
 #ifdef SPARSEMAC_TRACE
     if (sim->trace) sim->trace->flush();
 #endif

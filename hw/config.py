@@ -4,6 +4,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import InputError
+from .errors import InputError
 
 __all__ = ["ArrayConfig", "DEFAULT_CONFIG", "check_config"]
 
@@ -60,6 +61,11 @@ class ArrayConfig:
     #: Not with ``delta_bits``: the delta decoder's column scan does not restart inside a
     #: chunk.
     span_rows: int = 0
+    #: 0 (the default): a job skips zero weights only. 1: a job may also skip zero
+    #: activations, per token (:class:`~sparsemac.hw.formats.Sparsity` ``DUAL``): the host
+    #: sends each token's pairs of a nonzero weight and its nonzero activation on a ``pairs``
+    #: stream, and the array takes a weight per multiplier instead of one per lane.
+    dual_sparse: int = 0
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -71,7 +77,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks", "delta_bits", "read_ports", "span_rows"):
+                     "max_token_blocks", "delta_bits", "read_ports", "span_rows", "dual_sparse"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -98,6 +104,9 @@ class ArrayConfig:
             raise InputError(f"ArrayConfig.read_ports must be 1 or 2, not {self.read_ports!r}")
         if self.span_rows not in (0, 1):
             raise InputError(f"ArrayConfig.span_rows must be 0 or 1, not {self.span_rows!r}")
+        if self.dual_sparse not in (0, 1):
+            raise InputError(
+                f"ArrayConfig.dual_sparse must be 0 or 1, not {self.dual_sparse!r}")
         if self.span_rows and self.delta_bits:
             raise InputError(
                 f"ArrayConfig.span_rows={self.span_rows!r} cannot be combined with "
@@ -132,20 +141,22 @@ class ArrayConfig:
     def describe(self):
         """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... delta 5`` with the
         delta decoder, ``... dual-port buffer`` with two read ports a replica, ``... spanning
-        rows`` with chunks that span rows)."""
+        rows`` with chunks that span rows, ``... dual-sparse`` with the dual-sparse mode)."""
         text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
         text += f" delta {self.delta_bits}" if self.delta_bits else ""
         text += " dual-port buffer" if self.read_ports == 2 else ""
-        return text + (" spanning rows" if self.span_rows else "")
+        text += " spanning rows" if self.span_rows else ""
+        return text + (" dual-sparse" if self.dual_sparse else "")
 
     def as_dict(self):
         return asdict(self)
 
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
-        ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>``, ``p<read_ports>`` and
-        ``s<span_rows>`` for each of those that is not its default, e.g. ``k8t4`` (the default
-        array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2`` or ``k8t4s1``. Unique per
+        ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>``, ``p<read_ports>``,
+        ``s<span_rows>`` and ``a<dual_sparse>`` for each of those that is not its default, e.g.
+        ``k8t4`` (the default array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2``, ``k8t4s1`` or
+        ``k8t4a1``. Unique per
         configuration; :meth:`from_key` reads it back, and the command line takes it as
         ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
@@ -168,15 +179,16 @@ class ArrayConfig:
         if match is None:
             raise InputError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
-                             "d<delta bits>, p<read ports>, s<span rows>, e.g. k8t4, k1t1i512, "
-                             "k8t4d5 or k8t4s1")
+                             "d<delta bits>, p<read ports>, s<span rows>, a<dual sparse>, e.g. "
+                             "k8t4, k1t1i512, k8t4d5, k8t4s1 or k8t4a1")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
 
 #: Letters of the optional fields of a config key, in order.
 _KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
-               ("d", "delta_bits"), ("p", "read_ports"), ("s", "span_rows"))
+               ("d", "delta_bits"), ("p", "read_ports"), ("s", "span_rows"),
+               ("a", "dual_sparse"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

@@ -8,8 +8,9 @@ from .activation_buffer import ActivationBuffer
 from .component import ArrayComponent
 from .csr_streamer import CSRWeightStreamer
 from .delta_decoder import DeltaDecoder
-from .formats import CoreStreams
+from .formats import CoreStreams, Sparsity
 from .mac_array import MACArray
+from .operand_select import OperandSelect
 
 __all__ = ["SparseMACCore"]
 
@@ -22,9 +23,10 @@ class SparseMACCore(ArrayComponent):
         row_pointers, columns, values --> CSRWeightStreamer --chunks--> [DeltaDecoder] --+
                                                                                          v
         activations -------------------------------------> ActivationBuffer --operands--> ...
-        ... --> MACArray --> sums
+        ... --> [OperandSelect <-- pairs] --> MACArray --> sums
 
-    The delta decoder is built only with ``ArrayConfig.delta_bits``.
+    The delta decoder is built only with ``ArrayConfig.delta_bits``, the operand select and the
+    ``pairs`` stream only with ``ArrayConfig.dual_sparse``.
 
     A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
     host streams the block's activations (``cols`` beats, one column of T tokens per beat) and
@@ -40,6 +42,11 @@ class SparseMACCore(ArrayComponent):
     ``token_blocks`` at least 1, ``cols`` at most ``max_in_features``, every column index below
     ``cols``, and (sparse mode) the last row end pointer equal to ``nnz``; (dense mode) ``nnz``
     equal to ``rows * cols``.
+
+    A DUAL job (``sparsity`` DUAL, a dual-sparse array) sends no activations and no weights:
+    per token block and row, in order, the row's ``pairs`` beats, ``row_last`` on its last one
+    (at least one beat a row). The streamer and the activation buffer are not started, and the
+    cycle count equals :func:`sparsemac.sw.cycle_model.dual_job_cycles` with ideal streams.
 
     Attributes
     ----------
@@ -72,11 +79,15 @@ class SparseMACCore(ArrayComponent):
             blocks.append(decoder)
         else:
             wiring.connect(m, streamer.chunks, activation_buffer.chunks)
-        wiring.connect(m, activation_buffer.operands, mac_array.operands)
+        select = self._connect_operands(m, activation_buffer, mac_array)
         wiring.connect(m, mac_array.sums, flipped(self.sums))
 
         start = Signal()
         m.d.comb += start.eq(self.job.valid & self.job.ready)
+        if select is not None:
+            m.d.comb += [select.start.eq(start), select.job.eq(self.job.payload)]
+            # A DUAL job's data come on pairs alone: the weight path is not started.
+            start = start & (self.job.payload.sparsity != Sparsity.DUAL)
         for block in blocks:
             m.d.comb += [block.start.eq(start), block.job.eq(self.job.payload)]
 
@@ -109,3 +120,15 @@ class SparseMACCore(ArrayComponent):
                     m.next = "Idle"
 
         return m
+
+    def _connect_operands(self, m, activation_buffer, mac_array):
+        """Joins the buffer's operands to the MAC array, through an :class:`OperandSelect` (which
+        it returns; None without) that also takes ``pairs`` in a dual-sparse array."""
+        if not self._config.dual_sparse:
+            wiring.connect(m, activation_buffer.operands, mac_array.operands)
+            return None
+        m.submodules.operand_select = select = OperandSelect(self._config)
+        wiring.connect(m, activation_buffer.operands, select.operands)
+        wiring.connect(m, flipped(self.pairs), select.pairs)
+        wiring.connect(m, select.o_stream, mac_array.operands)
+        return select

@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .errors import InputError
 
-__all__ = ["Mode", "ColumnIndex", "DeltaCode", "CoreFormats", "CoreStreams"]
+__all__ = ["Mode", "ColumnIndex", "Sparsity", "DeltaCode", "CoreFormats", "CoreStreams"]
 
 
 class Mode(enum.Enum, shape=1):
@@ -30,6 +30,17 @@ class ColumnIndex(enum.Enum, shape=1):
     CSR = 0
     #: :class:`DeltaCode` deltas of ``delta_bits`` bits and 16-bit row lengths.
     DELTA = 1
+
+
+class Sparsity(enum.Enum, shape=1):
+    """Which zeros a job skips (a job field only of a dual-sparse array,
+    ``ArrayConfig.dual_sparse``)."""
+    #: Zero weights: the weights stream as CSR (or densely) and the activation buffer looks up
+    #: their columns' activations.
+    WEIGHTS = 0
+    #: Zero weights and, per token, zero activations: each token's (weight, activation) pairs
+    #: arrive on the ``pairs`` stream; the activation buffer and the weight streams idle.
+    DUAL = 1
 
 
 class _BuiltFrom:
@@ -109,7 +120,8 @@ class CoreFormats:
         ``mode``, ``rows`` (output features), ``cols`` (input features), ``token_blocks``
         (blocks of T tokens) and ``nnz`` (weights streamed per token block: the CSR nonzero
         count, the entries of a delta job, or rows x cols in dense mode); with the delta
-        decoder, then ``index`` (:class:`ColumnIndex`).
+        decoder, then ``index`` (:class:`ColumnIndex`); in a dual-sparse array, then
+        ``sparsity`` (:class:`Sparsity`).
     activation_column : ArrayLayout
         One input column of a token block: T signed 8-bit activations, token lane 0 first.
     row_pointer : unsigned
@@ -139,6 +151,13 @@ class CoreFormats:
     operands : StructLayout
         Internal: K weights with the T activations of their columns (and the chunk's ``split``
         with ``span_rows``).
+    pairs : StructLayout or None
+        In a dual-sparse array, one beat of a DUAL job: per token lane ``t`` and lane ``k``,
+        ``weights[t][k]`` and ``activations[t][k]``, a pair to multiply (unused pairs hold
+        weight 0), and ``row_last``, set on the row's last beat.
+    array_operands : StructLayout
+        Internal, what the MAC array multiplies: :attr:`operands`, except in a dual-sparse
+        array, whose ``weights`` are K x T (lane ``k``, token ``t``), one per multiplier.
     """
 
     def __init__(self, config):
@@ -156,6 +175,8 @@ class CoreFormats:
         self.delta = DeltaCode(config.delta_bits) if config.delta_bits else None
         if self.delta is not None:
             job["index"] = ColumnIndex
+        if config.dual_sparse:
+            job["sparsity"] = Sparsity
         self.job = data.StructLayout(job)
         self.activation_column = data.ArrayLayout(value, token_lanes)
         self.row_pointer = unsigned(config.ROW_POINTER_WIDTH)
@@ -188,10 +209,19 @@ class CoreFormats:
             "row_last": 1,
             **split,
         })
+        self.pairs, self.array_operands = None, self.operands
+        if config.dual_sparse:
+            token_pairs = data.ArrayLayout(data.ArrayLayout(value, lanes), token_lanes)
+            self.pairs = data.StructLayout({
+                "weights": token_pairs, "activations": token_pairs, "row_last": 1})
+            self.array_operands = data.StructLayout({
+                **self.operands.members,
+                "weights": data.ArrayLayout(data.ArrayLayout(value, token_lanes), lanes)})
 
 
 class CoreStreams(_BuiltFrom, wiring.Signature):
-    """The seven streams of :class:`~sparsemac.hw.core.SparseMACCore`, as the core sees them.
+    """The seven streams of :class:`~sparsemac.hw.core.SparseMACCore` (eight in a dual-sparse
+    array), as the core sees them.
 
     The one list of the core's stream names: the host link exposes the flipped bundle, the
     board top joins the two with one ``wiring.connect``, and the testbenches, simulators and
@@ -211,12 +241,17 @@ class CoreStreams(_BuiltFrom, wiring.Signature):
     columns : In(stream.Signature(formats.column_word))
     values : In(stream.Signature(formats.value_word))
     sums : Out(stream.Signature(formats.sums))
+    pairs : In(stream.Signature(formats.pairs))
+        Only in a dual-sparse array (``ArrayConfig.dual_sparse``), last.
     """
 
     _built_from = "config"
 
     def __init__(self, config):
         self._formats = formats = CoreFormats(config)
+        # Only a dual-sparse array has the pairs stream, so the others' designs are unchanged.
+        pairs = ({"pairs": In(stream.Signature(formats.pairs))} if formats.pairs is not None
+                 else {})
         super().__init__({
             "job": In(stream.Signature(formats.job)),
             "done": Out(stream.Signature(formats.cycles)),
@@ -225,6 +260,7 @@ class CoreStreams(_BuiltFrom, wiring.Signature):
             "columns": In(stream.Signature(formats.column_word)),
             "values": In(stream.Signature(formats.value_word)),
             "sums": Out(stream.Signature(formats.sums)),
+            **pairs,
         })
 
     @property

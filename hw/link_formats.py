@@ -15,6 +15,7 @@ from amaranth.lib import crc, data, enum
 
 from .config import check_config
 from .formats import CoreStreams
+from .errors import InputError
 
 __all__ = ["Opcode", "Status", "LinkFormats", "REQUEST_SYNC", "REPLY_SYNC", "LINK_CRC",
            "MAX_PAYLOAD", "FIFO_BYTES", "IDENTIFICATION_MAGIC", "PROTOCOL_VERSION", "fifo_depth",
@@ -142,10 +143,21 @@ class LinkFormats:
         Internal, link engine to reply sender: the reply ``header``, the payload ``word``
         (status, identification or cycles, as wide as the widest) and ``sums`` (the payload is
         ``sums`` beats instead).
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is dual-sparse: the link has no opcode, FIFO or status field for the
+        ``pairs`` stream.
     """
 
     def __init__(self, config):
         self.config = check_config(config)
+        if config.dual_sparse:
+            raise InputError(
+                f"the host link cannot carry the pairs stream of the dual-sparse {config.key()} "
+                "array: run it on the reference, amaranth or verilator back end, or build the "
+                "board without the dual-sparse mode (drop 'a1' from the config)")
         self.streams = CoreStreams(config)
         self.core = core = self.streams.formats
 

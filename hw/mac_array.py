@@ -30,15 +30,18 @@ class MACArray(ArrayComponent):
     ``row_last`` beat sends ``accumulator + low`` and restarts the accumulator at ``high``, the
     start of the next row; any other beat adds all its lanes, as without ``span_rows``.
 
+    In a dual-sparse array every multiplier has a weight of its own: token ``t`` of lane ``k``
+    multiplies ``weights[k][t]`` (``formats.array_operands``) instead of the lane's one weight.
+
     Attributes
     ----------
-    operands : In(stream.Signature(formats.operands))
+    operands : In(stream.Signature(formats.array_operands))
     sums : Out(stream.Signature(formats.sums))
     """
 
     def members(self, formats):
         return {
-            "operands": In(stream.Signature(formats.operands)),
+            "operands": In(stream.Signature(formats.array_operands)),
             "sums": Out(stream.Signature(formats.sums)),
         }
 
@@ -84,8 +87,11 @@ class MACArray(ArrayComponent):
                 m.d.sync += product_split.eq(Mux(operands.row_last, operands.split, lanes))
             for token in range(token_lanes):
                 for lane in range(lanes):
+                    weight = operands.weights[lane]
+                    if self._config.dual_sparse:
+                        weight = weight[token]
                     m.d.sync += products[lane][token].eq(
-                        operands.weights[lane] * operands.activations[lane][token])
+                        weight * operands.activations[lane][token])
                 terms = [products[lane][token] for lane in range(lanes)]
                 restart = 0
                 if span:

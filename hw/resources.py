@@ -24,11 +24,19 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
   (fitted to k4t2i512 and k8t4 against their syntheses without it: +533 and +1 630). Its error on
   those was within 11 %; treat it as +-15 %.
 
+A dual-sparse config (``dual_sparse``) has no board design: the host link cannot carry its
+``pairs`` stream (:class:`~sparsemac.hw.link_formats.LinkFormats` refuses it). Its estimate is
+the board design of the same array without the mode plus what the mode adds to the core: the
+operand select's row counters and control, 380 logic cells whatever K and T (the core alone,
+Yosys ``synth_ecp5``: k4t2i512 3 292 -> 3 673, k8t4i512 9 683 -> 10 063; its pairs register,
+16 K T + 1 flip-flops, and the multiplexers in front of the multipliers cost no further cells
+there), and no block RAM or multiplier.
+
 The board totals live with the boards (:mod:`sparsemac.hw.boards`), the check that a config
 fits with the build flow (:func:`sparsemac.bitstreams.build.check_fits`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from amaranth.hdl import Shape
 
@@ -52,6 +60,8 @@ _LOGIC_FIT = (2000, 70, 100, 390)
 #: Chunks that span rows: logic cells per multiplier (the second adder tree and its masks) and
 #: for the streamer (see the module docstring).
 _SPAN_FIT = (46, 165)
+#: The dual-sparse mode: logic cells of the operand select (see the module docstring).
+_DUAL_SPARSE_LOGIC = 380
 #: The relative error to allow the logic estimate.
 LOGIC_ERROR = 0.15
 _BUFFER = "activation buffer"
@@ -110,7 +120,9 @@ class ResourceEstimate:
 
 
 def estimate_resources(config):
-    """Predicts the board design's block RAMs, multipliers and logic for ``config``.
+    """Predicts the board design's block RAMs, multipliers and logic for ``config`` (for a
+    dual-sparse one, which has no board design, that of the same array without the mode plus
+    the mode's logic).
 
     Parameters
     ----------
@@ -121,7 +133,8 @@ def estimate_resources(config):
     ResourceEstimate
     """
     config = check_config(config)
-    formats = LinkFormats(config)
+    # The link of the same array without the dual-sparse mode (it cannot carry the pairs).
+    formats = LinkFormats(replace(config, dual_sparse=0))
     width = config.token_lanes * config.VALUE_WIDTH
     if config.read_ports == 1:
         memories = [map_memory(_BUFFER, 2 * config.max_in_features, width, count=config.lanes)]
@@ -153,5 +166,7 @@ def estimate_resources(config):
     if config.span_rows:
         per_multiplier, streamer = _SPAN_FIT
         logic += per_multiplier * config.multipliers + streamer
+    if config.dual_sparse:
+        logic += _DUAL_SPARSE_LOGIC
     return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))

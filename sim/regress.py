@@ -80,13 +80,15 @@ BENCHES = {bench.name: bench for bench in (
 #: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
 #: odd (adder trees and lane padding that powers of two never exercise) and has the delta
 #: decoder, which its ``delta_gaps`` case runs; ``k5t3i512s1`` is the same odd array with
-#: chunks that span rows (segmented adder trees).
+#: chunks that span rows (segmented adder trees); ``k5t3i512a1`` the same odd array with the
+#: dual-sparse mode, which its ``dual_sparse`` case runs (a weight per multiplier).
 NAMED_CONFIGS = {config.key(): config for config in (
     ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024, read_ports=2),
     ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
     ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),
     ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, delta_bits=4),
     ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, span_rows=1),
+    ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, dual_sparse=1),
 )}
 
 #: The Verilator warnings waived: the ones Amaranth's Verilog (written by Yosys) triggers by

@@ -15,6 +15,13 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
   multiply, add, accumulate).
 
+A DUAL job (:class:`~sparsemac.hw.formats.Sparsity`) sends each row of a token block as
+``max(1, max over its tokens t of ceil(n_t / K))`` beats of (weight, activation) pairs, where
+``n_t`` counts the row's nonzero weights whose column's activation in token ``t`` is nonzero
+(:func:`dual_row_beats`). It loads nothing: its beats are taken one a cycle from cycle 1 and the
+last one's sums leave four cycles after it (the operand select's register, multiply, add,
+accumulate): :func:`dual_job_cycles`.
+
 A layer is split into jobs by :func:`job_tiles`; each job is counted on its own, its first load
 and its drain included. A column tile is a job of its own width whose rows hold only their
 nonzeros in its columns, so splitting a row of ``n`` nonzeros costs its rounding to whole chunks
@@ -29,9 +36,11 @@ from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 from .csr import CSRMatrix
 from ..hw.errors import InputError
+from ..hw.errors import InputError
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
-           "span_carries", "ChunkSlice", "pass_chunks", "token_blocks"]
+           "span_carries", "ChunkSlice", "pass_chunks", "token_blocks", "dual_row_lengths",
+           "dual_row_beats", "dual_job_cycles"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
 PIPELINE_LATENCY = 5
@@ -42,6 +51,12 @@ FIRST_CHUNK = 3
 #: One cycle more in a sparse job of an array whose chunks span rows: its streamer takes the
 #: first row into its row registers before it emits (``CSRWeightStreamer``).
 SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
+
+#: The cycle in which a DUAL job's first pairs beat is taken, and the cycles from the last
+#: beat's to the acceptance of its sums: one fewer than a chunk's, as a pairs beat has no buffer
+#: read, only the operand select's register.
+DUAL_FIRST_BEAT = 1
+DUAL_PIPELINE_LATENCY = PIPELINE_LATENCY - 1
 
 
 def token_blocks(tokens, config):
@@ -331,3 +346,64 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
     fill = issue_start[0] - (load_end[0] + 1)
     return CycleBreakdown(total=total, issue=blocks * issue, load_stall=load_stall, fill=fill,
                           drain=PIPELINE_LATENCY)
+
+
+def dual_row_lengths(weights, activations, config):
+    """Pairs of each row for each token of a DUAL job: its nonzero weights whose column's
+    activation in that token is nonzero.
+
+    Parameters
+    ----------
+    weights : CSRMatrix
+    activations : torch.Tensor or numpy.ndarray of int8, [tokens, cols]
+    config : ArrayConfig
+
+    Returns
+    -------
+    numpy.ndarray of int64, [token_blocks * T, rows]
+        The tokens padded to whole blocks with zero activations (no pairs).
+    """
+    live = np.asarray(activations) != 0
+    tokens = live.shape[0]
+    # Prefix sums over each token's live entries turn a row's count into one subtraction.
+    prefix = np.zeros((tokens, weights.nnz + 1), dtype=np.int64)
+    np.cumsum(live[:, weights.indices], axis=1, out=prefix[:, 1:])
+    lengths = np.zeros((token_blocks(tokens, config) * config.token_lanes, weights.rows),
+                       dtype=np.int64)
+    lengths[:tokens] = prefix[:, weights.indptr[1:]] - prefix[:, weights.indptr[:-1]]
+    return lengths
+
+
+def dual_row_beats(weights, activations, config):
+    """Pairs beats of each row of each token block of a DUAL job.
+
+    Parameters and tokens as :func:`dual_row_lengths`.
+
+    Returns
+    -------
+    numpy.ndarray of int64, [token_blocks, rows]
+        ``max(1, max over the block's tokens t of ceil(n_t / K))``.
+    """
+    lengths = dual_row_lengths(weights, activations, config)
+    longest = lengths.reshape(-1, config.token_lanes, weights.rows).max(axis=1)
+    return np.maximum(1, -(-longest // config.lanes))
+
+
+def dual_job_cycles(beats):
+    """Predicts the hardware cycle count of one DUAL job with ideal streams.
+
+    Parameters
+    ----------
+    beats : int
+        Pairs beats of the whole job (the sum of :func:`dual_row_beats`).
+
+    Returns
+    -------
+    CycleBreakdown
+        Nothing is loaded: ``total = beats + 4``.
+    """
+    if beats < 1:
+        raise InputError(f"a DUAL job has at least one pairs beat, not {beats}")
+    return CycleBreakdown(total=DUAL_FIRST_BEAT + beats - 1 + DUAL_PIPELINE_LATENCY,
+                          issue=beats, load_stall=0, fill=DUAL_FIRST_BEAT - 1,
+                          drain=DUAL_PIPELINE_LATENCY)

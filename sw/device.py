@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
-from ..hw.formats import ColumnIndex, Mode
+from ..hw.formats import ColumnIndex, Mode, Sparsity
 from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
 from .golden import accumulate_int32
 from .packing import check_operands, weight_stream_bytes
 from ..hw.errors import SparsemacError
+from .packing import check_operands, check_sparsity, pairs_stream_bytes, weight_stream_bytes
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 
@@ -50,7 +51,8 @@ class MatmulResult(JobResult):
     """
     #: Jobs the layer took, one per :class:`~sparsemac.sw.cycle_model.JobTile`.
     jobs: int
-    #: Weight traffic over all jobs (weights are re-streamed for every token block).
+    #: Weight traffic over all jobs (weights are re-streamed for every token block; a DUAL job's
+    #: pairs, which carry its activations too).
     weight_bytes: int
     #: Activations sent over all jobs.
     activation_bytes: int
@@ -84,7 +86,8 @@ class Device(abc.ABC):
         return self._config
 
     @abc.abstractmethod
-    def run_job(self, weights, activations, mode=Mode.SPARSE):
+    def run_job(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+                sparsity=Sparsity.WEIGHTS):
         """Runs one job.
 
         Parameters
@@ -94,6 +97,8 @@ class Device(abc.ABC):
         activations : torch.Tensor of int8, [tokens, cols]
             At most ``config.max_tokens`` tokens.
         mode : Mode
+        index : ColumnIndex
+        sparsity : Sparsity
 
         Returns
         -------
@@ -109,7 +114,8 @@ class Device(abc.ABC):
     def __exit__(self, *exc_info):
         self.close()
 
-    def matmul(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
+    def matmul(self, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+               sparsity=Sparsity.WEIGHTS):
         """``activations @ weights.T`` in int32 on this device, split into jobs as needed.
 
         Parameters
@@ -121,6 +127,9 @@ class Device(abc.ABC):
         index : ColumnIndex
             How a sparse job sends its column indices (``DELTA``: on a config with the delta
             decoder).
+        sparsity : Sparsity
+            ``DUAL`` (on a dual-sparse config, a sparse CSR job) also skips zero activations,
+            per token; the sums are the same.
 
         Returns
         -------
@@ -129,14 +138,16 @@ class Device(abc.ABC):
         Raises
         ------
         TypeError, ValueError
-            If the operands are malformed.
+            If the operands are malformed, or the config cannot run ``sparsity``
+            (:func:`~sparsemac.sw.packing.check_sparsity`).
         DeviceError
             If the device fails.
         """
         if not isinstance(weights, CSRMatrix):
             raise TypeError(f"weights must be a CSRMatrix, not {type(weights).__name__}")
-        mode = Mode(mode)
+        mode, sparsity = Mode(mode), Sparsity(sparsity)
         config = self._config
+        check_sparsity(config, sparsity, mode, index)
         check_operands(weights, activations)
         rows, cols = weights.shape
         tokens = activations.shape[0]
@@ -150,12 +161,15 @@ class Device(abc.ABC):
                                 job.col_start:job.col_stop].contiguous()
             blocks = token_blocks(job.tokens, config)
             tile = job.weights(weights)
-            result = self.run_job(tile, block, mode, index)
+            result = self.run_job(tile, block, mode, index, sparsity)
             region = (slice(job.token_start, job.token_stop), slice(job.row_start, job.row_stop))
             sums[region] = accumulate_int32(sums[region], result.sums)
             cycles.append(result.cycles)
-            weight_bytes += blocks * weight_stream_bytes(config, tile, mode, index)
-            activation_bytes += blocks * config.token_lanes * job.cols
+            if sparsity == Sparsity.DUAL:
+                weight_bytes += pairs_stream_bytes(config, tile, block)
+            else:
+                weight_bytes += blocks * weight_stream_bytes(config, tile, mode, index)
+                activation_bytes += blocks * config.token_lanes * job.cols
             output_bytes += blocks * config.token_lanes * tile.rows * config.SUM_WIDTH // 8
         return MatmulResult(sums=sums, cycles=sum(cycles), jobs=len(cycles),
                             weight_bytes=weight_bytes, activation_bytes=activation_bytes,

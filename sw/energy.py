@@ -7,7 +7,11 @@ beat of the MAC array, so K x T int8 multiplies, (K - 1) x T adder-tree adds (tw
 updates and K activation lookups of T x 8 bits; every activation column is written into all K
 buffer replicas; the bytes streamed in and the sums streamed out cross the chip boundary, from a
 DRAM or over the host link as the memory model says, except weights resident on chip
-(``onchip``), which are block RAM reads instead. :func:`energy_of` prices the events with a
+(``onchip``), which are block RAM reads instead. A DUAL layer
+(:func:`~sparsemac.sw.throttled_cycle_model.dual_layer_cycles`) issues one multiply per pair it
+sends (a nonzero weight by a nonzero activation: the products actually issued; a beat's unused
+pairs are zeros), adds and accumulates per beat as a chunk does, reads and writes no buffer, and
+streams only its pairs and sums. :func:`energy_of` prices the events with a
 per-event table (:func:`load_energy_table`; the default, ``data/energy_horowitz_45nm.json``,
 is Horowitz's ISSCC 2014 45 nm table, and a user may supply their own in the same format).
 
@@ -24,6 +28,7 @@ from ..hw.config import ArrayConfig
 from .memory import MemoryModel
 from .throttled_cycle_model import LayerCycles
 from ..hw.errors import InputError
+from .throttled_cycle_model import DualLayerCycles, LayerCycles
 
 __all__ = ["EnergyEvents", "EnergyTable", "EnergyReport", "DEFAULT_TABLE", "load_energy_table",
            "energy_events", "energy_of"]
@@ -138,6 +143,7 @@ def energy_events(layer, config, memory):
     Parameters
     ----------
     layer : LayerCycles
+        Or :class:`DualLayerCycles`.
     config : ArrayConfig
     memory : MemoryModel
 
@@ -155,12 +161,13 @@ def energy_events(layer, config, memory):
     column_bits = token_lanes * config.VALUE_WIDTH
     resident = layer.weight_bytes if memory.weights_on_chip else 0
     crossing = layer.weight_bytes - resident + layer.activation_bytes + layer.output_bytes
+    dual = isinstance(layer, DualLayerCycles)
     return EnergyEvents(
-        int8_multiply=layer.chunks * lanes * token_lanes,
+        int8_multiply=layer.pairs if dual else layer.chunks * lanes * token_lanes,
         # Chunks that span rows sum each token's lanes in two masked adder trees.
         tree_add=layer.chunks * (lanes - 1) * token_lanes * (2 if config.span_rows else 1),
         accumulator_update=layer.chunks * token_lanes,
-        block_ram_read_bit=layer.chunks * lanes * column_bits + 8 * resident,
+        block_ram_read_bit=(0 if dual else layer.chunks * lanes * column_bits) + 8 * resident,
         block_ram_write_bit=layer.fill_beats * lanes * column_bits,
         offchip_byte=0 if memory.over_link else crossing,
         link_byte=crossing if memory.over_link else 0)

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from ..hw.config import ArrayConfig
 from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ
 from ..hw.boards import BOARDS, DEFAULT_BOARD
-from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode, Sparsity
 from ..hw.link_formats import layout_bytes
 from ..hw.resources import BLOCK_RAM_BYTES, estimate_resources
 from ..hw.errors import InputError
 
 __all__ = ["MemoryModelError", "MemoryModel", "StreamRate", "JobStreams", "RATE_ONE",
-           "PRESETS", "memory_preset", "parse_bandwidth", "job_streams",
+           "PRESETS", "memory_preset", "parse_bandwidth", "job_streams", "dual_job_streams",
            "stream_rates", "packed_stream_rates", "check_fits_onchip", "onchip_weight_bytes"]
 
 #: Fixed-point scale of a credit rate: 2**16 units are one byte.
@@ -226,7 +226,7 @@ class StreamRate:
 
 @dataclass(frozen=True)
 class JobStreams:
-    """The four input streams of one job, in the order of ``CoreStreams.data_inputs``."""
+    """The input streams of one job, in the order of ``CoreStreams.data_inputs``."""
     #: The activation columns of every token block.
     activations: StreamRate
     #: The CSR row end pointers (a delta job's row lengths); none in dense mode.
@@ -235,15 +235,22 @@ class JobStreams:
     columns: StreamRate
     #: The weight value words.
     values: StreamRate
+    #: The pairs of a DUAL job (a dual-sparse array), weight traffic; no beats in other jobs.
+    pairs: StreamRate = StreamRate(0, 0)
 
-    NAMES = ("activations", "row_pointers", "columns", "values")
+    NAMES = ("activations", "row_pointers", "columns", "values", "pairs")
 
     def __iter__(self):
         return iter(getattr(self, name) for name in self.NAMES)
 
     @property
+    def weight_streams(self):
+        """The streams of the weight path, which share its rate."""
+        return self.row_pointers, self.columns, self.values, self.pairs
+
+    @property
     def weight_bytes(self):
-        return self.row_pointers.total_bytes + self.columns.total_bytes + self.values.total_bytes
+        return sum(stream.total_bytes for stream in self.weight_streams)
 
     @property
     def activation_bytes(self):
@@ -293,6 +300,27 @@ def job_streams(config, mode, rows, cols, nnz, blocks, index=ColumnIndex.CSR):
         values=StreamRate(blocks * words, layout_bytes(formats.value_word)))
 
 
+def dual_job_streams(config, beats):
+    """The input streams of a DUAL job of ``beats`` pairs beats: the pairs alone.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+        Dual-sparse.
+    beats : int
+        The sum of :func:`~sparsemac.sw.cycle_model.dual_row_beats`.
+
+    Returns
+    -------
+    JobStreams
+        Unthrottled.
+    """
+    formats = CoreFormats(config)
+    idle = [StreamRate(0, layout_bytes(layout)) for layout in (
+        formats.activation_column, formats.row_pointer, formats.column_word, formats.value_word)]
+    return JobStreams(*idle, pairs=StreamRate(beats, layout_bytes(formats.pairs)))
+
+
 def _path_rates(bytes_per_cycle, streams):
     """Shares a path's rate over ``streams`` in proportion to their bytes (0 = unthrottled)."""
     if bytes_per_cycle is None:
@@ -319,7 +347,7 @@ def stream_rates(memory, streams):
     """
     if not isinstance(memory, MemoryModel):
         raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
-    weights = (streams.row_pointers, streams.columns, streams.values)
+    weights = streams.weight_streams
     (activation_rate,) = _path_rates(memory.activation_bytes_per_cycle, [streams.activations])
     weight_rates = _path_rates(memory.weight_bytes_per_cycle, weights)
     return JobStreams(
@@ -341,8 +369,11 @@ def packed_stream_rates(config, packed, memory):
     -------
     JobStreams
     """
-    streams = job_streams(config, packed.mode, packed.rows, packed.cols, packed.nnz,
-                          packed.token_blocks, packed.index)
+    if packed.sparsity == Sparsity.DUAL:
+        streams = dual_job_streams(config, len(packed.pairs))
+    else:
+        streams = job_streams(config, packed.mode, packed.rows, packed.cols, packed.nnz,
+                              packed.token_blocks, packed.index)
     return streams if memory is None else stream_rates(memory, streams)
 
 

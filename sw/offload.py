@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..hw.formats import ColumnIndex, Mode
+from ..hw.formats import ColumnIndex, Mode, Sparsity
 from .csr import CSRMatrix
 from .device import Device
 from .methods import parse_method
@@ -28,7 +28,7 @@ class OffloadStats:
     jobs: int = 0
     #: Device cycles of the sparse runs.
     cycles: int = 0
-    #: Weight traffic of the sparse runs.
+    #: Weight traffic of the sparse runs (of a dual-sparse run, its pairs).
     weight_bytes: int = 0
     #: Host wall time spent in the device.
     device_s: float = 0.0
@@ -69,6 +69,10 @@ class OffloadedLinear(nn.Module):
     index : ColumnIndex
         How the device's jobs send the column indices (``DELTA`` on a config with the delta
         decoder); may be changed between calls.
+    dual : bool
+        Run the jobs in the dual-sparse mode (:class:`~sparsemac.hw.formats.Sparsity` ``DUAL``,
+        on a dual-sparse config such as ``k8t4a1``), skipping zero activations per token too;
+        the sums are the same. False by default; may be changed between calls.
     """
 
     def __init__(self, weights, weight_scale, bias, device, granularity=DEFAULT_GRANULARITY,
@@ -97,6 +101,7 @@ class OffloadedLinear(nn.Module):
         self.stats = OffloadStats()
         self.last_sums = None
         self.index = ColumnIndex.CSR
+        self.dual = False
 
     @classmethod
     def from_linear(cls, linear, device, *, sparsity=None, method="magnitude", seed=None,
@@ -164,7 +169,9 @@ class OffloadedLinear(nn.Module):
             raise InputError(f"expected input of shape (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
         activations = self.quantise_input(x)
-        result = self.device.matmul(self.weights, activations.values, Mode.SPARSE, self.index)
+        sparsity = Sparsity.DUAL if self.dual else Sparsity.WEIGHTS
+        result = self.device.matmul(self.weights, activations.values, Mode.SPARSE, self.index,
+                                    sparsity)
         return result, activations.scale
 
     def quantise_input(self, x):

@@ -6,7 +6,7 @@ element types and counts come from the hardware layouts, so the host never resta
 """
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,16 +14,18 @@ from amaranth.hdl import Shape
 from amaranth.lib import data
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode
+from ..hw.formats import ColumnIndex, CoreFormats, DeltaCode, Mode, Sparsity
 from ..hw.link_formats import layout_bytes
 from .csr import CSRMatrix
-from .cycle_model import token_blocks
+from .cycle_model import dual_row_beats, token_blocks
 from .delta_index import DeltaMatrix
 from .memory import job_streams
 from ..hw.errors import InputError
+from ..hw.errors import InputError
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
-           "check_index", "coded_weights", "streamed_row_lengths", "tile_row_lengths"]
+           "check_index", "check_sparsity", "coded_weights", "streamed_row_lengths",
+           "tile_row_lengths", "pairs_stream_bytes"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,6 +45,27 @@ def check_index(config, index):
         raise InputError(f"the {config.key()} array has no delta decoder, so its jobs cannot "
                          f"use the delta index: use a config with delta bits, e.g. "
                          f"{config.key()}d5")
+
+
+def check_sparsity(config, sparsity, mode=Mode.SPARSE, index=ColumnIndex.CSR):
+    """Raises a clear error unless ``config`` can run jobs of ``sparsity`` in ``mode`` with
+    ``index``.
+
+    Raises
+    ------
+    ValueError
+        If ``sparsity`` is DUAL and ``config`` is not dual-sparse, or the job is dense or uses
+        the delta index (a DUAL job sends its weights as pairs, with neither).
+    """
+    if Sparsity(sparsity) != Sparsity.DUAL:
+        return
+    if not config.dual_sparse:
+        raise InputError(f"the {config.key()} array has no dual-sparse mode, so its jobs cannot "
+                         f"skip zero activations: use a dual-sparse config, e.g. "
+                         f"{config.key()}a1")
+    if Mode(mode) == Mode.DENSE or ColumnIndex(index) == ColumnIndex.DELTA:
+        raise InputError("a dual-sparse job sends its weights as pairs: it is neither dense nor "
+                         "delta-indexed (use Mode.SPARSE and ColumnIndex.CSR)")
 
 
 def coded_weights(config, weights, index=ColumnIndex.CSR):
@@ -147,6 +170,20 @@ def weight_stream_bytes(config, weights, mode=Mode.SPARSE, index=ColumnIndex.CSR
     return streams.weight_bytes
 
 
+def pairs_stream_bytes(config, weights, activations):
+    """Bytes of the ``pairs`` stream of a DUAL job of ``weights`` against ``activations``
+    (the whole job: every token block).
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_sparsity`.
+    """
+    check_sparsity(config, Sparsity.DUAL)
+    beats = int(dual_row_beats(weights, activations, config).sum())
+    return beats * layout_bytes(_formats(config).pairs)
+
+
 def _element_dtype(layout):
     """The numpy dtype and count of the elements of an array payload (or a plain shape)."""
     if isinstance(layout, data.ArrayLayout):
@@ -183,6 +220,61 @@ def _pack_bit_array(layout, elements):
     return beats.view(np.uint8).reshape(len(beats), 8)[:, :layout_bytes(layout)].copy()
 
 
+def _flat_array(layout):
+    """A nested ArrayLayout as the flat ArrayLayout of its innermost elements, which it is bit
+    for bit (element ``[i][j]`` of an ``n x m`` array at bit ``(i * m + j) * width``)."""
+    count = 1
+    while isinstance(layout.elem_shape, data.ArrayLayout):
+        count *= layout.length
+        layout = layout.elem_shape
+    return data.ArrayLayout(layout.elem_shape, count * layout.length)
+
+
+def _pack_struct(layout, beats, arrays, flags):
+    """Beats of a StructLayout: ``arrays`` maps each array field (at a whole byte) to its
+    elements, ``[beats, ...]``; ``flags`` each other field to a boolean per beat, set as the
+    layout places the field's value 1."""
+    packed = np.zeros((beats, layout_bytes(layout)), dtype=np.uint8)
+    for name, elements in arrays.items():
+        member = layout[name]
+        if member.offset % 8:
+            raise InputError(f"cannot pack {name!r} at bit {member.offset}: not a whole byte")
+        start = member.offset // 8
+        member_bytes = _pack_elements(_flat_array(member.shape), elements)
+        packed[:, start:start + member_bytes.shape[1]] = member_bytes
+    for name, values in flags.items():
+        mask = layout.const({name: 1}).as_value().value.to_bytes(packed.shape[1], "little")
+        packed[np.asarray(values, dtype=bool)] |= np.frombuffer(mask, dtype=np.uint8)
+    return packed
+
+
+def _pack_pairs(config, weights, activations):
+    """The ``pairs`` beats of a DUAL job: per token block and row, ``max(1, max_t
+    ceil(n_t / K))`` beats, token ``t``'s pairs in the row's column order, unused pairs 0."""
+    lanes, token_lanes = config.lanes, config.token_lanes
+    values = activations.numpy() if isinstance(activations, torch.Tensor) else activations
+    beats = dual_row_beats(weights, values, config)            # [blocks, rows]
+    first = np.concatenate(([0], np.cumsum(beats)))[:-1].reshape(beats.shape)
+    # Every live (token, entry): its position among the row's live entries of that token.
+    live = values[:, weights.indices] != 0                     # [tokens, nnz]
+    before = np.zeros((len(values), weights.nnz + 1), dtype=np.int64)
+    np.cumsum(live, axis=1, out=before[:, 1:])
+    token, entry = np.nonzero(live)
+    row = np.repeat(np.arange(weights.rows), weights.row_lengths())[entry]
+    position = before[token, entry] - before[token, weights.indptr[row]]
+    beat = first[token // token_lanes, row] + position // lanes
+    pair_weights = np.zeros((int(beats.sum()), token_lanes, lanes), dtype=np.int8)
+    pair_activations = np.zeros_like(pair_weights)
+    slot = (beat, token % token_lanes, position % lanes)
+    pair_weights[slot] = weights.data[entry]
+    pair_activations[slot] = values[token, weights.indices[entry]]
+    row_last = np.zeros(len(pair_weights), dtype=bool)
+    row_last[(first + beats - 1).reshape(-1)] = True
+    return _pack_struct(_formats(config).pairs, len(pair_weights),
+                        {"weights": pair_weights, "activations": pair_activations},
+                        {"row_last": row_last})
+
+
 def _words(elements, lanes):
     """``elements`` padded with zeros to whole words of ``lanes``: a pass's padding."""
     padded = np.zeros(-(-len(elements) // lanes) * lanes, dtype=elements.dtype)
@@ -217,14 +309,19 @@ class PackedJob:
     columns: np.ndarray
     #: uint8, ``[beats, bytes]``.
     values: np.ndarray
+    #: Which zeros the job skips; a DUAL job sends only ``pairs``.
+    sparsity: Sparsity = Sparsity.WEIGHTS
+    #: uint8, ``[beats, bytes]``; empty but in a DUAL job.
+    pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
 
     @property
     def weight_bytes(self):
-        """Bytes of weight traffic over the whole job (every pass)."""
-        return self.row_pointers.size + self.columns.size + self.values.size
+        """Bytes of weight traffic over the whole job (every pass; a DUAL job's pairs)."""
+        return self.row_pointers.size + self.columns.size + self.values.size + self.pairs.size
 
 
-def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR):
+def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.CSR,
+             sparsity=Sparsity.WEIGHTS):
     """Packs one job: ``weights`` (rows x cols) against ``activations`` (tokens x cols).
 
     Parameters
@@ -237,6 +334,9 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.C
     mode : Mode
     index : ColumnIndex
         How a sparse job sends its column indices; DELTA needs a config with the delta decoder.
+    sparsity : Sparsity
+        DUAL (a dual-sparse config, a sparse CSR job) sends the pairs of nonzero weights and
+        nonzero activations of each token instead of the activations and the weights.
 
     Returns
     -------
@@ -249,11 +349,14 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.C
     """
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"config must be an ArrayConfig, not {config!r}")
-    mode, index = Mode(mode), ColumnIndex(index)
+    mode, index, sparsity = Mode(mode), ColumnIndex(index), Sparsity(sparsity)
     if mode == Mode.DENSE and index == ColumnIndex.DELTA:
         raise InputError("the delta index is for sparse jobs; a dense job sends no indices")
+    check_sparsity(config, sparsity, mode, index)
     coded = coded_weights(config, weights, index)
     check_job_fits(config, coded, activations)
+    if sparsity == Sparsity.DUAL:
+        return _pack_dual_job(config, weights, activations)
     formats = CoreFormats(config)
     lanes, token_lanes = config.lanes, config.token_lanes
     rows, cols = weights.shape
@@ -287,14 +390,36 @@ def pack_job(config, weights, activations, mode=Mode.SPARSE, index=ColumnIndex.C
     row_pointers, columns, values = (np.tile(stream, (blocks, 1)) if stream.size else stream
                                      for stream in (row_pointers, columns, values))
 
-    fields = {"mode": mode, "rows": rows, "cols": cols, "token_blocks": blocks, "nnz": nnz}
-    if formats.delta is not None:
-        fields["index"] = index
-    job = formats.job.const(fields).as_value().value
+    job = _job_payload(config, mode, index, Sparsity.WEIGHTS, rows, cols, blocks, nnz)
     return PackedJob(mode=mode, index=index, rows=rows, cols=cols, tokens=tokens,
                      token_blocks=blocks,
                      nnz=nnz, job=job, activations=activation_beats, row_pointers=row_pointers,
                      columns=columns, values=values)
+
+
+def _job_payload(config, mode, index, sparsity, rows, cols, blocks, nnz):
+    """The ``job`` beat as an integer; the optional fields only where the config has them."""
+    formats = _formats(config)
+    fields = {"mode": mode, "rows": rows, "cols": cols, "token_blocks": blocks, "nnz": nnz}
+    if formats.delta is not None:
+        fields["index"] = index
+    if config.dual_sparse:
+        fields["sparsity"] = sparsity
+    return formats.job.const(fields).as_value().value
+
+
+def _pack_dual_job(config, weights, activations):
+    """A DUAL job: the job beat and the pairs, no activations or weight streams."""
+    rows, cols = weights.shape
+    tokens = activations.shape[0]
+    blocks = token_blocks(tokens, config)
+    empty = np.zeros((0, 0), dtype=np.uint8)
+    job = _job_payload(config, Mode.SPARSE, ColumnIndex.CSR, Sparsity.DUAL, rows, cols, blocks,
+                       weights.nnz)
+    return PackedJob(mode=Mode.SPARSE, index=ColumnIndex.CSR, rows=rows, cols=cols,
+                     tokens=tokens, token_blocks=blocks, nnz=weights.nnz, job=job,
+                     activations=empty, row_pointers=empty, columns=empty, values=empty,
+                     sparsity=Sparsity.DUAL, pairs=_pack_pairs(config, weights, activations))
 
 
 def check_operands(weights, activations):

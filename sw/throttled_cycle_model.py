@@ -35,12 +35,17 @@ import numpy as np
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
 from .cache import cache_dir
-from .cycle_model import PIPELINE_LATENCY, job_cycles, job_tiles, token_blocks
-from .memory import RATE_ONE, JobStreams, MemoryModel, job_streams, stream_rates
+from .cycle_model import (DUAL_FIRST_BEAT, DUAL_PIPELINE_LATENCY, PIPELINE_LATENCY,
+                          dual_job_cycles, dual_row_beats, dual_row_lengths, job_cycles,
+                          job_tiles, token_blocks)
+from .memory import (RATE_ONE, JobStreams, MemoryModel, dual_job_streams, job_streams,
+                     stream_rates)
 from .packing import tile_row_lengths
 
-__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
-           "throttled_job_cycles", "layer_cycles", "replay_schedule", "REPLAY_CACHE"]
+__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles", "DualLayerCycles",
+           "throttled_job_cycles", "throttled_dual_job_cycles", "layer_cycles",
+           "dual_layer_cycles",
+           "replay_schedule", "REPLAY_CACHE"]
 
 #: Replays kept, least recently used first out (each a few hundred bytes).
 REPLAY_CACHE = 4096
@@ -110,6 +115,13 @@ class LayerCycles(CycleBounds):
     row_pointers: int
 
 
+@dataclass(frozen=True)
+class DualLayerCycles(LayerCycles):
+    """A whole layer's DUAL jobs (``chunks`` are their pairs beats)."""
+    #: The pairs issued: nonzero weights by nonzero activations.
+    pairs: int
+
+
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
     """Cycles and schedule counts of a whole layer, split into jobs as the driver splits it.
 
@@ -132,13 +144,46 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=C
     jobs = [throttled_job_cycles(tile_row_lengths(tile, weights, config, index), tile.cols,
                                  tile.tokens, config, mode, memory, index)
             for tile in job_tiles(weights.rows, weights.cols, tokens, config)]
+    return _layer_of(jobs)
+
+
+def _layer_of(jobs, kind=LayerCycles, **fields):
+    """The ``kind`` of :class:`LayerCycles` of ``jobs`` (:class:`ThrottledCycles`), with
+    ``fields``."""
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",
                            "output_bytes")}
     counts = {name: sum(getattr(job.schedule, name) for job in jobs)
               for name in ("chunks", "fill_beats", "words", "row_pointers")}
-    return LayerCycles(jobs=len(jobs), **totals, **counts)
+    return kind(jobs=len(jobs), **totals, **counts, **fields)
+
+
+def dual_layer_cycles(weights, activations, config, memory=None):
+    """Cycles and schedule counts of a whole layer run as DUAL jobs, split as the driver splits
+    it.
+
+    Parameters
+    ----------
+    weights : CSRMatrix
+    activations : torch.Tensor or numpy.ndarray of int8, [tokens, cols]
+    config : ArrayConfig
+        Dual-sparse.
+    memory : MemoryModel or None
+
+    Returns
+    -------
+    DualLayerCycles
+    """
+    activations = np.asarray(activations)
+    jobs, pairs = [], 0
+    for tile in job_tiles(weights.rows, weights.cols, len(activations), config):
+        matrix = tile.weights(weights)
+        block = activations[tile.token_start:tile.token_stop, tile.col_start:tile.col_stop]
+        beats = int(dual_row_beats(matrix, block, config).sum())
+        jobs.append(throttled_dual_job_cycles(beats, matrix.rows, tile.tokens, config, memory))
+        pairs += int(dual_row_lengths(matrix, block, config).sum())
+    return _layer_of(jobs, DualLayerCycles, pairs=pairs)
 
 
 def _transfer_cycles(streams):
@@ -186,10 +231,7 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
     nnz = int(row_lengths.sum()) if mode == Mode.SPARSE else len(row_lengths) * cols
     blocks = token_blocks(tokens, config)
     streams = job_streams(config, mode, len(row_lengths), cols, nnz, blocks, index)
-    if memory is not None:
-        if not isinstance(memory, MemoryModel):
-            raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
-        streams = stream_rates(memory, streams)
+    streams = _throttled(streams, memory)
     if memory is None or memory.ideal:
         # The closed form gives the same counts (tests check the replay against it), faster.
         schedule = ScheduleCounts(
@@ -206,6 +248,52 @@ def throttled_job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE, me
         activation_transfer_cycles=_transfer_cycles([streams.activations]),
         weight_bytes=streams.weight_bytes, activation_bytes=streams.activation_bytes,
         output_bytes=blocks * len(row_lengths) * config.token_lanes * config.SUM_WIDTH // 8,
+        schedule=schedule)
+
+
+def _throttled(streams, memory):
+    """``streams`` at ``memory``'s rates (unthrottled for None)."""
+    if memory is None:
+        return streams
+    if not isinstance(memory, MemoryModel):
+        raise TypeError(f"memory must be a MemoryModel, not {memory!r}")
+    return stream_rates(memory, streams)
+
+
+def throttled_dual_job_cycles(beats, rows, tokens, config, memory=None):
+    """The cycles of a DUAL job of ``beats`` pairs beats with the pairs at ``memory``'s rate.
+
+    The pairs are the whole job: the core takes a beat in every cycle from cycle 1 on in which
+    one is offered, and a bucket that starts empty and holds at most one beat offers one every
+    ``w = max(1, ceil(beat / rate))`` cycles, so the last beat is taken in cycle ``beats * w``
+    and its sums are accepted four cycles later.
+
+    Parameters
+    ----------
+    beats : int
+        The sum of :func:`~sparsemac.sw.cycle_model.dual_row_beats`.
+    rows, tokens : int
+        The job's shape (for the bytes of its sums).
+    config : ArrayConfig
+        Dual-sparse.
+    memory : MemoryModel or None
+
+    Returns
+    -------
+    ThrottledCycles
+    """
+    compute = dual_job_cycles(beats)
+    streams = _throttled(dual_job_streams(config, beats), memory)
+    pairs = streams.pairs
+    wait = max(DUAL_FIRST_BEAT, -(-pairs.bytes * RATE_ONE // pairs.rate) if pairs.rate else 0)
+    schedule = ScheduleCounts(cycles=beats * wait + DUAL_PIPELINE_LATENCY, chunks=beats,
+                              fill_beats=0, words=0, row_pointers=0)
+    return ThrottledCycles(
+        cycles=schedule.cycles, compute_cycles=compute.total,
+        weight_transfer_cycles=_transfer_cycles([pairs]), activation_transfer_cycles=0,
+        weight_bytes=streams.weight_bytes, activation_bytes=0,
+        output_bytes=token_blocks(tokens, config) * rows * config.token_lanes
+        * config.SUM_WIDTH // 8,
         schedule=schedule)
 
 
@@ -272,7 +360,8 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
     """The replay itself, compiled: ``(cycles, chunks, fill_beats, words, row_pointers)``, or a
     negative cycle count (the cycle, negated) if nothing can move any more.
 
-    ``buckets`` holds a row per stream (activations, row pointers, columns, values): beats,
+    ``buckets`` holds a row per stream (activations, row pointers, columns, values, and the
+    pairs of a DUAL job, which is not replayed here: :func:`throttled_dual_job_cycles`): beats,
     credits per beat, credits per cycle.
     """
     a_left, p_left, c_left, v_left = buckets[0, 0], buckets[1, 0], buckets[2, 0], buckets[3, 0]

@@ -22,8 +22,8 @@ from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.golden import golden_matmul
 
 __all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
-           "random_weights", "random_activations", "weights_with_row_lengths", "wrap_int32",
-           "short", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
+           "random_weights", "random_activations", "sparse_activations", "weights_with_row_lengths",
+           "wrap_int32", "short", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
 STALLS = 0.3
@@ -77,6 +77,15 @@ def random_activations(tokens, cols, seed):
     """Seeded int8 activations ``[tokens, cols]`` over the whole int8 range."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(-128, 128, (tokens, cols), generator=generator, dtype=torch.int8)
+
+
+def sparse_activations(tokens, cols, zeros, seed):
+    """Seeded int8 activations ``[tokens, cols]``, each zero with probability ``zeros``,
+    the others over the whole int8 range (the inputs of a dual-sparse job)."""
+    activations = random_activations(tokens, cols, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    activations[torch.rand((tokens, cols), generator=generator) < zeros] = 0
+    return activations
 
 
 def wrap_int32(value):

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from sparsemac.hw.config import DEFAULT_CONFIG
 from sparsemac.hw.formats import ColumnIndex, Mode

@@ -44,6 +44,8 @@ def test_a_value_that_is_not_an_integer_is_refused(name, value):
     ({"span_rows": 2}, ValueError, r"span_rows must be 0 or 1, not 2"),
     ({"span_rows": 1, "delta_bits": 5}, ValueError,
      r"span_rows=1 cannot be combined with ArrayConfig\.delta_bits=5"),
+    ({"dual_sparse": 2}, ValueError, r"dual_sparse must be 0 or 1, not 2"),
+    ({"dual_sparse": True}, TypeError, r"dual_sparse must be an integer, not True"),
 ], ids=lambda value: str(value) if isinstance(value, dict) else None)
 def test_validation_names_the_bad_value(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -95,6 +97,12 @@ def test_describe_and_key_are_stable():
     span = ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, span_rows=1)
     assert (span.key(), span.describe()) == ("k5t3i512s1", "K=5 T=3 in<=512 spanning rows")
     assert ArrayConfig.from_key("k5t3i512s1") == span
+    dual_sparse = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, span_rows=1,
+                              dual_sparse=1)
+    assert (dual_sparse.key(), dual_sparse.describe()) == (
+        "k3t2i64s1a1", "K=3 T=2 in<=64 spanning rows dual-sparse")
+    assert ArrayConfig.from_key("k3t2i64s1a1") == dual_sparse
+    assert ArrayConfig.from_key("k8t4a1") == ArrayConfig(dual_sparse=1)
 
 
 def test_from_key_reads_back_every_key():
@@ -115,7 +123,7 @@ def test_key_tells_every_field_apart():
     changed = [dataclasses.replace(DEFAULT_CONFIG, **{name: value}) for name, value in
                (("lanes", 4), ("token_lanes", 8), ("max_in_features", 2048),
                 ("max_out_features", 100), ("max_token_blocks", 100), ("delta_bits", 5),
-                ("read_ports", 2), ("span_rows", 1))]
+                ("read_ports", 2), ("span_rows", 1), ("dual_sparse", 1))]
     keys = {config.key() for config in changed + [DEFAULT_CONFIG]}
     assert len(keys) == len(changed) + 1, keys
 
@@ -124,7 +132,7 @@ def test_as_dict_round_trips_and_config_is_frozen():
     assert DEFAULT_CONFIG.as_dict() == {"lanes": 8, "token_lanes": 4, "max_in_features": 4096,
                                         "max_out_features": 65535, "max_token_blocks": 65535,
                                         "delta_bits": 0, "read_ports": 1,
-                                        "span_rows": 0}
+                                        "span_rows": 0, "dual_sparse": 0}
     assert ArrayConfig(**DEFAULT_CONFIG.as_dict()) == DEFAULT_CONFIG
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_CONFIG.lanes = 4

@@ -1,21 +1,21 @@
 """SparseMACCore end to end: bit-exact against the golden model, cycle-exact against the model."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
-                     random_activations, random_weights, reference, short,
+                     random_weights, reference, short, sparse_activations,
                      weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.core import SparseMACCore
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import Mode, Sparsity
 from sparsemac.sim.amaranth_sim import run_core_job
 from sparsemac.sim.stalls import StallPattern
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.cycle_model import job_cycles
+from sparsemac.sw.cycle_model import dual_job_cycles, dual_row_beats, job_cycles
 from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
 
 pytestmark = pytest.mark.usefixtures("sim_deadline")
@@ -26,6 +26,12 @@ SPAN3 = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, span_rows=1)
 #: Empty, length-1 and short rows, rows of exactly K and one past, long rows: every way a chunk
 #: may or may not span into the next row, at K = 8 and K = 3.
 SPAN_LENGTHS = [0, 5, 0, 12, 37, 0, 3, 1, 1, 2, 9, 8, 16, 17, 1, 0, 7, 2, 30, 4]
+#: The dual-sparse mode, at K = 8 and at odd K, and with chunks that span rows (a pairs beat
+#: never spans).
+SPARSE8 = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64, dual_sparse=1)
+SPARSE3 = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, dual_sparse=1)
+SPARSE3_SPAN = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, span_rows=1,
+                           dual_sparse=1)
 
 
 @dataclass(frozen=True)
@@ -38,19 +44,30 @@ class Case:
     seed: int = 0
     #: Every activation this value instead of random ones.
     activation: int | None = None
+    sparsity: Sparsity = Sparsity.WEIGHTS
+    #: The probability of a zero activation.
+    zeros: float = 0.0
+    #: Tokens whose activations are all zero (no pairs in a DUAL job).
+    silent: tuple = ()
 
     @property
     def id(self):
-        return (f"{self.name}-{self.mode.name.lower()}-{short(self.config)}"
+        dual = f"-dual-zeros{self.zeros}" if self.sparsity == Sparsity.DUAL else ""
+        return (f"{self.name}-{self.mode.name.lower()}{dual}-{short(self.config)}"
                 f"-{self.weights.rows}x{self.weights.cols}-tok{self.tokens}-seed{self.seed}")
 
     @property
     def activations(self):
         if self.activation is not None:
             return torch.full((self.tokens, self.weights.cols), self.activation, dtype=torch.int8)
-        return random_activations(self.tokens, self.weights.cols, self.seed)
+        activations = sparse_activations(self.tokens, self.weights.cols, self.zeros, self.seed)
+        activations[list(self.silent)] = 0
+        return activations
 
     def model_cycles(self):
+        if self.sparsity == Sparsity.DUAL:
+            beats = dual_row_beats(self.weights, self.activations, self.config)
+            return dual_job_cycles(int(beats.sum()))
         return job_cycles(self.weights.row_lengths(), self.weights.cols, self.tokens,
                           self.config, self.mode)
 
@@ -66,7 +83,8 @@ def check_sums(label, got, expected):
 
 def run_case(case, stalls):
     """The core's sums as int32 [tokens, rows] and its cycle count."""
-    packed = pack_job(case.config, case.weights, case.activations, case.mode)
+    packed = pack_job(case.config, case.weights, case.activations, case.mode,
+                      sparsity=case.sparsity)
     run = run_core_job(case.config, packed, stalls)
     return unpack_sums(case.config, run.sums, case.weights.rows, case.tokens), run.cycles
 
@@ -118,6 +136,35 @@ CASES = [
     Case("span-k1", ArrayConfig(lanes=1, token_lanes=4, max_in_features=64, span_rows=1),
          weights_with_row_lengths([0, 3, 1, 2, 0, 5], 12, 34), 5, seed=34),
 ]
+DUAL = Sparsity.DUAL
+DUAL_SPARSE_CASES = [
+    # Skipping zero activations per token: rows whose tokens need different beat counts, empty
+    # rows, a token without a single pair, no pairs at all, the int8 extremes.
+    Case("dual-90-70", SPARSE8, random_weights(12, 64, 0.9, 35), 9, seed=35, zeros=0.7,
+         sparsity=DUAL),
+    Case("dual-50-50-k3", SPARSE3, random_weights(9, 23, 0.5, 36), 7, seed=36, zeros=0.5,
+         sparsity=DUAL),
+    Case("dual-dense-inputs", SPARSE8, random_weights(6, 37, 0.5, 37), 5, seed=37,
+         sparsity=DUAL),
+    Case("dual-empty-rows", SPARSE3, weights_with_row_lengths([0, 5, 0, 12, 23, 0, 3, 0], 23, 38),
+         6, seed=38, zeros=0.4, sparsity=DUAL),
+    Case("dual-silent-tokens", SPARSE8, random_weights(7, 30, 0.3, 39), 6, seed=39, zeros=0.5,
+         silent=(1, 4), sparsity=DUAL),
+    Case("dual-all-zero-activations", SPARSE3, random_weights(5, 11, 0.3, 40), 5, seed=40,
+         zeros=1.0, sparsity=DUAL),
+    Case("dual-extremes", SPARSE3, CSRMatrix.from_dense(np.full((4, 7), -128, np.int8)), 3,
+         activation=-128, sparsity=DUAL),
+    Case("dual-span", SPARSE3_SPAN, weights_with_row_lengths(SPAN_LENGTHS, 37, 41), 5, seed=41,
+         zeros=0.6, sparsity=DUAL),
+    Case("dual-k1", ArrayConfig(lanes=1, token_lanes=3, max_in_features=64, dual_sparse=1),
+         random_weights(4, 9, 0.4, 42), 4, seed=42, zeros=0.5, sparsity=DUAL),
+]
+CASES += DUAL_SPARSE_CASES + [
+    # The weight path of a dual-sparse array, through the operand select.
+    replace(case, sparsity=Sparsity.WEIGHTS) for case in DUAL_SPARSE_CASES[:4]] + [
+    Case("dual-array-dense-mode", SPARSE3, random_weights(5, 11, 0.3, 43), 5, Mode.DENSE,
+         seed=43, zeros=0.5),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
@@ -150,14 +197,21 @@ def test_hand_checked_cycle_counts(hand):
 
 
 @pytest.mark.parametrize("stalls", [0.0, STALLS], ids=["ideal", "stalled"])
-def test_jobs_back_to_back(stalls):
-    """Three jobs on one core (odd block count, then a mode switch): each is exact, so no state
-    leaks from one job into the next."""
-    by_name = {case.name: case for case in CASES}
-    jobs = [by_name[name] for name in ("sparsity-0.5", "dense-mode", "empty-first-last-rows")]
-    core = SparseMACCore(K8T4)
+@pytest.mark.parametrize("config, names", [
+    (K8T4, ("sparsity-0.5", "dense-mode", "empty-first-last-rows")),
+    # DUAL after DUAL, then weight-only jobs, then DUAL again: the operand select switches.
+    (SPARSE3, ("dual-50-50-k3", "dual-empty-rows", "dual-array-dense-mode", "dual-50-50-k3",
+               "dual-all-zero-activations")),
+], ids=["weights", "dual-sparse"])
+def test_jobs_back_to_back(stalls, config, names):
+    """Several jobs on one core (odd block counts, mode and sparsity switches): each is exact,
+    so no state leaks from one job into the next."""
+    jobs = [next(case for case in CASES if case.name == name and case.config == config)
+            for name in names]
+    core = SparseMACCore(config)
     bench = Bench(core, seed=21)
-    packed = [pack_job(K8T4, job.weights, job.activations, job.mode) for job in jobs]
+    packed = [pack_job(config, job.weights, job.activations, job.mode, sparsity=job.sparsity)
+              for job in jobs]
     bench.put(core.job, [p.job for p in packed], idle=stalls)
     for name in core.signature.data_inputs:
         beats = [beat for p in packed for beat in beats_to_ints(getattr(p, name))]
@@ -165,12 +219,12 @@ def test_jobs_back_to_back(stalls):
     bench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)
     bench.get("done", core.done, len(jobs), stalls)
     results = bench.run(5000)
-    sums = np.array([list(beat.to_bytes(4 * K8T4.token_lanes, "little"))
+    sums = np.array([list(beat.to_bytes(4 * config.token_lanes, "little"))
                      for beat in results["sums"]], dtype=np.uint8)
     for job, p, cycles in zip(jobs, packed, results["done"]):
         beats, sums = sums[:p.token_blocks * p.rows], sums[p.token_blocks * p.rows:]
         check_sums(f"seed 21 stalls {stalls} {job.id}",
-                   unpack_sums(K8T4, beats, p.rows, p.tokens),
+                   unpack_sums(config, beats, p.rows, p.tokens),
                    reference(job.weights, job.activations))
         if not stalls:
             assert cycles == job.model_cycles().total, f"{job.id}: {cycles} cycles"

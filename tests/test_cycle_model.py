@@ -11,7 +11,8 @@ import torch
 from helpers import HAND_CASES, K8T4
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.cycle_model import (ChunkSlice, JobTile, issue_cycles_per_block, job_cycles,
+from sparsemac.sw.cycle_model import (ChunkSlice, JobTile, dual_job_cycles, dual_row_beats,
+                                      dual_row_lengths, issue_cycles_per_block, job_cycles,
                                       job_tiles, pass_chunks, span_carries, token_blocks)
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.pruning import prune_mask
@@ -212,3 +213,49 @@ def test_a_tile_holds_its_columns_nonzeros():
     tile = JobTile(0, 1, 1, 3, 1, 4)
     assert tile.row_lengths(weights).tolist() == [0, 1]
     assert torch.equal(tile.weights(weights).to_dense(), dense[1:3, 1:4])
+
+
+def test_dual_row_beats_by_hand():
+    """K = 2, T = 2, 3 tokens (two blocks, the second padded with a token without pairs).
+
+    Row 0 has weights in columns 0, 1, 3, 4; row 1 none; row 2 one in column 2. Token 0's
+    activations are nonzero in columns 0, 1, 3; token 1's in 4; token 2's in 2 and 3.
+    Pairs (row x token): row 0 has 3, 1, 1; row 2 has 0, 0, 1. Block 0: row 0 takes
+    ceil(3 / 2) = 2 beats, row 1 (empty) and row 2 (no pairs) one each; block 1: one each.
+    A job of 2 + 1 + 1 + 1 + 1 + 1 = 7 beats takes 7 + 4 = 11 cycles: the beats in cycles 1 to
+    7, the last sums 4 cycles later.
+    """
+    config = ArrayConfig(lanes=2, token_lanes=2, max_in_features=8, dual_sparse=1)
+    dense = np.zeros((3, 5), dtype=np.int8)
+    dense[0, [0, 1, 3, 4]] = [1, -2, 3, -4]
+    dense[2, 2] = 5
+    activations = np.zeros((3, 5), dtype=np.int8)
+    activations[0, [0, 1, 3]] = 7
+    activations[1, 4] = -1
+    activations[2, [2, 3]] = 9
+    weights = CSRMatrix.from_dense(dense)
+    assert dual_row_lengths(weights, activations, config).tolist() == [
+        [3, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0]]
+    beats = dual_row_beats(weights, torch.from_numpy(activations), config)
+    assert beats.tolist() == [[2, 1, 1], [1, 1, 1]]
+    cycles = dual_job_cycles(int(beats.sum()))
+    assert (cycles.total, cycles.issue, cycles.load_stall, cycles.fill, cycles.drain) == (
+        11, 7, 0, 0, 4)
+    assert breakdown_sum(cycles) == cycles.total
+    with pytest.raises(ValueError, match="at least one pairs beat, not 0"):
+        dual_job_cycles(0)
+
+
+def test_dual_sparse_is_never_slower_to_issue_than_weight_only():
+    """A row's pairs per token are at most its nonzeros, so a DUAL pass issues at most as many
+    beats as a weight-only pass issues chunks (without spanning)."""
+    config = ArrayConfig(lanes=8, token_lanes=4, max_in_features=64, dual_sparse=1)
+    rng = np.random.default_rng(3)
+    for sparsity in (0.0, 0.5, 0.9):
+        dense = rng.integers(-128, 128, size=(20, 64)).astype(np.int8)
+        dense[rng.random(dense.shape) < sparsity] = 0
+        weights = CSRMatrix.from_dense(dense)
+        activations = rng.integers(-3, 4, size=(9, 64)).astype(np.int8)
+        beats = dual_row_beats(weights, activations, config)
+        chunks = issue_cycles_per_block(weights.row_lengths(), 64, config)
+        assert (beats.sum(axis=1) <= chunks).all()

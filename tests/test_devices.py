@@ -5,12 +5,12 @@ import torch
 
 from sparsemac.devices import BACKENDS, open_device
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import Mode, Sparsity
 from sparsemac.sw.csr import CSRMatrix
-from sparsemac.sw.cycle_model import job_cycles
+from sparsemac.sw.cycle_model import dual_job_cycles, dual_row_beats, job_cycles, job_tiles
 from sparsemac.sw.device import MatmulResult
 from sparsemac.sw.golden import AccumulatorOverflowWarning, golden_matmul
-from sparsemac.sw.packing import weight_stream_bytes
+from sparsemac.sw.packing import pairs_stream_bytes, weight_stream_bytes
 
 # Small limits so that one layer needs several jobs along both axes.
 TILED = ArrayConfig(lanes=4, token_lanes=2, max_in_features=32, max_out_features=3,
@@ -117,3 +117,49 @@ def test_float_activations_are_refused():
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of " + ", ".join(BACKENDS)):
         open_device("quantum")
+
+
+#: TILED with the dual-sparse mode; NARROW's column tiles likewise.
+TILED_DUAL = ArrayConfig.from_key(TILED.key() + "a1")
+NARROW_DUAL = ArrayConfig.from_key("k2t2i16a1")
+
+
+@pytest.mark.parametrize("config", [TILED_DUAL, NARROW_DUAL], ids=["rows-tokens", "columns"])
+def test_dual_sparse_matmul_tiles_like_weight_only(config):
+    """A DUAL layer is split into the same jobs; its sums are the golden ones, each job's
+    cycles the DUAL model's, its bytes the pairs'; the Amaranth core agrees job for job."""
+    weights, activations = random_layer(seed=13, rows=7, cols=45, tokens=9, density=0.5)
+    activations[torch.rand(activations.shape, generator=torch.Generator().manual_seed(14))
+                < 0.6] = 0
+    results = [open_device(backend, config).matmul(weights, activations,
+                                                   sparsity=Sparsity.DUAL)
+               for backend in ("reference", "amaranth")]
+    weight_only = open_device("reference", config).matmul(weights, activations)
+    for result in results:
+        assert torch.equal(result.sums, golden_matmul(weights, activations))
+        assert result.job_cycles == results[0].job_cycles
+        assert result.jobs == weight_only.jobs and result.activation_bytes == 0
+    tiles = list(job_tiles(7, 45, 9, config))
+    blocks = [activations[tile.token_start:tile.token_stop, tile.col_start:tile.col_stop]
+              for tile in tiles]
+    assert results[0].job_cycles == [
+        dual_job_cycles(int(dual_row_beats(tile.weights(weights), block, config).sum())).total
+        for tile, block in zip(tiles, blocks)]
+    assert results[0].weight_bytes == sum(
+        pairs_stream_bytes(config, tile.weights(weights), block)
+        for tile, block in zip(tiles, blocks))
+    assert results[0].cycles < weight_only.cycles
+
+
+def test_dual_sparse_without_the_mode_is_refused_before_any_job(monkeypatch):
+    """Device.matmul refuses before it runs a job, for every back end (a simulator's run_job
+    would refuse too, in pack_job, before its build or simulation)."""
+    device = open_device("reference", TILED)
+    weights, activations = random_layer(seed=15, rows=3, cols=8, tokens=2, density=0.5)
+    monkeypatch.setattr(device, "run_job", lambda *args: pytest.fail("a job was run"))
+    with pytest.raises(ValueError, match=r"k4t2i32o3b2 array has no dual-sparse mode.*"
+                                         r"k4t2i32o3b2a1"):
+        device.matmul(weights, activations, sparsity=Sparsity.DUAL)
+    with pytest.raises(ValueError, match="neither dense nor delta"):
+        open_device("reference", TILED_DUAL).matmul(weights, activations, Mode.DENSE,
+                                                    sparsity=Sparsity.DUAL)

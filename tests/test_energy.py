@@ -1,19 +1,21 @@
 """The energy model: event counts against handshakes counted on Amaranth runs, tables, prices."""
 
+import dataclasses
 import json
 
 import pytest
 from amaranth.hdl import Value
 
-from helpers import K3T2, K4T2, random_activations, random_weights, weights_with_row_lengths
+from helpers import (K3T2, K4T2, decode, random_activations, random_weights,
+                     sparse_activations, weights_with_row_lengths)
 from sparsemac.hw.core import SparseMACCore
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import CoreFormats, Mode, Sparsity
 from sparsemac.sim.amaranth_sim import run_core_job
 from sparsemac.sw.energy import (DEFAULT_TABLE, EnergyEvents, energy_events, energy_of,
                                  load_energy_table)
 from sparsemac.sw.memory import MemoryModel, memory_preset
-from sparsemac.sw.packing import pack_job
-from sparsemac.sw.throttled_cycle_model import layer_cycles
+from sparsemac.sw.packing import beats_to_ints, pack_job
+from sparsemac.sw.throttled_cycle_model import dual_layer_cycles, layer_cycles
 
 
 class ObservedCore(SparseMACCore):
@@ -26,13 +28,14 @@ class ObservedCore(SparseMACCore):
         return m
 
 
-def _handshake_counter(counts):
-    """A monitor that counts every handshake of the inner and input streams of the core."""
+def _handshake_counter(counts, names=("chunks", "operands", "activations", "row_pointers",
+                                       "columns", "values", "sums")):
+    """A monitor that counts every handshake of the named inner and input streams of the core
+    (``chunks`` and ``operands`` are the activation buffer's and the MAC array's inputs)."""
     def monitor(core):
-        streams = {"chunks": core.activation_buffer.chunks,
-                   "operands": core.mac_array.operands,
-                   "activations": core.activations, "row_pointers": core.row_pointers,
-                   "columns": core.columns, "values": core.values, "sums": core.sums}
+        inner = {"chunks": core.activation_buffer.chunks, "operands": core.mac_array.operands}
+        streams = {name: inner[name] if name in inner else getattr(core, name)
+                   for name in names}
         signals = [signal for stream in streams.values() for signal in (stream.valid,
                                                                          stream.ready)]
 
@@ -149,3 +152,27 @@ def test_a_table_that_is_not_utf8_names_the_file_and_the_option(tmp_path):
     with pytest.raises(ValueError, match=f"energy table {path} \\(--energy-table\\) is not "
                                          "UTF-8 text"):
         load_energy_table(path)
+def test_dual_sparse_event_counts_match_an_amaranth_run():
+    """A DUAL job: a multiply per pair sent with a nonzero product, a tree and an accumulator
+    update per operand beat the MAC array takes, no buffer traffic, the pairs and sums bytes."""
+    config = dataclasses.replace(K3T2, dual_sparse=1)
+    memory = MemoryModel("custom", 5.3, None)
+    weights = weights_with_row_lengths((5, 0, 1, 7, 3, 0), 20, 7)
+    activations = sparse_activations(5, 20, 0.6, seed=8)
+    counts = dict.fromkeys(("operands", "pairs", "sums"), 0)
+    core = ObservedCore(config)
+    packed = pack_job(config, weights, activations, sparsity=Sparsity.DUAL)
+    run = run_core_job(config, packed, memory=memory, core=core,
+                       monitor=_handshake_counter(counts, ("operands", "pairs", "sums")))
+    layer = dual_layer_cycles(weights, activations, config, memory)
+    assert (layer.cycles, layer.chunks, layer.fill_beats) == (run.cycles, counts["pairs"], 0)
+    beats = decode(CoreFormats(config).pairs, beats_to_ints(packed.pairs))
+    products = sum(bool(beat.weights[token][lane]) and bool(beat.activations[token][lane])
+                   for beat in beats for token in range(config.token_lanes)
+                   for lane in range(config.lanes))
+    crossing = sum(counts[name] * _payload_bytes(getattr(core, name)) for name in ("pairs", "sums"))
+    assert energy_events(layer, config, memory) == EnergyEvents(
+        int8_multiply=products,
+        tree_add=counts["operands"] * (config.lanes - 1) * config.token_lanes,
+        accumulator_update=counts["operands"] * config.token_lanes,
+        block_ram_read_bit=0, block_ram_write_bit=0, offchip_byte=crossing, link_byte=0)

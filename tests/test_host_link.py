@@ -372,6 +372,17 @@ def test_a_config_that_cannot_fit_the_board_is_refused_before_the_port(tmp_path)
         open_device("fpga", ArrayConfig.from_key("k16t8"), port=str(tmp_path / "ttyUSB9"))
 
 
+def test_a_dual_sparse_config_is_refused_by_the_link_and_the_board(tmp_path):
+    """The link has no pairs stream: its formats, and so the fpga back end, refuse the config
+    with the way out; a dual-sparse job on the board's own config is refused before the port."""
+    with pytest.raises(ValueError, match="cannot carry the pairs stream of the dual-sparse "
+                                         "k2t2i16a1 array: run it on the reference"):
+        LinkFormats(ArrayConfig.from_key("k2t2i16a1"))
+    with pytest.raises(BoardFitError, match="dual-sparse has no board design for the ulx3s-85f: "
+                                            "the host link cannot carry the pairs stream"):
+        open_device("fpga", ArrayConfig.from_key("k8t4a1"), port=str(tmp_path / "ttyUSB9"))
+
+
 def test_silent_port_times_out():
     master, slave = os.openpty()
     try:

@@ -9,8 +9,8 @@ from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.memory import (RATE_ONE, MemoryModel, MemoryModelError, check_fits_onchip,
-                                 job_streams, memory_preset, onchip_weight_bytes,
-                                 parse_bandwidth, stream_rates)
+                                 dual_job_streams, job_streams, memory_preset,
+                                 onchip_weight_bytes, parse_bandwidth, stream_rates)
 from sparsemac.sw.packing import weight_stream_bytes
 
 
@@ -75,7 +75,8 @@ def test_memory_errors_are_bad_input_for_the_cli(monkeypatch, capsys):
 def test_stream_rates_share_the_weight_path_by_bytes():
     config = ArrayConfig(lanes=8, token_lanes=4, max_in_features=512)
     streams = job_streams(config, Mode.SPARSE, rows=10, cols=300, nnz=100, blocks=3)
-    assert [(s.beats, s.bytes) for s in streams] == [(900, 4), (30, 4), (39, 16), (39, 8)]
+    assert [(s.beats, s.bytes) for s in streams] == [(900, 4), (30, 4), (39, 16), (39, 8),
+                                                     (0, 0)]
     rated = stream_rates(MemoryModel("custom", 2.0, 0.5), streams)
     weight_bytes = 30 * 4 + 39 * 24
     assert rated.activations.rate == RATE_ONE // 2
@@ -86,8 +87,18 @@ def test_stream_rates_share_the_weight_path_by_bytes():
     assert rated.longest_credit_wait == -(-4 * RATE_ONE // rated.row_pointers.rate) == 18
     dense = stream_rates(MemoryModel("custom", 2.0, None),
                          job_streams(config, Mode.DENSE, rows=10, cols=300, nnz=100, blocks=3))
-    assert [s.rate for s in dense] == [0, 0, 0, 2 * RATE_ONE]
-    assert [s.beats for s in dense] == [900, 0, 0, 3 * 375]
+    assert [s.rate for s in dense] == [0, 0, 0, 2 * RATE_ONE, 0]
+    assert [s.beats for s in dense] == [900, 0, 0, 3 * 375, 0]
+
+
+def test_a_dual_sparse_jobs_pairs_take_the_whole_weight_path():
+    config = ArrayConfig(lanes=8, token_lanes=4, max_in_features=512, dual_sparse=1)
+    streams = dual_job_streams(config, beats=70)
+    # 8 x 4 weights and activations and the row_last bit: 65 bytes a beat.
+    assert [(s.beats, s.bytes) for s in streams] == [(0, 4), (0, 4), (0, 16), (0, 8), (70, 65)]
+    assert (streams.weight_bytes, streams.activation_bytes) == (70 * 65, 0)
+    rated = stream_rates(MemoryModel("custom", 2.0, 0.5), streams)
+    assert [s.rate for s in rated] == [0, 0, 0, 0, 2 * RATE_ONE]
 
 
 def test_onchip_fits_only_a_layer_that_fits():

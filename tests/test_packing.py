@@ -1,14 +1,16 @@
 """Packing: job beats laid out exactly as hw/formats.py says, sums unpacked, clear errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from amaranth.hdl import Shape
 
 from helpers import (K3T2, K8T4, decode, layout_beats, random_activations, random_weights,
-                     short)
+                     short, sparse_activations, weights_with_row_lengths)
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
-from sparsemac.hw.formats import CoreFormats, Mode
+from sparsemac.hw.formats import ColumnIndex, CoreFormats, Mode, Sparsity
 from sparsemac.hw.link_formats import layout_bytes
 from sparsemac.sw.packing import beats_to_ints, pack_job, unpack_sums
 
@@ -119,3 +121,58 @@ WEIGHTS = random_weights(4, 10, 0.5, 3)
 def test_pack_job_errors(config, weights, activations, error, match):
     with pytest.raises(error, match=match):
         pack_job(config, weights, activations)
+
+
+DUAL_K3 = ArrayConfig(lanes=3, token_lanes=2, max_in_features=64, dual_sparse=1)
+
+
+@pytest.mark.parametrize("config", [DUAL_K3, dataclasses.replace(K8T4, dual_sparse=1)],
+                         ids=short)
+def test_pairs_beats_decode_to_each_tokens_pairs(config):
+    """A DUAL job's beats, decoded with the hardware layouts: per token block and row, the
+    row's beats hold each token's pairs of a nonzero weight and its nonzero activation in
+    column order, zeros after them, ``row_last`` on the last; no other stream has beats."""
+    formats, lanes, token_lanes = CoreFormats(config), config.lanes, config.token_lanes
+    weights = weights_with_row_lengths([0, 5, 9, 1, 14, 0, 3], 23, 10)
+    activations = sparse_activations(7, 23, 0.6, 11)
+    activations[3] = 0  # a token without a pair
+    packed = pack_job(config, weights, activations, sparsity=Sparsity.DUAL)
+    job = formats.job.from_bits(packed.job)
+    assert (job.sparsity, job.mode, job.rows, job.token_blocks) == (
+        Sparsity.DUAL, Mode.SPARSE, 7, -(-7 // token_lanes))
+    assert all(getattr(packed, name).size == 0
+               for name in ("activations", "row_pointers", "columns", "values"))
+    beats = iter(decode(formats.pairs, beats_to_ints(packed.pairs)))
+    dense, tokens = weights.to_dense().numpy(), activations.numpy()
+    padded = np.zeros((job.token_blocks * token_lanes, 23), dtype=np.int8)
+    padded[:7] = tokens
+    for block in range(job.token_blocks):
+        for row in range(7):
+            expected = [[(int(dense[row, col]), int(padded[token, col])) for col in range(23)
+                         if dense[row, col] and padded[token, col]]
+                        for token in range(block * token_lanes, (block + 1) * token_lanes)]
+            count = max(1, -(-max(len(pairs) for pairs in expected) // lanes))
+            got = [[] for _ in range(token_lanes)]
+            for index in range(count):
+                beat = next(beats)
+                assert beat.row_last == (index == count - 1)
+                for token in range(token_lanes):
+                    got[token] += [(int(beat.weights[token][lane]),
+                                    int(beat.activations[token][lane])) for lane in range(lanes)]
+            for token in range(token_lanes):
+                padding = [(0, 0)] * (count * lanes - len(expected[token]))
+                assert got[token] == expected[token] + padding, (block, row, token)
+    assert next(beats, None) is None
+    assert packed.weight_bytes == packed.pairs.size == len(packed.pairs) * layout_bytes(
+        formats.pairs)
+
+
+@pytest.mark.parametrize("config, mode, index, match", [
+    (K8T4, Mode.SPARSE, ColumnIndex.CSR, r"k8t4i64 array has no dual-sparse mode.*k8t4i64a1"),
+    (DUAL_K3, Mode.DENSE, ColumnIndex.CSR, "neither dense nor delta"),
+    (ArrayConfig(max_in_features=64, delta_bits=5, dual_sparse=1), Mode.SPARSE,
+     ColumnIndex.DELTA, "neither dense nor delta"),
+], ids=["no-dual-sparse-mode", "dense", "delta"])
+def test_dual_sparse_job_errors(config, mode, index, match):
+    with pytest.raises(ValueError, match=match):
+        pack_job(config, WEIGHTS, random_activations(2, 10, 9), mode, index, Sparsity.DUAL)

@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import K3T2, random_activations, random_weights, weights_with_row_lengths
+from helpers import (K3T2, random_activations, random_weights, sparse_activations,
+                     weights_with_row_lengths)
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice
 from sparsemac.devices.verilator import VerilatorDevice
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import Mode, Sparsity
 from sparsemac.sim.amaranth_sim import run_core_job
 from sparsemac.sim.cocotb.cases import build_case
-from sparsemac.sw.cycle_model import job_cycles
+from sparsemac.sw.cycle_model import dual_row_beats, job_cycles
 from sparsemac.sw.memory import MemoryModel, job_streams, memory_preset
 from sparsemac.sw.packing import pack_job
 from sparsemac.sw.throttled_cycle_model import (layer_cycles, replay_schedule,
-                                                throttled_job_cycles)
+                                                throttled_dual_job_cycles, throttled_job_cycles)
 
 SPAN3 = dataclasses.replace(K3T2, span_rows=1)
 CONFIGS = {f"K{k}": ArrayConfig(lanes=k, token_lanes=4, max_in_features=512,
@@ -90,6 +91,40 @@ def test_amaranth_matches_model(fraction, mode, config):
     model = throttled_job_cycles(weights.row_lengths(), 20, 5, config, mode, memory)
     assert run.cycles == model.cycles
     assert model.cycles > model.compute_cycles
+
+
+#: The dual-sparse mode, odd K; the Verilator build of tests/test_verilator.py.
+DUAL_SPARSE = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                          max_token_blocks=3, dual_sparse=1)
+
+
+def _dual_memories(config):
+    """Pairs rates from a beat a cycle down to one every 20 cycles, an odd one between."""
+    beat = 2 * config.lanes * config.token_lanes + 1
+    return [None] + [MemoryModel("custom", fraction * beat, 1.0)
+                     for fraction in (1.0, 0.5, 0.37, 0.05)]
+
+
+@pytest.mark.parametrize("backend", ["amaranth", "verilator"])
+def test_dual_sparse_jobs_match_the_model_at_every_rate(backend):
+    """A DUAL job's pairs are the weight path's only stream: at every rate the core's count is
+    the model's, ``beats x w + 4``."""
+    config = DUAL_SPARSE
+    weights = weights_with_row_lengths((5, 0, 1, 7, 3, 2, 2, 9, 1, 4), 20, seed=8)
+    activations = sparse_activations(5, 20, 0.5, seed=9)
+    beats = int(dual_row_beats(weights, activations, config).sum())
+    device_class = AmaranthDevice if backend == "amaranth" else VerilatorDevice
+    for memory in _dual_memories(config):
+        device = device_class(config, memory=memory)
+        result = device.run_job(weights, activations, sparsity=Sparsity.DUAL)
+        model = throttled_dual_job_cycles(beats, 10, 5, config, memory)
+        expected = ReferenceDevice(config, memory=memory).run_job(
+            weights, activations, sparsity=Sparsity.DUAL)
+        assert result.cycles == model.cycles == expected.cycles, memory
+        assert model.cycles >= max(model.compute_cycles, model.weight_transfer_cycles)
+        # K x T weights and activations, then the row_last bit in a byte of its own.
+        assert model.weight_bytes == beats * (2 * config.lanes * config.token_lanes + 1)
+        device.close()
 
 
 def test_amaranth_matches_model_while_the_first_row_waits_for_its_pointer():

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_activations, random_weights, weights_with_row_lengths
+from helpers import (random_activations, random_weights, sparse_activations,
+                     weights_with_row_lengths)
 from sparsemac.devices import verilator as verilator_backend
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice
 from sparsemac.devices.verilator import VerilatorDevice, build_library
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import CoreStreams, Mode
+from sparsemac.hw.formats import CoreStreams, Mode, Sparsity
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.device import DeviceError
 
@@ -35,6 +36,9 @@ DUAL = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=
 #: Chunks that span rows, odd K: the build of tests/test_throttled_cycle_model.py's K5S.
 SPAN = ArrayConfig(lanes=5, token_lanes=4, max_in_features=512, max_out_features=64,
                    max_token_blocks=8, span_rows=1)
+#: The dual-sparse mode, odd K: pairs beats of 5 lanes x 3 tokens.
+DUAL_SPARSE = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                          max_token_blocks=3, dual_sparse=1)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,24 @@ def test_other_configs_match_reference(config, mode):
             assert result.job_cycles == expected.job_cycles, name
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0], ids=["dense-inputs", "70%-zero", "all-zero"])
+def test_dual_sparse_matches_reference(zeros):
+    """Every case as a DUAL job on a dual-sparse core, and its weight-only and dense jobs on the
+    same core: the sums of all three and the cycles of each equal the reference's."""
+    with VerilatorDevice(DUAL_SPARSE) as device:
+        reference = ReferenceDevice(DUAL_SPARSE)
+        for name, (weights, tokens, seed) in CASES.items():
+            activations = sparse_activations(tokens, weights.cols, zeros, seed)
+            for mode, sparsity in ((Mode.SPARSE, Sparsity.DUAL), (Mode.SPARSE, Sparsity.WEIGHTS),
+                                   (Mode.DENSE, Sparsity.WEIGHTS)):
+                expected = reference.matmul(weights, activations, mode, sparsity=sparsity)
+                result = device.matmul(weights, activations, mode, sparsity=sparsity)
+                label = f"{name} {mode.name} {sparsity.name}"
+                assert torch.equal(result.sums, expected.sums), label
+                assert result.job_cycles == expected.job_cycles, label
+                assert result.weight_bytes == expected.weight_bytes, label
+
+
 def test_amaranth_matches_verilator(verilator):
     weights = weights_with_row_lengths((5, 0, 9, 2), 12, seed=8)
     activations = random_activations(3, 12, seed=20)
@@ -145,12 +167,14 @@ def test_missing_compiler_gives_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_harness_input_enum_follows_the_core_signature():
-    """harness.cpp numbers the input streams itself: its enum must list the core's data inputs
-    in the order the back end passes them."""
+    """harness.cpp numbers the input streams itself: its enum must list a dual-sparse core's
+    data inputs in the order the back end passes them, and a core without pairs must have the
+    same ones but that last."""
     text = verilator_backend.HARNESS.read_text()
     enum = re.search(r"enum \{ (SM_ACTIVATIONS[^}]*) \};", text)
     assert enum, "harness.cpp has no input stream enum"
-    names = CoreStreams(SMALL).data_inputs
+    names = CoreStreams(DUAL_SPARSE).data_inputs
     assert enum.group(1).split(", ") == [f"SM_{name.upper()}" for name in names] + ["SM_INPUTS"]
+    assert CoreStreams(SMALL).data_inputs == names[:-1]
     fields = dict(verilator_backend._JobStats._fields_)
     assert fields["inputs_left"]._length_ == len(names)

@@ -21,7 +21,9 @@ The catalogue:
 * ``dense_mode_*``: the dense baseline mode, zeros streamed;
 * ``delta_gaps``: rows with gaps of every length the delta code handles (plain steps, single
   escapes, escape chains past the longest escape, a first column far from 0, empty rows), sent
-  with the delta index on a config with the delta decoder (plain CSR on the others).
+  with the delta index on a config with the delta decoder (plain CSR on the others);
+* ``dual_sparse``: activations 70 % zero, one token all zero, rows empty, short and long, sent
+  as a DUAL job (pairs) on a dual-sparse config (a weight-only job on the others).
 """
 
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ...hw.formats import ColumnIndex, DeltaCode, Mode
+from ...hw.formats import ColumnIndex, DeltaCode, Mode, Sparsity
 from ...sw.csr import CSRMatrix
 from ...sw.pruning import prune_mask
 from ...sw.quantisation import quantise_weights
@@ -51,6 +53,7 @@ class Case:
     mode: Mode = Mode.SPARSE
     #: How a sparse job sends its column indices.
     index: ColumnIndex = ColumnIndex.CSR
+    sparsity: Sparsity = Sparsity.WEIGHTS
 
     @property
     def tokens(self):
@@ -59,6 +62,7 @@ class Case:
     def describe(self):
         rows, cols = self.weights.shape
         mode = "delta" if self.index == ColumnIndex.DELTA else self.mode.name.lower()
+        mode += " dual-sparse" if self.sparsity == Sparsity.DUAL else ""
         return (f"{self.name}: {rows}x{cols} {mode}, nnz {self.weights.nnz} "
                 f"({self.weights.sparsity:.1%} sparse), {self.tokens} tokens")
 
@@ -198,6 +202,8 @@ def build_case(name, config, rng):
         tokens, mode = 1, Mode.DENSE
     elif name == "delta_gaps":
         return _delta_gaps(config, rng, three_blocks)
+    elif name == "dual_sparse":
+        return _dual_sparse(config, rng, three_blocks)
     else:
         raise KeyError(f"no regression case named {name!r}; known: {', '.join(CASE_NAMES)}")
     weights = CSRMatrix.from_dense(dense)
@@ -222,10 +228,22 @@ def _delta_gaps(config, rng, tokens):
                 index=index)
 
 
+def _dual_sparse(config, rng, tokens):
+    """Per-token zero activations for the dual-sparse mode (of ``config``, weight-only
+    without)."""
+    lanes = config.lanes
+    dense = _with_row_lengths(rng, [0, 1, lanes - 1, lanes + 1, 0, 3 * lanes, 7, 40], _COLS)
+    activations = _activations(rng, tokens, _COLS)
+    activations[torch.rand(activations.shape, generator=_generator(rng)) < 0.7] = 0
+    activations[1] = 0
+    sparsity = Sparsity.DUAL if config.dual_sparse else Sparsity.WEIGHTS
+    return Case("dual_sparse", CSRMatrix.from_dense(dense), activations, sparsity=sparsity)
+
+
 CASE_NAMES = (
     *SPARSITY_CASES,
     "minilm_query", "minilm_intermediate",
     "empty_rows", "dense_row", "single_nonzero", "row_lengths_near_k", "cols_not_multiple_of_k",
     "tokens_not_multiple_of_t", "many_token_blocks", "tiny", "extreme_values",
-    "dense_mode_s0", "dense_mode_s90", "dense_mode_tiny", "delta_gaps",
+    "dense_mode_s0", "dense_mode_s90", "dense_mode_tiny", "delta_gaps", "dual_sparse",
 )

@@ -2,7 +2,8 @@
 
 The numbers come from the project's pure reference functions: sums from
 :func:`sparsemac.sw.golden.golden_matmul`, cycle counts from
-:func:`sparsemac.sw.cycle_model.job_cycles`, input beats from
+:func:`sparsemac.sw.cycle_model.job_cycles` (:func:`~sparsemac.sw.cycle_model.dual_job_cycles`
+for a DUAL job), input beats from
 :func:`sparsemac.sw.packing.pack_job`. Payload integers are built with the layouts of
 :class:`sparsemac.hw.formats.CoreFormats` (``layout.const(...)``), never with shifts.
 """
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from amaranth.hdl import Shape
 
-from ...hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode
-from ...sw.cycle_model import job_cycles, pass_chunks, token_blocks
+from ...hw.formats import ColumnIndex, CoreFormats, CoreStreams, Mode, Sparsity
+from ...sw.cycle_model import (dual_job_cycles, dual_row_beats, job_cycles, pass_chunks,
+                               token_blocks)
 from ...sw.golden import golden_matmul
 from ...sw.packing import beats_to_ints, coded_weights, pack_job, streamed_row_lengths
 from .scoreboard import Expected
@@ -56,7 +58,8 @@ class CoreExpectation:
 def core_expectation(config, case):
     """The inputs, expected ``sums`` beats and ideal cycle count of ``case`` on the core."""
     formats = CoreFormats(config)
-    packed = pack_job(config, case.weights, case.activations, case.mode, case.index)
+    packed = pack_job(config, case.weights, case.activations, case.mode, case.index,
+                      case.sparsity)
     sums = block_sums(config, case)
     token_lanes = config.token_lanes
     expected = []
@@ -65,8 +68,12 @@ def core_expectation(config, case):
         for row in range(case.weights.rows):
             expected.append(Expected(_bits(formats.sums, lanes[:, row].tolist()),
                                      f"{_block_label(config, block)}, row {row}"))
-    lengths = streamed_row_lengths(config, case.weights, case.index)
-    cycles = job_cycles(lengths, case.weights.cols, case.tokens, config, case.mode).total
+    if case.sparsity == Sparsity.DUAL:
+        cycles = dual_job_cycles(int(dual_row_beats(case.weights, case.activations,
+                                                    config).sum())).total
+    else:
+        lengths = streamed_row_lengths(config, case.weights, case.index)
+        cycles = job_cycles(lengths, case.weights.cols, case.tokens, config, case.mode).total
     return CoreExpectation(packed=packed, sums=expected, cycles=cycles)
 
 
@@ -165,7 +172,8 @@ def mac_array_stimulus(config, case):
 
     Each chunk of :func:`row_chunks` becomes one beat: its weights and the T activations of
     each of its columns (unused lanes: weight 0, activations of column 0), as the activation
-    buffer would deliver them.
+    buffer would deliver them (a dual-sparse array's ``array_operands``: each weight for every
+    token, as the operand select broadcasts it).
 
     Returns
     -------
@@ -186,8 +194,11 @@ def mac_array_stimulus(config, case):
         for chunk in chunks_of_pass:
             used = len(chunk.values)
             columns = list(chunk.columns) + [0] * (lanes - used)
-            operands.append(_bits(formats.operands, {
-                "weights": list(chunk.values) + [0] * (lanes - used),
+            weights = list(chunk.values) + [0] * (lanes - used)
+            if config.dual_sparse:
+                weights = [[weight] * token_lanes for weight in weights]
+            operands.append(_bits(formats.array_operands, {
+                "weights": weights,
                 "activations": [columns_of_block[column].tolist() for column in columns],
                 "row_last": chunk.row_last, **split(chunk)}))
             if chunk.row_last:

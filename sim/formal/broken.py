@@ -14,11 +14,12 @@ from ...hw.core import SparseMACCore
 from ...hw.csr_streamer import CSRWeightStreamer
 from ...hw.frame_receiver import FrameReceiver
 from ...hw.mac_array import MACArray
+from ...hw.operand_select import OperandSelect
 from .harness import transfer
 
 __all__ = ["BrokenVariant", "PairDroppingStreamer", "SplitLosingStreamer", "DuplicatingBuffer",
            "FlickeringMACArray", "RowLosingMACArray", "SkippingCounterCore", "EagerCore",
-           "ImpatientReceiver"]
+           "ImpatientReceiver", "RepeatingSelect"]
 
 
 class BrokenVariant(wiring.Component):
@@ -83,6 +84,18 @@ class DuplicatingBuffer(BrokenVariant):
         again = Signal()
         m.d.sync += again.eq(transfer(self.operands))
         m.d.comb += self.operands.valid.eq(inner.operands.valid | again)
+
+
+class RepeatingSelect(BrokenVariant):
+    """Sends an ``o_stream`` beat again in the cycle after it was taken: a pairs beat that
+    contributes twice."""
+
+    BLOCK = OperandSelect
+
+    def mutate(self, m, inner):
+        again = Signal()
+        m.d.sync += again.eq(transfer(self.o_stream))
+        m.d.comb += self.o_stream.valid.eq(inner.o_stream.valid | again)
 
 
 class FlickeringMACArray(BrokenVariant):

@@ -1,8 +1,9 @@
 """The proofs of the gateware: which property, for which configurations, in which mode.
 
 Configurations are small so the proofs close: K in {1, 2, 3}, T in {1, 2} and the smallest
-activation buffer (8 columns), and K in {2, 3} with chunks that span rows; the job sizes are
-bounded in each harness. ``prove`` is
+activation buffer (8 columns), K in {2, 3} with chunks that span rows, and K x T = 1 x 1 and
+2 x 2 with the dual-sparse mode (its operand select); the job sizes are bounded in each
+harness. ``prove`` is
 k-induction (unbounded), ``bmc`` holds for every behaviour up to ``depth`` cycles from reset,
 ``cover`` shows each cover statement reachable within ``depth`` cycles. The fast proofs run in
 CI; ``slow`` ones only with ``sparsemac formal --all``.
@@ -14,6 +15,7 @@ from .core import SparseMACCoreHarness, liveness_bound
 from .csr_streamer import CSRStreamerHarness
 from .host_link import FrameReceiverHarness, HostLinkHarness, ReplySenderHarness
 from .mac_array import MACArrayHarness
+from .operand_select import OperandSelectHarness
 from .runner import ProofSpec
 from ...hw.errors import InputError
 
@@ -28,10 +30,18 @@ CONFIGS = {
     **{f"k{lanes}t{tokens}s1": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8,
                                            span_rows=1)
        for lanes, tokens in ((2, 1), (3, 1), (2, 2))},
+    **{f"k{lanes}t{tokens}a1": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8,
+                                           dual_sparse=1)
+       for lanes, tokens in ((1, 1), (2, 2))},
 }
 
+#: The configurations without the dual-sparse mode, which only the operand select's proofs use.
+_WEIGHTS = tuple(name for name, config in CONFIGS.items() if not config.dual_sparse)
+
 #: The configurations that do not span rows.
-_PLAIN = tuple(name for name, config in CONFIGS.items() if not config.span_rows)
+_PLAIN = tuple(name for name in _WEIGHTS if not CONFIGS[name].span_rows)
+
+_DUAL = ("k1t1a1", "k2t2a1")
 
 #: Configurations of the fast (CI) run of each proof: the extremes of K with both T.
 _FAST = ("k1t1", "k2t2", "k3t1")
@@ -43,7 +53,8 @@ _T1_SPAN = ("k2t1s1", "k3t1s1")
 
 def config_name(config):
     """The key of ``config`` in :data:`CONFIGS`."""
-    return f"k{config.lanes}t{config.token_lanes}" + ("s1" if config.span_rows else "")
+    return (f"k{config.lanes}t{config.token_lanes}" + ("s1" if config.span_rows else "")
+            + ("a1" if config.dual_sparse else ""))
 
 
 def _liveness_depth(config):
@@ -67,13 +78,16 @@ _PLAN = [
     (ActivationBufferHarness, "protocol", "prove", 2, _PLAIN, _FAST),
     (ActivationBufferHarness, "scoreboard", "bmc", 10, _PLAIN, ("k2t1",)),
     (ActivationBufferHarness, "cover", "cover", 14, ("k1t1", "k2t2"), ("k1t1",)),
-    (MACArrayHarness, "protocol", "prove", 2, tuple(CONFIGS), _FAST),
-    (MACArrayHarness, "rows", "bmc", 12, tuple(CONFIGS), ("k2t2", "k2t2s1")),
-    (MACArrayHarness, "cover", "cover", 8, tuple(CONFIGS), ("k1t1",)),
-    (SparseMACCoreHarness, "protocol", "bmc", 16, tuple(CONFIGS), ("k1t1",)),
-    (SparseMACCoreHarness, "job", "bmc", 14, tuple(CONFIGS), ("k1t1", "k2t2", "k2t1s1")),
-    (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, tuple(CONFIGS), ()),
-    (SparseMACCoreHarness, "cover", "cover", 16, tuple(CONFIGS), ("k2t1",)),
+    (MACArrayHarness, "protocol", "prove", 2, _WEIGHTS, _FAST),
+    (MACArrayHarness, "rows", "bmc", 12, _WEIGHTS, ("k2t2", "k2t2s1")),
+    (MACArrayHarness, "cover", "cover", 8, _WEIGHTS, ("k1t1",)),
+    (OperandSelectHarness, "protocol", "bmc", 14, _DUAL, _DUAL),
+    (OperandSelectHarness, "once", "bmc", 10, _DUAL, _DUAL),
+    (OperandSelectHarness, "cover", "cover", 12, _DUAL, ("k1t1a1",)),
+    (SparseMACCoreHarness, "protocol", "bmc", 16, _WEIGHTS, ("k1t1",)),
+    (SparseMACCoreHarness, "job", "bmc", 14, _WEIGHTS, ("k1t1", "k2t2", "k2t1s1")),
+    (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, _WEIGHTS, ()),
+    (SparseMACCoreHarness, "cover", "cover", 16, _WEIGHTS, ("k2t1",)),
     (FrameReceiverHarness, "protocol", "prove", 2, ("k1t1",), ("k1t1",)),
     (FrameReceiverHarness, "rx_ready", "prove", 2, ("k1t1",), ("k1t1",)),
     (FrameReceiverHarness, "cover", "cover", 24, ("k1t1",), ("k1t1",)),
