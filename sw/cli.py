@@ -12,7 +12,7 @@ import sys
 __all__ = ["main"]
 
 COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep",
-            "prune")
+            "prune", "finetune")
 
 
 def build_parser():

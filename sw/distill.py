@@ -21,29 +21,25 @@ beside it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..hw.config import DEFAULT_CONFIG
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
+from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
+                        optimizer_tensors, restore_optimizer, state_sha256, texts_sha256,
+                        train_steps, write_checkpoint, write_model_directory)
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
@@ -51,8 +47,6 @@ __all__ = [
     "Fidelity", "PruneReport", "distill_prune",
 ]
 
-#: The resumable state of an unfinished run, inside its output directory.
-CHECKPOINT_FILE = "checkpoint.safetensors"
 #: The JSON report of a finished run, beside the Hugging Face files; written last.
 REPORT_FILE = "distill_report.json"
 #: The mask methods of a recipe.
@@ -60,18 +54,11 @@ MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
-_WEIGHTS_FILE = "model.safetensors"
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                    "special_tokens_map.json")
-_STATE_KEY = "sparsemac_state"
-_STATE_FORMAT = 1
 # Student forward and backward plus AdamW cost about 3 teacher forward passes: measured 4.1 s a
 # step against 0.95 s for the teacher's forward on MiniLM, 32 x 48 tokens, one thread.
 _STEP_PER_TEACHER_FORWARD = 4.0
 # The clock of time budgets and step times (a test replaces it to make them deterministic).
 _now = time.perf_counter
-# A non-TTY progress line is printed at least this often, and at most every step.
-_PLAIN_PROGRESS_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -295,13 +282,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     calibration = list(calibration_texts or [])
     if recipe.method != "magnitude" and not calibration:
         raise ValueError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
-    identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
-                "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
+    identity = {"model": model, "teacher_sha256": state_sha256(teacher.model),
+                "corpus_sha256": texts_sha256(texts), "corpus_texts": len(texts),
                 # Magnitude masks read no calibration text: another one is the same run.
-                "calibration_sha256": (_texts_sha256(calibration)
+                "calibration_sha256": (texts_sha256(calibration)
                                        if recipe.method != "magnitude" else None),
                 "recipe": asdict(recipe)}
-    checkpoint = _check_output(output, identity, resume)
+    checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,
+                              command="sparsemac prune")
     run = _Run(teacher, texts, recipe, calibration)
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
@@ -362,11 +350,7 @@ class _Run:
 
     def batch(self, step: int):
         """Tokenised texts of optimiser step `step`: a pure function of seed and step."""
-        size = self.recipe.batch_size
-        positions = np.arange(step * size, (step + 1) * size)
-        epochs, offsets = np.divmod(positions, len(self.texts))
-        indices = [_epoch_order(self.recipe.seed, len(self.texts), int(epoch))[offset]
-                   for epoch, offset in zip(epochs, offsets)]
+        indices = batch_indices(self.recipe.seed, len(self.texts), step, self.recipe.batch_size)
         return self.teacher.tokenizer([self.texts[i] for i in indices], padding=True,
                                       truncation=True, max_length=self.recipe.max_tokens,
                                       return_tensors="pt")
@@ -415,48 +399,28 @@ class _Run:
     def train(self, output, identity, checkpoint_every, deadline, reserve, step_estimate,
               progress):
         """Run steps until the recipe is done or the deadline; checkpoint on the way."""
-        losses, step_times = [], []
-        bar = _Progress(self.recipe.steps, self.step) if progress else None
-        try:
-            while self.step < self.recipe.steps:
-                expected = max(step_estimate, np.mean(step_times[-5:]) if step_times else 0.0)
-                if deadline is not None and _now() + expected + reserve > deadline:
-                    self.save(output, identity)
-                    break
-                begin = _now()
-                losses.append(_train_step(self, self.step))
-                self.step += 1
-                step_times.append(_now() - begin)
-                if bar is not None:
-                    bar.update(self.step, losses[-1], self.pruner.sparsity or 0.0)
-                if self.step % checkpoint_every == 0 and self.step < self.recipe.steps:
-                    self.save(output, identity)
-        finally:
-            if bar is not None:
-                bar.close()
-        return losses[-10:], step_times
+        return train_steps(self, self.recipe.steps, "distill", output, identity,
+                           checkpoint_every, deadline, reserve, step_estimate, progress, _now)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step at `step`: its loss and the sparsity after it."""
+        loss = _train_step(self, self.step)
+        return {"loss": loss, "sparsity": self.pruner.sparsity or 0.0}
 
     def save(self, output: Path, identity: dict) -> None:
-        """Write the checkpoint atomically: a crash mid-write keeps the previous one."""
-        tensors = {f"student.{key}": value.contiguous()
-                   for key, value in self.student.state_dict().items()}
-        tensors.update({f"mask.{name}": mask.contiguous()
-                        for name, mask in self.pruner.masks.items()})
-        optimizer = self.optimizer.state_dict()
-        for index, state in optimizer["state"].items():
-            tensors.update({f"optimizer.{index}.{key}": torch.as_tensor(value).contiguous()
-                            for key, value in state.items()})
+        """Write the checkpoint (:func:`~sparsemac.sw.resumable.write_checkpoint`)."""
+        tensors = {f"student.{key}": value for key, value in self.student.state_dict().items()}
+        tensors.update({f"mask.{name}": mask for name, mask in self.pruner.masks.items()})
+        optimizer, param_groups = optimizer_tensors(self.optimizer)
+        tensors.update(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
-        state = {"format": _STATE_FORMAT, "step": self.step, "identity": identity,
-                 "pruner_sparsity": self.pruner.sparsity, "threads": torch.get_num_threads(),
-                 "param_groups": optimizer["param_groups"]}
-        output.mkdir(parents=True, exist_ok=True)
-        partial = output / (CHECKPOINT_FILE + ".partial")
-        save_file(tensors, partial, metadata={_STATE_KEY: json.dumps(state)})
-        os.replace(partial, output / CHECKPOINT_FILE)
+        write_checkpoint(output, tensors, {
+            "step": self.step, "identity": identity, "pruner_sparsity": self.pruner.sparsity,
+            "threads": torch.get_num_threads(), "param_groups": param_groups})
 
     def restore(self, checkpoint: tuple[dict, dict], identity: dict) -> int:
-        """Load a checkpoint checked by :func:`_check_output`; returns its step."""
+        """Load a checkpoint checked by :func:`~sparsemac.sw.resumable.check_output`; returns
+        its step."""
         state, tensors = checkpoint
         student = {key[len("student."):]: value for key, value in tensors.items()
                    if key.startswith("student.")}
@@ -464,19 +428,9 @@ class _Run:
         self.pruner.masks = {key[len("mask."):]: value for key, value in tensors.items()
                              if key.startswith("mask.")}
         self.pruner.sparsity = state["pruner_sparsity"]
-        optimizer_state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                optimizer_state.setdefault(int(index), {})[name] = value
-        groups = [dict(group, betas=tuple(group["betas"])) for group in state["param_groups"]]
-        self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+        restore_optimizer(self.optimizer, tensors, state["param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
-        if state["threads"] != torch.get_num_threads():
-            # Float sums split differently over another thread count: still a valid run.
-            print(f"note: resuming on {torch.get_num_threads()} threads, the checkpoint was "
-                  f"written on {state['threads']}: the weights will not equal an uninterrupted "
-                  "run's bit for bit", file=sys.stderr)
+        note_threads(state["threads"])
         self.step = state["step"]
         return self.step
 
@@ -539,11 +493,6 @@ def _mean_pool(hidden, mask):
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-@lru_cache(maxsize=4)
-def _epoch_order(seed: int, size: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
-
-
 class _Evaluator:
     """Fidelity of a model against the teacher; the teacher's embeddings are computed once."""
 
@@ -570,129 +519,9 @@ class _Evaluator:
         return model_embedder(model, self.teacher.tokenizer)
 
 
-def _state_sha256(model) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _texts_sha256(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _check_output(output: Path, identity: dict, resume: bool):
-    """Decide what `output` allows before anything is written: the checkpoint to resume from
-    as ``(state, tensors)``, or None to start afresh."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} is a file, not a directory")
-    if not output.exists() or not any(output.iterdir()):
-        return None
-    if (output / REPORT_FILE).exists():
-        raise ValueError(f"output {output} already holds a finished run ({REPORT_FILE}); "
-                         "choose another directory")
-    path = output / CHECKPOINT_FILE
-    if not path.is_file():
-        raise ValueError(f"output {output} exists and is not a sparsemac prune run (no "
-                         f"{CHECKPOINT_FILE}); choose another directory")
-    if not resume:
-        raise ValueError(f"output {output} holds an unfinished run; pass --resume to continue "
-                         "it, or choose another directory")
-    state, tensors = _read_checkpoint(path)
-    differences = _differences(state.get("identity", {}), identity)
-    if differences:
-        raise ValueError(f"cannot resume {path}: it is a run of another model, corpus or "
-                         f"recipe ({'; '.join(differences)})")
-    return state, tensors
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    try:
-        with safe_open(path, framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except Exception as error:  # safetensors raises its own error types for a bad header
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
-    if _STATE_KEY not in metadata:
-        raise ValueError(f"{path} has no {_STATE_KEY} metadata: not a sparsemac prune checkpoint")
-    state = json.loads(metadata[_STATE_KEY])
-    if state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state.get('format')!r}, expected "
-                         f"{_STATE_FORMAT}")
-    return state, tensors
-
-
-def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
-    """``key: saved there, wanted here`` for every leaf that differs."""
-    differences = []
-    for key in sorted(set(saved) | set(wanted)):
-        there, here = saved.get(key), wanted.get(key)
-        if isinstance(there, dict) and isinstance(here, dict):
-            differences += _differences(there, here, f"{prefix}{key}.")
-        elif there != here:
-            differences.append(f"{prefix}{key} {there!r} in the checkpoint, {here!r} now")
-    return differences
-
-
 def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport) -> None:
     """The Hugging Face directory, then the report (which marks the run finished), then the
     checkpoint goes."""
-    output.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
-    save_file(state, output / _WEIGHTS_FILE, metadata={"format": "pt"})
-    student.config.to_json_file(output / "config.json")
-    source = Path(teacher.source)
-    files = [source / name for name in _TOKENIZER_FILES if (source / name).is_file()]
-    if files:
-        for file in files:
-            shutil.copyfile(file, output / file.name)
-    else:  # a model without a directory of its own (bert-base): its tokenizer's own files
-        teacher.tokenizer.save_pretrained(str(output))
-    partial = output / (REPORT_FILE + ".partial")
-    partial.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-    os.replace(partial, output / REPORT_FILE)
-    (output / CHECKPOINT_FILE).unlink(missing_ok=True)
-
-
-class _Progress:
-    """A tqdm bar on a terminal; otherwise a plain line a minute (and at the end)."""
-
-    def __init__(self, total: int, initial: int):
-        self.total = total
-        self.initial = initial
-        self.started = _now()
-        self.last_line = self.started
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="distill", unit="step")
-
-    def update(self, step: int, loss: float, sparsity: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", sparsity=f"{sparsity:.3f}")
-            return
-        now = _now()
-        if now - self.last_line < _PLAIN_PROGRESS_S and step < self.total:
-            return
-        self.last_line = now
-        elapsed = now - self.started
-        left = elapsed / (step - self.initial) * (self.total - step)
-        print(f"step {step}/{self.total}  loss {loss:.4f}  sparsity {sparsity:.3f}  "
-              f"elapsed {_clock(elapsed)}  left {_clock(left)}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(math.ceil(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+    write_model_directory(output, student, teacher.source, teacher.tokenizer,
+                          {REPORT_FILE: json.dumps(report.as_dict(), indent=2) + "\n"},
+                          REPORT_FILE)

