@@ -297,8 +297,7 @@ def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = Fin
     report = FinetuneReport(
         output=str(output), model=model, recipe=recipe, task=info, finished=finished,
         step=run.step, resumed_from=resumed_from, train_texts=len(splits.train),
-        truncated_texts=sum(len(ids) > recipe.max_tokens for ids in
-                            base.tokenizer(splits.train.texts)["input_ids"]),
+        truncated_texts=run.truncated,
         score=None, final_loss=float(np.mean(losses)) if losses else None,
         step_s=float(np.mean(step_times)) if step_times else None, train_s=train_s,
         wall_s=0.0, threads=torch.get_num_threads())
@@ -415,6 +414,10 @@ class _Run:
         self.texts = splits.train.texts
         self.labels = torch.tensor(splits.train.labels)
         self.recipe = recipe
+        counts = [len(ids) for ids in base.tokenizer(self.texts)["input_ids"]]
+        self.truncated = sum(count > recipe.max_tokens for count in counts)
+        # Token counts as trained: batches of like lengths pad little.
+        self.lengths = tuple(min(count, recipe.max_tokens) for count in counts)
         config = copy.deepcopy(base.model.config)
         config.num_labels = len(info.label_names)
         config.id2label = dict(enumerate(info.label_names))
@@ -440,7 +443,8 @@ class _Run:
     def batch(self, step: int):
         """Tokenised texts and labels of optimiser step `step`: a pure function of seed and
         step."""
-        indices = batch_indices(self.recipe.seed, len(self.texts), step, self.recipe.batch_size)
+        indices = batch_indices(self.recipe.seed, len(self.texts), step,
+                                self.recipe.batch_size, self.lengths)
         inputs = self.tokenizer([self.texts[i] for i in indices], padding=True,
                                 truncation=True, max_length=self.recipe.max_tokens,
                                 return_tensors="pt")

@@ -62,20 +62,40 @@ def texts_sha256(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def batch_indices(seed: int, size: int, step: int, batch_size: int) -> list[int]:
+def batch_indices(seed: int, size: int, step: int, batch_size: int,
+                  lengths: tuple[int, ...] | None = None) -> list[int]:
     """Indices into `size` texts of optimiser step `step`: a pure function of its arguments.
 
-    The texts are read epoch after epoch, each epoch in its own seeded order.
+    The texts are read epoch after epoch, each epoch in its own seeded order. With `lengths`
+    (each text's token count), every window of :data:`_BUCKET_BATCHES` batches of that order is
+    sorted by length and the epoch's whole batches are then shuffled, seeded, so that a batch
+    pads little (a third fewer tokens on the tweets) and still holds random texts.
     """
     positions = np.arange(step * batch_size, (step + 1) * batch_size)
     epochs, offsets = np.divmod(positions, size)
-    return [int(_epoch_order(seed, size, int(epoch))[offset])
+    return [int(_epoch_order(seed, size, int(epoch), batch_size, lengths)[offset])
             for epoch, offset in zip(epochs, offsets)]
 
 
+# Batches of a window sorted by length in :func:`batch_indices`.
+_BUCKET_BATCHES = 16
+
+
 @lru_cache(maxsize=4)
-def _epoch_order(seed: int, size: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
+def _epoch_order(seed: int, size: int, epoch: int, batch_size: int,
+                 lengths: tuple[int, ...] | None) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(size)
+    if lengths is None:
+        return order
+    lengths = np.asarray(lengths)
+    window = batch_size * _BUCKET_BATCHES
+    order = np.concatenate([
+        chunk[np.argsort(lengths[chunk], kind="stable")]
+        for chunk in np.split(order, range(window, size, window))])
+    whole = size // batch_size
+    batches = np.random.default_rng([seed, epoch, 1]).permutation(whole)
+    head = order[:whole * batch_size].reshape(whole, batch_size)[batches].reshape(-1)
+    return np.concatenate([head, order[whole * batch_size:]])
 
 
 def train_steps(run, total: int, desc: str, output: Path, identity: dict,

@@ -24,7 +24,8 @@ from sparsemac.sw.golden import golden_matmul
 
 __all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
            "random_weights", "random_activations", "weights_with_row_lengths", "wrap_int32",
-           "short", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
+           "short", "tiny_bert_dir", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4",
+           "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
 STALLS = 0.3
@@ -227,3 +228,26 @@ class Bench:
         self.sim.add_testbench(watchdog, background=True)
         self.sim.run()
         return self.results
+
+
+def tiny_bert_dir(path, seed):
+    """A 2-layer BERT of hidden size 32 with MiniLM's vocabulary and tokenizer, saved as a
+    checkpoint directory at `path`; returns the path as a model spec.
+
+    Dropout stays on (0.1), so resuming a training run must restore the random state too.
+    """
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    from sparsemac.sw.models import load_model
+
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertModel(config, add_pooling_layer=False)
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              path / "model.safetensors")
+    config.to_json_file(path / "config.json")
+    load_model("minilm").tokenizer.save_pretrained(str(path))
+    return str(path)

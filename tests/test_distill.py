@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertModel
+from safetensors.torch import load_file
+
+from conftest import tiny_bert_dir
 
 from sparsemac.sw import distill
 from sparsemac.sw.cli import main
@@ -41,24 +42,9 @@ class Interrupted(Exception):
     """Stands for the process being killed in the middle of a run."""
 
 
-def _tiny_teacher(path, seed):
-    torch.manual_seed(seed)
-    # The real vocabulary, so MiniLM's tokenizer serves; dropout stays on (0.1), so resuming
-    # must restore the random state too.
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertModel(config, add_pooling_layer=False)
-    path.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              path / "model.safetensors")
-    config.to_json_file(path / "config.json")
-    load_model("minilm").tokenizer.save_pretrained(str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    return _tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny", seed=0)
+    return tiny_bert_dir(tmp_path_factory.mktemp("teacher") / "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +195,7 @@ def test_resume_from_another_recipe_is_refused_and_keeps_the_checkpoint(
 def test_resume_from_another_model_is_refused(interrupted, tmp_path):
     output = _copy_of(interrupted, tmp_path)
     before = _digest(output / CHECKPOINT_FILE)
-    other = _tiny_teacher(tmp_path / "other", seed=1)
+    other = tiny_bert_dir(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match=r"another model, corpus or recipe \(model '.*tiny' in "
                                          r"the checkpoint, '.*other' now; teacher_sha256 "):
         distill_prune(other, TEXTS, output, RECIPE, resume=True, progress=False)
