@@ -34,12 +34,15 @@ import torch.nn.functional as F
 
 from ..hw.config import DEFAULT_CONFIG
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .finetune import (TASK_FILE, TaskInfo, is_task_model, load_task_model, predict,
+                       score_predictions)
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
 from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
                         optimizer_tensors, restore_optimizer, state_sha256, texts_sha256,
                         train_steps, write_checkpoint, write_model_directory)
+from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 
 __all__ = [
@@ -103,6 +106,11 @@ class DistillRecipe:
     #: Weights of the embedding loss and of the per-layer hidden-state MSE in the total.
     embedding_weight: float = 1.0
     hidden_weight: float = 1.0
+    #: With a task model as teacher (:mod:`sparsemac.sw.finetune`), the weight of the soft-logit
+    #: loss, ``temperature ** 2`` times the KL divergence of the student's class distribution
+    #: at `temperature` from the teacher's (Hinton et al.); unused with an embedding teacher.
+    logit_weight: float = 1.0
+    temperature: float = 2.0
     #: Seeds the batch order and dropout.
     seed: int = 0
 
@@ -136,8 +144,10 @@ class DistillRecipe:
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise ValueError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
                              f"{self.embedding_loss!r}")
-        if min(self.embedding_weight, self.hidden_weight) < 0:
+        if min(self.embedding_weight, self.hidden_weight, self.logit_weight) < 0:
             raise ValueError("loss weights must not be negative")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature!r}")
 
     @property
     def prune_end_step(self) -> int:
@@ -162,8 +172,12 @@ class Fidelity:
     #: Mean cosine similarity between its and the teacher's sentence embeddings of the evaluation
     #: texts (the task's test split when there is a task).
     embedding_cosine: float
-    #: The linear-probe task figures against the teacher, when a task was given.
+    #: The linear-probe task figures against the teacher (the quick check), when a task was
+    #: given and the teacher is an embedding model.
     task: TaskReport | None = None
+    #: With a task model as teacher: the model's accuracy on the test split against the
+    #: teacher's on the same items (95 % intervals, paired drop, McNemar).
+    accuracy: PairedComparison | None = None
 
 
 @dataclass
@@ -221,7 +235,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     ----------
     model : str
         The teacher, as :func:`~sparsemac.sw.models.load_model` takes it; it needs a
-        tokenizer.
+        tokenizer. A task model (:func:`~sparsemac.sw.finetune.load_task_model`) is distilled
+        with its classification head, the soft-logit loss added, and the result is a task
+        model too.
     texts : sequence of str
         The distillation corpus, read in a seeded order, epoch after epoch.
     output : path
@@ -233,7 +249,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         Without a task, the held-out texts of the embedding cosine; by default the corpus's
         first 64 texts.
     task : TaskSplits, optional
-        A labelled task: the fidelity figures are then those of
+        A labelled task (by default a task teacher's own splits): with a task teacher the
+        fidelity figures are its accuracy against the teacher's; otherwise those of
         :func:`~sparsemac.sw.task.evaluate_embeddings` (cosine over the test split, probe
         accuracies), the teacher's embeddings computed once. Keep its train and test splits
         out of `texts`.
@@ -274,7 +291,13 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time budget must be positive, not {time_budget!r} s")
     output = Path(output)
-    teacher = load_model(model)
+    task_model = load_task_model(model) if is_task_model(model) else None
+    if task_model is None:
+        teacher = load_model(model)
+    else:
+        teacher = LoadedModel(name=task_model.name, model=task_model.model,
+                              tokenizer=task_model.tokenizer, source=task_model.source)
+        task = task_model.task.splits() if task is None else task
     if teacher.tokenizer is None:
         raise ValueError(f"{teacher.name} has no tokenizer: distillation needs text")
     if calibration_texts is None and task is not None:
@@ -299,7 +322,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                          f"{_STEP_PER_TEACHER_FORWARD:g} x the teacher's forward pass on the "
                          f"first batch of {recipe.batch_size} texts)")
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
-    evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
+    evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task, task_model is not None)
     evaluated = _now()
     before = evaluate(run.one_shot())
     # The final evaluation scores one model too; the teacher's embeddings are already made.
@@ -322,7 +345,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         report.after = evaluate(run.student)
     report.wall_s = _now() - started
     if finished:
-        _write_model(output, run.student, teacher, report)
+        _write_model(output, run.student, teacher, report,
+                     None if task_model is None else task_model.task)
     return report
 
 
@@ -336,7 +360,8 @@ class _Run:
         self.recipe = recipe
         self.calibration = calibration
         self.student = copy.deepcopy(teacher.model)
-        for module in (self.student.embeddings, self.student.pooler):
+        encoder = _encoder(self.student)
+        for module in (encoder.embeddings, encoder.pooler):
             if module is not None:
                 module.requires_grad_(False)
         self.student.train()
@@ -449,17 +474,23 @@ def _train_step(run: _Run, step: int) -> float:
         target = run.teacher.model(**inputs, output_hidden_states=True)
     result = run.student(**inputs, output_hidden_states=True)
     mask = inputs["attention_mask"].unsqueeze(-1).to(torch.float32)
-    student_pooled = _mean_pool(result.last_hidden_state, mask)
-    teacher_pooled = _mean_pool(target.last_hidden_state, mask)
+    # The last hidden state, of an encoder or of a classifier's encoder.
+    student_pooled = _mean_pool(result.hidden_states[-1], mask)
+    teacher_pooled = _mean_pool(target.hidden_states[-1], mask)
     if recipe.embedding_loss == "cosine":
         embedding = 1.0 - F.cosine_similarity(student_pooled, teacher_pooled).mean()
     else:
         embedding = F.mse_loss(student_pooled, teacher_pooled)
     # Index 0 is the embedding layer's output, frozen and equal in both: it adds nothing.
     pairs = list(zip(result.hidden_states[1:], target.hidden_states[1:]))
-    tokens = mask.sum() * result.last_hidden_state.shape[-1]
+    tokens = mask.sum() * result.hidden_states[-1].shape[-1]
     hidden = sum((((s - t) * mask) ** 2).sum() / tokens for s, t in pairs) / len(pairs)
     loss = recipe.embedding_weight * embedding + recipe.hidden_weight * hidden
+    if getattr(target, "logits", None) is not None:  # a task teacher: its soft labels too
+        temperature = recipe.temperature
+        soft = F.kl_div(F.log_softmax(result.logits / temperature, dim=-1),
+                        F.softmax(target.logits / temperature, dim=-1), reduction="batchmean")
+        loss = loss + recipe.logit_weight * temperature ** 2 * soft
     for group in run.optimizer.param_groups:
         group["lr"] = recipe.learning_rate_at(step)
     run.optimizer.zero_grad(set_to_none=True)
@@ -494,19 +525,32 @@ def _mean_pool(hidden, mask):
 
 
 class _Evaluator:
-    """Fidelity of a model against the teacher; the teacher's embeddings are computed once."""
+    """Fidelity of a model against the teacher; the teacher's figures are computed once."""
 
-    def __init__(self, teacher: LoadedModel, texts: list[str], task: TaskSplits | None):
+    def __init__(self, teacher: LoadedModel, texts: list[str], task: TaskSplits | None,
+                 classifies: bool):
         self.teacher = teacher
         self.task = task
+        self.classifies = classifies
         self.texts = task.test.texts if task is not None else texts
-        self.dense = (embed_splits(self._embedder(teacher.model), task) if task is not None
-                      else self._embedder(teacher.model)(texts))
+        if classifies:
+            self.dense = self._embedder(teacher.model)(self.texts)
+            self.baseline = predict(teacher.model, teacher.tokenizer, self.texts)
+        else:
+            self.dense = (embed_splits(self._embedder(teacher.model), task) if task is not None
+                          else self._embedder(teacher.model)(texts))
 
     def __call__(self, model) -> Fidelity:
         was_training = model.training
         model.eval()
         try:
+            if self.classifies:
+                embeddings = self._embedder(model)(self.texts)
+                accuracy = score_predictions(
+                    self.task.test.labels, predict(model, self.teacher.tokenizer, self.texts),
+                    self.baseline).paired
+                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()),
+                                accuracy=accuracy)
             if self.task is None:
                 embeddings = self._embedder(model)(self.texts)
                 return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()))
@@ -516,12 +560,20 @@ class _Evaluator:
             model.train(was_training)
 
     def _embedder(self, model):
-        return model_embedder(model, self.teacher.tokenizer)
+        return model_embedder(_encoder(model), self.teacher.tokenizer)
 
 
-def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport) -> None:
-    """The Hugging Face directory, then the report (which marks the run finished), then the
-    checkpoint goes."""
-    write_model_directory(output, student, teacher.source, teacher.tokenizer,
-                          {REPORT_FILE: json.dumps(report.as_dict(), indent=2) + "\n"},
+def _encoder(model):
+    """The BertModel of an encoder or of a classifier."""
+    return getattr(model, "bert", model)
+
+
+def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport,
+                 task: TaskInfo | None) -> None:
+    """The Hugging Face directory (with a task teacher's :data:`~sparsemac.sw.finetune.TASK_FILE`,
+    so that the student is a task model too), then the report (which marks the run finished),
+    then the checkpoint goes."""
+    files = {} if task is None else {TASK_FILE: task.as_json()}
+    files[REPORT_FILE] = json.dumps(report.as_dict(), indent=2) + "\n"
+    write_model_directory(output, student, teacher.source, teacher.tokenizer, files,
                           REPORT_FILE)

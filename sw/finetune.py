@@ -37,12 +37,12 @@ from .resumable import (batch_indices, check_output, note_threads, optimizer_ten
                         restore_optimizer, state_sha256, texts_sha256, train_steps,
                         write_checkpoint, write_model_directory)
 from .stats import AccuracyEstimate, PairedComparison, accuracy_estimate, compare_paired
-from .task import (TASK_SPLIT_SIZES, SplitSizes, TaskDataError, TaskSplits, check_labels,
-                   load_labelled, task_splits)
+from .task import (BUILTIN_SOURCE, TASK_SPLIT_SIZES, SplitSizes, TaskDataError, TaskSplits,
+                   check_labels, load_labelled, task_splits)
 
 __all__ = ["REPORT_FILE", "TASK_FILE", "FinetuneRecipe", "FinetuneReport", "ModelKindError",
            "TaskInfo", "TaskModel", "TaskScore", "finetune", "is_task_model", "load_task_model",
-           "predict", "require_embedding_model", "score_predictions"]
+           "predict", "read_task_info", "require_embedding_model", "score_predictions"]
 
 #: What a task model classifies, beside its weights (JSON).
 TASK_FILE = "sparsemac-task.json"
@@ -132,8 +132,9 @@ class TaskInfo:
         except (KeyError, TypeError) as error:
             raise ValueError(f"{where}: not a sparsemac task file: {error}") from error
 
-    def splits(self, data: str | os.PathLike | None) -> TaskSplits:
-        """The model's splits of `data` (a CSV, or None for the built-in tweets).
+    def splits(self, data: str | os.PathLike | None = None) -> TaskSplits:
+        """The model's splits of `data`: a labelled CSV, or None for the data it was trained on
+        (the built-in tweets, or the CSV at the path it recorded).
 
         Raises
         ------
@@ -141,6 +142,8 @@ class TaskInfo:
             If `data` is not the labelled set the model was trained on (other texts, labels
             or classes), or as :func:`~sparsemac.sw.task.load_labelled`.
         """
+        if data is None and self.data != BUILTIN_SOURCE:
+            data = self.data
         labelled = load_labelled(data)
         if _labelled_sha256(labelled) != self.data_sha256:
             raise TaskDataError(f"{labelled.source} is not the labelled data the task model "
@@ -332,6 +335,23 @@ def require_embedding_model(spec: str | os.PathLike) -> None:
                              "embedding model such as minilm or a checkpoint of one")
 
 
+def read_task_info(spec: str | os.PathLike) -> TaskInfo:
+    """What a task model classifies and its splits, without loading its weights.
+
+    Raises
+    ------
+    ModelKindError
+        If `spec` is not a task model (an embedding model, or no directory).
+    ValueError
+        If its :data:`TASK_FILE` is damaged.
+    """
+    path = Path(spec).expanduser()
+    if not is_task_model(path):
+        raise ModelKindError(f"{spec} is not a fine-tuned task model (no {TASK_FILE}): "
+                             "run sparsemac finetune first, or pass a directory it wrote")
+    return TaskInfo.from_json(read_json(path / TASK_FILE), str(path / TASK_FILE))
+
+
 def load_task_model(spec: str | os.PathLike) -> TaskModel:
     """Load a task model written by :func:`finetune` (or pruned from one by ``sparsemac prune``).
 
@@ -343,10 +363,7 @@ def load_task_model(spec: str | os.PathLike) -> TaskModel:
         If the directory's files are damaged or do not fill the model exactly.
     """
     path = Path(spec).expanduser()
-    if not is_task_model(path):
-        raise ModelKindError(f"{spec} is not a fine-tuned task model (no {TASK_FILE}): "
-                             "run sparsemac finetune first, or pass a directory it wrote")
-    info = TaskInfo.from_json(read_json(path / TASK_FILE), str(path / TASK_FILE))
+    info = read_task_info(path)
     encoder = load_model(str(path))  # checks config, weights and tokenizer, loads the encoder
     model = BertForSequenceClassification(encoder.model.config)
     state = read_safetensors(path / "model.safetensors")

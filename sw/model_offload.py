@@ -34,10 +34,10 @@ from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
-from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
+from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
-           "cross_check"]
+           "cross_check", "run_on_host"]
 
 
 def _stat(name, doc):
@@ -349,6 +349,20 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
 
         bind_save_pretrained(model)
     return model, report
+
+
+def run_on_host(model: nn.Module, report: OffloadReport) -> None:
+    """Put the host's int8 twin (:meth:`Int8Linear.from_offloaded
+    <sparsemac.sw.quantisation.Int8Linear.from_offloaded>`) in the place of each offloaded
+    linear of `model`, in place, and stop `report` recording.
+
+    The model's outputs stay bit-exact with the device's, at the host's speed: for scoring
+    thousands of texts after the device has run a workload.
+    """
+    report.detach()
+    for layer, module in zip(report.layers, report.modules):
+        parent, _, child = layer.name.rpartition(".")
+        setattr(model.get_submodule(parent), child, Int8Linear.from_offloaded(module))
 
 
 def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,

@@ -21,10 +21,12 @@ from sparsemac.hw.formats import Mode
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.golden import golden_matmul
+from sparsemac.sw.task import SplitSizes
 
 __all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
            "random_weights", "random_activations", "weights_with_row_lengths", "wrap_int32",
-           "short", "tiny_bert_dir", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4",
+           "short", "tiny_bert_dir", "labelled_rows", "write_labelled_csv", "tiny_task_model_dir",
+           "TINY_TASK_SIZES", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4",
            "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
@@ -251,3 +253,42 @@ def tiny_bert_dir(path, seed):
     config.to_json_file(path / "config.json")
     load_model("minilm").tokenizer.save_pretrained(str(path))
     return str(path)
+
+
+#: The splits of :func:`tiny_task_model_dir`: 12 test (all held out), 24 train, 2 calibration.
+TINY_TASK_SIZES = SplitSizes(train=24, test=12, calibration=2, held_out=12)
+
+
+_WORDS = {"positive": "lovely great happy", "negative": "awful sad terrible",
+          "neutral": "the a some"}
+
+
+def labelled_rows(count, labels=tuple(_WORDS)):
+    """`count` distinct (text, label) rows cycling through `labels`; the three sentiment labels
+    come with words that tell them apart."""
+    return [(f"{_WORDS.get(labels[i % len(labels)], labels[i % len(labels)])} tweet number {i}",
+             labels[i % len(labels)])
+            for i in range(count)]
+
+
+def write_labelled_csv(path, rows):
+    """A UTF-8 CSV of (text, label) rows with its header; returns the path as a string."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def tiny_task_model_dir(folder):
+    """A task model fine-tuned for 2 steps from a :func:`tiny_bert_dir` on 60 labelled rows
+    written into `folder`; returns ``(model directory, CSV path)``."""
+    from sparsemac.sw.finetune import FinetuneRecipe, finetune
+
+    data = write_labelled_csv(folder / "tiny.csv", labelled_rows(60))
+    base = tiny_bert_dir(folder / "base", seed=0)
+    finetune(base, folder / "task", FinetuneRecipe(steps=2, batch_size=4, max_tokens=16),
+             data=data, sizes=TINY_TASK_SIZES, progress=False)
+    return str(folder / "task"), data

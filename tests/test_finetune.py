@@ -1,7 +1,6 @@
 """Fine-tuning a task model: a few steps of a tiny BERT on a tiny CSV, resumed bit for bit; the
 checkpoint it writes; and the inputs it refuses."""
 
-import csv
 import hashlib
 import shutil
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_bert_dir
+from conftest import TINY_TASK_SIZES, labelled_rows, tiny_bert_dir, write_labelled_csv
 
 from sparsemac.sw import finetune as finetune_module
 from sparsemac.sw.cli import main
@@ -18,13 +17,11 @@ from sparsemac.sw.finetune import (REPORT_FILE, TASK_FILE, FinetuneRecipe, Model
                                    finetune, load_task_model, predict, require_embedding_model)
 from sparsemac.sw.models import load_model
 from sparsemac.sw.resumable import CHECKPOINT_FILE
-from sparsemac.sw.task import LabelledTexts, SplitSizes, TaskDataError, task_splits
+from sparsemac.sw.task import LabelledTexts, TaskDataError, task_splits
 
 RECIPE = FinetuneRecipe(steps=6, batch_size=4, max_tokens=16)
-SIZES = SplitSizes(train=24, test=12, calibration=2, held_out=12)
+SIZES = TINY_TASK_SIZES
 EVERY = 2
-WORDS = {"positive": "lovely great happy", "negative": "awful sad terrible",
-         "neutral": "the a some"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,20 +33,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def write_csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return str(path)
-
-
-def labelled_rows(count, labels=tuple(WORDS)):
-    return [(f"{WORDS.get(labels[i % len(labels)], labels[i % len(labels)])} tweet number {i}",
-             labels[i % len(labels)])
-            for i in range(count)]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tiny_bert_dir(tmp_path_factory.mktemp("base") / "tiny", seed=0)
@@ -57,7 +40,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_csv(tmp_path_factory.mktemp("data") / "tiny.csv", labelled_rows(60))
+    return write_labelled_csv(tmp_path_factory.mktemp("data") / "tiny.csv", labelled_rows(60))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +124,7 @@ def test_resumed_run_ends_with_the_same_weights_bit_for_bit(base, data, finished
 
 def test_resume_from_another_task_is_refused(base, interrupted, tmp_path):
     output = _copy_of(interrupted, tmp_path)
-    other = write_csv(tmp_path / "other.csv", labelled_rows(60, ("good", "bad")))
+    other = write_labelled_csv(tmp_path / "other.csv", labelled_rows(60, ("good", "bad")))
     before = _digest(output / CHECKPOINT_FILE)
     with pytest.raises(ValueError, match=r"cannot resume .*: it is a run of another model, "
                                          r"corpus or recipe \(.*task\.label_names"):
@@ -170,7 +153,7 @@ def test_kinds_of_model_are_not_mixed(finished, base, data, tmp_path):
 
 def test_splits_of_other_data_are_refused(finished, tmp_path):
     _, report = finished
-    other = write_csv(tmp_path / "other.csv", labelled_rows(61))
+    other = write_labelled_csv(tmp_path / "other.csv", labelled_rows(61))
     with pytest.raises(TaskDataError, match="is not the labelled data the task model"):
         report.task.splits(other)
 
@@ -186,7 +169,7 @@ def test_splits_of_other_data_are_refused(finished, tmp_path):
 def test_bad_data_exits_2_and_writes_nothing(base, tmp_path, capsys, rows, message):
     if rows is None:
         rows = _unseen_test_labels()
-    path = write_csv(tmp_path / "bad.csv", rows)
+    path = write_labelled_csv(tmp_path / "bad.csv", rows)
     output = tmp_path / "run"
     status = main(["finetune", "--model", base, "--data", path, "--train", "24", "--test",
                    "12", "--steps", "2", "--output", str(output)])

@@ -1,7 +1,8 @@
 """``sparsemac finetune``: fine-tune an embedding model with a classification head on a labelled
 task; the task model it writes is what ``compare``, ``bert`` and ``prune`` take as ``--model``."""
 
-from .options import add_model_argument, add_run_arguments, recipe_from_args
+from .options import (add_model_argument, add_recipe_arguments, add_run_arguments,
+                      recipe_from_args)
 
 HELP = ("Fine-tune a BERT (MiniLM by default) with a classification head on the train split of "
         "a labelled task and score it on the held-out test split; writes a Hugging Face "
@@ -9,8 +10,6 @@ HELP = ("Fine-tune a BERT (MiniLM by default) with a classification head on the 
 
 
 def add_arguments(parser):
-    # Recipe options default to None, which leaves FinetuneRecipe's default: importing it here
-    # would load torch for every ``sparsemac --help``. The command prints the whole recipe.
     add_model_argument(parser, "the embedding model to start from", tokenizer=True)
     add_run_arguments(parser, "the task model")
     parser.add_argument("--data", default=None,
@@ -22,17 +21,9 @@ def add_arguments(parser):
                              "rows needs smaller splits)")
     parser.add_argument("--test", type=int, default=None,
                         help="test split size, and the texts held out for it (default 4,000)")
-    recipe = parser.add_argument_group(
-        "recipe", "each defaults to FinetuneRecipe's value; the command prints the whole recipe")
-    recipe.add_argument("--steps", type=int, help="optimiser steps")
-    recipe.add_argument("--batch-size", type=int, help="texts per step")
-    recipe.add_argument("--max-tokens", type=int, help="tokens a text is cut to in training")
-    recipe.add_argument("--lr", dest="learning_rate", type=float,
-                        help="peak AdamW learning rate")
-    recipe.add_argument("--warmup", type=float, help="fraction of the steps of warm-up")
+    recipe = add_recipe_arguments(parser, "FinetuneRecipe",
+                                  "the head's initialisation, the batch order and dropout")
     recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    recipe.add_argument("--seed", type=int,
-                        help="seed of the head's initialisation, the batch order and dropout")
 
 
 def run(args):

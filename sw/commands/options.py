@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
            "add_calibration_argument", "fraction_argument", "add_model_argument",
-           "add_run_arguments", "recipe_from_args", "duration_argument"]
+           "add_run_arguments", "add_recipe_arguments", "recipe_from_args",
+           "duration_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -287,6 +288,38 @@ def add_run_arguments(parser, result):
                              "thread waits more than it works; resume bit-exactness needs the "
                              "same count)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_recipe_arguments(parser, recipe_class, seeds):
+    """The recipe group of a training run, with the options every recipe has: ``--steps``,
+    ``--batch-size``, ``--max-tokens``, ``--lr``, ``--warmup`` and ``--seed``.
+
+    Each defaults to None, which keeps the recipe's own default (read back with
+    :func:`recipe_from_args`); importing the recipe here would load torch for ``--help``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    recipe_class : str
+        The recipe's class name, for the group's description.
+    seeds : str
+        What ``--seed`` seeds.
+
+    Returns
+    -------
+    argparse._ArgumentGroup
+        The group, for the recipe's other options.
+    """
+    recipe = parser.add_argument_group(
+        "recipe", f"each defaults to {recipe_class}'s value; the command prints the whole recipe")
+    recipe.add_argument("--steps", type=int, help="optimiser steps")
+    recipe.add_argument("--batch-size", type=int, help="texts per step")
+    recipe.add_argument("--max-tokens", type=int, help="tokens a text is cut to in training")
+    recipe.add_argument("--lr", dest="learning_rate", type=float,
+                        help="peak AdamW learning rate")
+    recipe.add_argument("--warmup", type=float, help="fraction of the steps of warm-up")
+    recipe.add_argument("--seed", type=int, help=f"seed of {seeds}")
+    return recipe
 
 
 def recipe_from_args(args, recipe_class):

@@ -1,17 +1,20 @@
 """``sparsemac prune``: distil a sparse BERT from its dense self and save it as a checkpoint
-directory that ``simulate``, ``bert`` and ``compare --model DIR`` load."""
+directory that ``simulate``, ``bert`` and ``compare --model DIR`` load. A task model (from
+``sparsemac finetune``) is distilled with its classification head on its own splits."""
 
 import json
 
-from .options import add_model_argument, add_run_arguments, recipe_from_args
+from .options import (add_model_argument, add_recipe_arguments, add_run_arguments,
+                      recipe_from_args)
 
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
 
+
 def add_arguments(parser):
-    # Recipe options default to None, which leaves DistillRecipe's default: importing it here
-    # would load torch for every ``sparsemac --help``. The command prints the whole recipe.
-    add_model_argument(parser, "the dense teacher", tokenizer=True)
+    add_model_argument(parser, "the dense teacher (a task model from sparsemac finetune is "
+                               "distilled with its head and stays a task model)",
+                       tokenizer=True)
     add_run_arguments(parser, "the sparse model")
     parser.add_argument("--data", default=None,
                         help="labelled task, a UTF-8 CSV with text and label columns (default: "
@@ -19,8 +22,7 @@ def add_arguments(parser):
                              "fidelity, its distillation split is the default corpus")
     parser.add_argument("--texts", default=None,
                         help="distillation corpus instead: a UTF-8 text file, one text a line")
-    recipe = parser.add_argument_group(
-        "recipe", "each defaults to DistillRecipe's value; the command prints the whole recipe")
+    recipe = add_recipe_arguments(parser, "DistillRecipe", "the batch order and dropout")
     recipe.add_argument("--sparsity", type=float,
                         help="final fraction of each encoder linear pruned")
     recipe.add_argument("--method", help="mask method at each pruning step: magnitude, wanda "
@@ -29,30 +31,30 @@ def add_arguments(parser):
     recipe.add_argument("--pattern", help="N:M such as 2:4 (reached at the last pruning step), "
                                           "or k-aligned (rows keep multiples of K)")
     recipe.add_argument("--lanes", type=int, help="the array's K, for k-aligned")
-    recipe.add_argument("--steps", type=int, help="optimiser steps")
     recipe.add_argument("--prune-end", type=float,
                         help="fraction of the steps by which the final sparsity is reached")
     recipe.add_argument("--prune-every", type=int, help="steps between mask updates")
-    recipe.add_argument("--batch-size", type=int, help="texts per step")
-    recipe.add_argument("--max-tokens", type=int, help="tokens a text is cut to")
-    recipe.add_argument("--lr", dest="learning_rate", type=float,
-                        help="peak AdamW learning rate")
-    recipe.add_argument("--warmup", type=float, help="fraction of the steps of warm-up")
     recipe.add_argument("--embedding-loss", choices=("cosine", "mse"),
                         help="sentence-embedding loss")
     recipe.add_argument("--embedding-weight", type=float,
                         help="weight of the sentence-embedding loss")
     recipe.add_argument("--hidden-weight", type=float,
                         help="weight of the per-layer hidden-state MSE")
-    recipe.add_argument("--seed", type=int, help="seed of the batch order and dropout")
+    recipe.add_argument("--logit-weight", type=float,
+                        help="with a task model as teacher: weight of the soft-logit loss")
+    recipe.add_argument("--temperature", type=float,
+                        help="with a task model as teacher: temperature of the soft logits")
 
 
 def run(args):
     from ..distill import DistillRecipe, distill_prune
+    from ..finetune import is_task_model, read_task_info
     from ..task import load_labelled, load_texts, task_splits
 
     recipe = recipe_from_args(args, DistillRecipe)
-    task = task_splits(load_labelled(args.data))
+    # A task model's own splits: its distillation split is disjoint from what it trained on.
+    task = (read_task_info(args.model).splits(args.data) if is_task_model(args.model)
+            else task_splits(load_labelled(args.data)))
     texts = load_texts(args.texts) if args.texts else task.distillation.texts
     report = distill_prune(args.model, texts, args.output, recipe, task=task,
                            resume=args.resume,
@@ -82,16 +84,33 @@ def _print_report(report):
             print(f"{layer.name:<40} {f'{rows}x{cols}':>10} {1 - layer.nnz / (rows * cols):>8.4f} "
                   f"{layer.nnz:>9,}")
         print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
-        dense = report.after.task.dense_accuracy
-        print(f"fidelity on the task's {report.eval_texts} test texts (dense model: accuracy "
-              f"{dense:.2%})")
-        for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
-            print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
-                  f"{fidelity.task.accuracy:.2%} (dense probe "
-                  f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
-                  f"{fidelity.task.knn_agreement:.3f}")
+        _print_fidelity(report)
         print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
               "distill_report.json)")
     step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
     loss = f"loss {report.final_loss:.4f}, " if report.final_loss is not None else ""
     print(f"{loss}{step}wall {report.wall_s:.1f} s")
+
+
+def _print_fidelity(report):
+    if report.after.accuracy is not None:
+        paired = report.after.accuracy
+        print(f"task model accuracy on {paired.n} held-out test texts, 95 % intervals; drops "
+              f"paired with the teacher (bootstrap seed {paired.seed}, {paired.resamples:,} "
+              f"resamples): teacher {paired.baseline.accuracy:.2%} "
+              f"{paired.baseline.interval.points()}")
+        for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+            paired = fidelity.accuracy
+            print(f"  {name:<10} accuracy {paired.candidate.accuracy:.2%} "
+                  f"{paired.candidate.interval.points()}, drop {100 * paired.drop:+.2f} "
+                  f"{paired.drop_interval.points()} points, McNemar p {paired.mcnemar_p:.3g}, "
+                  f"embedding cosine {fidelity.embedding_cosine:.4f}")
+        return
+    dense = report.after.task.dense_accuracy
+    print(f"quick check on the task's {report.eval_texts} test texts, a linear probe refitted "
+          f"on each model's embeddings (dense model: accuracy {dense:.2%})")
+    for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+        print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
+              f"{fidelity.task.accuracy:.2%} (dense probe "
+              f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
+              f"{fidelity.task.knn_agreement:.3f}")
