@@ -25,7 +25,7 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
-from .calibration import parse_calibrated, prune_calibrated
+from .calibration import activation_absmax, parse_calibrated, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
@@ -34,7 +34,7 @@ from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       parse_method, require_linears)
-from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
+from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, smoothing_scales
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
            "cross_check", "run_on_host"]
@@ -230,8 +230,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
-            progress: bool = False,
-            index: ColumnIndex = ColumnIndex.CSR) -> tuple[nn.Module, OffloadReport]:
+            progress: bool = False, index: ColumnIndex = ColumnIndex.CSR,
+            smoothing: float | None = None) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.
 
     Parameters
@@ -278,6 +278,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     index : ColumnIndex
         How the sparse jobs send column indices: ``DELTA`` needs a device whose config has
         the delta decoder.
+    smoothing : float or None
+        SmoothQuant migration strength alpha in [0, 1]: each linear's input channels are
+        divided on the host by :func:`~sparsemac.sw.quantisation.smoothing_scales` of the float
+        model's activations on `calibration` (required, with `tokenizer`) and its pruned
+        weight's columns multiplied by them before quantisation. None: no migration.
 
     Returns
     -------
@@ -312,6 +317,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
                                                                               kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
+    maxima = {}
+    if smoothing is not None:  # activations of the model as given, before any pruning
+        if calibration is None or tokenizer is None:
+            raise ValueError("smoothing needs calibration text and the model's tokenizer")
+        maxima = activation_absmax(model, tokenizer, calibration, patterns)
     if calibrated is None:
         masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     else:
@@ -324,8 +334,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None, method: st
     with (progress_bar(len(linears), "offload", "layer", leave=False) if progress
           else nullcontext()) as bar:
         for (name, linear), mask in zip(linears, masks):
-            replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
-                                                                   granularity=granularity)))
+            scales = (None if smoothing is None else smoothing_scales(
+                maxima[name], linear.weight.detach().float() * mask, smoothing))
+            replacements.append((name, OffloadedLinear.from_linear(
+                linear, device, mask=mask, granularity=granularity, smoothing=scales)))
             if bar is not None:
                 bar.update()
     for name, module in replacements:

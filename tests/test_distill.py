@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_bert_dir
+from conftest import tiny_bert_dir, tiny_task_model_dir
 
 from sparsemac.sw import distill
 from sparsemac.sw.cli import main
 from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
+from sparsemac.sw.finetune import load_task_model, predict
 from sparsemac.sw.models import SIMILARITY_PAIRS, load_model
 from sparsemac.sw.pruning import matching_linears
 from sparsemac.sw.task import SplitSizes, TaskReport, load_labelled, task_splits
@@ -313,3 +314,27 @@ def test_calibrated_method_needs_calibration_text(teacher, tmp_path):
 def test_empty_corpus_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match="the distillation corpus is empty"):
         distill_prune(teacher, [], tmp_path / "run", RECIPE, progress=False)
+
+
+def test_a_task_model_is_distilled_into_a_task_model(tmp_path):
+    model, _ = tiny_task_model_dir(tmp_path)
+    recipe = DistillRecipe(steps=4, batch_size=4, prune_every=1, embedding_weight=0.0,
+                           hidden_weight=0.0)
+    report = distill_prune(model, TEXTS, tmp_path / "run", recipe, progress=False)
+    # The soft-logit loss alone trained it; it is scored on the teacher's held-out split.
+    assert report.finished and report.final_loss > 0
+    teacher = load_task_model(model)
+    assert report.eval_texts == 12
+    for fidelity in (report.before, report.after):
+        assert fidelity.task is None and fidelity.accuracy.n == 12
+        assert fidelity.accuracy.baseline.correct == teacher_correct(teacher)
+    student = load_task_model(tmp_path / "run")
+    assert student.task == teacher.task
+    assert report.sparsity == pytest.approx(0.9, abs=1e-3)
+    assert not torch.equal(student.model.classifier.weight, teacher.model.classifier.weight)
+
+
+def teacher_correct(teacher):
+    test = teacher.task.splits().test
+    return sum(p == label for p, label in zip(predict(teacher.model, teacher.tokenizer,
+                                                      test.texts), test.labels))

@@ -8,6 +8,7 @@ configuration is written the same way everywhere: ``--config NAME`` with a name 
 
 import argparse
 import dataclasses
+import functools
 import re
 
 from ...devices import BACKENDS
@@ -20,7 +21,7 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
            "add_calibration_argument", "fraction_argument", "add_model_argument",
            "add_run_arguments", "add_recipe_arguments", "recipe_from_args",
-           "duration_argument"]
+           "duration_argument", "add_smoothing_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -212,6 +213,15 @@ def add_granularity_argument(parser):
                              f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
+def add_smoothing_argument(parser):
+    """``--smoothing ALPHA``: the SmoothQuant migration of the offloaded linears."""
+    parser.add_argument("--smoothing", metavar="ALPHA", default=None,
+                        type=functools.partial(fraction_argument, what="alpha"),
+                        help="SmoothQuant migration strength in [0, 1] (e.g. 0.5), from the "
+                             "calibration text's activations: the int8 activations get a "
+                             "narrower range, at no cost to the array (default: none)")
+
+
 #: How ``--method`` is spelt, for the help of every command that takes one.
 METHOD_HELP = ("magnitude, random, N:M such as 2:4, or calibrated on text: wanda, sparsegpt, "
                "each optionally with -N:M or -k-aligned (rows keep multiples of K), e.g. "
@@ -239,14 +249,14 @@ def add_calibration_argument(parser):
                              "task, disjoint from its train and test splits)")
 
 
-def fraction_argument(text):
-    """argparse type of a sparsity: a number from 0 to 1."""
+def fraction_argument(text, what="sparsity"):
+    """argparse type of a sparsity (or of `what`): a number from 0 to 1."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number from 0 to 1, not {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be a number from 0 to 1, not {text!r}")
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be from 0 to 1, not {value!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be from 0 to 1, not {value!r}")
     return value
 
 

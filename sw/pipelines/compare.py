@@ -7,18 +7,22 @@ sparsity, and distilled checkpoints as they are. Per point:
 - **cycles**, sparse and dense, measured on the device (the reference back end: golden model
   and exact cycle model, which equal the RTL's cycle for cycle) for the workload, the first
   test texts of the task in one padded batch; speedup = dense / sparse cycles;
-- **task accuracy** on the labelled tweets of :mod:`sparsemac.sw.task`: a linear probe fitted
-  on the point's own train embeddings and scored on the test split, and the dense (float)
-  model's probe reading the point's test embeddings; embedding cosine and kNN agreement to the
-  float model. The thousands of task texts run through the same int8 arithmetic on the host
+- **task accuracy** on the labelled tweets of :mod:`sparsemac.sw.task`. For a task model
+  (:mod:`sparsemac.sw.finetune`): its own accuracy on its 4,000 held-out test texts with a 95 %
+  interval, and the drop against the float model on the same texts with a paired-bootstrap
+  95 % interval and McNemar's exact test (:mod:`sparsemac.sw.stats`). For an embedding model,
+  the quick check: a linear probe fitted on the point's own train embeddings and scored on the
+  test split, and the dense (float) model's probe reading the point's test embeddings;
+  embedding cosine and kNN agreement to the float model. The thousands of task texts run
+  through the same int8 arithmetic on the host
   (:meth:`Int8Linear.from_offloaded <sparsemac.sw.quantisation.Int8Linear.from_offloaded>`),
-  which is checked, per point, to give the device's very embeddings for the workload;
+  which is checked, per point, to give the device's very outputs for the workload;
 - weight bytes of one pass over the link, CSR and dense.
 
 The report's :attr:`CompareReport.front` is the Pareto-optimal subset (no other point is as
 fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, per method, the
-fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's. ``sparsemac
-compare`` prints it; from Python::
+fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's (for a task
+model: the upper end of the drop's interval). ``sparsemac compare`` prints it; from Python::
 
     from sparsemac.sw.pipelines.compare import sweep
     report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
@@ -224,6 +228,8 @@ class CompareReport:
     evaluation: str = "quick check"
     #: A task model's paired bootstrap: ``seed``, ``resamples``, ``level``; None otherwise.
     bootstrap: dict | None = None
+    #: SmoothQuant migration strength of the offloaded points; None: none.
+    smoothing: float | None = None
 
     @property
     def passed(self):
@@ -252,7 +258,9 @@ class CompareReport:
         title = (f"{self.model} on K={self.config['lanes']} T={self.config['token_lanes']}; "
                  f"{measured}; cycles of {workload['texts']} test texts in one batch "
                  f"({workload['tokens']} tokens a layer call)"
-                 + ("; delta column index" if self.index == "delta" else ""))
+                 + ("; delta column index" if self.index == "delta" else "")
+                 + ("" if self.smoothing is None else
+                    f"; SmoothQuant migration alpha {self.smoothing:g}"))
         figures = (["accuracy", "95 % interval", "drop", "drop 95 % interval", "McNemar p"]
                    if task else ["accuracy", "dense probe", "cosine", "kNN"])
         header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", *figures,
@@ -318,7 +326,8 @@ class CompareReport:
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
           checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR):
+          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
+          smoothing=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -358,6 +367,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     index : ColumnIndex
         How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
         with the delta decoder (e.g. ``k8t4d5``).
+    smoothing : float or None
+        SmoothQuant migration strength of every offloaded point, from the calibration text
+        (:func:`~sparsemac.sw.model_offload.offload`); None: none.
 
     Returns
     -------
@@ -396,7 +408,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         point_started = time.perf_counter()
         offloaded, report = offload(base, device, sparsity, method, seed=seed,
                                     granularity=granularity, calibration=texts,
-                                    tokenizer=tokenizer, index=index)
+                                    tokenizer=tokenizer, index=index, smoothing=smoothing)
         on_device = evaluation.outputs(offloaded, batch)
         run_on_host(offloaded, report)
         on_host = evaluation.outputs(offloaded, batch)
@@ -444,7 +456,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     checked = None
     if verify:
         checked = _verify(points, best, evaluation, texts, splits.test.texts[0], config, seed,
-                          granularity, index)
+                          granularity, index, smoothing)
     result = CompareReport(
         model=evaluation.name, seed=seed, granularity=granularity, config=config.as_dict(),
         data={"source": splits.train.source, "train": len(splits.train),
@@ -455,7 +467,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         points=points, front=pareto_front(points), best=best, verify=checked,
         wall_s=time.perf_counter() - started,
         memory=None if memory is None else memory.describe(), index=index.name.lower(),
-        evaluation=evaluation.kind, bootstrap=evaluation.bootstrap())
+        evaluation=evaluation.kind, bootstrap=evaluation.bootstrap(), smoothing=smoothing)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "compare.csv", [_csv_row(point) for point in points])
@@ -500,7 +512,8 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
             for kind, method, source, sparsity in plan]
 
 
-def _verify(points, best, evaluation, texts, text, config, seed, granularity, index):
+def _verify(points, best, evaluation, texts, text, config, seed, granularity, index,
+            smoothing):
     """Rerun one point on one test text on Verilator and on the reference."""
     chosen = [index for index in best.values() if index is not None
               and points[index].kind in ("pruned", "checkpoint")]
@@ -517,7 +530,7 @@ def _verify(points, best, evaluation, texts, text, config, seed, granularity, in
             offloaded, report = offload(model, device, sparsity, method, seed=seed,
                                         granularity=granularity, calibration=texts,
                                         tokenizer=evaluation.tokenizer, keep_sums=True,
-                                        progress=True, index=index)
+                                        progress=True, index=index, smoothing=smoothing)
             evaluation.outputs(offloaded, [text])
         reports.append(report)
     check = cross_check(*reports)
