@@ -4,8 +4,11 @@
 cubic schedule of Zhu & Gupta (:class:`~sparsemac.sw.pruning.GradualPruner`), while it learns
 to reproduce the dense model (the teacher) on a text corpus: the loss is the distance between
 the two models' sentence embeddings (mean-pooled last hidden states) plus the mean squared error
-of every encoder layer's hidden states, as in SparseBERT and TinyBERT. The word, position and
-token-type embeddings stay frozen (they are never pruned and the teacher's are right).
+of every encoder layer's hidden states, as in SparseBERT and TinyBERT. A task model
+(:mod:`sparsemac.sw.finetune`) is distilled with its classification head, and the loss adds the
+KL divergence of the two models' class distributions at a temperature (soft logits). The word,
+position and token-type embeddings stay frozen (they are never pruned and the teacher's are
+right).
 
 A run is resumable: every ``checkpoint_every`` steps it writes one safetensors file into the
 output directory holding the student's weights, the masks, the AdamW state and the torch random
