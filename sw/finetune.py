@@ -160,6 +160,7 @@ class TaskModel:
     #: float32, eval mode.
     model: BertForSequenceClassification
     tokenizer: PreTrainedTokenizerFast
+    #: Its classes and splits.
     task: TaskInfo
     #: The directory.
     source: str
@@ -182,7 +183,7 @@ class FinetuneReport:
 
     #: The output directory.
     output: str
-    #: The model it started from.
+    #: The model it started from, the recipe, and what the model classifies.
     model: str
     recipe: FinetuneRecipe
     task: TaskInfo
@@ -193,6 +194,7 @@ class FinetuneReport:
     step: int
     #: The step of the checkpoint this invocation resumed from.
     resumed_from: int | None
+    #: Texts of the train split.
     train_texts: int
     #: Train texts longer than ``recipe.max_tokens`` tokens, which training cuts.
     truncated_texts: int
@@ -200,11 +202,13 @@ class FinetuneReport:
     score: TaskScore | None
     #: Mean loss of the last 10 steps (or fewer) this invocation ran.
     final_loss: float | None
-    #: Mean wall time of the steps this invocation ran; the training steps' total.
+    #: Mean wall time of the steps this invocation ran, and of this invocation until the end
+    #: of training.
     step_s: float | None
     train_s: float
     #: Wall time of this invocation.
     wall_s: float
+    #: Torch threads it ran on.
     threads: int
 
     def as_dict(self) -> dict:

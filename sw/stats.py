@@ -31,6 +31,7 @@ DEFAULT_RESAMPLES = 10000
 class Interval:
     """A two-sided confidence interval."""
 
+    #: Its ends, as fractions (of items, or of accuracy).
     low: float
     high: float
     #: Its coverage, e.g. 0.95.
@@ -45,6 +46,7 @@ class Interval:
 class AccuracyEstimate:
     """An accuracy on `n` test items."""
 
+    #: Items right, and items in all.
     correct: int
     n: int
     #: Wilson score interval of the accuracy.
@@ -59,7 +61,9 @@ class AccuracyEstimate:
 class PairedComparison:
     """A candidate against a baseline, both scored on the same `n` items."""
 
+    #: Test items.
     n: int
+    #: Each model's accuracy with its interval.
     baseline: AccuracyEstimate
     candidate: AccuracyEstimate
     #: Items only the baseline gets right, and only the candidate.
