@@ -85,8 +85,9 @@ def _print_report(report):
                   f"{layer.nnz:>9,}")
         print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
         _print_fidelity(report)
+        task = ", sparsemac-task.json: a task model" if report.after.accuracy is not None else ""
         print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
-              "distill_report.json)")
+              f"distill_report.json{task})")
     step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
     loss = f"loss {report.final_loss:.4f}, " if report.final_loss is not None else ""
     print(f"{loss}{step}wall {report.wall_s:.1f} s")
