@@ -14,7 +14,7 @@ from ..hw.errors import InputError, MissingFileError, SparsemacError
 __all__ = ["main"]
 
 COMMANDS = ("simulate", "regress", "bench", "bert", "compare", "build", "formal", "sweep",
-            "prune")
+            "prune", "finetune")
 
 
 #: What Ctrl-C leaves, said instead of a traceback; a command module may say more in its own

@@ -4,8 +4,11 @@
 cubic schedule of Zhu & Gupta (:class:`~sparsemac.sw.pruning.GradualPruner`), while it learns
 to reproduce the dense model (the teacher) on a text corpus: the loss is the distance between
 the two models' sentence embeddings (mean-pooled last hidden states) plus the mean squared error
-of every encoder layer's hidden states, as in SparseBERT and TinyBERT. The word, position and
-token-type embeddings stay frozen (they are never pruned and the teacher's are right).
+of every encoder layer's hidden states, as in SparseBERT and TinyBERT. A task model
+(:mod:`sparsemac.sw.finetune`) is distilled with its classification head, and the loss adds the
+KL divergence of the two models' class distributions at a temperature (soft logits). The word,
+position and token-type embeddings stay frozen (they are never pruned and the teacher's are
+right).
 
 A run is resumable: every ``checkpoint_every`` steps it writes one safetensors file into the
 output directory holding the student's weights, the masks, the AdamW state and the torch random
@@ -21,30 +24,31 @@ beside it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from ..hw.config import DEFAULT_CONFIG
 from .calibration import check_pattern, prune_calibrated
+from .finetune import (TASK_FILE, TaskInfo, is_task_model, load_task_model, predict,
+                       score_predictions)
 from .methods import KINDS, PruningMethod
-from .models import LoadedModel, load_model, write_safetensors
+from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
+from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
+                        optimizer_tensors, restore_optimizer, state_sha256, texts_sha256,
+                        train_steps, write_checkpoint, write_model_directory)
+from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
+from ..hw.errors import InputError
 from ..hw.errors import InputError
 
 __all__ = [
@@ -52,8 +56,6 @@ __all__ = [
     "Fidelity", "PruneReport", "distill_prune",
 ]
 
-#: The resumable state of an unfinished run, inside its output directory.
-CHECKPOINT_FILE = "checkpoint.safetensors"
 #: The JSON report of a finished run, beside the Hugging Face files; written last.
 REPORT_FILE = "distill_report.json"
 #: The mask methods of a recipe: every kind but random, whose masks cannot grow on a schedule.
@@ -61,18 +63,11 @@ MASK_METHODS = tuple(kind for kind in KINDS if kind != "random")
 #: How the student's sentence embedding is compared with the teacher's.
 EMBEDDING_LOSSES = ("cosine", "mse")
 
-_WEIGHTS_FILE = "model.safetensors"
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                    "special_tokens_map.json")
-_STATE_KEY = "sparsemac_state"
-_STATE_FORMAT = 1
 # Student forward and backward plus AdamW cost about 3 teacher forward passes: measured 4.1 s a
 # step against 0.95 s for the teacher's forward on MiniLM, 32 x 48 tokens, one thread.
 _STEP_PER_TEACHER_FORWARD = 4.0
 # The clock of time budgets and step times (a test replaces it to make them deterministic).
 _now = time.perf_counter
-# A non-TTY progress line is printed at least this often, and at most every step.
-_PLAIN_PROGRESS_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +113,12 @@ class DistillRecipe:
     embedding_weight: float = 1.0
     #: Weight of the per-layer hidden-state MSE in the total.
     hidden_weight: float = 1.0
+    #: With a task model as teacher (:mod:`sparsemac.sw.finetune`), the weight of the soft-logit
+    #: loss, ``temperature ** 2`` times the KL divergence of the student's class distribution
+    #: at `temperature` from the teacher's (Hinton et al.); unused with an embedding teacher.
+    logit_weight: float = 1.0
+    #: The temperature of the soft logits of that loss.
+    temperature: float = 2.0
     #: Seeds the batch order and dropout.
     seed: int = 0
 
@@ -148,8 +149,10 @@ class DistillRecipe:
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise InputError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
                              f"{self.embedding_loss!r}")
-        if min(self.embedding_weight, self.hidden_weight) < 0:
+        if min(self.embedding_weight, self.hidden_weight, self.logit_weight) < 0:
             raise InputError("loss weights must not be negative")
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be positive, not {self.temperature!r}")
 
     @property
     def mask_method(self) -> PruningMethod:
@@ -185,8 +188,12 @@ class Fidelity:
     #: Mean cosine similarity between its and the teacher's sentence embeddings of the evaluation
     #: texts (the task's test split when there is a task).
     embedding_cosine: float
-    #: The linear-probe task figures against the teacher, when a task was given.
+    #: The linear-probe task figures against the teacher (the quick check), when a task was
+    #: given and the teacher is an embedding model.
     task: TaskReport | None = None
+    #: With a task model as teacher: the model's accuracy on the test split against the
+    #: teacher's on the same items (95 % intervals, paired drop, McNemar).
+    accuracy: PairedComparison | None = None
 
 
 @dataclass
@@ -245,7 +252,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     ----------
     model : str
         The teacher, as :func:`~sparsemac.sw.models.load_model` takes it; it needs a
-        tokenizer.
+        tokenizer. A task model (:func:`~sparsemac.sw.finetune.load_task_model`) is distilled
+        with its classification head, the soft-logit loss added, and the result is a task
+        model too.
     texts : sequence of str
         The distillation corpus, read in a seeded order, epoch after epoch.
     output : path
@@ -257,7 +266,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         Without a task, the held-out texts of the embedding cosine; by default the corpus's
         first 64 texts.
     task : TaskSplits, optional
-        A labelled task: the fidelity figures are then those of
+        A labelled task (by default a task teacher's own splits): with a task teacher the
+        fidelity figures are its accuracy against the teacher's; otherwise those of
         :func:`~sparsemac.sw.task.evaluate_embeddings` (cosine over the test split, probe
         accuracies), the teacher's embeddings computed once. Keep its train and test splits
         out of `texts`.
@@ -298,7 +308,13 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     if time_budget is not None and not time_budget > 0:
         raise InputError(f"time budget must be positive, not {time_budget!r} s")
     output = Path(output)
-    teacher = load_model(model)
+    task_model = load_task_model(model) if is_task_model(model) else None
+    if task_model is None:
+        teacher = load_model(model)
+    else:
+        teacher = LoadedModel(name=task_model.name, model=task_model.model,
+                              tokenizer=task_model.tokenizer, source=task_model.source)
+        task = task_model.task.splits() if task is None else task
     if teacher.tokenizer is None:
         raise InputError(f"{teacher.name} has no tokenizer: distillation needs text")
     if calibration_texts is None and task is not None:
@@ -306,13 +322,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     calibration = list(calibration_texts or [])
     if recipe.method != "magnitude" and not calibration:
         raise InputError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
-    identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
-                "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
+    identity = {"model": model, "teacher_sha256": state_sha256(teacher.model),
+                "corpus_sha256": texts_sha256(texts), "corpus_texts": len(texts),
                 # Magnitude masks read no calibration text: another one is the same run.
-                "calibration_sha256": (_texts_sha256(calibration)
+                "calibration_sha256": (texts_sha256(calibration)
                                        if recipe.method != "magnitude" else None),
                 "recipe": asdict(recipe)}
-    checkpoint = _check_output(output, identity, resume)
+    checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,
+                              command="sparsemac prune")
     run = _Run(teacher, texts, recipe, calibration)
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
@@ -323,7 +340,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                          f"first batch of {recipe.batch_size} texts), and the evaluations "
                          "before and after the steps need time of their own")
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
-    evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
+    evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task, task_model is not None)
     evaluated = _now()
     before = evaluate(run.one_shot())
     # The final evaluation scores one model too; the teacher's embeddings are already made.
@@ -346,7 +363,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         report.after = evaluate(run.student)
     report.wall_s = _now() - started
     if finished:
-        _write_model(output, run.student, teacher, report)
+        _write_model(output, run.student, teacher, report,
+                     None if task_model is None else task_model.task)
     return report
 
 
@@ -360,7 +378,8 @@ class _Run:
         self.recipe = recipe
         self.calibration = calibration
         self.student = copy.deepcopy(teacher.model)
-        for module in (self.student.embeddings, self.student.pooler):
+        encoder = _encoder(self.student)
+        for module in (encoder.embeddings, encoder.pooler):
             if module is not None:
                 module.requires_grad_(False)
         self.student.train()
@@ -374,11 +393,7 @@ class _Run:
 
     def batch(self, step: int):
         """Tokenised texts of optimiser step `step`: a pure function of seed and step."""
-        size = self.recipe.batch_size
-        positions = np.arange(step * size, (step + 1) * size)
-        epochs, offsets = np.divmod(positions, len(self.texts))
-        indices = [_epoch_order(self.recipe.seed, len(self.texts), int(epoch))[offset]
-                   for epoch, offset in zip(epochs, offsets)]
+        indices = batch_indices(self.recipe.seed, len(self.texts), step, self.recipe.batch_size)
         return self.teacher.tokenizer([self.texts[i] for i in indices], padding=True,
                                       truncation=True, max_length=self.recipe.max_tokens,
                                       return_tensors="pt")
@@ -427,48 +442,28 @@ class _Run:
     def train(self, output, identity, checkpoint_every, deadline, reserve, step_estimate,
               progress):
         """Run steps until the recipe is done or the deadline; checkpoint on the way."""
-        losses, step_times = [], []
-        bar = _Progress(self.recipe.steps, self.step) if progress else None
-        try:
-            while self.step < self.recipe.steps:
-                expected = max(step_estimate, np.mean(step_times[-5:]) if step_times else 0.0)
-                if deadline is not None and _now() + expected + reserve > deadline:
-                    self.save(output, identity)
-                    break
-                begin = _now()
-                losses.append(_train_step(self, self.step))
-                self.step += 1
-                step_times.append(_now() - begin)
-                if bar is not None:
-                    bar.update(self.step, losses[-1], self.pruner.sparsity or 0.0)
-                if self.step % checkpoint_every == 0 and self.step < self.recipe.steps:
-                    self.save(output, identity)
-        finally:
-            if bar is not None:
-                bar.close()
-        return losses[-10:], step_times
+        return train_steps(self, self.recipe.steps, "distill", output, identity,
+                           checkpoint_every, deadline, reserve, step_estimate, progress, _now)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step at `step`: its loss and the sparsity after it."""
+        loss = _train_step(self, self.step)
+        return {"loss": loss, "sparsity": self.pruner.sparsity or 0.0}
 
     def save(self, output: Path, identity: dict) -> None:
-        """Write the checkpoint atomically: a crash mid-write keeps the previous one."""
-        tensors = {f"student.{key}": value.contiguous()
-                   for key, value in self.student.state_dict().items()}
-        tensors.update({f"mask.{name}": mask.contiguous()
-                        for name, mask in self.pruner.masks.items()})
-        optimizer = self.optimizer.state_dict()
-        for index, state in optimizer["state"].items():
-            tensors.update({f"optimizer.{index}.{key}": torch.as_tensor(value).contiguous()
-                            for key, value in state.items()})
+        """Write the checkpoint (:func:`~sparsemac.sw.resumable.write_checkpoint`)."""
+        tensors = {f"student.{key}": value for key, value in self.student.state_dict().items()}
+        tensors.update({f"mask.{name}": mask for name, mask in self.pruner.masks.items()})
+        optimizer, param_groups = optimizer_tensors(self.optimizer)
+        tensors.update(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
-        state = {"format": _STATE_FORMAT, "step": self.step, "identity": identity,
-                 "pruner_sparsity": self.pruner.sparsity, "threads": torch.get_num_threads(),
-                 "param_groups": optimizer["param_groups"]}
-        output.mkdir(parents=True, exist_ok=True)
-        partial = output / (CHECKPOINT_FILE + ".partial")
-        write_safetensors(tensors, partial, metadata={_STATE_KEY: json.dumps(state)})
-        os.replace(partial, output / CHECKPOINT_FILE)
+        write_checkpoint(output, tensors, {
+            "step": self.step, "identity": identity, "pruner_sparsity": self.pruner.sparsity,
+            "threads": torch.get_num_threads(), "param_groups": param_groups})
 
     def restore(self, checkpoint: tuple[dict, dict], identity: dict) -> int:
-        """Load a checkpoint checked by :func:`_check_output`; returns its step."""
+        """Load a checkpoint checked by :func:`~sparsemac.sw.resumable.check_output`; returns
+        its step."""
         state, tensors = checkpoint
         student = {key[len("student."):]: value for key, value in tensors.items()
                    if key.startswith("student.")}
@@ -476,19 +471,9 @@ class _Run:
         self.pruner.masks = {key[len("mask."):]: value for key, value in tensors.items()
                              if key.startswith("mask.")}
         self.pruner.sparsity = state["pruner_sparsity"]
-        optimizer_state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                optimizer_state.setdefault(int(index), {})[name] = value
-        groups = [dict(group, betas=tuple(group["betas"])) for group in state["param_groups"]]
-        self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+        restore_optimizer(self.optimizer, tensors, state["param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
-        if state["threads"] != torch.get_num_threads():
-            # Float sums split differently over another thread count: still a valid run.
-            print(f"note: resuming on {torch.get_num_threads()} threads, the checkpoint was "
-                  f"written on {state['threads']}: the weights will not equal an uninterrupted "
-                  "run's bit for bit", file=sys.stderr)
+        note_threads(state["threads"])
         self.step = state["step"]
         return self.step
 
@@ -507,17 +492,23 @@ def _train_step(run: _Run, step: int) -> float:
         target = run.teacher.model(**inputs, output_hidden_states=True)
     result = run.student(**inputs, output_hidden_states=True)
     mask = inputs["attention_mask"].unsqueeze(-1).to(torch.float32)
-    student_pooled = _mean_pool(result.last_hidden_state, mask)
-    teacher_pooled = _mean_pool(target.last_hidden_state, mask)
+    # The last hidden state, of an encoder or of a classifier's encoder.
+    student_pooled = _mean_pool(result.hidden_states[-1], mask)
+    teacher_pooled = _mean_pool(target.hidden_states[-1], mask)
     if recipe.embedding_loss == "cosine":
         embedding = 1.0 - F.cosine_similarity(student_pooled, teacher_pooled).mean()
     else:
         embedding = F.mse_loss(student_pooled, teacher_pooled)
     # Index 0 is the embedding layer's output, frozen and equal in both: it adds nothing.
     pairs = list(zip(result.hidden_states[1:], target.hidden_states[1:]))
-    tokens = mask.sum() * result.last_hidden_state.shape[-1]
+    tokens = mask.sum() * result.hidden_states[-1].shape[-1]
     hidden = sum((((s - t) * mask) ** 2).sum() / tokens for s, t in pairs) / len(pairs)
     loss = recipe.embedding_weight * embedding + recipe.hidden_weight * hidden
+    if getattr(target, "logits", None) is not None:  # a task teacher: its soft labels too
+        temperature = recipe.temperature
+        soft = F.kl_div(F.log_softmax(result.logits / temperature, dim=-1),
+                        F.softmax(target.logits / temperature, dim=-1), reduction="batchmean")
+        loss = loss + recipe.logit_weight * temperature ** 2 * soft
     for group in run.optimizer.param_groups:
         group["lr"] = recipe.learning_rate_at(step)
     run.optimizer.zero_grad(set_to_none=True)
@@ -551,25 +542,33 @@ def _mean_pool(hidden, mask):
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-@lru_cache(maxsize=4)
-def _epoch_order(seed: int, size: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
-
-
 class _Evaluator:
-    """Fidelity of a model against the teacher; the teacher's embeddings are computed once."""
+    """Fidelity of a model against the teacher; the teacher's figures are computed once."""
 
-    def __init__(self, teacher: LoadedModel, texts: list[str], task: TaskSplits | None):
+    def __init__(self, teacher: LoadedModel, texts: list[str], task: TaskSplits | None,
+                 classifies: bool):
         self.teacher = teacher
         self.task = task
+        self.classifies = classifies
         self.texts = task.test.texts if task is not None else texts
-        self.dense = (embed_splits(self._embedder(teacher.model), task) if task is not None
-                      else self._embedder(teacher.model)(texts))
+        if classifies:
+            self.dense = self._embedder(teacher.model)(self.texts)
+            self.baseline = predict(teacher.model, teacher.tokenizer, self.texts)
+        else:
+            self.dense = (embed_splits(self._embedder(teacher.model), task) if task is not None
+                          else self._embedder(teacher.model)(texts))
 
     def __call__(self, model) -> Fidelity:
         was_training = model.training
         model.eval()
         try:
+            if self.classifies:
+                embeddings = self._embedder(model)(self.texts)
+                accuracy = score_predictions(
+                    self.task.test.labels, predict(model, self.teacher.tokenizer, self.texts),
+                    self.baseline).paired
+                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()),
+                                accuracy=accuracy)
             if self.task is None:
                 embeddings = self._embedder(model)(self.texts)
                 return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()))
@@ -579,135 +578,20 @@ class _Evaluator:
             model.train(was_training)
 
     def _embedder(self, model):
-        return model_embedder(model, self.teacher.tokenizer)
+        return model_embedder(_encoder(model), self.teacher.tokenizer)
 
 
-def _state_sha256(model) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def _encoder(model):
+    """The BertModel of an encoder or of a classifier."""
+    return getattr(model, "bert", model)
 
 
-def _texts_sha256(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _check_output(output: Path, identity: dict, resume: bool):
-    """Decide what `output` allows before anything is written: the checkpoint to resume from
-    as ``(state, tensors)``, or None to start afresh."""
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} is a file, not a directory")
-    if not output.exists() or not any(output.iterdir()):
-        if resume:
-            raise InputError(f"--resume: {output} holds no run to resume; drop --resume to "
-                             "start one there")
-        return None
-    if (output / REPORT_FILE).exists():
-        raise InputError(f"output {output} already holds a finished run ({REPORT_FILE}); "
-                         "choose another directory")
-    path = output / CHECKPOINT_FILE
-    if not path.is_file():
-        raise InputError(f"output {output} exists and is not a sparsemac prune run (no "
-                         f"{CHECKPOINT_FILE}); choose another directory")
-    if not resume:
-        raise InputError(f"output {output} holds an unfinished run; pass --resume to continue "
-                         "it, or choose another directory")
-    state, tensors = _read_checkpoint(path)
-    differences = _differences(state.get("identity", {}), identity)
-    if differences:
-        raise InputError(f"cannot resume {path}: it is a run of another model, corpus or "
-                         f"recipe ({'; '.join(differences)})")
-    return state, tensors
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    try:
-        with safe_open(path, framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except Exception as error:  # safetensors raises its own error types for a bad header
-        raise InputError(f"{path} is not a readable safetensors checkpoint: {error}") from error
-    if _STATE_KEY not in metadata:
-        raise InputError(f"{path} has no {_STATE_KEY} metadata: not a sparsemac prune checkpoint")
-    state = json.loads(metadata[_STATE_KEY])
-    if state.get("format") != _STATE_FORMAT:
-        raise InputError(f"{path} has checkpoint format {state.get('format')!r}, expected "
-                         f"{_STATE_FORMAT}")
-    return state, tensors
-
-
-def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
-    """``key: saved there, wanted here`` for every leaf that differs."""
-    differences = []
-    for key in sorted(set(saved) | set(wanted)):
-        there, here = saved.get(key), wanted.get(key)
-        if isinstance(there, dict) and isinstance(here, dict):
-            differences += _differences(there, here, f"{prefix}{key}.")
-        elif there != here:
-            differences.append(f"{prefix}{key} {there!r} in the checkpoint, {here!r} now")
-    return differences
-
-
-def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport) -> None:
-    """The Hugging Face directory, then the report (which marks the run finished), then the
-    checkpoint goes."""
-    output.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
-    write_safetensors(state, output / _WEIGHTS_FILE, metadata={"format": "pt"})
-    student.config.to_json_file(output / "config.json")
-    source = Path(teacher.source)
-    files = [source / name for name in _TOKENIZER_FILES if (source / name).is_file()]
-    if files:
-        for file in files:
-            shutil.copyfile(file, output / file.name)
-    else:  # a model without a directory of its own (bert-base): its tokenizer's own files
-        teacher.tokenizer.save_pretrained(str(output))
-    partial = output / (REPORT_FILE + ".partial")
-    partial.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    os.replace(partial, output / REPORT_FILE)
-    (output / CHECKPOINT_FILE).unlink(missing_ok=True)
-
-
-class _Progress:
-    """A tqdm bar on a terminal; otherwise a plain line a minute (and at the end)."""
-
-    def __init__(self, total: int, initial: int):
-        self.total = total
-        self.initial = initial
-        self.started = _now()
-        self.last_line = self.started
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="distill", unit="step")
-
-    def update(self, step: int, loss: float, sparsity: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", sparsity=f"{sparsity:.3f}")
-            return
-        now = _now()
-        if now - self.last_line < _PLAIN_PROGRESS_S and step < self.total:
-            return
-        self.last_line = now
-        elapsed = now - self.started
-        left = elapsed / (step - self.initial) * (self.total - step)
-        print(f"step {step}/{self.total}  loss {loss:.4f}  sparsity {sparsity:.3f}  "
-              f"elapsed {_clock(elapsed)}  left {_clock(left)}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(math.ceil(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport,
+                 task: TaskInfo | None) -> None:
+    """The Hugging Face directory (with a task teacher's :data:`~sparsemac.sw.finetune.TASK_FILE`,
+    so that the student is a task model too), then the report (which marks the run finished),
+    then the checkpoint goes."""
+    files = {} if task is None else {TASK_FILE: task.as_json()}
+    files[REPORT_FILE] = json.dumps(report.as_json(), indent=2) + "\n"
+    write_model_directory(output, student, teacher.source, teacher.tokenizer, files,
+                          REPORT_FILE)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
-from .calibration import prune_calibrated
+from .calibration import activation_absmax, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
@@ -35,11 +35,11 @@ from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
                       require_linears)
-from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES
+from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, smoothing_scales
 from ..hw.errors import InputError
 
 __all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
-           "cross_check"]
+           "cross_check", "run_on_host"]
 
 
 def _stat(name, doc):
@@ -238,8 +238,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
             *, seed: int | None = None, granularity: str = DEFAULT_GRANULARITY, scope: str = "local",
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
-            progress: bool = False,
-            index: ColumnIndex = ColumnIndex.CSR) -> tuple[nn.Module, OffloadReport]:
+            progress: bool = False, index: ColumnIndex = ColumnIndex.CSR,
+            smoothing: float | None = None) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.
 
     Parameters
@@ -286,6 +286,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
     index : ColumnIndex
         How the sparse jobs send column indices: ``DELTA`` needs a device whose config has
         the delta decoder.
+    smoothing : float or None
+        SmoothQuant migration strength alpha in [0, 1]: each linear's input channels are
+        divided on the host by :func:`~sparsemac.sw.quantisation.smoothing_scales` of the float
+        model's activations on `calibration` (required, with `tokenizer`) and its pruned
+        weight's columns multiplied by them before quantisation. None: no migration.
 
     Returns
     -------
@@ -318,6 +323,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
                                                                               kinds)]
     weights = [linear.weight.detach().float() for _, linear in linears]
     found = [float((weight == 0).sum()) / weight.numel() for weight in weights]
+    maxima = {}
+    if smoothing is not None:  # activations of the model as given, before any pruning
+        if calibration is None or tokenizer is None:
+            raise InputError("smoothing needs calibration text and the model's tokenizer")
+        maxima = activation_absmax(model, tokenizer, calibration, patterns)
     if not method.calibrated:
         masks, target = choose_masks(weights, sparsity, method, scope=scope, seed=seed)
     else:
@@ -330,8 +340,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
     with (progress_bar(len(linears), "offload", "layer", leave=False) if progress
           else nullcontext()) as bar:
         for (name, linear), mask in zip(linears, masks):
-            replacements.append((name, OffloadedLinear.from_linear(linear, device, mask=mask,
-                                                                   granularity=granularity)))
+            scales = (None if smoothing is None else smoothing_scales(
+                maxima[name], linear.weight.detach().float() * mask, smoothing))
+            replacements.append((name, OffloadedLinear.from_linear(
+                linear, device, mask=mask, granularity=granularity, smoothing=scales)))
             if bar is not None:
                 bar.update()
     for name, module in replacements:
@@ -355,6 +367,20 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
 
         bind_save_pretrained(model)
     return model, report
+
+
+def run_on_host(model: nn.Module, report: OffloadReport) -> None:
+    """Put the host's int8 twin (:meth:`Int8Linear.from_offloaded
+    <sparsemac.sw.quantisation.Int8Linear.from_offloaded>`) in the place of each offloaded
+    linear of `model`, in place, and stop `report` recording.
+
+    The model's outputs stay bit-exact with the device's, at the host's speed: for scoring
+    thousands of texts after the device has run a workload.
+    """
+    report.detach()
+    for layer, module in zip(report.layers, report.modules):
+        parent, _, child = layer.name.rpartition(".")
+        setattr(model.get_submodule(parent), child, Int8Linear.from_offloaded(module))
 
 
 def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,

@@ -20,10 +20,13 @@ from sparsemac.hw.formats import Mode
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.golden import golden_matmul
+from sparsemac.sw.task import SplitSizes
 
 __all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
            "random_weights", "random_activations", "sparse_activations", "weights_with_row_lengths",
-           "wrap_int32", "short", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
+           "wrap_int32", "short", "tiny_bert_dir", "labelled_rows", "write_labelled_csv",
+           "tiny_task_model_dir", "TINY_TASK_SIZES", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1",
+           "K2T1", "K1T4", "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
 STALLS = 0.3
@@ -228,3 +231,65 @@ class Bench:
         self.sim.add_testbench(watchdog, background=True)
         self.sim.run()
         return self.results
+
+
+def tiny_bert_dir(path, seed):
+    """A 2-layer BERT of hidden size 32 with MiniLM's vocabulary and tokenizer, saved as a
+    checkpoint directory at `path`; returns the path as a model spec.
+
+    Dropout stays on (0.1), so resuming a training run must restore the random state too.
+    """
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    from sparsemac.sw.models import load_model
+
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertModel(config, add_pooling_layer=False)
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              path / "model.safetensors")
+    config.to_json_file(path / "config.json")
+    load_model("minilm").tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+#: The splits of :func:`tiny_task_model_dir`: 12 test (all held out), 24 train, 2 calibration.
+TINY_TASK_SIZES = SplitSizes(train=24, test=12, calibration=2, held_out=12)
+
+
+_WORDS = {"positive": "lovely great happy", "negative": "awful sad terrible",
+          "neutral": "the a some"}
+
+
+def labelled_rows(count, labels=tuple(_WORDS)):
+    """`count` distinct (text, label) rows cycling through `labels`; the three sentiment labels
+    come with words that tell them apart."""
+    return [(f"{_WORDS.get(labels[i % len(labels)], labels[i % len(labels)])} tweet number {i}",
+             labels[i % len(labels)])
+            for i in range(count)]
+
+
+def write_labelled_csv(path, rows):
+    """A UTF-8 CSV of (text, label) rows with its header; returns the path as a string."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def tiny_task_model_dir(folder):
+    """A task model fine-tuned for 2 steps from a :func:`tiny_bert_dir` on 60 labelled rows
+    written into `folder`; returns ``(model directory, CSV path)``."""
+    from sparsemac.sw.finetune import FinetuneRecipe, finetune
+
+    data = write_labelled_csv(folder / "tiny.csv", labelled_rows(60))
+    base = tiny_bert_dir(folder / "base", seed=0)
+    finetune(base, folder / "task", FinetuneRecipe(steps=2, batch_size=4, max_tokens=16),
+             data=data, sizes=TINY_TASK_SIZES, progress=False)
+    return str(folder / "task"), data

@@ -2,7 +2,10 @@
 
 import json
 
+from helpers import tiny_task_model_dir
+
 from sparsemac.sw.cli import main
+from sparsemac.sw.finetune import read_task_info
 
 
 def run_bert(capsys, *argv):
@@ -108,3 +111,21 @@ def test_the_delta_index_runs_the_whole_model_with_its_bytes_and_cycles(capsys):
     assert report["index"] == "delta"
     text = run_bert(capsys, "--config", "k8t4d5", "--index", "delta")[1]
     assert f"{report['sparse_weight_bytes']:,} DELTA vs" in text
+
+
+def test_a_task_model_reports_its_accuracy_with_intervals(capsys, tmp_path):
+    model, data = tiny_task_model_dir(tmp_path)
+    status, out, err = run_bert(capsys, "--model", model, "--sparsity", "0.5", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    task = report["task"]
+    # The task model's held-out test split, scored float and offloaded on the same items.
+    test = read_task_info(model).splits().test
+    assert task["n"] == len(test) == 12 and task["seed"] == 0
+    baseline, candidate = task["baseline"], task["candidate"]
+    assert baseline["interval"]["low"] <= baseline["correct"] / 12 <= baseline["interval"]["high"]
+    assert task["baseline_only"] - task["candidate_only"] == (baseline["correct"]
+                                                              - candidate["correct"])
+    assert len(report["layers"]) == 12  # the tiny encoder's linears; the head stays on the host
+    status, out, err = run_bert(capsys, "--model", model, "--sparsity", "0.5")
+    assert "task accuracy" in out and "accuracy drop" in out and "McNemar exact p" in out

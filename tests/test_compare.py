@@ -5,19 +5,24 @@ import copy
 import csv
 import json
 
+import numpy as np
 import pytest
+
+from helpers import tiny_bert_dir, tiny_task_model_dir
 
 from sparsemac.hw.config import DEFAULT_CONFIG
 from sparsemac.hw.formats import ColumnIndex, Mode
 from sparsemac.sw.cli import main
 from sparsemac.sw.commands import compare as command
 from sparsemac.sw.csr import CSRMatrix
+from sparsemac.sw.finetune import load_task_model, predict, score_predictions
 from sparsemac.sw.model_offload import matmul_cycles
 from sparsemac.sw.models import load_model
 from sparsemac.sw.pipelines import compare, pareto_front
 from sparsemac.sw.pipelines.compare import FrontPoint, best_within
 from sparsemac.sw.pruning import DEFAULT_BERT_PATTERNS, matching_linears, prune_model
 from sparsemac.sw.quantisation import quantise_model, quantise_weights
+from sparsemac.sw.stats import compare_paired
 from sparsemac.sw.task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled,
                                model_embedder, task_splits)
 
@@ -229,3 +234,72 @@ def test_no_method_is_refused_by_the_parser(capsys):
         main(["compare", "--methods", " , "])
     assert exit_info.value.code == 2
     assert "--methods names no method" in capsys.readouterr().err
+def test_best_within_reads_the_drop_interval_of_task_points():
+    baseline = np.ones(400, dtype=bool)
+    close, far = baseline.copy(), baseline.copy()
+    close[:1] = False   # a drop of 0.25 points: its interval stays below 1 point
+    far[:3] = False     # 0.75 points, but the interval's upper end passes 1 point
+    points = [_point("float", 1.0, 1.0, "float"),
+              _paired(_point("a", 2.0, 0.9975), compare_paired(baseline, close, seed=0)),
+              _paired(_point("a", 3.0, 0.9925), compare_paired(baseline, far, seed=0))]
+    assert points[2].paired.drop_interval.high > 0.01 > points[2].paired.drop
+    assert best_within(points, 1.0) == {"a": 1}
+
+
+def _paired(point, paired):
+    point.paired = paired
+    point.interval = paired.candidate.interval
+    return point
+
+
+@pytest.fixture(scope="module")
+def task_front(tmp_path_factory):
+    """``compare`` of a tiny task model: float, int8 and magnitude 50 %."""
+    folder = tmp_path_factory.mktemp("task")
+    model, data = tiny_task_model_dir(folder)
+    report = compare.sweep(["magnitude"], [0.5], model=model, data=data, workload=2,
+                           output=folder / "front")
+    return model, data, report
+
+
+def test_a_task_model_is_scored_with_intervals_and_paired_drops(task_front):
+    model, data, report = task_front
+    assert report.evaluation == compare.TASK_MODEL and report.data["test"] == 12
+    assert report.bootstrap == {"seed": 0, "resamples": 10000, "level": 0.95}
+    assert [point.label for point in report.points] == ["float", "int8", "magnitude 0.5"]
+    float_point, int8_point, pruned = report.points
+    assert float_point.paired is None and float_point.interval is not None
+    assert all(point.host_equals_device for point in report.points[1:])
+    # Independently: the task model, pruned and quantised on the host, scored on its test split.
+    task = load_task_model(model)
+    test = task.task.splits(data).test
+    baseline = predict(task.model, task.tokenizer, test.texts)
+    quantised = copy.deepcopy(task.model)
+    prune_model(quantised, 0.5, "magnitude")
+    quantise_model(quantised, DEFAULT_BERT_PATTERNS, granularity="token")
+    expected = score_predictions(test.labels, predict(quantised, task.tokenizer, test.texts),
+                                 baseline, seed=0)
+    assert pruned.accuracy == expected.accuracy.accuracy
+    assert pruned.interval == expected.accuracy.interval and pruned.paired == expected.paired
+    assert float_point.accuracy == report.dense_accuracy == score_predictions(
+        test.labels, baseline).accuracy.accuracy
+    title = report.sections()[0][0]
+    assert "task model: its own accuracy on 12 held-out test texts" in title
+    assert "drop 95 % interval" in report.sections()[0][1]
+    for method, index in report.best.items():
+        within = [i for i, p in enumerate(report.points) if p.method == method
+                  and p.paired is not None and 100 * p.paired.drop_interval.high <= 1]
+        assert index == (max(within, key=lambda i: report.points[i].speedup) if within
+                         else None)
+
+
+def test_models_of_the_other_kind_are_refused(task_front, tmp_path, capsys):
+    model, data, _ = task_front
+    base = tiny_bert_dir(tmp_path / "base", seed=1)
+    assert main(["compare", "--model", model, "--data", data, "--checkpoints", base,
+                 "--output", str(tmp_path / "a")]) == 2
+    assert "is not a fine-tuned task model" in capsys.readouterr().err
+    assert main(["compare", "--model", base, "--checkpoints", model, "--output",
+                 str(tmp_path / "b")]) == 2
+    assert "is a fine-tuned task model" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

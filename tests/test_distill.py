@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertModel
+from safetensors.torch import load_file
+
+from helpers import tiny_bert_dir, tiny_task_model_dir
 
 from sparsemac.sw import distill
 from sparsemac.sw.cli import main
 from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
+from sparsemac.sw.finetune import load_task_model, predict
 from sparsemac.sw.models import SIMILARITY_PAIRS, load_model
 from sparsemac.sw.pruning import matching_linears
 from sparsemac.sw.task import SplitSizes, TaskReport, load_labelled, task_splits
@@ -42,24 +44,9 @@ class Interrupted(Exception):
     """Stands for the process being killed in the middle of a run."""
 
 
-def _tiny_teacher(path, seed):
-    torch.manual_seed(seed)
-    # The real vocabulary, so MiniLM's tokenizer serves; dropout stays on (0.1), so resuming
-    # must restore the random state too.
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertModel(config, add_pooling_layer=False)
-    path.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              path / "model.safetensors")
-    config.to_json_file(path / "config.json")
-    load_model("minilm").tokenizer.save_pretrained(str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    return _tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny", seed=0)
+    return tiny_bert_dir(tmp_path_factory.mktemp("teacher") / "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +197,7 @@ def test_resume_from_another_recipe_is_refused_and_keeps_the_checkpoint(
 def test_resume_from_another_model_is_refused(interrupted, tmp_path):
     output = _copy_of(interrupted, tmp_path)
     before = _digest(output / CHECKPOINT_FILE)
-    other = _tiny_teacher(tmp_path / "other", seed=1)
+    other = tiny_bert_dir(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match=r"another model, corpus or recipe \(model '.*tiny' in "
                                          r"the checkpoint, '.*other' now; teacher_sha256 "):
         distill_prune(other, TEXTS, output, RECIPE, resume=True, progress=False)
@@ -350,3 +337,27 @@ def test_calibrated_method_needs_calibration_text(teacher, tmp_path):
 def test_empty_corpus_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match="the distillation corpus is empty"):
         distill_prune(teacher, [], tmp_path / "run", RECIPE, progress=False)
+
+
+def test_a_task_model_is_distilled_into_a_task_model(tmp_path):
+    model, _ = tiny_task_model_dir(tmp_path)
+    recipe = DistillRecipe(steps=4, batch_size=4, prune_every=1, embedding_weight=0.0,
+                           hidden_weight=0.0)
+    report = distill_prune(model, TEXTS, tmp_path / "run", recipe, progress=False)
+    # The soft-logit loss alone trained it; it is scored on the teacher's held-out split.
+    assert report.finished and report.final_loss > 0
+    teacher = load_task_model(model)
+    assert report.eval_texts == 12
+    for fidelity in (report.before, report.after):
+        assert fidelity.task is None and fidelity.accuracy.n == 12
+        assert fidelity.accuracy.baseline.correct == teacher_correct(teacher)
+    student = load_task_model(tmp_path / "run")
+    assert student.task == teacher.task
+    assert report.sparsity == pytest.approx(0.9, abs=1e-3)
+    assert not torch.equal(student.model.classifier.weight, teacher.model.classifier.weight)
+
+
+def teacher_correct(teacher):
+    test = teacher.task.splits().test
+    return sum(p == label for p, label in zip(predict(teacher.model, teacher.tokenizer,
+                                                      test.texts), test.labels))

@@ -408,3 +408,30 @@ def test_calibrated_method_errors_leave_the_model_untouched():
     with pytest.raises(ValueError, match="wanda-k-aligned prunes each layer on its own"):
         offload(model, device, 0.5, "wanda-k-aligned", scope="global")
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_smoothing_migrates_each_linear_and_the_host_twin_stays_exact():
+    from sparsemac.sw.calibration import activation_absmax
+    from sparsemac.sw.model_offload import run_on_host
+    from sparsemac.sw.pruning import choose_masks
+    from sparsemac.sw.quantisation import smoothing_scales
+
+    tokenizer = load_model("minilm").tokenizer
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64)).eval()
+    texts = ["The lamp is lit at dusk.", "Stairs wind up the old tower to the light."]
+    maxima = activation_absmax(model, tokenizer, texts)
+    weights = {name: linear.weight.detach().clone() for name, linear in matching_linears(model)}
+    inputs = tokenizer(["A ship passes the lighthouse."], return_tensors="pt")
+    _, report = offload(model, open_device("reference", SMALL), 0.5, calibration=texts,
+                        tokenizer=tokenizer, smoothing=0.5)
+    masks, _ = choose_masks(list(weights.values()), 0.5, "magnitude")
+    for layer, module, mask in zip(report.layers, report.modules, masks):
+        expected = smoothing_scales(maxima[layer.name], weights[layer.name] * mask, 0.5)
+        assert torch.equal(module.smoothing, expected), layer.name
+    on_device = hidden(model, inputs)
+    run_on_host(model, report)
+    assert torch.equal(hidden(model, inputs), on_device)
+    with pytest.raises(ValueError, match="smoothing needs calibration text"):
+        offload(tiny_bert(), open_device("reference", SMALL), 0.5, smoothing=0.5)

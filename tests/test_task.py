@@ -6,8 +6,9 @@ import torch
 
 from sparsemac.sw.models import load_model, sentence_embeddings
 from sparsemac.sw.task import (
-    BUILTIN_SOURCE, SplitSizes, TaskDataError, TaskEmbeddings, evaluate_embeddings,
-    load_labelled, load_texts, model_embedder, task_splits,
+    BUILTIN_SOURCE, TASK_SPLIT_SIZES, LabelledTexts, SplitSizes, TaskDataError, TaskEmbeddings,
+    TaskSplits, check_labels, evaluate_embeddings, load_labelled, load_texts, model_embedder,
+    task_splits,
 )
 
 
@@ -30,8 +31,9 @@ def test_default_splits_are_disjoint_sized_and_fixed(builtin):
     splits = task_splits(builtin)
     parts = [splits.train, splits.test, splits.calibration, splits.distillation]
     assert [len(part) for part in parts[:3]] == [2000, 1000, 128]
-    # 38158 rows hold 37232 distinct texts: the distillation split takes the rest.
-    assert len(splits.distillation) == 37232 - 3128
+    # 38158 rows hold 37232 distinct texts; 4,000 are held out for testing, the test split
+    # takes 1,000 of them, and the distillation split takes what follows the others.
+    assert len(splits.distillation) == 37232 - 4000 - 2128
     seen = set()
     for part in parts:
         assert seen.isdisjoint(part.texts)
@@ -41,6 +43,43 @@ def test_default_splits_are_disjoint_sized_and_fixed(builtin):
     other = task_splits(builtin, seed=1)
     assert other.test.texts != splits.test.texts
     assert splits.seed == 0 and other.seed == 1
+
+
+def test_task_splits_hold_out_the_same_test_texts(builtin):
+    task = task_splits(builtin, sizes=TASK_SPLIT_SIZES)
+    assert [len(task.train), len(task.test), len(task.calibration),
+            len(task.distillation)] == [16000, 4000, 128, 37232 - 20128]
+    # A smaller test split is the head of the larger one, and no split of either trains,
+    # calibrates or distils on a held-out text.
+    quick = task_splits(builtin)
+    assert task.test.texts[:1000] == quick.test.texts
+    held_out = set(task.test.texts)
+    for splits in (task, quick):
+        for part in (splits.train, splits.calibration, splits.distillation):
+            assert held_out.isdisjoint(part.texts)
+    assert set(task.distillation.texts).isdisjoint(task.train.texts)
+
+
+def test_held_out_below_test_is_refused(builtin):
+    with pytest.raises(TaskDataError, match="held_out=10 is below test=20"):
+        task_splits(builtin, sizes=SplitSizes(test=20, held_out=10))
+
+
+def test_check_labels():
+    def part(labels):
+        return LabelledTexts(texts=[str(i) for i in range(len(labels))], labels=labels,
+                             label_names=("a", "b", "c"), source="mine.csv",
+                             licence="user data")
+
+    def splits(train, test):
+        return TaskSplits(part(train), part(test), part([0]), part([0]), seed=0)
+
+    check_labels(splits([0, 1, 0], [1, 0]))
+    with pytest.raises(TaskDataError, match="the train split has a single class \\(b\\)"):
+        check_labels(splits([1, 1], [1]))
+    with pytest.raises(TaskDataError, match="the test split has labels the train split never "
+                                            "shows \\(c\\)"):
+        check_labels(splits([0, 1], [2, 0]))
 
 
 def test_split_labels_follow_their_texts(builtin):
@@ -55,8 +94,9 @@ def test_split_labels_follow_their_texts(builtin):
 
 
 def test_splits_too_large_or_invalid(builtin):
-    with pytest.raises(ValueError, match=r"the splits need 40000 \+ at least 1 unique texts, "
-                                         r"there are 37232"):
+    with pytest.raises(TaskDataError, match=r"the splits need 4000 held out for testing \+ 38000 "
+                                            r"train \+ 1000 calibration \+ at least 1 "
+                                            r"distillation unique texts, there are 37232"):
         task_splits(builtin, sizes=SplitSizes(train=38000, test=1000, calibration=1000))
     with pytest.raises(ValueError, match=r"split size test=0: must be an integer of at least 1"):
         task_splits(builtin, sizes=SplitSizes(test=0))

@@ -10,13 +10,17 @@ import argparse
 
 from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
                       add_granularity_argument, add_index_argument, add_memory_arguments,
+                      add_smoothing_argument,
                       configs_from_args, fraction_argument, index_from_args, memory_from_args,
                       method_argument, positive_integer_argument)
 from .report_output import finish
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
-        "the device and accuracy on the built-in tweet task; table, CSV, JSON and a PNG plot.")
+        "the device and accuracy on the built-in tweet task (a task model from sparsemac "
+        "finetune: its own accuracy on 4,000 held-out tweets with 95 %% intervals and drops "
+        "paired with the float model; an embedding model: the quick check, a refitted probe); "
+        "table, CSV, JSON and a PNG plot.")
 
 # Restated from sparsemac.sw.pipelines.compare so that --help does not import torch
 # (tests/test_compare.py checks that they agree).
@@ -43,12 +47,15 @@ def _directories(text):
 
 def add_arguments(parser):
     parser.add_argument("--model", default="minilm",
-                        help="the float model: minilm (default) or a local BERT checkpoint "
-                             "directory with a tokenizer")
+                        help="the float model: minilm (default), a local BERT checkpoint "
+                             "directory with a tokenizer, or a task model from sparsemac "
+                             "finetune (scored on its own splits: --train and --test are the "
+                             "quick check's)")
     parser.add_argument("--checkpoints", metavar="DIR[,DIR...]", type=_directories,
                         default=[],
                         help="pruned checkpoints of the same model (e.g. from sparsemac prune), "
-                             "each a point offloaded with its zeros as they are")
+                             "each a point offloaded with its zeros as they are; task models "
+                             "if and only if --model is one")
     parser.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
                         help=f"comma-separated pruning methods: {METHOD_HELP}; an N:M pattern "
                              f"is one point at 1 - N/M (default {DEFAULT_METHODS})")
@@ -56,17 +63,19 @@ def add_arguments(parser):
                         help=f"comma-separated sparsities of the other methods (default "
                              f"{DEFAULT_SPARSITIES})")
     parser.add_argument("--train", type=positive_integer_argument, default=DEFAULT_TRAIN,
-                        help=f"tweets the probes are fitted on (default {DEFAULT_TRAIN})")
+                        help=f"quick check: tweets the probes are fitted on (default "
+                             f"{DEFAULT_TRAIN})")
     parser.add_argument("--test", type=positive_integer_argument, default=DEFAULT_TEST,
-                        help=f"tweets the probes are scored on (default {DEFAULT_TEST}). A "
+                        help=f"quick check: tweets the probes are scored on (default "
+                             f"{DEFAULT_TEST}). A "
                              "point embeds train + test tweets through its int8 model: 145 to "
                              "235 s for the defaults on a 2-core machine at load average 10, "
                              "plus 90 to 150 s of pruning for sparsegpt (wanda: about 90 s), "
                              "so the default sweep (float, int8 and 4 pruned points) takes "
                              "about 18 minutes at that load, half that at load 2 to 4. One "
                              f"point of accuracy is {DEFAULT_TEST // 100} test tweets: the "
-                             "binomial standard error at 70 %% is 2.3 points, so use --train "
-                             "2000 --test 1000 (2.5 times as long) to separate close points")
+                             "binomial standard error at 70 %% is 2.3 points: a task model's "
+                             "4,000 held-out tweets and paired drops separate close points")
     parser.add_argument("--workload", type=positive_integer_argument, default=DEFAULT_WORKLOAD,
                         help="test tweets, in one batch, whose cycles are measured on the "
                              f"device (default {DEFAULT_WORKLOAD})")
@@ -76,6 +85,7 @@ def add_arguments(parser):
     add_calibration_argument(parser)
     add_config_arguments(parser, several=True)
     add_granularity_argument(parser)
+    add_smoothing_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the task's splits and of random pruning (default 0)")
     parser.add_argument("--output", default="results/compare",
@@ -110,5 +120,5 @@ def run(args):
                    sizes=SplitSizes(train=args.train, test=args.test),
                    workload=args.workload, data=args.data, calibration=args.calibration,
                    output=args.output, verify=args.verify, memory=_memory(args),
-                   index=index_from_args(args))
+                   index=index_from_args(args), smoothing=args.smoothing)
     return finish(args, report)

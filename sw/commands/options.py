@@ -8,6 +8,8 @@ configuration is written the same way everywhere: ``--config NAME`` with a name 
 
 import argparse
 import dataclasses
+import functools
+import re
 
 from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
@@ -20,7 +22,9 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
            "add_calibration_argument", "fraction_argument", "positive_argument",
-           "positive_integer_argument", "add_model_argument"]
+           "positive_integer_argument", "add_model_argument", "add_run_arguments",
+           "add_recipe_arguments", "recipe_from_args", "duration_argument",
+           "add_smoothing_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -212,6 +216,15 @@ def add_granularity_argument(parser):
                              f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
+def add_smoothing_argument(parser):
+    """``--smoothing ALPHA``: the SmoothQuant migration of the offloaded linears."""
+    parser.add_argument("--smoothing", metavar="ALPHA", default=None,
+                        type=functools.partial(fraction_argument, what="alpha"),
+                        help="SmoothQuant migration strength in [0, 1] (e.g. 0.5), from the "
+                             "calibration text's activations: the int8 activations get a "
+                             "narrower range, at no cost to the array (default: none)")
+
+
 def method_argument(text):
     """argparse type of ``--method``: the :class:`~sparsemac.sw.methods.PruningMethod` that
     `text` names (:data:`METHOD_HELP`)."""
@@ -250,12 +263,99 @@ def positive_integer_argument(text):
     return _number(text, int, lambda value: value >= 1, "a whole number of at least 1")
 
 
-def fraction_argument(text):
-    """argparse type of a sparsity: a number from 0 to 1."""
+def fraction_argument(text, what="sparsity"):
+    """argparse type of a sparsity (or of `what`): a number from 0 to 1."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number from 0 to 1, not {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be a number from 0 to 1, not {text!r}")
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be from 0 to 1, not {value!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be from 0 to 1, not {value!r}")
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_argument(text):
+    """argparse type of a time budget: seconds, or a number with s, m or h."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"time budget {text!r}: write seconds, or a number "
+                                         "with s, m or h, e.g. 2700, 45m, 1.5h")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def add_run_arguments(parser, result):
+    """The options of a resumable training run (``prune``, ``finetune``): ``--output``,
+    ``--resume``, ``--checkpoint-every``, ``--time-budget``, ``--threads``, ``--json``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    result : str
+        What the run leaves in ``--output``, e.g. ``"the sparse model"``.
+    """
+    parser.add_argument("--output", required=True,
+                        help=f"directory of the run: its checkpoint, then {result}")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run whose checkpoint is in --output (same model, "
+                             "data and recipe)")
+    parser.add_argument("--checkpoint-every", type=int, default=50,
+                        help="steps between checkpoints (default %(default)s)")
+    parser.add_argument("--time-budget", type=duration_argument, default=None,
+                        help="wall time this invocation may take, e.g. 45m; at the end it "
+                             "checkpoints and stops, and --resume continues")
+    parser.add_argument("--threads", type=positive_integer_argument, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine a second "
+                             "thread waits more than it works; resume bit-exactness needs the "
+                             "same count)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_recipe_arguments(parser, recipe_class, seeds):
+    """The recipe group of a training run, with the options every recipe has: ``--steps``,
+    ``--batch-size``, ``--max-tokens``, ``--lr``, ``--warmup`` and ``--seed``.
+
+    Each defaults to None, which keeps the recipe's own default (read back with
+    :func:`recipe_from_args`); importing the recipe here would load torch for ``--help``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    recipe_class : str
+        The recipe's class name, for the group's description.
+    seeds : str
+        What ``--seed`` seeds.
+
+    Returns
+    -------
+    argparse._ArgumentGroup
+        The group, for the recipe's other options.
+    """
+    recipe = parser.add_argument_group(
+        "recipe", f"each defaults to {recipe_class}'s value; the command prints the whole recipe")
+    recipe.add_argument("--steps", type=int, help="optimiser steps")
+    recipe.add_argument("--batch-size", type=int, help="texts per step")
+    recipe.add_argument("--max-tokens", type=int, help="tokens a text is cut to in training")
+    recipe.add_argument("--lr", dest="learning_rate", type=float,
+                        help="peak AdamW learning rate")
+    recipe.add_argument("--warmup", type=float, help="fraction of the steps of warm-up")
+    recipe.add_argument("--seed", type=int, help=f"seed of {seeds}")
+    return recipe
+
+
+def recipe_from_args(args, recipe_class):
+    """Set the torch threads of ``--threads``, build the recipe from the options named after
+    its fields (None keeps a field's default) and print the seed and the whole recipe."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    given = {field.name: getattr(args, field.name, None)
+             for field in dataclasses.fields(recipe_class)}
+    recipe = recipe_class(**{name: value for name, value in given.items() if value is not None})
+    print(f"seed {recipe.seed}; threads {args.threads}; recipe "
+          + ", ".join(f"{name} {value}" for name, value in dataclasses.asdict(recipe).items()),
+          flush=True)
+    return recipe

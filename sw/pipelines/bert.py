@@ -24,14 +24,15 @@ from ..calibration import method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
 from ..memory_report import ModelMemoryReport, memory_report
-from ..model_offload import cross_check, offload
+from ..finetune import is_task_model, load_task_model, predict, score_predictions
+from ..model_offload import cross_check, offload, run_on_host
 from ..packing import check_index
-from ..models import (DEFAULT_SENTENCE, load_model, ranking_agreement, similarity_scores,
-                      tokenize)
+from ..models import (DEFAULT_SENTENCE, LoadedModel, load_model, ranking_agreement,
+                      similarity_scores, tokenize)
 from ..progress import phase, progress, progress_bar
 from ..quantisation import DEFAULT_GRANULARITY
 from ...hw.errors import InputError
-from ...hw.errors import InputError
+from ..stats import PairedComparison
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
 
@@ -104,6 +105,9 @@ class BertReport:
     memory: ModelMemoryReport | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
+    #: For a task model: the offloaded model's accuracy on its held-out test split against the
+    #: float model's on the same items (intervals, paired drop, McNemar); None otherwise.
+    task: PairedComparison | None = None
 
     @property
     def passed(self):
@@ -150,6 +154,19 @@ class BertReport:
         if self.ranking_agreement is not None:
             summary.append(["similarity ranking", f"Spearman {self.ranking_agreement:.3f} "
                                                   f"(against {BASELINE})"])
+        if self.task is not None:
+            task = self.task
+            summary += [
+                ["task accuracy", f"{task.candidate.accuracy:.2%} "
+                                  f"{task.candidate.interval.points()} offloaded, "
+                                  f"{task.baseline.accuracy:.2%} "
+                                  f"{task.baseline.interval.points()} float, on {task.n} "
+                                  "held-out test texts (95 % intervals)"],
+                ["accuracy drop", f"{100 * task.drop:+.2f} points, 95 % interval "
+                                  f"{task.drop_interval.points()} (paired bootstrap, seed "
+                                  f"{task.seed}, {task.resamples:,} resamples); McNemar exact "
+                                  f"p {task.mcnemar_p:.3g} ({task.baseline_only} items only "
+                                  f"float gets right, {task.candidate_only} only offloaded)"]]
         if checked:
             exact = sum(layer["bit_exact"] for layer in self.layers)
             same = sum(layer["cycles_equal"] for layer in self.layers)
@@ -235,8 +252,14 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     torch.manual_seed(seed)
     if sparsity is None and not structured:
         sparsity = DEFAULT_SPARSITY
+    task = None
     with phase(f"loading {model} (seed {seed})"):
-        loaded = load_model(model, seed=seed)
+        if is_task_model(model):  # its encoder is offloaded inside the classifier
+            task = load_task_model(model)
+            loaded = LoadedModel(name=task.name, model=task.model.bert,
+                                 tokenizer=task.tokenizer, source=task.source)
+        else:
+            loaded = load_model(model, seed=seed)
     inputs = tokenize(loaded, text or DEFAULT_SENTENCE, tokens)
     length = int(inputs["input_ids"].shape[1])
     float_embedding = mean_pooled(loaded.model, inputs)
@@ -245,6 +268,10 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     float_scores = similarity_scores(loaded.model, loaded.tokenizer) if rank else None
     check = backend != "reference"
     reference_model = copy.deepcopy(loaded.model) if check else None
+    if task is not None:
+        test = task.task.splits().test
+        with phase(f"float task model on {len(test)} held-out test texts"):
+            baseline = predict(task.model, task.tokenizer, test.texts)
 
     if method.calibrated and loaded.tokenizer is None:
         raise InputError(f"{method} needs a tokenizer for its calibration text, and "
@@ -284,6 +311,15 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         agreement = ranking_agreement(similarity_scores(offloaded, loaded.tokenizer),
                                       float_scores)
 
+    paired = None
+    if task is not None:
+        with phase(f"offloaded task model on {len(test)} held-out test texts (host int8, "
+                   "bit-exact with the device)"):
+            run_on_host(loaded.model, report)
+            paired = score_predictions(test.labels, predict(task.model, task.tokenizer,
+                                                            test.texts),
+                                       baseline, seed=seed).paired
+
     layers = summary.pop("layers")
     if crosscheck is not None:
         for layer in layers:
@@ -302,7 +338,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         cycles_equal=None if crosscheck is None else crosscheck.cycles_equal,
         baseline=BASELINE, embedding_cosine=cosine, ranking_agreement=agreement,
         device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers,
-        memory=memory_figures, index=summary["index"])
+        memory=memory_figures, index=summary["index"], task=paired)
 
 
 def mean_pooled(model, inputs, report=None, desc=None):

@@ -7,18 +7,22 @@ sparsity, and distilled checkpoints as they are. Per point:
 - **cycles**, sparse and dense, measured on the device (the reference back end: golden model
   and exact cycle model, which equal the RTL's cycle for cycle) for the workload, the first
   test texts of the task in one padded batch; speedup = dense / sparse cycles;
-- **task accuracy** on the labelled tweets of :mod:`sparsemac.sw.task`: a linear probe fitted
-  on the point's own train embeddings and scored on the test split, and the dense (float)
-  model's probe reading the point's test embeddings; embedding cosine and kNN agreement to the
-  float model. The thousands of task texts run through the same int8 arithmetic on the host
+- **task accuracy** on the labelled tweets of :mod:`sparsemac.sw.task`. For a task model
+  (:mod:`sparsemac.sw.finetune`): its own accuracy on its 4,000 held-out test texts with a 95 %
+  interval, and the drop against the float model on the same texts with a paired-bootstrap
+  95 % interval and McNemar's exact test (:mod:`sparsemac.sw.stats`). For an embedding model,
+  the quick check: a linear probe fitted on the point's own train embeddings and scored on the
+  test split, and the dense (float) model's probe reading the point's test embeddings;
+  embedding cosine and kNN agreement to the float model. The thousands of task texts run
+  through the same int8 arithmetic on the host
   (:meth:`Int8Linear.from_offloaded <sparsemac.sw.quantisation.Int8Linear.from_offloaded>`),
-  which is checked, per point, to give the device's very embeddings for the workload;
+  which is checked, per point, to give the device's very outputs for the workload;
 - weight bytes of one pass over the link, CSR and dense.
 
 The report's :attr:`CompareReport.front` is the Pareto-optimal subset (no other point is as
 fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, per method, the
-fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's. ``sparsemac
-compare`` prints it; from Python::
+fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's (for a task
+model: the upper end of the drop's interval). ``sparsemac compare`` prints it; from Python::
 
     from sparsemac.sw.pipelines.compare import sweep
     report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
@@ -37,11 +41,15 @@ from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
 from ..memory_report import recorded_memory_cycles
+from ..finetune import (ModelKindError, is_task_model, load_task_model, predict,
+                        require_embedding_model, score_predictions)
 from ..methods import parse_method
-from ..model_offload import cross_check, offload
+from ..model_offload import cross_check, offload, run_on_host
+from ..models import load_model, sentence_embeddings
 from ..packing import check_index
 from ..progress import progress
-from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear
+from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES
+from ..stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, PairedComparison
 from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
@@ -50,8 +58,8 @@ from ...hw.errors import InputError
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
-           "WITHIN_POINTS", "FrontPoint", "CompareReport", "best_within",
-           "sweep"]
+           "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "CompareReport",
+           "best_within", "sweep"]
 
 #: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
 #: 18.5 minutes on the shared 2-core machine at load average 10 to 12 (a point embeds 1,200
@@ -65,6 +73,9 @@ DEFAULT_SPARSITIES = (0.5, 0.8)
 DEFAULT_SIZES = SplitSizes(train=800, test=400)
 #: Test texts in the workload whose cycles are measured.
 DEFAULT_WORKLOAD = 16
+#: What :attr:`CompareReport.evaluation` says accuracy is.
+TASK_MODEL = "task model"
+QUICK_CHECK = "quick check"
 #: "Within one point": the accuracy drop, in percentage points, that :func:`best_within` allows.
 WITHIN_POINTS = 1.0
 # Accuracies are ratios of counts: a drop of exactly one point must not fail on rounding.
@@ -97,15 +108,13 @@ class FrontPoint:
     sparse_weight_bytes: int
     #: Bytes of one pass in dense mode.
     dense_weight_bytes: int
-    #: Test accuracy of a probe fitted on this model's own embeddings
-    #: (:class:`~sparsemac.sw.task.TaskReport`'s figures, the float model as the dense one).
+    #: Test accuracy: a task model's own, or the quick check's (a probe refitted on the point's
+    #: embeddings, :class:`~sparsemac.sw.task.TaskReport`).
     accuracy: float
-    #: Test accuracy of its embeddings read by the float model's probe.
-    accuracy_dense_probe: float
-    #: Mean cosine between its and the float model's test embeddings.
-    cosine: float
-    #: Mean fraction of nearest train texts it shares with the float model.
-    knn_agreement: float
+    #: The quick check's other figures against the float model; None for a task model.
+    accuracy_dense_probe: float | None
+    cosine: float | None
+    knn_agreement: float | None
     #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
     #: float model).
     host_equals_device: bool | None
@@ -116,6 +125,10 @@ class FrontPoint:
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
     #: memory model (the exact throttled cycle model), None without one.
     by_config: dict[str, dict] = field(default_factory=dict)
+    #: A task model's: the 95 % interval of `accuracy`, and the comparison with the float model
+    #: on the same test items (the float point's is None). None for the quick check.
+    interval: Interval | None = None
+    paired: PairedComparison | None = None
 
     @property
     def label(self) -> str:
@@ -127,8 +140,24 @@ class FrontPoint:
         return f"{self.method} {self.sparsity_target:g}"
 
 
+def _figures(point, task):
+    """A point's accuracy cells in the table: a task model's with intervals, or the quick
+    check's."""
+    if not task:
+        return [f"{point.accuracy:.2%}", f"{point.accuracy_dense_probe:.2%}",
+                f"{point.cosine:.4f}", f"{point.knn_agreement:.3f}"]
+    paired = point.paired
+    if paired is None:
+        return [f"{point.accuracy:.2%}", point.interval.points(), "-", "-", "-"]
+    return [f"{point.accuracy:.2%}", point.interval.points(), f"{100 * paired.drop:+.2f}",
+            paired.drop_interval.points(), f"{paired.mcnemar_p:.3g}"]
+
+
 def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
     """Per method, the index of the fastest point whose accuracy is within `within` points.
+
+    A point with a paired comparison (a task model's) is within only when the upper end of the
+    95 % interval of its drop is; a point without one, when its accuracy is.
 
     Parameters
     ----------
@@ -152,8 +181,9 @@ def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
         name = point.label if point.kind == "checkpoint" else point.method
         best.setdefault(name, None)
         current = best[name]
-        if point.accuracy >= floor and (current is None
-                                        or point.speedup > points[current].speedup):
+        accurate = (point.paired.within(within) if point.paired is not None
+                    else point.accuracy >= floor)
+        if accurate and (current is None or point.speedup > points[current].speedup):
             best[name] = index
     return best
 
@@ -197,6 +227,13 @@ class CompareReport:
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
+    #: What accuracy is: :data:`TASK_MODEL` (a fine-tuned classifier's own, with intervals and
+    #: paired drops) or :data:`QUICK_CHECK` (a probe refitted on each point's embeddings).
+    evaluation: str = "quick check"
+    #: A task model's paired bootstrap: ``seed``, ``resamples``, ``level``; None otherwise.
+    bootstrap: dict | None = None
+    #: SmoothQuant migration strength of the offloaded points; None: none.
+    smoothing: float | None = None
 
     @property
     def passed(self):
@@ -216,25 +253,37 @@ class CompareReport:
     def sections(self):
         """The human report as ``(title, header, rows)`` tables."""
         data, workload = self.data, self.workload
-        title = (f"{self.model} on K={self.config['lanes']} T={self.config['token_lanes']}: "
-                 f"probe on {data['train']} train, scored on {data['test']} test texts of "
-                 f"{data['source']}; cycles of {workload['texts']} test texts in one batch "
+        task = self.evaluation == TASK_MODEL
+        measured = (f"task model: its own accuracy on {data['test']} held-out test texts of "
+                    f"{data['source']}, 95 % intervals, drops paired with the float model"
+                    if task else f"quick check: a linear probe refitted on each point's "
+                    f"embeddings of {data['train']} train texts, scored on {data['test']} test "
+                    f"texts of {data['source']}")
+        title = (f"{self.model} on K={self.config['lanes']} T={self.config['token_lanes']}; "
+                 f"{measured}; cycles of {workload['texts']} test texts in one batch "
                  f"({workload['tokens']} tokens a layer call)"
-                 + ("; delta column index" if self.index == "delta" else ""))
-        header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", "accuracy",
-                  "dense probe", "cosine", "kNN", f"{self.index.upper()} bytes", "front", "s"]
+                 + ("; delta column index" if self.index == "delta" else "")
+                 + ("" if self.smoothing is None else
+                    f"; SmoothQuant migration alpha {self.smoothing:g}"))
+        figures = (["accuracy", "95 % interval", "drop", "drop 95 % interval", "McNemar p"]
+                   if task else ["accuracy", "dense probe", "cosine", "kNN"])
+        header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", *figures,
+                  f"{self.index.upper()} bytes", "front", "s"]
         front = set(self.front)
         rows = [[point.label, f"{point.sparsity:.3f}", f"{point.sparse_cycles:,}",
-                 f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", f"{point.accuracy:.2%}",
-                 f"{point.accuracy_dense_probe:.2%}", f"{point.cosine:.4f}",
-                 f"{point.knn_agreement:.3f}", f"{point.sparse_weight_bytes:,}",
-                 "*" if index in front else "", f"{point.seconds:.0f}"]
+                 f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", *_figures(point, task),
+                 f"{point.sparse_weight_bytes:,}", "*" if index in front else "",
+                 f"{point.seconds:.0f}"]
                 for index, point in enumerate(self.points)]
         best = [[name, "-" if index is None else
                  f"{self.points[index].label}: {self.points[index].speedup:.2f}x at "
                  f"{self.points[index].accuracy:.2%}"]
                 for name, index in self.best.items()]
-        summary = [["seed", str(self.seed)],
+        seed = str(self.seed) + ("" if not task else
+                                 f" (splits: the task model's; bootstrap: seed "
+                                 f"{self.bootstrap['seed']}, {self.bootstrap['resamples']:,} "
+                                 f"resamples of {data['test']} items)")
+        summary = [["seed", seed],
                    ["float accuracy", f"{self.dense_accuracy:.2%}"],
                    ["host = device", "yes on every point" if all(
                        point.host_equals_device is not False for point in self.points)
@@ -251,7 +300,8 @@ class CompareReport:
                     ["wrote", ", ".join(map(str, self.files))]]
         return [(title, header, rows), *self._memory_sections(),
                 (f"Highest speedup within {WITHIN_POINTS:g} point of the float model's "
-                 "accuracy", None, best),
+                 "accuracy" + (" (the upper end of the drop's 95 % interval)" if task else ""),
+                 None, best),
                 ("Summary", None, summary)]
 
 
@@ -280,7 +330,8 @@ class CompareReport:
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
           checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR):
+          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
+          smoothing=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -320,6 +371,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     index : ColumnIndex
         How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
         with the delta decoder (e.g. ``k8t4d5``).
+    smoothing : float or None
+        SmoothQuant migration strength of every offloaded point, from the calibration text
+        (:func:`~sparsemac.sw.model_offload.offload`); None: none.
 
     Returns
     -------
@@ -331,8 +385,6 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         If a method, sparsity, size, file or checkpoint is wrong; all of it is checked before
         any model is loaded.
     """
-    from ..models import load_model, sentence_embeddings
-
     started = time.perf_counter()
     methods, sparsities, checkpoints = list(methods), list(sparsities), list(checkpoints)
     configs = list(configs)
@@ -345,38 +397,28 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
     output = Path(output)
     check_output_folder(output, "compare results")
-    for checkpoint in checkpoints:  # a truncated one fails now, not after an hour of points
-        load_model(str(checkpoint))
-    splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
-    texts = (load_texts(calibration) if calibration is not None
-             else splits.calibration.texts)
+    texts = load_texts(calibration) if calibration is not None else None
+    evaluation = (_TaskModelScore(model, data, seed) if is_task_model(model)
+                  else _QuickCheck(model, data, seed, sizes))
+    splits, tokenizer = evaluation.splits, evaluation.tokenizer
+    texts = splits.calibration.texts if texts is None else texts
+    # Every checkpoint loads now: a truncated one fails before an hour of points.
+    checkpoint_models = [evaluation.checkpoint(str(source)) for source in checkpoints]
     torch.set_num_threads(1)  # small elementwise work per layer: see the bert pipeline
-    loaded = load_model(model)
-    if loaded.tokenizer is None:
-        raise InputError(f"{loaded.name} has no tokenizer: the task needs text")
-    tokenizer = loaded.tokenizer
     batch = splits.test.texts[:workload]
     tokens = int(tokenizer(batch, padding=True, truncation=True,
                            return_tensors="pt")["input_ids"].shape[1])
-    embedding_started = time.perf_counter()
-    dense = embed_splits(model_embedder(loaded.model, tokenizer), splits)
-    dense_task = evaluate_embeddings(dense, dense, splits)
-    progress(f"float model embedded and probed: accuracy {dense_task.dense_accuracy:.2%}, "
-             f"{time.perf_counter() - embedding_started:.0f} s")
+    evaluation.score_float()
     device = open_device("reference", config)
 
     def measure(kind, method, source, base, sparsity):
         point_started = time.perf_counter()
         offloaded, report = offload(base, device, sparsity, method, seed=seed,
                                     granularity=granularity, calibration=texts,
-                                    tokenizer=tokenizer, index=index)
-        on_device = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
-        report.detach()
-        for layer, module in zip(report.layers, report.modules):
-            parent, _, child = layer.name.rpartition(".")
-            setattr(offloaded.get_submodule(parent), child, Int8Linear.from_offloaded(module))
-        on_host = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
-        task = evaluate_embeddings(dense, model_embedder(offloaded, tokenizer), splits)
+                                    tokenizer=tokenizer, index=index, smoothing=smoothing)
+        on_device = evaluation.outputs(offloaded, batch)
+        run_on_host(offloaded, report)
+        on_host = evaluation.outputs(offloaded, batch)
         by_config = {}
         for other in configs:
             cycles = ((report.sparse_cycles, report.dense_cycles) if other is config
@@ -393,53 +435,49 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
             sparsity=report.sparsity, sparse_cycles=report.sparse_cycles,
             dense_cycles=report.dense_cycles, speedup=report.speedup,
             sparse_weight_bytes=report.sparse_weight_bytes,
-            dense_weight_bytes=report.dense_weight_bytes, accuracy=task.accuracy,
-            accuracy_dense_probe=task.accuracy_dense_probe, cosine=task.cosine,
-            knn_agreement=task.knn_agreement,
+            dense_weight_bytes=report.dense_weight_bytes,
             host_equals_device=bool(torch.equal(on_device, on_host)),
-            seconds=time.perf_counter() - point_started, by_config=by_config)
+            by_config=by_config, **evaluation.score(offloaded),
+            seconds=time.perf_counter() - point_started)
 
     points = []
     for number, (kind, method, source, sparsity) in enumerate(plan, start=1):
-        if kind == "checkpoint":
-            base = load_model(str(source)).model
-        else:
-            base = copy.deepcopy(loaded.model)
+        base = (checkpoint_models[checkpoints.index(source)] if kind == "checkpoint"
+                else copy.deepcopy(evaluation.model))
         point = measure(kind, method, str(source), base, sparsity)
         points.append(point)
         if kind == "int8":  # the float model: never on the array, its cycles are the dense ones
             points.insert(0, FrontPoint(
-                method="float", kind="float", model=loaded.name, sparsity_target=None,
+                method="float", kind="float", model=evaluation.name, sparsity_target=None,
                 sparsity=0.0, sparse_cycles=point.dense_cycles, dense_cycles=point.dense_cycles,
                 speedup=1.0, sparse_weight_bytes=point.dense_weight_bytes,
-                dense_weight_bytes=point.dense_weight_bytes, accuracy=dense_task.accuracy,
-                accuracy_dense_probe=dense_task.accuracy, cosine=1.0, knn_agreement=1.0,
-                host_equals_device=None, seconds=0.0,
+                dense_weight_bytes=point.dense_weight_bytes, host_equals_device=None,
+                seconds=0.0, **evaluation.float_figures(),
                 by_config={key: dict(cycles, sparse_cycles=cycles["dense_cycles"],
                                      memory_sparse_cycles=cycles["memory_dense_cycles"])
                            for key, cycles in point.by_config.items()}))
         output.mkdir(parents=True, exist_ok=True)  # each finished point is kept at once
         write_csv(output / "compare.csv", [_csv_row(point) for point in points])
         progress(f"point {number}/{len(plan)} {point.label}: {point.speedup:.2f}x, accuracy "
-                 f"{point.accuracy:.2%}, cosine {point.cosine:.4f}, {point.seconds:.0f} s "
+                 f"{point.accuracy:.2%}{evaluation.describe(point)}, {point.seconds:.0f} s "
                  f"(elapsed {time.perf_counter() - started:.0f} s)")
 
-    best = best_within(points, dense_task.accuracy)
+    best = best_within(points, evaluation.accuracy)
     checked = None
     if verify:
-        checked = _verify(points, best, loaded, texts, splits.test.texts[0], config, seed,
-                          granularity, index)
+        checked = _verify(points, best, evaluation, texts, splits.test.texts[0], config, seed,
+                          granularity, index, smoothing)
     result = CompareReport(
-        model=loaded.name, seed=seed, granularity=granularity, config=config.as_dict(),
+        model=evaluation.name, seed=seed, granularity=granularity, config=config.as_dict(),
         data={"source": splits.train.source, "train": len(splits.train),
               "test": len(splits.test), "calibration": len(texts),
               "calibration_source": "calibration split" if calibration is None
               else str(calibration)},
-        workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
+        workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=evaluation.accuracy,
         points=points, front=pareto_front(points, "speedup", "accuracy", maximise=True),
-        best=best, verify=checked,
-        wall_s=time.perf_counter() - started,
-        memory=None if memory is None else memory.describe(), index=index.name.lower())
+        best=best, verify=checked, wall_s=time.perf_counter() - started,
+        memory=None if memory is None else memory.describe(), index=index.name.lower(),
+        evaluation=evaluation.kind, bootstrap=evaluation.bootstrap(), smoothing=smoothing)
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
     _plot(result, output / "front.png")
     result.files = [output / name for name in ("compare.csv", "compare.json", "front.png")]
@@ -480,10 +518,9 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
             for kind, method, source, sparsity in plan]
 
 
-def _verify(points, best, loaded, texts, text, config, seed, granularity, index):
+def _verify(points, best, evaluation, texts, text, config, seed, granularity, index,
+            smoothing):
     """Rerun one point on one test text on Verilator and on the reference."""
-    from ..models import load_model, sentence_embeddings
-
     chosen = [index for index in best.values() if index is not None
               and points[index].kind in ("pruned", "checkpoint")]
     pool = chosen or [index for index, point in enumerate(points)
@@ -493,18 +530,18 @@ def _verify(points, best, loaded, texts, text, config, seed, granularity, index)
     sparsity = 0.0 if point.kind != "pruned" else point.sparsity_target
     reports = []
     for backend in ("reference", "verilator"):
-        model = (load_model(point.model).model if point.kind == "checkpoint"
-                 else copy.deepcopy(loaded.model))
+        model = (evaluation.checkpoint(point.model) if point.kind == "checkpoint"
+                 else copy.deepcopy(evaluation.model))
         with open_device(backend, config) as device:
             offloaded, report = offload(model, device, sparsity, method, seed=seed,
                                         granularity=granularity, calibration=texts,
-                                        tokenizer=loaded.tokenizer, keep_sums=True,
-                                        progress=True, index=index)
-            sentence_embeddings(offloaded, loaded.tokenizer, [text])
+                                        tokenizer=evaluation.tokenizer, keep_sums=True,
+                                        progress=True, index=index, smoothing=smoothing)
+            evaluation.outputs(offloaded, [text])
         reports.append(report)
     check = cross_check(*reports)
     reference, verilator = reports
-    return {"label": point.label, "tokens": len(loaded.tokenizer(text)["input_ids"]),
+    return {"label": point.label, "tokens": len(evaluation.tokenizer(text)["input_ids"]),
             "bit_exact": check.bit_exact, "cycles_equal": check.cycles_equal,
             "sums_mismatch": check.sums_mismatch, "cycles_mismatch": check.cycles_mismatch,
             "sparse_cycles": verilator.sparse_cycles, "dense_cycles": verilator.dense_cycles,
@@ -512,9 +549,122 @@ def _verify(points, best, loaded, texts, text, config, seed, granularity, index)
             "device_s": verilator.device_s}
 
 
+class _QuickCheck:
+    """Accuracy of an embedding model: a probe refitted on each point's embeddings, with the
+    float model's probe, embedding cosine and kNN agreement beside it."""
+
+    kind = QUICK_CHECK
+
+    def __init__(self, model, data, seed, sizes):
+        require_embedding_model(model)
+        self.splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
+        loaded = load_model(model)
+        if loaded.tokenizer is None:
+            raise InputError(f"{loaded.name} has no tokenizer: the task needs text")
+        self.name, self.model, self.tokenizer = loaded.name, loaded.model, loaded.tokenizer
+        self.dense = self.float = None
+        self.accuracy = None
+
+    def checkpoint(self, path):
+        """A checkpoint's model, refused if it is a task model."""
+        require_embedding_model(path)
+        return load_model(path).model
+
+    def score_float(self):
+        started = time.perf_counter()
+        self.dense = embed_splits(model_embedder(self.model, self.tokenizer), self.splits)
+        self.float = evaluate_embeddings(self.dense, self.dense, self.splits)
+        self.accuracy = self.float.dense_accuracy
+        progress(f"float model embedded and probed (quick check): accuracy "
+                 f"{self.accuracy:.2%}, {time.perf_counter() - started:.0f} s")
+
+    def outputs(self, model, texts):
+        return sentence_embeddings(model, self.tokenizer, texts, batch_size=len(texts))
+
+    def score(self, model):
+        task = evaluate_embeddings(self.dense, model_embedder(model, self.tokenizer),
+                                   self.splits)
+        return dict(accuracy=task.accuracy, accuracy_dense_probe=task.accuracy_dense_probe,
+                    cosine=task.cosine, knn_agreement=task.knn_agreement)
+
+    def float_figures(self):
+        return dict(accuracy=self.accuracy, accuracy_dense_probe=self.accuracy, cosine=1.0,
+                    knn_agreement=1.0)
+
+    def describe(self, point):
+        return f", cosine {point.cosine:.4f}"
+
+    def bootstrap(self):
+        return None
+
+
+class _TaskModelScore:
+    """Accuracy of a task model on its own held-out test split, with 95 % intervals, each point
+    compared with the float model on the same items."""
+
+    kind = TASK_MODEL
+
+    def __init__(self, model, data, seed):
+        self.task = load_task_model(model)
+        self.splits = self.task.task.splits(data)
+        self.name, self.model, self.tokenizer = (self.task.name, self.task.model,
+                                                 self.task.tokenizer)
+        self.seed = seed
+        self.baseline = self.float = None
+        self.accuracy = None
+
+    def checkpoint(self, path):
+        """A checkpoint's model: a task model of the same classes and data."""
+        other = load_task_model(path)
+        if (other.task.label_names, other.task.data_sha256) != (
+                self.task.task.label_names, self.task.task.data_sha256):
+            raise ModelKindError(f"checkpoint {path} is a task model of other classes or data "
+                                 f"than {self.name}")
+        return other.model
+
+    def score_float(self):
+        started = time.perf_counter()
+        self.baseline = predict(self.model, self.tokenizer, self.splits.test.texts)
+        self.float = score_predictions(self.splits.test.labels, self.baseline)
+        self.accuracy = self.float.accuracy.accuracy
+        progress(f"float task model scored: accuracy {self.accuracy:.2%} "
+                 f"{self.float.accuracy.interval.points()} on {self.float.accuracy.n} test "
+                 f"texts, {time.perf_counter() - started:.0f} s")
+
+    def outputs(self, model, texts):
+        inputs = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return model(**inputs).logits
+
+    def score(self, model):
+        score = score_predictions(self.splits.test.labels,
+                                  predict(model, self.tokenizer, self.splits.test.texts),
+                                  self.baseline, seed=self.seed)
+        return dict(accuracy=score.accuracy.accuracy, accuracy_dense_probe=None, cosine=None,
+                    knn_agreement=None, interval=score.accuracy.interval, paired=score.paired)
+
+    def float_figures(self):
+        return dict(accuracy=self.accuracy, accuracy_dense_probe=None, cosine=None,
+                    knn_agreement=None, interval=self.float.accuracy.interval)
+
+    def describe(self, point):
+        paired = point.paired
+        return (f" {point.interval.points()}, drop {100 * paired.drop:+.2f} "
+                f"{paired.drop_interval.points()} points, McNemar p {paired.mcnemar_p:.3g}")
+
+    def bootstrap(self):
+        return {"seed": self.seed, "resamples": DEFAULT_RESAMPLES, "level": DEFAULT_LEVEL}
+
+
 def _csv_row(point):
     """A point as one flat CSV row: each config's cycles as ``<config>_<figure>`` columns."""
-    row = {name: value for name, value in asdict(point).items() if name != "by_config"}
+    row = {name: value for name, value in asdict(point).items()
+           if name not in ("by_config", "interval", "paired")}
+    if point.interval is not None:
+        row.update(accuracy_low=point.interval.low, accuracy_high=point.interval.high)
+    if point.paired is not None:
+        row.update(drop=point.paired.drop, drop_low=point.paired.drop_interval.low,
+                   drop_high=point.paired.drop_interval.high, mcnemar_p=point.paired.mcnemar_p)
     for key, cycles in point.by_config.items():
         row.update({f"{key}_{name}": value for name, value in cycles.items()})
     return dict(row, label=point.label)
@@ -557,7 +707,8 @@ def _plot(report, path):
                  label=f"at most {WITHIN_POINTS:g} point below float")
     axes.set_xscale("log")
     axes.set_xlabel("speedup on the array (dense / sparse cycles, measured)")
-    axes.set_ylabel("task accuracy, own linear probe (%)")
+    axes.set_ylabel("task model accuracy (%)" if report.evaluation == TASK_MODEL
+                    else "quick check: accuracy of a refitted linear probe (%)")
     axes.set_title(f"{report.model}: speed against accuracy ({report.data['test']} test "
                    "tweets)")
     axes.grid(True, which="both", alpha=0.3)
