@@ -16,6 +16,11 @@ for bit, as one that was never interrupted (on the same machine and thread count
 run leaves a Hugging Face checkpoint directory (``model.safetensors``, ``config.json``,
 tokenizer files) that :func:`~sparsemac.sw.models.load_model` loads, and :data:`REPORT_FILE`
 beside it.
+
+With a sparse feed-forward activation (:attr:`DistillRecipe.activation`, see
+:mod:`sparsemac.sw.activation_sparsity`) the student computes it from the first step, while
+the teacher keeps its own: the student learns to do without the activations it drops. Its
+``config.json`` records the activation, so that ``load_model`` puts it back.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..hw.config import DEFAULT_CONFIG
+from .activation_sparsity import parse_activation
 from .calibration import K_ALIGNED, check_pattern, prune_calibrated
+from .ffn_activation import (ActivationSparsityReport, measure_activation_sparsity,
+                             record_activation, sparsify_activations)
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
@@ -118,8 +126,12 @@ class DistillRecipe:
     hidden_weight: float = 1.0
     #: Seeds the batch order and dropout.
     seed: int = 0
+    #: The student's feed-forward activation, an ``--activation`` spec
+    #: (:func:`~sparsemac.sw.activation_sparsity.parse_activation`), kept in canonical text.
+    activation: str = "none"
 
     def __post_init__(self):
+        object.__setattr__(self, "activation", str(parse_activation(self.activation)))
         if isinstance(self.sparsity, bool) or not 0.0 < self.sparsity < 1.0:
             raise ValueError(f"sparsity must be between 0 and 1 (exclusive), not "
                              f"{self.sparsity!r}")
@@ -177,6 +189,8 @@ class Fidelity:
     embedding_cosine: float
     #: The linear-probe task figures against the teacher, when a task was given.
     task: TaskReport | None = None
+    #: Exactly-zero int8 activations entering each ``output.dense``, on the same texts.
+    activations: ActivationSparsityReport | None = None
 
 
 @dataclass
@@ -227,7 +241,7 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
                   calibration_texts: Sequence[str] | None = None, resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
-                  progress: bool = True) -> PruneReport:
+                  progress: bool = True, one_shot: bool = False) -> PruneReport:
     """Prune a BERT gradually while distilling it from its dense self; write the result.
 
     Parameters
@@ -262,6 +276,10 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         longer fit, it writes a checkpoint and returns an unfinished report.
     progress : bool
         Show progress on stderr: a bar on a terminal, else a line every minute.
+    one_shot : bool
+        Train nothing: write the teacher pruned in one shot to the final sparsity with the
+        recipe's activation, and report what that costs (``before`` and ``after`` are its
+        figures).
 
     Returns
     -------
@@ -293,14 +311,20 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     if calibration_texts is None and task is not None:
         calibration_texts = task.calibration.texts
     calibration = list(calibration_texts or [])
-    if recipe.method != "magnitude" and not calibration:
-        raise ValueError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
+    readers = {f"mask method {recipe.method!r}": recipe.method != "magnitude",
+               f"activation {recipe.activation}": parse_activation(recipe.activation).calibrated}
+    for reader, reads in readers.items():
+        if reads and not calibration:
+            raise ValueError(f"{reader} needs calibration texts (or a task)")
+    calibrated = any(readers.values())
+    # Runs from before the activation was a recipe field resume: none is not recorded.
+    recorded = {key: value for key, value in asdict(recipe).items()
+                if (key, value) != ("activation", "none")}
     identity = {"model": model, "teacher_sha256": _state_sha256(teacher.model),
                 "corpus_sha256": _texts_sha256(texts), "corpus_texts": len(texts),
                 # Magnitude masks read no calibration text: another one is the same run.
-                "calibration_sha256": (_texts_sha256(calibration)
-                                       if recipe.method != "magnitude" else None),
-                "recipe": asdict(recipe)}
+                "calibration_sha256": _texts_sha256(calibration) if calibrated else None,
+                "recipe": recorded}
     checkpoint = _check_output(output, identity, resume)
     run = _Run(teacher, texts, recipe, calibration)
     deadline = None if time_budget is None else started + time_budget
@@ -313,12 +337,16 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
     evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task)
     evaluated = _now()
-    before = evaluate(run.one_shot())
+    pruned = run.one_shot()
+    before = evaluate(pruned)
     # The final evaluation scores one model too; the teacher's embeddings are already made.
     reserve = _now() - evaluated
-    loss_window, step_times = run.train(output, identity, checkpoint_every, deadline, reserve,
-                                        step_estimate, progress)
-    finished = run.step == recipe.steps
+    loss_window, step_times = [], []
+    if not one_shot:
+        loss_window, step_times = run.train(output, identity, checkpoint_every, deadline,
+                                            reserve, step_estimate, progress)
+    finished = one_shot or run.step == recipe.steps
+    final = pruned if one_shot else run.student
     report = PruneReport(
         output=str(output), model=model, recipe=recipe, finished=finished, step=run.step,
         resumed_from=resumed_from, sparsity=None, layers=[], before=None, after=None,
@@ -327,14 +355,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         final_loss=float(np.mean(loss_window)) if loss_window else None,
         step_s=float(np.mean(step_times)) if step_times else None, wall_s=0.0)
     if finished:
-        report.layers = run.layer_reports()
+        report.layers = run.layer_reports(final)
         total = sum(layer.shape[0] * layer.shape[1] for layer in report.layers)
         report.sparsity = 1.0 - sum(layer.nnz for layer in report.layers) / total
         report.before = before
-        report.after = evaluate(run.student)
+        report.after = before if one_shot else evaluate(final)
     report.wall_s = _now() - started
     if finished:
-        _write_model(output, run.student, teacher, report)
+        _write_model(output, final, teacher, report)
     return report
 
 
@@ -347,7 +375,7 @@ class _Run:
         self.texts = texts
         self.recipe = recipe
         self.calibration = calibration
-        self.student = copy.deepcopy(teacher.model)
+        self.student = self.with_activation(copy.deepcopy(teacher.model))
         for module in (self.student.embeddings, self.student.pooler):
             if module is not None:
                 module.requires_grad_(False)
@@ -383,9 +411,17 @@ class _Run:
             self.teacher.model(**inputs)
         return _STEP_PER_TEACHER_FORWARD * (_now() - begin)
 
+    def with_activation(self, model):
+        """`model`, its feed-forward activation the recipe's (``relu@S`` calibrated on the
+        calibration text, in the model as given)."""
+        sparsify_activations(model, self.recipe.activation, tokenizer=self.teacher.tokenizer,
+                             calibration=self.calibration)
+        return model
+
     def one_shot(self):
-        """A copy of the teacher pruned in one shot to the final sparsity."""
-        pruned = copy.deepcopy(self.teacher.model)
+        """A copy of the teacher pruned in one shot to the final sparsity, with the recipe's
+        activation."""
+        pruned = self.with_activation(copy.deepcopy(self.teacher.model))
         linears = matching_linears(pruned)
         masks = self.masks(pruned, self.recipe.sparsity, self.recipe.pattern)
         with torch.no_grad():
@@ -480,10 +516,10 @@ class _Run:
         self.step = state["step"]
         return self.step
 
-    def layer_reports(self) -> list[LayerPruneReport]:
+    def layer_reports(self, model) -> list[LayerPruneReport]:
         # pruning's own report of a pruned layer, as prune_model returns it.
         return [layer_prune_report(name, linear.weight.detach(), self.recipe.sparsity)
-                for name, linear in self.pruner.linears]
+                for name, linear in matching_linears(model)]
 
 
 def _train_step(run: _Run, step: int) -> float:
@@ -558,11 +594,13 @@ class _Evaluator:
         was_training = model.training
         model.eval()
         try:
+            activations = measure_activation_sparsity(model, self.teacher.tokenizer, self.texts)
             if self.task is None:
                 embeddings = self._embedder(model)(self.texts)
-                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()))
+                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()),
+                                activations=activations)
             task = evaluate_embeddings(self.dense, self._embedder(model), self.task)
-            return Fidelity(task.cosine, task)
+            return Fidelity(task.cosine, task, activations)
         finally:
             model.train(was_training)
 
@@ -645,6 +683,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     output.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
     save_file(state, output / _WEIGHTS_FILE, metadata={"format": "pt"})
+    record_activation(student)
     student.config.to_json_file(output / "config.json")
     source = Path(teacher.source)
     files = [source / name for name in _TOKENIZER_FILES if (source / name).is_file()]

@@ -33,6 +33,8 @@ from transformers import (
     AutoTokenizer, BatchEncoding, BertConfig, BertModel, PreTrainedTokenizerFast,
 )
 
+from .ffn_activation import restore_activation
+
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
     "OFFLOAD_MANIFEST_FILE",
@@ -158,7 +160,8 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
         sentences can be fed to it.
         Anything else: a local Hugging Face BERT checkpoint directory holding ``config.json``
         and ``model.safetensors`` (or a sharded ``model.safetensors.index.json``), and
-        optionally a tokenizer. Checkpoints of ``BertFor...`` models load too: their
+        optionally a tokenizer. A sparse feed-forward activation its ``config.json`` records
+        (:func:`~sparsemac.sw.ffn_activation.record_activation`) is put in place. Checkpoints of ``BertFor...`` models load too: their
         ``bert.`` prefix is stripped and the task head is ignored. Names take precedence over
         directories: write ``./minilm`` for a directory called ``minilm``.
     seed : int
@@ -174,8 +177,9 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
     ValueError
         If `spec` is neither a known name nor a path, if a directory holds only pickled
         weights (``pytorch_model.bin``), is not a BERT, if its ``config.json`` or a
-        safetensors file is truncated or corrupt (the message names the file), or its weights
-        do not fill a ``BertModel`` exactly (missing or unexpected tensors, wrong shapes).
+        safetensors file is truncated or corrupt (the message names the file), its weights
+        do not fill a ``BertModel`` exactly (missing or unexpected tensors, wrong shapes), or
+        the activation its ``config.json`` records is not one.
     FileNotFoundError
         If `spec` looks like a path that does not exist, or a directory lacks
         ``config.json`` or safetensors weights.
@@ -495,6 +499,8 @@ def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
         raise ValueError(f"{path}: checkpoint does not fill a BertModel exactly: "
                          f"missing {_preview(result.missing_keys)}, "
                          f"unexpected {_preview(unexpected)}")
+    # A model distilled with a sparse feed-forward activation computes it (sparsemac prune).
+    restore_activation(model, str(path / "config.json"))
     tokenizer = None
     if any((path / file).is_file() for file in _TOKENIZER_FILES):
         tokenizer = _load_tokenizer(path)

@@ -87,7 +87,11 @@ def finished(teacher, tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted(teacher, tmp_path_factory):
     """A run killed while computing step 3: its last checkpoint is from step 2."""
-    output = tmp_path_factory.mktemp("runs") / "interrupted"
+    return _interrupt(teacher, tmp_path_factory.mktemp("runs") / "interrupted", RECIPE)
+
+
+def _interrupt(teacher, output, recipe):
+    """`output`, a run of `recipe` killed while computing step 3."""
     original = distill._train_step
 
     def train_step(run, step):
@@ -98,7 +102,7 @@ def interrupted(teacher, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(distill, "_train_step", train_step)
         with pytest.raises(Interrupted):
-            distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
+            distill_prune(teacher, TEXTS, output, recipe, checkpoint_every=EVERY,
                           progress=False)
     return output
 
@@ -327,3 +331,75 @@ def test_calibrated_method_needs_calibration_text(teacher, tmp_path):
 def test_empty_corpus_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match="the distillation corpus is empty"):
         distill_prune(teacher, [], tmp_path / "run", RECIPE, progress=False)
+
+
+# A sparse feed-forward activation ---------------------------------------------------------------
+
+ACTIVATION = DistillRecipe(steps=6, batch_size=4, prune_every=1, activation="topk:0.25")
+
+
+@pytest.fixture(scope="module")
+def sparse_activation_run(teacher, tmp_path_factory):
+    """Weights and activation at once, uninterrupted, then interrupted at step 3 and resumed."""
+    runs = tmp_path_factory.mktemp("activation")
+    report = distill_prune(teacher, TEXTS, runs / "whole", ACTIVATION, checkpoint_every=EVERY,
+                           task=TASK, progress=False)
+    _interrupt(teacher, runs / "resumed", ACTIVATION)
+    return runs, report
+
+
+def test_a_sparse_activation_run_resumes_and_reports_the_measured_zeros(teacher,
+                                                                        sparse_activation_run):
+    from sparsemac.sw.ffn_activation import SparseActivation
+
+    runs, report = sparse_activation_run
+    with pytest.raises(ValueError, match=r"recipe\.activation 'topk:0\.25' in the checkpoint, "
+                                         r"'relu' now"):
+        distill_prune(teacher, TEXTS, runs / "resumed", DistillRecipe(
+            steps=6, batch_size=4, prune_every=1, activation="relu"), resume=True,
+                      progress=False)
+    resumed = distill_prune(teacher, TEXTS, runs / "resumed", ACTIVATION,
+                            checkpoint_every=EVERY, resume=True, progress=False)
+    assert resumed.resumed_from == 2 and resumed.finished
+    _assert_same_weights(runs / "resumed", runs / "whole")
+    config = json.loads((runs / "whole" / "config.json").read_text())
+    assert config["sparsemac_activation"] == {"spec": "topk:0.25", "thresholds": None}
+    loaded = load_model(str(runs / "whole")).model
+    assert all(isinstance(layer.intermediate.intermediate_act_fn, SparseActivation)
+               for layer in loaded.encoder.layer)
+    for fidelity in (report.before, report.after):
+        measured = fidelity.activations
+        assert measured.activation == "topk:0.25" and measured.texts == 30
+        assert [layer.name for layer in measured.layers] == [
+            "encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
+        assert all(layer.sparsity >= 0.75 for layer in measured.layers)  # 16 of 64 kept
+    written = json.loads((runs / "whole" / REPORT_FILE).read_text())
+    assert written["recipe"]["activation"] == "topk:0.25"
+    assert written["after"]["activations"]["layers"][0]["zeros"] == \
+        report.after.activations.layers[0].zeros
+
+
+def test_one_shot_trains_nothing_and_writes_the_model(teacher, tmp_path, capsys):
+    output = tmp_path / "one-shot"
+    status = main(["prune", "--model", teacher, "--output", str(output), "--one-shot",
+                   "--activation", "relu", "--sparsity", "0.5", "--batch-size", "4"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "magnitude to 50.0% in one shot, activation relu" in printed
+    assert "distilled" not in printed and "activation zeros" in printed
+    written = json.loads((output / REPORT_FILE).read_text())
+    assert written["step"] == 0 and written["finished"] is True
+    assert written["before"] == written["after"]
+    assert written["after"]["activations"]["activation"] == "relu"
+    assert json.loads((output / "config.json").read_text())["sparsemac_activation"]["spec"] \
+        == "relu"
+
+
+@pytest.mark.parametrize("value", ["topk:2", "gelu", "relu:-1"])
+def test_a_bad_activation_exits_2_before_any_work(teacher, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "--model", teacher, "--output", str(tmp_path / "run"), "--activation",
+              value])
+    assert exit_.value.code == 2
+    assert "--activation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

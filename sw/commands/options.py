@@ -12,12 +12,14 @@ import dataclasses
 from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
+from ..activation_sparsity import ACTIVATION_HELP, ActivationSpecError, parse_activation
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
-           "add_calibration_argument", "fraction_argument", "add_model_argument"]
+           "add_calibration_argument", "fraction_argument", "add_model_argument",
+           "activation_argument", "add_activation_argument"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -245,3 +247,27 @@ def fraction_argument(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be from 0 to 1, not {value!r}")
     return value
+
+
+def activation_argument(text):
+    """argparse type of ``--activation``:
+    :func:`~sparsemac.sw.activation_sparsity.parse_activation`."""
+    try:
+        return parse_activation(text)
+    except ActivationSpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_activation_argument(parser, without="none, GELU as trained", where=""):
+    """Adds ``--activation SPEC`` (default None, which the command reads as `without`).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser or argument group
+    without : str
+        What the command does without the option, for the help.
+    where : str
+        A note on where the option applies, appended to the help.
+    """
+    parser.add_argument("--activation", metavar="SPEC", type=activation_argument, default=None,
+                        help=f"{ACTIVATION_HELP}{where} (default: {without})")

@@ -5,7 +5,7 @@ import argparse
 import json
 import re
 
-from .options import add_model_argument
+from .options import add_activation_argument, add_model_argument
 
 HELP = ("Prune a BERT gradually while distilling it from the dense model; writes a Hugging "
         "Face checkpoint directory of the sparse weights and a JSON report. Resumable.")
@@ -63,6 +63,10 @@ def add_arguments(parser):
     recipe.add_argument("--hidden-weight", type=float,
                         help="weight of the per-layer hidden-state MSE")
     recipe.add_argument("--seed", type=int, help="seed of the batch order and dropout")
+    add_activation_argument(recipe, without="none", where="; the student's, from the first step")
+    parser.add_argument("--one-shot", action="store_true",
+                        help="train nothing: prune the teacher in one shot to --sparsity with "
+                             "--activation, write it and report what that costs")
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="steps between checkpoints (default %(default)s)")
     parser.add_argument("--time-budget", type=_duration, default=None,
@@ -93,7 +97,7 @@ def run(args):
     report = distill_prune(args.model, texts, args.output, recipe, task=task,
                            resume=args.resume,
                            checkpoint_every=args.checkpoint_every,
-                           time_budget=args.time_budget)
+                           time_budget=args.time_budget, one_shot=args.one_shot)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -105,27 +109,41 @@ def _print_report(report):
     recipe = report.recipe
     resumed = (f", resumed at step {report.resumed_from}" if report.resumed_from is not None
                else "")
-    print(f"{report.model}: {recipe.method} to {recipe.sparsity:.1%} over {recipe.steps} steps "
-          f"(final sparsity from step {recipe.prune_end_step}), {report.corpus_texts} texts "
-          f"({report.truncated_texts} cut at {recipe.max_tokens} tokens){resumed}")
+    one_shot = report.finished and report.after is report.before
+    schedule = ("in one shot" if one_shot else
+                f"over {recipe.steps} steps (final sparsity from step {recipe.prune_end_step})")
+    print(f"{report.model}: {recipe.method} to {recipe.sparsity:.1%} {schedule}, activation "
+          f"{recipe.activation}, {report.corpus_texts} texts ({report.truncated_texts} cut at "
+          f"{recipe.max_tokens} tokens){resumed}")
     if not report.finished:
         print(f"stopped by the time budget at step {report.step}/{recipe.steps}; checkpoint in "
               f"{report.output}: run the same command with --resume to continue")
     else:
-        print(f"{'layer':<40} {'shape':>10} {'sparsity':>8} {'nonzeros':>9}")
+        activations = {layer.name: layer for layer in report.after.activations.layers}
+        print(f"{'layer':<40} {'shape':>10} {'sparsity':>8} {'nonzeros':>9} {'act. zeros':>10} "
+              f"{'ideal':>7}")
         for layer in report.layers:
             rows, cols = layer.shape
-            print(f"{layer.name:<40} {f'{rows}x{cols}':>10} {1 - layer.nnz / (rows * cols):>8.4f} "
-                  f"{layer.nnz:>9,}")
-        print(f"sparsity over all pruned linears: {report.sparsity:.4f}")
+            weights = 1 - layer.nnz / (rows * cols)
+            zeros = activations[layer.name].sparsity if layer.name in activations else 0.0
+            print(f"{layer.name:<40} {f'{rows}x{cols}':>10} {weights:>8.4f} {layer.nnz:>9,} "
+                  + (f"{zeros:>10.4f} {1 / ((1 - weights) * (1 - zeros)):>6.2f}x"
+                     if layer.name in activations else f"{'-':>10} {1 / (1 - weights):>6.2f}x"))
+        print(f"sparsity over all pruned linears: {report.sparsity:.4f}; exactly-zero int8 "
+              f"activations entering output.dense: {report.after.activations.sparsity:.4f} "
+              f"(measured on the {report.eval_texts} held-out texts; ideal speedup "
+              "1/((1-s_w)(1-s_a)))")
         dense = report.after.task.dense_accuracy
         print(f"fidelity on the task's {report.eval_texts} test texts (dense model: accuracy "
               f"{dense:.2%})")
         for name, fidelity in (("one-shot", report.before), ("distilled", report.after)):
+            if name == "distilled" and one_shot:
+                continue
             print(f"  {name:<10} embedding cosine {fidelity.embedding_cosine:.4f}, accuracy "
                   f"{fidelity.task.accuracy:.2%} (dense probe "
                   f"{fidelity.task.accuracy_dense_probe:.2%}), kNN agreement "
-                  f"{fidelity.task.knn_agreement:.3f}")
+                  f"{fidelity.task.knn_agreement:.3f}, activation zeros "
+                  f"{fidelity.activations.sparsity:.4f}")
         print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
               "distill_report.json)")
     step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
