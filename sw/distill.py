@@ -86,7 +86,8 @@ _PLAIN_PROGRESS_S = 60.0
 class DistillRecipe:
     """How a sparse model is distilled: everything that decides its weights."""
 
-    #: Fraction of each encoder linear's weights removed at the end, in (0, 1).
+    #: Fraction of each encoder linear's weights removed at the end, in (0, 1); 0 (no weight
+    #: pruned) when `activation` is sparse.
     sparsity: float = 0.9
     #: How masks are chosen at each pruning step: the smallest ``|w|`` of the current student
     #: weights (pruned weights staying pruned), or the calibrated methods of
@@ -132,9 +133,12 @@ class DistillRecipe:
 
     def __post_init__(self):
         object.__setattr__(self, "activation", str(parse_activation(self.activation)))
-        if isinstance(self.sparsity, bool) or not 0.0 < self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be between 0 and 1 (exclusive), not "
-                             f"{self.sparsity!r}")
+        # Sparsity 0 prunes no weight: a run only when the activation changes.
+        low = 0.0 if self.activation != "none" and self.sparsity == 0.0 else None
+        if isinstance(self.sparsity, bool) or not (self.sparsity == low
+                                                   or 0.0 < self.sparsity < 1.0):
+            raise ValueError(f"sparsity must be between 0 and 1 (exclusive; 0 with a sparse "
+                             f"activation), not {self.sparsity!r}")
         if self.method not in MASK_METHODS:
             raise ValueError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")

@@ -314,7 +314,11 @@ def test_calibrated_masks_are_exact_after_the_final_step(teacher, tmp_path, meth
                                 "sparsegpt), not 'magnitude'"),
     (dict(method="obs"), "unknown mask method 'obs'; valid: 'magnitude', 'wanda', 'sparsegpt'"),
     (dict(steps=1), "steps must be at least 2"),
-    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive), not 1.0"),
+    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive; 0 with a sparse "
+                         "activation), not 1.0"),
+    (dict(sparsity=0.0), "(exclusive; 0 with a sparse activation), not 0.0"),
+    (dict(activation="topk:0"), "topk:F's kept fraction F must be a fraction strictly "
+                                "between 0 and 1, not 0.0"),
 ])
 def test_bad_recipes_are_refused(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -379,13 +383,14 @@ def test_a_sparse_activation_run_resumes_and_reports_the_measured_zeros(teacher,
         report.after.activations.layers[0].zeros
 
 
-def test_one_shot_trains_nothing_and_writes_the_model(teacher, tmp_path, capsys):
+@pytest.mark.parametrize("sparsity", ["0.5", "0"])
+def test_one_shot_trains_nothing_and_writes_the_model(teacher, tmp_path, capsys, sparsity):
     output = tmp_path / "one-shot"
     status = main(["prune", "--model", teacher, "--output", str(output), "--one-shot",
-                   "--activation", "relu", "--sparsity", "0.5", "--batch-size", "4"])
+                   "--activation", "relu", "--sparsity", sparsity, "--batch-size", "4"])
     assert status == 0
     printed = capsys.readouterr().out
-    assert "magnitude to 50.0% in one shot, activation relu" in printed
+    assert f"magnitude to {float(sparsity):.1%} in one shot, activation relu" in printed
     assert "distilled" not in printed and "activation zeros" in printed
     written = json.loads((output / REPORT_FILE).read_text())
     assert written["step"] == 0 and written["finished"] is True
