@@ -29,6 +29,7 @@ from .quantisation import DEFAULT_GRANULARITY, quantise_input
 
 __all__ = ["FeedForwardError", "SparseActivation", "ActivationSetting",
            "LayerActivationSparsity", "ActivationSparsityReport", "feed_forward_layers",
+           "feed_forward_consumers",
            "model_activation", "sparsify_activations", "check_activation", "calibrate_thresholds",
            "measure_activation_sparsity", "CONFIG_KEY", "record_activation",
            "restore_activation"]
@@ -174,6 +175,18 @@ def feed_forward_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
                                    "a GELU feed-forward activation is replaced")
         _consumer(model, name)
     return layers
+
+
+def feed_forward_consumers(model: nn.Module) -> list[str]:
+    """The qualified names of the linears the feed-forward activations enter (each
+    ``output.dense``), in module order.
+
+    Raises
+    ------
+    FeedForwardError
+        As :func:`feed_forward_layers`.
+    """
+    return [_consumer(model, name) for name, _ in feed_forward_layers(model)]
 
 
 def model_activation(model: nn.Module) -> ActivationSetting:
@@ -386,7 +399,7 @@ def measure_activation_sparsity(model: nn.Module, tokenizer, texts: Sequence[str
     FeedForwardError
         As :func:`feed_forward_layers`.
     """
-    names = [_consumer(model, name) for name, _ in feed_forward_layers(model)]
+    names = feed_forward_consumers(model)
     counts = np.zeros((len(names), 2), dtype=np.int64)
     mask: list[torch.Tensor] = []
 

@@ -81,3 +81,32 @@ def test_a_carried_activation_is_taken_or_must_agree():
         agreed_activation("topk:0.1", "relu", "ckpt")
     with pytest.raises(ActivationMismatchError, match="carries activation none"):
         agreed_activation("none", "relu", "ckpt")
+
+
+@pytest.mark.parametrize("command", ["simulate", "bert", "compare", "prune"])
+@pytest.mark.parametrize("value", ["topk:1", "swish", "relu:-0.5"])
+def test_every_command_refuses_a_bad_activation_before_any_work(command, value, capsys,
+                                                                tmp_path, monkeypatch):
+    from sparsemac.sw import cli
+
+    extra = ["--output", str(tmp_path / "out")] if command in ("compare", "prune") else []
+    monkeypatch.setattr("sparsemac.sw.models.load_model", None)  # no model may load
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--activation", value, *extra])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --activation: " in error and parse_error(value) in error
+    assert not (tmp_path / "out").exists()
+
+
+def parse_error(value):
+    with pytest.raises(ActivationSpecError) as error:
+        parse_activation(value)
+    return str(error.value)
+
+
+def test_the_help_lists_every_form():
+    from sparsemac.sw.commands.options import ACTIVATION_HELP
+
+    for form in ("none", "relu", "relu:T", "relu@S", "topk:F"):
+        assert form in ACTIVATION_HELP

@@ -204,3 +204,20 @@ def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path, index):
             layer_cycles(csr, tokens, first, Mode.SPARSE, memory).cycles for csr in csrs)
     titles = [title for title, _, _ in report.sections()]
     assert any(title.startswith("Cycles on every config") for title in titles)
+
+
+def test_a_sparse_activation_reaches_the_device_and_the_host_alike(tmp_path):
+    report = compare.sweep(["magnitude"], [0.5], sizes=SIZES, workload=WORKLOAD,
+                           output=tmp_path, activation="topk:0.1")
+    float_point, int8, pruned = report.points
+    assert report.activation == "topk:0.1"
+    assert float_point.activation == "none" and float_point.activation_sparsity == 0.0
+    assert int8.label == "int8 topk:0.1" and pruned.label == "magnitude 0.5 topk:0.1"
+    for point in (int8, pruned):
+        assert point.activation == "topk:0.1"
+        # 6 of 36 linears take the feed-forward activations, 90 % zero: at least 0.9 / 6 of all
+        assert point.activation_sparsity > 0.15
+        assert point.joint_ideal_speedup > 1 / (1 - point.sparsity)
+        assert point.host_equals_device  # the host's int8 path sees the same zeros
+    written = json.loads((tmp_path / "compare.json").read_text())
+    assert written["points"][2]["activation_sparsity"] == pruned.activation_sparsity

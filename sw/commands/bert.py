@@ -8,11 +8,11 @@ prints its report.
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_granularity_argument, add_index_argument,
-                      add_memory_arguments, add_model_argument, add_report_arguments,
-                      config_from_args, fraction_argument, index_from_args, memory_from_args,
-                      method_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_backend_arguments,
+                      add_calibration_argument, add_config_arguments, add_granularity_argument,
+                      add_index_argument, add_memory_arguments, add_model_argument,
+                      add_report_arguments, config_from_args, fraction_argument,
+                      index_from_args, memory_from_args, method_argument)
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
         "vs dense cycles per layer and the output fidelity against the model as given.")
@@ -27,6 +27,7 @@ def add_arguments(parser):
     parser.add_argument("--method", type=method_argument, default="magnitude",
                         help=f"{METHOD_HELP} (default: %(default)s)")
     add_calibration_argument(parser)
+    add_activation_argument(parser)
     parser.add_argument("--scope", default="local", choices=("local", "global"),
                         help="one threshold per layer (local) or over all layers (global)")
     add_granularity_argument(parser)
@@ -56,7 +57,7 @@ def run(args):
         scope=args.scope, granularity=args.granularity, text=args.text, tokens=args.tokens,
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args), calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration, activation=args.activation)
     if args.csv is not None:
         write_csv(args.csv, report.layers)
     if args.json:

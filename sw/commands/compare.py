@@ -9,10 +9,10 @@ input.
 import argparse
 import json
 
-from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
-                      add_granularity_argument, add_index_argument, add_memory_arguments,
-                      configs_from_args, fraction_argument, index_from_args, memory_from_args,
-                      method_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_calibration_argument,
+                      add_config_arguments, add_granularity_argument, add_index_argument,
+                      add_memory_arguments, configs_from_args, fraction_argument,
+                      index_from_args, memory_from_args, method_argument)
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
         "(and take distilled checkpoints), offload it, and measure cycles sparse vs dense on "
@@ -80,6 +80,8 @@ def add_arguments(parser):
                         help="labelled task instead of the built-in tweets: a UTF-8 CSV with "
                              "text and label columns")
     add_calibration_argument(parser)
+    add_activation_argument(parser, without="none, GELU as trained",
+                            where="; of the int8 and pruned points (checkpoints keep their own)")
     add_config_arguments(parser, several=True)
     add_granularity_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
@@ -117,7 +119,7 @@ def run(args):
                    sizes=SplitSizes(train=args.train, test=args.test),
                    workload=args.workload, data=args.data, calibration=args.calibration,
                    output=args.output, verify=args.verify, memory=_memory(args),
-                   index=index_from_args(args))
+                   index=index_from_args(args), activation=args.activation)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "memory_from_args", "add_index_argument", "index_from_args", "add_report_arguments",
            "add_granularity_argument", "METHOD_HELP", "method_argument",
            "add_calibration_argument", "fraction_argument", "add_model_argument",
-           "activation_argument", "add_activation_argument"]
+           "activation_argument", "add_activation_argument", "CARRIED_ACTIVATION"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -258,7 +258,11 @@ def activation_argument(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_activation_argument(parser, without="none, GELU as trained", where=""):
+#: What a command without ``--activation`` runs: the model's own activation.
+CARRIED_ACTIVATION = "as the model carries it: GELU, or a prune checkpoint's own"
+
+
+def add_activation_argument(parser, without=CARRIED_ACTIVATION, where=""):
     """Adds ``--activation SPEC`` (default None, which the command reads as `without`).
 
     Parameters

@@ -10,10 +10,11 @@ input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 import json
 
 from ..tables import format_sections, write_csv
-from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_index_argument, add_memory_arguments,
-                      add_model_argument, add_report_arguments, config_from_args, fraction_argument,
-                      index_from_args, memory_from_args, method_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_backend_arguments,
+                      add_calibration_argument, add_config_arguments, add_index_argument,
+                      add_memory_arguments, add_model_argument, add_report_arguments,
+                      config_from_args, fraction_argument, index_from_args, memory_from_args,
+                      method_argument)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -33,6 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--method", type=method_argument, default="magnitude",
                         help=f"pruning: {METHOD_HELP} (default: %(default)s)")
     add_calibration_argument(parser)
+    add_activation_argument(parser, where="; only for a feed-forward output --layer, e.g. "
+                                          "encoder.layer.0.output.dense")
     parser.add_argument("--tokens", type=int, default=None,
                         help="repeat the sentence to exactly this many tokens (default: the "
                              "sentence itself)")
@@ -67,7 +70,7 @@ def run(args):
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args), calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration, activation=args.activation)
     if args.csv is not None:
         write_csv(args.csv, [report.csv_row()])
     if args.json:

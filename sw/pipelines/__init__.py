@@ -7,7 +7,7 @@ a notebook calls the same function.
 
 from pathlib import Path
 
-__all__ = ["check_output_path", "check_port"]
+__all__ = ["check_output_path", "check_port", "activation_calibration"]
 
 
 def check_output_path(path, what):
@@ -35,3 +35,20 @@ def check_port(backend, port):
     if (backend == "fpga") != (port is not None):
         raise ValueError("--backend fpga needs --port (the board's serial port), and --port "
                          "is only for --backend fpga")
+
+
+def activation_calibration(activation, texts, seed):
+    """The calibration text of a ``relu@S`` activation: `texts` (a calibrated method's), else
+    the built-in task's calibration split (seeded by `seed`); None for every other activation.
+
+    Raises
+    ------
+    ActivationSpecError
+        If `activation` does not parse.
+    """
+    from ..activation_sparsity import parse_activation
+    from ..task import calibration_texts
+
+    if activation is None or not parse_activation(activation).calibrated:
+        return None
+    return texts if texts is not None else calibration_texts(seed=seed)

@@ -36,6 +36,7 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
+from ..activation_sparsity import NONE, parse_activation
 from ..calibration import check_method, fixes_sparsity
 from ..memory_report import recorded_memory_cycles
 from ..model_offload import cross_check, offload
@@ -105,15 +106,25 @@ class FrontPoint:
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
     #: memory model (exact throttled cycle model, issue 12), None without one.
     by_config: dict[str, dict] = field(default_factory=dict)
+    #: The feed-forward activation (``str(ActivationSpec)``): the sweep's, or a checkpoint's.
+    activation: str = "none"
+    #: Measured fraction of exactly-zero int8 activations the workload sent (0 for float).
+    activation_sparsity: float = 0.0
+    #: Products over those of a nonzero weight and a nonzero activation, per layer
+    #: ``1 / ((1 - s_w)(1 - s_a))`` weighted by its share of the workload.
+    joint_ideal_speedup: float = 1.0
 
     @property
     def label(self) -> str:
         """How tables and the plot name the point."""
         if self.kind == "checkpoint":
-            return f"checkpoint {Path(self.model).name}"
-        if self.sparsity_target is None or self.kind != "pruned":
-            return self.method
-        return f"{self.method} {self.sparsity_target:g}"
+            name = f"checkpoint {Path(self.model).name}"
+        elif self.sparsity_target is None or self.kind != "pruned":
+            name = self.method
+        else:
+            name = f"{self.method} {self.sparsity_target:g}"
+        shown = self.activation != "none" and self.kind in ("int8", "pruned")
+        return f"{name} {self.activation}" if shown else name
 
 
 def pareto_front(points) -> list[int]:
@@ -189,6 +200,8 @@ class CompareReport:
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
+    #: The feed-forward activation of the int8 and pruned points.
+    activation: str = "none"
 
     @property
     def passed(self):
@@ -212,12 +225,16 @@ class CompareReport:
                  f"probe on {data['train']} train, scored on {data['test']} test texts of "
                  f"{data['source']}; cycles of {workload['texts']} test texts in one batch "
                  f"({workload['tokens']} tokens a layer call)"
-                 + ("; delta column index" if self.index == "delta" else ""))
-        header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", "accuracy",
-                  "dense probe", "cosine", "kNN", f"{self.index.upper()} bytes", "front", "s"]
+                 + ("; delta column index" if self.index == "delta" else "")
+                 + (f"; activation {self.activation} (act. zeros: measured on the workload; "
+                    "ideal w+a = 1/((1-s_w)(1-s_a)))" if self.activation != "none" else ""))
+        header = ["point", "sparsity", "act. zeros", "sparse cyc", "dense cyc", "speedup",
+                  "ideal w+a", "accuracy", "dense probe", "cosine", "kNN",
+                  f"{self.index.upper()} bytes", "front", "s"]
         front = set(self.front)
-        rows = [[point.label, f"{point.sparsity:.3f}", f"{point.sparse_cycles:,}",
-                 f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", f"{point.accuracy:.2%}",
+        rows = [[point.label, f"{point.sparsity:.3f}", f"{point.activation_sparsity:.3f}",
+                 f"{point.sparse_cycles:,}", f"{point.dense_cycles:,}", f"{point.speedup:.2f}x",
+                 f"{point.joint_ideal_speedup:.2f}x", f"{point.accuracy:.2%}",
                  f"{point.accuracy_dense_probe:.2%}", f"{point.cosine:.4f}",
                  f"{point.knn_agreement:.3f}", f"{point.sparse_weight_bytes:,}",
                  "*" if index in front else "", f"{point.seconds:.0f}"]
@@ -272,7 +289,8 @@ class CompareReport:
 def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
           checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR):
+          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
+          activation=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -312,6 +330,10 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     index : ColumnIndex
         How the sparse jobs send column indices, on every config: ``DELTA`` needs configs
         with the delta decoder (e.g. ``k8t4d5``).
+    activation : ActivationSpec or str or None
+        The feed-forward activation of the int8 and pruned points (``relu@S`` calibrated on
+        the calibration text); checkpoints keep their own, the float model GELU. Each point
+        reports the zeros its workload sent (:attr:`FrontPoint.activation_sparsity`).
 
     Returns
     -------
@@ -335,6 +357,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     for other in configs:
         check_index(other, index)
     plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
+    activation = parse_activation(NONE if activation is None else activation)
     splits = task_splits(load_labelled(data), seed=seed, sizes=sizes)
     texts = (load_texts(calibration) if calibration is not None
              else splits.calibration.texts)
@@ -357,7 +380,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         point_started = time.perf_counter()
         offloaded, report = offload(base, device, sparsity, method, seed=seed,
                                     granularity=granularity, calibration=texts,
-                                    tokenizer=tokenizer, index=index)
+                                    tokenizer=tokenizer, index=index,
+                                    activation=None if kind == "checkpoint" else activation)
         on_device = sentence_embeddings(offloaded, tokenizer, batch, batch_size=len(batch))
         report.detach()
         for layer, module in zip(report.layers, report.modules):
@@ -384,7 +408,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
             accuracy_dense_probe=task.accuracy_dense_probe, cosine=task.cosine,
             knn_agreement=task.knn_agreement,
             host_equals_device=bool(torch.equal(on_device, on_host)),
-            seconds=time.perf_counter() - point_started, by_config=by_config)
+            seconds=time.perf_counter() - point_started, by_config=by_config,
+            activation=report.activation, activation_sparsity=report.activation_sparsity,
+            joint_ideal_speedup=report.joint_ideal_speedup)
 
     points = []
     for number, (kind, method, source, sparsity) in enumerate(plan, start=1):
@@ -413,7 +439,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     checked = None
     if verify:
         checked = _verify(points, best, loaded, texts, splits.test.texts[0], config, seed,
-                          granularity, index)
+                          granularity, index, activation)
     result = CompareReport(
         model=loaded.name, seed=seed, granularity=granularity, config=config.as_dict(),
         data={"source": splits.train.source, "train": len(splits.train),
@@ -423,7 +449,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         workload={"texts": len(batch), "tokens": tokens}, dense_accuracy=dense_task.accuracy,
         points=points, front=pareto_front(points), best=best, verify=checked,
         wall_s=time.perf_counter() - started,
-        memory=None if memory is None else memory.describe(), index=index.name.lower())
+        memory=None if memory is None else memory.describe(), index=index.name.lower(),
+        activation=str(activation))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "compare.csv", [_csv_row(point) for point in points])
@@ -468,7 +495,7 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
             for kind, method, source, sparsity in plan]
 
 
-def _verify(points, best, loaded, texts, text, config, seed, granularity, index):
+def _verify(points, best, loaded, texts, text, config, seed, granularity, index, activation):
     """Rerun one point on one test text on Verilator and on the reference."""
     from ..models import load_model, sentence_embeddings
 
@@ -487,7 +514,9 @@ def _verify(points, best, loaded, texts, text, config, seed, granularity, index)
             offloaded, report = offload(model, device, sparsity, method, seed=seed,
                                         granularity=granularity, calibration=texts,
                                         tokenizer=loaded.tokenizer, keep_sums=True,
-                                        progress=True, index=index)
+                                        progress=True, index=index,
+                                        activation=None if point.kind == "checkpoint"
+                                        else activation)
             sentence_embeddings(offloaded, loaded.tokenizer, [text])
         reports.append(report)
     check = cross_check(*reports)
