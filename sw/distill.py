@@ -245,7 +245,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
                   calibration_texts: Sequence[str] | None = None, resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
-                  progress: bool = True, one_shot: bool = False) -> PruneReport:
+                  progress: bool = True, one_shot: bool = False,
+                  init: str | os.PathLike | None = None) -> PruneReport:
     """Prune a BERT gradually while distilling it from its dense self; write the result.
 
     Parameters
@@ -284,6 +285,10 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         Train nothing: write the teacher pruned in one shot to the final sparsity with the
         recipe's activation, and report what that costs (``before`` and ``after`` are its
         figures).
+    init : path, optional
+        A pruned checkpoint of the teacher's architecture (an earlier run's directory) to start
+        the student from instead of the teacher: its zero weights stay zero, the recipe's
+        schedule may prune more (sparsity 0: none). So weights first, then the activation.
 
     Returns
     -------
@@ -329,8 +334,11 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                 # Magnitude masks read no calibration text: another one is the same run.
                 "calibration_sha256": _texts_sha256(calibration) if calibrated else None,
                 "recipe": recorded}
+    start = None if init is None else load_model(str(init)).model
+    if start is not None:
+        identity["init_sha256"] = _state_sha256(start)
     checkpoint = _check_output(output, identity, resume)
-    run = _Run(teacher, texts, recipe, calibration)
+    run = _Run(teacher, texts, recipe, calibration, start)
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
     if time_budget is not None and _now() + step_estimate > deadline:
@@ -374,12 +382,16 @@ class _Run:
     """The student, teacher, optimiser and pruner of one run, and its step counter."""
 
     def __init__(self, teacher: LoadedModel, texts: list[str], recipe: DistillRecipe,
-                 calibration: list[str]):
+                 calibration: list[str], start=None):
         self.teacher = teacher
         self.texts = texts
         self.recipe = recipe
         self.calibration = calibration
-        self.student = self.with_activation(copy.deepcopy(teacher.model))
+        # What the student starts from: the teacher, or a pruned model whose zeros stay.
+        self.start = teacher.model if start is None else start
+        self.student = self.with_activation(copy.deepcopy(self.start))
+        self.kept = None if start is None else {
+            name: linear.weight.detach() != 0 for name, linear in matching_linears(self.student)}
         for module in (self.student.embeddings, self.student.pooler):
             if module is not None:
                 module.requires_grad_(False)
@@ -425,7 +437,7 @@ class _Run:
     def one_shot(self):
         """A copy of the teacher pruned in one shot to the final sparsity, with the recipe's
         activation."""
-        pruned = self.with_activation(copy.deepcopy(self.teacher.model))
+        pruned = self.with_activation(copy.deepcopy(self.start))
         linears = matching_linears(pruned)
         masks = self.masks(pruned, self.recipe.sparsity, self.recipe.pattern)
         with torch.no_grad():
@@ -567,11 +579,13 @@ def _prune_step(run: _Run, step: int) -> None:
     n_m = recipe.pattern not in (None, K_ALIGNED)
     if sparsity == 0.0 or (recipe.method == "magnitude" and not (n_m and last)):
         pruner.step(step)  # magnitude, pruned weights ranked below every kept one
-        return
-    # Before the last step an N:M pattern cannot hold the scheduled sparsity: unstructured.
-    pattern = None if n_m and not last else recipe.pattern
-    pruner.masks = run.masks(run.student, sparsity, pattern)
-    pruner.sparsity = sparsity
+    else:
+        # Before the last step an N:M pattern cannot hold the scheduled sparsity: unstructured.
+        pattern = None if n_m and not last else recipe.pattern
+        pruner.masks = run.masks(run.student, sparsity, pattern)
+        pruner.sparsity = sparsity
+    if run.kept is not None:  # a pruned start keeps its zeros
+        pruner.masks = {name: mask & run.kept[name] for name, mask in pruner.masks.items()}
     pruner.apply_masks()
 
 

@@ -335,9 +335,9 @@ def calibrate_thresholds(model: nn.Module, tokenizer, texts: Sequence[str],
                          target: float) -> list[float]:
     """Per-intermediate ReLU thresholds at which a fraction `target` of the inputs are zeroed.
 
-    Each threshold is the `target` quantile of the GELU inputs of its intermediate over the
-    tokens of `texts` (one text at a time, so no padding counts), in the model as given,
-    and at least 0.
+    Each threshold is the smallest GELU input of its intermediate at or below which at least
+    a fraction `target` of the inputs fall, over the tokens of `texts` (one text at a time, so
+    no padding counts) in the model as given; at least 0.
 
     Parameters
     ----------

@@ -160,10 +160,11 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
         sentences can be fed to it.
         Anything else: a local Hugging Face BERT checkpoint directory holding ``config.json``
         and ``model.safetensors`` (or a sharded ``model.safetensors.index.json``), and
-        optionally a tokenizer. A sparse feed-forward activation its ``config.json`` records
-        (:func:`~sparsemac.sw.ffn_activation.record_activation`) is put in place. Checkpoints of ``BertFor...`` models load too: their
-        ``bert.`` prefix is stripped and the task head is ignored. Names take precedence over
-        directories: write ``./minilm`` for a directory called ``minilm``.
+        optionally a tokenizer. Checkpoints of ``BertFor...`` models load too: their
+        ``bert.`` prefix is stripped and the task head is ignored. A sparse feed-forward
+        activation its ``config.json`` records
+        (:func:`~sparsemac.sw.ffn_activation.record_activation`) is put in place. Names take
+        precedence over directories: write ``./minilm`` for a directory called ``minilm``.
     seed : int
         Seed for the random initialisation of ``"bert-base"``; unused by the others.
 

@@ -90,8 +90,9 @@ def interrupted(teacher, tmp_path_factory):
     return _interrupt(teacher, tmp_path_factory.mktemp("runs") / "interrupted", RECIPE)
 
 
-def _interrupt(teacher, output, recipe):
-    """`output`, a run of `recipe` killed while computing step 3."""
+def _interrupt(teacher, output, recipe, **options):
+    """`output`, a run of `recipe` (and `options` of distill_prune) killed while computing
+    step 3."""
     original = distill._train_step
 
     def train_step(run, step):
@@ -103,7 +104,7 @@ def _interrupt(teacher, output, recipe):
         patch.setattr(distill, "_train_step", train_step)
         with pytest.raises(Interrupted):
             distill_prune(teacher, TEXTS, output, recipe, checkpoint_every=EVERY,
-                          progress=False)
+                          progress=False, **options)
     return output
 
 
@@ -408,3 +409,37 @@ def test_a_bad_activation_exits_2_before_any_work(teacher, tmp_path, capsys, val
     assert exit_.value.code == 2
     assert "--activation" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_refuses_another_activation_and_runs_its_own(sparse_activation_run,
+                                                                  capsys):
+    whole = str(sparse_activation_run[0] / "whole")
+    status = main(["bert", "--model", whole, "--backend", "reference", "--activation", "relu"])
+    assert status == 2
+    assert "carries activation topk:0.25; it cannot be made relu" in capsys.readouterr().err
+    assert main(["bert", "--model", whole, "--backend", "reference", "--sparsity", "0",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["activation"] == "topk:0.25"
+
+
+def test_a_pruned_start_keeps_its_zeros_while_the_activation_is_distilled(teacher, finished,
+                                                                          tmp_path):
+    start = finished[0]
+    recipe = DistillRecipe(sparsity=0.0, steps=4, batch_size=4, prune_every=1,
+                           activation="topk:0.25")
+    output = _interrupt(teacher, tmp_path / "weights-first", recipe, init=start)
+    resumed = distill_prune(teacher, TEXTS, output, recipe, checkpoint_every=EVERY, resume=True,
+                            progress=False, init=start)
+    assert resumed.finished and resumed.resumed_from == 2
+    pruned = load_file(start / "model.safetensors")
+    trained = load_file(output / "model.safetensors")
+    for layer in resumed.layers:
+        weight = trained[layer.name + ".weight"]
+        assert torch.equal(weight == 0, pruned[layer.name + ".weight"] == 0), layer.name
+        assert not torch.equal(weight, pruned[layer.name + ".weight"]), layer.name
+    assert json.loads((output / "config.json").read_text())["sparsemac_activation"]["spec"] \
+        == "topk:0.25"
+    with pytest.raises(ValueError, match="init_sha256 None in the checkpoint"):
+        distill_prune(teacher, TEXTS, _interrupt(teacher, tmp_path / "from-teacher", recipe),
+                      recipe, resume=True, progress=False, init=start)

@@ -64,6 +64,11 @@ def add_arguments(parser):
                         help="weight of the per-layer hidden-state MSE")
     recipe.add_argument("--seed", type=int, help="seed of the batch order and dropout")
     add_activation_argument(recipe, without="none", where="; the student's, from the first step")
+    parser.add_argument("--init", metavar="DIR", default=None,
+                        help="start the student from this pruned checkpoint of the teacher "
+                             "(an earlier prune --output) instead of the teacher: its zeros "
+                             "stay zero; with --sparsity 0 --activation SPEC, the weights first, "
+                             "then the activation, still distilled from the dense --model")
     parser.add_argument("--one-shot", action="store_true",
                         help="train nothing: prune the teacher in one shot to --sparsity with "
                              "--activation, write it and report what that costs")
@@ -97,7 +102,8 @@ def run(args):
     report = distill_prune(args.model, texts, args.output, recipe, task=task,
                            resume=args.resume,
                            checkpoint_every=args.checkpoint_every,
-                           time_budget=args.time_budget, one_shot=args.one_shot)
+                           time_budget=args.time_budget, one_shot=args.one_shot,
+                           init=args.init)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
