@@ -101,12 +101,13 @@ class ActivationSpec:
                                           f"between 0 and 1, not {value!r}")
 
     def __str__(self):
+        # repr: the shortest text that parses back to the same float.
         if self.kind == "relu":
             if self.target is not None:
-                return f"relu@{self.target:g}"
-            return "relu" if self.threshold == 0.0 else f"relu:{self.threshold:g}"
+                return f"relu@{self.target!r}"
+            return "relu" if self.threshold == 0.0 else f"relu:{self.threshold!r}"
         if self.kind == "topk":
-            return f"topk:{self.keep:g}"
+            return f"topk:{self.keep!r}"
         return "none"
 
     @property

@@ -19,6 +19,8 @@ from sparsemac.sw.activation_sparsity import (NONE, ActivationMismatchError, Act
     ("relu@0.9", ActivationSpec("relu", target=0.9), "relu@0.9"),
     ("topk:0.1", ActivationSpec("topk", keep=0.1), "topk:0.1"),
     ("TopK:.05", ActivationSpec("topk", keep=0.05), "topk:0.05"),
+    ("relu:0.1234567891", ActivationSpec("relu", threshold=0.1234567891), "relu:0.1234567891"),
+    ("relu:1e-7", ActivationSpec("relu", threshold=1e-7), "relu:1e-07"),
 ])
 def test_good_values_parse_to_one_canonical_spec(text, spec, canonical):
     parsed = parse_activation(text)
