@@ -40,8 +40,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..hw.config import ArrayConfig
-from .csr import CSRMatrix
 from .activation_sparsity import agreed_activation
+from .csr import CSRMatrix
 from .device import Device
 from .ffn_activation import ActivationSetting, model_activation, sparsify_activations
 from .models import OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors

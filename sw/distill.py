@@ -282,8 +282,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     progress : bool
         Show progress on stderr: a bar on a terminal, else a line every minute.
     one_shot : bool
-        Train nothing: write the teacher pruned in one shot to the final sparsity with the
-        recipe's activation, and report what that costs (``before`` and ``after`` are its
+        Train nothing: write the teacher (or `init`) pruned in one shot to the final sparsity
+        with the recipe's activation, and report what that costs (``before`` and ``after`` are its
         figures).
     init : path, optional
         A pruned checkpoint of the teacher's architecture (an earlier run's directory) to start
@@ -435,8 +435,8 @@ class _Run:
         return model
 
     def one_shot(self):
-        """A copy of the teacher pruned in one shot to the final sparsity, with the recipe's
-        activation."""
+        """A copy of the start (the teacher, or `init`) pruned in one shot to the final
+        sparsity, with the recipe's activation."""
         pruned = self.with_activation(copy.deepcopy(self.start))
         linears = matching_linears(pruned)
         masks = self.masks(pruned, self.recipe.sparsity, self.recipe.pattern)
