@@ -20,7 +20,6 @@ from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_
 from ..sw.device import Device, DeviceError, JobResult
 from ..sw.packing import pack_job, unpack_sums
 from ..hw.errors import InputError
-from ..hw.errors import InputError
 
 __all__ = ["FPGADevice", "LinkStatusError", "Identification", "encode_request", "decode_reply",
            "DEFAULT_BAUDRATE"]

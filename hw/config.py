@@ -4,7 +4,6 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import InputError
-from .errors import InputError
 
 __all__ = ["ArrayConfig", "DEFAULT_CONFIG", "check_config"]
 

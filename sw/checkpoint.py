@@ -13,8 +13,10 @@ writes everything instead, as safetensors and JSON only (nothing is ever pickled
     format's columns fit), ``NAME.data`` (int8), ``NAME.weight_scale`` (float32, one per
     output row) and ``NAME.bias`` (float32, when the layer has one).
 ``sparsemac-offload.json``
-    The manifest: format version, model class, the int8 range, the array config, and per
-    offloaded layer its name, shape, nonzeros, activation granularity and bias.
+    The manifest: format version, model class, the int8 range, the array config, per
+    offloaded layer its name, shape, nonzeros, activation granularity and bias, and the
+    feed-forward activation (:class:`~sparsemac.sw.ffn_activation.ActivationSetting`: its spec,
+    the intermediates it replaces, a ReLU's thresholds; ``none`` when the key is absent).
 
 There is deliberately no ``model.safetensors``: ``from_pretrained`` of the folder then fails
 instead of loading a model with random linears. :func:`load_offloaded` rebuilds the model and
@@ -37,8 +39,10 @@ import transformers
 from torch import nn
 
 from ..hw.config import ArrayConfig
+from .activation_sparsity import agreed_activation
 from .csr import CSRMatrix
 from .device import Device
+from .ffn_activation import ActivationSetting, model_activation, sparsify_activations
 from .models import (OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors,
                      write_safetensors)
 from .offload import OffloadedLinear
@@ -88,6 +92,8 @@ class OffloadManifest:
     config: ArrayConfig
     #: In module order.
     layers: list[SavedLayer]
+    #: The feed-forward activation the model computes.
+    activation: ActivationSetting = ActivationSetting(spec="none", layers=())
 
 
 @dataclass
@@ -145,7 +151,8 @@ def save_offloaded(model: nn.Module, path: str | os.PathLike) -> OffloadManifest
         format=FORMAT, model_class=model_class.__name__, qmax=QMAX, config=configs.pop(),
         layers=[SavedLayer(name=name, shape=module.weights.shape, nnz=module.weights.nnz,
                            granularity=module.granularity, bias=module.bias is not None)
-                for name, module in layers])
+                for name, module in layers],
+        activation=model_activation(model))
     dense = _dense_state(model, manifest.layers)
     with torch.device("meta"):  # the class's tensors without their cost
         skeleton = model_class(model.config)
@@ -169,7 +176,8 @@ def save_offloaded(model: nn.Module, path: str | os.PathLike) -> OffloadManifest
     return manifest
 
 
-def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoint:
+def load_offloaded(path: str | os.PathLike, device: Device,
+                   activation=None) -> OffloadedCheckpoint:
     """Load a folder written by :func:`save_offloaded`, its linears offloaded to `device`.
 
     Parameters
@@ -179,6 +187,9 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
         Runs every offloaded linear (in column tiles if its buffer is narrower). On a device of
         the saved config the cycles are those of the saved model too; the int32 sums, and so
         the outputs, are bit-exact with the saved model's on any device.
+    activation : ActivationSpec or str, optional
+        The feed-forward activation the caller expects; None takes the checkpoint's, which the
+        model always computes.
 
     Returns
     -------
@@ -193,6 +204,8 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
         If a file is damaged or not of this format, the manifest and the tensors disagree
         (missing, unexpected or misshapen tensors, a CSR array that breaks the format), or a
         layer does not fit `device`; the message names the file.
+    ActivationMismatchError
+        If `activation` is not the checkpoint's (a ValueError); nothing is loaded then.
     TypeError
         If `device` is not a Device.
     """
@@ -206,6 +219,7 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
             raise MissingFileError(f"{path}: no {file}, so not a sparsemac offload "
                                     f"checkpoint{hint}")
     manifest = _manifest_from_json(read_json(path / MANIFEST_FILE), path / MANIFEST_FILE)
+    agreed_activation(manifest.activation.spec, activation, f"checkpoint {path}")
     model_class = _transformers_class(manifest.model_class, f"{path / MANIFEST_FILE}: class")
     try:
         config = model_class.config_class.from_json_file(path / _CONFIG_FILE)
@@ -229,6 +243,15 @@ def load_offloaded(path: str | os.PathLike, device: Device) -> OffloadedCheckpoi
     for name, module in modules:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, module)
+    saved = manifest.activation
+    try:
+        restored = sparsify_activations(model, saved.spec, thresholds=saved.thresholds)
+    except ValueError as error:
+        raise InputError(f"{path / MANIFEST_FILE}: activation: {error}") from error
+    if restored != saved:
+        raise InputError(f"{path / MANIFEST_FILE}: activation {saved.spec} of "
+                         f"{list(saved.layers)}, but a {manifest.model_class} has its "
+                         f"intermediates at {list(restored.layers)}")
     bind_save_pretrained(model)
     return OffloadedCheckpoint(model=model, manifest=manifest)
 
@@ -372,6 +395,10 @@ def _replace(path, partial):
 def _manifest_json(manifest):
     content = asdict(manifest)
     content["layers"] = [{**layer, "shape": list(layer["shape"])} for layer in content["layers"]]
+    activation = content["activation"]
+    activation["layers"] = list(activation["layers"])
+    if activation["thresholds"] is not None:
+        activation["thresholds"] = list(activation["thresholds"])
     return content
 
 
@@ -384,7 +411,13 @@ def _manifest_from_json(content, file):
         layers = [SavedLayer(name=layer["name"], shape=tuple(layer["shape"]), nnz=layer["nnz"],
                              granularity=layer["granularity"], bias=layer["bias"])
                   for layer in content["layers"]]
+        activation = content.get("activation", {"spec": "none", "layers": []})
+        thresholds = activation.get("thresholds")
+        setting = ActivationSetting(
+            spec=activation["spec"], layers=tuple(activation["layers"]),
+            thresholds=None if thresholds is None else tuple(map(float, thresholds)))
         return OffloadManifest(format=FORMAT, model_class=content["model_class"], qmax=QMAX,
-                               config=ArrayConfig(**content["config"]), layers=layers)
+                               config=ArrayConfig(**content["config"]), layers=layers,
+                               activation=setting)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{file}: not a sparsemac offload manifest: {error}") from error

@@ -36,7 +36,6 @@ from ..hw.config import ArrayConfig
 from ..hw.formats import Mode
 from .csr import CSRMatrix
 from ..hw.errors import InputError
-from ..hw.errors import InputError
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
            "span_carries", "ChunkSlice", "pass_chunks", "token_blocks", "dual_row_lengths",

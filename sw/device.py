@@ -24,9 +24,8 @@ from ..hw.formats import ColumnIndex, Mode, Sparsity
 from .csr import CSRMatrix
 from .cycle_model import job_tiles, token_blocks
 from .golden import accumulate_int32
-from .packing import check_operands, weight_stream_bytes
-from ..hw.errors import SparsemacError
 from .packing import check_operands, check_sparsity, pairs_stream_bytes, weight_stream_bytes
+from ..hw.errors import SparsemacError
 
 __all__ = ["DeviceError", "JobResult", "MatmulResult", "Device"]
 

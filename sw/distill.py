@@ -19,6 +19,11 @@ for bit, as one that was never interrupted (on the same machine and thread count
 run leaves a Hugging Face checkpoint directory (``model.safetensors``, ``config.json``,
 tokenizer files) that :func:`~sparsemac.sw.models.load_model` loads, and :data:`REPORT_FILE`
 beside it.
+
+With a sparse feed-forward activation (:attr:`DistillRecipe.activation`, see
+:mod:`sparsemac.sw.activation_sparsity`) the student computes it from the first step, while
+the teacher keeps its own: the student learns to do without the activations it drops. Its
+``config.json`` records the activation, so that ``load_model`` puts it back.
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from ..hw.config import DEFAULT_CONFIG
+from .activation_sparsity import parse_activation
 from .calibration import check_pattern, prune_calibrated
+from .ffn_activation import (ActivationSparsityReport, measure_activation_sparsity,
+                             record_activation, sparsify_activations)
 from .finetune import (TASK_FILE, TaskInfo, is_task_model, load_task_model, predict,
                        score_predictions)
 from .methods import KINDS, PruningMethod
@@ -48,7 +56,6 @@ from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threa
                         train_steps, write_checkpoint, write_model_directory)
 from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
-from ..hw.errors import InputError
 from ..hw.errors import InputError
 
 __all__ = [
@@ -74,7 +81,8 @@ _now = time.perf_counter
 class DistillRecipe:
     """How a sparse model is distilled: everything that decides its weights."""
 
-    #: Fraction of each encoder linear's weights removed at the end, in (0, 1).
+    #: Fraction of each encoder linear's weights removed at the end, in (0, 1); 0 (no weight
+    #: pruned) when `activation` is sparse.
     sparsity: float = 0.9
     #: How masks are chosen at each pruning step: the smallest ``|w|`` of the current student
     #: weights (pruned weights staying pruned), or the calibrated methods of
@@ -121,11 +129,18 @@ class DistillRecipe:
     temperature: float = 2.0
     #: Seeds the batch order and dropout.
     seed: int = 0
+    #: The student's feed-forward activation, an ``--activation`` spec
+    #: (:func:`~sparsemac.sw.activation_sparsity.parse_activation`), kept in canonical text.
+    activation: str = "none"
 
     def __post_init__(self):
-        if isinstance(self.sparsity, bool) or not 0.0 < self.sparsity < 1.0:
-            raise InputError(f"sparsity must be between 0 and 1 (exclusive), not "
-                             f"{self.sparsity!r}")
+        object.__setattr__(self, "activation", str(parse_activation(self.activation)))
+        # Sparsity 0 prunes no weight: a run only when the activation changes.
+        low = 0.0 if self.activation != "none" and self.sparsity == 0.0 else None
+        if isinstance(self.sparsity, bool) or not (self.sparsity == low
+                                                   or 0.0 < self.sparsity < 1.0):
+            raise InputError(f"sparsity must be between 0 and 1 (exclusive; 0 with a sparse "
+                             f"activation), not {self.sparsity!r}")
         if self.method not in MASK_METHODS:
             raise InputError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
@@ -194,6 +209,8 @@ class Fidelity:
     #: With a task model as teacher: the model's accuracy on the test split against the
     #: teacher's on the same items (95 % intervals, paired drop, McNemar).
     accuracy: PairedComparison | None = None
+    #: Exactly-zero int8 activations entering each ``output.dense``, on the same texts.
+    activations: ActivationSparsityReport | None = None
 
 
 @dataclass
@@ -245,7 +262,8 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                   eval_texts: Sequence[str] | None = None, task: TaskSplits | None = None,
                   calibration_texts: Sequence[str] | None = None, resume: bool = False,
                   checkpoint_every: int = 50, time_budget: float | None = None,
-                  progress: bool = True) -> PruneReport:
+                  progress: bool = True, one_shot: bool = False,
+                  init: str | os.PathLike | None = None) -> PruneReport:
     """Prune a BERT gradually while distilling it from its dense self; write the result.
 
     Parameters
@@ -283,6 +301,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         longer fit, it writes a checkpoint and returns an unfinished report.
     progress : bool
         Show progress on stderr: a bar on a terminal, else a line every minute.
+    one_shot : bool
+        Train nothing: write the teacher (or `init`) pruned in one shot to the final sparsity
+        with the recipe's activation, and report what that costs (``before`` and ``after`` are its
+        figures).
+    init : path, optional
+        A pruned checkpoint of the teacher's architecture (an earlier run's directory) to start
+        the student from instead of the teacher: its zero weights stay zero, the recipe's
+        schedule may prune more (sparsity 0: none). So weights first, then the activation.
 
     Returns
     -------
@@ -320,17 +346,26 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     if calibration_texts is None and task is not None:
         calibration_texts = task.calibration.texts
     calibration = list(calibration_texts or [])
-    if recipe.method != "magnitude" and not calibration:
-        raise InputError(f"mask method {recipe.method!r} needs calibration texts (or a task)")
+    readers = {f"mask method {recipe.method!r}": recipe.method != "magnitude",
+               f"activation {recipe.activation}": parse_activation(recipe.activation).calibrated}
+    for reader, reads in readers.items():
+        if reads and not calibration:
+            raise InputError(f"{reader} needs calibration texts (or a task)")
+    calibrated = any(readers.values())
+    # Runs from before the activation was a recipe field resume: none is not recorded.
+    recorded = {key: value for key, value in asdict(recipe).items()
+                if (key, value) != ("activation", "none")}
     identity = {"model": model, "teacher_sha256": state_sha256(teacher.model),
                 "corpus_sha256": texts_sha256(texts), "corpus_texts": len(texts),
                 # Magnitude masks read no calibration text: another one is the same run.
-                "calibration_sha256": (texts_sha256(calibration)
-                                       if recipe.method != "magnitude" else None),
-                "recipe": asdict(recipe)}
+                "calibration_sha256": texts_sha256(calibration) if calibrated else None,
+                "recipe": recorded}
+    start = None if init is None else load_model(str(init)).model
+    if start is not None:
+        identity["init_sha256"] = state_sha256(start)
     checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,
                               command="sparsemac prune")
-    run = _Run(teacher, texts, recipe, calibration)
+    run = _Run(teacher, texts, recipe, calibration, start)
     deadline = None if time_budget is None else started + time_budget
     step_estimate = run.estimate_step_s()
     if time_budget is not None and _now() + step_estimate > deadline:
@@ -342,12 +377,16 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     resumed_from = run.restore(checkpoint, identity) if checkpoint is not None else None
     evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task, task_model is not None)
     evaluated = _now()
-    before = evaluate(run.one_shot())
+    pruned = run.one_shot()
+    before = evaluate(pruned)
     # The final evaluation scores one model too; the teacher's embeddings are already made.
     reserve = _now() - evaluated
-    loss_window, step_times = run.train(output, identity, checkpoint_every, deadline, reserve,
-                                        step_estimate, progress)
-    finished = run.step == recipe.steps
+    loss_window, step_times = [], []
+    if not one_shot:
+        loss_window, step_times = run.train(output, identity, checkpoint_every, deadline,
+                                            reserve, step_estimate, progress)
+    finished = one_shot or run.step == recipe.steps
+    final = pruned if one_shot else run.student
     report = PruneReport(
         output=str(output), model=model, recipe=recipe, finished=finished, step=run.step,
         resumed_from=resumed_from, sparsity=None, layers=[], before=None, after=None,
@@ -356,14 +395,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
         final_loss=float(np.mean(loss_window)) if loss_window else None,
         step_s=float(np.mean(step_times)) if step_times else None, wall_s=0.0)
     if finished:
-        report.layers = run.layer_reports()
+        report.layers = run.layer_reports(final)
         total = sum(layer.shape[0] * layer.shape[1] for layer in report.layers)
         report.sparsity = 1.0 - sum(layer.nnz for layer in report.layers) / total
         report.before = before
-        report.after = evaluate(run.student)
+        report.after = before if one_shot else evaluate(final)
     report.wall_s = _now() - started
     if finished:
-        _write_model(output, run.student, teacher, report,
+        _write_model(output, final, teacher, report,
                      None if task_model is None else task_model.task)
     return report
 
@@ -372,12 +411,16 @@ class _Run:
     """The student, teacher, optimiser and pruner of one run, and its step counter."""
 
     def __init__(self, teacher: LoadedModel, texts: list[str], recipe: DistillRecipe,
-                 calibration: list[str]):
+                 calibration: list[str], start=None):
         self.teacher = teacher
         self.texts = texts
         self.recipe = recipe
         self.calibration = calibration
-        self.student = copy.deepcopy(teacher.model)
+        # What the student starts from: the teacher, or a pruned model whose zeros stay.
+        self.start = teacher.model if start is None else start
+        self.student = self.with_activation(copy.deepcopy(self.start))
+        self.kept = None if start is None else {
+            name: linear.weight.detach() != 0 for name, linear in matching_linears(self.student)}
         encoder = _encoder(self.student)
         for module in (encoder.embeddings, encoder.pooler):
             if module is not None:
@@ -410,9 +453,17 @@ class _Run:
             self.teacher.model(**inputs)
         return _STEP_PER_TEACHER_FORWARD * (_now() - begin)
 
+    def with_activation(self, model):
+        """`model`, its feed-forward activation the recipe's (``relu@S`` calibrated on the
+        calibration text, in the model as given)."""
+        sparsify_activations(model, self.recipe.activation, tokenizer=self.teacher.tokenizer,
+                             calibration=self.calibration)
+        return model
+
     def one_shot(self):
-        """A copy of the teacher pruned in one shot to the final sparsity."""
-        pruned = copy.deepcopy(self.teacher.model)
+        """A copy of the start (the teacher, or `init`) pruned in one shot to the final
+        sparsity, with the recipe's activation."""
+        pruned = self.with_activation(copy.deepcopy(self.start))
         linears = matching_linears(pruned)
         masks = self.masks(pruned, self.recipe.sparsity, self.recipe.pattern)
         with torch.no_grad():
@@ -477,10 +528,10 @@ class _Run:
         self.step = state["step"]
         return self.step
 
-    def layer_reports(self) -> list[LayerPruneReport]:
+    def layer_reports(self, model) -> list[LayerPruneReport]:
         # pruning's own report of a pruned layer, as prune_model returns it.
         return [layer_prune_report(name, linear.weight.detach(), self.recipe.sparsity)
-                for name, linear in self.pruner.linears]
+                for name, linear in matching_linears(model)]
 
 
 def _train_step(run: _Run, step: int) -> float:
@@ -530,11 +581,13 @@ def _prune_step(run: _Run, step: int) -> None:
     n_m = recipe.mask_method.fixes_sparsity
     if sparsity == 0.0 or (recipe.method == "magnitude" and not (n_m and last)):
         pruner.step(step)  # magnitude, pruned weights ranked below every kept one
-        return
-    # Before the last step an N:M pattern cannot hold the scheduled sparsity: unstructured.
-    pattern = None if n_m and not last else recipe.pattern
-    pruner.masks = run.masks(run.student, sparsity, pattern)
-    pruner.sparsity = sparsity
+    else:
+        # Before the last step an N:M pattern cannot hold the scheduled sparsity: unstructured.
+        pattern = None if n_m and not last else recipe.pattern
+        pruner.masks = run.masks(run.student, sparsity, pattern)
+        pruner.sparsity = sparsity
+    if run.kept is not None:  # a pruned start keeps its zeros
+        pruner.masks = {name: mask & run.kept[name] for name, mask in pruner.masks.items()}
     pruner.apply_masks()
 
 
@@ -562,18 +615,21 @@ class _Evaluator:
         was_training = model.training
         model.eval()
         try:
+            activations = measure_activation_sparsity(_encoder(model), self.teacher.tokenizer,
+                                                      self.texts)
             if self.classifies:
                 embeddings = self._embedder(model)(self.texts)
                 accuracy = score_predictions(
                     self.task.test.labels, predict(model, self.teacher.tokenizer, self.texts),
                     self.baseline).paired
                 return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()),
-                                accuracy=accuracy)
+                                accuracy=accuracy, activations=activations)
             if self.task is None:
                 embeddings = self._embedder(model)(self.texts)
-                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()))
+                return Fidelity(float((embeddings * self.dense).sum(dim=1).mean()),
+                                activations=activations)
             task = evaluate_embeddings(self.dense, self._embedder(model), self.task)
-            return Fidelity(task.cosine, task)
+            return Fidelity(task.cosine, task, activations=activations)
         finally:
             model.train(was_training)
 
@@ -589,8 +645,9 @@ def _encoder(model):
 def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport,
                  task: TaskInfo | None) -> None:
     """The Hugging Face directory (with a task teacher's :data:`~sparsemac.sw.finetune.TASK_FILE`,
-    so that the student is a task model too), then the report (which marks the run finished),
-    then the checkpoint goes."""
+    so that the student is a task model too, and the student's feed-forward activation in its
+    config), then the report (which marks the run finished), then the checkpoint goes."""
+    record_activation(student)
     files = {} if task is None else {TASK_FILE: task.as_json()}
     files[REPORT_FILE] = json.dumps(report.as_json(), indent=2) + "\n"
     write_model_directory(output, student, teacher.source, teacher.tokenizer, files,

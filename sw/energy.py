@@ -26,9 +26,8 @@ from pathlib import Path
 
 from ..hw.config import ArrayConfig
 from .memory import MemoryModel
-from .throttled_cycle_model import LayerCycles
-from ..hw.errors import InputError
 from .throttled_cycle_model import DualLayerCycles, LayerCycles
+from ..hw.errors import InputError
 
 __all__ = ["EnergyEvents", "EnergyTable", "EnergyReport", "DEFAULT_TABLE", "load_energy_table",
            "energy_events", "energy_of"]

@@ -6,7 +6,9 @@ value, attention output, intermediate, output) and puts an
 softmax, layer norms and GELU stay on the host in float. The returned :class:`OffloadReport`
 fills in as the model runs: for every call of every layer it adds the device's sparse cycles
 and the cycles the same call would take with dense weights, so the two are always compared on
-the same token counts.
+the same token counts. It also counts the exactly-zero int8 activations each layer sent to the
+device: with a sparse feed-forward activation (``activation=``, see
+:mod:`sparsemac.sw.activation_sparsity`) those entering ``output.dense`` are mostly zero.
 
 The dense baseline comes from the exact cycle model (:func:`matmul_cycles`, which tiles a layer
 into jobs as :meth:`Device.matmul <sparsemac.sw.device.Device.matmul>` does), or, with
@@ -29,6 +31,7 @@ from .calibration import activation_absmax, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
+from .ffn_activation import check_activation, model_activation, sparsify_activations
 from .methods import PruningMethod, parse_method
 from .offload import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
@@ -91,17 +94,33 @@ class LayerReport(_Speedups, LayerWeights):
     call_tokens: list[int] = field(default_factory=list)
     #: int32 sums of each call, kept only when :func:`offload` was given ``keep_sums=True``.
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
+    #: int8 activations the calls sent to the device, and how many of them were exactly zero.
+    activations: int = 0
+    zero_activations: int = 0
 
     calls = _stat("calls", "Forward calls the layer has run.")
     tokens = _stat("tokens", "Tokens (rows of activations) of those calls.")
     sparse_cycles = _stat("cycles", "Device cycles of those calls, as the device reported them.")
     device_s = _stat("device_s", "Host wall time spent in the device for the sparse runs.")
 
+    @property
+    def activation_sparsity(self) -> float:
+        """Measured fraction of exactly-zero int8 activations sent; NaN before the first call."""
+        return self.zero_activations / self.activations if self.activations else float("nan")
+
+    @property
+    def joint_ideal_speedup(self) -> float:
+        """``1 / ((1 - s_w)(1 - s_a))``: the speedup if cycles fell with the products of a
+        nonzero weight and a nonzero activation; NaN before the first call."""
+        nonzero = (1.0 - self.sparsity) * (1.0 - self.activation_sparsity)
+        return 1.0 / nonzero if nonzero else float("inf")
+
     def reset(self) -> None:
         """Forget the calls, here and in the offloaded linear's stats (the weights' figures
         stay)."""
         self.stats.reset()
         self.dense_cycles = 0
+        self.activations = self.zero_activations = 0
         self.call_tokens.clear()
         self.sums.clear()
 
@@ -112,6 +131,8 @@ class LayerReport(_Speedups, LayerWeights):
                 "nnz": self.nnz, "calls": self.calls, "tokens": self.tokens,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
+                "activation_sparsity": _finite(self.activation_sparsity),
+                "joint_ideal_speedup": _finite(self.joint_ideal_speedup),
                 "sparse_weight_bytes": self.sparse_weight_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes, "device_s": self.device_s}
 
@@ -141,6 +162,8 @@ class OffloadReport(_Speedups):
     modules: list[OffloadedLinear] = field(repr=False)
     #: How their sparse jobs send column indices.
     index: ColumnIndex = ColumnIndex.CSR
+    #: The feed-forward activation the model computes (``str(ActivationSpec)``).
+    activation: str = "none"
     #: The forward hooks that record the runs into `layers`, removed by :meth:`detach`.
     _hooks: list = field(default_factory=list, repr=False)
 
@@ -164,6 +187,23 @@ class OffloadReport(_Speedups):
         own fidelity figures."""
         return sum(layer.sparsity_found * layer.shape[0] * layer.shape[1]
                    for layer in self.layers) / self._weights
+
+    @property
+    def activation_sparsity(self) -> float:
+        """Measured fraction of exactly-zero int8 activations sent, over every layer's calls."""
+        sent = sum(layer.activations for layer in self.layers)
+        return sum(layer.zero_activations for layer in self.layers) / sent if sent else \
+            float("nan")
+
+    @property
+    def joint_ideal_speedup(self) -> float:
+        """Products of the calls over those of a nonzero weight and a nonzero activation: each
+        layer's ``1 / ((1 - s_w)(1 - s_a))`` weighted by its share of the work; NaN before the
+        first call."""
+        products = sum(layer.tokens * layer.shape[0] * layer.shape[1] for layer in self.layers)
+        nonzero = sum(layer.tokens * layer.shape[0] * layer.shape[1]
+                      / layer.joint_ideal_speedup for layer in self.layers if layer.calls)
+        return products / nonzero if nonzero else float("nan")
 
     @property
     def _weights(self) -> int:
@@ -207,9 +247,11 @@ class OffloadReport(_Speedups):
                 "sparsity_target": self.sparsity_target, "sparsity_found": self.sparsity_found,
                 "sparsity": self.sparsity,
                 "scope": self.scope, "seed": self.seed, "dense_measured": self.dense_measured,
-                "index": self.index.name.lower(),
+                "index": self.index.name.lower(), "activation": self.activation,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
+                "activation_sparsity": _finite(self.activation_sparsity),
+                "joint_ideal_speedup": _finite(self.joint_ideal_speedup),
                 "sparse_weight_bytes": self.sparse_weight_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes, "device_s": self.device_s,
                 "layers": [layer.as_json() for layer in self.layers]}
@@ -239,7 +281,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
             patterns=DEFAULT_BERT_PATTERNS, calibration: Sequence[str] | None = None,
             tokenizer=None, measure_dense: bool = False, keep_sums: bool = False,
             progress: bool = False, index: ColumnIndex = ColumnIndex.CSR,
-            smoothing: float | None = None) -> tuple[nn.Module, OffloadReport]:
+            smoothing: float | None = None,
+            activation=None) -> tuple[nn.Module, OffloadReport]:
     """Prune, quantise and offload the encoder linears of a BERT, in place.
 
     Parameters
@@ -291,6 +334,11 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
         divided on the host by :func:`~sparsemac.sw.quantisation.smoothing_scales` of the float
         model's activations on `calibration` (required, with `tokenizer`) and its pruned
         weight's columns multiplied by them before quantisation. None: no migration.
+    activation : ActivationSpec or str, optional
+        Replace the GELU of every feed-forward intermediate
+        (:func:`~sparsemac.sw.ffn_activation.sparsify_activations`; ``relu@S`` calibrates on
+        `calibration` with `tokenizer`), so that the activations entering ``output.dense``
+        are sparse. None leaves the model's activation as it is.
 
     Returns
     -------
@@ -306,7 +354,10 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
         If no linear matches (the message names the patterns and the model's linears), the
         method, scope or granularity is unknown, the sparsity is invalid (or not what an N:M
         pattern gives), a layer does not fit the device, or a calibrated method lacks its
-        calibration text or tokenizer. Nothing is replaced or pruned then.
+        calibration text or tokenizer; or as
+        :func:`~sparsemac.sw.ffn_activation.sparsify_activations` for `activation` (no
+        feed-forward GELU to replace, another activation carried already). Nothing is
+        replaced or pruned then.
     TypeError
         If `device` is not a Device.
     """
@@ -317,6 +368,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
         raise InputError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     index = ColumnIndex(index)
     check_index(device.config, index)
+    if activation is not None:
+        activation = check_activation(model, activation, tokenizer=tokenizer,
+                                      calibration=calibration)
     conv1d = conv1d_class()
     kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     linears = [(name, _as_linear(module)) for name, module in require_linears(model, patterns,
@@ -346,6 +400,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
                 linear, device, mask=mask, granularity=granularity, smoothing=scales)))
             if bar is not None:
                 bar.update()
+    if activation is not None:  # on the float linears, as pruned: relu@S calibrates here
+        sparsify_activations(model, activation, tokenizer=tokenizer, calibration=calibration)
     for name, module in replacements:
         module.index = index
         parent_name, _, child = name.rpartition(".")
@@ -358,7 +414,8 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
         dense_measured=measure_dense,
         layers=[_layer_report(name, module, config, sparsity_found)
                 for (name, module), sparsity_found in zip(replacements, found)],
-        modules=[module for _, module in replacements], index=index)
+        modules=[module for _, module in replacements], index=index,
+        activation=model_activation(model).spec)
     for layer, module in zip(report.layers, report.modules):
         report._hooks.append(module.register_forward_hook(
             _recorder(layer, measure_dense, keep_sums)))
@@ -504,15 +561,19 @@ def _layer_report(name, module, config, sparsity_found):
 
 def _recorder(layer, measure_dense, keep_sums):
     """A forward hook recording in ``layer`` what its OffloadedLinear's stats do not hold: the
-    call's tokens, its sums (with ``keep_sums``) and its dense-mode cycles."""
+    call's tokens, its zero activations, its sums (with ``keep_sums``) and its dense-mode
+    cycles."""
 
     def record(module, args, _output):
         sums = module.last_sums
         layer.call_tokens.append(sums.shape[0])
+        # The very values the call sent: quantisation is a pure function of the input.
+        activations = module.quantise_input(args[0]).values
+        layer.activations += activations.numel()
+        layer.zero_activations += int((activations == 0).sum())
         if keep_sums:
             layer.sums.append(sums)
         if measure_dense:
-            activations = module.quantise_input(args[0]).values
             result = module.device.matmul(module.weights, activations, Mode.DENSE)
             if not torch.equal(result.sums, sums):
                 raise DeviceError(f"{layer.name}: the device's dense-mode sums differ from its "

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from ..hw.errors import InputError, MissingFileError, RunFailure
+from .ffn_activation import restore_activation
 
 __all__ = [
     "MODEL_SPECS", "ENCODER_LINEAR_SUFFIXES", "DEFAULT_SENTENCE", "SIMILARITY_PAIRS",
@@ -163,8 +164,10 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
         Anything else: a local Hugging Face BERT checkpoint directory holding ``config.json``
         and ``model.safetensors`` (or a sharded ``model.safetensors.index.json``), and
         optionally a tokenizer. Checkpoints of ``BertFor...`` models load too: their
-        ``bert.`` prefix is stripped and the task head is ignored. Names take precedence over
-        directories: write ``./minilm`` for a directory called ``minilm``.
+        ``bert.`` prefix is stripped and the task head is ignored. A sparse feed-forward
+        activation its ``config.json`` records
+        (:func:`~sparsemac.sw.ffn_activation.record_activation`) is put in place. Names take
+        precedence over directories: write ``./minilm`` for a directory called ``minilm``.
     seed : int
         Seed for the random initialisation of ``"bert-base"``; unused by the others.
 
@@ -178,8 +181,9 @@ def load_model(spec: str = "minilm", *, seed: int = 0) -> LoadedModel:
     ValueError
         If `spec` is neither a known name nor a path, if a directory holds only pickled
         weights (``pytorch_model.bin``), is not a BERT, if its ``config.json`` or a
-        safetensors file is truncated or corrupt (the message names the file), or its weights
-        do not fill a ``BertModel`` exactly (missing or unexpected tensors, wrong shapes).
+        safetensors file is truncated or corrupt (the message names the file), its weights
+        do not fill a ``BertModel`` exactly (missing or unexpected tensors, wrong shapes), or
+        the activation its ``config.json`` records is not one.
     FileNotFoundError
         If `spec` looks like a path that does not exist, or a directory lacks
         ``config.json`` or safetensors weights.
@@ -499,6 +503,8 @@ def _load_checkpoint(path: Path, *, name: str) -> LoadedModel:
         raise InputError(f"{path}: checkpoint does not fill a BertModel exactly: "
                          f"missing {_preview(result.missing_keys)}, "
                          f"unexpected {_preview(unexpected)}")
+    # A model distilled with a sparse feed-forward activation computes it (sparsemac prune).
+    restore_activation(model, str(path / "config.json"))
     tokenizer = None
     if any((path / file).is_file() for file in _TOKENIZER_FILES):
         tokenizer = _load_tokenizer(path)

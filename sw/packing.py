@@ -21,7 +21,6 @@ from .cycle_model import dual_row_beats, token_blocks
 from .delta_index import DeltaMatrix
 from .memory import job_streams
 from ..hw.errors import InputError
-from ..hw.errors import InputError
 
 __all__ = ["PackedJob", "pack_job", "unpack_sums", "beats_to_ints", "weight_stream_bytes",
            "check_index", "check_sparsity", "coded_weights", "streamed_row_lengths",

@@ -246,3 +246,54 @@ def test_a_narrower_array_tiles_and_a_plain_checkpoint_is_refused(saved, tmp_pat
             f"{plain}: no {MANIFEST_FILE}, so not a sparsemac offload checkpoint: a plain "
             "Hugging Face checkpoint, load it with load_model or from_pretrained")):
         load_offloaded(plain, open_device("reference", SMALL))
+
+
+# The feed-forward activation -------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ["topk:0.25", "relu:0.01", "relu@0.8"])
+def test_the_activation_round_trips_bit_exact(tmp_path, activation):
+    from sparsemac.sw.ffn_activation import SparseActivation
+    from sparsemac.sw.models import SIMILARITY_PAIRS
+
+    tokenizer = load_model("minilm").tokenizer
+    texts = [pair.first for pair in SIMILARITY_PAIRS]
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64)).eval()
+    model, report = offload(model, open_device("reference", SMALL), 0.5, activation=activation,
+                            calibration=texts, tokenizer=tokenizer)
+    inputs = {"input_ids": torch.arange(1000, 1022).reshape(2, 11)}
+    expected = run(model, inputs)
+    manifest = save_offloaded(model, tmp_path / "sparse")
+    assert manifest.activation.spec == activation == report.activation
+    saved = json.loads((tmp_path / "sparse" / MANIFEST_FILE).read_text())["activation"]
+    assert saved["layers"] == ["encoder.layer.0.intermediate", "encoder.layer.1.intermediate"]
+    restored = load_offloaded(tmp_path / "sparse", open_device("reference", SMALL), activation)
+    assert restored.manifest == manifest
+    acts = [layer.intermediate.intermediate_act_fn for layer in restored.model.encoder.layer]
+    assert all(isinstance(act, SparseActivation) for act in acts)
+    assert [act.threshold for act in acts] == [
+        act.threshold for act in (layer.intermediate.intermediate_act_fn
+                                  for layer in model.encoder.layer)]
+    assert torch.equal(run(restored.model, inputs), expected)
+    for name, module in offloaded_modules(restored.model).items():
+        assert torch.equal(module.last_sums, offloaded_modules(model)[name].last_sums), name
+
+
+def test_an_activation_that_disagrees_with_the_checkpoint_is_refused(tmp_path):
+    from sparsemac.sw.activation_sparsity import ActivationMismatchError
+
+    model, _ = offload(tiny_bert(), open_device("reference", SMALL), 0.5, activation="relu")
+    save_offloaded(model, tmp_path / "relu")
+    save_offloaded(offloaded_tiny_bert(), tmp_path / "gelu")
+    device = open_device("reference", SMALL)
+    with pytest.raises(ActivationMismatchError, match="relu carries activation relu, but "
+                                                      "topk:0.1 was asked for"):
+        load_offloaded(tmp_path / "relu", device, "topk:0.1")
+    with pytest.raises(ActivationMismatchError, match="carries activation none, but relu"):
+        load_offloaded(tmp_path / "gelu", device, "relu")
+    # A manifest written before the activation was recorded is a GELU model.
+    manifest = json.loads((tmp_path / "gelu" / MANIFEST_FILE).read_text())
+    del manifest["activation"]
+    (tmp_path / "gelu" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_offloaded(tmp_path / "gelu", device, "none").manifest.activation.spec == "none"

@@ -234,6 +234,8 @@ def test_no_method_is_refused_by_the_parser(capsys):
         main(["compare", "--methods", " , "])
     assert exit_info.value.code == 2
     assert "--methods names no method" in capsys.readouterr().err
+
+
 def test_best_within_reads_the_drop_interval_of_task_points():
     baseline = np.ones(400, dtype=bool)
     close, far = baseline.copy(), baseline.copy()
@@ -303,3 +305,20 @@ def test_models_of_the_other_kind_are_refused(task_front, tmp_path, capsys):
                  str(tmp_path / "b")]) == 2
     assert "is a fine-tuned task model" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_sparse_activation_reaches_the_device_and_the_host_alike(tmp_path):
+    report = compare.sweep(["magnitude"], [0.5], sizes=SIZES, workload=WORKLOAD,
+                           output=tmp_path, activation="topk:0.1")
+    float_point, int8, pruned = report.points
+    assert report.activation == "topk:0.1"
+    assert float_point.activation == "none" and float_point.activation_sparsity == 0.0
+    assert int8.label == "int8 topk:0.1" and pruned.label == "magnitude 0.5 topk:0.1"
+    for point in (int8, pruned):
+        assert point.activation == "topk:0.1"
+        # 6 of 36 linears take the feed-forward activations, 90 % zero: at least 0.9 / 6 of all
+        assert point.activation_sparsity > 0.15
+        assert point.joint_ideal_speedup > 1 / (1 - point.sparsity)
+        assert point.host_equals_device  # the host's int8 path sees the same zeros
+    written = json.loads((tmp_path / "compare.json").read_text())
+    assert written["points"][2]["activation_sparsity"] == pruned.activation_sparsity

@@ -75,7 +75,12 @@ def finished(teacher, tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted(teacher, tmp_path_factory):
     """A run killed while computing step 3: its last checkpoint is from step 2."""
-    output = tmp_path_factory.mktemp("runs") / "interrupted"
+    return _interrupt(teacher, tmp_path_factory.mktemp("runs") / "interrupted", RECIPE)
+
+
+def _interrupt(teacher, output, recipe, **options):
+    """`output`, a run of `recipe` (and `options` of distill_prune) killed while computing
+    step 3."""
     original = distill._train_step
 
     def train_step(run, step):
@@ -86,8 +91,8 @@ def interrupted(teacher, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(distill, "_train_step", train_step)
         with pytest.raises(Interrupted):
-            distill_prune(teacher, TEXTS, output, RECIPE, checkpoint_every=EVERY,
-                          progress=False)
+            distill_prune(teacher, TEXTS, output, recipe, checkpoint_every=EVERY,
+                          progress=False, **options)
     return output
 
 
@@ -320,7 +325,11 @@ def test_calibrated_masks_are_exact_after_the_final_step(teacher, tmp_path, meth
                                 "sparsegpt), not 'magnitude'"),
     (dict(method="obs"), "unknown mask method 'obs'; valid: 'magnitude', 'wanda', 'sparsegpt'"),
     (dict(steps=1), "steps must be at least 2"),
-    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive), not 1.0"),
+    (dict(sparsity=1.0), "sparsity must be between 0 and 1 (exclusive; 0 with a sparse "
+                         "activation), not 1.0"),
+    (dict(sparsity=0.0), "(exclusive; 0 with a sparse activation), not 0.0"),
+    (dict(activation="topk:0"), "topk:F's kept fraction F must be a fraction strictly "
+                                "between 0 and 1, not 0.0"),
 ])
 def test_bad_recipes_are_refused(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -361,3 +370,110 @@ def teacher_correct(teacher):
     test = teacher.task.splits().test
     return sum(p == label for p, label in zip(predict(teacher.model, teacher.tokenizer,
                                                       test.texts), test.labels))
+
+
+# A sparse feed-forward activation ---------------------------------------------------------------
+
+ACTIVATION = DistillRecipe(steps=6, batch_size=4, prune_every=1, activation="topk:0.25")
+
+
+@pytest.fixture(scope="module")
+def sparse_activation_run(teacher, tmp_path_factory):
+    """Weights and activation at once, uninterrupted, then interrupted at step 3 and resumed."""
+    runs = tmp_path_factory.mktemp("activation")
+    report = distill_prune(teacher, TEXTS, runs / "whole", ACTIVATION, checkpoint_every=EVERY,
+                           task=TASK, progress=False)
+    _interrupt(teacher, runs / "resumed", ACTIVATION)
+    return runs, report
+
+
+def test_a_sparse_activation_run_resumes_and_reports_the_measured_zeros(teacher,
+                                                                        sparse_activation_run):
+    from sparsemac.sw.ffn_activation import SparseActivation
+
+    runs, report = sparse_activation_run
+    with pytest.raises(ValueError, match=r"recipe\.activation 'topk:0\.25' in the checkpoint, "
+                                         r"'relu' now"):
+        distill_prune(teacher, TEXTS, runs / "resumed", DistillRecipe(
+            steps=6, batch_size=4, prune_every=1, activation="relu"), resume=True,
+                      progress=False)
+    resumed = distill_prune(teacher, TEXTS, runs / "resumed", ACTIVATION,
+                            checkpoint_every=EVERY, resume=True, progress=False)
+    assert resumed.resumed_from == 2 and resumed.finished
+    _assert_same_weights(runs / "resumed", runs / "whole")
+    config = json.loads((runs / "whole" / "config.json").read_text())
+    assert config["sparsemac_activation"] == {"spec": "topk:0.25", "thresholds": None}
+    loaded = load_model(str(runs / "whole")).model
+    assert all(isinstance(layer.intermediate.intermediate_act_fn, SparseActivation)
+               for layer in loaded.encoder.layer)
+    for fidelity in (report.before, report.after):
+        measured = fidelity.activations
+        assert measured.activation == "topk:0.25" and measured.texts == 30
+        assert [layer.name for layer in measured.layers] == [
+            "encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
+        assert all(layer.sparsity >= 0.75 for layer in measured.layers)  # 16 of 64 kept
+    written = json.loads((runs / "whole" / REPORT_FILE).read_text())
+    assert written["recipe"]["activation"] == "topk:0.25"
+    assert written["after"]["activations"]["layers"][0]["zeros"] == \
+        report.after.activations.layers[0].zeros
+
+
+@pytest.mark.parametrize("sparsity", ["0.5", "0"])
+def test_one_shot_trains_nothing_and_writes_the_model(teacher, tmp_path, capsys, sparsity):
+    output = tmp_path / "one-shot"
+    status = main(["prune", "--model", teacher, "--output", str(output), "--one-shot",
+                   "--activation", "relu", "--sparsity", sparsity, "--batch-size", "4"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert f"magnitude to {float(sparsity):.1%} in one shot, activation relu" in printed
+    assert "distilled" not in printed and "activation zeros" in printed
+    written = json.loads((output / REPORT_FILE).read_text())
+    assert written["step"] == 0 and written["finished"] is True
+    assert written["before"] == written["after"]
+    assert written["after"]["activations"]["activation"] == "relu"
+    assert json.loads((output / "config.json").read_text())["sparsemac_activation"]["spec"] \
+        == "relu"
+
+
+@pytest.mark.parametrize("value", ["topk:2", "gelu", "relu:-1"])
+def test_a_bad_activation_exits_2_before_any_work(teacher, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "--model", teacher, "--output", str(tmp_path / "run"), "--activation",
+              value])
+    assert exit_.value.code == 2
+    assert "--activation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_refuses_another_activation_and_runs_its_own(sparse_activation_run,
+                                                                  capsys):
+    whole = str(sparse_activation_run[0] / "whole")
+    status = main(["bert", "--model", whole, "--backend", "reference", "--activation", "relu"])
+    assert status == 2
+    assert "carries activation topk:0.25; it cannot be made relu" in capsys.readouterr().err
+    assert main(["bert", "--model", whole, "--backend", "reference", "--sparsity", "0",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["activation"] == "topk:0.25"
+
+
+def test_a_pruned_start_keeps_its_zeros_while_the_activation_is_distilled(teacher, finished,
+                                                                          tmp_path):
+    start = finished[0]
+    recipe = DistillRecipe(sparsity=0.0, steps=4, batch_size=4, prune_every=1,
+                           activation="topk:0.25")
+    output = _interrupt(teacher, tmp_path / "weights-first", recipe, init=start)
+    resumed = distill_prune(teacher, TEXTS, output, recipe, checkpoint_every=EVERY, resume=True,
+                            progress=False, init=start)
+    assert resumed.finished and resumed.resumed_from == 2
+    pruned = load_file(start / "model.safetensors")
+    trained = load_file(output / "model.safetensors")
+    for layer in resumed.layers:
+        weight = trained[layer.name + ".weight"]
+        assert torch.equal(weight == 0, pruned[layer.name + ".weight"] == 0), layer.name
+        assert not torch.equal(weight, pruned[layer.name + ".weight"]), layer.name
+    assert json.loads((output / "config.json").read_text())["sparsemac_activation"]["spec"] \
+        == "topk:0.25"
+    with pytest.raises(ValueError, match="init_sha256 None in the checkpoint"):
+        distill_prune(teacher, TEXTS, _interrupt(teacher, tmp_path / "from-teacher", recipe),
+                      recipe, resume=True, progress=False, init=start)

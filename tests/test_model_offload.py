@@ -92,6 +92,8 @@ def test_sparsity_zero_stays_close_to_float():
 
 @pytest.mark.parametrize("method, sparsity", [("magnitude", 0.7), ("random", 0.5),
                                               ("2:4", None)])
+
+
 def test_report_totals_are_sums_of_layers_and_dense_is_the_reference_device(method, sparsity):
     model = tiny_bert()
     device = open_device("reference", SMALL)
@@ -435,3 +437,62 @@ def test_smoothing_migrates_each_linear_and_the_host_twin_stays_exact():
     assert torch.equal(hidden(model, inputs), on_device)
     with pytest.raises(ValueError, match="smoothing needs calibration text"):
         offload(tiny_bert(), open_device("reference", SMALL), 0.5, smoothing=0.5)
+
+
+# Sparse feed-forward activations ----------------------------------------------------------------
+
+def test_a_sparse_activation_is_counted_where_it_enters_the_device():
+    from sparsemac.sw.activation_sparsity import parse_activation
+
+    model = tiny_bert()
+    _, report = offload(model, open_device("reference", SMALL), 0.5, activation="topk:0.1")
+    assert report.activation == "topk:0.1"
+    assert all(layer.activations == 0 for layer in report.layers)
+    hidden(model, tiny_inputs())
+    kept = parse_activation("topk:0.1").kept(64)
+    by_name = {layer.name: layer for layer in report.layers}
+    for index in range(2):
+        layer = by_name[f"encoder.layer.{index}.output.dense"]
+        assert layer.activations == 2 * 11 * 64
+        # At most k nonzero per token; int8 rounding may zero a few more.
+        assert layer.activation_sparsity >= 1 - kept / 64
+        assert layer.joint_ideal_speedup == pytest.approx(
+            1 / ((1 - layer.sparsity) * (1 - layer.activation_sparsity)))
+        assert by_name[f"encoder.layer.{index}.attention.self.query"].activation_sparsity < 0.1
+    work = [layer.tokens * layer.shape[0] * layer.shape[1] for layer in report.layers]
+    assert report.joint_ideal_speedup == pytest.approx(sum(work) / sum(
+        w / layer.joint_ideal_speedup for w, layer in zip(work, report.layers)))
+    figures = report.as_json()
+    assert figures["activation"] == "topk:0.1"
+    assert figures["layers"][5]["activation_sparsity"] == by_name[
+        "encoder.layer.0.output.dense"].activation_sparsity
+    report.reset()
+    assert report.layers[5].activations == 0
+
+
+def test_the_zero_count_is_the_int8_input_of_each_call():
+    model = tiny_bert()
+    _, report = offload(model, open_device("reference", SMALL), 0.5, activation="relu")
+    captured = []
+    model.encoder.layer[1].output.dense.register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0]))
+    hidden(model, tiny_inputs())
+    module = model.encoder.layer[1].output.dense
+    sent = module.quantise_input(captured[0]).values
+    layer = report.layers[11]
+    assert (layer.zero_activations, layer.activations) == (int((sent == 0).sum()), sent.numel())
+    assert layer.activation_sparsity > 0.3
+
+
+def test_a_model_without_a_feed_forward_gelu_is_refused_untouched():
+    from sparsemac.sw.ffn_activation import FeedForwardError
+
+    torch.manual_seed(0)
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_inner=64, vocab_size=100,
+                                n_positions=16)).eval()
+    before = copy.deepcopy(gpt2.state_dict())
+    with pytest.raises(FeedForwardError, match=r"GPT2Model has no BERT feed-forward"):
+        offload(gpt2, open_device("reference", SMALL), 0.5, activation="relu",
+                patterns=[r"^h\.\d+\."])
+    assert not any(isinstance(module, OffloadedLinear) for module in gpt2.modules())
+    assert all(torch.equal(value, before[key]) for key, value in gpt2.state_dict().items())

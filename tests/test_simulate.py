@@ -294,6 +294,8 @@ def calibration_file(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["reference", "verilator"])
 @pytest.mark.parametrize("method, sparsity, target", [
     ("sparsegpt-k-aligned", "0.75", 0.75), ("wanda-2:4", "0.5", None)])
+
+
 def test_calibrated_methods_stay_bit_exact_and_cycle_exact(capsys, calibration_file, backend,
                                                             method, sparsity, target):
     status, out, err = run_simulate(
@@ -404,3 +406,31 @@ def test_the_job_section_names_the_whole_config(capsys):
     status, out, err = run_simulate(capsys, "--backend", "reference", "--config", "k8t4s1")
     assert status == 0, err
     assert "k8t4s1: K=8 T=4 in<=4096 spanning rows" in out
+
+
+def test_an_output_layer_receives_the_sparse_activations(capsys):
+    from sparsemac.sw.activation_sparsity import parse_activation
+    from sparsemac.sw.models import capture_linear_input, load_model
+    from sparsemac.sw.quantisation import quantise_activations
+
+    layer = "encoder.layer.1.output.dense"
+    report = simulate.simulate_layer(layer=layer, backend="reference", activation="topk:0.1")
+    assert report.activation == "topk:0.1" and report.passed
+    kept = parse_activation("topk:0.1").kept(1536)
+    assert report.activation_sparsity >= 1 - kept / 1536
+    assert report.joint_ideal_speedup == pytest.approx(
+        1 / ((1 - report.sparsity) * (1 - report.activation_sparsity)))
+    dense = quantise_activations(capture_linear_input(load_model("minilm"), layer),
+                                 "token").values
+    assert float((dense == 0).float().mean()) < 0.2  # GELU's own zeros, for contrast
+    assert main(["simulate", "--backend", "reference", "--layer", layer, "--activation",
+                 "relu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["activation"] == "relu" and printed["activation_sparsity"] > 0.5
+
+
+def test_an_activation_for_a_layer_it_does_not_feed_is_refused(capsys):
+    assert main(["simulate", "--backend", "reference", "--activation", "topk:0.1"]) == 2
+    assert ("error: --activation topk:0.1 changes the inputs of the feed-forward output "
+            "linears only (encoder.layer.0.output.dense ...), not of "
+            "encoder.layer.0.intermediate.dense") in capsys.readouterr().err

@@ -316,8 +316,8 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"colours": ["red"]}, "test.toml: unknown key 'colours': a spec has build, configs, "
-                           "layers, methods, models, seed, sparsities, tokens, verify"),
+    ({"colours": ["red"]}, "test.toml: unknown key 'colours': a spec has activations, build, "
+                           "configs, layers, methods, models, seed, sparsities, tokens, verify"),
     ({"configs": []}, "test.toml: axis 'configs' is empty: give it at least one value"),
     ({"sparsities": []}, "test.toml: axis 'sparsities' is empty"),
     ({"configs": ["k9"]}, "test.toml: config 'k9': write k<lanes>t<token lanes>, optionally "
@@ -403,6 +403,8 @@ def test_cli_unreachable_scheduler_exits_2_within_seconds(tmp_path, capsys):
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "tcp://127.0.0.1:99999", "http://x:1",
                                      "tcp://:8786", "tcp://127.0.0.1:1 extra"])
+
+
 def test_cli_malformed_scheduler_is_refused_at_once(tmp_path, capsys, address):
     started = time.perf_counter()
     status = cli.main(["sweep", write_spec(tmp_path, "configs = []\n"), "--output",
@@ -451,3 +453,27 @@ def test_design_hashes_are_kept_on_disk(tmp_path, monkeypatch):
     assert sweep._design_hash(config) == first
     [cached] = (tmp_path / "design-hashes").iterdir()
     assert cached.name.startswith("k2t2i512-")
+
+
+def test_an_activation_axis_makes_points_of_the_layers_it_feeds():
+    output = "encoder.layer.0.output.dense"
+    spec = spec_of(configs=["k8t4"], methods=["magnitude"], sparsities=[0.9],
+                   layers=[QUERY, output], activations=["none", "TOPK:0.1"])
+    assert spec.activations == ("none", "topk:0.1")
+    points = expand_points(spec)
+    assert [(point.layer, point.activation) for point in points] == [
+        (QUERY, "none"), (output, "none"), (output, "topk:0.1")]
+    # GELU's points keep their keys; another activation is another point.
+    assert points[0].key == dataclasses.replace(points[0], activation="none").key
+    assert points[1].key != points[2].key
+    gelu, sparse = run_point(points[1]), run_point(points[2])
+    expected = simulate_layer("minilm", output, sparsity=0.9, backend="reference", seed=3,
+                              activation="topk:0.1")
+    assert sparse.error == "" and sparse.activation == "topk:0.1"
+    assert sparse.sparse_cycles == expected.sparse_cycles
+    assert sparse.activation_sparsity == pytest.approx(expected.activation_sparsity)
+    assert sparse.activation_sparsity >= 0.9 > 0.2 > gelu.activation_sparsity
+    assert sparse.joint_ideal_speedup == pytest.approx(expected.joint_ideal_speedup)
+    with pytest.raises(ValueError, match=re.escape("test.toml: activation 'gelu' is not one "
+                                                   "of: none, relu")):
+        spec_of(activations=["gelu"])

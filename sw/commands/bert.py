@@ -5,11 +5,11 @@ The work is :func:`sparsemac.sw.pipelines.bert.measure_bert`; this command parse
 prints its report.
 """
 
-from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_granularity_argument, add_index_argument,
-                      add_memory_arguments, add_model_argument, add_report_arguments,
-                      config_from_args, fraction_argument, index_from_args, memory_from_args,
-                      method_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_backend_arguments,
+                      add_calibration_argument, add_config_arguments, add_granularity_argument,
+                      add_index_argument, add_memory_arguments, add_model_argument,
+                      add_report_arguments, config_from_args, fraction_argument,
+                      index_from_args, memory_from_args, method_argument)
 from .report_output import check_report_outputs, finish
 
 HELP = ("Offload every encoder linear of a BERT to a device, run a sentence, and report sparse "
@@ -25,6 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--method", type=method_argument, default="magnitude",
                         help=f"{METHOD_HELP} (default: %(default)s)")
     add_calibration_argument(parser)
+    add_activation_argument(parser)
     parser.add_argument("--scope", default="local", choices=("local", "global"),
                         help="one threshold per layer (local) or over all layers (global)")
     add_granularity_argument(parser)
@@ -52,5 +53,5 @@ def run(args):
         scope=args.scope, granularity=args.granularity, text=args.text, tokens=args.tokens,
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args), calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration, activation=args.activation)
     return finish(args, report)

@@ -8,11 +8,11 @@ input.
 
 import argparse
 
-from .options import (METHOD_HELP, add_calibration_argument, add_config_arguments,
-                      add_granularity_argument, add_index_argument, add_memory_arguments,
-                      add_smoothing_argument,
-                      configs_from_args, fraction_argument, index_from_args, memory_from_args,
-                      method_argument, positive_integer_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_calibration_argument,
+                      add_config_arguments, add_granularity_argument, add_index_argument,
+                      add_memory_arguments, add_smoothing_argument, configs_from_args,
+                      fraction_argument, index_from_args, memory_from_args, method_argument,
+                      positive_integer_argument)
 from .report_output import finish
 
 HELP = ("The speed-accuracy front: prune a whole BERT with each method at each sparsity "
@@ -83,6 +83,8 @@ def add_arguments(parser):
                         help="labelled task instead of the built-in tweets: a UTF-8 CSV with "
                              "text and label columns")
     add_calibration_argument(parser)
+    add_activation_argument(parser, without="none, GELU as trained",
+                            where="; of the int8 and pruned points (checkpoints keep their own)")
     add_config_arguments(parser, several=True)
     add_granularity_argument(parser)
     add_smoothing_argument(parser)
@@ -120,5 +122,6 @@ def run(args):
                    sizes=SplitSizes(train=args.train, test=args.test),
                    workload=args.workload, data=args.data, calibration=args.calibration,
                    output=args.output, verify=args.verify, memory=_memory(args),
-                   index=index_from_args(args), smoothing=args.smoothing)
+                   index=index_from_args(args), smoothing=args.smoothing,
+                   activation=args.activation)
     return finish(args, report)

@@ -15,6 +15,7 @@ from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
 from ...hw.errors import InputError
+from ..activation_sparsity import ACTIVATION_HELP, ActivationSpecError, parse_activation
 from ..methods import METHOD_HELP, parse_method
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
@@ -24,7 +25,8 @@ __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "add_calibration_argument", "fraction_argument", "positive_argument",
            "positive_integer_argument", "add_model_argument", "add_run_arguments",
            "add_recipe_arguments", "recipe_from_args", "duration_argument",
-           "add_smoothing_argument"]
+           "add_smoothing_argument", "activation_argument", "add_activation_argument",
+           "CARRIED_ACTIVATION"]
 
 #: The default ``--backend`` of every command that has one: the RTL, cycle-accurate.
 DEFAULT_BACKEND = "verilator"
@@ -359,3 +361,31 @@ def recipe_from_args(args, recipe_class):
           + ", ".join(f"{name} {value}" for name, value in dataclasses.asdict(recipe).items()),
           flush=True)
     return recipe
+
+
+def activation_argument(text):
+    """argparse type of ``--activation``:
+    :func:`~sparsemac.sw.activation_sparsity.parse_activation`."""
+    try:
+        return parse_activation(text)
+    except ActivationSpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+#: What a command without ``--activation`` runs: the model's own activation.
+CARRIED_ACTIVATION = "as the model carries it: GELU, or a prune checkpoint's own"
+
+
+def add_activation_argument(parser, without=CARRIED_ACTIVATION, where=""):
+    """Adds ``--activation SPEC`` (default None, which the command reads as `without`).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser or argument group
+    without : str
+        What the command does without the option, for the help.
+    where : str
+        A note on where the option applies, appended to the help.
+    """
+    parser.add_argument("--activation", metavar="SPEC", type=activation_argument, default=None,
+                        help=f"{ACTIVATION_HELP}{where} (default: {without})")

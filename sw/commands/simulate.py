@@ -7,11 +7,11 @@ Exit status: 0 when both runs are bit-exact and match the cycle model, 1 when no
 input is wrong (unknown layer, layer too wide for the array, bad sparsity ...).
 """
 
-from .options import (METHOD_HELP, add_backend_arguments, add_calibration_argument,
-                      add_config_arguments, add_index_argument, add_memory_arguments,
-                      add_model_argument, add_report_arguments, config_from_args, fraction_argument,
-                      index_from_args, memory_from_args, method_argument,
-                      positive_argument)
+from .options import (METHOD_HELP, add_activation_argument, add_backend_arguments,
+                      add_calibration_argument, add_config_arguments, add_index_argument,
+                      add_memory_arguments, add_model_argument, add_report_arguments,
+                      config_from_args, fraction_argument, index_from_args, memory_from_args,
+                      method_argument, positive_argument)
 from .report_output import check_report_outputs, finish
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -32,6 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--method", type=method_argument, default="magnitude",
                         help=f"pruning: {METHOD_HELP} (default: %(default)s)")
     add_calibration_argument(parser)
+    add_activation_argument(parser, where="; only for a feed-forward output --layer, e.g. "
+                                          "encoder.layer.0.output.dense")
     parser.add_argument("--tokens", type=int, default=None,
                         help="repeat the sentence to exactly this many tokens (default: the "
                              "sentence itself)")
@@ -64,7 +66,7 @@ def run(args):
         backend=args.backend, config=config_from_args(args), seed=args.seed, fst=args.fst,
         fst_limit=args.fst_limit * 1e9, port=args.port, board=args.board,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args), calibration=args.calibration)
+        index=index_from_args(args), calibration=args.calibration, activation=args.activation)
     status = finish(args, report)
     if not report.passed:
         progress("FAILED: the device disagrees with the golden model or the cycle model")

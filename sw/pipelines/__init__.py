@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ...hw.errors import InputError, MissingFileError
 
-__all__ = ["check_output_path", "check_output_folder", "check_port", "pareto_front"]
+__all__ = ["check_output_path", "check_output_folder", "check_port", "pareto_front",
+           "activation_calibration"]
 
 
 def check_output_path(path, what):
@@ -103,3 +104,20 @@ def pareto_front(items, x, y, *, maximise=False):
             front.append(index)
             best = sign * getattr(items[index], y)
     return sorted(front, key=lambda index: getattr(items[index], x))
+
+
+def activation_calibration(activation, texts, seed):
+    """The calibration text of a ``relu@S`` activation: `texts` (a calibrated method's), else
+    the built-in task's calibration split (seeded by `seed`); None for every other activation.
+
+    Raises
+    ------
+    ActivationSpecError
+        If `activation` does not parse.
+    """
+    from ..activation_sparsity import parse_activation
+    from ..task import calibration_texts
+
+    if activation is None or not parse_activation(activation).calibrated:
+        return None
+    return texts if texts is not None else calibration_texts(seed=seed)

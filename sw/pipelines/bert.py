@@ -19,7 +19,7 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, check_config
 from ...hw.formats import ColumnIndex
-from . import check_port
+from . import activation_calibration, check_port
 from ..calibration import method_calibration
 from ..energy import load_energy_table
 from ..memory import PRESETS, MemoryModel
@@ -108,6 +108,12 @@ class BertReport:
     #: For a task model: the offloaded model's accuracy on its held-out test split against the
     #: float model's on the same items (intervals, paired drop, McNemar); None otherwise.
     task: PairedComparison | None = None
+    #: The feed-forward activation (``str(ActivationSpec)``).
+    activation: str = "none"
+    #: Measured fraction of exactly-zero int8 activations sent, over every layer.
+    activation_sparsity: float | None = None
+    #: ``1 / ((1 - s_w)(1 - s_a))`` of each layer, weighted by its share of the products.
+    joint_ideal_speedup: float | None = None
 
     @property
     def passed(self):
@@ -129,23 +135,28 @@ class BertReport:
         config = self.config
         title = (f"{self.model} on {self.backend} (K={config['lanes']} "
                  f"T={config['token_lanes']}), {self.method} pruning to "
-                 f"{self.achieved_sparsity:.1%} ({self.scope}), {self.tokens} tokens, "
-                 f"seed {self.seed}")
-        header = ["layer", "shape", "sparsity", "sparse cyc", "dense cyc", "speedup", "ideal",
-                  *(["exact"] if checked else [])]
+                 f"{self.achieved_sparsity:.1%} ({self.scope}), activation {self.activation}, "
+                 f"{self.tokens} tokens, seed {self.seed}")
+        header = ["layer", "shape", "sparsity", "act. zeros", "sparse cyc", "dense cyc",
+                  "speedup", "ideal", "ideal w+a", *(["exact"] if checked else [])]
         rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.3f}",
-                 f"{layer['sparse_cycles']:,}", f"{layer['dense_cycles']:,}",
-                 _times(layer["speedup"]), _times(layer["ideal_speedup"]),
+                 _fraction(layer["activation_sparsity"]), f"{layer['sparse_cycles']:,}",
+                 f"{layer['dense_cycles']:,}", _times(layer["speedup"]),
+                 _times(layer["ideal_speedup"]), _times(layer["joint_ideal_speedup"]),
                  *([("yes" if layer["bit_exact"] else "NO")] if checked else [])]
                 for layer in self.layers]
-        rows.append(["total", "", f"{self.achieved_sparsity:.3f}", f"{self.sparse_cycles:,}",
-                     f"{self.dense_cycles:,}", _times(self.speedup),
-                     _times(self.ideal_speedup), *([""] if checked else [])])
+        rows.append(["total", "", f"{self.achieved_sparsity:.3f}",
+                     _fraction(self.activation_sparsity), f"{self.sparse_cycles:,}",
+                     f"{self.dense_cycles:,}", _times(self.speedup), _times(self.ideal_speedup),
+                     _times(self.joint_ideal_speedup), *([""] if checked else [])])
         baseline = "measured on the device" if self.dense_measured else "exact cycle model"
         summary = [
             ["sparsity", f"found {self.sparsity_found:.1%} in the model as given, target "
                          + ("-" if self.sparsity is None else f"{self.sparsity:.1%}")
                          + f", applied {self.achieved_sparsity:.1%}"],
+            ["activation", f"{self.activation}: {_fraction(self.activation_sparsity)} of the "
+                           "int8 activations sent were zero (measured); ideal w+a = "
+                           "1/((1-s_w)(1-s_a))"],
             ["dense baseline", baseline],
             ["weight bytes", f"{self.sparse_weight_bytes:,} {self.index.upper()} vs "
                              f"{self.dense_weight_bytes:,} dense"],
@@ -185,10 +196,14 @@ def _times(value):
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _fraction(value):
+    return "-" if value is None else f"{value:.3f}"
+
+
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
                  scope="local", granularity=DEFAULT_GRANULARITY, text=None, tokens=None, seed=0,
                  config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
-                 energy_table=None, index=ColumnIndex.CSR, calibration=None):
+                 energy_table=None, index=ColumnIndex.CSR, calibration=None, activation=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
 
     Parameters
@@ -220,6 +235,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         streams: ideal ones on the simulators).
     energy_table, calibration, index
         As in :func:`~sparsemac.sw.pipelines.simulate.simulate_layer`.
+    activation : ActivationSpec or str or None
+        The feed-forward activation, as :func:`~sparsemac.sw.model_offload.offload` takes it
+        (``relu@S`` calibrates on the calibration text); None: as the model carries it.
 
     Returns
     -------
@@ -245,6 +263,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     if text is not None and not text.strip():
         raise InputError("--text is empty: give a sentence, or leave --text out for the "
                          "built-in one")
+    activation_texts = activation_calibration(activation, texts, seed)
     table = load_energy_table(energy_table)
     # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
     # two that wait on each other, by an order of magnitude when the machine is busy.
@@ -276,8 +295,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     if method.calibrated and loaded.tokenizer is None:
         raise InputError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
-    options = dict(seed=seed, granularity=granularity, scope=scope, calibration=texts,
-                   tokenizer=loaded.tokenizer, index=index)
+    options = dict(seed=seed, granularity=granularity, scope=scope,
+                   calibration=texts or activation_texts, tokenizer=loaded.tokenizer, index=index,
+                   activation=activation)
     device_options = {} if port is None else {"port": port}
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **device_options) as device:
@@ -338,7 +358,9 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         cycles_equal=None if crosscheck is None else crosscheck.cycles_equal,
         baseline=BASELINE, embedding_cosine=cosine, ranking_agreement=agreement,
         device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers,
-        memory=memory_figures, index=summary["index"], task=paired)
+        memory=memory_figures, index=summary["index"], task=paired,
+        activation=summary["activation"], activation_sparsity=summary["activation_sparsity"],
+        joint_ideal_speedup=summary["joint_ideal_speedup"])
 
 
 def mean_pooled(model, inputs, report=None, desc=None):

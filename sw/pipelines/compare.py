@@ -40,6 +40,7 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
+from ..activation_sparsity import NONE, parse_activation
 from ..memory_report import recorded_memory_cycles
 from ..finetune import (ModelKindError, is_task_model, load_task_model, predict,
                         require_embedding_model, score_predictions)
@@ -54,7 +55,6 @@ from ..tables import write_csv
 from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
 from . import check_output_folder, pareto_front
-from ...hw.errors import InputError
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
@@ -129,15 +129,25 @@ class FrontPoint:
     #: on the same test items (the float point's is None). None for the quick check.
     interval: Interval | None = None
     paired: PairedComparison | None = None
+    #: The feed-forward activation (``str(ActivationSpec)``): the sweep's, or a checkpoint's.
+    activation: str = "none"
+    #: Measured fraction of exactly-zero int8 activations the workload sent (0 for float).
+    activation_sparsity: float = 0.0
+    #: Products over those of a nonzero weight and a nonzero activation, per layer
+    #: ``1 / ((1 - s_w)(1 - s_a))`` weighted by its share of the workload.
+    joint_ideal_speedup: float = 1.0
 
     @property
     def label(self) -> str:
         """How tables and the plot name the point."""
         if self.kind == "checkpoint":
-            return f"checkpoint {Path(self.model).name}"
-        if self.sparsity_target is None or self.kind != "pruned":
-            return self.method
-        return f"{self.method} {self.sparsity_target:g}"
+            name = f"checkpoint {Path(self.model).name}"
+        elif self.sparsity_target is None or self.kind != "pruned":
+            name = self.method
+        else:
+            name = f"{self.method} {self.sparsity_target:g}"
+        shown = self.activation != "none" and self.kind in ("int8", "pruned")
+        return f"{name} {self.activation}" if shown else name
 
 
 def _figures(point, task):
@@ -234,6 +244,8 @@ class CompareReport:
     bootstrap: dict | None = None
     #: SmoothQuant migration strength of the offloaded points; None: none.
     smoothing: float | None = None
+    #: The feed-forward activation of the int8 and pruned points.
+    activation: str = "none"
 
     @property
     def passed(self):
@@ -264,14 +276,17 @@ class CompareReport:
                  f"({workload['tokens']} tokens a layer call)"
                  + ("; delta column index" if self.index == "delta" else "")
                  + ("" if self.smoothing is None else
-                    f"; SmoothQuant migration alpha {self.smoothing:g}"))
+                    f"; SmoothQuant migration alpha {self.smoothing:g}")
+                 + (f"; activation {self.activation} (act. zeros: measured on the workload; "
+                    "ideal w+a = 1/((1-s_w)(1-s_a)))" if self.activation != "none" else ""))
         figures = (["accuracy", "95 % interval", "drop", "drop 95 % interval", "McNemar p"]
                    if task else ["accuracy", "dense probe", "cosine", "kNN"])
-        header = ["point", "sparsity", "sparse cyc", "dense cyc", "speedup", *figures,
-                  f"{self.index.upper()} bytes", "front", "s"]
+        header = ["point", "sparsity", "act. zeros", "sparse cyc", "dense cyc", "speedup",
+                  "ideal w+a", *figures, f"{self.index.upper()} bytes", "front", "s"]
         front = set(self.front)
-        rows = [[point.label, f"{point.sparsity:.3f}", f"{point.sparse_cycles:,}",
-                 f"{point.dense_cycles:,}", f"{point.speedup:.2f}x", *_figures(point, task),
+        rows = [[point.label, f"{point.sparsity:.3f}", f"{point.activation_sparsity:.3f}",
+                 f"{point.sparse_cycles:,}", f"{point.dense_cycles:,}", f"{point.speedup:.2f}x",
+                 f"{point.joint_ideal_speedup:.2f}x", *_figures(point, task),
                  f"{point.sparse_weight_bytes:,}", "*" if index in front else "",
                  f"{point.seconds:.0f}"]
                 for index, point in enumerate(self.points)]
@@ -331,7 +346,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
           checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
           sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
           output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
-          smoothing=None):
+          smoothing=None, activation=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -374,6 +389,10 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     smoothing : float or None
         SmoothQuant migration strength of every offloaded point, from the calibration text
         (:func:`~sparsemac.sw.model_offload.offload`); None: none.
+    activation : ActivationSpec or str or None
+        The feed-forward activation of the int8 and pruned points (``relu@S`` calibrated on
+        the calibration text); checkpoints keep their own, the float model GELU. Each point
+        reports the zeros its workload sent (:attr:`FrontPoint.activation_sparsity`).
 
     Returns
     -------
@@ -397,6 +416,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     plan = _plan(methods, sparsities, checkpoints, configs, granularity, workload, sizes)
     output = Path(output)
     check_output_folder(output, "compare results")
+    activation = parse_activation(NONE if activation is None else activation)
     texts = load_texts(calibration) if calibration is not None else None
     evaluation = (_TaskModelScore(model, data, seed) if is_task_model(model)
                   else _QuickCheck(model, data, seed, sizes))
@@ -415,7 +435,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         point_started = time.perf_counter()
         offloaded, report = offload(base, device, sparsity, method, seed=seed,
                                     granularity=granularity, calibration=texts,
-                                    tokenizer=tokenizer, index=index, smoothing=smoothing)
+                                    tokenizer=tokenizer, index=index, smoothing=smoothing,
+                                    activation=None if kind == "checkpoint" else activation)
         on_device = evaluation.outputs(offloaded, batch)
         run_on_host(offloaded, report)
         on_host = evaluation.outputs(offloaded, batch)
@@ -438,7 +459,9 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
             dense_weight_bytes=report.dense_weight_bytes,
             host_equals_device=bool(torch.equal(on_device, on_host)),
             by_config=by_config, **evaluation.score(offloaded),
-            seconds=time.perf_counter() - point_started)
+            seconds=time.perf_counter() - point_started, activation=report.activation,
+            activation_sparsity=report.activation_sparsity,
+            joint_ideal_speedup=report.joint_ideal_speedup)
 
     points = []
     for number, (kind, method, source, sparsity) in enumerate(plan, start=1):
@@ -466,7 +489,7 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
     checked = None
     if verify:
         checked = _verify(points, best, evaluation, texts, splits.test.texts[0], config, seed,
-                          granularity, index, smoothing)
+                          granularity, index, smoothing, activation)
     result = CompareReport(
         model=evaluation.name, seed=seed, granularity=granularity, config=config.as_dict(),
         data={"source": splits.train.source, "train": len(splits.train),
@@ -477,7 +500,8 @@ def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="mini
         points=points, front=pareto_front(points, "speedup", "accuracy", maximise=True),
         best=best, verify=checked, wall_s=time.perf_counter() - started,
         memory=None if memory is None else memory.describe(), index=index.name.lower(),
-        evaluation=evaluation.kind, bootstrap=evaluation.bootstrap(), smoothing=smoothing)
+        evaluation=evaluation.kind, bootstrap=evaluation.bootstrap(), smoothing=smoothing,
+        activation=str(activation))
     (output / "compare.json").write_text(json.dumps(result.as_json(), indent=2) + "\n")
     _plot(result, output / "front.png")
     result.files = [output / name for name in ("compare.csv", "compare.json", "front.png")]
@@ -519,7 +543,7 @@ def _plan(methods, sparsities, checkpoints, configs, granularity, workload, size
 
 
 def _verify(points, best, evaluation, texts, text, config, seed, granularity, index,
-            smoothing):
+            smoothing, activation):
     """Rerun one point on one test text on Verilator and on the reference."""
     chosen = [index for index in best.values() if index is not None
               and points[index].kind in ("pruned", "checkpoint")]
@@ -536,7 +560,9 @@ def _verify(points, best, evaluation, texts, text, config, seed, granularity, in
             offloaded, report = offload(model, device, sparsity, method, seed=seed,
                                         granularity=granularity, calibration=texts,
                                         tokenizer=evaluation.tokenizer, keep_sums=True,
-                                        progress=True, index=index, smoothing=smoothing)
+                                        progress=True, index=index, smoothing=smoothing,
+                                        activation=None if point.kind == "checkpoint"
+                                        else activation)
             evaluation.outputs(offloaded, [text])
         reports.append(report)
     check = cross_check(*reports)

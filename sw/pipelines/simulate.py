@@ -28,10 +28,10 @@ from ..memory_report import memory_report
 from ..offload import OffloadedLinear
 from ..packing import check_index
 from ..progress import phase, progress
-from . import check_output_path, check_port
+from . import activation_calibration, check_output_path, check_port
+from ..activation_sparsity import parse_activation
 from ..pruning import choose_masks
 from ..quantisation import approximation_error, quantise_activations
-from ...hw.errors import InputError
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
@@ -117,6 +117,17 @@ class SimulationReport:
     #: The layer's cycles and energy under the memory model (a
     #: :class:`~sparsemac.sw.memory_report.MemoryReport`).
     memory: object = None
+    #: The model's feed-forward activation (``str(ActivationSpec)``).
+    activation: str = "none"
+    #: Measured fraction of exactly-zero int8 activations sent to the layer.
+    activation_sparsity: float = 0.0
+
+    @property
+    def joint_ideal_speedup(self):
+        """``1 / ((1 - s_w)(1 - s_a))``, weight and activation zeros both skipped; None for an
+        all-zero matrix or input."""
+        nonzero = (1.0 - self.sparsity) * (1.0 - self.activation_sparsity)
+        return 1.0 / nonzero if nonzero else None
 
     @property
     def bit_exact(self):
@@ -134,6 +145,7 @@ class SimulationReport:
     def as_json(self):
         result = asdict(self)
         result.update(bit_exact=self.bit_exact, cycle_model_match=self.cycle_model_match,
+                      joint_ideal_speedup=self.joint_ideal_speedup,
                       memory=None if self.memory is None else self.memory.as_json())
         return result
 
@@ -157,6 +169,8 @@ class SimulationReport:
         estimate, say) are appended to this list."""
         yes = {True: "yes", False: "NO"}
         ideal = "-" if self.ideal_speedup is None else f"{self.ideal_speedup:.2f}x"
+        joint = self.joint_ideal_speedup
+        joint = "-" if joint is None else f"{joint:.2f}x"
         efficiency = "-" if self.efficiency is None else f"{self.efficiency:.1%}"
         config = ArrayConfig(**self.config)
         return [
@@ -172,6 +186,8 @@ class SimulationReport:
                             + ("" if self.target_sparsity is None
                                else f"target {self.target_sparsity:.1%}, ")
                             + f"achieved {self.sparsity:.2%}"],
+                ["activation", f"{self.activation}: {self.activation_sparsity:.2%} of the int8 "
+                               "activations sent are zero (measured)"],
             ]),
             ("Sparse against dense, same device", ["", "sparse", "dense"], [
                 ["cycles", f"{self.sparse_cycles:,}", f"{self.dense_cycles:,}"],
@@ -186,6 +202,7 @@ class SimulationReport:
             ("Summary", None, [
                 ["speedup", f"{self.speedup:.2f}x"],
                 ["ideal 1/(1-s)", ideal],
+                ["ideal 1/((1-s_w)(1-s_a))", f"{joint} (weight and activation zeros skipped)"],
                 ["efficiency", efficiency],
                 ["bit-exact", yes[self.bit_exact]],
                 ["max abs error", f"{self.max_abs_error:.4g} (vs the float layer as given)"],
@@ -248,7 +265,7 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
                    method="magnitude", tokens=None, backend="verilator", config=DEFAULT_CONFIG,
                    seed=0, fst=None, fst_limit=DEFAULT_FST_LIMIT, port=None, board=None,
                    memory=PRESETS["ideal"], energy_table=None, index=ColumnIndex.CSR,
-                   calibration=None):
+                   calibration=None, activation=None):
     """Runs one pruned layer sparse and dense on a device and checks both runs.
 
     Parameters
@@ -295,6 +312,12 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     index : ColumnIndex
         How the sparse jobs send their column indices; DELTA needs a config with the delta
         decoder (``ArrayConfig.delta_bits``).
+    activation : ActivationSpec or str or None
+        Replace the model's feed-forward GELU
+        (:func:`~sparsemac.sw.ffn_activation.sparsify_activations`; ``relu@S`` calibrates on
+        the calibration text), so that an ``output.dense`` layer receives sparse activations;
+        refused for any other layer, whose input it does not change. None: as the model
+        carries it (a ``sparsemac prune`` checkpoint may).
 
     Returns
     -------
@@ -305,7 +328,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     ValueError, FileNotFoundError
         If an option, the model, layer, config or token count is wrong, or the calibration file
         is missing, empty or not UTF-8; every option and file is checked before the model is
-        loaded or a device opened.
+        loaded or a device opened. An activation that the model's checkpoint contradicts, or
+        given for a layer it does not feed, is refused once the model is loaded, before any
+        device is opened.
     DeviceError
         If the device cannot be built or fails.
     """
@@ -319,13 +344,26 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     elif sparsity is None and not structured:
         sparsity = DEFAULT_SPARSITY
     check_index(config, index)
+    if activation is not None:
+        activation = parse_activation(activation)
+    activation_texts = activation_calibration(activation, texts, seed)
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
     # whose `simulate` options read this module's defaults.
+    from ..ffn_activation import (feed_forward_consumers, model_activation,
+                                  sparsify_activations)
     from ..models import capture_linear_input, get_linear, load_model
     progress(f"loading {model} (seed {seed})")
     loaded = load_model(model, seed=seed)
     linear = get_linear(loaded.model, layer)
+    if activation is not None:
+        consumers = feed_forward_consumers(loaded.model)
+        if activation.sparse and layer not in consumers:
+            raise InputError(f"--activation {activation} changes the inputs of the "
+                             f"feed-forward output linears only ({consumers[0]} ...), not of "
+                             f"{layer}: simulate one of them, or leave the option out")
+        sparsify_activations(loaded.model, activation, tokenizer=loaded.tokenizer,
+                             calibration=activation_texts)
     inputs = capture_linear_input(loaded, layer, tokens=tokens)
     with torch.no_grad():
         float_output = linear(inputs)  # before a calibrated method changes the weights
@@ -399,7 +437,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
         quantisation_relative_error=quantisation.relative, device_s=device_s,
         sim_cycles_per_s=(sparse.cycles + dense.cycles) / device_s if device_s else 0.0,
         wall_s=time.perf_counter() - started, fst=None if fst is None else str(fst),
-        board=board_figures, memory=memory_figures)
+        board=board_figures, memory=memory_figures,
+        activation=model_activation(loaded.model).spec,
+        activation_sparsity=float((activations == 0).sum()) / activations.numel())
 
 
 def prune_layer(loaded, layer, method, sparsity, *, texts=None, lanes=DEFAULT_CONFIG.lanes,

@@ -1,4 +1,5 @@
-"""Design-space sweeps on Dask: array configs x models x layers x pruning methods x sparsities.
+"""Design-space sweeps on Dask: array configs x models x layers x pruning methods x sparsities
+(x feed-forward activations).
 
 A spec (TOML, :func:`load_spec`) names the axes and their values; every combination is one
 *point* (:class:`SweepPoint`), an independent task that carries only its small parameters. A
@@ -95,6 +96,9 @@ class SweepSpec:
     seed: int = 0
     #: Which points also run on Verilator; None: none.
     verify: VerifySpec | None = None
+    #: Feed-forward activations, canonical ``--activation`` specs; a sparse one makes points
+    #: only of the layers it feeds (each ``output.dense``).
+    activations: tuple[str, ...] = ("none",)
     #: The board builds; None: none.
     build: BuildSpec | None = None
 
@@ -104,7 +108,7 @@ class SweepSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-_AXES = {"configs", "models", "layers", "methods", "sparsities", "tokens"}
+_AXES = {"configs", "models", "layers", "methods", "sparsities", "tokens", "activations"}
 _TOP_KEYS = _AXES | {"seed", "verify", "build"}
 
 
@@ -146,9 +150,11 @@ def parse_spec(data, source="spec"):
     ``"all"`` for every encoder linear), ``methods`` (every method ``--method`` takes:
     :func:`~sparsemac.sw.methods.parse_method`; calibrated ones prune on the built-in task's
     calibration text), ``sparsities`` (0 to 1; needed unless every method is N:M), optional
-    ``tokens`` (2 or more; default the sentence itself), ``seed`` (default 0), ``[verify]``
-    with ``sample`` and ``seed``, and ``[build]`` with ``seeds`` and ``board`` (default
-    ``"ulx3s-85f"``).
+    ``tokens`` (2 or more; default the sentence itself), optional ``activations``
+    (``--activation`` specs such as ``"relu"`` or ``"topk:0.1"``:
+    :func:`~sparsemac.sw.activation_sparsity.parse_activation`; default ``["none"]``), ``seed``
+    (default 0), ``[verify]`` with ``sample`` and ``seed``, and ``[build]`` with ``seeds`` and
+    ``board`` (default ``"ulx3s-85f"``).
 
     Models and layer names are checked when the points are expanded (:func:`expand_points`),
     which loads each model.
@@ -215,11 +221,15 @@ def parse_spec(data, source="spec"):
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         fail(f"seed must be a non-negative integer, not {seed!r}")
+    activations = tuple(_parse_activation(_string(value, "activations", fail), fail)
+                        for value in axis("activations", required=False) or ["none"])
+    if len(set(activations)) != len(activations):
+        fail(f"axis 'activations' names one activation twice: {', '.join(activations)}")
     return SweepSpec(configs=configs, models=models, layers=layers,
                      methods=tuple(method.text for method in methods),
                      sparsities=tuple(float(value) for value in sparsities), tokens=tuple(tokens),
                      seed=seed, verify=_parse_verify(data.get("verify"), fail),
-                     build=_parse_build(data.get("build"), fail))
+                     build=_parse_build(data.get("build"), fail), activations=activations)
 
 
 def _string(value, name, fail):
@@ -250,6 +260,15 @@ def _parse_method(method, fail):
     try:
         return parse_method(method)
     except ValueError as error:
+        fail(str(error))
+
+
+def _parse_activation(text, fail):
+    from ..activation_sparsity import ActivationSpecError, parse_activation
+
+    try:
+        return str(parse_activation(text))
+    except ActivationSpecError as error:
         fail(str(error))
 
 
@@ -333,11 +352,17 @@ class SweepPoint:
     board: str = ""
     #: The build point's nextpnr placement seed.
     build_seed: int | None = None
+    #: The feed-forward activation, a canonical ``--activation`` spec.
+    activation: str = "none"
 
     @property
     def key(self):
-        """16 hex digits hashing every parameter and the design hash: the row's key."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """16 hex digits hashing every parameter and the design hash: the row's key (GELU's
+        points keep the keys they had before activations were an axis)."""
+        parameters = dataclasses.asdict(self)
+        if self.activation == "none":
+            del parameters["activation"]
+        blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -355,6 +380,7 @@ def expand_points(spec):
     ValueError, FileNotFoundError
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
+    from ..ffn_activation import feed_forward_consumers
     from ..models import encoder_linear_names, get_linear
 
     hashes = {config: _design_hash(config) for config in spec.configs}
@@ -364,14 +390,17 @@ def expand_points(spec):
                 for sparsity in ((None,) if fixed[method] else spec.sparsities)]
     points = []
     for model in spec.models:
-        loaded = _loaded_model(model, spec.seed)
+        loaded = _loaded_model(model, spec.seed, "none")
         names = encoder_linear_names(loaded.model) if spec.layers == "all" else spec.layers
+        fed = (set(feed_forward_consumers(loaded.model)) if spec.activations != ("none",)
+               else set())
         for layer in names:
             get_linear(loaded.model, layer)
             points.extend(
                 SweepPoint(kind="layer", config=config, design_hash=hashes[config], model=model,
                            layer=layer, method=method, sparsity=sparsity, tokens=tokens,
-                           seed=spec.seed)
+                           seed=spec.seed, activation=activation)
+                for activation in spec.activations if activation == "none" or layer in fed
                 for config in spec.configs for tokens in spec.tokens
                 for method, sparsity in prunings)
     if spec.verify is not None:
@@ -418,7 +447,14 @@ class PointResult:
     """One row of the results table: a point's parameters and what it measured.
 
     Measurements a point did not make (a failed point, the board columns of a layer point)
-    are None.
+    are None. ``relative_error``, ``max_abs_error`` and ``cosine`` compare the layer's int8
+    output with the float, unpruned layer on the built-in sentence, as ``sparsemac simulate``
+    does; ``cosine`` is the mean over tokens. ``activation_sparsity`` is the measured fraction
+    of exactly-zero int8 activations the layer received, ``joint_ideal_speedup``
+    ``1 / ((1 - sparsity)(1 - activation_sparsity))``. ``tokens`` is the count asked for (None: the
+    sentence as it is), ``tokens_run`` the count run. ``bit_exact`` and ``cycles_match`` are set for
+    verified points: Verilator's sums equal the golden model's and its cycle counts the cycle
+    model's, in both modes. ``error`` is empty unless the point failed.
     """
     #: :attr:`SweepPoint.key`: the row's key.
     key: str
@@ -497,6 +533,12 @@ class PointResult:
     bram: int | None = None
     #: A build's achieved Fmax.
     fmax_mhz: float | None = None
+    #: The model's feed-forward activation (a canonical ``--activation`` spec).
+    activation: str = ""
+    #: Measured fraction of exactly-zero int8 activations the layer received.
+    activation_sparsity: float | None = None
+    #: ``1 / ((1 - sparsity)(1 - activation_sparsity))``.
+    joint_ideal_speedup: float | None = None
     #: ``Type: message`` of the exception of a failed point; empty otherwise.
     error: str = ""
     #: The Dask worker that computed the row (``local`` off Dask).
@@ -517,7 +559,8 @@ class PointResult:
                    activation_buffer_bits=config.activation_buffer_bits, model=point.model,
                    layer=point.layer, method=point.method, target_sparsity=point.sparsity,
                    tokens=point.tokens, seed=point.seed if point.kind == "layer" else None,
-                   verify=point.verify, board=point.board, build_seed=point.build_seed)
+                   verify=point.verify, board=point.board, build_seed=point.build_seed,
+                   activation=point.activation if point.kind == "layer" else "")
 
     @property
     def failed(self):
@@ -534,17 +577,23 @@ _MODEL_LOCK = threading.RLock()
 
 
 @functools.lru_cache(maxsize=4)
-def _loaded_model(model, seed):
+def _loaded_model(model, seed, activation):
+    from ..ffn_activation import sparsify_activations
     from ..models import load_model
+    from . import activation_calibration
     with _MODEL_LOCK:
-        return load_model(model, seed=seed)
+        loaded = load_model(model, seed=seed)
+        sparsify_activations(loaded.model, activation, tokenizer=loaded.tokenizer,
+                             calibration=activation_calibration(activation, None, seed))
+        return loaded
 
 
 @functools.lru_cache(maxsize=256)
-def _layer_inputs(model, seed, layer, tokens):
+def _layer_inputs(model, seed, layer, tokens, activation):
     from ..models import capture_linear_input
     with _MODEL_LOCK:
-        return capture_linear_input(_loaded_model(model, seed), layer, tokens=tokens)
+        return capture_linear_input(_loaded_model(model, seed, activation), layer,
+                                    tokens=tokens)
 
 
 def run_point(point, spec=""):
@@ -599,8 +648,9 @@ def _measure_layer(point, result):
 
     config = point.config
     method, texts = method_calibration(point.method, seed=point.seed)
-    loaded = _loaded_model(point.model, point.seed)
-    inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens)
+    loaded = _loaded_model(point.model, point.seed, point.activation)
+    inputs = _layer_inputs(point.model, point.seed, point.layer, point.tokens,
+                           point.activation)
     with torch.no_grad():
         reference = get_linear(loaded.model, point.layer)(inputs)
     # A calibrated method changes the weights of the model it runs, and feeds the shared
@@ -629,12 +679,18 @@ def _measure_layer(point, result):
     result.relative_error, result.max_abs_error = error.relative, error.max_abs
     result.cosine = float(torch.nn.functional.cosine_similarity(
         output.double(), reference.double(), dim=-1).mean())
+    sent = layer.quantise_input(inputs).values
+    result.activation_sparsity = float((sent == 0).sum()) / sent.numel()
+    nonzero = (1.0 - sparsity) * (1.0 - result.activation_sparsity)
+    result.joint_ideal_speedup = 1.0 / nonzero if nonzero else None
     if point.verify:
         # A small sample: `sparsemac simulate` itself, on the Verilator device (it loads its own
         # copy of the model and opens its own device, so no lock is needed).
         report = simulate_layer(point.model, point.layer, sparsity=point.sparsity,
                                 method=point.method, tokens=point.tokens, backend="verilator",
-                                config=config, seed=point.seed)
+                                config=config, seed=point.seed,
+                                activation=None if point.activation == "none"
+                                else point.activation)
         result.bit_exact, result.cycles_match = report.bit_exact, report.cycle_model_match
 
 
@@ -952,7 +1008,13 @@ def _sparsity(target):
 def _describe(row):
     if row.kind == "build":
         return f"build {row.config} seed {row.build_seed}"
-    return f"{row.model} {row.layer} {row.config} {row.method} {_sparsity(row.target_sparsity)}"
+    return (f"{row.model} {row.layer} {row.config} {_method(row)} "
+            f"{_sparsity(row.target_sparsity)}")
+
+
+def _method(row):
+    """A layer row's method, with its activation when that is not GELU."""
+    return row.method if row.activation in ("", "none") else f"{row.method} {row.activation}"
 
 
 @dataclass
@@ -989,13 +1051,13 @@ class DesignPoint:
 
 
 def _design_points(results):
-    """Groups layer rows by (model, requested tokens, config, method, target sparsity): cycles
-    add up over the layers, relative error and cosine are averaged. A group with a failed
-    layer is left out (its failure is listed on its own)."""
+    """Groups layer rows by (model, requested tokens, config, method and activation, target
+    sparsity): cycles add up over the layers, relative error and cosine are averaged. A group
+    with a failed layer is left out (its failure is listed on its own)."""
     groups = {}
     for row in results:
         if row.kind == "layer":
-            groups.setdefault((row.model, row.tokens, row.config, row.method,
+            groups.setdefault((row.model, row.tokens, row.config, _method(row),
                                row.target_sparsity), []).append(row)
     designs = []
     for (model, _, config, method, sparsity), rows in groups.items():
