@@ -330,13 +330,8 @@ class FPGADevice(Device):
         if ColumnIndex(index) != ColumnIndex.CSR:
             raise ValueError("the board's host link carries full-width column beats: delta jobs "
                              "run on the simulated back ends")
-        if Sparsity(sparsity) != Sparsity.WEIGHTS:
-            raise ValueError("the board's host link has no pairs stream: dual-sparse jobs run "
-                             "on the simulated back ends")
-        packed = pack_job(self.config, weights, activations, mode)
-        streams = {Opcode.ACTIVATIONS: packed.activations,
-                   Opcode.ROW_POINTERS: packed.row_pointers,
-                   Opcode.COLUMNS: packed.columns, Opcode.VALUES: packed.values}
+        packed = pack_job(self.config, weights, activations, mode, sparsity=sparsity)
+        streams = {opcode: getattr(packed, name) for opcode, name in formats.fifo_streams.items()}
         sent = dict.fromkeys(streams, 0)
         sums_bytes = formats.sums_bytes
         sums_due = packed.token_blocks * packed.rows
