@@ -208,7 +208,7 @@ class CoreFormats:
             "row_last": 1,
             **split,
         })
-        self.pairs = self.array_operands = None
+        self.pairs, self.array_operands = None, self.operands
         if config.dual_sparse:
             token_pairs = data.ArrayLayout(data.ArrayLayout(value, lanes), token_lanes)
             self.pairs = data.StructLayout({
@@ -216,8 +216,6 @@ class CoreFormats:
             self.array_operands = data.StructLayout({
                 **self.operands.members,
                 "weights": data.ArrayLayout(data.ArrayLayout(value, token_lanes), lanes)})
-        else:
-            self.array_operands = self.operands
 
 
 class CoreStreams(_BuiltFrom, wiring.Signature):
@@ -251,7 +249,8 @@ class CoreStreams(_BuiltFrom, wiring.Signature):
     def __init__(self, config):
         self._formats = formats = CoreFormats(config)
         # Only a dual-sparse array has the pairs stream, so the others' designs are unchanged.
-        pairs = {"pairs": In(stream.Signature(formats.pairs))} if formats.pairs else {}
+        pairs = ({"pairs": In(stream.Signature(formats.pairs))} if formats.pairs is not None
+                 else {})
         super().__init__({
             "job": In(stream.Signature(formats.job)),
             "done": Out(stream.Signature(formats.cycles)),

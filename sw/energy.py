@@ -25,9 +25,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import Sparsity
 from .memory import MemoryModel
-from .throttled_cycle_model import LayerCycles
+from .throttled_cycle_model import DualLayerCycles, LayerCycles
 
 __all__ = ["EnergyEvents", "EnergyTable", "EnergyReport", "DEFAULT_TABLE", "load_energy_table",
            "energy_events", "energy_of"]
@@ -128,6 +127,7 @@ def energy_events(layer, config, memory):
     Parameters
     ----------
     layer : LayerCycles
+        Or :class:`DualLayerCycles`.
     config : ArrayConfig
     memory : MemoryModel
 
@@ -145,7 +145,7 @@ def energy_events(layer, config, memory):
     column_bits = token_lanes * config.VALUE_WIDTH
     resident = layer.weight_bytes if memory.weights_on_chip else 0
     crossing = layer.weight_bytes - resident + layer.activation_bytes + layer.output_bytes
-    dual = layer.sparsity == Sparsity.DUAL
+    dual = isinstance(layer, DualLayerCycles)
     return EnergyEvents(
         int8_multiply=layer.pairs if dual else layer.chunks * lanes * token_lanes,
         # Chunks that span rows sum each token's lanes in two masked adder trees.

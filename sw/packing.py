@@ -234,12 +234,12 @@ def _pack_struct(layout, beats, arrays, flags):
     layout places the field's value 1."""
     packed = np.zeros((beats, layout_bytes(layout)), dtype=np.uint8)
     for name, elements in arrays.items():
-        field = layout[name]
-        if field.offset % 8:
-            raise ValueError(f"cannot pack {name!r} at bit {field.offset}: not a whole byte")
-        start = field.offset // 8
-        field_bytes = _pack_elements(_flat_array(field.shape), elements)
-        packed[:, start:start + field_bytes.shape[1]] = field_bytes
+        member = layout[name]
+        if member.offset % 8:
+            raise ValueError(f"cannot pack {name!r} at bit {member.offset}: not a whole byte")
+        start = member.offset // 8
+        member_bytes = _pack_elements(_flat_array(member.shape), elements)
+        packed[:, start:start + member_bytes.shape[1]] = member_bytes
     for name, values in flags.items():
         mask = layout.const({name: 1}).as_value().value.to_bytes(packed.shape[1], "little")
         packed[np.asarray(values, dtype=bool)] |= np.frombuffer(mask, dtype=np.uint8)
@@ -268,7 +268,7 @@ def _pack_pairs(config, weights, activations):
     pair_activations[slot] = values[token, weights.indices[entry]]
     row_last = np.zeros(len(pair_weights), dtype=bool)
     row_last[(first + beats - 1).reshape(-1)] = True
-    return _pack_struct(CoreFormats(config).pairs, len(pair_weights),
+    return _pack_struct(_formats(config).pairs, len(pair_weights),
                         {"weights": pair_weights, "activations": pair_activations},
                         {"row_last": row_last})
 

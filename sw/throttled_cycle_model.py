@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from ..hw.config import ArrayConfig
-from ..hw.formats import ColumnIndex, Mode, Sparsity
+from ..hw.formats import ColumnIndex, Mode
 from .cache import cache_dir
 from .cycle_model import (DUAL_FIRST_BEAT, DUAL_PIPELINE_LATENCY, PIPELINE_LATENCY,
                           dual_job_cycles, dual_row_beats, dual_row_lengths, job_cycles,
@@ -42,7 +42,7 @@ from .memory import (RATE_ONE, JobStreams, MemoryModel, dual_job_streams, job_st
                      stream_rates)
 from .packing import tile_row_lengths
 
-__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles",
+__all__ = ["ScheduleCounts", "CycleBounds", "ThrottledCycles", "LayerCycles", "DualLayerCycles",
            "throttled_job_cycles", "throttled_dual_job_cycles", "layer_cycles",
            "dual_layer_cycles",
            "replay_schedule", "REPLAY_CACHE"]
@@ -100,15 +100,18 @@ class ThrottledCycles(CycleBounds):
 class LayerCycles(CycleBounds):
     """A whole layer's jobs: the sums of their :class:`ThrottledCycles`."""
     jobs: int
-    #: Summed :class:`ScheduleCounts` (a DUAL layer's ``chunks`` are its pairs beats).
+    #: Summed :class:`ScheduleCounts`.
     chunks: int
     fill_beats: int
     words: int
     row_pointers: int
-    #: Which zeros the jobs skip.
-    sparsity: Sparsity = Sparsity.WEIGHTS
-    #: The pairs a DUAL layer issues (nonzero weight by nonzero activation); 0 otherwise.
-    pairs: int = 0
+
+
+@dataclass(frozen=True)
+class DualLayerCycles(LayerCycles):
+    """A whole layer's DUAL jobs (``chunks`` are their pairs beats)."""
+    #: The pairs issued: nonzero weights by nonzero activations.
+    pairs: int
 
 
 def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=ColumnIndex.CSR):
@@ -136,15 +139,16 @@ def layer_cycles(weights, tokens, config, mode=Mode.SPARSE, memory=None, index=C
     return _layer_of(jobs)
 
 
-def _layer_of(jobs, **fields):
-    """The :class:`LayerCycles` of ``jobs`` (:class:`ThrottledCycles`), with ``fields``."""
+def _layer_of(jobs, kind=LayerCycles, **fields):
+    """The ``kind`` of :class:`LayerCycles` of ``jobs`` (:class:`ThrottledCycles`), with
+    ``fields``."""
     totals = {name: sum(getattr(job, name) for job in jobs)
               for name in ("cycles", "compute_cycles", "weight_transfer_cycles",
                            "activation_transfer_cycles", "weight_bytes", "activation_bytes",
                            "output_bytes")}
     counts = {name: sum(getattr(job.schedule, name) for job in jobs)
               for name in ("chunks", "fill_beats", "words", "row_pointers")}
-    return LayerCycles(jobs=len(jobs), **totals, **counts, **fields)
+    return kind(jobs=len(jobs), **totals, **counts, **fields)
 
 
 def dual_layer_cycles(weights, activations, config, memory=None):
@@ -161,8 +165,7 @@ def dual_layer_cycles(weights, activations, config, memory=None):
 
     Returns
     -------
-    LayerCycles
-        With ``sparsity`` DUAL and the ``pairs`` issued.
+    DualLayerCycles
     """
     activations = np.asarray(activations)
     jobs, pairs = [], 0
@@ -172,7 +175,7 @@ def dual_layer_cycles(weights, activations, config, memory=None):
         beats = int(dual_row_beats(matrix, block, config).sum())
         jobs.append(throttled_dual_job_cycles(beats, matrix.rows, tile.tokens, config, memory))
         pairs += int(dual_row_lengths(matrix, block, config).sum())
-    return _layer_of(jobs, sparsity=Sparsity.DUAL, pairs=pairs)
+    return _layer_of(jobs, DualLayerCycles, pairs=pairs)
 
 
 def _transfer_cycles(streams):

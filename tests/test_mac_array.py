@@ -26,14 +26,16 @@ class Case:
 
 
 def random_beats(config, rows, max_beats, seed):
-    """``rows`` rows of 1 to ``max_beats`` beats of random operands."""
+    """``rows`` rows of 1 to ``max_beats`` beats of random operands (in a dual-sparse array, a
+    weight per lane and token)."""
     rng = np.random.default_rng(seed)
     lanes, tokens = config.lanes, config.token_lanes
+    weights = (lanes, tokens) if config.dual_sparse else lanes
     beats = []
     for _ in range(rows):
         count = int(rng.integers(1, max_beats + 1))
         for index in range(count):
-            beats.append((rng.integers(-128, 128, lanes).tolist(),
+            beats.append((rng.integers(-128, 128, weights).tolist(),
                           rng.integers(-128, 128, (lanes, tokens)).tolist(), index == count - 1))
     return tuple(beats)
 
@@ -63,7 +65,9 @@ def ref_sums(case):
     sums, row = [], [0] * tokens
     for weights, activations, row_last, *split in case.beats:
         split = split[0] if split and row_last else lanes
-        products = [[w * a[token] for w, a in zip(weights, activations)]
+        if not case.config.dual_sparse:
+            weights = [[w] * tokens for w in weights]
+        products = [[w[token] * a[token] for w, a in zip(weights, activations)]
                     for token in range(tokens)]
         for token in range(tokens):
             row[token] += sum(products[token][:split])
@@ -80,7 +84,7 @@ def rtl_sums(case, idle=0.3, backpressure=0.3):
     payloads = [{"weights": w, "activations": a, "row_last": int(last),
                  **({"split": split[0]} if split else {})}
                 for w, a, last, *split in case.beats]
-    bench.put(dut.operands, layout_beats(formats.operands, payloads), idle=idle)
+    bench.put(dut.operands, layout_beats(formats.array_operands, payloads), idle=idle)
     rows = sum(1 for beat in case.beats if beat[2])
     bench.get("sums", dut.sums, rows, backpressure=backpressure)
     bench.record("sums_valid", 4 * len(case.beats) + 40, dut.sums.valid)
@@ -107,6 +111,11 @@ CASES = [
     # Segmented reduction: every split, odd K, K = 1.
     Case("span", dataclasses.replace(config, span_rows=1), random_span_beats(config, 60, seed),
          seed) for config, seed in ((K4T2, 21), (K3T2, 22), (K1T1, 23), (K8T4, 24))
+] + [
+    # A weight per multiplier (the dual-sparse mode): every token lane its own products.
+    Case("dual-sparse", dataclasses.replace(config, dual_sparse=1),
+         random_beats(dataclasses.replace(config, dual_sparse=1), 12, 4, seed), seed)
+    for config, seed in ((K3T2, 25), (K8T4, 26), (K1T1, 27))
 ]
 
 
