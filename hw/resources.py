@@ -141,12 +141,12 @@ def estimate_resources(config):
         if single:
             memories.append(map_memory(_BUFFER, config.max_in_features, width, count=2))
     for opcode, name in formats.fifo_streams.items():
-        width = Shape.cast(formats.beats[opcode]).width
+        beat_width = Shape.cast(formats.beats[opcode]).width
         if name == "columns":
-            width -= config.COLUMN_WIDTH - config.column_address_width
+            beat_width -= config.COLUMN_WIDTH - config.column_address_width
         # SyncFIFOBuffered keeps one beat in its output register, the rest in its memory.
         memories.append(map_memory(f"{name} FIFO", fifo_depth(formats.beat_bytes(opcode)) - 1,
-                                   width))
+                                   beat_width))
     memories.append(map_memory("sums FIFO", fifo_depth(formats.sums_bytes) - 1,
                                8 * layout_bytes(formats.core.sums)))
     memories.append(map_memory("receive buffer", MAX_PAYLOAD, 8))

@@ -66,6 +66,11 @@ def test_two_read_ports_halve_a_deep_buffer():
     assert estimate_resources(ArrayConfig.from_key("k16t8i512p2")).buffer_block_rams == 64
     assert (map_memory("m", 512, 36).block_rams, map_memory("m", 512, 36, read_ports=2)
             .block_rams) == (1, 2)
+    # The bank multiplexer: 16 K T cells, whichever stream FIFO comes last.
+    for key in ("k8t4i1024", "k8t4i1024a1", "k4t8i1024"):
+        one, two = (estimate_resources(ArrayConfig.from_key(key.replace("i1024", ports)))
+                    for ports in ("i1024", "i1024p2"))
+        assert two.logic_cells - one.logic_cells == 16 * 32
 
 
 @pytest.mark.parametrize("key, synthesised, pairs_fifo", [
