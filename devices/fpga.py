@@ -320,8 +320,8 @@ class FPGADevice(Device):
                 sparsity=Sparsity.WEIGHTS):
         """Runs one job on the board; see :meth:`Device.run_job`.
 
-        The core is reset, then every stream is fed as its FIFO has room while the sums are
-        drained. The cycle count is the core's own counter. A job that fits the FIFOs whole is
+        The core is reset, then every stream of the job is fed as its FIFO has room (a DUAL
+        job, on a dual-sparse board, has its ``pairs`` alone) while the sums are drained. The cycle count is the core's own counter. A job that fits the FIFOs whole is
         loaded before its header is sent, so the count equals the cycle model's; a larger job
         starts at once and its count includes the cycles the core waited for the link.
         """
