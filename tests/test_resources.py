@@ -91,3 +91,11 @@ def test_the_dual_sparse_mode_adds_the_pairs_fifo_and_its_logic(key, synthesised
     assert (dual.block_rams, dual.multipliers, pairs.lut_ram_cells) == (bram, dsp, lut_ram_cells)
     assert dual.logic_cells == weights_only.logic_cells + 380 + 3 * pairs.width
     assert_logic_close(dual, logic_cells)
+
+
+def test_a_dual_sparse_board_matches_its_place_and_route():
+    # k8t4i1024p2a1, placed and routed with seed 2: 29 DP16KD, 32 MULT18X18D, 16 384 logic
+    # cells (its pairs FIFO in 258 LUT RAM cells).
+    estimate = estimate_resources(ArrayConfig.from_key("k8t4i1024p2a1"))
+    assert (estimate.block_rams, estimate.multipliers) == (29, 32)
+    assert_logic_close(estimate, 16384)
