@@ -79,18 +79,12 @@ def check_fits(config, board):
     Raises
     ------
     BoardFitError
-        If the design needs more block RAM, multipliers or logic than the board's FPGA has, or
-        ``config`` is dual-sparse (the board's host link cannot carry its pairs stream).
+        If the design needs more block RAM, multipliers or logic than the board's FPGA has.
     ValueError
         If ``board`` is unknown.
     """
     if board not in BOARDS:
         raise InputError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
-    if config.dual_sparse:
-        raise BoardFitError(
-            f"{config.describe()} has no board design for the {board}: the host link cannot "
-            "carry the pairs stream of the dual-sparse mode. Run it on the reference, amaranth "
-            "or verilator back end, or drop 'a1' from the config")
     totals = BOARDS[board].totals
     estimate = estimate_resources(config)
     short = []

@@ -328,8 +328,8 @@ class FPGADevice(Device):
                 sparsity=Sparsity.WEIGHTS):
         """Runs one job on the board; see :meth:`Device.run_job`.
 
-        The core is reset, then every stream is fed as its FIFO has room while the sums are
-        drained. The cycle count is the core's own counter. A job that fits the FIFOs whole is
+        The core is reset, then every stream of the job is fed as its FIFO has room (a DUAL
+        job, on a dual-sparse board, has its ``pairs`` alone) while the sums are drained. The cycle count is the core's own counter. A job that fits the FIFOs whole is
         loaded before its header is sent, so the count equals the cycle model's; a larger job
         starts at once and its count includes the cycles the core waited for the link.
         """
@@ -338,13 +338,8 @@ class FPGADevice(Device):
         if ColumnIndex(index) != ColumnIndex.CSR:
             raise InputError("the board's host link carries full-width column beats: delta jobs "
                              "run on the simulated back ends")
-        if Sparsity(sparsity) != Sparsity.WEIGHTS:
-            raise InputError("the board's host link has no pairs stream: dual-sparse jobs run "
-                             "on the simulated back ends")
-        packed = pack_job(self.config, weights, activations, mode)
-        streams = {Opcode.ACTIVATIONS: packed.activations,
-                   Opcode.ROW_POINTERS: packed.row_pointers,
-                   Opcode.COLUMNS: packed.columns, Opcode.VALUES: packed.values}
+        packed = pack_job(self.config, weights, activations, mode, sparsity=sparsity)
+        streams = {opcode: getattr(packed, name) for opcode, name in formats.fifo_streams.items()}
         sent = dict.fromkeys(streams, 0)
         sums_bytes = formats.sums_bytes
         sums_due = packed.token_blocks * packed.rows

@@ -15,7 +15,7 @@ __all__ = ["FrameReceiver", "beat_size_of"]
 def beat_size_of(m, formats, opcode):
     """A signal, driven in ``m``, with the bytes of one beat of data opcode ``opcode`` (1 for
     any other opcode): how a payload is cut into beats."""
-    beat_size = Signal(range(65))
+    beat_size = Signal(range(formats.widest_beat + 1))
     with m.Switch(opcode):
         for data_opcode in formats.beats:
             with m.Case(data_opcode):
@@ -92,7 +92,7 @@ class FrameReceiver(ArrayComponent):
         header_index = Signal(range(header_bytes))
         status = Signal(Status)
         received = Signal(range(MAX_PAYLOAD + 1))   # payload bytes received
-        beat_byte = Signal(range(64))               # byte within the current beat
+        beat_byte = Signal(range(formats.widest_beat))  # byte within the current beat
         beats = Signal(range(MAX_PAYLOAD + 1))      # whole beats received
         first_bytes = Signal(16)                    # payload bytes 0 and 1 (READ_SUMS count)
         timer = Signal(range(self._timeout_cycles + 1))

@@ -133,7 +133,7 @@ class HostLink(ArrayComponent):
         # Beat assembly from the checked payload.
         assembly = Signal(8 * max(formats.beat_bytes(opcode) for opcode in formats.beats))
         beat_size = beat_size_of(m, formats, header.opcode)
-        beat_byte = Signal(range(64))               # byte within the current beat
+        beat_byte = Signal(range(formats.widest_beat))  # byte within the current beat
         read_address = Signal(range(MAX_PAYLOAD + 1))
         read_valid = Signal()
         push = Signal()

@@ -58,6 +58,9 @@ class Opcode(enum.Enum, shape=8):
     COLUMNS = 0x13
     #: Payload: whole ``value_word`` beats.
     VALUES = 0x14
+    #: Payload: whole ``pairs`` beats (a dual-sparse config only; any other board replies
+    #: ``BAD_OPCODE``).
+    PAIRS = 0x15
     #: Payload: ``read_sums``. Reply with as many waiting ``sums`` beats as asked for and present.
     READ_SUMS = 0x20
     #: Reply with ``cycles_reply``: the cycle count of the last finished job.
@@ -104,6 +107,12 @@ class LinkFormats:
     ----------
     config : ArrayConfig
 
+    Raises
+    ------
+    ValueError
+        If a beat of ``config`` is wider than :data:`MAX_PAYLOAD` (the ``pairs`` of a large
+        dual-sparse array): no frame can carry it.
+
     Attributes
     ----------
     core : CoreFormats
@@ -119,9 +128,10 @@ class LinkFormats:
         ``magic``, ``version``, ``lanes``, ``token_lanes``, ``in_features_log2``
         (log2 of ``max_in_features``), ``clock_hz``, ``baud``, ``design_hash`` (64 bits).
     status : StructLayout
-        Free beats of the ``activations``, ``row_pointers``, ``columns`` and ``values`` FIFOs,
-        ``sums`` beats waiting, ``job_pending`` (a job not yet taken by the core) and ``done``
-        (the last job finished and its cycle count is readable).
+        Free beats of the ``activations``, ``row_pointers``, ``columns`` and ``values`` FIFOs
+        (then of the ``pairs`` FIFO, in a dual-sparse config), ``sums`` beats waiting,
+        ``job_pending`` (a job not yet taken by the core) and ``done`` (the last job finished
+        and its cycle count is readable).
     read_sums : StructLayout
         ``count``: the most ``sums`` beats to return.
     cycles_reply : StructLayout
@@ -132,6 +142,8 @@ class LinkFormats:
         FIFO-fed opcode -> the name of the core input stream its beats go to.
     beats : dict
         Data opcode (``JOB`` and the FIFO-fed ones) -> the payload layout of one beat.
+    widest_beat : int
+        Bytes the beat counters of the link count up to: the widest beat's, at least 64.
     free_field : dict
         FIFO-fed opcode -> the ``status`` field that counts its free beats.
     received : StructLayout
@@ -143,21 +155,10 @@ class LinkFormats:
         Internal, link engine to reply sender: the reply ``header``, the payload ``word``
         (status, identification or cycles, as wide as the widest) and ``sums`` (the payload is
         ``sums`` beats instead).
-
-    Raises
-    ------
-    ValueError
-        If ``config`` is dual-sparse: the link has no opcode, FIFO or status field for the
-        ``pairs`` stream.
     """
 
     def __init__(self, config):
         self.config = check_config(config)
-        if config.dual_sparse:
-            raise InputError(
-                f"the host link cannot carry the pairs stream of the dual-sparse {config.key()} "
-                "array: run it on the reference, amaranth or verilator back end, or build the "
-                "board without the dual-sparse mode (drop 'a1' from the config)")
         self.streams = CoreStreams(config)
         self.core = core = self.streams.formats
 
@@ -168,9 +169,6 @@ class LinkFormats:
         self.identification = data.StructLayout({
             "magic": 32, "version": 8, "lanes": 8, "token_lanes": 8, "in_features_log2": 8,
             "clock_hz": 32, "baud": 32, "design_hash": 64})
-        self.status = data.StructLayout({
-            "activations_free": 16, "row_pointers_free": 16, "columns_free": 16,
-            "values_free": 16, "sums_waiting": 16, "job_pending": 1, "done": 1, "reserved": 6})
         self.read_sums = data.StructLayout({"count": 16})
         self.cycles_reply = data.StructLayout({
             "cycles": core.cycles, "done": 1, "reserved": 7})
@@ -183,6 +181,17 @@ class LinkFormats:
                       for opcode, name in {Opcode.JOB: "job", **self.fifo_streams}.items()}
         #: FIFO-fed opcode -> the ``status`` field that counts its free beats.
         self.free_field = {opcode: f"{name}_free" for opcode, name in self.fifo_streams.items()}
+        widest = max(self.beat_bytes(opcode) for opcode in self.beats)
+        if widest > MAX_PAYLOAD:
+            raise InputError(f"a beat of the {config.key()} array takes {widest} bytes, more "
+                             f"than a frame's {MAX_PAYLOAD}-byte payload: the host link cannot "
+                             "carry it")
+        # At least 64, the widest beat without the pairs stream: the beat counters of those
+        # designs keep their widths, and so their design hashes.
+        self.widest_beat = max(64, widest)
+        self.status = data.StructLayout({
+            **{field: 16 for field in self.free_field.values()},
+            "sums_waiting": 16, "job_pending": 1, "done": 1, "reserved": 6})
 
         self.received = data.StructLayout({
             "header": self.request_header, "status": Status,

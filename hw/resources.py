@@ -12,10 +12,11 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
   costs less (Yosys' costs: 128 a block RAM, 4 a LUT RAM cell). The memories are the K
   activation buffer replicas (``2 * max_in_features`` words of 8T bits; with
   ``read_ports == 2``, K/2 pairs of one-bank memories of ``max_in_features`` words), the
-  host link's five stream FIFOs (:func:`~sparsemac.hw.link_formats.fifo_depth` beats less the
-  one in the output register) and its 1024-byte receive buffer. Of the column FIFO Yosys keeps
-  only ``16 (K - 1) + log2(max_in_features)`` bits a beat: the bits above the column address in
-  the last lane feed nothing (measured on six syntheses, see docs/architecture.md).
+  host link's stream FIFOs, five and the ``pairs`` one with ``dual_sparse``
+  (:func:`~sparsemac.hw.link_formats.fifo_depth` beats less the one in the output register), and
+  its 1024-byte receive buffer. Of the column FIFO Yosys keeps only
+  ``16 (K - 1) + log2(max_in_features)`` bits a beat: the bits above the column address in the
+  last lane feed nothing (measured on six syntheses, see docs/architecture.md).
 * **Logic cells** (TRELLIS_COMB: LUT4s and carry halves) are a least-squares fit,
   ``2000 + 70 K^2 + 100 K T + 390 K``, to six syntheses (K = 2 to 16, T = 1 to 8): the
   streamer's ring multiplexers grow with K^2, the adder trees and accumulators with K x T; two
@@ -24,19 +25,20 @@ link, :class:`~sparsemac.hw.board_top.BoardTop`), and roughly its logic cells:
   (fitted to k4t2i512 and k8t4 against their syntheses without it: +533 and +1 630). Its error on
   those was within 11 %; treat it as +-15 %.
 
-A dual-sparse config (``dual_sparse``) has no board design: the host link cannot carry its
-``pairs`` stream (:class:`~sparsemac.hw.link_formats.LinkFormats` refuses it). Its estimate is
-the board design of the same array without the mode plus what the mode adds to the core: the
-operand select's row counters and control, 380 logic cells whatever K and T (the core alone,
-Yosys ``synth_ecp5``: k4t2i512 3 292 -> 3 673, k8t4i512 9 683 -> 10 063; its pairs register,
-16 K T + 1 flip-flops, and the multiplexers in front of the multipliers cost no further cells
-there), and no block RAM or multiplier.
+A dual-sparse config (``dual_sparse``) adds the ``pairs`` FIFO of the host link to the memories
+and, to the logic, the operand select's row counters and control, 380 cells whatever K and T
+(the core alone, Yosys ``synth_ecp5``: k4t2i512 3 292 -> 3 673, k8t4i512 9 683 -> 10 063; its
+pairs register, 16 K T + 1 flip-flops, and the multiplexers in front of the multipliers cost no
+further cells there), and the link's pairs path, about three cells a bit of a pairs beat (the
+beat assembly's byte enables and the FIFO's read side; the board designs, Yosys alone, k4t2i512
+5 297 -> 5 960 and k8t4i512 11 443 -> 13 264 logic cells, for 129- and 513-bit beats: +663 and
++1 821 where the model adds 767 and 1 919). No multiplier.
 
 The board totals live with the boards (:mod:`sparsemac.hw.boards`), the check that a config
 fits with the build flow (:func:`sparsemac.bitstreams.build.check_fits`).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from amaranth.hdl import Shape
 
@@ -60,8 +62,10 @@ _LOGIC_FIT = (2000, 70, 100, 390)
 #: Chunks that span rows: logic cells per multiplier (the second adder tree and its masks) and
 #: for the streamer (see the module docstring).
 _SPAN_FIT = (46, 165)
-#: The dual-sparse mode: logic cells of the operand select (see the module docstring).
+#: The dual-sparse mode: logic cells of the operand select, and of the host link per bit of a
+#: pairs beat (see the module docstring).
 _DUAL_SPARSE_LOGIC = 380
+_PAIRS_LINK_CELLS_PER_BIT = 3
 #: The relative error to allow the logic estimate.
 LOGIC_ERROR = 0.15
 _BUFFER = "activation buffer"
@@ -120,9 +124,7 @@ class ResourceEstimate:
 
 
 def estimate_resources(config):
-    """Predicts the board design's block RAMs, multipliers and logic for ``config`` (for a
-    dual-sparse one, which has no board design, that of the same array without the mode plus
-    the mode's logic).
+    """Predicts the board design's block RAMs, multipliers and logic for ``config``.
 
     Parameters
     ----------
@@ -133,8 +135,7 @@ def estimate_resources(config):
     ResourceEstimate
     """
     config = check_config(config)
-    # The link of the same array without the dual-sparse mode (it cannot carry the pairs).
-    formats = LinkFormats(replace(config, dual_sparse=0))
+    formats = LinkFormats(config)
     width = config.token_lanes * config.VALUE_WIDTH
     if config.read_ports == 1:
         memories = [map_memory(_BUFFER, 2 * config.max_in_features, width, count=config.lanes)]
@@ -146,12 +147,12 @@ def estimate_resources(config):
         if single:
             memories.append(map_memory(_BUFFER, config.max_in_features, width, count=2))
     for opcode, name in formats.fifo_streams.items():
-        width = Shape.cast(formats.beats[opcode]).width
+        beat_width = Shape.cast(formats.beats[opcode]).width
         if name == "columns":
-            width -= config.COLUMN_WIDTH - config.column_address_width
+            beat_width -= config.COLUMN_WIDTH - config.column_address_width
         # SyncFIFOBuffered keeps one beat in its output register, the rest in its memory.
         memories.append(map_memory(f"{name} FIFO", fifo_depth(formats.beat_bytes(opcode)) - 1,
-                                   width))
+                                   beat_width))
     memories.append(map_memory("sums FIFO", fifo_depth(formats.sums_bytes) - 1,
                                8 * layout_bytes(formats.core.sums)))
     memories.append(map_memory("receive buffer", MAX_PAYLOAD, 8))
@@ -167,6 +168,7 @@ def estimate_resources(config):
         per_multiplier, streamer = _SPAN_FIT
         logic += per_multiplier * config.multipliers + streamer
     if config.dual_sparse:
-        logic += _DUAL_SPARSE_LOGIC
+        logic += (_DUAL_SPARSE_LOGIC
+                  + _PAIRS_LINK_CELLS_PER_BIT * Shape.cast(formats.core.pairs).width)
     return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))

@@ -92,7 +92,7 @@ def test_report_parser():
 
 
 @pytest.mark.parametrize("config", [ArrayConfig(lanes=4, token_lanes=2, max_in_features=64),
-                                    BOARD_CONFIG])
+                                    ArrayConfig.from_key("k4t2i64a1"), BOARD_CONFIG])
 def test_board_design_elaborates_for_the_ulx3s(config):
     from amaranth.back import verilog
     platform = build.platform_for("ulx3s-85f")
@@ -131,6 +131,13 @@ def test_a_config_that_cannot_fit_is_refused_before_synthesis(tmp_path, capsys):
         build.build_bitstream(ArrayConfig.from_key("k32t8i512"), output=output)
     assert not output.exists()
     assert build.check_fits(ArrayConfig.from_key("k16t8i512"), "ulx3s-85f").block_rams == 87
+    # A dual-sparse board fits as its array does: its pairs FIFO (31 x 513 bits) is LUT RAM.
+    dual = build.check_fits(ArrayConfig.from_key("k8t4i1024p2a1"), "ulx3s-85f")
+    assert (dual.block_rams, dual.multipliers, dual.memories[-3].lut_ram_cells) == (29, 32, 258)
+    with pytest.raises(build.BoardFitError, match=re.escape(
+            "K=16 T=8 in<=4096 dual-sparse cannot fit the ulx3s-85f (LFE5U-85F): it needs 535 "
+            "block RAMs")):
+        build.check_fits(ArrayConfig.from_key("k16t8a1"), "ulx3s-85f")
 
 
 def live_members(process_group, settle_s=5.0):

@@ -17,7 +17,7 @@ from sparsemac.bitstreams.build import BOARDS, BoardFitError
 from sparsemac.devices import open_device
 from sparsemac.devices.fpga import LinkStatusError, decode_reply, encode_request
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.hw.formats import Mode
+from sparsemac.hw.formats import Mode, Sparsity
 from sparsemac.hw.host_link import HostLink
 from sparsemac.hw.reply_sender import ReplySender
 from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, LINK_CRC, MAX_PAYLOAD, LinkFormats,
@@ -25,9 +25,12 @@ from sparsemac.hw.link_formats import (IDENTIFICATION_MAGIC, LINK_CRC, MAX_PAYLO
 from sparsemac.sim.amaranth_sim import stream_get_all, stream_put_all
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.device import DeviceError
+from sparsemac.sw.golden import golden_matmul
 
 CONFIG = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
 FORMATS = LinkFormats(CONFIG)
+#: CONFIG with the dual-sparse mode: its link carries the pairs stream too.
+DUAL_CONFIG = ArrayConfig.from_key(CONFIG.key() + "a1")
 TIMEOUT_CYCLES = 200
 DESIGN_HASH = 0x0123456789ABCDEF
 
@@ -141,6 +144,7 @@ def corrupt(frame, index):
     (corrupt(request(Opcode.STATUS), 2), Status.BAD_CHECKSUM),
     (corrupt(request(Opcode.ACTIVATIONS, bytes(8)), 7), Status.BAD_CHECKSUM),
     (request(0x7F), Status.BAD_OPCODE),
+    (request(Opcode.PAIRS, bytes(17)), Status.BAD_OPCODE),            # not a dual-sparse link
     (request(Opcode.STATUS, b"\x00"), Status.BAD_LENGTH),
     (request(Opcode.ACTIVATIONS, bytes(3)), Status.BAD_LENGTH),       # 1.5 beats of 2 bytes
     (request(Opcode.JOB, bytes(5)), Status.BAD_LENGTH),
@@ -372,15 +376,57 @@ def test_a_config_that_cannot_fit_the_board_is_refused_before_the_port(tmp_path)
         open_device("fpga", ArrayConfig.from_key("k16t8"), port=str(tmp_path / "ttyUSB9"))
 
 
-def test_a_dual_sparse_config_is_refused_by_the_link_and_the_board(tmp_path):
-    """The link has no pairs stream: its formats, and so the fpga back end, refuse the config
-    with the way out; a dual-sparse job on the board's own config is refused before the port."""
-    with pytest.raises(ValueError, match="cannot carry the pairs stream of the dual-sparse "
-                                         "k2t2i16a1 array: run it on the reference"):
-        LinkFormats(ArrayConfig.from_key("k2t2i16a1"))
-    with pytest.raises(BoardFitError, match="dual-sparse has no board design for the ulx3s-85f: "
-                                            "the host link cannot carry the pairs stream"):
-        open_device("fpga", ArrayConfig.from_key("k8t4a1"), port=str(tmp_path / "ttyUSB9"))
+def test_the_pairs_stream_has_its_fifo_and_status_field_in_a_dual_sparse_link_only():
+    """The pairs FIFO is fed by PAIRS frames and counted last in the status; the layouts of a
+    link without the mode are those of before it; a beat no frame can carry is refused."""
+    dual = LinkFormats(DUAL_CONFIG)
+    assert dual.fifo_streams == {**FORMATS.fifo_streams, Opcode.PAIRS: "pairs"}
+    assert list(dual.status.members) == ["activations_free", "row_pointers_free", "columns_free",
+                                         "values_free", "pairs_free", "sums_waiting",
+                                         "job_pending", "done", "reserved"]
+    assert "pairs_free" not in FORMATS.status.members and layout_bytes(FORMATS.status) == 11
+    assert (dual.beat_bytes(Opcode.PAIRS), FORMATS.widest_beat, dual.widest_beat) == (17, 64, 64)
+    assert LinkFormats(ArrayConfig.from_key("k16t8a1")).widest_beat == 257
+    with pytest.raises(ValueError, match="k16t64a1 array takes 2049 bytes, more than a frame's "
+                                         "1024-byte payload"):
+        LinkFormats(ArrayConfig.from_key("k16t64a1"))
+
+
+def dual_layer(rows, cols, tokens, seed):
+    """A pruned layer whose activations are half zeros, some tokens wholly."""
+    weights, activations = pruned_layer(rows, cols, tokens, 0.4, seed)
+    generator = torch.Generator().manual_seed(seed)
+    activations[torch.rand(activations.shape, generator=generator) < 0.5] = 0
+    activations[1] = 0
+    return weights, activations
+
+
+def test_a_dual_sparse_job_on_the_board_is_bit_exact_and_cycle_exact():
+    """DUAL jobs go through the pairs FIFO: small ones loaded whole run at the model's cycle
+    count; a large one streamed while the core runs is still exact in its sums. The same board
+    runs weight-only jobs, and a weight-only board refuses DUAL before any job."""
+    from sparsemac.devices.board_sim import SimulatedBoard
+    reference = open_device("reference", DUAL_CONFIG)
+    with SimulatedBoard(DUAL_CONFIG) as simulated, \
+            open_device("fpga", DUAL_CONFIG, port=simulated.port, timeout=2.0,
+                        resync_s=0.05) as device:
+        for sparsity in (Sparsity.DUAL, Sparsity.WEIGHTS):
+            weights, activations = dual_layer(16, 40, 5, seed=6)
+            result = device.matmul(weights, activations, sparsity=sparsity)
+            expected = reference.matmul(weights, activations, sparsity=sparsity)
+            assert torch.equal(result.sums, golden_matmul(weights, activations))
+            assert result.job_cycles == expected.job_cycles
+        weights, activations = dual_layer(120, 64, 6, seed=7)
+        result = device.matmul(weights, activations, sparsity=Sparsity.DUAL)
+        assert torch.equal(result.sums, golden_matmul(weights, activations))
+        assert result.cycles > reference.matmul(weights, activations,
+                                                sparsity=Sparsity.DUAL).cycles
+
+
+def test_a_dual_sparse_job_is_refused_by_a_weight_only_board(device):
+    weights, activations = dual_layer(8, 16, 3, seed=8)
+    with pytest.raises(ValueError, match="k4t2i64 array has no dual-sparse mode"):
+        device.matmul(weights, activations, sparsity=Sparsity.DUAL)
 
 
 def test_silent_port_times_out():

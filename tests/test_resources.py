@@ -28,7 +28,7 @@ def test_the_board_build_matches_its_place_and_route():
     assert_logic_close(estimate, 13924)
 
 
-@pytest.mark.parametrize("key", ["k4t3i512", "k4t3i512s1"])
+@pytest.mark.parametrize("key", ["k4t3i512", "k4t3i512s1", "k4t3i512a1"])
 def test_a_yosys_synthesis_matches(tmp_path, key):
     # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
     # a power of two makes the host link's reply length (beats x 12 bytes) a 13th multiplier.
@@ -66,13 +66,36 @@ def test_two_read_ports_halve_a_deep_buffer():
     assert estimate_resources(ArrayConfig.from_key("k16t8i512p2")).buffer_block_rams == 64
     assert (map_memory("m", 512, 36).block_rams, map_memory("m", 512, 36, read_ports=2)
             .block_rams) == (1, 2)
+    # The bank multiplexer: 16 K T cells, whichever stream FIFO comes last.
+    for key in ("k8t4i1024", "k8t4i1024a1", "k4t8i1024"):
+        one, two = (estimate_resources(ArrayConfig.from_key(key.replace("i1024", ports)))
+                    for ports in ("i1024", "i1024p2"))
+        assert two.logic_cells - one.logic_cells == 16 * 32
 
 
-@pytest.mark.parametrize("key", ["k4t2i512", "k8t4i512"])
-def test_the_dual_sparse_mode_adds_its_operand_select_logic_only(key):
-    """What the core alone synthesised to with the mode (Yosys synth_ecp5: 3 292 -> 3 673 and
-    9 683 -> 10 063 logic cells): the same memories and multipliers, 380 more cells."""
+@pytest.mark.parametrize("key, synthesised, pairs_fifo", [
+    # Yosys alone: the board designs without and with the mode (5 297 and 11 443 logic cells
+    # without). The pairs FIFO of 127 x 129 bits takes 512 x 36 block RAMs, that of 31 x 513
+    # bits LUT RAM; the same multipliers.
+    ("k4t2i512", (16, 8, 0, 5960), (127, 129, 4, 0)),
+    ("k8t4i512", (29, 32, 258, 13264), (31, 513, 0, 258)),
+])
+def test_the_dual_sparse_mode_adds_the_pairs_fifo_and_its_logic(key, synthesised, pairs_fifo):
     weights_only = estimate_resources(ArrayConfig.from_key(key))
     dual = estimate_resources(ArrayConfig.from_key(key + "a1"))
-    assert (dual.memories, dual.multipliers) == (weights_only.memories, weights_only.multipliers)
-    assert dual.logic_cells == weights_only.logic_cells + 380
+    pairs = dual.memories[-3]
+    assert dual.memories == weights_only.memories[:-2] + (pairs,) + weights_only.memories[-2:]
+    assert pairs.name == "pairs FIFO"
+    assert (pairs.depth, pairs.width, pairs.block_rams, pairs.lut_ram_cells) == pairs_fifo
+    bram, dsp, lut_ram_cells, logic_cells = synthesised
+    assert (dual.block_rams, dual.multipliers, pairs.lut_ram_cells) == (bram, dsp, lut_ram_cells)
+    assert dual.logic_cells == weights_only.logic_cells + 380 + 3 * pairs.width
+    assert_logic_close(dual, logic_cells)
+
+
+def test_a_dual_sparse_board_matches_its_place_and_route():
+    # k8t4i1024p2a1, placed and routed with seed 2: 29 DP16KD, 32 MULT18X18D, 16 384 logic
+    # cells (its pairs FIFO in 258 LUT RAM cells).
+    estimate = estimate_resources(ArrayConfig.from_key("k8t4i1024p2a1"))
+    assert (estimate.block_rams, estimate.multipliers) == (29, 32)
+    assert_logic_close(estimate, 16384)
