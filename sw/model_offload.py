@@ -31,7 +31,8 @@ from .calibration import activation_absmax, prune_calibrated
 from .csr import CSRMatrix
 from .cycle_model import job_cycles, job_tiles
 from .device import Device, DeviceError
-from .ffn_activation import check_activation, model_activation, sparsify_activations
+from .ffn_activation import (check_activation, feed_forward_consumers, model_activation,
+                             sparsify_activations)
 from .methods import PruningMethod, parse_method
 from .offload import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
@@ -96,12 +97,25 @@ class LayerReport(_Speedups, LayerWeights):
     sums: list[torch.Tensor] = field(default_factory=list, repr=False)
     #: int8 activations the calls sent to the device, and how many of them were exactly zero.
     activations: int = 0
+    #: Of those, the ones exactly zero.
     zero_activations: int = 0
+    #: Whether the layer's jobs skip zero activations too (the dual-sparse mode: a layer fed by
+    #: a sparse feed-forward activation, on a dual-sparse config).
+    dual: bool = False
+    #: Of a dual layer, the cycles its calls would take skipping zero weights only, on the same
+    #: array (the exact cycle model); 0 for any other layer.
+    dual_weight_only_cycles: int = 0
 
     calls = _stat("calls", "Forward calls the layer has run.")
     tokens = _stat("tokens", "Tokens (rows of activations) of those calls.")
     sparse_cycles = _stat("cycles", "Device cycles of those calls, as the device reported them.")
     device_s = _stat("device_s", "Host wall time spent in the device for the sparse runs.")
+
+    @property
+    def weight_only_cycles(self) -> int:
+        """Cycles of the calls skipping zero weights only, on the same array: a dual layer's by
+        the exact cycle model, any other's its own sparse cycles."""
+        return self.dual_weight_only_cycles if self.dual else self.sparse_cycles
 
     @property
     def activation_sparsity(self) -> float:
@@ -119,7 +133,7 @@ class LayerReport(_Speedups, LayerWeights):
         """Forget the calls, here and in the offloaded linear's stats (the weights' figures
         stay)."""
         self.stats.reset()
-        self.dense_cycles = 0
+        self.dense_cycles = self.dual_weight_only_cycles = 0
         self.activations = self.zero_activations = 0
         self.call_tokens.clear()
         self.sums.clear()
@@ -133,6 +147,7 @@ class LayerReport(_Speedups, LayerWeights):
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
                 "activation_sparsity": _finite(self.activation_sparsity),
                 "joint_ideal_speedup": _finite(self.joint_ideal_speedup),
+                "dual": self.dual, "weight_only_cycles": self.weight_only_cycles,
                 "sparse_weight_bytes": self.sparse_weight_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes, "device_s": self.device_s}
 
@@ -168,6 +183,8 @@ class OffloadReport(_Speedups):
     _hooks: list = field(default_factory=list, repr=False)
 
     sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")
+    weight_only_cycles = _total("weight_only_cycles", "Cycles of the same calls skipping zero "
+                                "weights only (each dual layer's by the cycle model).")
     dense_cycles = _total("dense_cycles", "Cycles of the same calls with dense weights.")
     sparse_weight_bytes = _total("sparse_weight_bytes",
                                  "Bytes of one pass of every layer's weights in CSR.")
@@ -249,6 +266,7 @@ class OffloadReport(_Speedups):
                 "scope": self.scope, "seed": self.seed, "dense_measured": self.dense_measured,
                 "index": self.index.name.lower(), "activation": self.activation,
                 "sparse_cycles": self.sparse_cycles, "dense_cycles": self.dense_cycles,
+                "weight_only_cycles": self.weight_only_cycles,
                 "speedup": _finite(self.speedup), "ideal_speedup": _finite(self.ideal_speedup),
                 "activation_sparsity": _finite(self.activation_sparsity),
                 "joint_ideal_speedup": _finite(self.joint_ideal_speedup),
@@ -402,8 +420,13 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
                 bar.update()
     if activation is not None:  # on the float linears, as pruned: relu@S calibrates here
         sparsify_activations(model, activation, tokenizer=tokenizer, calibration=calibration)
+    # A linear fed by a sparse feed-forward activation skips its zeros on an array built for
+    # it; a GELU's few zeros are not worth a pairs stream, and other arrays cannot skip them.
+    sparse = model_activation(model).spec != "none" and device.config.dual_sparse
+    fed = set(feed_forward_consumers(model)) if sparse else set()
     for name, module in replacements:
         module.index = index
+        module.dual = name in fed
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, module)
 
@@ -556,7 +579,7 @@ def _layer_report(name, module, config, sparsity_found):
                        sparse_weight_bytes=weight_stream_bytes(config, weights, Mode.SPARSE,
                                                                module.index),
                        dense_weight_bytes=weight_stream_bytes(config, weights, Mode.DENSE),
-                       stats=module.stats)
+                       stats=module.stats, dual=module.dual)
 
 
 def _recorder(layer, measure_dense, keep_sums):
@@ -573,6 +596,9 @@ def _recorder(layer, measure_dense, keep_sums):
         layer.zero_activations += int((activations == 0).sum())
         if keep_sums:
             layer.sums.append(sums)
+        if module.dual:
+            layer.dual_weight_only_cycles += matmul_cycles(
+                module.weights, sums.shape[0], module.device.config, Mode.SPARSE, module.index)
         if measure_dense:
             result = module.device.matmul(module.weights, activations, Mode.DENSE)
             if not torch.equal(result.sums, sums):

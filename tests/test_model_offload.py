@@ -1,6 +1,7 @@
 """Whole-model offload: a tiny seeded BERT end to end, the cycle bookkeeping, both commands."""
 
 import copy
+import dataclasses
 import csv
 import json
 import re
@@ -496,3 +497,35 @@ def test_a_model_without_a_feed_forward_gelu_is_refused_untouched():
                 patterns=[r"^h\.\d+\."])
     assert not any(isinstance(module, OffloadedLinear) for module in gpt2.modules())
     assert all(torch.equal(value, before[key]) for key, value in gpt2.state_dict().items())
+
+
+def test_a_sparse_activation_runs_dual_sparse_on_an_array_built_for_it():
+    # The same model, activation and calls on a dual-sparse array and on the same array
+    # without the mode: equal sums, fewer cycles where the sparse activation enters.
+    runs = {}
+    for config in (SMALL, dataclasses.replace(SMALL, dual_sparse=1)):
+        model = tiny_bert()
+        _, report = offload(model, open_device("reference", config), 0.5,
+                            activation="topk:0.1", keep_sums=True)
+        runs[config.dual_sparse] = report, hidden(model, tiny_inputs())
+    (weights, weights_output), (dual, dual_output) = runs[0], runs[1]
+    assert torch.equal(dual_output, weights_output)
+    fed = {f"encoder.layer.{index}.output.dense" for index in range(2)}
+    assert {layer.name for layer in dual.layers if layer.dual} == fed
+    assert not any(layer.dual for layer in weights.layers)
+    for layer, alone in zip(dual.layers, weights.layers):
+        assert all(torch.equal(a, b) for a, b in zip(layer.sums, alone.sums)), layer.name
+        assert layer.weight_only_cycles == alone.sparse_cycles, layer.name
+        if layer.dual:
+            assert layer.sparse_cycles < layer.weight_only_cycles
+        else:
+            assert layer.sparse_cycles == layer.weight_only_cycles
+    figures = dual.as_json()
+    assert figures["weight_only_cycles"] == weights.sparse_cycles > figures["sparse_cycles"]
+    assert figures["dense_cycles"] == weights.dense_cycles
+
+
+def test_a_gelu_model_does_not_run_dual_sparse():
+    _, report = offload(tiny_bert(), open_device("reference",
+                                                 dataclasses.replace(SMALL, dual_sparse=1)), 0.5)
+    assert not any(layer.dual for layer in report.layers)
