@@ -44,8 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .methods import (CALIBRATED_KINDS, K_ALIGNED, NM_TOLERANCE, PruningMethod, parse_method,
-                      parse_pattern, pattern_nm)
+from .methods import K_ALIGNED, NM_TOLERANCE, parse_pattern, pattern_nm
 from .pruning import DEFAULT_BERT_PATTERNS, keep_all_but_lowest, matching_linears
 from ..hw.errors import InputError, RunFailure
 
@@ -53,7 +52,7 @@ __all__ = [
     "DEFAULT_BLOCKSIZE", "DEFAULT_DAMPENING", "PRUNERS",
     "CalibratedLayer", "CalibrationReport", "InputStatistics",
     "activation_absmax", "capture_group_inputs", "check_pattern",
-    "method_calibration", "prune_calibrated",
+    "prune_calibrated",
     "reconstruction_error", "sparsegpt_prune", "wanda_prune",
 ]
 
@@ -353,42 +352,6 @@ PRUNERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "wanda": wanda_prune,
     "sparsegpt": sparsegpt_prune,
 }
-
-
-def method_calibration(method: str | PruningMethod, path=None, *, seed: int = 0
-                       ) -> tuple[PruningMethod, list[str] | None]:
-    """Parse a method and read its calibration text, before any model or device work.
-
-    Parameters
-    ----------
-    method : str or PruningMethod
-        As :func:`~sparsemac.sw.methods.parse_method`.
-    path : str or Path, optional
-        A UTF-8 text file, one text a line; None: the built-in task's calibration split
-        (:func:`~sparsemac.sw.task.calibration_texts` with `seed`).
-    seed : int
-
-    Returns
-    -------
-    method : PruningMethod
-    texts : list of str or None
-        None when the method is not calibrated.
-
-    Raises
-    ------
-    ValueError
-        If the method is invalid, `path` is given for a method that takes no calibration
-        text, or the file is missing, empty or not UTF-8 (``TaskDataError``, naming it).
-    """
-    from .task import calibration_texts
-
-    method = parse_method(method)
-    if not method.calibrated:
-        if path is not None:
-            raise InputError(f"calibration text is for {' and '.join(CALIBRATED_KINDS)}; "
-                             f"method {method} takes none")
-        return method, None
-    return method, calibration_texts(path, seed=seed)
 
 
 def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor,

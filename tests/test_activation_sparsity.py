@@ -89,7 +89,7 @@ def test_a_carried_activation_is_taken_or_must_agree():
 @pytest.mark.parametrize("value", ["topk:1", "swish", "relu:-0.5"])
 def test_every_command_refuses_a_bad_activation_before_any_work(command, value, capsys,
                                                                 tmp_path, monkeypatch):
-    from sparsemac.sw import cli
+    from sparsemac.app import cli
 
     extra = ["--output", str(tmp_path / "out")] if command in ("compare", "prune") else []
     monkeypatch.setattr("sparsemac.sw.models.load_model", None)  # no model may load
@@ -108,7 +108,7 @@ def parse_error(value):
 
 
 def test_the_help_lists_every_form():
-    from sparsemac.sw.commands.options import ACTIVATION_HELP
+    from sparsemac.app.commands.options import ACTIVATION_HELP
 
     for form in ("none", "relu", "relu:T", "relu@S", "topk:F"):
         assert form in ACTIVATION_HELP

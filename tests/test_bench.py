@@ -2,8 +2,8 @@
 
 from sparsemac.devices import verilator
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.sw.cli import main
-from sparsemac.sw.pipelines import bench
+from sparsemac.app.cli import main
+from sparsemac.app.pipelines import bench
 
 
 def test_no_cold_builds_nothing(monkeypatch, tmp_path, capsys):

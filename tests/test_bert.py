@@ -4,7 +4,7 @@ import json
 
 from helpers import tiny_task_model_dir
 
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 from sparsemac.sw.finetune import read_task_info
 
 

@@ -15,7 +15,7 @@ from sparsemac.bitstreams import build
 from sparsemac.hw.board_top import BoardTop, pll_settings
 from sparsemac.hw.config import ArrayConfig, DEFAULT_CONFIG
 from sparsemac.hw.link_formats import MAX_PAYLOAD
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 
 COMMITTED = build.committed_folder("ulx3s-85f")
 BOARD_CONFIG = build.BOARDS["ulx3s-85f"].config
@@ -273,7 +273,7 @@ def test_check_compares_the_clock_and_baud_rate_asked_for(capsys):
 def test_a_build_reports_like_every_command(capsys):
     import argparse
 
-    from sparsemac.sw.commands.report_output import finish
+    from sparsemac.app.commands.report_output import finish
 
     resources = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
     result = build.BuildResult(bitstream=COMMITTED / "sparsemac.bit",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sparsemac.sw import cli
-from sparsemac.sw.commands import prune, sweep
+from sparsemac.app import cli
+from sparsemac.app.commands import prune, sweep
 
 
 def command_parser(monkeypatch, command):

@@ -12,14 +12,14 @@ from helpers import tiny_bert_dir, tiny_task_model_dir
 
 from sparsemac.hw.config import DEFAULT_CONFIG
 from sparsemac.hw.formats import ColumnIndex, Mode
-from sparsemac.sw.cli import main
-from sparsemac.sw.commands import compare as command
+from sparsemac.app.cli import main
+from sparsemac.app.commands import compare as command
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.finetune import load_task_model, predict, score_predictions
 from sparsemac.sw.model_offload import matmul_cycles
 from sparsemac.sw.models import load_model
-from sparsemac.sw.pipelines import compare, pareto_front
-from sparsemac.sw.pipelines.compare import FrontPoint, best_within
+from sparsemac.app.pipelines import compare, pareto_front
+from sparsemac.app.pipelines.compare import FrontPoint, best_within
 from sparsemac.sw.pruning import DEFAULT_BERT_PATTERNS, matching_linears, prune_model
 from sparsemac.sw.quantisation import quantise_model, quantise_weights
 from sparsemac.sw.stats import compare_paired

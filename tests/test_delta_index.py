@@ -141,7 +141,7 @@ def test_golden_of_a_delta_job_is_the_csr_result():
 @pytest.mark.parametrize("command", ["simulate", "bert"])
 def test_cli_refuses_the_delta_index_without_the_decoder(command, capsys):
     """``--index delta`` on a config without the decoder: exit 2 before any model or device."""
-    from sparsemac.sw.cli import main
+    from sparsemac.app.cli import main
 
     status = main([command, "--backend", "reference", "--config", "k8t4", "--index", "delta"])
     err = capsys.readouterr().err

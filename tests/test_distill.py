@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import tiny_bert_dir, tiny_task_model_dir
 
 from sparsemac.sw import distill
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
 from sparsemac.sw.finetune import load_task_model, predict
 from sparsemac.sw.models import SIMILARITY_PAIRS, load_model

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from helpers import TINY_TASK_SIZES, labelled_rows, tiny_bert_dir, write_labelled_csv
 
 from sparsemac.sw import finetune as finetune_module
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 from sparsemac.sw.finetune import (REPORT_FILE, TASK_FILE, FinetuneRecipe, ModelKindError,
                                    finetune, load_task_model, predict, require_embedding_model)
 from sparsemac.sw.models import load_model

@@ -15,7 +15,7 @@ from sparsemac.sim.formal.mac_array import MACArrayHarness
 from sparsemac.sim.formal.operand_select import OperandSelectHarness
 from sparsemac.sim.formal.runner import ProofSpec, run_proofs
 from sparsemac.sim.formal.suite import CONFIGS, proofs, select
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 
 # One worker runs the module: its fixtures run the proofs two at a time themselves.
 pytestmark = pytest.mark.xdist_group("formal")

@@ -1,9 +1,10 @@
-"""Imports run one way: hw -> sw library -> sim -> bitstreams -> devices -> application.
+"""Imports run one way: hw -> sw -> sim -> bitstreams -> devices -> app.
 
 Every module of the package is parsed (not imported) and every import it makes is checked,
 including imports inside functions (the lazy imports that keep ``sparsemac --help`` fast) and
 the ``"sparsemac.x.y:Class"`` strings :func:`sparsemac.devices.open_device` imports from. A
-module may import its own layer and the layers above it (to the left), never one below.
+module may import its own layer and the layers above it (to the left), never one below. Each
+layer is one top-level folder.
 """
 
 import ast
@@ -14,29 +15,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Package folder -> package name, as pyproject.toml's package-dir maps them.
+#: The layers, top first: package folder -> package name, as pyproject.toml's package-dir maps
+#: them.
 FOLDERS = {"hw": "sparsemac.hw", "sw": "sparsemac.sw", "sim": "sparsemac.sim",
-           "bitstreams": "sparsemac.bitstreams", "devices": "sparsemac.devices"}
-
-#: The layers, top first.
-LAYERS = ("hw", "sw library", "sim", "bitstreams", "devices", "application")
-
-#: Module-name prefixes of the application layer; the rest of sparsemac.sw is the sw library.
-APPLICATION = ("sparsemac.sw.cli", "sparsemac.sw.commands", "sparsemac.sw.pipelines")
+           "bitstreams": "sparsemac.bitstreams", "devices": "sparsemac.devices",
+           "app": "sparsemac.app"}
+LAYERS = tuple(FOLDERS)
 
 _MODULE_STRING = re.compile(r"sparsemac(\.\w+)+(:\w+)?")
 
 
 def layer_of(module):
     """The index in :data:`LAYERS` of a ``sparsemac.*`` module name."""
-    if module == "sparsemac.sw" or module.startswith("sparsemac.sw."):
-        if any(module == prefix or module.startswith(prefix + ".") for prefix in APPLICATION):
-            return LAYERS.index("application")
-        return LAYERS.index("sw library")
-    for name in ("hw", "sim", "bitstreams", "devices"):
-        package = FOLDERS[name]
+    for index, package in enumerate(FOLDERS.values()):
         if module == package or module.startswith(package + "."):
-            return LAYERS.index(name)
+            return index
     raise ValueError(f"{module!r} is in no layer")
 
 
@@ -129,9 +122,14 @@ def test_a_lazy_upward_import_is_caught():
 
 def test_the_application_may_import_everything():
     source = "from ...devices import open_device\nfrom ...sim import regress\n"
-    assert upward_imports(source, "sparsemac.sw.commands.simulate", False, MODULES) == []
+    assert upward_imports(source, "sparsemac.app.commands.simulate", False, MODULES) == []
     assert upward_imports(source.replace("...", ".."), "sparsemac.sw.model_offload", False,
                           MODULES) == [
         ("sparsemac.devices", "devices"), ("sparsemac.sim.regress", "sim")]
-    assert layer_of("sparsemac.sw.pipelines.simulate") == LAYERS.index("application")
-    assert layer_of("sparsemac.sw.device") == LAYERS.index("sw library")
+    assert layer_of("sparsemac.app.pipelines.simulate") == LAYERS.index("app")
+    assert layer_of("sparsemac.sw.device") == LAYERS.index("sw")
+
+
+def test_the_layers_are_the_top_level_folders():
+    packages = sorted(path.name for path in ROOT.iterdir() if (path / "__init__.py").is_file())
+    assert packages == sorted(FOLDERS)

@@ -7,7 +7,7 @@ import pytest
 from helpers import random_weights
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 from sparsemac.sw.memory import (RATE_ONE, MemoryModel, MemoryModelError, check_fits_onchip,
                                  dual_job_streams, job_streams, memory_preset,
                                  onchip_weight_bytes, parse_bandwidth, stream_rates)
@@ -63,7 +63,7 @@ def test_bad_bandwidth(text, message):
 def test_memory_errors_are_bad_input_for_the_cli(monkeypatch, capsys):
     # The CLI maps ValueError to exit 2; a command that raises MemoryModelError exits 2.
     assert issubclass(MemoryModelError, ValueError)
-    from sparsemac.sw.commands import build
+    from sparsemac.app.commands import build
 
     def fail(args):
         parse_bandwidth("0")

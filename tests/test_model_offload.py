@@ -17,8 +17,8 @@ from transformers.pytorch_utils import Conv1D
 from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
-from sparsemac.sw.cli import main
-from sparsemac.sw.commands import bert
+from sparsemac.app.cli import main
+from sparsemac.app.commands import bert
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.models import load_model, tokenize
 from sparsemac.sw.offload import OffloadedLinear
@@ -205,7 +205,7 @@ def test_a_model_pruned_beforehand_reports_found_and_applied_sparsity():
 
 
 def test_the_fidelity_baseline_is_the_model_as_given(capsys):
-    from sparsemac.sw.pipelines.bert import BertReport, measure_bert
+    from sparsemac.app.pipelines.bert import BertReport, measure_bert
 
     report = BertReport(
         model="tiny", source="test", backend="reference", method="magnitude", sparsity=0.5,

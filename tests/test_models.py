@@ -17,7 +17,7 @@ from transformers import (  # noqa: E402
     BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
 )
 
-from sparsemac.sw.cli import main  # noqa: E402
+from sparsemac.app.cli import main  # noqa: E402
 from sparsemac.sw.models import (  # noqa: E402
     DEFAULT_SENTENCE, ENCODER_LINEAR_SUFFIXES, SIMILARITY_PAIRS, LoadedModel,
     capture_linear_input, encoder_linear_names, get_linear, load_model, ranking_agreement,

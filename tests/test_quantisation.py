@@ -238,6 +238,6 @@ def test_default_granularity_is_known():
 
 def test_the_commands_default_granularity_is_the_librarys():
     """`--granularity` restates the default so that `--help` does not import torch."""
-    from sparsemac.sw.commands import options
+    from sparsemac.app.commands import options
     from sparsemac.sw.quantisation import DEFAULT_GRANULARITY
     assert options.DEFAULT_GRANULARITY == DEFAULT_GRANULARITY

@@ -16,7 +16,7 @@ from sparsemac.bitstreams.build import BOARDS
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sim import regress
 from sparsemac.sim.cocotb.scoreboard import Expected, Scoreboard, ScoreboardError
-from sparsemac.sw.cli import main
+from sparsemac.app.cli import main
 
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
@@ -135,8 +135,8 @@ def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
 
 
 def test_replay_command_names_any_config_the_way_the_cli_reads_it():
-    from sparsemac.sw.cli import build_parser
-    from sparsemac.sw.commands.options import configs_from_args
+    from sparsemac.app.cli import build_parser
+    from sparsemac.app.commands.options import configs_from_args
 
     config = ArrayConfig(lanes=2, token_lanes=8, max_in_features=256)
     result = regress.TestResult(bench="core", name="test_core/case=tiny", passed=False,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sparsemac.sw.cli import main
-from sparsemac.sw.pipelines import simulate
+from sparsemac.app.cli import main
+from sparsemac.app.pipelines import simulate
 
 REQUIRED_KEYS = {
     "sparsity", "tokens", "sparse_cycles", "dense_cycles", "speedup", "ideal_speedup",

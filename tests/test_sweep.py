@@ -15,10 +15,10 @@ from distributed import LocalCluster
 from sparsemac.bitstreams.build import BuildResult, ResourceReport
 from sparsemac.hw.board_link import design_digest
 from sparsemac.hw.config import ArrayConfig
-from sparsemac.sw import cli
-from sparsemac.sw.pipelines import pareto_front, simulate, sweep
-from sparsemac.sw.pipelines.simulate import simulate_layer
-from sparsemac.sw.pipelines.sweep import (
+from sparsemac.app import cli
+from sparsemac.app.pipelines import pareto_front, simulate, sweep
+from sparsemac.app.pipelines.simulate import simulate_layer
+from sparsemac.app.pipelines.sweep import (
     COLUMNS, RESULTS_FILE, SweepPoint, expand_points, parse_spec, run_point, run_sweep,
 )
 

@@ -15,7 +15,7 @@ __all__ = ["check_report_outputs", "finish"]
 
 def check_report_outputs(args):
     """Refuses, before any work, a ``--csv`` path that cannot be written (see
-    :func:`~sparsemac.sw.pipelines.check_output_path`)."""
+    :func:`~sparsemac.app.pipelines.check_output_path`)."""
     from ..pipelines import check_output_path
 
     if getattr(args, "csv", None) is not None:
@@ -36,8 +36,8 @@ def finish(args, report):
     ValueError
         If the CSV cannot be written (a full disk, say): the message names the file.
     """
-    from ..progress import progress
-    from ..tables import format_sections, write_csv
+    from ...sw.progress import progress
+    from ...sw.tables import format_sections, write_csv
 
     if getattr(args, "json", False):
         print(json.dumps(report.as_json(), indent=2), flush=True)

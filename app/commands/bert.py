@@ -1,7 +1,7 @@
 """``sparsemac bert``: run real sentences through a whole BERT whose encoder linears are pruned
 and offloaded to a device, and report the cycles saved and what the outputs lost.
 
-The work is :func:`sparsemac.sw.pipelines.bert.measure_bert`; this command parses, calls it and
+The work is :func:`sparsemac.app.pipelines.bert.measure_bert`; this command parses, calls it and
 prints its report.
 """
 

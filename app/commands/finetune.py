@@ -31,8 +31,8 @@ def run(args):
 
     import dataclasses
 
-    from ..finetune import FinetuneRecipe, finetune
-    from ..task import TASK_SPLIT_SIZES
+    from ...sw.finetune import FinetuneRecipe, finetune
+    from ...sw.task import TASK_SPLIT_SIZES
 
     recipe = recipe_from_args(args, FinetuneRecipe)
     sizes = TASK_SPLIT_SIZES

@@ -1,6 +1,6 @@
 """``sparsemac bench``: how fast the simulators themselves are.
 
-The work is :func:`sparsemac.sw.pipelines.bench.bench`; this command parses, calls it, prints
+The work is :func:`sparsemac.app.pipelines.bench.bench`; this command parses, calls it, prints
 its table and writes its figures as JSON.
 """
 
@@ -32,7 +32,7 @@ def add_arguments(parser):
 
 def run(args):
     from ..pipelines.bench import bench
-    from ..tables import format_sections
+    from ...sw.tables import format_sections
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = bench(configs_from_args(args), cold=not args.no_cold,

@@ -1,7 +1,7 @@
 """``sparsemac compare``: the speed-accuracy front of pruning methods x sparsities (and
 distilled checkpoints) on a whole offloaded BERT, with the task accuracy of each point.
 
-The work is :func:`sparsemac.sw.pipelines.compare.sweep`; this command parses, calls it and
+The work is :func:`sparsemac.app.pipelines.compare.sweep`; this command parses, calls it and
 prints its report. Exit status: 0, 1 when a host/device or Verilator check fails, 2 for bad
 input.
 """
@@ -22,7 +22,7 @@ HELP = ("The speed-accuracy front: prune a whole BERT with each method at each s
         "paired with the float model; an embedding model: the quick check, a refitted probe); "
         "table, CSV, JSON and a PNG plot.")
 
-# Restated from sparsemac.sw.pipelines.compare so that --help does not import torch
+# Restated from sparsemac.app.pipelines.compare so that --help does not import torch
 # (tests/test_compare.py checks that they agree).
 DEFAULT_METHODS = "magnitude,sparsegpt"
 DEFAULT_SPARSITIES = "0.5,0.8"
@@ -112,8 +112,8 @@ def _memory(args):
 
 def run(args):
     from ..pipelines.compare import sweep
-    from ..progress import progress
-    from ..task import SplitSizes
+    from ...sw.progress import progress
+    from ...sw.task import SplitSizes
 
     progress(f"seed {args.seed}")
     report = sweep(args.methods, args.sparsities, model=args.model,

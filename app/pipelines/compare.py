@@ -24,7 +24,7 @@ fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, p
 fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's (for a task
 model: the upper end of the drop's interval). ``sparsemac compare`` prints it; from Python::
 
-    from sparsemac.sw.pipelines.compare import sweep
+    from sparsemac.app.pipelines.compare import sweep
     report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
 """
 
@@ -40,19 +40,19 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
-from ..activation_sparsity import NONE, parse_activation
-from ..memory_report import recorded_memory_cycles
-from ..finetune import (ModelKindError, is_task_model, load_task_model, predict,
+from ...sw.activation_sparsity import NONE, parse_activation
+from ...sw.memory_report import recorded_memory_cycles
+from ...sw.finetune import (ModelKindError, is_task_model, load_task_model, predict,
                         require_embedding_model, score_predictions)
-from ..methods import parse_method
-from ..model_offload import cross_check, offload, run_on_host
-from ..models import load_model, sentence_embeddings
-from ..packing import check_index
-from ..progress import progress
-from ..quantisation import DEFAULT_GRANULARITY, GRANULARITIES
-from ..stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, PairedComparison
-from ..tables import write_csv
-from ..task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
+from ...sw.methods import parse_method
+from ...sw.model_offload import cross_check, offload, run_on_host
+from ...sw.models import load_model, sentence_embeddings
+from ...sw.packing import check_index
+from ...sw.progress import progress
+from ...sw.quantisation import DEFAULT_GRANULARITY, GRANULARITIES
+from ...sw.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, PairedComparison
+from ...sw.tables import write_csv
+from ...sw.task import (SplitSizes, embed_splits, evaluate_embeddings, load_labelled, load_texts,
                     model_embedder, task_splits)
 from . import check_output_folder, pareto_front
 from ...hw.errors import InputError

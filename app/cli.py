@@ -1,6 +1,6 @@
 """The ``sparsemac`` command line: one program, one subcommand per job.
 
-Each subcommand lives in ``sparsemac.sw.commands.<name>`` and defines ``HELP``,
+Each subcommand lives in ``sparsemac.app.commands.<name>`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Those modules import heavy libraries
 (torch, transformers, the simulators) inside ``run`` so that ``sparsemac --help`` stays fast.
 """
@@ -32,7 +32,7 @@ def build_parser():
                     "to an int8 MAC array, and count the cycles saved against the dense baseline.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"sparsemac.sw.commands.{name}")
+        module = importlib.import_module(f"sparsemac.app.commands.{name}")
         subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(subparser)
         subparser.set_defaults(handler=module.run,

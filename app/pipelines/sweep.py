@@ -36,9 +36,9 @@ from pathlib import Path
 
 from ...hw.board_link import design_digest
 from ...hw.config import ArrayConfig
-from ..methods import parse_method
-from ..progress import progress, progress_bar
-from . import check_output_folder, pareto_front
+from ...sw.methods import parse_method
+from ...sw.progress import progress, progress_bar
+from . import check_output_folder, method_calibration, pareto_front
 from ...hw.errors import InputError, MissingFileError, RunFailure
 
 __all__ = ["RESULTS_FILE", "COLUMNS", "VerifySpec", "BuildSpec", "SweepSpec", "SweepPoint",
@@ -264,7 +264,7 @@ def _parse_method(method, fail):
 
 
 def _parse_activation(text, fail):
-    from ..activation_sparsity import ActivationSpecError, parse_activation
+    from ...sw.activation_sparsity import ActivationSpecError, parse_activation
 
     try:
         return str(parse_activation(text))
@@ -380,8 +380,8 @@ def expand_points(spec):
     ValueError, FileNotFoundError
         If a model or a layer name is unknown, or the verify sample is larger than the sweep.
     """
-    from ..ffn_activation import feed_forward_consumers
-    from ..models import encoder_linear_names, get_linear
+    from ...sw.ffn_activation import feed_forward_consumers
+    from ...sw.models import encoder_linear_names, get_linear
 
     hashes = {config: _design_hash(config) for config in spec.configs}
     fixed = {method: parse_method(method).fixes_sparsity for method in spec.methods}
@@ -425,7 +425,7 @@ def _design_hash(config):
     from importlib.metadata import version
 
     from ... import hw
-    from ..cache import cache_dir
+    from ...sw.cache import cache_dir
 
     sources = hashlib.sha256(version("amaranth").encode())
     for path in sorted(Path(hw.__file__).parent.glob("*.py")):
@@ -578,8 +578,8 @@ _MODEL_LOCK = threading.RLock()
 
 @functools.lru_cache(maxsize=4)
 def _loaded_model(model, seed, activation):
-    from ..ffn_activation import sparsify_activations
-    from ..models import load_model
+    from ...sw.ffn_activation import sparsify_activations
+    from ...sw.models import load_model
     from . import activation_calibration
     with _MODEL_LOCK:
         loaded = load_model(model, seed=seed)
@@ -590,7 +590,7 @@ def _loaded_model(model, seed, activation):
 
 @functools.lru_cache(maxsize=256)
 def _layer_inputs(model, seed, layer, tokens, activation):
-    from ..models import capture_linear_input
+    from ...sw.models import capture_linear_input
     with _MODEL_LOCK:
         return capture_linear_input(_loaded_model(model, seed, activation), layer,
                                     tokens=tokens)
@@ -639,11 +639,10 @@ def _measure_layer(point, result):
 
     from ...devices.reference import ReferenceDevice
     from ...hw.formats import Mode
-    from ..calibration import method_calibration
-    from ..model_offload import matmul_cycles
-    from ..models import get_linear
-    from ..offload import OffloadedLinear
-    from ..quantisation import approximation_error
+    from ...sw.model_offload import matmul_cycles
+    from ...sw.models import get_linear
+    from ...sw.offload import OffloadedLinear
+    from ...sw.quantisation import approximation_error
     from .simulate import prune_layer, simulate_layer
 
     config = point.config

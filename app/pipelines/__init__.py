@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 from ...hw.errors import InputError, MissingFileError
+from ...sw.methods import CALIBRATED_KINDS, PruningMethod, parse_method
+from ...sw.task import calibration_texts
 
 __all__ = ["check_output_path", "check_output_folder", "check_port", "pareto_front",
-           "activation_calibration"]
+           "activation_calibration", "method_calibration"]
 
 
 def check_output_path(path, what):
@@ -115,9 +117,43 @@ def activation_calibration(activation, texts, seed):
     ActivationSpecError
         If `activation` does not parse.
     """
-    from ..activation_sparsity import parse_activation
-    from ..task import calibration_texts
+    from ...sw.activation_sparsity import parse_activation
+    from ...sw.task import calibration_texts
 
     if activation is None or not parse_activation(activation).calibrated:
         return None
     return texts if texts is not None else calibration_texts(seed=seed)
+
+
+def method_calibration(method: str | PruningMethod, path=None, *, seed: int = 0
+                       ) -> tuple[PruningMethod, list[str] | None]:
+    """Parse a method and read its calibration text, before any model or device work.
+
+    Parameters
+    ----------
+    method : str or PruningMethod
+        As :func:`~sparsemac.sw.methods.parse_method`.
+    path : str or Path, optional
+        A UTF-8 text file, one text a line; None: the built-in task's calibration split
+        (:func:`~sparsemac.sw.task.calibration_texts` with `seed`).
+    seed : int
+
+    Returns
+    -------
+    method : PruningMethod
+    texts : list of str or None
+        None when the method is not calibrated.
+
+    Raises
+    ------
+    ValueError
+        If the method is invalid, `path` is given for a method that takes no calibration
+        text, or the file is missing, empty or not UTF-8 (``TaskDataError``, naming it).
+    """
+    method = parse_method(method)
+    if not method.calibrated:
+        if path is not None:
+            raise InputError(f"calibration text is for {' and '.join(CALIBRATED_KINDS)}; "
+                             f"method {method} takes none")
+        return method, None
+    return method, calibration_texts(path, seed=seed)

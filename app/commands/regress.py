@@ -43,7 +43,7 @@ def _configs(args):
 
 def run(args):
     from ...sim import regress
-    from ..progress import progress, progress_bar
+    from ...sw.progress import progress, progress_bar
     from ...sim.toolchain import cache_dir
 
     configs = _configs(args)

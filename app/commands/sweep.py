@@ -7,7 +7,7 @@ that does not answer).
 
 from .report_output import finish
 
-#: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
+#: What Ctrl-C leaves (see :mod:`sparsemac.app.cli`).
 INTERRUPTED = ("every finished point is in the results table: run the same command again to "
                "compute the rest")
 

@@ -1,6 +1,6 @@
 """``sparsemac simulate``: one pruned BERT layer on a simulated array, sparse against dense.
 
-The work is :func:`sparsemac.sw.pipelines.simulate.simulate_layer`; this command parses, calls
+The work is :func:`sparsemac.app.pipelines.simulate.simulate_layer`; this command parses, calls
 it and prints its report.
 
 Exit status: 0 when both runs are bit-exact and match the cycle model, 1 when not, 2 when the
@@ -58,7 +58,7 @@ def add_arguments(parser):
 
 def run(args):
     from ..pipelines.simulate import simulate_layer
-    from ..progress import progress
+    from ...sw.progress import progress
 
     check_report_outputs(args)
     report = simulate_layer(

@@ -21,8 +21,8 @@ from ...devices.verilator import VerilatorDevice, build_library, is_cached
 from ...hw.config import ArrayConfig
 from ...hw.formats import Mode
 from ...sim.toolchain import tool_versions
-from ..csr import CSRMatrix
-from ..progress import progress
+from ...sw.csr import CSRMatrix
+from ...sw.progress import progress
 
 __all__ = ["BackendRun", "ConfigBench", "BenchReport", "bench_config",
            "bench"]

@@ -7,7 +7,7 @@ import json
 from .options import (add_activation_argument, add_model_argument, add_recipe_arguments,
                       add_run_arguments, recipe_from_args)
 
-#: What Ctrl-C leaves (see :mod:`sparsemac.sw.cli`).
+#: What Ctrl-C leaves (see :mod:`sparsemac.app.cli`).
 INTERRUPTED = ("the last checkpoint in --output is intact: add --resume to the same command to "
                "continue from it")
 
@@ -60,9 +60,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..distill import DistillRecipe, distill_prune
-    from ..finetune import is_task_model, read_task_info
-    from ..task import load_labelled, load_texts, task_splits
+    from ...sw.distill import DistillRecipe, distill_prune
+    from ...sw.finetune import is_task_model, read_task_info
+    from ...sw.task import load_labelled, load_texts, task_splits
 
     recipe = recipe_from_args(args, DistillRecipe)
     # A task model's own splits: its distillation split is disjoint from what it trained on.

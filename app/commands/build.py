@@ -78,7 +78,7 @@ def find_programmer():
 def run(args):
     from pathlib import Path
     from ...bitstreams import build
-    from ..progress import progress
+    from ...sw.progress import progress
 
     if args.board not in build.BOARDS:
         raise InputError(f"unknown board {args.board!r}: choose one of "

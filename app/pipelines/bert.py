@@ -5,7 +5,7 @@ outputs lost against the model as given (a model pruned beforehand is its own ba
 zeros are kept, and :attr:`BertReport.sparsity_found` says how many there were).
 ``sparsemac bert`` prints the report; from Python::
 
-    from sparsemac.sw.pipelines.bert import measure_bert
+    from sparsemac.app.pipelines.bert import measure_bert
     report = measure_bert(backend="reference", sparsity=0.5)
     print(report.speedup, report.embedding_cosine)
 """
@@ -19,20 +19,19 @@ import torch
 from ...devices import open_device
 from ...hw.config import DEFAULT_CONFIG, check_config
 from ...hw.formats import ColumnIndex
-from . import activation_calibration, check_port
-from ..calibration import method_calibration
-from ..energy import load_energy_table
-from ..memory import PRESETS, MemoryModel
-from ..memory_report import ModelMemoryReport, memory_report
-from ..finetune import is_task_model, load_task_model, predict, score_predictions
-from ..model_offload import cross_check, offload, run_on_host
-from ..packing import check_index
-from ..models import (DEFAULT_SENTENCE, LoadedModel, load_model, ranking_agreement,
+from . import activation_calibration, check_port, method_calibration
+from ...sw.energy import load_energy_table
+from ...sw.memory import PRESETS, MemoryModel
+from ...sw.memory_report import ModelMemoryReport, memory_report
+from ...sw.finetune import is_task_model, load_task_model, predict, score_predictions
+from ...sw.model_offload import cross_check, offload, run_on_host
+from ...sw.packing import check_index
+from ...sw.models import (DEFAULT_SENTENCE, LoadedModel, load_model, ranking_agreement,
                       similarity_scores, tokenize)
-from ..progress import phase, progress, progress_bar
-from ..quantisation import DEFAULT_GRANULARITY
+from ...sw.progress import phase, progress, progress_bar
+from ...sw.quantisation import DEFAULT_GRANULARITY
 from ...hw.errors import InputError
-from ..stats import PairedComparison
+from ...sw.stats import PairedComparison
 
 __all__ = ["DEFAULT_SPARSITY", "BASELINE", "BertReport", "measure_bert", "mean_pooled"]
 
@@ -244,7 +243,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         energy under it for one inference of the sentence (the device itself runs with its own
         streams: ideal ones on the simulators).
     energy_table, calibration, index
-        As in :func:`~sparsemac.sw.pipelines.simulate.simulate_layer`.
+        As in :func:`~sparsemac.app.pipelines.simulate.simulate_layer`.
     activation : ActivationSpec or str or None
         The feed-forward activation, as :func:`~sparsemac.sw.model_offload.offload` takes it
         (``relu@S`` calibrates on the calibration text); None: as the model carries it.

@@ -15,8 +15,8 @@ from ...devices import BACKENDS
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig
 from ...hw.formats import ColumnIndex
 from ...hw.errors import InputError
-from ..activation_sparsity import ACTIVATION_HELP, ActivationSpecError, parse_activation
-from ..methods import METHOD_HELP, parse_method
+from ...sw.activation_sparsity import ACTIVATION_HELP, ActivationSpecError, parse_activation
+from ...sw.methods import METHOD_HELP, parse_method
 
 __all__ = ["DEFAULT_BACKEND", "add_config_arguments", "configs_from_args",
            "config_from_args", "add_backend_arguments", "add_memory_arguments",
@@ -149,7 +149,7 @@ def add_memory_arguments(parser, energy=True):
 
     Read them back with :func:`memory_from_args` (the model) and ``args.energy_table``.
     """
-    from ..memory import PRESETS
+    from ...sw.memory import PRESETS
 
     group = parser.add_argument_group("memory feeding the streams (sparsemac.sw.memory)")
     choice = group.add_mutually_exclusive_group()
@@ -161,7 +161,7 @@ def add_memory_arguments(parser, energy=True):
     if energy:
         group.add_argument("--energy-table", metavar="PATH", default=None,
                            help="per-event energies as JSON (default: Horowitz, ISSCC 2014, 45 "
-                                "nm; see sparsemac/sw/data/energy_horowitz_45nm.json for the "
+                                "nm; see sw/data/energy_horowitz_45nm.json for the "
                                 "format)")
 
 
@@ -173,7 +173,7 @@ def memory_from_args(args):
     MemoryModelError
         If the preset is unknown or a bandwidth is not a positive, finite number.
     """
-    from ..memory import memory_preset, parse_bandwidth
+    from ...sw.memory import memory_preset, parse_bandwidth
 
     if args.bandwidth is not None:
         return parse_bandwidth(args.bandwidth)

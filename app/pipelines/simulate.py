@@ -5,7 +5,7 @@ at its input, and the same device runs the product twice: in sparse (CSR) mode a
 baseline mode. Both int32 results are checked bit for bit against the golden model and both
 cycle counts against the cycle model. ``sparsemac simulate`` prints the report; from Python::
 
-    from sparsemac.sw.pipelines.simulate import simulate_layer
+    from sparsemac.app.pipelines.simulate import simulate_layer
     report = simulate_layer(backend="reference", sparsity=0.8)
     print(report.speedup, report.bit_exact)
 """
@@ -20,18 +20,18 @@ from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig, check_config
 from ...hw.formats import ColumnIndex, Mode
-from ..calibration import check_pattern, method_calibration, prune_calibrated
-from ..energy import load_energy_table
-from ..golden import golden_matmul
-from ..memory import PRESETS, MemoryModel
-from ..memory_report import memory_report
-from ..offload import OffloadedLinear
-from ..packing import check_index
-from ..progress import phase, progress
-from . import activation_calibration, check_output_path, check_port
-from ..activation_sparsity import parse_activation
-from ..pruning import choose_masks
-from ..quantisation import approximation_error, quantise_activations
+from ...sw.calibration import check_pattern, prune_calibrated
+from ...sw.energy import load_energy_table
+from ...sw.golden import golden_matmul
+from ...sw.memory import PRESETS, MemoryModel
+from ...sw.memory_report import memory_report
+from ...sw.offload import OffloadedLinear
+from ...sw.packing import check_index
+from ...sw.progress import phase, progress
+from . import activation_calibration, check_output_path, check_port, method_calibration
+from ...sw.activation_sparsity import parse_activation
+from ...sw.pruning import choose_masks
+from ...sw.quantisation import approximation_error, quantise_activations
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
@@ -350,9 +350,9 @@ def simulate_layer(model=DEFAULT_MODEL, layer=DEFAULT_LAYER, *, sparsity=None,
     table = load_energy_table(energy_table)
     # transformers takes seconds to import: only a run pays for it, not `sparsemac --help`,
     # whose `simulate` options read this module's defaults.
-    from ..ffn_activation import (feed_forward_consumers, model_activation,
+    from ...sw.ffn_activation import (feed_forward_consumers, model_activation,
                                   sparsify_activations)
-    from ..models import capture_linear_input, get_linear, load_model
+    from ...sw.models import capture_linear_input, get_linear, load_model
     progress(f"loading {model} (seed {seed})")
     loaded = load_model(model, seed=seed)
     linear = get_linear(loaded.model, layer)
