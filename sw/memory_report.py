@@ -13,7 +13,7 @@ from .csr import CSRMatrix
 from .energy import EnergyReport, energy_events, energy_of, load_energy_table
 from .memory import MemoryModel, check_fits_onchip
 from .packing import weight_stream_bytes
-from .throttled_cycle_model import LayerCycles, layer_cycles
+from .throttled_cycle_model import LayerCycles, dual_layer_cycles, layer_cycles
 from ..hw.errors import InputError
 
 __all__ = ["ModeResult", "MemoryReport", "ModelMemoryReport", "memory_report",
@@ -27,8 +27,9 @@ class ModeResult:
     cycles: LayerCycles
     #: The mode's energy events and what they cost under the report's table.
     energy: EnergyReport
-    #: Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode, rows x
-    #: cols x tokens (zeros included) in dense mode.
+    #: Multiply-accumulates the array performs usefully: nonzeros x tokens in sparse mode (the
+    #: pairs of a nonzero weight and a nonzero activation, dual-sparse), rows x cols x tokens
+    #: (zeros included) in dense mode.
     macs: int
 
     @property
@@ -186,7 +187,7 @@ class ModelMemoryReport:
 
 
 def memory_report(weights, tokens, config, memory, table=None, layer="layer",
-                  index=ColumnIndex.CSR):
+                  index=ColumnIndex.CSR, activations=None):
     """Runs the throttled cycle model and the energy model over one layer, sparse and dense.
 
     Parameters
@@ -201,6 +202,11 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer",
         The layer's name, for the report and errors.
     index : ColumnIndex
         How the sparse jobs send their column indices (DELTA: ``config`` needs the decoder).
+    activations : torch.Tensor of int8 or None
+        ``[tokens, cols]``: the call's activations, for a layer that runs dual-sparse (a
+        dual-sparse ``config``); its sparse mode is then the DUAL jobs, whose cycles and energy
+        follow those activations' zeros (:func:`~sparsemac.sw.throttled_cycle_model.
+        dual_layer_cycles`), and its useful MACs are the pairs issued.
 
     Returns
     -------
@@ -223,7 +229,11 @@ def memory_report(weights, tokens, config, memory, table=None, layer="layer",
     results = {}
     for mode, macs in ((Mode.SPARSE, weights.nnz * tokens),
                        (Mode.DENSE, weights.rows * weights.cols * tokens)):
-        cycles = layer_cycles(weights, tokens, config, mode, memory, index)
+        if mode == Mode.SPARSE and activations is not None:
+            cycles = dual_layer_cycles(weights, activations, config, memory)
+            macs = cycles.pairs
+        else:
+            cycles = layer_cycles(weights, tokens, config, mode, memory, index)
         energy = energy_of(energy_events(cycles, config, memory), table)
         results[mode] = ModeResult(cycles=cycles, energy=energy, macs=macs)
     return MemoryReport(layer=layer, rows=weights.rows, cols=weights.cols, tokens=tokens,

@@ -129,3 +129,19 @@ def test_a_task_model_reports_its_accuracy_with_intervals(capsys, tmp_path):
     assert len(report["layers"]) == 12  # the tiny encoder's linears; the head stays on the host
     status, out, err = run_bert(capsys, "--model", model, "--sparsity", "0.5")
     assert "task accuracy" in out and "accuracy drop" in out and "McNemar exact p" in out
+
+
+def test_a_dual_sparse_run_counts_the_activation_zeros_everywhere(capsys):
+    # Under ideal memory the cycle and energy model of each layer equals the device's count:
+    # for the dual layers, that is the DUAL jobs' schedule of the activations they received.
+    status, out, err = run_bert(capsys, "--json", "--config", "k8t4a1", "--activation",
+                                "topk:0.1")
+    assert status == 0, err
+    report = json.loads(out)
+    dual = [layer for layer in report["layers"] if layer["dual"]]
+    assert [layer["name"] for layer in dual] == [f"encoder.layer.{index}.output.dense"
+                                                 for index in range(6)]
+    for layer, memory in zip(report["layers"], report["memory"]["layers"]):
+        assert layer["sparse_cycles"] == memory["sparse"]["cycles"], layer["name"]
+    assert report["sparse_cycles"] < report["weight_only_cycles"] < report["dense_cycles"]
+    assert report["memory"]["energy_pj"]["sparse"] < report["memory"]["energy_pj"]["dense"]

@@ -5,13 +5,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import random_weights
+from helpers import random_weights, sparse_activations
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import ColumnIndex, DeltaCode, Mode
 from sparsemac.sw.energy import energy_events, energy_of, load_energy_table
 from sparsemac.sw.delta_index import DeltaMatrix
 from sparsemac.sw.memory import MemoryModelError, memory_preset, onchip_weight_bytes
 from sparsemac.sw.memory_report import ModelMemoryReport, memory_report, plot_roofline
+from sparsemac.sw.throttled_cycle_model import dual_layer_cycles
 from sparsemac.sw.throttled_cycle_model import layer_cycles
 
 CONFIG = ArrayConfig(lanes=8, token_lanes=4, max_in_features=512)
@@ -135,3 +136,16 @@ def test_recorded_calls_under_a_memory(monkeypatch):
         weights=random_weights(2000, 512, 0.0, seed=3))])
     with pytest.raises(MemoryModelError, match=r"l0 \(sparse mode\) has \d+ bytes of weights"):
         recorded_memory_cycles(too_big, CONFIG, memory_preset("onchip"))
+
+
+def test_a_dual_layer_follows_its_activations():
+    config = ArrayConfig.from_key("k4t2i64a1")
+    memory = memory_preset("ulx3s-sdram")
+    weights = random_weights(12, 40, 0.7, seed=3)
+    activations = sparse_activations(6, 40, 0.8, seed=4)
+    dual = memory_report(weights, 6, config, memory, activations=activations)
+    alone = memory_report(weights, 6, config, memory)
+    assert dual.sparse.cycles == dual_layer_cycles(weights, activations, config, memory)
+    assert dual.sparse.macs == dual.sparse.cycles.pairs < alone.sparse.macs
+    assert dual.dense == alone.dense
+    assert dual.sparse.energy.total_pj < alone.sparse.energy.total_pj

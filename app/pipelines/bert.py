@@ -318,7 +318,19 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
                 memory_report(module.weights, length, config, memory, table=table,
                               layer=layer.name, index=index)
                 for layer, module in zip(report.layers, report.modules)))
-        embedding = mean_pooled(offloaded, inputs, report, f"{backend} run")
+        sent = _DualInputs(report)
+        try:
+            embedding = mean_pooled(offloaded, inputs, report, f"{backend} run")
+        finally:
+            sent.close()
+        if sent.inputs:  # a dual layer's cycles and energy follow its activations' zeros
+            memory_figures = ModelMemoryReport(tuple(
+                memory_report(module.weights, length, config, memory, table=table,
+                              layer=layer.name, index=index,
+                              activations=sent.inputs[layer.name])
+                if layer.name in sent.inputs else figures
+                for layer, module, figures in zip(report.layers, report.modules,
+                                                  memory_figures.layers)))
     if report.sparsity_target is not None and report.sparsity_found > report.sparsity_target:
         progress(f"the model as given is already {report.sparsity_found:.1%} sparse, more than "
                  f"the {report.sparsity_target:.1%} asked: its zeros are kept")
@@ -371,6 +383,26 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         memory=memory_figures, index=summary["index"], task=paired,
         activation=summary["activation"], activation_sparsity=summary["activation_sparsity"],
         joint_ideal_speedup=summary["joint_ideal_speedup"])
+
+
+class _DualInputs:
+    """The int8 activations each dual-sparse layer of ``report`` receives while it is open
+    (``inputs``, by layer name, ``[tokens, cols]``); :meth:`close` stops recording."""
+
+    def __init__(self, report):
+        self.inputs = {}
+        self._handles = [module.register_forward_hook(self._recorder(layer.name))
+                         for layer, module in zip(report.layers, report.modules) if module.dual]
+
+    def _recorder(self, name):
+        def record(module, args, _output):
+            self.inputs[name] = module.quantise_input(args[0]).values.reshape(
+                -1, module.in_features)
+        return record
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
 
 
 def mean_pooled(model, inputs, report=None, desc=None):
