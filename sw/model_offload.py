@@ -425,8 +425,9 @@ def offload(model: nn.Module, device: Device, sparsity: float | None,
     sparse = model_activation(model).spec != "none" and device.config.dual_sparse
     fed = set(feed_forward_consumers(model)) if sparse else set()
     for name, module in replacements:
-        module.index = index
         module.dual = name in fed
+        # A dual layer's pairs carry no column index: the delta index serves the others.
+        module.index = ColumnIndex.CSR if module.dual else index
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, module)
 

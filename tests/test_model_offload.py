@@ -529,3 +529,16 @@ def test_a_gelu_model_does_not_run_dual_sparse():
     _, report = offload(tiny_bert(), open_device("reference",
                                                  dataclasses.replace(SMALL, dual_sparse=1)), 0.5)
     assert not any(layer.dual for layer in report.layers)
+
+
+def test_the_delta_index_serves_the_layers_that_do_not_run_dual_sparse():
+    from sparsemac.hw.formats import ColumnIndex
+
+    model = tiny_bert()
+    config = dataclasses.replace(SMALL, delta_bits=5, dual_sparse=1)
+    _, report = offload(model, open_device("reference", config), 0.5, activation="topk:0.1",
+                        index=ColumnIndex.DELTA)
+    hidden(model, tiny_inputs())
+    for layer, module in zip(report.layers, report.modules):
+        assert module.index == (ColumnIndex.CSR if layer.dual else ColumnIndex.DELTA)
+    assert all(layer.calls == 1 for layer in report.layers)
