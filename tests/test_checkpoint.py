@@ -186,7 +186,7 @@ def test_a_failed_write_leaves_the_earlier_checkpoint(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    monkeypatch.setattr(checkpoint, "write_safetensors", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_offloaded(offloaded_tiny_bert(), path)
     with pytest.raises(OSError, match="No space left"):

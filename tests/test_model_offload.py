@@ -210,8 +210,9 @@ def test_the_fidelity_baseline_is_the_model_as_given(capsys):
     report = BertReport(
         model="tiny", source="test", backend="reference", method="magnitude", sparsity=0.5,
         sparsity_found=0.8, achieved_sparsity=0.81, scope="local", seed=0, tokens=4,
-        config=SMALL.as_dict(), sparse_cycles=10, dense_cycles=40, speedup=4.0,
-        ideal_speedup=5.0, dense_measured=False, sparse_weight_bytes=1, dense_weight_bytes=2,
+        config=SMALL.as_dict(), sparse_cycles=10, dense_cycles=40, weight_only_cycles=10,
+        speedup=4.0, ideal_speedup=5.0, dense_measured=False, sparse_weight_bytes=1,
+        dense_weight_bytes=2,
         bit_exact=None, cycles_equal=None, baseline="the float model as given",
         embedding_cosine=0.9, ranking_agreement=None, device_s=0.0, wall_s=0.0, layers=[])
     text = "\n".join(str(row) for _, _, rows in report.sections() for row in rows)

@@ -116,7 +116,8 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
     spec = spec_of(configs=["k8t4"], methods=["wanda"], sparsities=[0.5])
     assert spec.methods == ("wanda",)
     (point,) = expand_points(spec)
-    shared = sweep._loaded_model("minilm", 3).model.get_submodule(QUERY).weight.clone()
+    shared = sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight
+    shared = shared.clone()
     row = run_point(point)
     assert row.error == ""
     expected = simulate_layer("minilm", QUERY, sparsity=0.5, method="wanda",
@@ -125,7 +126,7 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
                                                      expected.dense_cycles)
     assert row.sparsity == expected.sparsity
     assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
-    assert sweep._loaded_model("minilm", 3).model.get_submodule(QUERY).weight.equal(shared)
+    assert sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight.equal(shared)
 
 
 def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
