@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup simulate test regress clean
+.PHONY: setup simulate test test-slow test-all regress clean
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,15 @@ $(VENV)/.installed: pyproject.toml
 simulate: setup
 	$(BIN)/sparsemac simulate
 
+# The default run leaves out the tests marked slow (formal proofs, cocotb regressions, Yosys
+# syntheses, the board over a pty); CI runs them as its second stage, `make test-all` with the rest.
 test: setup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m slow
+
+test-all: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 
 regress: setup

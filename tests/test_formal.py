@@ -62,12 +62,14 @@ def broken_results():
     return {result.spec: result for result in report.results}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", FAST, ids=[spec.name for spec in FAST])
 def test_fast_proof_passes(spec, fast_results):
     result = fast_results[spec]
     assert result.status == "PASS", f"{result.message}\n{result.trace}\n{result.replay}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, source", BROKEN_CASES, ids=[spec.name for spec in BROKEN])
 def test_proof_fails_on_broken_block(spec, source, broken_results):
     result = broken_results[spec]
@@ -77,6 +79,7 @@ def test_proof_fails_on_broken_block(spec, source, broken_results):
     assert f"sim/formal/{source}:" in result.message
 
 
+@pytest.mark.slow
 def test_replay_reproduces_the_counterexample(broken_results):
     result = broken_results[BROKEN[2]]
     replay = subprocess.run(result.replay, shell=True, capture_output=True, text=True)
@@ -107,6 +110,7 @@ def test_cli_bad_config_exits_2(capsys):
     assert "sparsemac formal: error: unknown config 'k9t9'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_one_proof_and_prints_the_table(capsys):
     assert main(["formal", "--block", "MACArray", "--property", "cover",
                  "--config", "k1t1"]) == 0
@@ -115,6 +119,7 @@ def test_cli_runs_one_proof_and_prints_the_table(capsys):
     assert "1 of 1 passed" in out
 
 
+@pytest.mark.slow
 def test_cli_json_report_of_one_proof(capsys, tmp_path):
     path = tmp_path / "proofs.csv"
     assert main(["formal", "--block", "MACArray", "--property", "cover", "--config", "k1t1",

@@ -335,6 +335,7 @@ def test_a_lost_sync_byte_is_a_host_time_out_and_the_next_command_works(board):
         assert device.identify().token_lanes == CONFIG.token_lanes
 
 
+@pytest.mark.slow
 def test_the_board_build_end_to_end_without_naming_its_config():
     # The config of the committed ULX3S bitstream is what a simulated board and the fpga back
     # end take when none is given; one layer through the pty, exact in sums and cycles.
@@ -401,6 +402,7 @@ def dual_layer(rows, cols, tokens, seed):
     return weights, activations
 
 
+@pytest.mark.slow
 def test_a_dual_sparse_job_on_the_board_is_bit_exact_and_cycle_exact():
     """DUAL jobs go through the pairs FIFO: small ones loaded whole run at the model's cycle
     count; a large one streamed while the core runs is still exact in its sums. The same board

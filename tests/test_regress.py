@@ -38,6 +38,7 @@ def _failure_report(run):
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bench", list(regress.BENCHES))
 @pytest.mark.parametrize("config", CONFIGS)
 def test_regression(config, bench, tmp_path):

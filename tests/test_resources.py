@@ -28,6 +28,7 @@ def test_the_board_build_matches_its_place_and_route():
     assert_logic_close(estimate, 13924)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["k4t3i512", "k4t3i512s1", "k4t3i512a1"])
 def test_a_yosys_synthesis_matches(tmp_path, key):
     # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
