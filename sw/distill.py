@@ -360,7 +360,14 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
                 # Magnitude masks read no calibration text: another one is the same run.
                 "calibration_sha256": texts_sha256(calibration) if calibrated else None,
                 "recipe": recorded}
-    start = None if init is None else load_model(str(init)).model
+    start = None
+    if init is not None:  # of the teacher's kind: a task model starts from a task model
+        if (task_model is not None) != is_task_model(str(init)):
+            raise InputError(f"--init {init}: the teacher is {'a' if task_model else 'no'} task "
+                             "model, so the start must be one of the same kind (an earlier "
+                             "prune --output of it)")
+        start = (load_model(str(init)) if task_model is None
+                 else load_task_model(str(init))).model
     if start is not None:
         identity["init_sha256"] = state_sha256(start)
     checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,

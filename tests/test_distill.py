@@ -477,3 +477,21 @@ def test_a_pruned_start_keeps_its_zeros_while_the_activation_is_distilled(teache
     with pytest.raises(ValueError, match="init_sha256 None in the checkpoint"):
         distill_prune(teacher, TEXTS, _interrupt(teacher, tmp_path / "from-teacher", recipe),
                       recipe, resume=True, progress=False, init=start)
+
+
+def test_a_task_model_takes_a_sparse_activation_after_its_weights(tmp_path):
+    model, _ = tiny_task_model_dir(tmp_path)
+    weights = DistillRecipe(sparsity=0.5, steps=2, batch_size=4, prune_every=1)
+    distill_prune(model, TEXTS, tmp_path / "weights", weights, progress=False)
+    activation = DistillRecipe(sparsity=0.0, steps=2, batch_size=4, prune_every=1,
+                               activation="topk:0.25")
+    report = distill_prune(model, TEXTS, tmp_path / "both", activation, init=tmp_path / "weights",
+                           progress=False)
+    assert report.finished and report.after.accuracy is not None
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)  # the first run's zeros stay
+    assert report.after.activations.sparsity >= 0.7
+    assert load_task_model(tmp_path / "both").task == load_task_model(model).task
+    with pytest.raises(ValueError, match="the teacher is a task model, so the start must be"):
+        distill_prune(model, TEXTS, tmp_path / "wrong", activation,
+                      init=tiny_bert_dir(tmp_path / "plain", seed=0), progress=False)
+    assert not (tmp_path / "wrong").exists()
