@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -385,6 +386,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     evaluate = _Evaluator(teacher, list(eval_texts or texts[:64]), task, task_model is not None)
     evaluated = _now()
     pruned = run.one_shot()
+    if progress:  # the two evaluations take as long as many steps: say so before the first
+        print(f"scoring the one-shot model on {len(evaluate.texts)} test texts (and the "
+              "distilled one again at the end)", file=sys.stderr, flush=True)
     before = evaluate(pruned)
     # The final evaluation scores one model too; the teacher's embeddings are already made.
     reserve = _now() - evaluated
