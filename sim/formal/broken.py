@@ -75,27 +75,32 @@ class SplitLosingStreamer(BrokenVariant):
         m.d.comb += self.chunks.payload.split.eq(self.config.lanes)
 
 
-class DuplicatingBuffer(BrokenVariant):
-    """Sends an ``operands`` beat again in the cycle after it was taken."""
+class _SendingTwice(BrokenVariant):
+    """Sends a beat of the block's output stream ``STREAM`` again in the cycle after it was
+    taken."""
 
-    BLOCK = ActivationBuffer
+    STREAM = None
 
     def mutate(self, m, inner):
         again = Signal()
-        m.d.sync += again.eq(transfer(self.operands))
-        m.d.comb += self.operands.valid.eq(inner.operands.valid | again)
+        stream = getattr(self, self.STREAM)
+        m.d.sync += again.eq(transfer(stream))
+        m.d.comb += stream.valid.eq(getattr(inner, self.STREAM).valid | again)
 
 
-class RepeatingSelect(BrokenVariant):
+class DuplicatingBuffer(_SendingTwice):
+    """Sends an ``operands`` beat again in the cycle after it was taken."""
+
+    BLOCK = ActivationBuffer
+    STREAM = "operands"
+
+
+class RepeatingSelect(_SendingTwice):
     """Sends an ``o_stream`` beat again in the cycle after it was taken: a pairs beat that
     contributes twice."""
 
     BLOCK = OperandSelect
-
-    def mutate(self, m, inner):
-        again = Signal()
-        m.d.sync += again.eq(transfer(self.o_stream))
-        m.d.comb += self.o_stream.valid.eq(inner.o_stream.valid | again)
+    STREAM = "o_stream"
 
 
 class FlickeringMACArray(BrokenVariant):
