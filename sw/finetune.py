@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
 from .models import load_model, read_json, read_safetensors
+from .ffn_activation import restore_activation
 from .resumable import (batch_indices, check_output, note_threads, optimizer_tensors,
                         restore_optimizer, state_sha256, texts_sha256, train_steps,
                         write_checkpoint, write_model_directory)
@@ -381,6 +382,7 @@ def load_task_model(spec: str | os.PathLike) -> TaskModel:
     if model.config.num_labels != len(info.label_names):
         raise InputError(f"{path}: the head has {model.config.num_labels} outputs, {TASK_FILE} "
                          f"names {len(info.label_names)} classes")
+    restore_activation(model, str(path / "config.json"))  # a sparse one, from prune
     return TaskModel(name=path.resolve().name, model=model.to(torch.float32).eval(),
                      tokenizer=encoder.tokenizer, task=info, source=str(path))
 

@@ -16,6 +16,7 @@ from helpers import tiny_bert_dir, tiny_task_model_dir
 from sparsemac.sw import distill
 from sparsemac.app.cli import main
 from sparsemac.sw.distill import CHECKPOINT_FILE, REPORT_FILE, DistillRecipe, distill_prune
+from sparsemac.sw.ffn_activation import model_activation
 from sparsemac.sw.finetune import load_task_model, predict
 from sparsemac.sw.models import SIMILARITY_PAIRS, load_model
 from sparsemac.sw.pruning import matching_linears
@@ -490,7 +491,10 @@ def test_a_task_model_takes_a_sparse_activation_after_its_weights(tmp_path):
     assert report.finished and report.after.accuracy is not None
     assert report.sparsity == pytest.approx(0.5, abs=1e-3)  # the first run's zeros stay
     assert report.after.activations.sparsity >= 0.7
-    assert load_task_model(tmp_path / "both").task == load_task_model(model).task
+    student = load_task_model(tmp_path / "both")
+    assert student.task == load_task_model(model).task
+    # The student computes the activation it was distilled with, loaded as a task model too.
+    assert model_activation(student.model).spec == "topk:0.25"
     with pytest.raises(ValueError, match="the teacher is a task model, so the start must be"):
         distill_prune(model, TEXTS, tmp_path / "wrong", activation,
                       init=tiny_bert_dir(tmp_path / "plain", seed=0), progress=False)
