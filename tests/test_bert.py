@@ -91,8 +91,9 @@ def test_the_delta_index_runs_the_whole_model_with_its_bytes_and_cycles(capsys):
     from sparsemac.sw.quantisation import quantise_weights
     from sparsemac.sw.throttled_cycle_model import layer_cycles
 
+    # Plain int8, so that the independent CSR below needs no SmoothQuant of its own.
     status, out, err = run_bert(capsys, "--json", "--config", "k8t4d5", "--index", "delta",
-                                "--memory", "ulx3s-sdram")
+                                "--memory", "ulx3s-sdram", "--smoothing", "none")
     assert status == 0, err
     report = json.loads(out)
     config = ArrayConfig.from_key("k8t4d5")
@@ -109,7 +110,7 @@ def test_the_delta_index_runs_the_whole_model_with_its_bytes_and_cycles(capsys):
         assert layer["sparse"]["cycles"] == layer_cycles(csr, 4, config, Mode.SPARSE, memory,
                                                          ColumnIndex.DELTA).cycles
     assert report["index"] == "delta"
-    text = run_bert(capsys, "--config", "k8t4d5", "--index", "delta")[1]
+    text = run_bert(capsys, "--config", "k8t4d5", "--index", "delta", "--smoothing", "none")[1]
     assert f"{report['sparse_weight_bytes']:,} DELTA vs" in text
 
 
@@ -145,3 +146,18 @@ def test_a_dual_sparse_run_counts_the_activation_zeros_everywhere(capsys):
         assert layer["sparse_cycles"] == memory["sparse"]["cycles"], layer["name"]
     assert report["sparse_cycles"] < report["weight_only_cycles"] < report["dense_cycles"]
     assert report["memory"]["energy_pj"]["sparse"] < report["memory"]["energy_pj"]["dense"]
+
+
+def test_smoothquant_is_the_default_and_none_turns_it_off(capsys):
+    # The default migrates with the built-in calibration text and keeps MiniLM closer to float
+    # than plain int8 on the same sentence; the weights' zeros (and so the cycles) are the same.
+    status, out, err = run_bert(capsys, "--json", "--sparsity", "0")
+    assert status == 0, err
+    smoothed = json.loads(out)
+    status, out, err = run_bert(capsys, "--json", "--sparsity", "0", "--smoothing", "none")
+    assert status == 0, err
+    plain = json.loads(out)
+    assert smoothed["smoothing"] == 0.6 and plain["smoothing"] is None
+    assert smoothed["embedding_cosine"] > plain["embedding_cosine"]
+    status, out, _ = run_bert(capsys, "--sparsity", "0", "--smoothing", "0.3")
+    assert status == 0 and "SmoothQuant alpha 0.3," in out

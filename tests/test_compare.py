@@ -34,7 +34,9 @@ SIZES = SplitSizes(train=TRAIN, test=TEST)
 def tiny_front(tmp_path_factory):
     """``sparsemac compare --json`` over 2 methods x 2 sparsities on a tiny task."""
     output = tmp_path_factory.mktemp("front")
+    # Plain int8, so that the independent evaluations below need no SmoothQuant of their own.
     argv = ["compare", "--json", "--methods", "magnitude,random", "--sparsities", "0.5,0.9",
+            "--smoothing", "none",
             "--train", str(TRAIN), "--test", str(TEST), "--workload", str(WORKLOAD),
             "--output", str(output)]
     status = main(argv)
@@ -234,6 +236,16 @@ def test_no_method_is_refused_by_the_parser(capsys):
         main(["compare", "--methods", " , "])
     assert exit_info.value.code == 2
     assert "--methods names no method" in capsys.readouterr().err
+
+
+def test_methods_none_asks_for_the_float_and_int8_rows_only():
+    import argparse
+    from sparsemac.app.commands.compare import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--methods", "none"]).methods == []
+    assert parser.parse_args([]).smoothing == 0.6
+    assert parser.parse_args(["--smoothing", "None"]).smoothing is None
 
 
 def test_best_within_reads_the_drop_interval_of_task_points():

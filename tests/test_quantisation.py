@@ -241,3 +241,9 @@ def test_the_commands_default_granularity_is_the_librarys():
     from sparsemac.app.commands import options
     from sparsemac.sw.quantisation import DEFAULT_GRANULARITY
     assert options.DEFAULT_GRANULARITY == DEFAULT_GRANULARITY
+
+
+def test_the_commands_default_smoothing_is_the_librarys():
+    from sparsemac.app.commands import options
+    from sparsemac.sw.quantisation import DEFAULT_SMOOTHING_ALPHA
+    assert options.DEFAULT_SMOOTHING_ALPHA == DEFAULT_SMOOTHING_ALPHA

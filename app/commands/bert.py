@@ -7,6 +7,7 @@ prints its report.
 
 from .options import (METHOD_HELP, add_activation_argument, add_backend_arguments,
                       add_calibration_argument, add_config_arguments, add_granularity_argument,
+                      add_smoothing_argument,
                       add_index_argument, add_memory_arguments, add_model_argument,
                       add_report_arguments, config_from_args, fraction_argument,
                       index_from_args, memory_from_args, method_argument)
@@ -29,6 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--scope", default="local", choices=("local", "global"),
                         help="one threshold per layer (local) or over all layers (global)")
     add_granularity_argument(parser)
+    add_smoothing_argument(parser)
     parser.add_argument("--text", default=None,
                         help="the sentence to run (default: the built-in 16-token sentence)")
     parser.add_argument("--tokens", type=int, default=None,
@@ -53,5 +55,6 @@ def run(args):
         scope=args.scope, granularity=args.granularity, text=args.text, tokens=args.tokens,
         seed=args.seed, config=config_from_args(args), verify=args.verify, port=args.port,
         memory=memory_from_args(args), energy_table=args.energy_table,
-        index=index_from_args(args), calibration=args.calibration, activation=args.activation)
+        index=index_from_args(args), calibration=args.calibration, activation=args.activation,
+        smoothing=args.smoothing)
     return finish(args, report)

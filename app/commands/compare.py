@@ -34,10 +34,13 @@ def _sparsities(text):
 
 
 def _methods(text):
+    if text.strip().lower() == "none":  # said outright: the float and int8 rows only
+        return []
     methods = [method_argument(method.strip()) for method in text.split(",") if method.strip()]
     if not methods:
         raise argparse.ArgumentTypeError(f"--methods names no method: give one or more of "
-                                         f"{METHOD_HELP}")
+                                         f"{METHOD_HELP}, or none for the float and int8 "
+                                         "rows only")
     return methods
 
 
@@ -58,7 +61,8 @@ def add_arguments(parser):
                              "if and only if --model is one")
     parser.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
                         help=f"comma-separated pruning methods: {METHOD_HELP}; an N:M pattern "
-                             f"is one point at 1 - N/M (default {DEFAULT_METHODS})")
+                             f"is one point at 1 - N/M; none: the float and int8 rows only "
+                             f"(default {DEFAULT_METHODS})")
     parser.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES,
                         help=f"comma-separated sparsities of the other methods (default "
                              f"{DEFAULT_SPARSITIES})")

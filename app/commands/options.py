@@ -8,7 +8,6 @@ configuration is written the same way everywhere: ``--config NAME`` with a name 
 
 import argparse
 import dataclasses
-import functools
 import re
 
 from ...devices import BACKENDS
@@ -34,6 +33,8 @@ DEFAULT_BACKEND = "verilator"
 #: :data:`sparsemac.sw.quantisation.DEFAULT_GRANULARITY`, restated so that ``--help`` need not
 #: import torch (tests/test_quantisation.py checks that the two agree).
 DEFAULT_GRANULARITY = "token"
+#: :data:`sparsemac.sw.quantisation.DEFAULT_SMOOTHING_ALPHA`, restated for the same reason.
+DEFAULT_SMOOTHING_ALPHA = 0.6
 
 _FIELDS = (("lanes", "K", "nonzero weights per cycle"),
            ("token_lanes", "T", "tokens in parallel"),
@@ -218,13 +219,21 @@ def add_granularity_argument(parser):
                              f"(default: {DEFAULT_GRANULARITY}: it costs the array nothing)")
 
 
+def smoothing_argument(text):
+    """argparse type of ``--smoothing``: an alpha from 0 to 1, or None for ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    return fraction_argument(text, what="--smoothing alpha (or none)")
+
+
 def add_smoothing_argument(parser):
-    """``--smoothing ALPHA``: the SmoothQuant migration of the offloaded linears."""
-    parser.add_argument("--smoothing", metavar="ALPHA", default=None,
-                        type=functools.partial(fraction_argument, what="alpha"),
-                        help="SmoothQuant migration strength in [0, 1] (e.g. 0.5), from the "
-                             "calibration text's activations: the int8 activations get a "
-                             "narrower range, at no cost to the array (default: none)")
+    """``--smoothing ALPHA|none``: the SmoothQuant migration of the offloaded linears."""
+    parser.add_argument("--smoothing", metavar="ALPHA", default=DEFAULT_SMOOTHING_ALPHA,
+                        type=smoothing_argument,
+                        help="SmoothQuant migration strength in [0, 1], from the calibration "
+                             "text's activations: the int8 activations get a narrower range, at "
+                             "no cost to the array; none: no migration (default: "
+                             f"{DEFAULT_SMOOTHING_ALPHA:g})")
 
 
 def method_argument(text):

@@ -26,6 +26,7 @@ from ...sw.memory_report import ModelMemoryReport, memory_report
 from ...sw.finetune import is_task_model, load_task_model, predict, score_predictions
 from ...sw.model_offload import cross_check, offload, run_on_host
 from ...sw.packing import check_index
+from ...sw.task import calibration_texts
 from ...sw.models import (DEFAULT_SENTENCE, LoadedModel, load_model, ranking_agreement,
                       similarity_scores, tokenize)
 from ...sw.progress import phase, progress, progress_bar
@@ -116,6 +117,8 @@ class BertReport:
     activation_sparsity: float | None = None
     #: ``1 / ((1 - s_w)(1 - s_a))`` of each layer, weighted by its share of the products.
     joint_ideal_speedup: float | None = None
+    #: SmoothQuant's migration strength of the int8 linears; None: no migration.
+    smoothing: float | None = None
 
     @property
     def passed(self):
@@ -138,7 +141,9 @@ class BertReport:
         title = (f"{self.model} on {self.backend} (K={config['lanes']} "
                  f"T={config['token_lanes']}), {self.method} pruning to "
                  f"{self.achieved_sparsity:.1%} ({self.scope}), activation {self.activation}, "
-                 f"{self.tokens} tokens, seed {self.seed}")
+                 + ("no SmoothQuant" if self.smoothing is None
+                    else f"SmoothQuant alpha {self.smoothing:g}")
+                 + f", {self.tokens} tokens, seed {self.seed}")
         header = ["layer", "shape", "sparsity", "act. zeros", "sparse cyc", "dense cyc",
                   "speedup", "ideal", "ideal w+a", *(["exact"] if checked else [])]
         rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.3f}",
@@ -212,7 +217,8 @@ def _fraction(value):
 def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="magnitude",
                  scope="local", granularity=DEFAULT_GRANULARITY, text=None, tokens=None, seed=0,
                  config=DEFAULT_CONFIG, verify=False, port=None, memory=PRESETS["ideal"],
-                 energy_table=None, index=ColumnIndex.CSR, calibration=None, activation=None):
+                 energy_table=None, index=ColumnIndex.CSR, calibration=None, activation=None,
+                 smoothing=None):
     """Offloads every encoder linear of a BERT to a device, runs a sentence, and measures.
 
     Parameters
@@ -247,6 +253,11 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
     activation : ActivationSpec or str or None
         The feed-forward activation, as :func:`~sparsemac.sw.model_offload.offload` takes it
         (``relu@S`` calibrates on the calibration text); None: as the model carries it.
+    smoothing : float or None
+        SmoothQuant's migration strength (the ``bert`` command's default is
+        :data:`~sparsemac.sw.quantisation.DEFAULT_SMOOTHING_ALPHA`), from the calibration text's
+        activations (the calibrated method's text, else the built-in task's calibration split);
+        None: no migration.
 
     Returns
     -------
@@ -273,6 +284,10 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         raise InputError("--text is empty: give a sentence, or leave --text out for the "
                          "built-in one")
     activation_texts = activation_calibration(activation, texts, seed)
+    # SmoothQuant's channel maxima come from calibration text whatever the method.
+    texts = texts or activation_texts
+    if smoothing is not None and texts is None:
+        texts = calibration_texts(seed=seed)
     table = load_energy_table(energy_table)
     # Per-layer work here is small and elementwise (quantise, pack, check): one thread beats
     # two that wait on each other, by an order of magnitude when the machine is busy.
@@ -305,8 +320,8 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         raise InputError(f"{method} needs a tokenizer for its calibration text, and "
                          f"{loaded.name} has none")
     options = dict(seed=seed, granularity=granularity, scope=scope,
-                   calibration=texts or activation_texts, tokenizer=loaded.tokenizer, index=index,
-                   activation=activation)
+                   calibration=texts, tokenizer=loaded.tokenizer, index=index,
+                   activation=activation, smoothing=smoothing)
     device_options = {} if port is None else {"port": port}
     progress(f"opening the {backend} device ({config.describe()})")
     with open_device(backend, config, **device_options) as device:
@@ -382,7 +397,7 @@ def measure_bert(model="minilm", *, backend="verilator", sparsity=None, method="
         device_s=summary["device_s"], wall_s=time.perf_counter() - started, layers=layers,
         memory=memory_figures, index=summary["index"], task=paired,
         activation=summary["activation"], activation_sparsity=summary["activation_sparsity"],
-        joint_ideal_speedup=summary["joint_ideal_speedup"])
+        joint_ideal_speedup=summary["joint_ideal_speedup"], smoothing=smoothing)
 
 
 class _DualInputs:
