@@ -116,7 +116,7 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
     spec = spec_of(configs=["k8t4"], methods=["wanda"], sparsities=[0.5])
     assert spec.methods == ("wanda",)
     (point,) = expand_points(spec)
-    shared = sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight
+    shared = sweep.worker._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight
     shared = shared.clone()
     row = run_point(point)
     assert row.error == ""
@@ -126,7 +126,7 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
                                                      expected.dense_cycles)
     assert row.sparsity == expected.sparsity
     assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
-    assert sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight.equal(shared)
+    assert sweep.worker._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight.equal(shared)
 
 
 def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
@@ -241,7 +241,7 @@ def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch)
     run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     before = (tmp_path / RESULTS_FILE).read_bytes()
     # Another design: its hash, as the on-disk cache of design hashes would give it.
-    monkeypatch.setattr(sweep, "_design_hash", lambda config: "00c0ffee00c0ffee")
+    monkeypatch.setattr(sweep.points, "_design_hash", lambda config: "00c0ffee00c0ffee")
     report = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     assert (report.computed, report.skipped) == (10, 0)
     assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
@@ -432,7 +432,7 @@ def test_cli_local_cluster_options_need_no_scheduler(tmp_path, capsys):
 
 
 def test_output_folder_in_use_is_refused(tmp_path):
-    held = sweep._ResultsTable(tmp_path)
+    held = sweep.table._ResultsTable(tmp_path)
     try:
         with pytest.raises(ValueError, match=f"another sweep is writing to {tmp_path}"):
             run_sweep(spec_of(), tmp_path, workers=1, processes=False)
@@ -444,14 +444,14 @@ def test_design_hashes_are_kept_on_disk(tmp_path, monkeypatch):
     # A rerun elaborates no design: the hash comes from the cache, keyed by the gateware.
     monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path))
     config = ArrayConfig.from_key("k2t2i512")
-    first = sweep._design_hash(config)
+    first = sweep.points._design_hash(config)
     assert first == design_digest(config).hex
 
     def elaborate(_config):
         raise AssertionError("the design was elaborated again")
 
-    monkeypatch.setattr(sweep, "design_digest", elaborate)
-    assert sweep._design_hash(config) == first
+    monkeypatch.setattr(sweep.points, "design_digest", elaborate)
+    assert sweep.points._design_hash(config) == first
     [cached] = (tmp_path / "design-hashes").iterdir()
     assert cached.name.startswith("k2t2i512-")
 
