@@ -1,4 +1,4 @@
-"""The speed-accuracy front of a pruned, offloaded BERT: :func:`sweep`.
+"""The speed-accuracy front of a pruned, offloaded BERT: :func:`measure_front`.
 
 Every point is a model offloaded to the array (every encoder linear pruned, quantised to int8,
 packed in CSR): the float model and int8 alone for reference, each pruning method at each
@@ -24,8 +24,8 @@ fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, p
 fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's (for a task
 model: the upper end of the drop's interval). ``sparsemac compare`` prints it; from Python::
 
-    from sparsemac.app.pipelines.compare import sweep
-    report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
+    from sparsemac.app.pipelines.compare import measure_front
+    report = measure_front(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
 """
 
 import copy
@@ -59,16 +59,16 @@ from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
            "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "CompareReport",
-           "best_within", "sweep"]
+           "best_within", "measure_front"]
 
-#: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
+#: Methods of the default front, with the sizes below: float, int8 and 4 pruned points took
 #: 18.5 minutes on the shared 2-core machine at load average 10 to 12 (a point embeds 1,200
 #: tweets through its int8 model: 145 to 235 s; sparsegpt adds 90 to 150 s of pruning), about
 #: half that at load 2 to 4. Wanda, a third method, adds 8 minutes at that load; it was
 #: dominated by sparsegpt at both sparsities (docs/results.md), so it is left to ``--methods``.
 DEFAULT_METHODS = ("magnitude", "sparsegpt")
 DEFAULT_SPARSITIES = (0.5, 0.8)
-#: Train and test split sizes of the default sweep (the task's own defaults are 2,000 and
+#: Train and test split sizes of the default front (the task's own defaults are 2,000 and
 #: 1,000, which take 2.5 times as long per point).
 DEFAULT_SIZES = SplitSizes(train=800, test=400)
 #: Test texts in the workload whose cycles are measured.
@@ -120,16 +120,16 @@ class FrontPoint:
     host_equals_device: bool | None
     #: Wall time of the point: pruning, device run, embedding and probes.
     seconds: float
-    #: Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
+    #: Per array configuration of the front (by :meth:`ArrayConfig.key`), the workload's
     #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
-    #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
+    #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the front's
     #: memory model (the exact throttled cycle model), None without one.
     by_config: dict[str, dict] = field(default_factory=dict)
     #: A task model's: the 95 % interval of `accuracy`, and the comparison with the float model
     #: on the same test items (the float point's is None). None for the quick check.
     interval: Interval | None = None
     paired: PairedComparison | None = None
-    #: The feed-forward activation (``str(ActivationSpec)``): the sweep's, or a checkpoint's.
+    #: The feed-forward activation (``str(ActivationSpec)``): the front's, or a checkpoint's.
     activation: str = "none"
     #: Measured fraction of exactly-zero int8 activations the workload sent (0 for float).
     activation_sparsity: float = 0.0
@@ -233,7 +233,7 @@ class CompareReport:
     wall_s: float
     #: The files written: ``compare.csv``, ``compare.json``, ``front.png``.
     files: list = field(default_factory=list)
-    #: ``memory``: the model's description, when the sweep had one.
+    #: ``memory``: the model's description, when the front had one.
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
@@ -321,7 +321,7 @@ class CompareReport:
 
 
     def _memory_sections(self):
-        """Every point on every config, and under the memory model, when the sweep
+        """Every point on every config, and under the memory model, when the front
         had more than one config or a memory model; else nothing."""
         if self.memory is None and len(self.points[0].by_config) < 2:
             return []
@@ -342,11 +342,11 @@ class CompareReport:
         return [(title, header, rows)]
 
 
-def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
-          checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
-          sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
-          smoothing=None, activation=None):
+def measure_front(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
+                  checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY,
+                  seed=0, sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None,
+                  calibration=None, output="results/compare", verify=False, memory=None,
+                  index=ColumnIndex.CSR, smoothing=None, activation=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
