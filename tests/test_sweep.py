@@ -126,7 +126,8 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
                                                      expected.dense_cycles)
     assert row.sparsity == expected.sparsity
     assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
-    assert sweep.worker._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight.equal(shared)
+    loaded = sweep.worker._loaded_model("minilm", 3, "none")
+    assert loaded.model.get_submodule(QUERY).weight.equal(shared)
 
 
 def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
