@@ -659,7 +659,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     so that the student is a task model too, and the student's feed-forward activation in its
     config), then the report (which marks the run finished), then the checkpoint goes."""
     record_activation(student)
-    files = {} if task is None else {TASK_FILE: task.as_json()}
+    files = {} if task is None else {TASK_FILE: task.json_text()}
     files[REPORT_FILE] = json.dumps(report.as_json(), indent=2) + "\n"
     write_model_directory(output, student, teacher.source, teacher.tokenizer, files,
                           REPORT_FILE)

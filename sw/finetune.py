@@ -122,7 +122,8 @@ class TaskInfo:
     #: The model spec it was fine-tuned from (or, for a pruned one, its teacher's).
     base: str
 
-    def as_json(self) -> str:
+    def json_text(self) -> str:
+        """The content of :data:`TASK_FILE` (:meth:`from_json` reads it back, parsed)."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
@@ -285,7 +286,7 @@ def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = Fin
                     data_sha256=_labelled_sha256(labelled), split_seed=split_seed, sizes=sizes,
                     base=model)
     identity = {"model": model, "base_sha256": state_sha256(base.model),
-                "task": json.loads(info.as_json()), "recipe": asdict(recipe)}
+                "task": json.loads(info.json_text()), "recipe": asdict(recipe)}
     output = Path(output)
     checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,
                               command="sparsemac finetune")
@@ -318,7 +319,7 @@ def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = Fin
     report.wall_s = _now() - started
     if finished:
         write_model_directory(output, run.classifier, base.source, base.tokenizer,
-                              {TASK_FILE: info.as_json(),
+                              {TASK_FILE: info.json_text(),
                                REPORT_FILE: json.dumps(report.as_json(), indent=2) + "\n"},
                               REPORT_FILE)
     return report

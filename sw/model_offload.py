@@ -2,7 +2,7 @@
 
 :func:`offload` prunes, quantises and packs the six linears of each encoder layer (query, key,
 value, attention output, intermediate, output) and puts an
-:class:`~sparsemac.sw.offload.OffloadedLinear` in the place of each. Embeddings, attention
+:class:`~sparsemac.sw.offloaded_linear.OffloadedLinear` in the place of each. Embeddings, attention
 softmax, layer norms and GELU stay on the host in float. The returned :class:`OffloadReport`
 fills in as the model runs: for every call of every layer it adds the device's sparse cycles
 and the cycles the same call would take with dense weights, so the two are always compared on
@@ -34,7 +34,7 @@ from .device import Device, DeviceError
 from .ffn_activation import (check_activation, feed_forward_consumers, model_activation,
                              sparsify_activations)
 from .methods import PruningMethod, parse_method
-from .offload import OffloadedLinear, OffloadStats
+from .offloaded_linear import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,

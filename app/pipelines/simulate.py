@@ -25,7 +25,7 @@ from ...sw.energy import load_energy_table
 from ...sw.golden import golden_matmul
 from ...sw.memory import PRESETS, MemoryModel
 from ...sw.memory_report import memory_report
-from ...sw.offload import OffloadedLinear
+from ...sw.offloaded_linear import OffloadedLinear
 from ...sw.packing import check_index
 from ...sw.progress import phase, progress
 from . import activation_calibration, check_output_path, check_port, method_calibration

@@ -218,7 +218,7 @@ def _measure_layer(point, result):
     from ....hw.formats import Mode
     from ....sw.model_offload import matmul_cycles
     from ....sw.models import get_linear
-    from ....sw.offload import OffloadedLinear
+    from ....sw.offloaded_linear import OffloadedLinear
     from ....sw.quantisation import approximation_error
     from ..simulate import prune_layer, simulate_layer
 
