@@ -42,8 +42,12 @@ from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_
 from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, smoothing_scales
 from ..hw.errors import InputError
 
-__all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
-           "cross_check", "run_on_host"]
+__all__ = ["LayerFigures", "LayerReport", "OffloadReport", "CrossCheck", "offload",
+           "matmul_cycles", "cross_check", "run_on_host"]
+
+#: One layer's figures as :meth:`LayerReport.as_json` gives them, by name: numbers, flags, the
+#: name and the shape (None where a ratio is infinite).
+LayerFigures = dict[str, str | int | float | bool | list[int] | None]
 
 
 def _stat(name, doc):
@@ -138,7 +142,7 @@ class LayerReport(_Speedups, LayerWeights):
         self.call_tokens.clear()
         self.sums.clear()
 
-    def as_json(self) -> dict:
+    def as_json(self) -> LayerFigures:
         """JSON-ready figures (without the recorded sums)."""
         return {"name": self.name, "shape": list(self.shape),
                 "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
@@ -180,7 +184,7 @@ class OffloadReport(_Speedups):
     #: The feed-forward activation the model computes (``str(ActivationSpec)``).
     activation: str = "none"
     #: The forward hooks that record the runs into `layers`, removed by :meth:`detach`.
-    _hooks: list = field(default_factory=list, repr=False)
+    _hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list, repr=False)
 
     sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")
     weight_only_cycles = _total("weight_only_cycles", "Cycles of the same calls skipping zero "

@@ -58,8 +58,8 @@ from . import check_output_folder, pareto_front
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
-           "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "CompareReport",
-           "best_within", "measure_front"]
+           "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "VerilatorRerun",
+           "CompareReport", "best_within", "measure_front"]
 
 #: Methods of the default front, with the sizes below: float, int8 and 4 pruned points took
 #: 18.5 minutes on the shared 2-core machine at load average 10 to 12 (a point embeds 1,200
@@ -124,7 +124,7 @@ class FrontPoint:
     #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the front's
     #: memory model (the exact throttled cycle model), None without one.
-    by_config: dict[str, dict] = field(default_factory=dict)
+    by_config: dict[str, dict[str, int | None]] = field(default_factory=dict)
     #: A task model's: the 95 % interval of `accuracy`, and the comparison with the float model
     #: on the same test items (the float point's is None). None for the quick check.
     interval: Interval | None = None
@@ -199,6 +199,32 @@ def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
 
 
 @dataclass
+class VerilatorRerun:
+    """One point rerun on one test text on Verilator and on the reference back end."""
+
+    #: The point's :attr:`FrontPoint.label`.
+    label: str
+    #: Tokens of the test text.
+    tokens: int
+    #: Verilator's sums equal the reference's in every call.
+    bit_exact: bool
+    #: Verilator's cycles equal the reference's in every call.
+    cycles_equal: bool
+    #: Layers whose sums differ.
+    sums_mismatch: list[str]
+    #: Layers whose cycles differ.
+    cycles_mismatch: list[str]
+    #: Verilator's sparse cycles of the text.
+    sparse_cycles: int
+    #: Verilator's dense cycles of the same calls.
+    dense_cycles: int
+    #: The reference's sparse cycles of the text.
+    reference_sparse_cycles: int
+    #: Host wall time in the Verilator device.
+    device_s: float
+
+
+@dataclass
 class CompareReport:
     """The front: every point, which are Pareto-optimal, the best per method, files written.
 
@@ -212,27 +238,28 @@ class CompareReport:
     #: Activation quantisation scale: ``"tensor"`` or ``"token"``.
     granularity: str
     #: The fields of the array the device ran.
-    config: dict
-    #: The task's data: its source, split sizes and calibration text.
-    data: dict
+    config: dict[str, int]
+    #: The task's data: its ``source``, the ``train`` and ``test`` split sizes, the
+    #: ``calibration`` texts and their ``calibration_source``.
+    data: dict[str, str | int]
     #: The batch whose cycles are measured: ``texts`` and ``tokens``.
-    workload: dict
+    workload: dict[str, int]
     #: The float model's task accuracy.
     dense_accuracy: float
     #: Every :class:`FrontPoint` measured, in order.
-    points: list
+    points: list[FrontPoint]
     #: Indices into `points` of the Pareto-optimal ones, by increasing speedup.
-    front: list
+    front: list[int]
     #: Per method, the index of its fastest point within :data:`WITHIN_POINTS` of the float
     #: accuracy, or None.
-    best: dict
+    best: dict[str, int | None]
     #: The fastest best point rerun on one test text on Verilator and on the reference back end,
     #: compared; None without ``verify``.
-    verify: dict | None
+    verify: VerilatorRerun | None
     #: Wall time of the whole comparison.
     wall_s: float
     #: The files written: ``compare.csv``, ``compare.json``, ``front.png``.
-    files: list = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
     #: ``memory``: the model's description, when the front had one.
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
@@ -241,7 +268,7 @@ class CompareReport:
     #: paired drops) or :data:`QUICK_CHECK` (a probe refitted on each point's embeddings).
     evaluation: str = "quick check"
     #: A task model's paired bootstrap: ``seed``, ``resamples``, ``level``; None otherwise.
-    bootstrap: dict | None = None
+    bootstrap: dict[str, int | float] | None = None
     #: SmoothQuant migration strength of the offloaded points; None: none.
     smoothing: float | None = None
     #: The feed-forward activation of the int8 and pruned points.
@@ -253,7 +280,7 @@ class CompareReport:
         disagrees with the reference."""
         host = all(point.host_equals_device is not False for point in self.points)
         return host and (self.verify is None
-                         or (self.verify["bit_exact"] and self.verify["cycles_equal"]))
+                         or (self.verify.bit_exact and self.verify.cycles_equal))
 
     def as_json(self):
         summary = asdict(self)
@@ -307,9 +334,9 @@ class CompareReport:
         if self.verify:
             verify = self.verify
             summary.append([
-                "verify", f"{verify['label']}, {verify['tokens']} tokens, Verilator vs "
-                          f"reference: bit-exact {verify['bit_exact']}, cycles equal "
-                          f"{verify['cycles_equal']} ({verify['sparse_cycles']:,} sparse "
+                "verify", f"{verify.label}, {verify.tokens} tokens, Verilator vs "
+                          f"reference: bit-exact {verify.bit_exact}, cycles equal "
+                          f"{verify.cycles_equal} ({verify.sparse_cycles:,} sparse "
                           f"cycles): " + ("PASS" if self.passed else "FAIL")])
         summary += [["wall time", f"{self.wall_s:.1f} s"],
                     ["wrote", ", ".join(map(str, self.files))]]
@@ -567,12 +594,15 @@ def _verify(points, best, evaluation, texts, text, config, seed, granularity, in
         reports.append(report)
     check = cross_check(*reports)
     reference, verilator = reports
-    return {"label": point.label, "tokens": len(evaluation.tokenizer(text)["input_ids"]),
-            "bit_exact": check.bit_exact, "cycles_equal": check.cycles_equal,
-            "sums_mismatch": check.sums_mismatch, "cycles_mismatch": check.cycles_mismatch,
-            "sparse_cycles": verilator.sparse_cycles, "dense_cycles": verilator.dense_cycles,
-            "reference_sparse_cycles": reference.sparse_cycles,
-            "device_s": verilator.device_s}
+    return VerilatorRerun(label=point.label,
+                          tokens=len(evaluation.tokenizer(text)["input_ids"]),
+                          bit_exact=check.bit_exact, cycles_equal=check.cycles_equal,
+                          sums_mismatch=check.sums_mismatch,
+                          cycles_mismatch=check.cycles_mismatch,
+                          sparse_cycles=verilator.sparse_cycles,
+                          dense_cycles=verilator.dense_cycles,
+                          reference_sparse_cycles=reference.sparse_cycles,
+                          device_s=verilator.device_s)
 
 
 class _QuickCheck:

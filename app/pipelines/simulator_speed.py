@@ -24,8 +24,8 @@ from ...sim.toolchain import tool_versions
 from ...sw.csr import CSRMatrix
 from ...sw.progress import progress
 
-__all__ = ["BackendRun", "ConfigSpeed", "SimulatorSpeedReport", "measure_config_speed",
-           "measure_simulator_speed"]
+__all__ = ["BackendRun", "ConfigSpeed", "Machine", "SimulatorSpeedReport",
+           "measure_config_speed", "measure_simulator_speed"]
 
 
 #: (rows, cols, tokens, sparsity) of the job each back end runs; Amaranth gets a small one.
@@ -60,25 +60,38 @@ class ConfigSpeed:
     #: The config's key, e.g. ``k8t4``.
     name: str
     #: The config's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
-    config: dict
+    config: dict[str, int]
     #: Seconds of a Verilator build in an empty cache; None when the cold build was not measured.
     cold_build_s: float | None
     #: Seconds of a build that hits the cache; None when Verilator was skipped (``cold=False`` and
     #: no cached build).
     cached_build_s: float | None
     #: One :class:`BackendRun` per back end measured.
-    runs: list
+    runs: list[BackendRun]
+
+
+@dataclass
+class Machine:
+    """What ran the measurement."""
+    #: CPUs of the machine (:func:`os.cpu_count`; None when unknown).
+    cpus: int | None
+    #: The Python version.
+    python: str
+    #: The platform, as :func:`platform.platform` names it.
+    platform: str
+    #: The simulator tools' versions, by tool (:func:`~sparsemac.sim.toolchain.tool_versions`).
+    tools: dict[str, str]
 
 
 @dataclass
 class SimulatorSpeedReport:
     """Every configuration measured, and the machine; :meth:`as_json` is the JSON file."""
     #: CPUs, Python, platform and simulator tool versions of the machine.
-    machine: dict
+    machine: Machine
     #: Seeds the jobs' weights and activations.
     seed: int
     #: One :class:`ConfigSpeed` per array configuration.
-    configs: list
+    configs: list[ConfigSpeed]
     #: Wall time of the whole measurement.
     wall_s: float
 
@@ -204,6 +217,6 @@ def measure_simulator_speed(configs, *, cold=True, amaranth=True, seed=0):
     measured = [measure_config_speed(config, cold=cold, amaranth=amaranth, seed=seed)
                 for config in configs]
     return SimulatorSpeedReport(
-        machine={"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "platform": platform.platform(), "tools": tool_versions()},
+        machine=Machine(cpus=os.cpu_count(), python=platform.python_version(),
+                        platform=platform.platform(), tools=tool_versions()),
         seed=seed, configs=measured, wall_s=time.perf_counter() - started)
