@@ -53,8 +53,8 @@ from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
 from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
-                        optimizer_tensors, restore_optimizer, state_sha256, texts_sha256,
-                        train_steps, write_checkpoint, write_model_directory)
+                        optimizer_tensors, restore_optimizer, run_rows, state_sha256,
+                        texts_sha256, train_steps, write_checkpoint, write_model_directory)
 from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 from ..hw.errors import InputError
@@ -253,9 +253,88 @@ class PruneReport:
     #: Wall time of this invocation.
     wall_s: float
 
+    @property
+    def passed(self) -> bool:
+        """Always: a run the time budget stopped is not a failure, it resumes."""
+        return True
+
     def as_json(self) -> dict:
         """The report as JSON-ready built-in types."""
         return asdict(self)
+
+    def sections(self) -> list[tuple]:
+        """The run as ``(title, header, rows)`` tables: a finished run's pruned linears and
+        fidelity, then the summary."""
+        recipe = self.recipe
+        one_shot = self.finished and self.after is self.before
+        schedule = ("in one shot" if one_shot else
+                    f"over {recipe.steps} steps (final sparsity from step {recipe.prune_end_step})")
+        head, tail = run_rows(self, recipe.steps)
+        summary = [["model", self.model],
+                   ["recipe", f"{recipe.method} to {recipe.sparsity:.1%} {schedule}, activation "
+                              f"{recipe.activation}"],
+                   ["corpus", f"{self.corpus_texts} texts ({self.truncated_texts} cut at "
+                              f"{recipe.max_tokens} tokens)"], *head]
+        sections = []
+        if self.finished:
+            sections = [self._layer_section(), self._fidelity_section(one_shot)]
+            task = ", sparsemac-task.json: a task model" if self.after.accuracy is not None else ""
+            summary += [
+                ["sparsity", f"{self.sparsity:.4f} over all pruned linears"],
+                ["activation zeros", f"{self.after.activations.sparsity:.4f} of the int8 "
+                                     "activations entering output.dense"],
+                ["wrote", f"{self.output} (model.safetensors, config.json, tokenizer, "
+                          f"distill_report.json{task})"]]
+        summary += [*tail, ["wall time", f"{self.wall_s:.1f} s"]]
+        return sections + [("Summary", None, summary)]
+
+    def _layer_section(self) -> tuple:
+        # The activations are counted in the encoder, whose names a classifier prefixes.
+        zeros = {layer.name: layer.sparsity for layer in self.after.activations.layers}
+        rows = []
+        for layer in self.layers:
+            out_features, in_features = layer.shape
+            weights = 1 - layer.nnz / (out_features * in_features)
+            activation = zeros.get(_encoder_name(layer.name))
+            ideal = 1 / ((1 - weights) * (1 - (activation or 0.0)))
+            rows.append([layer.name, f"{out_features}x{in_features}", f"{weights:.4f}",
+                         f"{layer.nnz:,}",
+                         "-" if activation is None else f"{activation:.4f}", f"{ideal:.2f}x"])
+        return (f"Pruned linears (act. zeros: exactly-zero int8 activations on the "
+                f"{self.eval_texts} held-out texts; ideal speedup 1/((1-s_w)(1-s_a)))",
+                ["layer", "shape", "sparsity", "nonzeros", "act. zeros", "ideal"], rows)
+
+    def _fidelity_section(self, one_shot: bool) -> tuple:
+        """The model's fidelity before and after distillation (only once for a one-shot run):
+        a task model's accuracy with intervals and paired drops, else the quick check's."""
+        stages = (("one-shot", self.before),) + (() if one_shot else
+                                                 (("distilled", self.after),))
+        if self.after.accuracy is not None:
+            paired = self.after.accuracy
+            teacher = paired.baseline
+            rows = [["teacher", f"{teacher.accuracy:.2%}", teacher.interval.points(), "", "",
+                     "", "", ""]]
+            for name, fidelity in stages:
+                paired = fidelity.accuracy
+                rows.append([name, f"{paired.candidate.accuracy:.2%}",
+                             paired.candidate.interval.points(), f"{100 * paired.drop:+.2f}",
+                             paired.drop_interval.points(), f"{paired.mcnemar_p:.3g}",
+                             f"{fidelity.embedding_cosine:.4f}",
+                             f"{fidelity.activations.sparsity:.4f}"])
+            return (f"Task model accuracy on {paired.n} held-out test texts, 95 % intervals; "
+                    f"drops in points, paired with the teacher (bootstrap seed {paired.seed}, "
+                    f"{paired.resamples:,} resamples)",
+                    ["model", "accuracy", "95 % interval", "drop", "drop 95 % interval",
+                     "McNemar p", "embedding cosine", "activation zeros"], rows)
+        return (f"Quick check on the task's {self.eval_texts} test texts, a linear probe "
+                f"refitted on each model's embeddings (dense model: accuracy "
+                f"{self.after.task.dense_accuracy:.2%})",
+                ["model", "embedding cosine", "accuracy", "dense probe", "kNN agreement",
+                 "activation zeros"],
+                [[name, f"{fidelity.embedding_cosine:.4f}", f"{fidelity.task.accuracy:.2%}",
+                  f"{fidelity.task.accuracy_dense_probe:.2%}",
+                  f"{fidelity.task.knn_agreement:.3f}", f"{fidelity.activations.sparsity:.4f}"]
+                 for name, fidelity in stages])
 
 
 def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
@@ -648,9 +727,18 @@ class _Evaluator:
         return model_embedder(_encoder(model), self.teacher.tokenizer)
 
 
+#: The attribute of a classifier that holds its encoder (a BertModel).
+_ENCODER = "bert"
+
+
 def _encoder(model):
     """The BertModel of an encoder or of a classifier."""
-    return getattr(model, "bert", model)
+    return getattr(model, _ENCODER, model)
+
+
+def _encoder_name(name: str) -> str:
+    """A module's name in :func:`_encoder`'s model: a classifier's encoder prefix dropped."""
+    return name.removeprefix(f"{_ENCODER}.")
 
 
 def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport,

@@ -35,7 +35,7 @@ from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 from .models import load_model, read_json, read_safetensors
 from .ffn_activation import restore_activation
 from .resumable import (batch_indices, check_output, note_threads, optimizer_tensors,
-                        restore_optimizer, state_sha256, texts_sha256, train_steps,
+                        restore_optimizer, run_rows, state_sha256, texts_sha256, train_steps,
                         write_checkpoint, write_model_directory)
 from .stats import AccuracyEstimate, PairedComparison, accuracy_estimate, compare_paired
 from .task import (BUILTIN_SOURCE, TASK_SPLIT_SIZES, SplitSizes, TaskDataError, TaskSplits,
@@ -214,12 +214,37 @@ class FinetuneReport:
     #: Torch threads it ran on.
     threads: int
 
+    @property
+    def passed(self) -> bool:
+        """Always: a run the time budget stopped is not a failure, it resumes."""
+        return True
+
     def as_json(self) -> dict:
         """JSON-ready; the test predictions are left out."""
         result = asdict(self)
         if result["score"] is not None:
             del result["score"]["predictions"]
         return result
+
+    def sections(self) -> list[tuple]:
+        """The run as one ``(title, header, rows)`` table, its summary."""
+        task, recipe = self.task, self.recipe
+        head, tail = run_rows(self, recipe.steps)
+        rows = [["model", self.model],
+                ["data", f"{self.train_texts} train texts of {task.data} "
+                         f"({', '.join(task.label_names)}; {self.truncated_texts} cut at "
+                         f"{recipe.max_tokens} tokens)"],
+                ["recipe", f"{recipe.steps} steps of {recipe.batch_size}, seed {recipe.seed}, "
+                           f"split seed {task.split_seed}, {self.threads} threads"], *head]
+        if self.finished:
+            accuracy = self.score.accuracy
+            rows += [["test accuracy", f"{accuracy.accuracy:.2%} on {accuracy.n} held-out "
+                                       f"texts, 95 % interval {accuracy.interval.points()} %"],
+                     ["wrote", f"{self.output} (model.safetensors, config.json, tokenizer, "
+                               "sparsemac-task.json, finetune_report.json)"]]
+        rows += [*tail, ["training", f"{self.train_s:.1f} s"],
+                 ["wall time", f"{self.wall_s:.1f} s"]]
+        return [("Summary", None, rows)]
 
 
 def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = FinetuneRecipe(),

@@ -29,7 +29,7 @@ from ..hw.errors import InputError
 
 __all__ = ["CHECKPOINT_FILE", "Progress", "batch_indices", "check_output", "differences",
            "note_threads", "optimizer_tensors", "read_checkpoint", "restore_optimizer",
-           "state_sha256", "texts_sha256", "train_steps", "write_checkpoint",
+           "run_rows", "state_sha256", "texts_sha256", "train_steps", "write_checkpoint",
            "write_model_directory"]
 
 #: The resumable state of an unfinished run, inside its output directory.
@@ -308,6 +308,33 @@ def write_model_directory(output: Path, model, tokenizer_source: str, tokenizer,
     partial.write_text(files[report_file])
     os.replace(partial, output / report_file)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def run_rows(report, steps: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The summary rows every run report shares, as ``(head, tail)``: where it resumed and
+    where the time budget stopped it, then its loss and times.
+
+    Parameters
+    ----------
+    report : PruneReport or FinetuneReport
+        Its ``output``, ``finished``, ``step``, ``resumed_from``, ``final_loss``, ``step_s`` and
+        ``wall_s`` are read.
+    steps : int
+        The recipe's steps.
+    """
+    head = []
+    if report.resumed_from is not None:
+        head.append(["resumed", f"at step {report.resumed_from}"])
+    if not report.finished:
+        head.append(["stopped", f"by the time budget at step {report.step}/{steps}; checkpoint "
+                                f"in {report.output}: run the same command with --resume to "
+                                "continue"])
+    tail = []
+    if report.final_loss is not None:
+        tail.append(["loss", f"{report.final_loss:.4f}"])
+    if report.step_s is not None:
+        tail.append(["step time", f"{report.step_s:.2f} s"])
+    return head, tail
 
 
 def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
