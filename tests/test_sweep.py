@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -400,6 +402,51 @@ def test_cli_unreachable_scheduler_exits_2_within_seconds(tmp_path, capsys):
             in err)
     assert "Traceback" not in err and "Exception ignored" not in err
     assert elapsed < sweep.CONNECT_TIMEOUT_S
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n" * 4, b""],
+                         ids=["bytes", "silence"])
+def test_cli_a_server_that_speaks_no_dask_is_one_error_line(tmp_path, answer):
+    """A listening loopback server that is no Dask scheduler, whether it answers bytes or keeps
+    silent: exit 2 within seconds and one error line, the whole of stderr until the process
+    ends (a Client that failed to connect printed a traceback when it was collected)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(answer)
+                done.wait(4 * sweep.CONNECT_TIMEOUT_S)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        command = [sys.executable, "-m", "sparsemac.app.cli", "sweep",
+                   write_spec(tmp_path, "configs = []\n"), "--output", str(tmp_path / "out"),
+                   "--scheduler", f"tcp://127.0.0.1:{port}"]
+        started = time.perf_counter()
+        ran = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - started
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    assert ran.returncode == 2
+    err = ran.stderr.strip().splitlines()
+    assert len(err) == 1, ran.stderr
+    assert err[0].startswith(f"sparsemac sweep: error: no Dask scheduler answers at "
+                             f"'tcp://127.0.0.1:{port}' within {sweep.CONNECT_TIMEOUT_S} s")
+    assert ran.stdout == ""
+    # The probe's own timeout, beside the start of Python and the import of Dask.
+    assert elapsed < 4 * sweep.CONNECT_TIMEOUT_S
     assert not (tmp_path / "out").exists()
 
 

@@ -5,8 +5,10 @@ cluster started; the points submitted and their rows written as they complete.
 seconds, before it loads.
 """
 
+import asyncio
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from ....hw.errors import InputError, RunFailure
 from ....sw.progress import progress_bar
@@ -66,15 +68,42 @@ def _connect_remote(scheduler):
     except OSError as error:
         raise InputError(f"no Dask scheduler answers at {scheduler!r} "
                          f"({error.strerror or type(error).__name__}): {advice}") from None
+    # Asked on a comm of its own before a Client exists: a Client that fails to connect
+    # leaves its clean-up to the garbage collector, which prints a traceback on stderr.
     try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        probe = asyncio.wait_for(_identity(scheduler), CONNECT_TIMEOUT_S)
+        with ThreadPoolExecutor(1) as thread:  # its own event loop, even under a running one
+            kind = thread.submit(asyncio.run, probe).result()
     except Exception as error:  # noqa: BLE001 - whatever answers there, it is no scheduler
         # Not the error's own text: whatever answered there speaks no Dask, and what the
-        # client made of its bytes (a 3 EiB message length, say) tells the user nothing.
+        # comm made of its bytes (a 3 EiB message length, say) tells the user nothing.
         raise InputError(f"no Dask scheduler answers at {scheduler!r} within "
+                         f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}): {advice}") from None
+    if kind != "Scheduler":
+        raise InputError(f"{scheduler!r} is a Dask {kind}, not a scheduler: give the address "
+                         "`dask scheduler` printed")
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except Exception as error:  # noqa: BLE001 - it answered the identity probe, then failed
+        raise InputError(f"the Dask scheduler at {scheduler!r} did not take a client within "
                          f"{CONNECT_TIMEOUT_S} s ({type(error).__name__}): {advice}") from None
     count = len(client.scheduler_info()["workers"])
     return client, f"the Dask cluster at {scheduler} ({count} worker(s) when the sweep began)"
+
+
+async def _identity(scheduler):
+    """The ``type`` a Dask server at ``scheduler`` says it is (``Scheduler``, ``Worker``...)."""
+    from distributed.comm import connect
+    from distributed.core import send_recv
+
+    comm = await connect(scheduler, timeout=CONNECT_TIMEOUT_S)
+    try:
+        reply = await send_recv(comm, op="identity")
+    finally:
+        comm.abort()
+    if not isinstance(reply, dict) or "type" not in reply:
+        raise TypeError(f"not a Dask identity: {reply!r:.80}")
+    return reply["type"]
 
 
 def _start_local(workers, threads_per_worker, processes):
