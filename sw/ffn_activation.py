@@ -102,6 +102,7 @@ class LayerActivationSparsity:
 
     #: The consuming linear, e.g. ``encoder.layer.0.output.dense``.
     name: str
+    #: Exactly-zero int8 activations counted.
     zeros: int
     #: Activations counted (tokens x input features, padding left out).
     values: int
@@ -118,8 +119,9 @@ class ActivationSparsityReport:
 
     #: The model's activation (``str(ActivationSpec)``).
     activation: str
-    #: Texts run and their tokens (padding left out).
+    #: Texts run.
     texts: int
+    #: Their tokens (padding left out).
     tokens: int
     #: One per ``output.dense``, in module order.
     layers: list[LayerActivationSparsity] = field(default_factory=list)

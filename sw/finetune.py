@@ -76,6 +76,7 @@ class FinetuneRecipe:
     #: Peak AdamW learning rate: linear warm-up over `warmup` of the steps, then linear decay to
     #: zero at the last step.
     learning_rate: float = 8e-5
+    #: The fraction of the steps the learning rate warms up over.
     warmup: float = 0.1
     #: AdamW's decoupled weight decay.
     weight_decay: float = 0.01
@@ -113,11 +114,13 @@ class TaskInfo:
     #: Class names; the head's output ``i`` is ``label_names[i]``.
     label_names: tuple[str, ...]
     #: Where the labelled texts came from (:attr:`LabelledTexts.source
-    #: <sparsemac.sw.task.LabelledTexts.source>`) and the SHA-256 of their texts and labels.
+    #: <sparsemac.sw.task.LabelledTexts.source>`).
     data: str
+    #: The SHA-256 of their texts and labels.
     data_sha256: str
-    #: The splits: ``task_splits(labelled, split_seed, sizes)``.
+    #: The seed of the splits: ``task_splits(labelled, split_seed, sizes)``.
     split_seed: int
+    #: The sizes of the splits.
     sizes: SplitSizes
     #: The model spec it was fine-tuned from (or, for a pruned one, its teacher's).
     base: str
@@ -162,6 +165,7 @@ class TaskModel:
     name: str
     #: float32, eval mode.
     model: BertForSequenceClassification
+    #: The tokenizer saved with it.
     tokenizer: PreTrainedTokenizerFast
     #: Its classes and splits.
     task: TaskInfo
@@ -173,6 +177,7 @@ class TaskModel:
 class TaskScore:
     """A model's accuracy on a test split, and against a baseline on the same items."""
 
+    #: Its accuracy, with the 95 % interval.
     accuracy: AccuracyEstimate
     #: Against the baseline's predictions (the dense model's), when there is one.
     paired: PairedComparison | None
@@ -186,9 +191,11 @@ class FinetuneReport:
 
     #: The output directory.
     output: str
-    #: The model it started from, the recipe, and what the model classifies.
+    #: The model it started from.
     model: str
+    #: The recipe the run followed.
     recipe: FinetuneRecipe
+    #: What the model classifies, and its splits.
     task: TaskInfo
     #: False when the time budget stopped the run: the directory then holds a checkpoint to
     #: resume from, and `score` is None.
@@ -205,9 +212,9 @@ class FinetuneReport:
     score: TaskScore | None
     #: Mean loss of the last 10 steps (or fewer) this invocation ran.
     final_loss: float | None
-    #: Mean wall time of the steps this invocation ran, and of this invocation until the end
-    #: of training.
+    #: Mean wall time of the steps this invocation ran.
     step_s: float | None
+    #: Wall time of this invocation until the end of training.
     train_s: float
     #: Wall time of this invocation.
     wall_s: float

@@ -111,9 +111,12 @@ class FrontPoint:
     #: Test accuracy: a task model's own, or the quick check's (a probe refitted on the point's
     #: embeddings, :class:`~sparsemac.sw.task.TaskReport`).
     accuracy: float
-    #: The quick check's other figures against the float model; None for a task model.
+    #: The quick check's accuracy of the float model's probe reading the point's embeddings;
+    #: None for a task model.
     accuracy_dense_probe: float | None
+    #: The quick check's mean embedding cosine to the float model; None for a task model.
     cosine: float | None
+    #: The quick check's kNN agreement with the float model; None for a task model.
     knn_agreement: float | None
     #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
     #: float model).
@@ -125,9 +128,10 @@ class FrontPoint:
     #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the front's
     #: memory model (the exact throttled cycle model), None without one.
     by_config: dict[str, dict[str, int | None]] = field(default_factory=dict)
-    #: A task model's: the 95 % interval of `accuracy`, and the comparison with the float model
-    #: on the same test items (the float point's is None). None for the quick check.
+    #: A task model's 95 % interval of `accuracy`; None for the quick check.
     interval: Interval | None = None
+    #: A task model's comparison with the float model on the same test items (None for the
+    #: float point itself, and for the quick check).
     paired: PairedComparison | None = None
     #: The feed-forward activation (``str(ActivationSpec)``): the front's, or a checkpoint's.
     activation: str = "none"
