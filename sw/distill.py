@@ -52,9 +52,10 @@ from .methods import KINDS, PruningMethod
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
-from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
-                        optimizer_tensors, restore_optimizer, run_rows, state_sha256,
-                        texts_sha256, train_steps, write_checkpoint, write_model_directory)
+from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, check_recipe,
+                        note_threads, optimizer_tensors, restore_optimizer, run_rows,
+                        state_sha256, texts_sha256, train_steps, write_checkpoint,
+                        write_model_directory)
 from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 from ..hw.errors import InputError
@@ -146,22 +147,13 @@ class DistillRecipe:
             raise InputError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
         check_pattern(self.sparsity, self.mask_method.pattern, self.lanes)
-        for name in ("steps", "prune_every", "batch_size", "max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, not {value!r}")
+        check_recipe(self, positive=("steps", "prune_every", "batch_size", "max_tokens"))
         if self.steps < 2:
             raise InputError(f"steps must be at least 2 (prune, then train at the final "
                              f"sparsity), not {self.steps!r}")
-        if self.max_tokens < 2:
-            raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
-                             f"{self.max_tokens!r}")
-        for name in ("prune_end", "warmup"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name} must be a fraction of the steps in [0, 1], not "
-                                 f"{getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be positive, not {self.learning_rate!r}")
+        if not 0.0 <= self.prune_end <= 1.0:
+            raise InputError(f"prune_end must be a fraction of the steps in [0, 1], not "
+                             f"{self.prune_end!r}")
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise InputError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
                              f"{self.embedding_loss!r}")
@@ -372,15 +364,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     calibration_texts : sequence of str, optional
         What the calibrated mask methods feed the student at each pruning step; by default
         the task's calibration split. Keep them out of the evaluation texts.
-    resume : bool
-        Continue from the checkpoint in `output`; without one, start from the beginning.
-    checkpoint_every : int
-        Steps between checkpoints.
-    time_budget : float, optional
-        Seconds this invocation may run. When the next step and the final evaluation would no
-        longer fit, it writes a checkpoint and returns an unfinished report.
-    progress : bool
-        Show progress on stderr: a bar on a terminal, else a line every minute.
+    resume, checkpoint_every, time_budget, progress
+        As :func:`~sparsemac.sw.finetune.finetune` takes them (the final evaluation here is the
+        final scoring there).
     one_shot : bool
         Train nothing: write the teacher (or `init`) pruned in one shot to the final sparsity
         with the recipe's activation, and report what that costs (``before`` and ``after`` are its

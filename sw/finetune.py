@@ -34,9 +34,9 @@ from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
 from .models import load_model, read_json, read_safetensors
 from .ffn_activation import restore_activation
-from .resumable import (batch_indices, check_output, note_threads, optimizer_tensors,
-                        restore_optimizer, run_rows, state_sha256, texts_sha256, train_steps,
-                        write_checkpoint, write_model_directory)
+from .resumable import (batch_indices, check_output, check_recipe, note_threads,
+                        optimizer_tensors, restore_optimizer, run_rows, state_sha256,
+                        texts_sha256, train_steps, write_checkpoint, write_model_directory)
 from .stats import AccuracyEstimate, PairedComparison, accuracy_estimate, compare_paired
 from .task import (BUILTIN_SOURCE, TASK_SPLIT_SIZES, SplitSizes, TaskDataError, TaskSplits,
                    check_labels, load_labelled, task_splits)
@@ -84,18 +84,7 @@ class FinetuneRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, not {value!r}")
-        if self.max_tokens < 2:
-            raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
-                             f"{self.max_tokens!r}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be positive, not {self.learning_rate!r}")
-        if not 0.0 <= self.warmup <= 1.0:
-            raise InputError(f"warmup must be a fraction of the steps in [0, 1], not "
-                             f"{self.warmup!r}")
+        check_recipe(self)
         if self.weight_decay < 0:
             raise InputError(f"weight_decay must not be negative, not {self.weight_decay!r}")
 
