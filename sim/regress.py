@@ -1,12 +1,13 @@
 # amaranth: UnusedElaboratable=no
-# (a bench's component is built for its cache key even when its Verilog is already cached)
-"""Builds the cocotb benches with Verilator and runs them: the engine of ``sparsemac regress``.
+# (a testbench's component is built for its cache key even when its Verilog is already cached)
+"""Builds the cocotb testbenches with Verilator and runs them: the engine of ``sparsemac regress``.
 
-Each bench is one DUT (the whole core or one block) and one cocotb module under
+Each testbench is one DUT (the whole core or one block) and one cocotb module under
 :mod:`sparsemac.sim.cocotb`. A Verilator build is cached on disk under
 ``cache_dir("cocotb", ...)``, keyed by the config, the top level, the Verilog text, the build
-flags, the tool versions and the Python environment (whose cocotb libraries it loads), so a second run compiles nothing; a file lock lets parallel
-pytest workers share a build instead of racing to make it.
+flags, the tool versions and the Python environment (whose cocotb libraries it loads), so a
+second run compiles nothing; a file lock lets parallel pytest workers share a build instead of
+racing to make it.
 
 Every random choice of a run derives from one seed (cocotb's ``COCOTB_RANDOM_SEED``; cocotb
 reseeds each test from it and the test's name), so a failing test replays alone with the
@@ -34,13 +35,14 @@ from .toolchain import (WAIVED_WARNINGS, cache_dir, check_build_tools, file_lock
 from .verilog import TOP_NAME, generate_verilog
 from ..hw.errors import RunFailure
 
-__all__ = ["Bench", "BENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult", "BenchRun", "RegressionReport",
-           "bench_verilog", "build", "run_bench", "run_regression", "replay_command",
+__all__ = ["CocotbTestbench", "TESTBENCHES", "NAMED_CONFIGS", "WAIVED_WARNINGS", "TestResult",
+           "TestbenchRun", "RegressionReport",
+           "testbench_verilog", "build", "run_testbench", "run_regression", "replay_command",
            "merge_junit"]
 
 
 @dataclass(frozen=True)
-class Bench:
+class CocotbTestbench:
     """One DUT and the cocotb module that tests it."""
     #: Short name used on the command line: ``core``, ``streamer``, ``mac_array``.
     name: str
@@ -62,16 +64,17 @@ class Bench:
         return None
 
     def test_names(self):
-        """Full cocotb names of the bench's tests, as cocotb.parametrize names them."""
+        """Full cocotb names of the testbench's tests, as cocotb.parametrize names them."""
         short = self.module.rsplit(".", 1)[1]
         return [f"{short}.{self.test}/case={case}" for case in CASE_NAMES]
 
 
-BENCHES = {bench.name: bench for bench in (
-    Bench("core", TOP_NAME, "sparsemac.sim.cocotb.bench_core", "test_core"),
-    Bench("streamer", "csr_weight_streamer", "sparsemac.sim.cocotb.bench_streamer",
-          "test_streamer"),
-    Bench("mac_array", "mac_array", "sparsemac.sim.cocotb.bench_mac_array", "test_mac_array"),
+TESTBENCHES = {testbench.name: testbench for testbench in (
+    CocotbTestbench("core", TOP_NAME, "sparsemac.sim.cocotb.testbench_core", "test_core"),
+    CocotbTestbench("streamer", "csr_weight_streamer", "sparsemac.sim.cocotb.testbench_streamer",
+                    "test_streamer"),
+    CocotbTestbench("mac_array", "mac_array", "sparsemac.sim.cocotb.testbench_mac_array",
+                    "test_mac_array"),
 )}
 
 #: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2`` is
@@ -106,13 +109,13 @@ NAMED_CONFIGS = {config.key(): config for config in (
 #: core (1.5 MB of code with --public-flat-rw) drops from about 38 s to 29 s.
 _MAKE_OVERRIDES = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
 
-#: Failing tests rerun with a waveform, at most this many per bench.
+#: Failing tests rerun with a waveform, at most this many per testbench.
 MAX_WAVEFORM_RERUNS = 3
 
 
-def bench_verilog(config, bench):
-    """The (cached) Verilog of ``bench``'s DUT for ``config``."""
-    return generate_verilog(config, bench.component(config), name=bench.toplevel)
+def testbench_verilog(config, testbench):
+    """The (cached) Verilog of ``testbench``'s DUT for ``config``."""
+    return generate_verilog(config, testbench.component(config), name=testbench.toplevel)
 
 
 def _build_args(waves):
@@ -120,8 +123,8 @@ def _build_args(waves):
     return args + (fst_verilator_args() if waves else [])
 
 
-def _build_key(config, bench, verilog_text, waves):
-    blob = json.dumps({"config": config.as_dict(), "top": bench.toplevel,
+def _build_key(config, testbench, verilog_text, waves):
+    blob = json.dumps({"config": config.as_dict(), "top": testbench.toplevel,
                        "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
                        "args": _build_args(waves), "make": _MAKE_OVERRIDES,
                        "tools": tool_versions(),
@@ -139,8 +142,8 @@ def _toolchain_environment():
     env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS", ""), _MAKE_OVERRIDES]))
     env["COCOTB_ANSI_OUTPUT"] = "0"
     # cocotb hands every module imported after its start to pytest's assertion rewriter,
-    # torch included (15 s of compiling per run): rewrite only the bench modules.
-    env["COCOTB_REWRITE_ASSERTION_FILES"] = "bench_*.py"
+    # torch included (15 s of compiling per run): rewrite only the testbench modules.
+    env["COCOTB_REWRITE_ASSERTION_FILES"] = "testbench_*.py"
     os.environ.update(env)
     try:
         yield
@@ -149,13 +152,13 @@ def _toolchain_environment():
         os.environ.update(saved)
 
 
-def build(config, bench, waves=False, verilog=None):
-    """Compiles ``bench`` for ``config`` with Verilator, unless the cache already has it.
+def build(config, testbench, waves=False, verilog=None):
+    """Compiles ``testbench`` for ``config`` with Verilator, unless the cache already has it.
 
     Parameters
     ----------
     config : ArrayConfig
-    bench : Bench
+    testbench : CocotbTestbench
     waves : bool
         Compile FST tracing in (a separate build; only made when waves are asked for).
     verilog : Path, optional
@@ -175,9 +178,9 @@ def build(config, bench, waves=False, verilog=None):
     from cocotb_tools.runner import get_runner
 
     check_build_tools()
-    verilog = Path(verilog) if verilog is not None else bench_verilog(config, bench)
-    key = _build_key(config, bench, verilog.read_text(), waves)
-    build_dir = cache_dir("cocotb", f"{bench.toplevel}_{config.key()}_{key}"
+    verilog = Path(verilog) if verilog is not None else testbench_verilog(config, testbench)
+    key = _build_key(config, testbench, verilog.read_text(), waves)
+    build_dir = cache_dir("cocotb", f"{testbench.toplevel}_{config.key()}_{key}"
                           + ("_fst" if waves else ""))
     stamp = build_dir / "build.ok"
     with file_lock(build_dir.with_suffix(".lock")):
@@ -187,11 +190,11 @@ def build(config, bench, waves=False, verilog=None):
         with _toolchain_environment():
             runner = get_runner("verilator")
             try:
-                runner.build(sources=[verilog], hdl_toplevel=bench.toplevel,
+                runner.build(sources=[verilog], hdl_toplevel=testbench.toplevel,
                              build_dir=build_dir, build_args=_build_args(waves), waves=waves,
                              log_file=log, clean=True)
             except (RuntimeError, SystemExit) as error:
-                raise RunFailure(f"Verilator build of {bench.toplevel} failed ({error}); "
+                raise RunFailure(f"Verilator build of {testbench.toplevel} failed ({error}); "
                                    f"see {log}") from None
         stamp.write_text(verilog.name)
     return build_dir, True
@@ -200,8 +203,8 @@ def build(config, bench, waves=False, verilog=None):
 @dataclass
 class TestResult:
     """One cocotb test's outcome, read from its JUnit XML."""
-    #: The bench's :attr:`Bench.name`.
-    bench: str
+    #: The testbench's :attr:`CocotbTestbench.name`.
+    testbench: str
     #: The test's name, as the JUnit XML gives it.
     name: str
     #: Neither a failure nor an error was reported.
@@ -221,12 +224,12 @@ class TestResult:
 
 
 @dataclass
-class BenchRun:
-    """The outcome of one bench on one config."""
+class TestbenchRun:
+    """The outcome of one testbench on one config."""
     #: The array configuration the DUT was built for.
     config: ArrayConfig
-    #: The bench that ran.
-    bench: Bench
+    #: The testbench that ran.
+    testbench: CocotbTestbench
     #: Seeds the cases and stall patterns.
     seed: int
     #: One :class:`TestResult` per test that reported.
@@ -249,8 +252,8 @@ class BenchRun:
 
 @dataclass
 class RegressionReport:
-    """Every bench run of one regression: ``sparsemac regress`` prints it."""
-    runs: list[BenchRun]
+    """Every testbench run of one regression: ``sparsemac regress`` prints it."""
+    runs: list[TestbenchRun]
     #: The regression seed, which replays every test.
     seed: int
     #: The folder of ``results.xml``, the logs and the waveforms.
@@ -260,7 +263,7 @@ class RegressionReport:
 
     @property
     def failures(self):
-        """Benches that did not run plus tests that failed."""
+        """Testbenches that did not run plus tests that failed."""
         return sum(bool(run.error) + len(run.failed) for run in self.runs)
 
     @property
@@ -269,7 +272,7 @@ class RegressionReport:
 
     def csv_rows(self):
         """One dict per test."""
-        return [{"config": run.config.key(), "bench": result.bench, "test": result.name,
+        return [{"config": run.config.key(), "testbench": result.testbench, "test": result.name,
                  "passed": result.passed, "cycles": result.cycles,
                  "wall_s": result.wall_time, "message": result.message}
                 for run in self.runs for result in run.results]
@@ -277,14 +280,14 @@ class RegressionReport:
     def as_json(self):
         return {"passed": self.passed, "seed": self.seed, "output": str(self.output),
                 "seconds": self.seconds,
-                "errors": [{"config": run.config.key(), "bench": run.bench.name,
+                "errors": [{"config": run.config.key(), "testbench": run.testbench.name,
                             "error": run.error} for run in self.runs if run.error],
                 "tests": self.csv_rows()}
 
     def sections(self):
-        """Per bench and config the tests passed and failed, then each failure with its log and
+        """Per testbench and config the tests passed and failed, then each failure with its log and
         the one command that replays it, then where the results are."""
-        rows = [[run.config.key(), run.bench.name, len(run.results) - len(run.failed),
+        rows = [[run.config.key(), run.testbench.name, len(run.results) - len(run.failed),
                  len(run.failed), f"{sum(result.cycles for result in run.results):,}",
                  f"{sum(result.wall_time for result in run.results):.1f} s"
                  + (f" (+{run.build_seconds:.0f} s build)" if run.compiled else "")]
@@ -293,15 +296,15 @@ class RegressionReport:
                                     "wall time"], rows)]
         for run in self.runs:
             if run.error:
-                sections.append((f"ERROR {run.config.key()} {run.bench.name}", None,
+                sections.append((f"ERROR {run.config.key()} {run.testbench.name}", None,
                                  [["error", run.error]]))
             for result in run.failed:
                 details = [["message", result.message], ["log", str(run.log)]]
                 if result.waveform is not None:
                     details.append(["waveform", str(result.waveform)])
-                details.append(["replay", replay_command(run.config, run.bench, result,
+                details.append(["replay", replay_command(run.config, run.testbench, result,
                                                          self.seed)])
-                sections.append((f"FAILED {run.config.key()} {result.bench} {result.name}",
+                sections.append((f"FAILED {run.config.key()} {result.testbench} {result.name}",
                                  None, details))
         return sections + [("Summary", None, [
             ["JUnit XML", str(Path(self.output) / "results.xml")], ["seed", str(self.seed)],
@@ -309,7 +312,7 @@ class RegressionReport:
             ["result", "all passed" if self.passed else f"{self.failures} failed"]])]
 
 
-def _parse_results(bench, path):
+def _parse_results(testbench, path):
     results = []
     if not path.exists():
         return results
@@ -321,7 +324,7 @@ def _parse_results(bench, path):
         if problem is None:
             problem = case.find("error")
         results.append(TestResult(
-            bench=bench.name, name=case.get("name"), passed=problem is None,
+            testbench=testbench.name, name=case.get("name"), passed=problem is None,
             cycles=round(sim_ns / CLOCK_PERIOD_NS), wall_time=float(case.get("time", 0)),
             message="" if problem is None else (problem.get("message") or "")))
     return results
@@ -363,8 +366,8 @@ class _LogWatcher:
                 return
 
 
-def _test(config, bench, build_dir, test_dir, seed, test_filter, waves, on_test=None):
-    """One simulator run of ``bench``'s tests matching ``test_filter``; returns the results."""
+def _test(config, testbench, build_dir, test_dir, seed, test_filter, waves, on_test=None):
+    """One simulator run of ``testbench``'s tests matching ``test_filter``; returns the results."""
     from cocotb_tools.runner import get_runner
 
     if test_dir.exists():
@@ -377,7 +380,7 @@ def _test(config, bench, build_dir, test_dir, seed, test_filter, waves, on_test=
         watcher = _LogWatcher(log, on_test) if on_test else contextlib.nullcontext()
         with watcher:
             try:
-                runner.test(test_module=bench.module, hdl_toplevel=bench.toplevel,
+                runner.test(test_module=testbench.module, hdl_toplevel=testbench.toplevel,
                             hdl_toplevel_lang="verilog", build_dir=build_dir,
                             test_dir=test_dir, seed=seed,
                             test_filter=test_filter, waves=waves,
@@ -388,35 +391,35 @@ def _test(config, bench, build_dir, test_dir, seed, test_filter, waves, on_test=
                             results_xml=str(results_xml), log_file=log)
             except SystemExit:
                 pass  # under pytest the runner exits on failures; the XML says which
-    return _parse_results(bench, results_xml), results_xml, log
+    return _parse_results(testbench, results_xml), results_xml, log
 
 
 def _names_filter(names):
     return "(" + "|".join(re.escape(name) + "$" for name in names) + ")"
 
 
-def selected_tests(bench, pattern=None):
-    """``bench``'s test names matching the regular expression ``pattern`` (all if None)."""
-    names = bench.test_names()
+def selected_tests(testbench, pattern=None):
+    """``testbench``'s test names matching the regular expression ``pattern`` (all if None)."""
+    names = testbench.test_names()
     if pattern is None:
         return names
     regex = re.compile(pattern)
-    return [name for name in names if regex.search(f"{bench.module}.{name}")
+    return [name for name in names if regex.search(f"{testbench.module}.{name}")
             or regex.search(name)]
 
 
-def run_bench(config, bench, seed, output, pattern=None, waves=False, verilog=None,
+def run_testbench(config, testbench, seed, output, pattern=None, waves=False, verilog=None,
               on_test=None, keep_failure_waves=True):
-    """Builds (if needed) and runs the tests of ``bench`` that match ``pattern``.
+    """Builds (if needed) and runs the tests of ``testbench`` that match ``pattern``.
 
     Parameters
     ----------
     config : ArrayConfig
-    bench : Bench
+    testbench : CocotbTestbench
     seed : int
         The regression seed.
     output : Path
-        Results go to ``output/<bench>/`` (results.xml, sim.log, waveforms).
+        Results go to ``output/<testbench>/`` (results.xml, sim.log, waveforms).
     pattern : str, optional
         Regular expression on test names (``test_core/case=tiny``); default: all.
     waves : bool
@@ -430,57 +433,58 @@ def run_bench(config, bench, seed, output, pattern=None, waves=False, verilog=No
 
     Returns
     -------
-    BenchRun
+    TestbenchRun
     """
-    run = BenchRun(config=config, bench=bench, seed=seed)
-    names = selected_tests(bench, pattern)
+    run = TestbenchRun(config=config, testbench=testbench, seed=seed)
+    names = selected_tests(testbench, pattern)
     if not names:
         return run
     start = time.monotonic()
     try:
-        build_dir, run.compiled = build(config, bench, waves=waves, verilog=verilog)
+        build_dir, run.compiled = build(config, testbench, waves=waves, verilog=verilog)
     except RuntimeError as error:
         run.error = str(error)
         return run
     run.build_seconds = time.monotonic() - start
-    bench_dir = Path(output) / bench.name
+    testbench_dir = Path(output) / testbench.name
     run.results, run.results_xml, run.log = _test(
-        config, bench, build_dir, bench_dir, seed, _names_filter(names), waves, on_test)
-    missing = set(names) - {f"{bench.module.rsplit('.', 1)[1]}.{r.name}" for r in run.results}
+        config, testbench, build_dir, testbench_dir, seed, _names_filter(names), waves, on_test)
+    missing = set(names) - {f"{testbench.module.rsplit('.', 1)[1]}.{r.name}" for r in run.results}
     if missing and not run.error:
         run.error = (f"{len(missing)} tests did not report (simulator crash?), e.g. "
                      f"{sorted(missing)[0]}; see {run.log}")
     if waves:
         for result in run.results:
-            result.waveform = bench_dir / "dump.fst"
+            result.waveform = testbench_dir / "dump.fst"
     elif keep_failure_waves:
         for result in run.failed[:MAX_WAVEFORM_RERUNS]:
-            result.waveform = _rerun_with_waves(config, bench, seed, bench_dir, result, verilog)
+            result.waveform = _rerun_with_waves(config, testbench, seed, testbench_dir, result,
+                                                verilog)
     return run
 
 
-def _rerun_with_waves(config, bench, seed, bench_dir, result, verilog):
+def _rerun_with_waves(config, testbench, seed, testbench_dir, result, verilog):
     """Reruns one failing test with FST tracing; returns the waveform's path (or None)."""
     try:
-        build_dir, _ = build(config, bench, waves=True, verilog=verilog)
+        build_dir, _ = build(config, testbench, waves=True, verilog=verilog)
     except RuntimeError:
         return None
-    short = bench.module.rsplit(".", 1)[1]
-    test_dir = bench_dir / "waves" / result.case
-    _test(config, bench, build_dir, test_dir, seed, _names_filter([f"{short}.{result.name}"]),
+    short = testbench.module.rsplit(".", 1)[1]
+    test_dir = testbench_dir / "waves" / result.case
+    _test(config, testbench, build_dir, test_dir, seed, _names_filter([f"{short}.{result.name}"]),
           True)
     waveform = test_dir / "dump.fst"
     return waveform if waveform.exists() else None
 
 
-def replay_command(config, bench, result, seed):
+def replay_command(config, testbench, result, seed):
     """The one command that reruns ``result`` alone, with the same seed and waves."""
-    return (f"sparsemac regress --config {config.key()} --bench {bench.name} "
+    return (f"sparsemac regress --config {config.key()} --testbench {testbench.name} "
             f"--test '{re.escape(result.name)}$' --seed {seed} --waves")
 
 
 def merge_junit(paths, destination):
-    """Merges cocotb's per-bench JUnit files into one ``<testsuites>`` document."""
+    """Merges cocotb's per-testbench JUnit files into one ``<testsuites>`` document."""
     root = ET.Element("testsuites", name="sparsemac regress")
     for path in paths:
         if path is not None and Path(path).exists():
@@ -492,34 +496,34 @@ def merge_junit(paths, destination):
     return destination
 
 
-def run_regression(configs, benches, seed, output, pattern=None, waves=False, on_test=None,
-                   on_bench=None):
-    """Runs ``benches`` on each of ``configs``; writes ``output/results.xml``.
+def run_regression(configs, testbenches, seed, output, pattern=None, waves=False, on_test=None,
+                   on_testbench=None):
+    """Runs ``testbenches`` on each of ``configs``; writes ``output/results.xml``.
 
     Parameters
     ----------
     configs : list of ArrayConfig
-    benches : list of Bench
+    testbenches : list of CocotbTestbench
     seed : int
     output : Path
-        Each config's results go to ``output/<config name>/<bench>/``.
+        Each config's results go to ``output/<config name>/<testbench>/``.
     pattern, waves, on_test
-        As :func:`run_bench`.
-    on_bench : callable(ArrayConfig, Bench), optional
-        Called before each bench starts (builds included), for progress displays.
+        As :func:`run_testbench`.
+    on_testbench : callable(ArrayConfig, CocotbTestbench), optional
+        Called before each testbench starts (builds included), for progress displays.
 
     Returns
     -------
-    list of BenchRun
+    list of TestbenchRun
     """
     runs = []
     for config in configs:
-        for bench in benches:
-            if not selected_tests(bench, pattern):
+        for testbench in testbenches:
+            if not selected_tests(testbench, pattern):
                 continue
-            if on_bench is not None:
-                on_bench(config, bench)
-            runs.append(run_bench(config, bench, seed, Path(output) / config.key(),
+            if on_testbench is not None:
+                on_testbench(config, testbench)
+            runs.append(run_testbench(config, testbench, seed, Path(output) / config.key(),
                                   pattern, waves, on_test=on_test))
     merge_junit([run.results_xml for run in runs], Path(output) / "results.xml")
     return runs

@@ -1,6 +1,7 @@
-"""How often stream inputs go idle and outputs refuse beats: one description for every bench.
+"""How often stream inputs go idle and outputs refuse beats: one description for every
+testbench.
 
-The Amaranth benches (:func:`~sparsemac.sim.amaranth_sim.run_core_job`) and the cocotb benches
+The Amaranth testbenches (:func:`~sparsemac.sim.amaranth_sim.run_core_job`) and the cocotb ones
 (:data:`~sparsemac.sim.cocotb.testbench.PROFILES`) both take a :class:`StallPattern`.
 """
 

@@ -45,7 +45,7 @@ from .device import Device
 from .ffn_activation import ActivationSetting, model_activation, sparsify_activations
 from .models import (OFFLOAD_MANIFEST_FILE, _preview, read_json, read_safetensors,
                      write_safetensors)
-from .offload import OffloadedLinear
+from .offloaded_linear import OffloadedLinear
 from .pruning import conv1d_class
 from .quantisation import QMAX
 from ..hw.errors import InputError, MissingFileError
@@ -71,7 +71,7 @@ class SavedLayer:
     shape: tuple[int, int]
     #: Stored weights.
     nnz: int
-    #: Activation quantisation scale, as in :class:`~sparsemac.sw.offload.OffloadedLinear`.
+    #: Activation quantisation scale, as in :class:`~sparsemac.sw.offloaded_linear.OffloadedLinear`.
     #: ``"tensor"`` or ``"token"``.
     granularity: str
     #: The layer has a float bias.

@@ -52,9 +52,10 @@ from .methods import KINDS, PruningMethod
 from .models import LoadedModel, load_model
 from .pruning import (GradualPruner, LayerPruneReport, cubic_sparsity, layer_prune_report,
                       matching_linears, prune_mask)
-from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, note_threads,
-                        optimizer_tensors, restore_optimizer, state_sha256, texts_sha256,
-                        train_steps, write_checkpoint, write_model_directory)
+from .resumable import (CHECKPOINT_FILE, batch_indices, check_output, check_recipe,
+                        note_threads, optimizer_tensors, restore_optimizer, run_rows,
+                        state_sha256, texts_sha256, train_steps, write_checkpoint,
+                        write_model_directory)
 from .stats import PairedComparison
 from .task import TaskReport, TaskSplits, embed_splits, evaluate_embeddings, model_embedder
 from ..hw.errors import InputError
@@ -146,22 +147,13 @@ class DistillRecipe:
             raise InputError(f"unknown mask method {self.method!r}; valid: "
                              f"{', '.join(map(repr, MASK_METHODS))}")
         check_pattern(self.sparsity, self.mask_method.pattern, self.lanes)
-        for name in ("steps", "prune_every", "batch_size", "max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, not {value!r}")
+        check_recipe(self, positive=("steps", "prune_every", "batch_size", "max_tokens"))
         if self.steps < 2:
             raise InputError(f"steps must be at least 2 (prune, then train at the final "
                              f"sparsity), not {self.steps!r}")
-        if self.max_tokens < 2:
-            raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
-                             f"{self.max_tokens!r}")
-        for name in ("prune_end", "warmup"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name} must be a fraction of the steps in [0, 1], not "
-                                 f"{getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be positive, not {self.learning_rate!r}")
+        if not 0.0 <= self.prune_end <= 1.0:
+            raise InputError(f"prune_end must be a fraction of the steps in [0, 1], not "
+                             f"{self.prune_end!r}")
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise InputError(f"embedding_loss must be one of {EMBEDDING_LOSSES}, not "
                              f"{self.embedding_loss!r}")
@@ -253,9 +245,88 @@ class PruneReport:
     #: Wall time of this invocation.
     wall_s: float
 
+    @property
+    def passed(self) -> bool:
+        """Always: a run the time budget stopped is not a failure, it resumes."""
+        return True
+
     def as_json(self) -> dict:
         """The report as JSON-ready built-in types."""
         return asdict(self)
+
+    def sections(self) -> list[tuple]:
+        """The run as ``(title, header, rows)`` tables: a finished run's pruned linears and
+        fidelity, then the summary."""
+        recipe = self.recipe
+        one_shot = self.finished and self.after is self.before
+        schedule = ("in one shot" if one_shot else
+                    f"over {recipe.steps} steps (final sparsity from step {recipe.prune_end_step})")
+        head, tail = run_rows(self, recipe.steps)
+        summary = [["model", self.model],
+                   ["recipe", f"{recipe.method} to {recipe.sparsity:.1%} {schedule}, activation "
+                              f"{recipe.activation}"],
+                   ["corpus", f"{self.corpus_texts} texts ({self.truncated_texts} cut at "
+                              f"{recipe.max_tokens} tokens)"], *head]
+        sections = []
+        if self.finished:
+            sections = [self._layer_section(), self._fidelity_section(one_shot)]
+            task = ", sparsemac-task.json: a task model" if self.after.accuracy is not None else ""
+            summary += [
+                ["sparsity", f"{self.sparsity:.4f} over all pruned linears"],
+                ["activation zeros", f"{self.after.activations.sparsity:.4f} of the int8 "
+                                     "activations entering output.dense"],
+                ["wrote", f"{self.output} (model.safetensors, config.json, tokenizer, "
+                          f"distill_report.json{task})"]]
+        summary += [*tail, ["wall time", f"{self.wall_s:.1f} s"]]
+        return sections + [("Summary", None, summary)]
+
+    def _layer_section(self) -> tuple:
+        # The activations are counted in the encoder, whose names a classifier prefixes.
+        zeros = {layer.name: layer.sparsity for layer in self.after.activations.layers}
+        rows = []
+        for layer in self.layers:
+            out_features, in_features = layer.shape
+            weights = 1 - layer.nnz / (out_features * in_features)
+            activation = zeros.get(_encoder_name(layer.name))
+            ideal = 1 / ((1 - weights) * (1 - (activation or 0.0)))
+            rows.append([layer.name, f"{out_features}x{in_features}", f"{weights:.4f}",
+                         f"{layer.nnz:,}",
+                         "-" if activation is None else f"{activation:.4f}", f"{ideal:.2f}x"])
+        return (f"Pruned linears (act. zeros: exactly-zero int8 activations on the "
+                f"{self.eval_texts} held-out texts; ideal speedup 1/((1-s_w)(1-s_a)))",
+                ["layer", "shape", "sparsity", "nonzeros", "act. zeros", "ideal"], rows)
+
+    def _fidelity_section(self, one_shot: bool) -> tuple:
+        """The model's fidelity before and after distillation (only once for a one-shot run):
+        a task model's accuracy with intervals and paired drops, else the quick check's."""
+        stages = (("one-shot", self.before),) + (() if one_shot else
+                                                 (("distilled", self.after),))
+        if self.after.accuracy is not None:
+            paired = self.after.accuracy
+            teacher = paired.baseline
+            rows = [["teacher", f"{teacher.accuracy:.2%}", teacher.interval.points(), "", "",
+                     "", "", ""]]
+            for name, fidelity in stages:
+                paired = fidelity.accuracy
+                rows.append([name, f"{paired.candidate.accuracy:.2%}",
+                             paired.candidate.interval.points(), f"{100 * paired.drop:+.2f}",
+                             paired.drop_interval.points(), f"{paired.mcnemar_p:.3g}",
+                             f"{fidelity.embedding_cosine:.4f}",
+                             f"{fidelity.activations.sparsity:.4f}"])
+            return (f"Task model accuracy on {paired.n} held-out test texts, 95 % intervals; "
+                    f"drops in points, paired with the teacher (bootstrap seed {paired.seed}, "
+                    f"{paired.resamples:,} resamples)",
+                    ["model", "accuracy", "95 % interval", "drop", "drop 95 % interval",
+                     "McNemar p", "embedding cosine", "activation zeros"], rows)
+        return (f"Quick check on the task's {self.eval_texts} test texts, a linear probe "
+                f"refitted on each model's embeddings (dense model: accuracy "
+                f"{self.after.task.dense_accuracy:.2%})",
+                ["model", "embedding cosine", "accuracy", "dense probe", "kNN agreement",
+                 "activation zeros"],
+                [[name, f"{fidelity.embedding_cosine:.4f}", f"{fidelity.task.accuracy:.2%}",
+                  f"{fidelity.task.accuracy_dense_probe:.2%}",
+                  f"{fidelity.task.knn_agreement:.3f}", f"{fidelity.activations.sparsity:.4f}"]
+                 for name, fidelity in stages])
 
 
 def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
@@ -293,15 +364,9 @@ def distill_prune(model: str, texts: Sequence[str], output: str | os.PathLike,
     calibration_texts : sequence of str, optional
         What the calibrated mask methods feed the student at each pruning step; by default
         the task's calibration split. Keep them out of the evaluation texts.
-    resume : bool
-        Continue from the checkpoint in `output`; without one, start from the beginning.
-    checkpoint_every : int
-        Steps between checkpoints.
-    time_budget : float, optional
-        Seconds this invocation may run. When the next step and the final evaluation would no
-        longer fit, it writes a checkpoint and returns an unfinished report.
-    progress : bool
-        Show progress on stderr: a bar on a terminal, else a line every minute.
+    resume, checkpoint_every, time_budget, progress
+        As :func:`~sparsemac.sw.finetune.finetune` takes them (the final evaluation here is the
+        final scoring there).
     one_shot : bool
         Train nothing: write the teacher (or `init`) pruned in one shot to the final sparsity
         with the recipe's activation, and report what that costs (``before`` and ``after`` are its
@@ -648,9 +713,18 @@ class _Evaluator:
         return model_embedder(_encoder(model), self.teacher.tokenizer)
 
 
+#: The attribute of a classifier that holds its encoder (a BertModel).
+_ENCODER = "bert"
+
+
 def _encoder(model):
     """The BertModel of an encoder or of a classifier."""
-    return getattr(model, "bert", model)
+    return getattr(model, _ENCODER, model)
+
+
+def _encoder_name(name: str) -> str:
+    """A module's name in :func:`_encoder`'s model: a classifier's encoder prefix dropped."""
+    return name.removeprefix(f"{_ENCODER}.")
 
 
 def _write_model(output: Path, student, teacher: LoadedModel, report: PruneReport,
@@ -659,7 +733,7 @@ def _write_model(output: Path, student, teacher: LoadedModel, report: PruneRepor
     so that the student is a task model too, and the student's feed-forward activation in its
     config), then the report (which marks the run finished), then the checkpoint goes."""
     record_activation(student)
-    files = {} if task is None else {TASK_FILE: task.as_json()}
+    files = {} if task is None else {TASK_FILE: task.json_text()}
     files[REPORT_FILE] = json.dumps(report.as_json(), indent=2) + "\n"
     write_model_directory(output, student, teacher.source, teacher.tokenizer, files,
                           REPORT_FILE)

@@ -4,9 +4,9 @@
 (``intermediate.intermediate_act_fn`` of each Hugging Face ``BertIntermediate``), as an
 :class:`~sparsemac.sw.activation_sparsity.ActivationSpec` says. Everything downstream sees the
 sparse activations: the float model, :class:`~sparsemac.sw.quantisation.Int8Linear` and an
-:class:`~sparsemac.sw.offload.OffloadedLinear` on a device, whose per-token int8 quantisation
-keeps a zero exactly zero (``round(0 / scale) = 0``; SmoothQuant's migration divides, so zeros
-stay zero there too).
+:class:`~sparsemac.sw.offloaded_linear.OffloadedLinear` on a device, whose per-token int8
+quantisation keeps a zero exactly zero (``round(0 / scale) = 0``; SmoothQuant's migration
+divides, so zeros stay zero there too).
 
 :func:`measure_activation_sparsity` counts, on held-out text, the exactly-zero int8 activations
 entering each ``output.dense``: the figure a zero-skipping array gains from, never assumed from
@@ -102,6 +102,7 @@ class LayerActivationSparsity:
 
     #: The consuming linear, e.g. ``encoder.layer.0.output.dense``.
     name: str
+    #: Exactly-zero int8 activations counted.
     zeros: int
     #: Activations counted (tokens x input features, padding left out).
     values: int
@@ -118,8 +119,9 @@ class ActivationSparsityReport:
 
     #: The model's activation (``str(ActivationSpec)``).
     activation: str
-    #: Texts run and their tokens (padding left out).
+    #: Texts run.
     texts: int
+    #: Their tokens (padding left out).
     tokens: int
     #: One per ``output.dense``, in module order.
     layers: list[LayerActivationSparsity] = field(default_factory=list)
@@ -130,8 +132,8 @@ class ActivationSparsityReport:
         values = sum(layer.values for layer in self.layers)
         return sum(layer.zeros for layer in self.layers) / values if values else float("nan")
 
-    def as_dict(self) -> dict:
-        """JSON-ready."""
+    def as_json(self) -> dict:
+        """JSON-ready, the overall and per-layer sparsities included."""
         return {"activation": self.activation, "texts": self.texts, "tokens": self.tokens,
                 "sparsity": self.sparsity,
                 "layers": [{"name": layer.name, "zeros": layer.zeros, "values": layer.values,
@@ -374,7 +376,7 @@ def measure_activation_sparsity(model: nn.Module, tokenizer, texts: Sequence[str
     """Count the exactly-zero int8 activations entering each ``output.dense`` on `texts`.
 
     The activations are quantised as the linear quantises them: an
-    :class:`~sparsemac.sw.offload.OffloadedLinear` or
+    :class:`~sparsemac.sw.offloaded_linear.OffloadedLinear` or
     :class:`~sparsemac.sw.quantisation.Int8Linear` with its own granularity and migration,
     a float ``nn.Linear`` per `granularity`, as it would be offloaded.
 

@@ -34,9 +34,9 @@ from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
 from .models import load_model, read_json, read_safetensors
 from .ffn_activation import restore_activation
-from .resumable import (batch_indices, check_output, note_threads, optimizer_tensors,
-                        restore_optimizer, state_sha256, texts_sha256, train_steps,
-                        write_checkpoint, write_model_directory)
+from .resumable import (batch_indices, check_output, check_recipe, note_threads,
+                        optimizer_tensors, restore_optimizer, run_rows, state_sha256,
+                        texts_sha256, train_steps, write_checkpoint, write_model_directory)
 from .stats import AccuracyEstimate, PairedComparison, accuracy_estimate, compare_paired
 from .task import (BUILTIN_SOURCE, TASK_SPLIT_SIZES, SplitSizes, TaskDataError, TaskSplits,
                    check_labels, load_labelled, task_splits)
@@ -76,6 +76,7 @@ class FinetuneRecipe:
     #: Peak AdamW learning rate: linear warm-up over `warmup` of the steps, then linear decay to
     #: zero at the last step.
     learning_rate: float = 8e-5
+    #: The fraction of the steps the learning rate warms up over.
     warmup: float = 0.1
     #: AdamW's decoupled weight decay.
     weight_decay: float = 0.01
@@ -83,18 +84,7 @@ class FinetuneRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, not {value!r}")
-        if self.max_tokens < 2:
-            raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
-                             f"{self.max_tokens!r}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be positive, not {self.learning_rate!r}")
-        if not 0.0 <= self.warmup <= 1.0:
-            raise InputError(f"warmup must be a fraction of the steps in [0, 1], not "
-                             f"{self.warmup!r}")
+        check_recipe(self)
         if self.weight_decay < 0:
             raise InputError(f"weight_decay must not be negative, not {self.weight_decay!r}")
 
@@ -113,16 +103,19 @@ class TaskInfo:
     #: Class names; the head's output ``i`` is ``label_names[i]``.
     label_names: tuple[str, ...]
     #: Where the labelled texts came from (:attr:`LabelledTexts.source
-    #: <sparsemac.sw.task.LabelledTexts.source>`) and the SHA-256 of their texts and labels.
+    #: <sparsemac.sw.task.LabelledTexts.source>`).
     data: str
+    #: The SHA-256 of their texts and labels.
     data_sha256: str
-    #: The splits: ``task_splits(labelled, split_seed, sizes)``.
+    #: The seed of the splits: ``task_splits(labelled, split_seed, sizes)``.
     split_seed: int
+    #: The sizes of the splits.
     sizes: SplitSizes
     #: The model spec it was fine-tuned from (or, for a pruned one, its teacher's).
     base: str
 
-    def as_json(self) -> str:
+    def json_text(self) -> str:
+        """The content of :data:`TASK_FILE` (:meth:`from_json` reads it back, parsed)."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
@@ -161,6 +154,7 @@ class TaskModel:
     name: str
     #: float32, eval mode.
     model: BertForSequenceClassification
+    #: The tokenizer saved with it.
     tokenizer: PreTrainedTokenizerFast
     #: Its classes and splits.
     task: TaskInfo
@@ -172,6 +166,7 @@ class TaskModel:
 class TaskScore:
     """A model's accuracy on a test split, and against a baseline on the same items."""
 
+    #: Its accuracy, with the 95 % interval.
     accuracy: AccuracyEstimate
     #: Against the baseline's predictions (the dense model's), when there is one.
     paired: PairedComparison | None
@@ -185,9 +180,11 @@ class FinetuneReport:
 
     #: The output directory.
     output: str
-    #: The model it started from, the recipe, and what the model classifies.
+    #: The model it started from.
     model: str
+    #: The recipe the run followed.
     recipe: FinetuneRecipe
+    #: What the model classifies, and its splits.
     task: TaskInfo
     #: False when the time budget stopped the run: the directory then holds a checkpoint to
     #: resume from, and `score` is None.
@@ -204,14 +201,19 @@ class FinetuneReport:
     score: TaskScore | None
     #: Mean loss of the last 10 steps (or fewer) this invocation ran.
     final_loss: float | None
-    #: Mean wall time of the steps this invocation ran, and of this invocation until the end
-    #: of training.
+    #: Mean wall time of the steps this invocation ran.
     step_s: float | None
+    #: Wall time of this invocation until the end of training.
     train_s: float
     #: Wall time of this invocation.
     wall_s: float
     #: Torch threads it ran on.
     threads: int
+
+    @property
+    def passed(self) -> bool:
+        """Always: a run the time budget stopped is not a failure, it resumes."""
+        return True
 
     def as_json(self) -> dict:
         """JSON-ready; the test predictions are left out."""
@@ -219,6 +221,26 @@ class FinetuneReport:
         if result["score"] is not None:
             del result["score"]["predictions"]
         return result
+
+    def sections(self) -> list[tuple]:
+        """The run as one ``(title, header, rows)`` table, its summary."""
+        task, recipe = self.task, self.recipe
+        head, tail = run_rows(self, recipe.steps)
+        rows = [["model", self.model],
+                ["data", f"{self.train_texts} train texts of {task.data} "
+                         f"({', '.join(task.label_names)}; {self.truncated_texts} cut at "
+                         f"{recipe.max_tokens} tokens)"],
+                ["recipe", f"{recipe.steps} steps of {recipe.batch_size}, seed {recipe.seed}, "
+                           f"split seed {task.split_seed}, {self.threads} threads"], *head]
+        if self.finished:
+            accuracy = self.score.accuracy
+            rows += [["test accuracy", f"{accuracy.accuracy:.2%} on {accuracy.n} held-out "
+                                       f"texts, 95 % interval {accuracy.interval.points()} %"],
+                     ["wrote", f"{self.output} (model.safetensors, config.json, tokenizer, "
+                               "sparsemac-task.json, finetune_report.json)"]]
+        rows += [*tail, ["training", f"{self.train_s:.1f} s"],
+                 ["wall time", f"{self.wall_s:.1f} s"]]
+        return [("Summary", None, rows)]
 
 
 def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = FinetuneRecipe(),
@@ -285,7 +307,7 @@ def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = Fin
                     data_sha256=_labelled_sha256(labelled), split_seed=split_seed, sizes=sizes,
                     base=model)
     identity = {"model": model, "base_sha256": state_sha256(base.model),
-                "task": json.loads(info.as_json()), "recipe": asdict(recipe)}
+                "task": json.loads(info.json_text()), "recipe": asdict(recipe)}
     output = Path(output)
     checkpoint = check_output(output, identity, resume, report_file=REPORT_FILE,
                               command="sparsemac finetune")
@@ -318,7 +340,7 @@ def finetune(model: str, output: str | os.PathLike, recipe: FinetuneRecipe = Fin
     report.wall_s = _now() - started
     if finished:
         write_model_directory(output, run.classifier, base.source, base.tokenizer,
-                              {TASK_FILE: info.as_json(),
+                              {TASK_FILE: info.json_text(),
                                REPORT_FILE: json.dumps(report.as_json(), indent=2) + "\n"},
                               REPORT_FILE)
     return report

@@ -8,6 +8,7 @@ roofline plot (:func:`plot_roofline`).
 
 from dataclasses import asdict, dataclass
 
+from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
 from .csr import CSRMatrix
 from .energy import EnergyReport, energy_events, energy_of, load_energy_table
@@ -55,8 +56,8 @@ class MemoryReport:
     tokens: int
     #: Nonzero int8 weights.
     nnz: int
-    #: The :class:`~sparsemac.hw.config.ArrayConfig` of the array.
-    config: object
+    #: The array.
+    config: ArrayConfig
     #: The memory model the streams were fed at.
     memory: MemoryModel
     #: The layer in sparse (CSR or delta) mode.

@@ -2,7 +2,7 @@
 
 :func:`offload` prunes, quantises and packs the six linears of each encoder layer (query, key,
 value, attention output, intermediate, output) and puts an
-:class:`~sparsemac.sw.offload.OffloadedLinear` in the place of each. Embeddings, attention
+:class:`~sparsemac.sw.offloaded_linear.OffloadedLinear` in the place of each. Embeddings, attention
 softmax, layer norms and GELU stay on the host in float. The returned :class:`OffloadReport`
 fills in as the model runs: for every call of every layer it adds the device's sparse cycles
 and the cycles the same call would take with dense weights, so the two are always compared on
@@ -34,7 +34,7 @@ from .device import Device, DeviceError
 from .ffn_activation import (check_activation, feed_forward_consumers, model_activation,
                              sparsify_activations)
 from .methods import PruningMethod, parse_method
-from .offload import OffloadedLinear, OffloadStats
+from .offloaded_linear import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
@@ -42,8 +42,12 @@ from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_
 from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, smoothing_scales
 from ..hw.errors import InputError
 
-__all__ = ["LayerReport", "OffloadReport", "CrossCheck", "offload", "matmul_cycles",
-           "cross_check", "run_on_host"]
+__all__ = ["LayerFigures", "LayerReport", "OffloadReport", "CrossCheck", "offload",
+           "matmul_cycles", "cross_check", "run_on_host"]
+
+#: One layer's figures as :meth:`LayerReport.as_json` gives them, by name: numbers, flags, the
+#: name and the shape (None where a ratio is infinite).
+LayerFigures = dict[str, str | int | float | bool | list[int] | None]
 
 
 def _stat(name, doc):
@@ -138,7 +142,7 @@ class LayerReport(_Speedups, LayerWeights):
         self.call_tokens.clear()
         self.sums.clear()
 
-    def as_json(self) -> dict:
+    def as_json(self) -> LayerFigures:
         """JSON-ready figures (without the recorded sums)."""
         return {"name": self.name, "shape": list(self.shape),
                 "sparsity_found": self.sparsity_found, "sparsity": self.sparsity,
@@ -180,7 +184,7 @@ class OffloadReport(_Speedups):
     #: The feed-forward activation the model computes (``str(ActivationSpec)``).
     activation: str = "none"
     #: The forward hooks that record the runs into `layers`, removed by :meth:`detach`.
-    _hooks: list = field(default_factory=list, repr=False)
+    _hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list, repr=False)
 
     sparse_cycles = _total("sparse_cycles", "Device cycles of every layer's calls.")
     weight_only_cycles = _total("weight_only_cycles", "Cycles of the same calls skipping zero "

@@ -6,7 +6,7 @@ nothing is fetched from a hub: ``"minilm"`` is the all-MiniLM-L6-v2 checkpoint s
 is a local Hugging Face BERT checkpoint directory.
 
 The quality yardstick for a pruned or quantised model is :data:`SIMILARITY_PAIRS`, a small
-built-in sentence-similarity benchmark: :func:`similarity_scores` scores it with a model and
+built-in set of graded sentence pairs: :func:`similarity_scores` scores it with a model and
 :func:`ranking_agreement` compares two such score vectors by Spearman rank correlation.
 """
 
@@ -104,7 +104,7 @@ class SimilarityPair:
     grade: int
 
 
-#: Built-in benchmark: 20 pairs, four per grade from 4 (paraphrase) down to 0 (unrelated).
+#: The built-in sentence pairs: 20, four per grade from 4 (paraphrase) down to 0 (unrelated).
 SIMILARITY_PAIRS = (
     SimilarityPair("A man is playing a guitar on stage.",
                    "On stage, a man plays the guitar.", 4),

@@ -239,7 +239,8 @@ def choose_masks(weights: Sequence[torch.Tensor], sparsity: float | None,
     """The keep-masks of several weight matrices: the one place a pruning decision is made.
 
     :func:`prune_model`, model offload, :meth:`OffloadedLinear.from_linear
-    <sparsemac.sw.offload.OffloadedLinear.from_linear>` and the simulate pipeline all call this.
+    <sparsemac.sw.offloaded_linear.OffloadedLinear.from_linear>` and the simulate pipeline all
+    call this.
 
     Parameters
     ----------

@@ -321,7 +321,7 @@ class Int8Linear(nn.Module):
     multiplies by the int8 weight exactly (in float32 blocks of columns short enough that every
     partial sum is an exact integer), and dequantises as ``sum * activation_scale * weight_row_scale`` in float64
     plus the float bias: the arithmetic of
-    :class:`~sparsemac.sw.offload.OffloadedLinear`, whose device sums equal
+    :class:`~sparsemac.sw.offloaded_linear.OffloadedLinear`, whose device sums equal
     :func:`~sparsemac.sw.golden.golden_matmul`'s, without a device.
 
     Parameters
@@ -353,8 +353,8 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_offloaded(cls, module: nn.Module) -> Int8Linear:
-        """The host twin of an :class:`~sparsemac.sw.offload.OffloadedLinear`: the same int8
-        weights, row scales, bias, granularity and migration, so its outputs equal the
+        """The host twin of an :class:`~sparsemac.sw.offloaded_linear.OffloadedLinear`: the same
+        int8 weights, row scales, bias, granularity and migration, so its outputs equal the
         offloaded module's bit for bit (which equal the device's)."""
         host = cls.__new__(cls)
         host._hold(QuantisedTensor(module.weights.to_dense(), module.weight_scale),

@@ -27,10 +27,10 @@ from safetensors import safe_open
 from .models import write_safetensors
 from ..hw.errors import InputError
 
-__all__ = ["CHECKPOINT_FILE", "Progress", "batch_indices", "check_output", "differences",
-           "note_threads", "optimizer_tensors", "read_checkpoint", "restore_optimizer",
-           "state_sha256", "texts_sha256", "train_steps", "write_checkpoint",
-           "write_model_directory"]
+__all__ = ["CHECKPOINT_FILE", "Progress", "batch_indices", "check_output", "check_recipe",
+           "differences", "note_threads", "optimizer_tensors", "read_checkpoint",
+           "restore_optimizer", "run_rows", "state_sha256", "texts_sha256", "train_steps",
+           "write_checkpoint", "write_model_directory"]
 
 #: The resumable state of an unfinished run, inside its output directory.
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -308,6 +308,64 @@ def write_model_directory(output: Path, model, tokenizer_source: str, tokenizer,
     partial.write_text(files[report_file])
     os.replace(partial, output / report_file)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def check_recipe(recipe, positive: tuple[str, ...] = ("steps", "batch_size", "max_tokens")
+                 ) -> None:
+    """Refuses a training recipe whose fields every run has break their rules.
+
+    Parameters
+    ----------
+    recipe : DistillRecipe or FinetuneRecipe
+        Its ``max_tokens``, ``learning_rate`` and ``warmup`` are read, and the `positive` ones.
+    positive : tuple of str
+        The fields that are whole numbers of at least 1.
+
+    Raises
+    ------
+    ValueError
+        If a `positive` field is not a whole number of at least 1, ``max_tokens`` is under 2,
+        ``learning_rate`` is not positive or ``warmup`` is not a fraction in [0, 1].
+    """
+    for name in positive:
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, not {value!r}")
+    if recipe.max_tokens < 2:
+        raise InputError(f"max_tokens must be at least 2 ([CLS] [SEP]), not "
+                         f"{recipe.max_tokens!r}")
+    if not recipe.learning_rate > 0:
+        raise InputError(f"learning_rate must be positive, not {recipe.learning_rate!r}")
+    if not 0.0 <= recipe.warmup <= 1.0:
+        raise InputError(f"warmup must be a fraction of the steps in [0, 1], not "
+                         f"{recipe.warmup!r}")
+
+
+def run_rows(report, steps: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The summary rows every run report shares, as ``(head, tail)``: where it resumed and
+    where the time budget stopped it, then its loss and times.
+
+    Parameters
+    ----------
+    report : PruneReport or FinetuneReport
+        Its ``output``, ``finished``, ``step``, ``resumed_from``, ``final_loss``, ``step_s`` and
+        ``wall_s`` are read.
+    steps : int
+        The recipe's steps.
+    """
+    head = []
+    if report.resumed_from is not None:
+        head.append(["resumed", f"at step {report.resumed_from}"])
+    if not report.finished:
+        head.append(["stopped", f"by the time budget at step {report.step}/{steps}; checkpoint "
+                                f"in {report.output}: run the same command with --resume to "
+                                "continue"])
+    tail = []
+    if report.final_loss is not None:
+        tail.append(["loss", f"{report.final_loss:.4f}"])
+    if report.step_s is not None:
+        tail.append(["step time", f"{report.step_s:.2f} s"])
+    return head, tail
 
 
 def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:

@@ -33,8 +33,9 @@ DEFAULT_RESAMPLES = 10000
 class Interval:
     """A two-sided confidence interval."""
 
-    #: Its ends, as fractions (of items, or of accuracy).
+    #: Its lower end, as a fraction (of items, or of accuracy).
     low: float
+    #: Its upper end, likewise.
     high: float
     #: Its coverage, e.g. 0.95.
     level: float
@@ -48,8 +49,9 @@ class Interval:
 class AccuracyEstimate:
     """An accuracy on `n` test items."""
 
-    #: Items right, and items in all.
+    #: Items right.
     correct: int
+    #: Items in all.
     n: int
     #: Wilson score interval of the accuracy.
     interval: Interval
@@ -65,18 +67,21 @@ class PairedComparison:
 
     #: Test items.
     n: int
-    #: Each model's accuracy with its interval.
+    #: The baseline's accuracy with its interval.
     baseline: AccuracyEstimate
+    #: The candidate's accuracy with its interval.
     candidate: AccuracyEstimate
-    #: Items only the baseline gets right, and only the candidate.
+    #: Items only the baseline gets right.
     baseline_only: int
+    #: Items only the candidate gets right.
     candidate_only: int
     #: Paired-bootstrap interval of the drop (baseline minus candidate accuracy, a fraction).
     drop_interval: Interval
     #: Two-sided exact McNemar p-value of the two models being equally accurate.
     mcnemar_p: float
-    #: Seed and resample count of the bootstrap.
+    #: Seed of the bootstrap.
     seed: int
+    #: Its resample count.
     resamples: int
 
     @property

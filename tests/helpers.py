@@ -1,10 +1,10 @@
-"""Shared helpers of the hardware and model tests: seeded cases, the reference, a block bench.
+"""Shared helpers of the hardware and model tests: seeded cases, the reference, a block testbench.
 
-The stream drivers and sinks are the ones of :mod:`sparsemac.sim.amaranth_sim`; :class:`Bench`
-only wires them to a block, one testbench per stream side, with a watchdog (``Bench.run``'s
-``max_cycles``) so a block that deadlocks fails its test instead of hanging it. Test modules
-import them with ``from helpers import ...`` (pytest puts this folder on the import path); the
-fixtures are in conftest.py.
+The stream drivers and sinks are the ones of :mod:`sparsemac.sim.amaranth_sim`;
+:class:`BlockTestbench` only wires them to a block, one testbench per stream side, with a watchdog
+(``BlockTestbench.run``'s ``max_cycles``) so a block that deadlocks fails its test instead of
+hanging it. Test modules import them with ``from helpers import ...`` (pytest puts this folder on
+the import path); the fixtures are in conftest.py.
 """
 
 import random
@@ -22,11 +22,11 @@ from sparsemac.sw.csr import CSRMatrix
 from sparsemac.sw.golden import golden_matmul
 from sparsemac.sw.task import SplitSizes
 
-__all__ = ["HAND_CASES", "HandCase", "Bench", "STALLS", "layout_beats", "decode", "reference",
-           "random_weights", "random_activations", "sparse_activations", "weights_with_row_lengths",
-           "wrap_int32", "short", "tiny_bert_dir", "labelled_rows", "write_labelled_csv",
-           "tiny_task_model_dir", "TINY_TASK_SIZES", "K8T4", "K8T1", "K4T2", "K3T2", "K3T1",
-           "K2T1", "K1T4", "K1T1", "K32T1"]
+__all__ = ["HAND_CASES", "HandCase", "BlockTestbench", "STALLS", "layout_beats", "decode",
+           "reference", "random_weights", "random_activations", "sparse_activations",
+           "weights_with_row_lengths", "wrap_int32", "short", "tiny_bert_dir", "labelled_rows",
+           "write_labelled_csv", "tiny_task_model_dir", "TINY_TASK_SIZES", "K8T4", "K8T1", "K4T2",
+           "K3T2", "K3T1", "K2T1", "K1T4", "K1T1", "K32T1"]
 
 #: Idle probability on inputs and back-pressure probability on outputs of every stalled run.
 STALLS = 0.3
@@ -157,9 +157,9 @@ def decode(layout, beats):
     return [layout.from_bits(beat) for beat in beats]
 
 
-# Block bench ------------------------------------------------------------------------------------
+# Block testbench --------------------------------------------------------------------------------
 
-class Bench:
+class BlockTestbench:
     """One block in the Amaranth simulator, a testbench per stream side.
 
     Parameters

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from helpers import K1T1, K3T1, K4T2, K8T4, STALLS, Bench, decode, layout_beats, short
+from helpers import K1T1, K3T1, K4T2, K8T4, STALLS, BlockTestbench, decode, layout_beats, short
 from sparsemac.hw.activation_buffer import ActivationBuffer
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode
@@ -55,20 +55,20 @@ def run_buffer(case, activations, chunks, fill_idle=0.3, chunk_delay=0, backpres
     """The operands the buffer returns, and a record of the ``fill`` handshakes."""
     formats = CoreFormats(case.config)
     dut = ActivationBuffer(case.config)
-    bench = Bench(dut, case.seed)
-    bench.start(formats.job.const({"mode": Mode.SPARSE, "rows": 1, "cols": case.cols,
+    testbench = BlockTestbench(dut, case.seed)
+    testbench.start(formats.job.const({"mode": Mode.SPARSE, "rows": 1, "cols": case.cols,
                                    "token_blocks": case.blocks, "nnz": 0}).as_value().value)
     columns = [[int(a) for a in column] for block in activations for column in block]
-    bench.put(dut.fill, layout_beats(formats.activation_column, columns), idle=fill_idle)
+    testbench.put(dut.fill, layout_beats(formats.activation_column, columns), idle=fill_idle)
     chunk_beats = layout_beats(formats.chunk, [{key: chunk[key] for key in
                                                 ("columns", "values", "row_last", "block_last")}
                                                for chunk in chunks])
-    bench.put(dut.chunks, chunk_beats, delay=chunk_delay)
-    bench.get("operands", dut.operands, len(chunks), backpressure)
+    testbench.put(dut.chunks, chunk_beats, delay=chunk_delay)
+    testbench.get("operands", dut.operands, len(chunks), backpressure)
     budget = chunk_delay + 4 * (len(columns) + len(chunks)) + 20
     budget = int(budget / (1 - backpressure))
-    bench.record("fill", budget, dut.fill.valid, dut.fill.ready)
-    results = bench.run(budget)
+    testbench.record("fill", budget, dut.fill.valid, dut.fill.ready)
+    results = testbench.run(budget)
     got = [(list(beat.weights), [list(lane) for lane in beat.activations], bool(beat.row_last))
            for beat in decode(formats.operands, results["operands"])]
     return got, results["fill"]

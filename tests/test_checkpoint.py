@@ -22,7 +22,7 @@ from sparsemac.sw.checkpoint import (  # noqa: E402
 )
 from sparsemac.sw.model_offload import offload  # noqa: E402
 from sparsemac.sw.models import load_model, tokenize  # noqa: E402
-from sparsemac.sw.offload import OffloadedLinear  # noqa: E402
+from sparsemac.sw.offloaded_linear import OffloadedLinear  # noqa: E402
 
 SMALL = ArrayConfig(lanes=4, token_lanes=2, max_in_features=64)
 

@@ -182,8 +182,8 @@ def test_other_configs_and_a_memory_model_count_the_same_calls(tmp_path, index):
     first = ArrayConfig(delta_bits=delta_bits)
     small = ArrayConfig(lanes=4, token_lanes=4, delta_bits=delta_bits)
     memory = memory_preset("ulx3s-sdram")
-    report = compare.sweep(["magnitude"], [0.9], configs=(first, small), sizes=SIZES,
-                           workload=WORKLOAD, memory=memory, output=tmp_path, index=index)
+    report = compare.measure_front(["magnitude"], [0.9], configs=(first, small), sizes=SIZES,
+                                   workload=WORKLOAD, memory=memory, output=tmp_path, index=index)
     loaded = load_model("minilm")
     splits = task_splits(load_labelled(), sizes=SIZES)
     tokens = loaded.tokenizer(splits.test.texts[:WORKLOAD], padding=True,
@@ -271,8 +271,8 @@ def task_front(tmp_path_factory):
     """``compare`` of a tiny task model: float, int8 and magnitude 50 %."""
     folder = tmp_path_factory.mktemp("task")
     model, data = tiny_task_model_dir(folder)
-    report = compare.sweep(["magnitude"], [0.5], model=model, data=data, workload=2,
-                           output=folder / "front")
+    report = compare.measure_front(["magnitude"], [0.5], model=model, data=data, workload=2,
+                                   output=folder / "front")
     return model, data, report
 
 
@@ -320,8 +320,8 @@ def test_models_of_the_other_kind_are_refused(task_front, tmp_path, capsys):
 
 
 def test_a_sparse_activation_reaches_the_device_and_the_host_alike(tmp_path):
-    report = compare.sweep(["magnitude"], [0.5], sizes=SIZES, workload=WORKLOAD,
-                           output=tmp_path, activation="topk:0.1")
+    report = compare.measure_front(["magnitude"], [0.5], sizes=SIZES, workload=WORKLOAD,
+                                   output=tmp_path, activation="topk:0.1")
     float_point, int8, pruned = report.points
     assert report.activation == "topk:0.1"
     assert float_point.activation == "none" and float_point.activation_sparsity == 0.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, Bench,
+from helpers import (HAND_CASES, K1T1, K1T4, K3T2, K8T1, K8T4, STALLS, BlockTestbench,
                      random_weights, reference, short, sparse_activations,
                      weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
@@ -209,16 +209,16 @@ def test_jobs_back_to_back(stalls, config, names):
     jobs = [next(case for case in CASES if case.name == name and case.config == config)
             for name in names]
     core = SparseMACCore(config)
-    bench = Bench(core, seed=21)
+    testbench = BlockTestbench(core, seed=21)
     packed = [pack_job(config, job.weights, job.activations, job.mode, sparsity=job.sparsity)
               for job in jobs]
-    bench.put(core.job, [p.job for p in packed], idle=stalls)
+    testbench.put(core.job, [p.job for p in packed], idle=stalls)
     for name in core.signature.data_inputs:
         beats = [beat for p in packed for beat in beats_to_ints(getattr(p, name))]
-        bench.put(getattr(core, name), beats, idle=stalls)
-    bench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)
-    bench.get("done", core.done, len(jobs), stalls)
-    results = bench.run(5000)
+        testbench.put(getattr(core, name), beats, idle=stalls)
+    testbench.get("sums", core.sums, sum(p.token_blocks * p.rows for p in packed), stalls)
+    testbench.get("done", core.done, len(jobs), stalls)
+    results = testbench.run(5000)
     sums = np.array([list(beat.to_bytes(4 * config.token_lanes, "little"))
                      for beat in results["sums"]], dtype=np.uint8)
     for job, p, cycles in zip(jobs, packed, results["done"]):

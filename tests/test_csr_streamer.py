@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from helpers import (K1T1, K3T1, K4T2, K8T4, Bench, decode, layout_beats, random_weights,
+from helpers import (K1T1, K3T1, K4T2, K8T4, BlockTestbench, decode, layout_beats, random_weights,
                      short, weights_with_row_lengths)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.csr_streamer import CSRWeightStreamer
@@ -106,18 +106,18 @@ def rtl_chunks(case, expected):
     config = case.config
     formats = CoreFormats(config)
     dut = CSRWeightStreamer(config)
-    bench = Bench(dut, case.seed)
+    testbench = BlockTestbench(dut, case.seed)
     pointers, columns, values = stream_beats(case)
     rows, cols = case.weights.shape
     nnz = rows * cols if case.mode == Mode.DENSE else case.weights.nnz
-    bench.start(formats.job.const({"mode": case.mode, "rows": rows, "cols": cols,
+    testbench.start(formats.job.const({"mode": case.mode, "rows": rows, "cols": cols,
                                    "token_blocks": case.blocks, "nnz": nnz}).as_value().value)
     for stream, beats in ((dut.row_pointers, pointers), (dut.columns, columns),
                           (dut.values, values)):
-        bench.put(stream, beats)
-    bench.get("chunks", dut.chunks, len(expected))
-    bench.record("busy", 40 * len(expected) + 20, dut.busy)
-    results = bench.run(40 * len(expected) + 20)
+        testbench.put(stream, beats)
+    testbench.get("chunks", dut.chunks, len(expected))
+    testbench.record("busy", 40 * len(expected) + 20, dut.busy)
+    results = testbench.run(40 * len(expected) + 20)
     got = []
     for chunk, (columns, *_) in zip(decode(formats.chunk, results["chunks"]), expected):
         split = chunk.split if config.span_rows else config.lanes

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from helpers import (STALLS, Bench, decode, layout_beats, random_activations, random_weights,
-                     reference, weights_with_row_lengths)
+from helpers import (STALLS, BlockTestbench, decode, layout_beats, random_activations,
+                     random_weights, reference, weights_with_row_lengths)
 from sparsemac.devices.amaranth import AmaranthDevice
 from sparsemac.devices.reference import ReferenceDevice
 from sparsemac.devices.verilator import VerilatorDevice
@@ -87,11 +87,11 @@ def test_decoder_alone(name, stalls):
     decoder = DeltaDecoder(config)
     formats = decoder.formats
     given, expected = _chunks(config, coded, random.Random(seed))
-    bench = Bench(decoder, seed)
-    bench.start(formats.job.const({"index": ColumnIndex.DELTA}).as_value().value)
-    bench.put(decoder.i_stream, layout_beats(formats.coded_chunk, given), idle=stalls, delay=1)
-    bench.get("chunks", decoder.o_stream, len(given), stalls)
-    results = bench.run(20 * len(given) + 100)
+    testbench = BlockTestbench(decoder, seed)
+    testbench.start(formats.job.const({"index": ColumnIndex.DELTA}).as_value().value)
+    testbench.put(decoder.i_stream, layout_beats(formats.coded_chunk, given), idle=stalls, delay=1)
+    testbench.get("chunks", decoder.o_stream, len(given), stalls)
+    results = testbench.run(20 * len(given) + 100)
     for number, (chunk, (columns, values, last)) in enumerate(
             zip(decode(formats.chunk, results["chunks"]), expected)):
         assert [int(c) for c in chunk.columns][:len(columns)] == columns, f"chunk {number}"

@@ -436,6 +436,20 @@ def test_one_shot_trains_nothing_and_writes_the_model(teacher, tmp_path, capsys,
         == "relu"
 
 
+def test_a_task_models_layer_table_shows_its_activation_zeros(tmp_path, capsys):
+    """A classifier's linears are named ``bert.encoder...``, while the activation zeros are
+    counted in its encoder: the table still finds each ``output.dense``'s."""
+    model, _ = tiny_task_model_dir(tmp_path)
+    status = main(["prune", "--model", model, "--output", str(tmp_path / "run"), "--one-shot",
+                   "--activation", "relu", "--sparsity", "0.5", "--batch-size", "4"])
+    assert status == 0
+    feeds = [f"bert.encoder.layer.{index}.output.dense" for index in range(2)]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in feeds]
+    assert [row[0] for row in rows] == feeds
+    assert all("-" not in row for row in rows), rows
+
+
 @pytest.mark.parametrize("value", ["topk:2", "gelu", "relu:-1"])
 def test_a_bad_activation_exits_2_before_any_work(teacher, tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exit_:

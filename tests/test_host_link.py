@@ -86,12 +86,12 @@ def run_link(requests, *, expect_replies, sums=(), done=None, drain=("activation
             await stream_put_all(ctx, link.core.done, [done], random.Random(seed + 3), 0)
 
     def drainer(name):
-        async def bench(ctx):
+        async def testbench(ctx):
             stream = getattr(link.core, name)
             rng = random.Random(seed + 4)
             while True:
                 drained[name].extend(await stream_get_all(ctx, stream, 1, rng, backpressure))
-        return bench
+        return testbench
 
     sim.add_testbench(host)
     sim.add_testbench(device_out, background=True)

@@ -115,7 +115,7 @@ def test_a_lazy_upward_import_is_caught():
               "    return 'sparsemac.devices.fpga:FPGADevice'\n")
     assert upward_imports(source, "sparsemac.hw.core", False, MODULES) == [
         ("sparsemac.devices.fpga", "devices"), ("sparsemac.sim.toolchain", "sim")]
-    assert upward_imports("from ..devices import open_device\n", "sparsemac.sw.offload",
+    assert upward_imports("from ..devices import open_device\n", "sparsemac.sw.offloaded_linear",
                           False, MODULES) == [("sparsemac.devices", "devices")]
     assert upward_imports("from . import regress\n", "sparsemac.sim", True, MODULES) == []
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from helpers import (K1T1, K3T2, K4T2, K8T4, K32T1, Bench, decode, layout_beats, short,
+from helpers import (K1T1, K3T2, K4T2, K8T4, K32T1, BlockTestbench, decode, layout_beats, short,
                      wrap_int32)
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats
@@ -80,15 +80,15 @@ def ref_sums(case):
 def rtl_sums(case, idle=0.3, backpressure=0.3):
     formats = CoreFormats(case.config)
     dut = MACArray(case.config)
-    bench = Bench(dut, case.seed)
+    testbench = BlockTestbench(dut, case.seed)
     payloads = [{"weights": w, "activations": a, "row_last": int(last),
                  **({"split": split[0]} if split else {})}
                 for w, a, last, *split in case.beats]
-    bench.put(dut.operands, layout_beats(formats.array_operands, payloads), idle=idle)
+    testbench.put(dut.operands, layout_beats(formats.array_operands, payloads), idle=idle)
     rows = sum(1 for beat in case.beats if beat[2])
-    bench.get("sums", dut.sums, rows, backpressure=backpressure)
-    bench.record("sums_valid", 4 * len(case.beats) + 40, dut.sums.valid)
-    results = bench.run(4 * len(case.beats) + 40)
+    testbench.get("sums", dut.sums, rows, backpressure=backpressure)
+    testbench.record("sums_valid", 4 * len(case.beats) + 40, dut.sums.valid)
+    results = testbench.run(4 * len(case.beats) + 40)
     sums = [list(beat) for beat in decode(formats.sums, results["sums"])]
     return sums, [valid for (valid,) in results["sums_valid"]]
 

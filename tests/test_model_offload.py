@@ -21,7 +21,7 @@ from sparsemac.app.cli import main
 from sparsemac.app.commands import bert
 from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
 from sparsemac.sw.models import load_model, tokenize
-from sparsemac.sw.offload import OffloadedLinear
+from sparsemac.sw.offloaded_linear import OffloadedLinear
 from sparsemac.sw.pruning import matching_linears, prune_model
 
 from helpers import random_activations, random_weights

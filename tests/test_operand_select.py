@@ -6,7 +6,7 @@ import random
 import pytest
 from amaranth.hdl import Value
 
-from helpers import STALLS, Bench, decode, layout_beats
+from helpers import STALLS, BlockTestbench, decode, layout_beats
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import CoreFormats, Mode, Sparsity
 from sparsemac.hw.operand_select import OperandSelect
@@ -72,13 +72,13 @@ def test_a_dual_job_takes_its_rows_of_pairs_and_no_more(config, seed):
     ends = [index for index, beat in enumerate(beats) if beat["row_last"]]
     job_beats = beats[:ends[5] + 1]
     dut = OperandSelect(config)
-    bench = Bench(dut, seed)
-    bench.start(_job(config, Sparsity.DUAL, rows=3, blocks=2))
+    testbench = BlockTestbench(dut, seed)
+    testbench.start(_job(config, Sparsity.DUAL, rows=3, blocks=2))
     taken = []
-    bench.sim.add_testbench(_offer(dut.pairs, layout_beats(CoreFormats(config).pairs, beats),
+    testbench.sim.add_testbench(_offer(dut.pairs, layout_beats(CoreFormats(config).pairs, beats),
                                    rng, taken))
-    bench.get("out", dut.o_stream, len(job_beats))
-    results = bench.run(400)
+    testbench.get("out", dut.o_stream, len(job_beats))
+    results = testbench.run(400)
     _check(config, job_beats, decode(CoreFormats(config).array_operands, results["out"]),
            transpose=True)
     assert taken == [len(job_beats)]
@@ -112,14 +112,14 @@ def test_a_weight_job_passes_the_buffer_through_and_leaves_the_pairs(config):
               **({"split": rng.randrange(config.lanes + 1)} if config.span_rows else {})}
              for _ in range(40)]
     dut = OperandSelect(config)
-    bench = Bench(dut, 5)
-    bench.start(_job(config, Sparsity.WEIGHTS, rows=3, blocks=2))
-    bench.put(dut.operands, layout_beats(formats.operands, given), delay=1)
+    testbench = BlockTestbench(dut, 5)
+    testbench.start(_job(config, Sparsity.WEIGHTS, rows=3, blocks=2))
+    testbench.put(dut.operands, layout_beats(formats.operands, given), delay=1)
     taken = []
-    bench.sim.add_testbench(_offer(dut.pairs, layout_beats(formats.pairs, _pairs(config, 3, rng)),
-                                   rng, taken))
-    bench.get("out", dut.o_stream, len(given))
-    results = bench.run(400)
+    pairs = layout_beats(formats.pairs, _pairs(config, 3, rng))
+    testbench.sim.add_testbench(_offer(dut.pairs, pairs, rng, taken))
+    testbench.get("out", dut.o_stream, len(given))
+    results = testbench.run(400)
     _check(config, given, decode(formats.array_operands, results["out"]), transpose=False)
     assert taken == [0]
 

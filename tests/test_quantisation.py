@@ -8,7 +8,7 @@ from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw.csr import CSRMatrix
 from sparsemac.devices import open_device
 from sparsemac.sw.golden import golden_matmul
-from sparsemac.sw.offload import OffloadedLinear
+from sparsemac.sw.offloaded_linear import OffloadedLinear
 from sparsemac.sw.quantisation import (
     DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, QuantisedTensor, approximation_error,
     quantisation_error, quantise_activations, quantise_model, quantise_weights,

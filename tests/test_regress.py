@@ -1,6 +1,6 @@
 """The cocotb regressions under pytest, and tests that their checker can fail.
 
-Each (config, bench) pair is one pytest test running all catalogue cases in one Verilator
+Each (config, testbench) pair is one pytest test running all catalogue cases in one Verilator
 process; the configs cover K in {1, 4, 5, 8} and T in {1, 3, 8, 16}. Builds are cached on disk and
 shared between pytest-xdist workers, so ``pytest -n 2`` compiles each design once, ever.
 The seed is ``$SPARSEMAC_REGRESS_SEED`` (default 1); a failure prints the replay command.
@@ -27,26 +27,27 @@ CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k5t3i512a1", "k
 
 
 def _failure_report(run):
-    lines = [f"{run.bench.name} on {run.config.key()}, seed {run.seed}:"]
+    lines = [f"{run.testbench.name} on {run.config.key()}, seed {run.seed}:"]
     if run.error:
         lines.append(run.error)
     for result in run.failed:
         lines += [f"{result.name}: {result.message}",
-                  "  replay: " + regress.replay_command(run.config, run.bench, result, run.seed)]
+                  "  replay: "
+                  + regress.replay_command(run.config, run.testbench, result, run.seed)]
         if result.waveform is not None:
             lines.append(f"  waveform: {result.waveform}")
     return "\n".join(lines)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bench", list(regress.BENCHES))
+@pytest.mark.parametrize("testbench", list(regress.TESTBENCHES))
 @pytest.mark.parametrize("config", CONFIGS)
-def test_regression(config, bench, tmp_path):
-    run = regress.run_bench(ArrayConfig.from_key(config), regress.BENCHES[bench], SEED,
-                            tmp_path)
+def test_regression(config, testbench, tmp_path):
+    run = regress.run_testbench(ArrayConfig.from_key(config), regress.TESTBENCHES[testbench],
+                                SEED, tmp_path)
     assert run.results, _failure_report(run)
     assert not run.error and not run.failed, _failure_report(run)
-    assert len(run.results) == len(regress.BENCHES[bench].test_names())
+    assert len(run.results) == len(regress.TESTBENCHES[testbench].test_names())
 
 
 def test_configs_cover_lane_extremes():
@@ -122,12 +123,12 @@ def _flip_sum_bit(verilog):
 
 def test_one_bit_rtl_mutation_fails_the_regression(tmp_path):
     config = ArrayConfig.from_key("k1t1i512")
-    bench = regress.BENCHES["core"]
+    testbench = regress.TESTBENCHES["core"]
     mutant = tmp_path / "mutant.v"
-    mutant.write_text(_flip_sum_bit(regress.bench_verilog(config, bench).read_text()))
-    run = regress.run_bench(config, bench, SEED, tmp_path / "results",
-                            pattern=r"case=(tiny|random_s90)$", verilog=mutant,
-                            keep_failure_waves=False)
+    mutant.write_text(_flip_sum_bit(regress.testbench_verilog(config, testbench).read_text()))
+    run = regress.run_testbench(config, testbench, SEED, tmp_path / "results",
+                                pattern=r"case=(tiny|random_s90)$", verilog=mutant,
+                                keep_failure_waves=False)
     assert not run.error, run.error
     assert [result.passed for result in run.results] == [False, False]
     for result in run.results:
@@ -140,10 +141,10 @@ def test_replay_command_names_any_config_the_way_the_cli_reads_it():
     from sparsemac.app.commands.options import configs_from_args
 
     config = ArrayConfig(lanes=2, token_lanes=8, max_in_features=256)
-    result = regress.TestResult(bench="core", name="test_core/case=tiny", passed=False,
+    result = regress.TestResult(testbench="core", name="test_core/case=tiny", passed=False,
                                 cycles=0, wall_time=0.0)
-    command = regress.replay_command(config, regress.BENCHES["core"], result, 7)
-    assert command == ("sparsemac regress --config k2t8i256 --bench core "
+    command = regress.replay_command(config, regress.TESTBENCHES["core"], result, 7)
+    assert command == ("sparsemac regress --config k2t8i256 --testbench core "
                        "--test 'test_core/case=tiny$' --seed 7 --waves")
     args = build_parser().parse_args(["regress", "--config", "k2t8i256"])
     assert configs_from_args(args) == [config]
@@ -152,14 +153,14 @@ def test_replay_command_names_any_config_the_way_the_cli_reads_it():
 def test_a_build_is_keyed_by_the_python_environment(monkeypatch):
     """The simulator binary loads the cocotb libraries of the venv that built it, so another
     venv (say a fresh clone's) must not reuse it."""
-    config, bench = ArrayConfig.from_key("k8t4"), regress.BENCHES["core"]
-    key = regress._build_key(config, bench, "module m; endmodule", waves=False)
+    config, testbench = ArrayConfig.from_key("k8t4"), regress.TESTBENCHES["core"]
+    key = regress._build_key(config, testbench, "module m; endmodule", waves=False)
     monkeypatch.setattr(regress.sys, "prefix", "/elsewhere/.venv")
-    assert regress._build_key(config, bench, "module m; endmodule", waves=False) != key
+    assert regress._build_key(config, testbench, "module m; endmodule", waves=False) != key
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--bench", "nope"], "unknown bench 'nope'; known: core"),
+    (["--testbench", "nope"], "unknown testbench 'nope'; known: core"),
     (["--test", "no such test$"], "no test matches 'no such test$'"),
 ])
 def test_cli_bad_selection_exits_2(capsys, argv, message):
@@ -168,7 +169,7 @@ def test_cli_bad_selection_exits_2(capsys, argv, message):
 
 
 def test_cli_json_report_of_one_test(capsys, tmp_path):
-    assert main(["regress", "--config", "k1t1i512", "--bench", "core", "--test",
+    assert main(["regress", "--config", "k1t1i512", "--testbench", "core", "--test",
                  "case=tiny$", "--seed", str(SEED), "--output", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["seed"] == SEED

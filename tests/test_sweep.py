@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -116,7 +118,7 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
     spec = spec_of(configs=["k8t4"], methods=["wanda"], sparsities=[0.5])
     assert spec.methods == ("wanda",)
     (point,) = expand_points(spec)
-    shared = sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight
+    shared = sweep.worker._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight
     shared = shared.clone()
     row = run_point(point)
     assert row.error == ""
@@ -126,7 +128,8 @@ def test_a_calibrated_method_is_swept_as_sparsemac_simulate_runs_it():
                                                      expected.dense_cycles)
     assert row.sparsity == expected.sparsity
     assert row.relative_error == pytest.approx(expected.relative_error, rel=1e-6)
-    assert sweep._loaded_model("minilm", 3, "none").model.get_submodule(QUERY).weight.equal(shared)
+    loaded = sweep.worker._loaded_model("minilm", 3, "none")
+    assert loaded.model.get_submodule(QUERY).weight.equal(shared)
 
 
 def test_rerun_computes_nothing_and_a_new_value_only_its_points(tmp_path, cluster):
@@ -241,7 +244,7 @@ def test_rows_of_another_spec_or_design_are_kept(tmp_path, cluster, monkeypatch)
     run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     before = (tmp_path / RESULTS_FILE).read_bytes()
     # Another design: its hash, as the on-disk cache of design hashes would give it.
-    monkeypatch.setattr(sweep, "_design_hash", lambda config: "00c0ffee00c0ffee")
+    monkeypatch.setattr(sweep.points, "_design_hash", lambda config: "00c0ffee00c0ffee")
     report = run_sweep(spec_of(), tmp_path, scheduler=address, plots=False)
     assert (report.computed, report.skipped) == (10, 0)
     assert (tmp_path / RESULTS_FILE).read_bytes().startswith(before)
@@ -402,6 +405,51 @@ def test_cli_unreachable_scheduler_exits_2_within_seconds(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n" * 4, b""],
+                         ids=["bytes", "silence"])
+def test_cli_a_server_that_speaks_no_dask_is_one_error_line(tmp_path, answer):
+    """A listening loopback server that is no Dask scheduler, whether it answers bytes or keeps
+    silent: exit 2 within seconds and one error line, the whole of stderr until the process
+    ends (a Client that failed to connect printed a traceback when it was collected)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(answer)
+                done.wait(4 * sweep.CONNECT_TIMEOUT_S)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        command = [sys.executable, "-m", "sparsemac.app.cli", "sweep",
+                   write_spec(tmp_path, "configs = []\n"), "--output", str(tmp_path / "out"),
+                   "--scheduler", f"tcp://127.0.0.1:{port}"]
+        started = time.perf_counter()
+        ran = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - started
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    assert ran.returncode == 2
+    err = ran.stderr.strip().splitlines()
+    assert len(err) == 1, ran.stderr
+    assert err[0].startswith(f"sparsemac sweep: error: no Dask scheduler answers at "
+                             f"'tcp://127.0.0.1:{port}' within {sweep.CONNECT_TIMEOUT_S} s")
+    assert ran.stdout == ""
+    # The probe's own timeout, beside the start of Python and the import of Dask.
+    assert elapsed < 4 * sweep.CONNECT_TIMEOUT_S
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "tcp://127.0.0.1:99999", "http://x:1",
                                      "tcp://:8786", "tcp://127.0.0.1:1 extra"])
 
@@ -432,7 +480,7 @@ def test_cli_local_cluster_options_need_no_scheduler(tmp_path, capsys):
 
 
 def test_output_folder_in_use_is_refused(tmp_path):
-    held = sweep._ResultsTable(tmp_path)
+    held = sweep.table._ResultsTable(tmp_path)
     try:
         with pytest.raises(ValueError, match=f"another sweep is writing to {tmp_path}"):
             run_sweep(spec_of(), tmp_path, workers=1, processes=False)
@@ -444,14 +492,14 @@ def test_design_hashes_are_kept_on_disk(tmp_path, monkeypatch):
     # A rerun elaborates no design: the hash comes from the cache, keyed by the gateware.
     monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path))
     config = ArrayConfig.from_key("k2t2i512")
-    first = sweep._design_hash(config)
+    first = sweep.points._design_hash(config)
     assert first == design_digest(config).hex
 
     def elaborate(_config):
         raise AssertionError("the design was elaborated again")
 
-    monkeypatch.setattr(sweep, "design_digest", elaborate)
-    assert sweep._design_hash(config) == first
+    monkeypatch.setattr(sweep.points, "design_digest", elaborate)
+    assert sweep.points._design_hash(config) == first
     [cached] = (tmp_path / "design-hashes").iterdir()
     assert cached.name.startswith("k2t2i512-")
 

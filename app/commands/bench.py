@@ -1,7 +1,7 @@
 """``sparsemac bench``: how fast the simulators themselves are.
 
-The work is :func:`sparsemac.app.pipelines.bench.bench`; this command parses, calls it, prints
-its table and writes its figures as JSON.
+The work is :func:`sparsemac.app.pipelines.simulator_speed.measure_simulator_speed`; this command
+parses, calls it, prints its table and writes its figures as JSON.
 """
 
 import json
@@ -31,12 +31,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..pipelines.bench import bench
+    from ..pipelines.simulator_speed import measure_simulator_speed
     from ...sw.tables import format_sections
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = bench(configs_from_args(args), cold=not args.no_cold,
-                   amaranth=not args.no_amaranth, seed=args.seed)
+    report = measure_simulator_speed(configs_from_args(args), cold=not args.no_cold,
+                                     amaranth=not args.no_amaranth, seed=args.seed)
     args.output.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     print(format_sections(report.sections()))
     print(f"\nwritten to {args.output}")

@@ -1,7 +1,7 @@
 """``sparsemac compare``: the speed-accuracy front of pruning methods x sparsities (and
 distilled checkpoints) on a whole offloaded BERT, with the task accuracy of each point.
 
-The work is :func:`sparsemac.app.pipelines.compare.sweep`; this command parses, calls it and
+The work is :func:`sparsemac.app.pipelines.compare.measure_front`; this command parses, calls it and
 prints its report. Exit status: 0, 1 when a host/device or Verilator check fails, 2 for bad
 input.
 """
@@ -75,7 +75,7 @@ def add_arguments(parser):
                              "point embeds train + test tweets through its int8 model: 145 to "
                              "235 s for the defaults on a 2-core machine at load average 10, "
                              "plus 90 to 150 s of pruning for sparsegpt (wanda: about 90 s), "
-                             "so the default sweep (float, int8 and 4 pruned points) takes "
+                             "so the default front (float, int8 and 4 pruned points) takes "
                              "about 18 minutes at that load, half that at load 2 to 4. One "
                              f"point of accuracy is {DEFAULT_TEST // 100} test tweets: the "
                              "binomial standard error at 70 %% is 2.3 points: a task model's "
@@ -115,17 +115,18 @@ def _memory(args):
 
 
 def run(args):
-    from ..pipelines.compare import sweep
+    from ..pipelines.compare import measure_front
     from ...sw.progress import progress
     from ...sw.task import SplitSizes
 
     progress(f"seed {args.seed}")
-    report = sweep(args.methods, args.sparsities, model=args.model,
-                   checkpoints=args.checkpoints, configs=configs_from_args(args),
-                   granularity=args.granularity, seed=args.seed,
-                   sizes=SplitSizes(train=args.train, test=args.test),
-                   workload=args.workload, data=args.data, calibration=args.calibration,
-                   output=args.output, verify=args.verify, memory=_memory(args),
-                   index=index_from_args(args), smoothing=args.smoothing,
-                   activation=args.activation)
+    report = measure_front(args.methods, args.sparsities, model=args.model,
+                           checkpoints=args.checkpoints, configs=configs_from_args(args),
+                           granularity=args.granularity, seed=args.seed,
+                           sizes=SplitSizes(train=args.train, test=args.test),
+                           workload=args.workload, data=args.data,
+                           calibration=args.calibration, output=args.output,
+                           verify=args.verify, memory=_memory(args),
+                           index=index_from_args(args), smoothing=args.smoothing,
+                           activation=args.activation)
     return finish(args, report)

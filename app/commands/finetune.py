@@ -3,6 +3,7 @@ task; the task model it writes is what ``compare``, ``bert`` and ``prune`` take 
 
 from .options import (add_model_argument, add_recipe_arguments, add_run_arguments,
                       recipe_from_args)
+from .report_output import finish
 
 HELP = ("Fine-tune a BERT (MiniLM by default) with a classification head on the train split of "
         "a labelled task and score it on the held-out test split; writes a Hugging Face "
@@ -27,8 +28,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    import json
-
     import dataclasses
 
     from ...sw.finetune import FinetuneRecipe, finetune
@@ -43,26 +42,4 @@ def run(args):
     report = finetune(args.model, args.output, recipe, data=args.data, sizes=sizes,
                       resume=args.resume, checkpoint_every=args.checkpoint_every,
                       time_budget=args.time_budget)
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-        return 0
-    task, recipe = report.task, report.recipe
-    resumed = (f", resumed at step {report.resumed_from}" if report.resumed_from is not None
-               else "")
-    print(f"{report.model} fine-tuned on {report.train_texts} train texts of {task.data} "
-          f"({', '.join(task.label_names)}; {report.truncated_texts} cut at {recipe.max_tokens} "
-          f"tokens), {recipe.steps} steps of {recipe.batch_size}, seed {recipe.seed}, split "
-          f"seed {task.split_seed}, {report.threads} threads{resumed}")
-    if not report.finished:
-        print(f"stopped by the time budget at step {report.step}/{recipe.steps}; checkpoint in "
-              f"{report.output}: run the same command with --resume to continue")
-    else:
-        accuracy = report.score.accuracy
-        print(f"test accuracy {accuracy.accuracy:.2%} on {accuracy.n} held-out texts, 95 % "
-              f"interval {accuracy.interval.points()} %")
-        print(f"wrote {report.output} (model.safetensors, config.json, tokenizer, "
-              "sparsemac-task.json, finetune_report.json)")
-    step = f"{report.step_s:.2f} s a step, " if report.step_s is not None else ""
-    loss = f"loss {report.final_loss:.4f}, " if report.final_loss is not None else ""
-    print(f"{loss}{step}training {report.train_s:.1f} s, wall {report.wall_s:.1f} s")
-    return 0
+    return finish(args, report)

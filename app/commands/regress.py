@@ -19,8 +19,8 @@ def add_arguments(parser):
                         help="every config of the regression: the ULX3S build (k8t8i1024p2), "
                              "the lane extremes, odd K and T, with the delta decoder and with "
                              "chunks that span rows")
-    parser.add_argument("--bench", action="append", metavar="NAME",
-                        help="run only this bench: core, streamer or mac_array "
+    parser.add_argument("--testbench", action="append", metavar="NAME",
+                        help="run only this testbench: core, streamer or mac_array "
                              "(repeatable; default: all)")
     parser.add_argument("--test", metavar="PATTERN",
                         help="run only tests whose name matches this regular expression, "
@@ -47,15 +47,16 @@ def run(args):
     from ...sim.toolchain import cache_dir
 
     configs = _configs(args)
-    unknown = set(args.bench or ()) - set(regress.BENCHES)
+    unknown = set(args.testbench or ()) - set(regress.TESTBENCHES)
     if unknown:
-        raise InputError(f"unknown bench {sorted(unknown)[0]!r}; "
-                         f"known: {', '.join(regress.BENCHES)}")
+        raise InputError(f"unknown testbench {sorted(unknown)[0]!r}; "
+                         f"known: {', '.join(regress.TESTBENCHES)}")
     check_report_outputs(args)
-    benches = [regress.BENCHES[name] for name in (args.bench or regress.BENCHES)]
+    testbenches = [regress.TESTBENCHES[name] for name in (args.testbench or regress.TESTBENCHES)]
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     output = args.output or cache_dir("regress")
-    total = sum(len(regress.selected_tests(bench, args.test)) for bench in benches) * len(configs)
+    total = len(configs) * sum(len(regress.selected_tests(testbench, args.test))
+                               for testbench in testbenches)
     if not total:
         raise InputError(f"no test matches {args.test!r}")
     progress(f"seed {seed}; {total} tests on {', '.join(config.key() for config in configs)}; "
@@ -63,16 +64,16 @@ def run(args):
 
     start = time.monotonic()
     with progress_bar(total, "regress", "test") as progress:
-        def on_bench(config, bench):
-            progress.set_description(f"{config.key()} {bench.name}")
+        def on_testbench(config, testbench):
+            progress.set_description(f"{config.key()} {testbench.name}")
 
         def on_test(name, passed):
             progress.update(1)
             if not passed:
                 progress.write(f"FAILED {name}")
 
-        runs = regress.run_regression(configs, benches, seed, output, args.test, args.waves,
-                                      on_test=on_test, on_bench=on_bench)
+        runs = regress.run_regression(configs, testbenches, seed, output, args.test, args.waves,
+                                      on_test=on_test, on_testbench=on_testbench)
     return finish(args, regress.RegressionReport(runs, seed, output, time.monotonic() - start))
 
 

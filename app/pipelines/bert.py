@@ -24,7 +24,7 @@ from ...sw.energy import load_energy_table
 from ...sw.memory import PRESETS, MemoryModel
 from ...sw.memory_report import ModelMemoryReport, memory_report
 from ...sw.finetune import is_task_model, load_task_model, predict, score_predictions
-from ...sw.model_offload import cross_check, offload, run_on_host
+from ...sw.model_offload import LayerFigures, cross_check, offload, run_on_host
 from ...sw.packing import check_index
 from ...sw.task import calibration_texts
 from ...sw.models import (DEFAULT_SENTENCE, LoadedModel, load_model, ranking_agreement,
@@ -65,7 +65,7 @@ class BertReport:
     #: Tokens of the sentence run.
     tokens: int
     #: The array's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
-    config: dict
+    config: dict[str, int]
     #: Device cycles of every offloaded call, sparse.
     sparse_cycles: int
     #: Cycles of the same calls with dense weights (predicted, or measured when `dense_measured`).
@@ -101,8 +101,9 @@ class BertReport:
     #: Wall time of the whole measurement.
     wall_s: float
     #: One dict per offloaded linear (:meth:`LayerReport.as_json
-    #: <sparsemac.sw.model_offload.LayerReport.as_json>`).
-    layers: list
+    #: <sparsemac.sw.model_offload.LayerReport.as_json>`), with ``bit_exact`` and
+    #: ``cycles_equal`` when cross-checked.
+    layers: list[LayerFigures]
     #: One inference's cycles (compute-bound and memory-bound) and energy per layer under the memory
     #: model, from the exact throttled cycle model and the energy model.
     memory: ModelMemoryReport | None = None

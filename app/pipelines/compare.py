@@ -1,4 +1,4 @@
-"""The speed-accuracy front of a pruned, offloaded BERT: :func:`sweep`.
+"""The speed-accuracy front of a pruned, offloaded BERT: :func:`measure_front`.
 
 Every point is a model offloaded to the array (every encoder linear pruned, quantised to int8,
 packed in CSR): the float model and int8 alone for reference, each pruning method at each
@@ -24,8 +24,8 @@ fast and as accurate, and better in one) and :attr:`CompareReport.best` gives, p
 fastest point whose accuracy is within :data:`WITHIN_POINTS` of the float model's (for a task
 model: the upper end of the drop's interval). ``sparsemac compare`` prints it; from Python::
 
-    from sparsemac.app.pipelines.compare import sweep
-    report = sweep(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
+    from sparsemac.app.pipelines.compare import measure_front
+    report = measure_front(["magnitude", "sparsegpt"], [0.5, 0.8], output="results/compare")
 """
 
 import copy
@@ -58,17 +58,17 @@ from . import check_output_folder, pareto_front
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SPARSITIES", "DEFAULT_SIZES", "DEFAULT_WORKLOAD",
-           "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "CompareReport",
-           "best_within", "sweep"]
+           "QUICK_CHECK", "TASK_MODEL", "WITHIN_POINTS", "FrontPoint", "VerilatorRerun",
+           "CompareReport", "best_within", "measure_front"]
 
-#: Methods of the default sweep, with the sizes below: float, int8 and 4 pruned points took
+#: Methods of the default front, with the sizes below: float, int8 and 4 pruned points took
 #: 18.5 minutes on the shared 2-core machine at load average 10 to 12 (a point embeds 1,200
 #: tweets through its int8 model: 145 to 235 s; sparsegpt adds 90 to 150 s of pruning), about
 #: half that at load 2 to 4. Wanda, a third method, adds 8 minutes at that load; it was
 #: dominated by sparsegpt at both sparsities (docs/results.md), so it is left to ``--methods``.
 DEFAULT_METHODS = ("magnitude", "sparsegpt")
 DEFAULT_SPARSITIES = (0.5, 0.8)
-#: Train and test split sizes of the default sweep (the task's own defaults are 2,000 and
+#: Train and test split sizes of the default front (the task's own defaults are 2,000 and
 #: 1,000, which take 2.5 times as long per point).
 DEFAULT_SIZES = SplitSizes(train=800, test=400)
 #: Test texts in the workload whose cycles are measured.
@@ -111,25 +111,29 @@ class FrontPoint:
     #: Test accuracy: a task model's own, or the quick check's (a probe refitted on the point's
     #: embeddings, :class:`~sparsemac.sw.task.TaskReport`).
     accuracy: float
-    #: The quick check's other figures against the float model; None for a task model.
+    #: The quick check's accuracy of the float model's probe reading the point's embeddings;
+    #: None for a task model.
     accuracy_dense_probe: float | None
+    #: The quick check's mean embedding cosine to the float model; None for a task model.
     cosine: float | None
+    #: The quick check's kNN agreement with the float model; None for a task model.
     knn_agreement: float | None
     #: The host's int8 embeddings of the workload equal the device's, bit for bit (None for the
     #: float model).
     host_equals_device: bool | None
     #: Wall time of the point: pruning, device run, embedding and probes.
     seconds: float
-    #: Per array configuration of the sweep (by :meth:`ArrayConfig.key`), the workload's
+    #: Per array configuration of the front (by :meth:`ArrayConfig.key`), the workload's
     #: ``sparse_cycles`` and ``dense_cycles`` from the exact cycle model (the first config's equal
-    #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the sweep's
+    #: the measured ones), and ``memory_sparse_cycles``, ``memory_dense_cycles`` under the front's
     #: memory model (the exact throttled cycle model), None without one.
-    by_config: dict[str, dict] = field(default_factory=dict)
-    #: A task model's: the 95 % interval of `accuracy`, and the comparison with the float model
-    #: on the same test items (the float point's is None). None for the quick check.
+    by_config: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    #: A task model's 95 % interval of `accuracy`; None for the quick check.
     interval: Interval | None = None
+    #: A task model's comparison with the float model on the same test items (None for the
+    #: float point itself, and for the quick check).
     paired: PairedComparison | None = None
-    #: The feed-forward activation (``str(ActivationSpec)``): the sweep's, or a checkpoint's.
+    #: The feed-forward activation (``str(ActivationSpec)``): the front's, or a checkpoint's.
     activation: str = "none"
     #: Measured fraction of exactly-zero int8 activations the workload sent (0 for float).
     activation_sparsity: float = 0.0
@@ -199,6 +203,32 @@ def best_within(points, dense_accuracy, within=WITHIN_POINTS) -> dict:
 
 
 @dataclass
+class VerilatorRerun:
+    """One point rerun on one test text on Verilator and on the reference back end."""
+
+    #: The point's :attr:`FrontPoint.label`.
+    label: str
+    #: Tokens of the test text.
+    tokens: int
+    #: Verilator's sums equal the reference's in every call.
+    bit_exact: bool
+    #: Verilator's cycles equal the reference's in every call.
+    cycles_equal: bool
+    #: Layers whose sums differ.
+    sums_mismatch: list[str]
+    #: Layers whose cycles differ.
+    cycles_mismatch: list[str]
+    #: Verilator's sparse cycles of the text.
+    sparse_cycles: int
+    #: Verilator's dense cycles of the same calls.
+    dense_cycles: int
+    #: The reference's sparse cycles of the text.
+    reference_sparse_cycles: int
+    #: Host wall time in the Verilator device.
+    device_s: float
+
+
+@dataclass
 class CompareReport:
     """The front: every point, which are Pareto-optimal, the best per method, files written.
 
@@ -212,28 +242,29 @@ class CompareReport:
     #: Activation quantisation scale: ``"tensor"`` or ``"token"``.
     granularity: str
     #: The fields of the array the device ran.
-    config: dict
-    #: The task's data: its source, split sizes and calibration text.
-    data: dict
+    config: dict[str, int]
+    #: The task's data: its ``source``, the ``train`` and ``test`` split sizes, the
+    #: ``calibration`` texts and their ``calibration_source``.
+    data: dict[str, str | int]
     #: The batch whose cycles are measured: ``texts`` and ``tokens``.
-    workload: dict
+    workload: dict[str, int]
     #: The float model's task accuracy.
     dense_accuracy: float
     #: Every :class:`FrontPoint` measured, in order.
-    points: list
+    points: list[FrontPoint]
     #: Indices into `points` of the Pareto-optimal ones, by increasing speedup.
-    front: list
+    front: list[int]
     #: Per method, the index of its fastest point within :data:`WITHIN_POINTS` of the float
     #: accuracy, or None.
-    best: dict
+    best: dict[str, int | None]
     #: The fastest best point rerun on one test text on Verilator and on the reference back end,
     #: compared; None without ``verify``.
-    verify: dict | None
+    verify: VerilatorRerun | None
     #: Wall time of the whole comparison.
     wall_s: float
     #: The files written: ``compare.csv``, ``compare.json``, ``front.png``.
-    files: list = field(default_factory=list)
-    #: ``memory``: the model's description, when the sweep had one.
+    files: list[Path] = field(default_factory=list)
+    #: ``memory``: the model's description, when the front had one.
     memory: str | None = None
     #: How the sparse jobs sent column indices: ``csr`` or ``delta``.
     index: str = "csr"
@@ -241,7 +272,7 @@ class CompareReport:
     #: paired drops) or :data:`QUICK_CHECK` (a probe refitted on each point's embeddings).
     evaluation: str = "quick check"
     #: A task model's paired bootstrap: ``seed``, ``resamples``, ``level``; None otherwise.
-    bootstrap: dict | None = None
+    bootstrap: dict[str, int | float] | None = None
     #: SmoothQuant migration strength of the offloaded points; None: none.
     smoothing: float | None = None
     #: The feed-forward activation of the int8 and pruned points.
@@ -253,7 +284,7 @@ class CompareReport:
         disagrees with the reference."""
         host = all(point.host_equals_device is not False for point in self.points)
         return host and (self.verify is None
-                         or (self.verify["bit_exact"] and self.verify["cycles_equal"]))
+                         or (self.verify.bit_exact and self.verify.cycles_equal))
 
     def as_json(self):
         summary = asdict(self)
@@ -307,9 +338,9 @@ class CompareReport:
         if self.verify:
             verify = self.verify
             summary.append([
-                "verify", f"{verify['label']}, {verify['tokens']} tokens, Verilator vs "
-                          f"reference: bit-exact {verify['bit_exact']}, cycles equal "
-                          f"{verify['cycles_equal']} ({verify['sparse_cycles']:,} sparse "
+                "verify", f"{verify.label}, {verify.tokens} tokens, Verilator vs "
+                          f"reference: bit-exact {verify.bit_exact}, cycles equal "
+                          f"{verify.cycles_equal} ({verify.sparse_cycles:,} sparse "
                           f"cycles): " + ("PASS" if self.passed else "FAIL")])
         summary += [["wall time", f"{self.wall_s:.1f} s"],
                     ["wrote", ", ".join(map(str, self.files))]]
@@ -321,7 +352,7 @@ class CompareReport:
 
 
     def _memory_sections(self):
-        """Every point on every config, and under the memory model, when the sweep
+        """Every point on every config, and under the memory model, when the front
         had more than one config or a memory model; else nothing."""
         if self.memory is None and len(self.points[0].by_config) < 2:
             return []
@@ -342,11 +373,11 @@ class CompareReport:
         return [(title, header, rows)]
 
 
-def sweep(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
-          checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY, seed=0,
-          sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None, calibration=None,
-          output="results/compare", verify=False, memory=None, index=ColumnIndex.CSR,
-          smoothing=None, activation=None):
+def measure_front(methods=DEFAULT_METHODS, sparsities=DEFAULT_SPARSITIES, *, model="minilm",
+                  checkpoints=(), configs=(DEFAULT_CONFIG,), granularity=DEFAULT_GRANULARITY,
+                  seed=0, sizes=DEFAULT_SIZES, workload=DEFAULT_WORKLOAD, data=None,
+                  calibration=None, output="results/compare", verify=False, memory=None,
+                  index=ColumnIndex.CSR, smoothing=None, activation=None):
     """Measure the speed-accuracy front: every method at every sparsity, and checkpoints.
 
     Parameters
@@ -567,12 +598,15 @@ def _verify(points, best, evaluation, texts, text, config, seed, granularity, in
         reports.append(report)
     check = cross_check(*reports)
     reference, verilator = reports
-    return {"label": point.label, "tokens": len(evaluation.tokenizer(text)["input_ids"]),
-            "bit_exact": check.bit_exact, "cycles_equal": check.cycles_equal,
-            "sums_mismatch": check.sums_mismatch, "cycles_mismatch": check.cycles_mismatch,
-            "sparse_cycles": verilator.sparse_cycles, "dense_cycles": verilator.dense_cycles,
-            "reference_sparse_cycles": reference.sparse_cycles,
-            "device_s": verilator.device_s}
+    return VerilatorRerun(label=point.label,
+                          tokens=len(evaluation.tokenizer(text)["input_ids"]),
+                          bit_exact=check.bit_exact, cycles_equal=check.cycles_equal,
+                          sums_mismatch=check.sums_mismatch,
+                          cycles_mismatch=check.cycles_mismatch,
+                          sparse_cycles=verilator.sparse_cycles,
+                          dense_cycles=verilator.dense_cycles,
+                          reference_sparse_cycles=reference.sparse_cycles,
+                          device_s=verilator.device_s)
 
 
 class _QuickCheck:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ...bitstreams.build import BoardEstimate
 from ...devices import BACKENDS, open_device
 from ...devices.reference import ReferenceDevice
 from ...hw.config import DEFAULT_CONFIG, ArrayConfig, check_config
@@ -24,8 +25,8 @@ from ...sw.calibration import check_pattern, prune_calibrated
 from ...sw.energy import load_energy_table
 from ...sw.golden import golden_matmul
 from ...sw.memory import PRESETS, MemoryModel
-from ...sw.memory_report import memory_report
-from ...sw.offload import OffloadedLinear
+from ...sw.memory_report import MemoryReport, memory_report
+from ...sw.offloaded_linear import OffloadedLinear
 from ...sw.packing import check_index
 from ...sw.progress import phase, progress
 from . import activation_calibration, check_output_path, check_port, method_calibration
@@ -35,7 +36,8 @@ from ...sw.quantisation import approximation_error, quantise_activations
 from ...hw.errors import InputError
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_LAYER", "DEFAULT_SPARSITY", "DEFAULT_FST_LIMIT",
-           "SimulationReport", "simulate_layer", "estimate_fst_bytes", "prune_layer"]
+           "BoardTimes", "SimulationReport", "simulate_layer", "estimate_fst_bytes",
+           "prune_layer"]
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_LAYER = "encoder.layer.0.intermediate.dense"
@@ -46,6 +48,25 @@ DEFAULT_FST_LIMIT = 1_000_000_000
 #: simulate --fst` (MiniLM layer 0 FFN, 90 %, 16 tokens) wrote 77 884 820 bytes for 327 918
 #: cycles. Other arrays are scaled with K x T.
 FST_BYTES_PER_CYCLE = 238
+
+
+@dataclass
+class BoardTimes:
+    """The layer's two runs timed on a board, from its committed build's manifest."""
+    #: The board, a key of :data:`~sparsemac.hw.boards.BOARDS`.
+    name: str
+    #: The memory model feeding the core (its cycles are the memory-bound ones).
+    memory: str
+    #: The clock the core runs at.
+    clock_mhz: float
+    #: nextpnr's Fmax of the build.
+    fmax_mhz: float
+    #: The UART's rate.
+    baud: int
+    #: The sparse run's time.
+    sparse: BoardEstimate
+    #: The dense run's time.
+    dense: BoardEstimate
 
 
 @dataclass
@@ -62,7 +83,7 @@ class SimulationReport:
     #: Tokens run: the sentence's, or as many as asked.
     tokens: int
     #: The array's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
-    config: dict
+    config: dict[str, int]
     #: The back end both runs used.
     backend: str
     #: Seeds random pruning, bert-base's weights and the calibration split.
@@ -113,10 +134,9 @@ class SimulationReport:
     fst: str | None
     #: The estimated wall time on a board from its committed build's manifest, or None without
     #: ``board``.
-    board: dict | None = None
-    #: The layer's cycles and energy under the memory model (a
-    #: :class:`~sparsemac.sw.memory_report.MemoryReport`).
-    memory: object = None
+    board: BoardTimes | None = None
+    #: The layer's cycles and energy under the memory model.
+    memory: MemoryReport | None = None
     #: The model's feed-forward activation (``str(ActivationSpec)``).
     activation: str = "none"
     #: Measured fraction of exactly-zero int8 activations sent to the layer.
@@ -155,9 +175,9 @@ class SimulationReport:
                if name not in ("config", "board", "memory")}
         row["config"] = ArrayConfig(**self.config).key()
         if self.board is not None:
-            row.update(board=self.board["name"],
-                       board_sparse_total_s=self.board["sparse"]["total_s"],
-                       board_dense_total_s=self.board["dense"]["total_s"])
+            row.update(board=self.board.name,
+                       board_sparse_total_s=self.board.sparse.total_s,
+                       board_dense_total_s=self.board.dense.total_s)
         if self.memory is not None:
             row.update(memory=self.memory.memory.name,
                        memory_sparse_energy_pj=self.memory.sparse.energy.total_pj,
@@ -221,17 +241,17 @@ class SimulationReport:
     def _board_sections(self):
         if self.board is None:
             return []
-        board, sparse, dense = self.board, self.board["sparse"], self.board["dense"]
-        title = (f"Estimated on the {board['name']} (core at {board['clock_mhz']:g} MHz, "
-                 f"Fmax {board['fmax_mhz']:g} MHz, fed by memory {board['memory']}; UART "
-                 f"{board['baud']:,} baud)")
+        board, sparse, dense = self.board, self.board.sparse, self.board.dense
+        title = (f"Estimated on the {board.name} (core at {board.clock_mhz:g} MHz, "
+                 f"Fmax {board.fmax_mhz:g} MHz, fed by memory {board.memory}; UART "
+                 f"{board.baud:,} baud)")
         return [(title, ["", "sparse", "dense"], [
-            ["compute (cycles / clock)", f"{sparse['compute_s'] * 1e3:.3f} ms",
-             f"{dense['compute_s'] * 1e3:.3f} ms"],
-            ["link (bytes x 10 / baud)", f"{sparse['link_s'] * 1e3:.1f} ms",
-             f"{dense['link_s'] * 1e3:.1f} ms"],
-            ["total, at most", f"{sparse['total_s'] * 1e3:.1f} ms",
-             f"{dense['total_s'] * 1e3:.1f} ms"],
+            ["compute (cycles / clock)", f"{sparse.compute_s * 1e3:.3f} ms",
+             f"{dense.compute_s * 1e3:.3f} ms"],
+            ["link (bytes x 10 / baud)", f"{sparse.link_s * 1e3:.1f} ms",
+             f"{dense.link_s * 1e3:.1f} ms"],
+            ["total, at most", f"{sparse.total_s * 1e3:.1f} ms",
+             f"{dense.total_s * 1e3:.1f} ms"],
         ])]
 
 
@@ -506,7 +526,7 @@ def _board_estimate(board, config, memory, sparse_cycles, dense_cycles, sparse_b
                          "--config), or build one for this config with `sparsemac build`")
     sparse = board_estimate(sparse_cycles, sparse_bytes, manifest)
     dense = board_estimate(dense_cycles, dense_bytes, manifest)
-    return {"name": board, "memory": memory.name, "clock_mhz": sparse.clock_mhz, "fmax_mhz": sparse.fmax_mhz,
-            "baud": sparse.baud, "sparse": asdict(sparse), "dense": asdict(dense)}
+    return BoardTimes(name=board, memory=memory.name, clock_mhz=sparse.clock_mhz,
+                      fmax_mhz=sparse.fmax_mhz, baud=sparse.baud, sparse=sparse, dense=dense)
 
 

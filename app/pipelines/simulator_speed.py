@@ -1,4 +1,4 @@
-"""How fast the simulators themselves are: :func:`bench`.
+"""How fast the simulators themselves are: :func:`measure_simulator_speed`.
 
 For each array configuration (``sparsemac bench`` takes the default array and one with four
 times its multipliers) it measures the simulated cycles per second of each back
@@ -24,8 +24,8 @@ from ...sim.toolchain import tool_versions
 from ...sw.csr import CSRMatrix
 from ...sw.progress import progress
 
-__all__ = ["BackendRun", "ConfigBench", "BenchReport", "bench_config",
-           "bench"]
+__all__ = ["BackendRun", "ConfigSpeed", "Machine", "SimulatorSpeedReport",
+           "measure_config_speed", "measure_simulator_speed"]
 
 
 #: (rows, cols, tokens, sparsity) of the job each back end runs; Amaranth gets a small one.
@@ -55,31 +55,44 @@ class BackendRun:
 
 
 @dataclass
-class ConfigBench:
+class ConfigSpeed:
     """Everything measured for one array configuration."""
     #: The config's key, e.g. ``k8t4``.
     name: str
     #: The config's fields (:meth:`ArrayConfig.as_dict <sparsemac.hw.config.ArrayConfig.as_dict>`).
-    config: dict
+    config: dict[str, int]
     #: Seconds of a Verilator build in an empty cache; None when the cold build was not measured.
     cold_build_s: float | None
     #: Seconds of a build that hits the cache; None when Verilator was skipped (``cold=False`` and
     #: no cached build).
     cached_build_s: float | None
     #: One :class:`BackendRun` per back end measured.
-    runs: list
+    runs: list[BackendRun]
 
 
 @dataclass
-class BenchReport:
+class Machine:
+    """What ran the measurement."""
+    #: CPUs of the machine (:func:`os.cpu_count`; None when unknown).
+    cpus: int | None
+    #: The Python version.
+    python: str
+    #: The platform, as :func:`platform.platform` names it.
+    platform: str
+    #: The simulator tools' versions, by tool (:func:`~sparsemac.sim.toolchain.tool_versions`).
+    tools: dict[str, str]
+
+
+@dataclass
+class SimulatorSpeedReport:
     """Every configuration measured, and the machine; :meth:`as_json` is the JSON file."""
     #: CPUs, Python, platform and simulator tool versions of the machine.
-    machine: dict
+    machine: Machine
     #: Seeds the jobs' weights and activations.
     seed: int
-    #: One :class:`ConfigBench` per array configuration.
-    configs: list
-    #: Wall time of the whole bench.
+    #: One :class:`ConfigSpeed` per array configuration.
+    configs: list[ConfigSpeed]
+    #: Wall time of the whole measurement.
     wall_s: float
 
     def as_json(self):
@@ -88,18 +101,19 @@ class BenchReport:
     def sections(self):
         """The human report as ``(title, header, rows)`` tables."""
         sections = []
-        for bench in self.configs:
-            config = ArrayConfig(**bench.config)
+        for measured in self.configs:
+            config = ArrayConfig(**measured.config)
             rows = [[run.backend, run.job, f"{run.cycles:,}", f"{run.wall_s:.3f}",
                      f"{run.cycles_per_s:,.0f}", f"{run.cycles_per_cpu_s:,.0f}", run.note]
-                    for run in bench.runs]
-            sections.append((f"{bench.name}: {config.describe()}",
+                    for run in measured.runs]
+            sections.append((f"{measured.name}: {config.describe()}",
                              ["back end", "job", "cycles", "wall s", "cycles/s", "cycles/CPU s",
                               "note"], rows))
-            cold = "skipped" if bench.cold_build_s is None else f"{bench.cold_build_s:.1f} s"
-            cached = ("skipped" if bench.cached_build_s is None
-                      else f"{bench.cached_build_s:.3f} s")
-            sections.append((f"{bench.name}: Verilator build", None, [
+            cold = ("skipped" if measured.cold_build_s is None
+                    else f"{measured.cold_build_s:.1f} s")
+            cached = ("skipped" if measured.cached_build_s is None
+                      else f"{measured.cached_build_s:.3f} s")
+            sections.append((f"{measured.name}: Verilator build", None, [
                 ["cold (empty cache)", cold], ["cached", cached]]))
         return sections
 
@@ -143,7 +157,7 @@ def _cache(path):
             os.environ["SPARSEMAC_CACHE"] = previous
 
 
-def bench_config(config, *, cold=True, amaranth=True, seed=0):
+def measure_config_speed(config, *, cold=True, amaranth=True, seed=0):
     """Measures one array configuration on every back end.
 
     Parameters
@@ -160,7 +174,7 @@ def bench_config(config, *, cold=True, amaranth=True, seed=0):
 
     Returns
     -------
-    ConfigBench
+    ConfigSpeed
 
     Raises
     ------
@@ -170,7 +184,7 @@ def bench_config(config, *, cold=True, amaranth=True, seed=0):
     name = config.key()
     runs, cold_s, cached_s = [], None, None
     if cold or is_cached(config):
-        with tempfile.TemporaryDirectory(prefix="sparsemac-bench-") as folder:
+        with tempfile.TemporaryDirectory(prefix="sparsemac-speed-") as folder:
             with _cache(folder) if cold else nullcontext():
                 first = build_library(config)  # cold in the empty cache, else a hit
                 cached = build_library(config)
@@ -188,21 +202,21 @@ def bench_config(config, *, cold=True, amaranth=True, seed=0):
     if amaranth:
         progress(f"{name}: Amaranth on {SMALL_JOB[0]}x{SMALL_JOB[1]} x {SMALL_JOB[2]} tokens")
         runs.append(_measure(AmaranthDevice(config), SMALL_JOB, seed))
-    return ConfigBench(name=name, config=config.as_dict(), cold_build_s=cold_s,
+    return ConfigSpeed(name=name, config=config.as_dict(), cold_build_s=cold_s,
                        cached_build_s=cached_s, runs=runs)
 
 
-def bench(configs, *, cold=True, amaranth=True, seed=0):
-    """Measures every configuration (see :func:`bench_config`).
+def measure_simulator_speed(configs, *, cold=True, amaranth=True, seed=0):
+    """Measures every configuration (see :func:`measure_config_speed`).
 
     Returns
     -------
-    BenchReport
+    SimulatorSpeedReport
     """
     started = time.perf_counter()
-    benches = [bench_config(config, cold=cold, amaranth=amaranth, seed=seed)
-               for config in configs]
-    return BenchReport(
-        machine={"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "platform": platform.platform(), "tools": tool_versions()},
-        seed=seed, configs=benches, wall_s=time.perf_counter() - started)
+    measured = [measure_config_speed(config, cold=cold, amaranth=amaranth, seed=seed)
+                for config in configs]
+    return SimulatorSpeedReport(
+        machine=Machine(cpus=os.cpu_count(), python=platform.python_version(),
+                        platform=platform.platform(), tools=tool_versions()),
+        seed=seed, configs=measured, wall_s=time.perf_counter() - started)

@@ -7,7 +7,7 @@ from torch import nn
 from sparsemac.devices import open_device
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.sw.golden import quantised_linear
-from sparsemac.sw.offload import OffloadedLinear
+from sparsemac.sw.offloaded_linear import OffloadedLinear
 from sparsemac.sw.pruning import prune_mask
 from sparsemac.sw.quantisation import quantise_activations, quantise_weights
 
