@@ -81,7 +81,7 @@ class CSRStreamerHarness(Harness):
         address_width = self.config.column_address_width
         job, chunk = self.held_job, self.chunks.payload
         sparse = job.mode == Mode.SPARSE
-        used, taken, own, out_pair = self.used, self.taken, self.own, self.out_pair
+        used, own, out_pair = self.used, self.own, self.out_pair
         row_last = out_pair + own == self.row_end
         column_base = Mux(sparse, out_pair, out_pair - self.row_start)
         # One Assert per line, so that the source line in a failure names the check.
