@@ -38,12 +38,13 @@ from .offloaded_linear import OffloadedLinear, OffloadStats
 from .packing import check_index, tile_row_lengths, weight_stream_bytes
 from .progress import progress_bar
 from .pruning import (DEFAULT_BERT_PATTERNS, LayerWeights, choose_masks, conv1d_class,
-                      require_linears)
-from .quantisation import DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, smoothing_scales
+                      matching_linears, require_linears)
+from .quantisation import (DEFAULT_GRANULARITY, GRANULARITIES, Int8Linear, quantise_weights,
+                           smoothing_scales)
 from ..hw.errors import InputError
 
 __all__ = ["LayerFigures", "LayerReport", "OffloadReport", "CrossCheck", "offload",
-           "matmul_cycles", "cross_check", "run_on_host"]
+           "matmul_cycles", "model_cycles", "cross_check", "run_on_host"]
 
 #: One layer's figures as :meth:`LayerReport.as_json` gives them, by name: numbers, flags, the
 #: name and the shape (None where a ratio is infinite).
@@ -505,6 +506,39 @@ def matmul_cycles(weights: CSRMatrix, tokens: int, config: ArrayConfig,
     return sum(job_cycles(tile_row_lengths(job, weights, config, index), job.cols, job.tokens,
                           config, mode).total
                for job in job_tiles(rows, cols, tokens, config))
+
+
+def model_cycles(model: nn.Module, tokens: int, config: ArrayConfig, mode: Mode = Mode.SPARSE,
+                 patterns: Sequence[str] = DEFAULT_BERT_PATTERNS) -> int:
+    """Cycles of one call of every matching linear of `model` with `tokens` tokens, predicted
+    as :func:`matmul_cycles` predicts each, on the int8 weights the offload would send (no
+    SmoothQuant migration): what ``sparsemac bert --backend reference --smoothing none`` counts
+    for a model already pruned, without running it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left unchanged.
+    tokens : int
+    config : ArrayConfig
+    mode : Mode
+    patterns : sequence of str
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If no linear matches or `tokens` is below 1.
+    """
+    linears = matching_linears(model, patterns)
+    if not linears:
+        raise InputError(f"no nn.Linear in the model matches the patterns {list(patterns)!r}")
+    return sum(matmul_cycles(CSRMatrix.from_dense(quantise_weights(linear.weight.detach()).values),
+                             tokens, config, mode)
+               for _, linear in linears)
 
 
 def cross_check(reference: OffloadReport, other: OffloadReport) -> CrossCheck:

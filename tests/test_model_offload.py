@@ -19,7 +19,7 @@ from sparsemac.hw.config import ArrayConfig
 from sparsemac.hw.formats import Mode
 from sparsemac.app.cli import main
 from sparsemac.app.commands import bert
-from sparsemac.sw.model_offload import cross_check, matmul_cycles, offload
+from sparsemac.sw.model_offload import cross_check, matmul_cycles, model_cycles, offload
 from sparsemac.sw.models import load_model, tokenize
 from sparsemac.sw.offloaded_linear import OffloadedLinear
 from sparsemac.sw.pruning import matching_linears, prune_model
@@ -144,6 +144,18 @@ def test_matmul_cycles_tiles_like_the_driver():
         for mode in Mode:
             assert matmul_cycles(weights, tokens, config, mode) == \
                 device.matmul(weights, activations, mode).cycles
+
+
+def test_model_cycles_are_what_the_reference_device_counts_for_a_pruned_model():
+    model = tiny_bert()
+    prune_model(model, 0.7, "magnitude")
+    pruned = copy.deepcopy(model)
+    _, report = offload(model, open_device("reference", SMALL), 0.0)
+    hidden(model, tiny_inputs(tokens=9, batch=1))
+    for mode, counted in ((Mode.SPARSE, report.sparse_cycles), (Mode.DENSE, report.dense_cycles)):
+        assert model_cycles(pruned, 9, SMALL, mode) == counted > 0
+    with pytest.raises(ValueError, match="no nn.Linear in the model matches"):
+        model_cycles(pruned, 9, SMALL, patterns=("no-such-layer",))
 
 
 def test_global_scope_reaches_the_target_over_all_layers():

@@ -273,7 +273,7 @@ def test_verified_point_is_bit_exact_on_verilator(tmp_path):
 
 
 def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypatch):
-    spec = spec_of(build={"seeds": [1, 7]})
+    spec = spec_of(build={"seeds": [1, 7], "clock_mhz": 90, "time_limit_minutes": 30})
     points = expand_points(spec)
     builds = [point for point in points if point.kind == "build"]
     k8t4, k1t1 = spec.configs
@@ -283,20 +283,31 @@ def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypa
     assert points[:10] == expand_points(spec_of())
     calls = []
 
-    def fake_build(config, board, output, *, seed, log):
-        calls.append((config, board, output, seed))
+    def fake_build(config, board, output, *, clock_hz, seed, time_limit, log):
+        calls.append((config, board, output, clock_hz, seed, time_limit))
         resources = ResourceReport(lut4=1234, ff=567, dsp=32, bram=141, totals={},
-                                   fmax_mhz=75.1, constraint_mhz=60.0)
+                                   fmax_mhz=75.1, constraint_mhz=90.0, critical_from="a",
+                                   critical_to="b", critical_ns=13.3)
         return BuildResult(bitstream=None, manifest=None, report=None, resources=resources,
                            seconds=1.0)
 
     monkeypatch.setattr("sparsemac.bitstreams.build.build_bitstream", fake_build)
+    monkeypatch.setattr("sparsemac.app.pipelines.sweep.worker.bert_base_cycles",
+                        lambda config: 7_510_000)
     row = run_point(builds[1])
     assert row.error == ""
     assert (row.lut4, row.ff, row.dsp, row.bram, row.fmax_mhz) == (1234, 567, 32, 141, 75.1)
-    ((config, board, output, seed),) = calls
-    assert (config, board, seed) == (ArrayConfig(), "ulx3s-85f", 7)
+    assert (row.clock_mhz, row.critical_ns, row.critical_path) == (90, 13.3, "a -> b")
+    assert (row.bert_base_cycles, row.bert_base_s) == (7_510_000, 7_510_000 / 75.1e6)
+    ((config, board, output, clock_hz, seed, time_limit),) = calls
+    assert (config, board, clock_hz, seed, time_limit) == (ArrayConfig(), "ulx3s-85f",
+                                                           90_000_000, 7, 1800.0)
     assert "sweep-builds" in str(output) and "bitstreams/ulx3s" not in str(output)
+    # The time limit is not part of a point's key; the clock is, unless it is the default.
+    assert builds[1].key == dataclasses.replace(builds[1], time_limit_s=None).key
+    assert builds[1].key != dataclasses.replace(builds[1], clock_mhz=60.0).key
+    assert dataclasses.replace(builds[1], clock_mhz=60.0).key == \
+        dataclasses.replace(builds[1], clock_mhz=None).key
 
 
 def test_pareto_front():
@@ -343,6 +354,9 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
     ({"verify": {"samples": 2}}, "unknown key 'samples' in [verify]: it takes sample, seed"),
     ({"build": {"seeds": []}}, "[build] needs seeds, a non-empty list"),
     ({"build": {"seeds": [1], "board": "icebreaker"}}, "unknown board 'icebreaker'"),
+    ({"build": {"seeds": [1], "clock_mhz": 0}}, "[build] clock_mhz must be a positive number"),
+    ({"build": {"seeds": [1], "time_limit_minutes": -5}},
+     "[build] time_limit_minutes must be a positive number, not -5"),
 ])
 def test_bad_spec(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -526,3 +540,15 @@ def test_an_activation_axis_makes_points_of_the_layers_it_feeds():
     with pytest.raises(ValueError, match=re.escape("test.toml: activation 'gelu' is not one "
                                                    "of: none, relu")):
         spec_of(activations=["gelu"])
+
+
+@pytest.mark.slow
+def test_a_builds_bert_base_cycles_are_what_the_bert_command_counts():
+    from sparsemac.app.pipelines.bert import measure_bert
+    from sparsemac.app.pipelines.sweep.worker import BERT_BASE_WORKLOAD, bert_base_cycles
+
+    config = ArrayConfig.from_key("k8t8i1024p2")
+    report = measure_bert(BERT_BASE_WORKLOAD["model"], backend="reference", config=config,
+                          sparsity=BERT_BASE_WORKLOAD["sparsity"],
+                          tokens=BERT_BASE_WORKLOAD["tokens"], seed=BERT_BASE_WORKLOAD["seed"])
+    assert bert_base_cycles(config) == report.sparse_cycles

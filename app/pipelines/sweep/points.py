@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ....hw.board_link import design_digest
+from ....hw.board_link import DEFAULT_CLOCK_HZ, design_digest
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError
 from ....sw.methods import parse_method
@@ -49,14 +49,22 @@ class SweepPoint:
     build_seed: int | None = None
     #: The feed-forward activation, a canonical ``--activation`` spec.
     activation: str = "none"
+    #: The build point's clock constraint, MHz (None for a layer).
+    clock_mhz: float | None = None
+    #: The build point's time limit, s; not part of the key (a failed row is recomputed anyway).
+    time_limit_s: float | None = None
 
     @property
     def key(self):
-        """16 hex digits hashing every parameter and the design hash: the row's key (GELU's
-        points keep the keys they had before activations were an axis)."""
+        """16 hex digits hashing every parameter but the time limit, and the design hash: the
+        row's key (GELU's points and the default clock's builds keep the keys they had before
+        activations and clocks were axes)."""
         parameters = dataclasses.asdict(self)
+        del parameters["time_limit_s"]
         if self.activation == "none":
             del parameters["activation"]
+        if self.clock_mhz is None or self.clock_mhz == DEFAULT_CLOCK_HZ / 1e6:
+            del parameters["clock_mhz"]
         blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -108,7 +116,9 @@ def expand_points(spec):
                   for index, point in enumerate(points)]
     if spec.build is not None:
         points.extend(SweepPoint(kind="build", config=config, design_hash=hashes[config],
-                                 board=spec.build.board, build_seed=seed)
+                                 board=spec.build.board, build_seed=seed,
+                                 clock_mhz=spec.build.clock_mhz,
+                                 time_limit_s=spec.build.time_limit_s)
                       for config in spec.configs for seed in spec.build.seeds)
     return points
 

@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ....hw.board_link import DEFAULT_CLOCK_HZ
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError, MissingFileError
 from ....sw.methods import parse_method
@@ -31,6 +32,10 @@ class BuildSpec:
     seeds: tuple[int, ...]
     #: The board built for, a key of :data:`~sparsemac.hw.boards.BOARDS`.
     board: str
+    #: The clock each build is constrained to (the PLL's output), MHz.
+    clock_mhz: float = DEFAULT_CLOCK_HZ / 1e6
+    #: Wall time one build may take; past it the build stops and its point fails. None: none.
+    time_limit_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,8 @@ def _parse_verify(section, fail):
 def _parse_build(section, fail):
     from ....bitstreams.build import BOARDS
 
-    section = _parse_section(section, "build", ("seeds", "board"), fail)
+    section = _parse_section(section, "build",
+                             ("seeds", "board", "clock_mhz", "time_limit_minutes"), fail)
     if section is None:
         return None
     seeds = section.get("seeds")
@@ -274,4 +280,12 @@ def _parse_build(section, fail):
     board = section.get("board", "ulx3s-85f")
     if board not in BOARDS:
         fail(f"unknown board {board!r} in [build]: choose one of {', '.join(BOARDS)}")
-    return BuildSpec(seeds=tuple(seeds), board=board)
+    clock_mhz = section.get("clock_mhz", DEFAULT_CLOCK_HZ / 1e6)
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
+        fail(f"[build] clock_mhz must be a positive number of MHz, not {clock_mhz!r}")
+    minutes = section.get("time_limit_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not minutes > 0):
+        fail(f"[build] time_limit_minutes must be a positive number, not {minutes!r}")
+    return BuildSpec(seeds=tuple(seeds), board=board, clock_mhz=float(clock_mhz),
+                     time_limit_s=None if minutes is None else 60.0 * minutes)

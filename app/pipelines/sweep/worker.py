@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from .. import method_calibration
 
-__all__ = ["PointResult", "COLUMNS", "run_point"]
+__all__ = ["PointResult", "COLUMNS", "BERT_BASE_WORKLOAD", "bert_base_cycles", "run_point"]
 
 
 @dataclass
@@ -110,6 +110,16 @@ class PointResult:
     bram: int | None = None
     #: A build's achieved Fmax.
     fmax_mhz: float | None = None
+    #: A build's clock constraint, MHz.
+    clock_mhz: float | None = None
+    #: A build's critical path delay, ns.
+    critical_ns: float | None = None
+    #: A build's critical path, ``from -> to`` (nextpnr's cell names).
+    critical_path: str = ""
+    #: A build's config's cycles for BERT-base's encoder linears (:data:`BERT_BASE_WORKLOAD`).
+    bert_base_cycles: int | None = None
+    #: Those cycles' time at the build's achieved Fmax, s.
+    bert_base_s: float | None = None
     #: The model's feed-forward activation (a canonical ``--activation`` spec).
     activation: str = ""
     #: Measured fraction of exactly-zero int8 activations the layer received.
@@ -137,7 +147,8 @@ class PointResult:
                    layer=point.layer, method=point.method, target_sparsity=point.sparsity,
                    tokens=point.tokens, seed=point.seed if point.kind == "layer" else None,
                    verify=point.verify, board=point.board, build_seed=point.build_seed,
-                   activation=point.activation if point.kind == "layer" else "")
+                   activation=point.activation if point.kind == "layer" else "",
+                   clock_mhz=point.clock_mhz)
 
     @property
     def failed(self):
@@ -274,12 +285,38 @@ def _measure_build(point, result):
     from ....bitstreams.build import build_bitstream
     from ....sim.toolchain import cache_dir
 
+    clock_hz = round(point.clock_mhz * 1e6)
     # Not the committed folder: a sweep never replaces a release bitstream.
     output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_{point.design_hash}"
-                                       f"_seed{point.build_seed}")
-    built = build_bitstream(point.config, point.board, output, seed=point.build_seed,
+                                       f"_{clock_hz}_seed{point.build_seed}")
+    built = build_bitstream(point.config, point.board, output, clock_hz=clock_hz,
+                            seed=point.build_seed, time_limit=point.time_limit_s,
                             log=lambda message: None)
     resources = built.resources
     result.lut4, result.ff, result.dsp, result.bram = (resources.lut4, resources.ff,
                                                        resources.dsp, resources.bram)
     result.fmax_mhz = resources.fmax_mhz
+    result.critical_ns = resources.critical_ns or None
+    result.critical_path = (f"{resources.critical_from} -> {resources.critical_to}"
+                            if resources.critical_from else "")
+    result.bert_base_cycles = bert_base_cycles(point.config)
+    result.bert_base_s = result.bert_base_cycles / (resources.fmax_mhz * 1e6)
+
+
+#: The workload a build's speed is read on: BERT-base's 72 encoder linears (seeded random
+#: weights), magnitude pruning to 90 %, one call of 128 tokens each, plain int8 weights.
+BERT_BASE_WORKLOAD = {"model": "bert-base", "seed": 0, "sparsity": 0.9, "tokens": 128}
+
+
+@functools.lru_cache(maxsize=16)
+def bert_base_cycles(config):
+    """Cycles of :data:`BERT_BASE_WORKLOAD` on `config` (the exact cycle model, as the
+    reference device counts them)."""
+    from ....sw.model_offload import model_cycles
+    from ....sw.pruning import prune_model
+
+    with _MODEL_LOCK:
+        model = copy.deepcopy(_loaded_model(BERT_BASE_WORKLOAD["model"], BERT_BASE_WORKLOAD["seed"],
+                                            "none").model)
+    prune_model(model, BERT_BASE_WORKLOAD["sparsity"], "magnitude")
+    return model_cycles(model, BERT_BASE_WORKLOAD["tokens"], config)
