@@ -513,25 +513,8 @@ def model_cycles(model: nn.Module, tokens: int, config: ArrayConfig, mode: Mode 
     """Cycles of one call of every matching linear of `model` with `tokens` tokens, predicted
     as :func:`matmul_cycles` predicts each, on the int8 weights the offload would send (no
     SmoothQuant migration): what ``sparsemac bert --backend reference --smoothing none`` counts
-    for a model already pruned, without running it.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Left unchanged.
-    tokens : int
-    config : ArrayConfig
-    mode : Mode
-    patterns : sequence of str
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    ValueError
-        If no linear matches or `tokens` is below 1.
+    for a model already pruned, without running it. `model` is left unchanged; a ValueError
+    says that no linear matches `patterns`, or that `tokens` is below 1.
     """
     linears = matching_linears(model, patterns)
     if not linears:
