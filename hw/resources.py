@@ -223,7 +223,7 @@ class TimingEstimate:
                 and self.fmax_mhz * (1 + FMAX_ERROR) >= clock_mhz)
 
 
-def estimate_timing(config):
+def estimate_timing(config, logic_cells=None):
     """Predicts the Fmax and the routability of ``config``'s board design on the ULX3S-85F.
 
     The critical path is fitted as ``12.08 + 53.64 u^2`` ns, ``u`` the logic cells of
@@ -247,16 +247,24 @@ def estimate_timing(config):
     depth alone is 12.08 ns (82.8 MHz), which is what the registered edges are to cut; a build
     of one will recalibrate it.
 
+    The logic estimate is a fit to T of at most 12; wider T is an extrapolation it overshoots
+    (k4t32i512r1: 18 881 predicted, 13 069 synthesised), so where a synthesis is at hand
+    (:func:`sparsemac.bitstreams.build.synthesise`, minutes against a place and route's hour)
+    its count is the better ``logic_cells``.
+
     Parameters
     ----------
     config : ArrayConfig
+    logic_cells : int or None
+        The design's logic cells, if known; by default :func:`estimate_resources`'.
 
     Returns
     -------
     TimingEstimate
     """
-    utilisation = (estimate_resources(config).logic_cells
-                   / BOARDS[DEFAULT_BOARD].totals["lut4"])
+    if logic_cells is None:
+        logic_cells = estimate_resources(config).logic_cells
+    utilisation = logic_cells / BOARDS[DEFAULT_BOARD].totals["lut4"]
     fixed, spread = _PATH_FIT
     if utilisation <= ROUTES_UP_TO:
         routability = "routes"

@@ -140,3 +140,12 @@ def test_routability_and_what_is_worth_a_build():
     assert not any(estimate.worth_building(90) for estimate in timing.values())
     assert timing["k8t8i1024p2"].fmax_class == "60 MHz"
     assert timing["k16t8i512"].fmax_class == "below 60 MHz"
+
+
+def test_a_synthesised_logic_count_replaces_the_estimate():
+    # k4t32i512r1, Yosys alone: 13 069 logic cells where the fit (T <= 12) predicts 18 881.
+    config = ArrayConfig.from_key("k4t32i512r1")
+    estimated, synthesised = estimate_timing(config), estimate_timing(config, 13069)
+    assert round(estimated.utilisation, 3) == 0.226 and round(synthesised.utilisation, 3) == 0.156
+    assert synthesised.fmax_mhz > estimated.fmax_mhz
+    assert synthesised.routability == estimated.routability == "routes"
