@@ -363,19 +363,35 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
 numba.config.CACHE_DIR = str(cache_dir("numba"))
 
 
-#: The rows of the replay's stream arrays (the order of ``JobStreams``).
-_ACTIVATIONS, _POINTERS, _COLUMNS, _VALUES = 0, 1, 2, 3
-
-
-@numba.njit(cache=True)
-def _take(stream, left, level, beat, held, registered):
-    """The core takes a beat of ``stream``: from its skid buffer with ``registered``, else
-    straight from its bucket."""
+@numba.njit(cache=True, inline="always")
+def _offers(left, level, beat, held, registered):
+    """``(ready, intake)`` of one input stream in a cycle: whether the core may take a beat (from
+    the bucket, or with ``registered`` from the skid buffer), and whether the skid buffer takes
+    one from the bucket (it does while it holds at most one)."""
+    offered = left != 0 and level >= beat
     if registered:
-        held[stream] -= 1
-    else:
-        left[stream] -= 1
-        level[stream] -= beat[stream]
+        return held != 0, offered and held < 2
+    return offered, False
+
+
+@numba.njit(cache=True, inline="always")
+def _moved(left, level, beat, held, registered, intake, taken):
+    """``(left, level, held)`` of one input stream after the edge: the skid buffer's ``intake``
+    and the core's take (``taken``), from the skid buffer or straight from the bucket."""
+    if intake:
+        left, level, held = left - 1, level - beat, held + 1
+    if taken and registered:
+        held -= 1
+    elif taken:
+        left, level = left - 1, level - beat
+    return left, level, held
+
+
+@numba.njit(cache=True, inline="always")
+def _early(left, offers_early, registered):
+    """Beats of one input stream in its skid buffer when the job starts: the one an unthrottled
+    stream offers in cycle 0, with ``registered``."""
+    return 1 if registered and offers_early != 0 and left != 0 else 0
 
 
 @numba.njit(cache=True)
@@ -390,21 +406,17 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
     unthrottled one does). With ``registered`` each stream passes a two-beat skid buffer that
     takes a beat whenever it holds at most one and offers it from the next cycle on.
     """
-    left = buckets[:4, 0].copy()
-    beat = buckets[:4, 1].copy()
-    rate = buckets[:4, 2].copy()
-    held = np.zeros(4, dtype=np.int64)
-    if registered:
-        # A skid buffer takes the beat a stream offers in cycle 0, before the job starts.
-        for stream in range(4):
-            if buckets[stream, 3] != 0 and left[stream] != 0:
-                held[stream] = 1
-                left[stream] -= 1
+    a_beat, p_beat, c_beat, v_beat = buckets[0, 1], buckets[1, 1], buckets[2, 1], buckets[3, 1]
+    a_rate, p_rate, c_rate, v_rate = buckets[0, 2], buckets[1, 2], buckets[2, 2], buckets[3, 2]
+    a_held = _early(buckets[0, 0], buckets[0, 3], registered)
+    p_held = _early(buckets[1, 0], buckets[1, 3], registered)
+    c_held = _early(buckets[2, 0], buckets[2, 3], registered)
+    v_held = _early(buckets[3, 0], buckets[3, 3], registered)
+    a_left, p_left = buckets[0, 0] - a_held, buckets[1, 0] - p_held
+    c_left, v_left = buckets[2, 0] - c_held, buckets[3, 0] - v_held
     # The edge of cycle 0, in which the job is accepted, refills the empty buckets once.
-    level = np.minimum(rate, beat)
-    offered = np.zeros(4, dtype=np.bool_)
-    ready = np.zeros(4, dtype=np.bool_)
-    intake = np.zeros(4, dtype=np.bool_)
+    a_level, p_level = min(a_rate, a_beat), min(p_rate, p_beat)
+    c_level, v_level = min(c_rate, c_beat), min(v_rate, v_beat)
 
     # Registers after that edge (the RTL's start assignments).
     busy, blocks_to_emit, row_index, in_row = True, blocks, 0, False
@@ -421,19 +433,17 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
 
     cycle = 1
     while True:
-        # Combinational: which handshakes the edge at the end of this cycle takes. A stream is
-        # ready for the core when its bucket offers a beat, or with ``registered`` when its
-        # skid buffer holds one (and the buffer takes what the bucket offers).
-        for stream in range(4):
-            offered[stream] = left[stream] != 0 and level[stream] >= beat[stream]
-            intake[stream] = registered and offered[stream] and held[stream] < 2
-            ready[stream] = held[stream] != 0 if registered else offered[stream]
+        # Combinational: which handshakes the edge at the end of this cycle takes.
+        a_ready, a_in = _offers(a_left, a_level, a_beat, a_held, registered)
+        p_ready, p_in = _offers(p_left, p_level, p_beat, p_held, registered)
+        c_ready, c_in = _offers(c_left, c_level, c_beat, c_held, registered)
+        v_ready, v_in = _offers(v_left, v_level, v_beat, v_held, registered)
         load_full = full1 if load_bank else full0
-        fill = blocks_to_load != 0 and not load_full and ready[_ACTIVATIONS]
+        fill = blocks_to_load != 0 and not load_full and a_ready
         chunk_ready = full1 if read_bank else full0
         accept = chunk_valid and chunk_ready
-        fetch = (fetch_left != 0 and occupancy <= ring_limit and ready[_VALUES]
-                 and (not sparse or ready[_COLUMNS]))
+        fetch = (fetch_left != 0 and occupancy <= ring_limit and v_ready
+                 and (not sparse or c_ready))
         if in_row:
             row_part, length = row_take, row_left
         else:
@@ -458,30 +468,38 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             next_consumed = primed or (emit and row_left <= lanes and next_valid)
         else:
             next_consumed = emit and not in_row and sparse
-        pointer = (pointer_blocks != 0 and (not next_valid or next_consumed)
-                   and ready[_POINTERS])
+        pointer = (pointer_blocks != 0 and (not next_valid or next_consumed) and p_ready)
 
-        if not (fill or accept or fetch or emit or pointer or primed or intake.any()):
+        if not (fill or accept or fetch or emit or pointer or primed
+                or a_in or p_in or c_in or v_in):
             # Nothing moves until a stream short of credit has a beat: jump there.
             edges = -1
-            for stream in range(4):
-                if left[stream] != 0 and level[stream] < beat[stream]:
-                    wait = -(-(beat[stream] - level[stream]) // rate[stream])
+            for left, level, beat, rate in ((a_left, a_level, a_beat, a_rate),
+                                            (p_left, p_level, p_beat, p_rate),
+                                            (c_left, c_level, c_beat, c_rate),
+                                            (v_left, v_level, v_beat, v_rate)):
+                if left != 0 and level < beat:
+                    wait = -(-(beat - level) // rate)
                     if edges < 0 or wait < edges:
                         edges = wait
             if edges < 0:
                 return (-cycle, 0, 0, 0, 0)
-            level = np.minimum(level + edges * rate, beat)
+            a_level = min(a_level + edges * a_rate, a_beat)
+            p_level = min(p_level + edges * p_rate, p_beat)
+            c_level = min(c_level + edges * c_rate, c_beat)
+            v_level = min(v_level + edges * v_rate, v_beat)
             cycle += edges
             continue
 
-        for stream in range(4):
-            if intake[stream]:
-                left[stream] -= 1
-                level[stream] -= beat[stream]
-                held[stream] += 1
+        a_left, a_level, a_held = _moved(a_left, a_level, a_beat, a_held, registered, a_in,
+                                         fill)
+        p_left, p_level, p_held = _moved(p_left, p_level, p_beat, p_held, registered, p_in,
+                                         pointer)
+        c_left, c_level, c_held = _moved(c_left, c_level, c_beat, c_held, registered, c_in,
+                                         fetch and sparse)
+        v_left, v_level, v_held = _moved(v_left, v_level, v_beat, v_held, registered, v_in,
+                                         fetch)
         if fill:
-            _take(_ACTIVATIONS, left, level, beat, held, registered)
             fill_beats += 1
             if load_column == cols - 1:
                 load_column = 0
@@ -505,9 +523,6 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
                 if blocks_accepted == blocks:
                     return (cycle + latency, chunks, fill_beats, words, pointers_taken)
         if fetch:
-            _take(_VALUES, left, level, beat, held, registered)
-            if sparse:
-                _take(_COLUMNS, left, level, beat, held, registered)
             words += 1
             occupancy += lanes if fetch_left > lanes else fetch_left
             if fetch_left > lanes:
@@ -518,7 +533,6 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             else:
                 fetch_left = 0
         if pointer:
-            _take(_POINTERS, left, level, beat, held, registered)
             pointers_taken += 1
             next_valid = True
             next_length = lengths[pointer_row]
@@ -555,5 +569,8 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             row_left, row_take = head_left, (lanes if head_left > lanes else head_left)
 
         # The clock edge of the credit scheme: gain the rate, hold at most one beat.
-        level = np.minimum(level + rate, beat)
+        a_level = min(a_level + a_rate, a_beat)
+        p_level = min(p_level + p_rate, p_beat)
+        c_level = min(c_level + c_rate, c_beat)
+        v_level = min(v_level + v_rate, v_beat)
         cycle += 1
