@@ -239,7 +239,9 @@ def estimate_timing(config, logic_cells=None):
 
     Routability is read off ``u`` alone: up to 0.25 (``k8t4`` 0.15, ``k8t8i1024p2`` 0.20,
     ``k8t8i1024p2s1`` 0.24) every build routed, though ``k8t8i1024p2`` took up to an hour of
-    routing; ``k16t8i512`` (0.47) did not route.
+    routing; ``k16t8i512`` (0.47) did not route. It misses what wide T costs in wiring:
+    ``k4t32i512r1`` (0.23, 128 multipliers) placed at an estimated 54.95 MHz, not 67.5, and had
+    a fifth of its arcs unrouted when its one-hour build stopped.
 
     No ``registered`` build exists yet: such a config is predicted from its own (slightly
     larger) logic with the same fit, which assumes the chain its skid buffers cut is still
