@@ -31,7 +31,7 @@ from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, desig
 from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
-from ..hw.resources import LOGIC_ERROR, estimate_resources
+from ..hw.resources import LOGIC_ERROR, estimate_resources, estimate_timing
 from ..sim.toolchain import cache_dir, package_versions
 from ..hw.errors import InputError, MissingFileError, RunFailure, SparsemacError
 
@@ -507,6 +507,11 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     platform = platform_for(board)
     top = board_design(config, clock_hz, baud)
     log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")
+    timing = estimate_timing(config)
+    log(f"  expected: {timing.utilisation:.0%} of the logic, Fmax about "
+        f"{timing.fmax_mhz:.0f} MHz, {timing.routability}"
+        + ("" if timing.worth_building(clock_hz / 1e6) else
+           " (short of the clock or unroutable by sparsemac.hw.resources.estimate_timing)"))
     started = time.perf_counter()
     plan = platform.prepare(
         top, name="sparsemac",

@@ -65,6 +65,15 @@ class ArrayConfig:
     #: sends each token's pairs of a nonzero weight and its nonzero activation on a ``pairs``
     #: stream, and the array takes a weight per multiplier instead of one per lane.
     dual_sparse: int = 0
+    #: 0 (the default): the core's streams meet the host link's FIFOs combinationally, and each
+    #: product is registered once. 1: for timing at the ECP5's limit, every data stream of the
+    #: core passes a :class:`~sparsemac.hw.skid_buffer.SkidBuffer` (registered ``ready``,
+    #: ``valid`` and payload), and each multiplier registers its operands and its product (the
+    #: input and output registers of an ECP5 MULT18X18D,
+    #: :class:`~sparsemac.hw.multiplier.Multiplier`): a job's last sums leave two cycles later
+    #: (:func:`sparsemac.sw.cycle_model.pipeline_latency`), and a throttled input reaches the
+    #: core one cycle after its memory offers it.
+    registered: int = 0
 
     #: Widths of the wire formats; fixed, not parameters, so the host format never changes
     #: with the array size.
@@ -76,7 +85,8 @@ class ArrayConfig:
 
     def __post_init__(self):
         for name in ("lanes", "token_lanes", "max_in_features", "max_out_features",
-                     "max_token_blocks", "delta_bits", "read_ports", "span_rows", "dual_sparse"):
+                     "max_token_blocks", "delta_bits", "read_ports", "span_rows", "dual_sparse",
+                     "registered"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ArrayConfig.{name} must be an integer, not {value!r}")
@@ -106,6 +116,9 @@ class ArrayConfig:
         if self.dual_sparse not in (0, 1):
             raise InputError(
                 f"ArrayConfig.dual_sparse must be 0 or 1, not {self.dual_sparse!r}")
+        if self.registered not in (0, 1):
+            raise InputError(
+                f"ArrayConfig.registered must be 0 or 1, not {self.registered!r}")
         if self.span_rows and self.delta_bits:
             raise InputError(
                 f"ArrayConfig.span_rows={self.span_rows!r} cannot be combined with "
@@ -140,12 +153,14 @@ class ArrayConfig:
     def describe(self):
         """A short human-readable name, e.g. ``K=8 T=4 in<=4096`` (``... delta 5`` with the
         delta decoder, ``... dual-port buffer`` with two read ports a replica, ``... spanning
-        rows`` with chunks that span rows, ``... dual-sparse`` with the dual-sparse mode)."""
+        rows`` with chunks that span rows, ``... dual-sparse`` with the dual-sparse mode,
+        ``... registered`` with registered stream edges and multipliers)."""
         text = f"K={self.lanes} T={self.token_lanes} in<={self.max_in_features}"
         text += f" delta {self.delta_bits}" if self.delta_bits else ""
         text += " dual-port buffer" if self.read_ports == 2 else ""
         text += " spanning rows" if self.span_rows else ""
-        return text + (" dual-sparse" if self.dual_sparse else "")
+        text += " dual-sparse" if self.dual_sparse else ""
+        return text + (" registered" if self.registered else "")
 
     def as_dict(self):
         return asdict(self)
@@ -153,9 +168,9 @@ class ArrayConfig:
     def key(self):
         """The name of this configuration: ``k<K>t<T>``, then ``i<max_in_features>``,
         ``o<max_out_features>``, ``b<max_token_blocks>``, ``d<delta_bits>``, ``p<read_ports>``,
-        ``s<span_rows>`` and ``a<dual_sparse>`` for each of those that is not its default, e.g.
-        ``k8t4`` (the default array), ``k1t1i512``, ``k8t4d5``, ``k16t8i1024p2``, ``k8t4s1`` or
-        ``k8t4a1``. Unique per
+        ``s<span_rows>``, ``a<dual_sparse>`` and ``r<registered>`` for each of those that is not
+        its default, e.g. ``k8t4`` (the default array), ``k1t1i512``, ``k8t4d5``,
+        ``k16t8i1024p2``, ``k8t4s1``, ``k8t4a1`` or ``k16t8i512p2r1``. Unique per
         configuration; :meth:`from_key` reads it back, and the command line takes it as
         ``--config``."""
         key = f"k{self.lanes}t{self.token_lanes}"
@@ -178,8 +193,9 @@ class ArrayConfig:
         if match is None:
             raise InputError(f"config {key!r}: write k<lanes>t<token lanes>, optionally followed "
                              "by i<max in features>, o<max out features>, b<max token blocks>, "
-                             "d<delta bits>, p<read ports>, s<span rows>, a<dual sparse>, e.g. "
-                             "k8t4, k1t1i512, k8t4d5, k8t4s1 or k8t4a1")
+                             "d<delta bits>, p<read ports>, s<span rows>, a<dual sparse>, "
+                             "r<registered>, e.g. k8t4, k1t1i512, k8t4d5, k8t4s1, k8t4a1 or "
+                             "k16t8i512p2r1")
         values = {name: int(match[name]) for name in _FIELD_DEFAULTS if match[name] is not None}
         return cls(**values)
 
@@ -187,7 +203,7 @@ class ArrayConfig:
 #: Letters of the optional fields of a config key, in order.
 _KEY_FIELDS = (("i", "max_in_features"), ("o", "max_out_features"), ("b", "max_token_blocks"),
                ("d", "delta_bits"), ("p", "read_ports"), ("s", "span_rows"),
-               ("a", "dual_sparse"))
+               ("a", "dual_sparse"), ("r", "registered"))
 _FIELD_DEFAULTS = {field.name: field.default for field in fields(ArrayConfig)}
 _KEY_PATTERN = re.compile(r"k(?P<lanes>\d+)t(?P<token_lanes>\d+)" + "".join(
     rf"(?:{letter}(?P<{name}>\d+))?" for letter, name in _KEY_FIELDS))

@@ -11,6 +11,7 @@ from .delta_decoder import DeltaDecoder
 from .formats import CoreStreams, Sparsity
 from .mac_array import MACArray
 from .operand_select import OperandSelect
+from .skid_buffer import SkidBuffer
 
 __all__ = ["SparseMACCore"]
 
@@ -26,7 +27,10 @@ class SparseMACCore(ArrayComponent):
         ... --> [OperandSelect <-- pairs] --> MACArray --> sums
 
     The delta decoder is built only with ``ArrayConfig.delta_bits``, the operand select and the
-    ``pairs`` stream only with ``ArrayConfig.dual_sparse``.
+    ``pairs`` stream only with ``ArrayConfig.dual_sparse``. With ``ArrayConfig.registered`` every
+    data input and ``sums`` pass a :class:`~sparsemac.hw.skid_buffer.SkidBuffer` at the core's
+    edge, so their ``valid``, ``ready`` and payload meet the host link's FIFOs through registers
+    only; ``job`` (whose ``ready`` is the state register's) and ``done`` (all registers) need none.
 
     A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
     host streams the block's activations (``cols`` beats, one column of T tokens per beat) and
@@ -37,11 +41,11 @@ class SparseMACCore(ArrayComponent):
     --------
     ``job`` is accepted only while idle. The cycle count on ``done`` is the number of cycles
     from the one in which ``job`` was accepted to the one in which the last ``sums`` beat was
-    accepted, that one included. With every input valid and every output ready it equals
-    :func:`sparsemac.sw.cycle_model.job_cycles`. The host must keep ``rows``, ``cols`` and
-    ``token_blocks`` at least 1, ``cols`` at most ``max_in_features``, every column index below
-    ``cols``, and (sparse mode) the last row end pointer equal to ``nnz``; (dense mode) ``nnz``
-    equal to ``rows * cols``.
+    accepted, that one included. With every input valid (from the cycle ``job`` is accepted) and
+    every output ready it equals :func:`sparsemac.sw.cycle_model.job_cycles`. The host must keep
+    ``rows``, ``cols`` and ``token_blocks`` at least 1, ``cols`` at most ``max_in_features``,
+    every column index below ``cols``, and (sparse mode) the last row end pointer equal to
+    ``nnz``; (dense mode) ``nnz`` equal to ``rows * cols``.
 
     A DUAL job (``sparsity`` DUAL, a dual-sparse array) sends no activations and no weights:
     per token block and row, in order, the row's ``pairs`` beats, ``row_last`` on its last one
@@ -67,10 +71,11 @@ class SparseMACCore(ArrayComponent):
         m.submodules.activation_buffer = activation_buffer = ActivationBuffer(self._config)
         m.submodules.mac_array = mac_array = MACArray(self._config)
 
-        wiring.connect(m, flipped(self.row_pointers), streamer.row_pointers)
-        wiring.connect(m, flipped(self.columns), streamer.columns)
-        wiring.connect(m, flipped(self.values), streamer.values)
-        wiring.connect(m, flipped(self.activations), activation_buffer.fill)
+        inputs = self._input_edges(m)
+        wiring.connect(m, inputs["row_pointers"], streamer.row_pointers)
+        wiring.connect(m, inputs["columns"], streamer.columns)
+        wiring.connect(m, inputs["values"], streamer.values)
+        wiring.connect(m, inputs["activations"], activation_buffer.fill)
         blocks = [streamer, activation_buffer]
         if self._config.delta_bits:
             m.submodules.delta_decoder = decoder = DeltaDecoder(self._config)
@@ -79,8 +84,13 @@ class SparseMACCore(ArrayComponent):
             blocks.append(decoder)
         else:
             wiring.connect(m, streamer.chunks, activation_buffer.chunks)
-        select = self._connect_operands(m, activation_buffer, mac_array)
-        wiring.connect(m, mac_array.sums, flipped(self.sums))
+        select = self._connect_operands(m, activation_buffer, mac_array, inputs)
+        if self._config.registered:
+            m.submodules.sums_edge = sums_edge = SkidBuffer(self._formats.sums)
+            wiring.connect(m, mac_array.sums, sums_edge.i_stream)
+            wiring.connect(m, sums_edge.o_stream, flipped(self.sums))
+        else:
+            wiring.connect(m, mac_array.sums, flipped(self.sums))
 
         start = Signal()
         m.d.comb += start.eq(self.job.valid & self.job.ready)
@@ -121,7 +131,20 @@ class SparseMACCore(ArrayComponent):
 
         return m
 
-    def _connect_operands(self, m, activation_buffer, mac_array):
+    def _input_edges(self, m):
+        """The data input streams as the core's blocks take them, by name: the core's own
+        ports, or with ``ArrayConfig.registered`` a :class:`SkidBuffer`'s output each."""
+        inputs = {}
+        for name in self.signature.data_inputs:
+            inputs[name] = flipped(getattr(self, name))
+            if self._config.registered:
+                shape = self.signature.members[name].signature.members["payload"].shape
+                m.submodules[f"{name}_edge"] = edge = SkidBuffer(shape)
+                wiring.connect(m, inputs[name], edge.i_stream)
+                inputs[name] = edge.o_stream
+        return inputs
+
+    def _connect_operands(self, m, activation_buffer, mac_array, inputs):
         """Joins the buffer's operands to the MAC array, through an :class:`OperandSelect` (which
         it returns; None without) that also takes ``pairs`` in a dual-sparse array."""
         if not self._config.dual_sparse:
@@ -129,6 +152,6 @@ class SparseMACCore(ArrayComponent):
             return None
         m.submodules.operand_select = select = OperandSelect(self._config)
         wiring.connect(m, activation_buffer.operands, select.operands)
-        wiring.connect(m, flipped(self.pairs), select.pairs)
+        wiring.connect(m, inputs["pairs"], select.pairs)
         wiring.connect(m, select.o_stream, mac_array.operands)
         return select

@@ -5,6 +5,7 @@ from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
 from .component import ArrayComponent
+from .multiplier import Multiplier
 
 __all__ = ["MACArray"]
 
@@ -13,7 +14,10 @@ class MACArray(ArrayComponent):
     """Multiplies K weights by their T activations each and accumulates one row per token.
 
     Three pipeline stages: the K x T products (registered, so block RAM output, multiplier and
-    adders are not one long path), the T K-input adder trees, then the T accumulators. On the last beat of a row the accumulator's total goes straight to ``sums``
+    adders are not one long path), the T K-input adder trees, then the T accumulators; with
+    ``ArrayConfig.registered`` a fourth before them, as each product comes from a
+    :class:`~sparsemac.hw.multiplier.Multiplier` that registers its operands too (in an ECP5 DSP
+    block). On the last beat of a row the accumulator's total goes straight to ``sums``
     and the accumulator restarts from the next beat, so consecutive rows cost no bubble.
     The accumulators are 32 bits and wrap on overflow, exactly as
     :func:`sparsemac.sw.golden.golden_matmul` does.
@@ -22,8 +26,8 @@ class MACArray(ArrayComponent):
     --------
     Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
     of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
-    ``sums`` three cycles after the beat was accepted. The whole pipeline holds while ``sums`` is full
-    and not ready, so back-pressure loses nothing.
+    ``sums`` three cycles after the beat was accepted (four with ``registered``). The whole
+    pipeline holds while ``sums`` is full and not ready, so back-pressure loses nothing.
 
     With ``span_rows`` each token's reduction is segmented at the beat's ``split``: two masked
     adder trees sum the lanes below it (the "low" partial) and from it on (the "high" one). A
@@ -75,23 +79,37 @@ class MACArray(ArrayComponent):
             product_split = Signal(range(lanes + 1))
             highs = [Signal(partial_shape, name=f"high{token}") for token in range(token_lanes)]
 
+        if self._config.registered:
+            # The beat's row_last and split wait in the operand registers' stage too.
+            operand_valid = Signal()
+            operand_last = Signal()
+            operand_split = Signal(range(lanes + 1))
+            with m.If(advance):
+                m.d.sync += [operand_valid.eq(self.operands.valid),
+                             operand_last.eq(operands.row_last)]
+                if span:
+                    m.d.sync += operand_split.eq(Mux(operands.row_last, operands.split, lanes))
+            self._multipliers(m, advance, products)
+        else:
+            operand_valid, operand_last = self.operands.valid, operands.row_last
+            if span:
+                operand_split = Mux(operands.row_last, operands.split, lanes)
+
         with m.If(advance):
             m.d.sync += [
-                product_valid.eq(self.operands.valid),
-                product_last.eq(operands.row_last),
+                product_valid.eq(operand_valid),
+                product_last.eq(operand_last),
                 partial_valid.eq(product_valid),
                 partial_last.eq(product_last),
                 self.sums.valid.eq(partial_valid & partial_last),
             ]
             if span:
-                m.d.sync += product_split.eq(Mux(operands.row_last, operands.split, lanes))
+                m.d.sync += product_split.eq(operand_split)
             for token in range(token_lanes):
                 for lane in range(lanes):
-                    weight = operands.weights[lane]
-                    if self._config.dual_sparse:
-                        weight = weight[token]
-                    m.d.sync += products[lane][token].eq(
-                        weight * operands.activations[lane][token])
+                    if not self._config.registered:
+                        m.d.sync += products[lane][token].eq(
+                            self._weight(lane, token) * operands.activations[lane][token])
                 terms = [products[lane][token] for lane in range(lanes)]
                 restart = 0
                 if span:
@@ -110,6 +128,25 @@ class MACArray(ArrayComponent):
                     m.d.sync += accumulators[token].eq(total)
 
         return m
+
+    def _weight(self, lane, token):
+        """The weight lane ``lane`` of an ``operands`` beat gives the multiplier of ``token``."""
+        weight = self.operands.payload.weights[lane]
+        return weight[token] if self._config.dual_sparse else weight
+
+    def _multipliers(self, m, advance, products):
+        """Drives ``products`` from a :class:`~sparsemac.hw.multiplier.Multiplier` each, which
+        registers the operands as well: the products come a cycle later."""
+        for lane, row in enumerate(products):
+            for token, product in enumerate(row):
+                m.submodules[f"multiplier{lane}_{token}"] = multiplier = Multiplier(
+                    self._config.VALUE_WIDTH)
+                m.d.comb += [
+                    multiplier.a.eq(self._weight(lane, token)),
+                    multiplier.b.eq(self.operands.payload.activations[lane][token]),
+                    multiplier.enable.eq(advance),
+                    product.eq(multiplier.product),
+                ]
 
 
 def _adder_tree(terms):

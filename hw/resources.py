@@ -34,6 +34,15 @@ beat assembly's byte enables and the FIFO's read side; the board designs, Yosys 
 5 297 -> 5 960 and k8t4i512 11 443 -> 13 264 logic cells, for 129- and 513-bit beats: +663 and
 +1 821 where the model adds 767 and 1 919). No multiplier.
 
+With ``registered`` the skid buffers at the core's edges add a multiplexer cell per payload bit
+of the streams they carry (the data inputs and ``sums``; k4t3i512, Yosys alone: 5 558 -> 5 811
+logic cells, +253 for 220 kept bits), and their two registers a bit; the multipliers' operand
+and product registers sit in the MULT18X18D blocks, so the product registers leave the fabric.
+
+:func:`estimate_timing` predicts, as roughly, what place and route of the board design on the
+LFE5U-85F gives: an Fmax and whether it routes at all, from the estimated logic alone. Its fit
+and how it did on the recorded builds are in its docstring.
+
 The board totals live with the boards (:mod:`sparsemac.hw.boards`), the check that a config
 fits with the build flow (:func:`sparsemac.bitstreams.build.check_fits`).
 """
@@ -42,11 +51,13 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Shape
 
+from .boards import BOARDS, DEFAULT_BOARD
 from .config import check_config
 from .link_formats import MAX_PAYLOAD, LinkFormats, fifo_depth, layout_bytes
 
 __all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate",
-           "ResourceEstimate", "estimate_resources", "map_memory"]
+           "ResourceEstimate", "estimate_resources", "map_memory", "FMAX_ERROR",
+           "ROUTES_UP_TO", "HOPELESS_ABOVE", "TimingEstimate", "estimate_timing"]
 
 #: The DP16KD's (depth, width) aspect ratios: 18 Kbit each, the 36-bit one as a simple dual port.
 BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
@@ -68,6 +79,15 @@ _DUAL_SPARSE_LOGIC = 380
 _PAIRS_LINK_CELLS_PER_BIT = 3
 #: The relative error to allow the logic estimate.
 LOGIC_ERROR = 0.15
+#: The Fmax fit: critical path in ns = ``A + B u^2``, ``u`` the estimated logic cells over the
+#: device's (see :func:`estimate_timing`).
+_PATH_FIT = (12.08, 53.64)
+#: The relative error to allow the Fmax estimate: the fit's worst on the recorded builds is 7 %,
+#: and the placement seed alone moves Fmax by about 6 %.
+FMAX_ERROR = 0.10
+#: Logic utilisation up to which every recorded build routed, and above which none did.
+ROUTES_UP_TO = 0.25
+HOPELESS_ABOVE = 0.40
 _BUFFER = "activation buffer"
 
 
@@ -146,13 +166,14 @@ def estimate_resources(config):
                                read_ports=2)]
         if single:
             memories.append(map_memory(_BUFFER, config.max_in_features, width, count=2))
+    beat_widths = {}
     for opcode, name in formats.fifo_streams.items():
-        beat_width = Shape.cast(formats.beats[opcode]).width
+        beat_widths[name] = Shape.cast(formats.beats[opcode]).width
         if name == "columns":
-            beat_width -= config.COLUMN_WIDTH - config.column_address_width
+            beat_widths[name] -= config.COLUMN_WIDTH - config.column_address_width
         # SyncFIFOBuffered keeps one beat in its output register, the rest in its memory.
         memories.append(map_memory(f"{name} FIFO", fifo_depth(formats.beat_bytes(opcode)) - 1,
-                                   beat_width))
+                                   beat_widths[name]))
     memories.append(map_memory("sums FIFO", fifo_depth(formats.sums_bytes) - 1,
                                8 * layout_bytes(formats.core.sums)))
     memories.append(map_memory("receive buffer", MAX_PAYLOAD, 8))
@@ -170,5 +191,89 @@ def estimate_resources(config):
     if config.dual_sparse:
         logic += (_DUAL_SPARSE_LOGIC
                   + _PAIRS_LINK_CELLS_PER_BIT * Shape.cast(formats.core.pairs).width)
+    if config.registered:
+        logic += sum(beat_widths.values()) + Shape.cast(formats.core.sums).width
     return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))
+
+
+@dataclass(frozen=True)
+class TimingEstimate:
+    """What place and route of a config's board design on the LFE5U-85F is likely to give."""
+    #: The estimated logic cells over the device's: what the fit is in.
+    utilisation: float
+    #: The predicted Fmax of the core clock, good to about :data:`FMAX_ERROR`.
+    fmax_mhz: float
+    #: ``routes`` (utilisation at most :data:`ROUTES_UP_TO`: every build that small routed),
+    #: ``unknown`` (no build between) or ``hopeless`` (above :data:`HOPELESS_ABOVE`: the one
+    #: build there stayed congested through 25 minutes of routing with either router).
+    routability: str
+
+    @property
+    def fmax_class(self):
+        """``90 MHz``, ``60 MHz`` or ``below 60 MHz``: the highest of the project's clock goals
+        (the issue's 90 MHz, the board's 60 MHz) the predicted Fmax reaches."""
+        return next((f"{goal} MHz" for goal in (90, 60) if self.fmax_mhz >= goal),
+                    "below 60 MHz")
+
+    def worth_building(self, clock_mhz):
+        """Whether a build at ``clock_mhz`` has a chance: not hopeless to route, and the top of
+        the Fmax estimate's error band reaches the clock."""
+        return (self.routability != "hopeless"
+                and self.fmax_mhz * (1 + FMAX_ERROR) >= clock_mhz)
+
+
+def estimate_timing(config, logic_cells=None):
+    """Predicts the Fmax and the routability of ``config``'s board design on the ULX3S-85F.
+
+    The critical path is fitted as ``12.08 + 53.64 u^2`` ns, ``u`` the logic cells of
+    :func:`estimate_resources` over the LFE5U-85F's 83 640: a fixed depth of logic (at the
+    recorded builds, the ready/valid chain across the core's edges or the streamer's row-end
+    arithmetic) plus routing that grows quickly as the design spreads over the die. Least squares
+    on the recorded builds (docs/results.md), as predicted against measured Fmax: ``k8t4`` 75.0
+    against 70.05 and 74.35 MHz (two seeds), ``k8t8i1024p2`` 69.9 against 68.69 and 75.38,
+    ``k8t8i1024p2s1`` 65.8 against 67.71, and ``k16t8i512`` 42.2 against the 41.9 its placement
+    estimated: within 7 %. Not fitted and missed: the early ``k8t8i2048`` and ``k16t4i2048``,
+    stopped after 12 minutes at placement estimates of about 31 and 27 MHz, where it predicts 70
+    and 49 MHz.
+
+    Routability is read off ``u`` alone: up to 0.25 (``k8t4`` 0.15, ``k8t8i1024p2`` 0.20,
+    ``k8t8i1024p2s1`` 0.24) every build routed, though ``k8t8i1024p2`` took up to an hour of
+    routing; ``k16t8i512`` (0.47) did not route. It misses what wide T costs in wiring:
+    ``k4t32i512r1`` (0.23, 128 multipliers) placed at an estimated 54.95 MHz, not 67.5, and had
+    a fifth of its arcs unrouted when its one-hour build stopped.
+
+    No ``registered`` build exists yet: such a config is predicted from its own (slightly
+    larger) logic with the same fit, which assumes the chain its skid buffers cut is still
+    there, so its Fmax is a low estimate. Under this fit no config reaches 90 MHz: the fixed
+    depth alone is 12.08 ns (82.8 MHz), which is what the registered edges are to cut; a build
+    of one will recalibrate it.
+
+    The logic estimate is a fit to T of at most 12; wider T is an extrapolation it overshoots
+    (k4t32i512r1: 18 881 predicted, 13 069 synthesised), so where a synthesis is at hand
+    (:func:`sparsemac.bitstreams.build.synthesise`, minutes against a place and route's hour)
+    its count is the better ``logic_cells``.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    logic_cells : int or None
+        The design's logic cells, if known; by default :func:`estimate_resources`'.
+
+    Returns
+    -------
+    TimingEstimate
+    """
+    if logic_cells is None:
+        logic_cells = estimate_resources(config).logic_cells
+    utilisation = logic_cells / BOARDS[DEFAULT_BOARD].totals["lut4"]
+    fixed, spread = _PATH_FIT
+    if utilisation <= ROUTES_UP_TO:
+        routability = "routes"
+    elif utilisation <= HOPELESS_ABOVE:
+        routability = "unknown"
+    else:
+        routability = "hopeless"
+    return TimingEstimate(utilisation=utilisation,
+                          fmax_mhz=1000 / (fixed + spread * utilisation ** 2),
+                          routability=routability)

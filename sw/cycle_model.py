@@ -13,14 +13,17 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
   block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
-  multiply, add, accumulate).
+  multiply, add, accumulate); seven with ``ArrayConfig.registered``, whose multipliers register
+  their operands and whose sums pass a skid buffer (:func:`pipeline_latency`). Its skid buffers
+  on the inputs cost nothing here: with every input valid from the job's first cycle, each
+  holds its stream's next beat whenever the core would take it.
 
 A DUAL job (:class:`~sparsemac.hw.formats.Sparsity`) sends each row of a token block as
 ``max(1, max over its tokens t of ceil(n_t / K))`` beats of (weight, activation) pairs, where
 ``n_t`` counts the row's nonzero weights whose column's activation in token ``t`` is nonzero
 (:func:`dual_row_beats`). It loads nothing: its beats are taken one a cycle from cycle 1 and the
 last one's sums leave four cycles after it (the operand select's register, multiply, add,
-accumulate): :func:`dual_job_cycles`.
+accumulate; six with ``registered``): :func:`dual_job_cycles`.
 
 A layer is split into jobs by :func:`job_tiles`; each job is counted on its own, its first load
 and its drain included. A column tile is a job of its own width whose rows hold only their
@@ -39,7 +42,7 @@ from ..hw.errors import InputError
 
 __all__ = ["CycleBreakdown", "JobTile", "job_cycles", "job_tiles", "issue_cycles_per_block",
            "span_carries", "ChunkSlice", "pass_chunks", "token_blocks", "dual_row_lengths",
-           "dual_row_beats", "dual_job_cycles"]
+           "dual_row_beats", "dual_job_cycles", "pipeline_latency"]
 
 #: Cycles from the issue of a chunk to the acceptance of the sums it completes.
 PIPELINE_LATENCY = 5
@@ -56,6 +59,17 @@ SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
 #: read, only the operand select's register.
 DUAL_FIRST_BEAT = 1
 DUAL_PIPELINE_LATENCY = PIPELINE_LATENCY - 1
+
+#: Cycles ``ArrayConfig.registered`` adds to both: the multipliers' operand registers and the
+#: skid buffer on ``sums``.
+REGISTERED_LATENCY = 2
+
+
+def pipeline_latency(config, dual=False):
+    """Cycles from the issue of a job's last chunk (``dual``: the taking of a DUAL job's last
+    pairs beat) to the acceptance of its sums, on an array of ``config``."""
+    latency = DUAL_PIPELINE_LATENCY if dual else PIPELINE_LATENCY
+    return latency + REGISTERED_LATENCY * config.registered
 
 
 def token_blocks(tokens, config):
@@ -339,12 +353,13 @@ def job_cycles(row_lengths, cols, tokens, config, mode=Mode.SPARSE):
             issue_start.append(max(ready, first_chunk))
         else:
             issue_start.append(max(ready, issue_start[-1] + issue))
-    total = issue_start[-1] + issue - 1 + PIPELINE_LATENCY
+    drain = pipeline_latency(config)
+    total = issue_start[-1] + issue - 1 + drain
     load_stall = load_end[0] + sum(
         issue_start[j] - (issue_start[j - 1] + issue) for j in range(1, blocks))
     fill = issue_start[0] - (load_end[0] + 1)
     return CycleBreakdown(total=total, issue=blocks * issue, load_stall=load_stall, fill=fill,
-                          drain=PIPELINE_LATENCY)
+                          drain=drain)
 
 
 def dual_row_lengths(weights, activations, config):
@@ -388,21 +403,22 @@ def dual_row_beats(weights, activations, config):
     return np.maximum(1, -(-longest // config.lanes))
 
 
-def dual_job_cycles(beats):
+def dual_job_cycles(beats, config):
     """Predicts the hardware cycle count of one DUAL job with ideal streams.
 
     Parameters
     ----------
     beats : int
         Pairs beats of the whole job (the sum of :func:`dual_row_beats`).
+    config : ArrayConfig
 
     Returns
     -------
     CycleBreakdown
-        Nothing is loaded: ``total = beats + 4``.
+        Nothing is loaded: ``total = beats + 4`` (``beats + 6`` with ``config.registered``).
     """
     if beats < 1:
         raise InputError(f"a DUAL job has at least one pairs beat, not {beats}")
-    return CycleBreakdown(total=DUAL_FIRST_BEAT + beats - 1 + DUAL_PIPELINE_LATENCY,
-                          issue=beats, load_stall=0, fill=DUAL_FIRST_BEAT - 1,
-                          drain=DUAL_PIPELINE_LATENCY)
+    drain = pipeline_latency(config, dual=True)
+    return CycleBreakdown(total=DUAL_FIRST_BEAT + beats - 1 + drain, issue=beats, load_stall=0,
+                          fill=DUAL_FIRST_BEAT - 1, drain=drain)

@@ -15,8 +15,11 @@ register:
   when the streamer decides so, as :class:`~sparsemac.hw.csr_streamer.CSRWeightStreamer`
   does);
 * a chunk is accepted while the bank of its block is full; the last chunk's sums are accepted
-  :data:`~sparsemac.sw.cycle_model.PIPELINE_LATENCY` cycles later, and that cycle, counting the
-  job's acceptance as cycle 0, is what the hardware counter reports.
+  :func:`~sparsemac.sw.cycle_model.pipeline_latency` cycles later, and that cycle, counting the
+  job's acceptance as cycle 0, is what the hardware counter reports;
+* with ``ArrayConfig.registered`` each input passes a two-beat skid buffer: the buffer takes
+  what the stream offers whenever it holds at most one beat, and the core takes from the buffer
+  from the cycle after.
 
 Cycles in which no handshake can happen (every blocked stream waiting for credit) are skipped in
 one step, so a slow link costs no more replay time than a fast one. The replay is compiled with
@@ -35,9 +38,8 @@ import numpy as np
 from ..hw.config import ArrayConfig
 from ..hw.formats import ColumnIndex, Mode
 from .cache import cache_dir
-from .cycle_model import (DUAL_FIRST_BEAT, DUAL_PIPELINE_LATENCY, PIPELINE_LATENCY,
-                          dual_job_cycles, dual_row_beats, dual_row_lengths, job_cycles,
-                          job_tiles, token_blocks)
+from .cycle_model import (DUAL_FIRST_BEAT, dual_job_cycles, dual_row_beats, dual_row_lengths,
+                          job_cycles, job_tiles, pipeline_latency, token_blocks)
 from .memory import (RATE_ONE, JobStreams, MemoryModel, dual_job_streams, job_streams,
                      stream_rates)
 from .packing import tile_row_lengths
@@ -266,7 +268,8 @@ def throttled_dual_job_cycles(beats, rows, tokens, config, memory=None):
     The pairs are the whole job: the core takes a beat in every cycle from cycle 1 on in which
     one is offered, and a bucket that starts empty and holds at most one beat offers one every
     ``w = max(1, ceil(beat / rate))`` cycles, so the last beat is taken in cycle ``beats * w``
-    and its sums are accepted four cycles later.
+    (one later through the skid buffer of a registered array, ``ArrayConfig.registered``) and its
+    sums are accepted four cycles later (six with ``registered``).
 
     Parameters
     ----------
@@ -282,12 +285,15 @@ def throttled_dual_job_cycles(beats, rows, tokens, config, memory=None):
     -------
     ThrottledCycles
     """
-    compute = dual_job_cycles(beats)
+    compute = dual_job_cycles(beats, config)
     streams = _throttled(dual_job_streams(config, beats), memory)
     pairs = streams.pairs
     wait = max(DUAL_FIRST_BEAT, -(-pairs.bytes * RATE_ONE // pairs.rate) if pairs.rate else 0)
-    schedule = ScheduleCounts(cycles=beats * wait + DUAL_PIPELINE_LATENCY, chunks=beats,
-                              fill_beats=0, words=0, row_pointers=0)
+    # A throttled beat passes the skid buffer of a registered array: the core takes it a cycle
+    # after the bucket offers it. Unthrottled beats are on offer from cycle 0 and wait there.
+    skid = 1 if config.registered and pairs.rate else 0
+    schedule = ScheduleCounts(cycles=beats * wait + skid + pipeline_latency(config, dual=True),
+                              chunks=beats, fill_beats=0, words=0, row_pointers=0)
     return ThrottledCycles(
         cycles=schedule.cycles, compute_cycles=compute.total,
         weight_transfer_cycles=_transfer_cycles([pairs]), activation_transfer_cycles=0,
@@ -339,11 +345,13 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
     blocks = token_blocks(tokens, config)
     nnz = int(lengths.sum()) if sparse else rows * cols
     buckets = np.array([[stream.beats, stream.bytes * RATE_ONE,
-                         # An unthrottled stream gains a whole beat per cycle: never short.
-                         stream.rate or stream.bytes * RATE_ONE] for stream in streams],
-                       dtype=np.int64)
+                         # An unthrottled stream gains a whole beat per cycle: never short. Its
+                         # beats are on offer from cycle 0 (the Amaranth bench's stream_put_all).
+                         stream.rate or stream.bytes * RATE_ONE, stream.rate == 0]
+                        for stream in streams], dtype=np.int64)
     counts = _replay(lengths, rows, cols, blocks, nnz, config.lanes, sparse,
-                     bool(config.span_rows), buckets, PIPELINE_LATENCY)
+                     bool(config.span_rows), buckets, pipeline_latency(config),
+                     bool(config.registered))
     if counts[0] < 0:
         raise RuntimeError(f"the cycle model's replay is stuck in cycle {-counts[0]}: no stream "
                            "can move and none is waiting for credit")
@@ -355,18 +363,57 @@ def replay_schedule(row_lengths, cols, tokens, config, mode, streams):
 numba.config.CACHE_DIR = str(cache_dir("numba"))
 
 
+@numba.njit(cache=True, inline="always")
+def _offers(left, level, beat, held, registered):
+    """``(ready, intake)`` of one input stream in a cycle: whether the core may take a beat (from
+    the bucket, or with ``registered`` from the skid buffer), and whether the skid buffer takes
+    one from the bucket (it does while it holds at most one)."""
+    offered = left != 0 and level >= beat
+    if registered:
+        return held != 0, offered and held < 2
+    return offered, False
+
+
+@numba.njit(cache=True, inline="always")
+def _moved(left, level, beat, held, registered, intake, taken):
+    """``(left, level, held)`` of one input stream after the edge: the skid buffer's ``intake``
+    and the core's take (``taken``), from the skid buffer or straight from the bucket."""
+    if intake:
+        left, level, held = left - 1, level - beat, held + 1
+    if taken and registered:
+        held -= 1
+    elif taken:
+        left, level = left - 1, level - beat
+    return left, level, held
+
+
+@numba.njit(cache=True, inline="always")
+def _early(left, offers_early, registered):
+    """Beats of one input stream in its skid buffer when the job starts: the one an unthrottled
+    stream offers in cycle 0, with ``registered``."""
+    return 1 if registered and offers_early != 0 and left != 0 else 0
+
+
 @numba.njit(cache=True)
-def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, latency):
+def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, latency,
+            registered):
     """The replay itself, compiled: ``(cycles, chunks, fill_beats, words, row_pointers)``, or a
     negative cycle count (the cycle, negated) if nothing can move any more.
 
     ``buckets`` holds a row per stream (activations, row pointers, columns, values, and the
     pairs of a DUAL job, which is not replayed here: :func:`throttled_dual_job_cycles`): beats,
-    credits per beat, credits per cycle.
+    credits per beat, credits per cycle, and whether the stream offers a beat in cycle 0 (an
+    unthrottled one does). With ``registered`` each stream passes a two-beat skid buffer that
+    takes a beat whenever it holds at most one and offers it from the next cycle on.
     """
-    a_left, p_left, c_left, v_left = buckets[0, 0], buckets[1, 0], buckets[2, 0], buckets[3, 0]
     a_beat, p_beat, c_beat, v_beat = buckets[0, 1], buckets[1, 1], buckets[2, 1], buckets[3, 1]
     a_rate, p_rate, c_rate, v_rate = buckets[0, 2], buckets[1, 2], buckets[2, 2], buckets[3, 2]
+    a_held = _early(buckets[0, 0], buckets[0, 3], registered)
+    p_held = _early(buckets[1, 0], buckets[1, 3], registered)
+    c_held = _early(buckets[2, 0], buckets[2, 3], registered)
+    v_held = _early(buckets[3, 0], buckets[3, 3], registered)
+    a_left, p_left = buckets[0, 0] - a_held, buckets[1, 0] - p_held
+    c_left, v_left = buckets[2, 0] - c_held, buckets[3, 0] - v_held
     # The edge of cycle 0, in which the job is accepted, refills the empty buckets once.
     a_level, p_level = min(a_rate, a_beat), min(p_rate, p_beat)
     c_level, v_level = min(c_rate, c_beat), min(v_rate, v_beat)
@@ -387,12 +434,16 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
     cycle = 1
     while True:
         # Combinational: which handshakes the edge at the end of this cycle takes.
+        a_ready, a_in = _offers(a_left, a_level, a_beat, a_held, registered)
+        p_ready, p_in = _offers(p_left, p_level, p_beat, p_held, registered)
+        c_ready, c_in = _offers(c_left, c_level, c_beat, c_held, registered)
+        v_ready, v_in = _offers(v_left, v_level, v_beat, v_held, registered)
         load_full = full1 if load_bank else full0
-        fill = (blocks_to_load != 0 and not load_full and a_left != 0 and a_level >= a_beat)
+        fill = blocks_to_load != 0 and not load_full and a_ready
         chunk_ready = full1 if read_bank else full0
         accept = chunk_valid and chunk_ready
-        fetch = (fetch_left != 0 and occupancy <= ring_limit and v_left != 0
-                 and v_level >= v_beat and (not sparse or (c_left != 0 and c_level >= c_beat)))
+        fetch = (fetch_left != 0 and occupancy <= ring_limit and v_ready
+                 and (not sparse or c_ready))
         if in_row:
             row_part, length = row_take, row_left
         else:
@@ -417,10 +468,10 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             next_consumed = primed or (emit and row_left <= lanes and next_valid)
         else:
             next_consumed = emit and not in_row and sparse
-        pointer = (pointer_blocks != 0 and (not next_valid or next_consumed)
-                   and p_left != 0 and p_level >= p_beat)
+        pointer = (pointer_blocks != 0 and (not next_valid or next_consumed) and p_ready)
 
-        if not (fill or accept or fetch or emit or pointer or primed):
+        if not (fill or accept or fetch or emit or pointer or primed
+                or a_in or p_in or c_in or v_in):
             # Nothing moves until a stream short of credit has a beat: jump there.
             edges = -1
             for left, level, beat, rate in ((a_left, a_level, a_beat, a_rate),
@@ -440,9 +491,15 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             cycle += edges
             continue
 
+        a_left, a_level, a_held = _moved(a_left, a_level, a_beat, a_held, registered, a_in,
+                                         fill)
+        p_left, p_level, p_held = _moved(p_left, p_level, p_beat, p_held, registered, p_in,
+                                         pointer)
+        c_left, c_level, c_held = _moved(c_left, c_level, c_beat, c_held, registered, c_in,
+                                         fetch and sparse)
+        v_left, v_level, v_held = _moved(v_left, v_level, v_beat, v_held, registered, v_in,
+                                         fetch)
         if fill:
-            a_left -= 1
-            a_level -= a_beat
             fill_beats += 1
             if load_column == cols - 1:
                 load_column = 0
@@ -466,11 +523,6 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
                 if blocks_accepted == blocks:
                     return (cycle + latency, chunks, fill_beats, words, pointers_taken)
         if fetch:
-            v_left -= 1
-            v_level -= v_beat
-            if sparse:
-                c_left -= 1
-                c_level -= c_beat
             words += 1
             occupancy += lanes if fetch_left > lanes else fetch_left
             if fetch_left > lanes:
@@ -481,8 +533,6 @@ def _replay(lengths, rows, cols, blocks, nnz, lanes, sparse, span, buckets, late
             else:
                 fetch_left = 0
         if pointer:
-            p_left -= 1
-            p_level -= p_beat
             pointers_taken += 1
             next_valid = True
             next_length = lengths[pointer_row]

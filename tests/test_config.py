@@ -46,6 +46,8 @@ def test_a_value_that_is_not_an_integer_is_refused(name, value):
      r"span_rows=1 cannot be combined with ArrayConfig\.delta_bits=5"),
     ({"dual_sparse": 2}, ValueError, r"dual_sparse must be 0 or 1, not 2"),
     ({"dual_sparse": True}, TypeError, r"dual_sparse must be an integer, not True"),
+    ({"registered": 2}, ValueError, r"registered must be 0 or 1, not 2"),
+    ({"registered": "1"}, TypeError, r"registered must be an integer, not '1'"),
 ], ids=lambda value: str(value) if isinstance(value, dict) else None)
 def test_validation_names_the_bad_value(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -103,6 +105,11 @@ def test_describe_and_key_are_stable():
         "k3t2i64s1a1", "K=3 T=2 in<=64 spanning rows dual-sparse")
     assert ArrayConfig.from_key("k3t2i64s1a1") == dual_sparse
     assert ArrayConfig.from_key("k8t4a1") == ArrayConfig(dual_sparse=1)
+    registered = ArrayConfig(lanes=16, token_lanes=8, max_in_features=512, read_ports=2,
+                             registered=1)
+    assert (registered.key(), registered.describe()) == (
+        "k16t8i512p2r1", "K=16 T=8 in<=512 dual-port buffer registered")
+    assert ArrayConfig.from_key("k16t8i512p2r1") == registered
 
 
 def test_from_key_reads_back_every_key():
@@ -123,7 +130,8 @@ def test_key_tells_every_field_apart():
     changed = [dataclasses.replace(DEFAULT_CONFIG, **{name: value}) for name, value in
                (("lanes", 4), ("token_lanes", 8), ("max_in_features", 2048),
                 ("max_out_features", 100), ("max_token_blocks", 100), ("delta_bits", 5),
-                ("read_ports", 2), ("span_rows", 1), ("dual_sparse", 1))]
+                ("read_ports", 2), ("span_rows", 1), ("dual_sparse", 1),
+                ("registered", 1))]
     keys = {config.key() for config in changed + [DEFAULT_CONFIG]}
     assert len(keys) == len(changed) + 1, keys
 
@@ -132,7 +140,7 @@ def test_as_dict_round_trips_and_config_is_frozen():
     assert DEFAULT_CONFIG.as_dict() == {"lanes": 8, "token_lanes": 4, "max_in_features": 4096,
                                         "max_out_features": 65535, "max_token_blocks": 65535,
                                         "delta_bits": 0, "read_ports": 1,
-                                        "span_rows": 0, "dual_sparse": 0}
+                                        "span_rows": 0, "dual_sparse": 0, "registered": 0}
     assert ArrayConfig(**DEFAULT_CONFIG.as_dict()) == DEFAULT_CONFIG
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_CONFIG.lanes = 4

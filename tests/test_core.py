@@ -67,7 +67,7 @@ class Case:
     def model_cycles(self):
         if self.sparsity == Sparsity.DUAL:
             beats = dual_row_beats(self.weights, self.activations, self.config)
-            return dual_job_cycles(int(beats.sum()))
+            return dual_job_cycles(int(beats.sum()), self.config)
         return job_cycles(self.weights.row_lengths(), self.weights.cols, self.tokens,
                           self.config, self.mode)
 
@@ -167,6 +167,22 @@ CASES += DUAL_SPARSE_CASES + [
 ]
 
 
+def _registered(case):
+    return replace(case, name=f"registered-{case.name}",
+                   config=replace(case.config, registered=1))
+
+
+#: Skid buffers on the core's edges and registered multipliers (``ArrayConfig.registered``):
+#: compute- and load-bound, dense, dual-port, spanning, DUAL and the weight path of a
+#: dual-sparse array, empty rows, K = 1.
+REGISTERED_CASES = [_registered(case) for case in CASES if case.name in (
+    "sparsity-0.5", "empty-first-last-rows", "cols-below-k", "k1-compute-bound", "k3",
+    "5-blocks-load-bound", "dense-mode-k3", "dual-port", "span-edge-rows-k3", "span-k1",
+    "span-cols-below-3", "dual-50-50-k3", "dual-empty-rows", "dual-span", "dual-k1",
+    "dual-array-dense-mode")]
+CASES += REGISTERED_CASES
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_ideal_streams_bit_and_cycle_exact(case):
     print(f"replay: {case.id}")
@@ -202,7 +218,13 @@ def test_hand_checked_cycle_counts(hand):
     # DUAL after DUAL, then weight-only jobs, then DUAL again: the operand select switches.
     (SPARSE3, ("dual-50-50-k3", "dual-empty-rows", "dual-array-dense-mode", "dual-50-50-k3",
                "dual-all-zero-activations")),
-], ids=["weights", "dual-sparse"])
+    # The next job's data wait in the skid buffers while the last one drains.
+    (replace(K8T4, registered=1), ("registered-sparsity-0.5", "registered-5-blocks-load-bound",
+                                   "registered-empty-first-last-rows")),
+    (replace(SPARSE3, registered=1), ("registered-dual-50-50-k3", "registered-dual-empty-rows",
+                                      "registered-dual-array-dense-mode",
+                                      "registered-dual-50-50-k3")),
+], ids=["weights", "dual-sparse", "registered-weights", "registered-dual-sparse"])
 def test_jobs_back_to_back(stalls, config, names):
     """Several jobs on one core (odd block counts, mode and sparsity switches): each is exact,
     so no state leaks from one job into the next."""

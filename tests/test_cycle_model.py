@@ -238,12 +238,12 @@ def test_dual_row_beats_by_hand():
         [3, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0]]
     beats = dual_row_beats(weights, torch.from_numpy(activations), config)
     assert beats.tolist() == [[2, 1, 1], [1, 1, 1]]
-    cycles = dual_job_cycles(int(beats.sum()))
+    cycles = dual_job_cycles(int(beats.sum()), config)
     assert (cycles.total, cycles.issue, cycles.load_stall, cycles.fill, cycles.drain) == (
         11, 7, 0, 0, 4)
     assert breakdown_sum(cycles) == cycles.total
     with pytest.raises(ValueError, match="at least one pairs beat, not 0"):
-        dual_job_cycles(0)
+        dual_job_cycles(0, config)
 
 
 def test_dual_sparse_is_never_slower_to_issue_than_weight_only():

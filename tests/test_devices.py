@@ -143,7 +143,8 @@ def test_dual_sparse_matmul_tiles_like_weight_only(config):
     blocks = [activations[tile.token_start:tile.token_stop, tile.col_start:tile.col_stop]
               for tile in tiles]
     assert results[0].job_cycles == [
-        dual_job_cycles(int(dual_row_beats(tile.weights(weights), block, config).sum())).total
+        dual_job_cycles(int(dual_row_beats(tile.weights(weights), block, config).sum()),
+                        config).total
         for tile, block in zip(tiles, blocks)]
     assert results[0].weight_bytes == sum(
         pairs_stream_bytes(config, tile.weights(weights), block)

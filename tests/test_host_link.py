@@ -425,6 +425,25 @@ def test_a_dual_sparse_job_on_the_board_is_bit_exact_and_cycle_exact():
                                                 sparsity=Sparsity.DUAL).cycles
 
 
+@pytest.mark.slow
+def test_a_registered_board_is_bit_exact_and_cycle_exact():
+    """Skid buffers between the link's FIFOs and the core (``r1``): a layer loaded whole runs
+    at the model's count, two cycles a job above the same board without them."""
+    from sparsemac.devices.board_sim import SimulatedBoard
+    config = ArrayConfig.from_key(CONFIG.key() + "r1")
+    weights, activations = pruned_layer(16, 40, 4, 0.3, seed=1)
+    with SimulatedBoard(config) as simulated, \
+            open_device("fpga", config, port=simulated.port, timeout=2.0,
+                        resync_s=0.05) as device:
+        for mode in (Mode.SPARSE, Mode.DENSE):
+            result = device.matmul(weights, activations, mode)
+            expected = open_device("reference", config).matmul(weights, activations, mode)
+            plain = open_device("reference", CONFIG).matmul(weights, activations, mode)
+            assert torch.equal(result.sums, golden_matmul(weights, activations))
+            assert result.job_cycles == expected.job_cycles
+            assert expected.cycles == plain.cycles + 2 * len(plain.job_cycles)
+
+
 def test_a_dual_sparse_job_is_refused_by_a_weight_only_board(device):
     weights, activations = dual_layer(8, 16, 3, seed=8)
     with pytest.raises(ValueError, match="k4t2i64 array has no dual-sparse mode"):

@@ -117,6 +117,11 @@ CASES = [
          random_beats(dataclasses.replace(config, dual_sparse=1), 12, 4, seed), seed)
     for config, seed in ((K3T2, 25), (K8T4, 26), (K1T1, 27))
 ]
+#: Registered multipliers (``ArrayConfig.registered``): rows, spans and dual-sparse products.
+REGISTERED = [dataclasses.replace(CASES[index], name=f"registered-{CASES[index].name}",
+                                  config=dataclasses.replace(CASES[index].config, registered=1))
+              for index in (0, 1, 4, 5, 9, 10, 13)]
+CASES += REGISTERED
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
@@ -146,3 +151,13 @@ def test_latency_and_no_bubble_between_rows():
     assert sums == ref_sums(case)
     # Sample i is sums.valid in cycle i, the cycle before clock edge i + 1.
     assert valid[:3] == [0, 0, 0] and valid[3:19] == [1] * 16, valid
+
+
+def test_registered_multipliers_add_one_stage():
+    """With ``registered`` the multipliers register their operands too: the same rows leave
+    one cycle later, still one per cycle."""
+    config = dataclasses.replace(K4T2, registered=1)
+    case = Case("throughput", config, random_beats(config, 16, 1, 19), 19)
+    sums, valid = rtl_sums(case, idle=0, backpressure=0)
+    assert sums == ref_sums(case)
+    assert valid[:4] == [0] * 4 and valid[4:20] == [1] * 16, valid

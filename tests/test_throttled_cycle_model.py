@@ -80,7 +80,14 @@ def test_verilator_matches_model(device, fraction, mode):
             assert model.cycles >= model.compute_cycles
 
 
-@pytest.mark.parametrize("config", [K3T2, SPAN3], ids=["K3T2", "K3T2-span"])
+#: Skid buffers on every input (``ArrayConfig.registered``): a throttled beat reaches the core a
+#: cycle after its bucket offers it.
+REGISTERED = dataclasses.replace(K3T2, registered=1)
+REGISTERED_SPAN = dataclasses.replace(SPAN3, registered=1)
+
+
+@pytest.mark.parametrize("config", [K3T2, SPAN3, REGISTERED, REGISTERED_SPAN],
+                         ids=["K3T2", "K3T2-span", "K3T2-registered", "K3T2-span-registered"])
 @pytest.mark.parametrize("fraction", ["half", "odd"])
 @pytest.mark.parametrize("mode", [Mode.SPARSE, Mode.DENSE], ids=["sparse", "dense"])
 def test_amaranth_matches_model(fraction, mode, config):
@@ -105,11 +112,13 @@ def _dual_memories(config):
                      for fraction in (1.0, 0.5, 0.37, 0.05)]
 
 
-@pytest.mark.parametrize("backend", ["amaranth", "verilator"])
-def test_dual_sparse_jobs_match_the_model_at_every_rate(backend):
+@pytest.mark.parametrize("backend, registered", [("amaranth", 0), ("verilator", 0),
+                                                ("amaranth", 1)])
+def test_dual_sparse_jobs_match_the_model_at_every_rate(backend, registered):
     """A DUAL job's pairs are the weight path's only stream: at every rate the core's count is
-    the model's, ``beats x w + 4``."""
-    config = DUAL_SPARSE
+    the model's, ``beats x w + 4`` (``+ 1 + 6`` throttled through the skid buffer of a registered
+    array)."""
+    config = dataclasses.replace(DUAL_SPARSE, registered=registered)
     weights = weights_with_row_lengths((5, 0, 1, 7, 3, 2, 2, 9, 1, 4), 20, seed=8)
     activations = sparse_activations(5, 20, 0.5, seed=9)
     beats = int(dual_row_beats(weights, activations, config).sum())
@@ -127,14 +136,15 @@ def test_dual_sparse_jobs_match_the_model_at_every_rate(backend):
         device.close()
 
 
-def test_amaranth_matches_model_while_the_first_row_waits_for_its_pointer():
+@pytest.mark.parametrize("config", [SPAN3, REGISTERED_SPAN], ids=["span", "span-registered"])
+def test_amaranth_matches_model_while_the_first_row_waits_for_its_pointer(config):
     """A spanning streamer takes its first row into its row registers when the row's pointer
     comes; at a slow rate the ring is full long before, so nothing else moves then."""
     weights = weights_with_row_lengths((20, 20), 20, seed=6)
     activations = random_activations(1, 20, seed=7)
-    memory = _memory(SPAN3, Mode.SPARSE, FRACTIONS["slow"], activations=False)
-    run = run_core_job(SPAN3, pack_job(SPAN3, weights, activations), memory=memory)
-    assert run.cycles == throttled_job_cycles(weights.row_lengths(), 20, 1, SPAN3,
+    memory = _memory(config, Mode.SPARSE, FRACTIONS["slow"], activations=False)
+    run = run_core_job(config, pack_job(config, weights, activations), memory=memory)
+    assert run.cycles == throttled_job_cycles(weights.row_lengths(), 20, 1, config,
                                               memory=memory).cycles
 
 
@@ -147,13 +157,14 @@ def test_amaranth_device_takes_a_memory():
                                                  memory=memory).cycles
 
 
+@pytest.mark.parametrize("registered", [0, 1], ids=["direct", "registered"])
 @pytest.mark.parametrize("span", [0, 1], ids=["rows", "spans"])
 @pytest.mark.parametrize("lanes", [1, 3, 8])
-def test_replay_matches_the_closed_form_with_ideal_streams(lanes, span):
+def test_replay_matches_the_closed_form_with_ideal_streams(lanes, span, registered):
     rng = np.random.default_rng(lanes)
     for _ in range(100):
         config = ArrayConfig(lanes=lanes, token_lanes=int(rng.choice([1, 4])),
-                             max_in_features=128, span_rows=span)
+                             max_in_features=128, span_rows=span, registered=registered)
         rows, cols = int(rng.integers(1, 20)), int(rng.integers(1, 129))
         tokens = int(rng.integers(1, 6 * config.token_lanes))
         # Rows of up to 3K nonzeros half the time, so spans are frequent.

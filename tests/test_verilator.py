@@ -3,8 +3,8 @@
 Every test but one shares one small config (K=4, T=2, 64 inputs, at most 16 rows and 3 token
 blocks a job, so bigger layers are split into several jobs, wider ones into column tiles): one
 Verilator build for the whole file, plus its FST-tracing variant for the waveform test, an odd
-K=5 T=3 build and its dual-port-buffer variant, and a K=5 T=4 build whose chunks span rows (the
-one tests/test_throttled_cycle_model.py runs too).
+K=5 T=3 build and its dual-port-buffer, dual-sparse and registered variants, and a K=5 T=4
+build whose chunks span rows (the one tests/test_throttled_cycle_model.py runs too).
 """
 
 import re
@@ -39,6 +39,10 @@ SPAN = ArrayConfig(lanes=5, token_lanes=4, max_in_features=512, max_out_features
 #: The dual-sparse mode, odd K: pairs beats of 5 lanes x 3 tokens.
 DUAL_SPARSE = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
                           max_token_blocks=3, dual_sparse=1)
+#: The same with chunks that span rows, skid buffers on the core's edges and registered
+#: multipliers (``registered``): every mode through the timing structure.
+REGISTERED = ArrayConfig(lanes=5, token_lanes=3, max_in_features=64, max_out_features=16,
+                         max_token_blocks=3, span_rows=1, dual_sparse=1, registered=1)
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +100,14 @@ def test_other_configs_match_reference(config, mode):
             assert result.job_cycles == expected.job_cycles, name
 
 
-@pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0], ids=["dense-inputs", "70%-zero", "all-zero"])
-def test_dual_sparse_matches_reference(zeros):
+@pytest.mark.parametrize("config, zeros", [
+    (DUAL_SPARSE, 0.0), (DUAL_SPARSE, 0.7), (DUAL_SPARSE, 1.0), (REGISTERED, 0.7)],
+    ids=["dense-inputs", "70%-zero", "all-zero", "registered-70%-zero"])
+def test_dual_sparse_matches_reference(config, zeros):
     """Every case as a DUAL job on a dual-sparse core, and its weight-only and dense jobs on the
     same core: the sums of all three and the cycles of each equal the reference's."""
-    with VerilatorDevice(DUAL_SPARSE) as device:
-        reference = ReferenceDevice(DUAL_SPARSE)
+    with VerilatorDevice(config) as device:
+        reference = ReferenceDevice(config)
         for name, (weights, tokens, seed) in CASES.items():
             activations = sparse_activations(tokens, weights.cols, zeros, seed)
             for mode, sparsity in ((Mode.SPARSE, Sparsity.DUAL), (Mode.SPARSE, Sparsity.WEIGHTS),

@@ -70,7 +70,7 @@ def core_expectation(config, case):
                                      f"{_block_label(config, block)}, row {row}"))
     if case.sparsity == Sparsity.DUAL:
         cycles = dual_job_cycles(int(dual_row_beats(case.weights, case.activations,
-                                                    config).sum())).total
+                                                    config).sum()), config).total
     else:
         lengths = streamed_row_lengths(config, case.weights, case.index)
         cycles = job_cycles(lengths, case.weights.cols, case.tokens, config, case.mode).total

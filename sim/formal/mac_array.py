@@ -5,17 +5,20 @@ from amaranth.hdl import Assert, Cover, Signal
 from ...hw.mac_array import MACArray
 from .harness import Harness, count, transfer
 
-__all__ = ["MACArrayHarness", "PIPELINE_STAGES"]
+__all__ = ["MACArrayHarness", "pipeline_stages"]
 
-#: Registers between an accepted ``operands`` beat and its ``sums`` beat.
-PIPELINE_STAGES = 3
+
+def pipeline_stages(config):
+    """Registers between an accepted ``operands`` beat and its ``sums`` beat: three, and the
+    multipliers' operand registers with ``registered``."""
+    return 3 + config.registered
 
 
 class MACArrayHarness(Harness):
     """Rows in equal sums out, whatever the back-pressure.
 
     ``rows``: a ``sums`` beat leaves only for a row closed by an accepted ``row_last`` beat, at
-    most :data:`PIPELINE_STAGES` rows are in flight (so none is dropped while the pipeline is
+    most :func:`pipeline_stages` rows are in flight (so none is dropped while the pipeline is
     held), and once no beat has been accepted for that many cycles with ``sums`` ready, every
     closed row has left. Counter-based; bounded (the counters make induction unbounded).
     """
@@ -35,16 +38,17 @@ class MACArrayHarness(Harness):
 
     def check_rows(self, m):
         in_flight = self._in_flight(m)
+        stages = pipeline_stages(self.config)
         # Consecutive cycles, up to the pipeline depth, with nothing accepted and sums ready.
-        quiet = Signal(range(PIPELINE_STAGES + 1))
+        quiet = Signal(range(stages + 1))
         with m.If(transfer(self.operands) | ~self.sums.ready):
             m.d.sync += quiet.eq(0)
-        with m.Elif(quiet != PIPELINE_STAGES):
+        with m.Elif(quiet != stages):
             m.d.sync += quiet.eq(quiet + 1)
         m.d.comb += [
             Assert(~self.sums.valid | (in_flight != 0), "sums beat without a closed row"),
-            Assert(in_flight <= PIPELINE_STAGES, "more rows in flight than pipeline stages"),
-            Assert((quiet != PIPELINE_STAGES) | (in_flight == 0),
+            Assert(in_flight <= stages, "more rows in flight than pipeline stages"),
+            Assert((quiet != stages) | (in_flight == 0),
                    "a closed row did not leave after the pipeline drained"),
         ]
 

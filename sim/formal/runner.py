@@ -78,9 +78,7 @@ class ProofSpec:
 
     @property
     def config_name(self):
-        config = self.config
-        span = " spanning rows" if config.span_rows else ""
-        return f"K={config.lanes} T={config.token_lanes} in<={config.max_in_features}{span}"
+        return self.config.describe()
 
     @property
     def name(self):

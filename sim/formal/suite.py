@@ -1,9 +1,9 @@
 """The proofs of the gateware: which property, for which configurations, in which mode.
 
 Configurations are small so the proofs close: K in {1, 2, 3}, T in {1, 2} and the smallest
-activation buffer (8 columns), K in {2, 3} with chunks that span rows, and K x T = 1 x 1 and
-2 x 2 with the dual-sparse mode (its operand select); the job sizes are bounded in each
-harness. ``prove`` is
+activation buffer (8 columns), K in {2, 3} with chunks that span rows, K x T = 1 x 1 and
+2 x 2 with the dual-sparse mode (its operand select), and 2 x 2 and 2 x 1 with spans with
+registered edges (the MAC array and the core); the job sizes are bounded in each harness. ``prove`` is
 k-induction (unbounded), ``bmc`` holds for every behaviour up to ``depth`` cycles from reset,
 ``cover`` shows each cover statement reachable within ``depth`` cycles. The fast proofs run in
 CI; ``slow`` ones only with ``sparsemac formal --all``.
@@ -33,10 +33,19 @@ CONFIGS = {
     **{f"k{lanes}t{tokens}a1": ArrayConfig(lanes=lanes, token_lanes=tokens, max_in_features=8,
                                            dual_sparse=1)
        for lanes, tokens in ((1, 1), (2, 2))},
+    # Skid buffers on the core's edges and registered multipliers, with and without spans.
+    "k2t2r1": ArrayConfig(lanes=2, token_lanes=2, max_in_features=8, registered=1),
+    "k2t1s1r1": ArrayConfig(lanes=2, token_lanes=1, max_in_features=8, span_rows=1,
+                            registered=1),
 }
 
+#: The registered configurations, which only the MAC array's and the core's proofs use (the
+#: other blocks are the same with or without).
+_REGISTERED = tuple(name for name, config in CONFIGS.items() if config.registered)
+
 #: The configurations without the dual-sparse mode, which only the operand select's proofs use.
-_WEIGHTS = tuple(name for name, config in CONFIGS.items() if not config.dual_sparse)
+_WEIGHTS = tuple(name for name, config in CONFIGS.items()
+                 if not config.dual_sparse and not config.registered)
 
 #: The configurations that do not span rows.
 _PLAIN = tuple(name for name in _WEIGHTS if not CONFIGS[name].span_rows)
@@ -54,7 +63,7 @@ _T1_SPAN = ("k2t1s1", "k3t1s1")
 def config_name(config):
     """The key of ``config`` in :data:`CONFIGS`."""
     return (f"k{config.lanes}t{config.token_lanes}" + ("s1" if config.span_rows else "")
-            + ("a1" if config.dual_sparse else ""))
+            + ("a1" if config.dual_sparse else "") + ("r1" if config.registered else ""))
 
 
 def _liveness_depth(config):
@@ -78,16 +87,17 @@ _PLAN = [
     (ActivationBufferHarness, "protocol", "prove", 2, _PLAIN, _FAST),
     (ActivationBufferHarness, "scoreboard", "bmc", 10, _PLAIN, ("k2t1",)),
     (ActivationBufferHarness, "cover", "cover", 14, ("k1t1", "k2t2"), ("k1t1",)),
-    (MACArrayHarness, "protocol", "prove", 2, _WEIGHTS, _FAST),
-    (MACArrayHarness, "rows", "bmc", 12, _WEIGHTS, ("k2t2", "k2t2s1")),
-    (MACArrayHarness, "cover", "cover", 8, _WEIGHTS, ("k1t1",)),
+    (MACArrayHarness, "protocol", "prove", 2, _WEIGHTS + _REGISTERED, _FAST),
+    (MACArrayHarness, "rows", "bmc", 12, _WEIGHTS + _REGISTERED, ("k2t2", "k2t2s1", "k2t2r1")),
+    (MACArrayHarness, "cover", "cover", 8, _WEIGHTS + _REGISTERED, ("k1t1",)),
     (OperandSelectHarness, "protocol", "bmc", 14, _DUAL, _DUAL),
     (OperandSelectHarness, "once", "bmc", 10, _DUAL, _DUAL),
     (OperandSelectHarness, "cover", "cover", 12, _DUAL, ("k1t1a1",)),
-    (SparseMACCoreHarness, "protocol", "bmc", 16, _WEIGHTS, ("k1t1",)),
-    (SparseMACCoreHarness, "job", "bmc", 14, _WEIGHTS, ("k1t1", "k2t2", "k2t1s1")),
-    (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, _WEIGHTS, ()),
-    (SparseMACCoreHarness, "cover", "cover", 16, _WEIGHTS, ("k2t1",)),
+    (SparseMACCoreHarness, "protocol", "bmc", 16, _WEIGHTS + _REGISTERED, ("k1t1",)),
+    (SparseMACCoreHarness, "job", "bmc", 14, _WEIGHTS + _REGISTERED,
+     ("k1t1", "k2t2", "k2t1s1", "k2t2r1")),
+    (SparseMACCoreHarness, "liveness", "bmc", _liveness_depth, _WEIGHTS + _REGISTERED, ()),
+    (SparseMACCoreHarness, "cover", "cover", 16, _WEIGHTS + _REGISTERED, ("k2t1",)),
     (FrameReceiverHarness, "protocol", "prove", 2, ("k1t1",), ("k1t1",)),
     (FrameReceiverHarness, "rx_ready", "prove", 2, ("k1t1",), ("k1t1",)),
     (FrameReceiverHarness, "cover", "cover", 24, ("k1t1",), ("k1t1",)),
