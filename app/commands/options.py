@@ -71,8 +71,10 @@ def add_config_arguments(parser, *, several=False, default=(DEFAULT_CONFIG,)):
     group.add_argument("--config", metavar="NAME", type=_config_names,
                        action="extend" if several else "store",
                        help="k<K>t<T>, then i<max in features> if not 4096, d<delta bits> for "
-                            "the delta decoder, p2 for the dual-port buffer and s1 for chunks "
-                            f"that span rows, e.g. k8t4, k1t1i512, k8t4d5, k8t4s1 or {board_config} "
+                            "the delta decoder, p2 for the dual-port buffer, s1 for chunks "
+                            "that span rows, a1 for dual-sparse jobs and r1 for registered "
+                            "stream edges and multipliers, e.g. k8t4, k1t1i512, k8t4d5, k8t4s1, "
+                            f"k8t4a1, k8t4r1 or {board_config} "
                             f"(the {DEFAULT_BOARD} build); without it, --backend fpga and --board "
                             "use the board's build"
                             + ("; repeatable or comma-separated" if several else ""))
