@@ -7,7 +7,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from helpers import CLOCK_PERIOD, STALLS, Bench
+from helpers import CLOCK_PERIOD, STALLS, BlockTestbench
 from sparsemac.hw.skid_buffer import SkidBuffer
 
 #: A struct payload, as the core's streams carry.
@@ -22,7 +22,7 @@ def test_every_beat_passes_in_order(shape, idle, backpressure):
     rng = random.Random(3)
     beats = [rng.randrange(1 << width) for _ in range(200)]
     dut = SkidBuffer(shape)
-    bench = Bench(dut, seed=7)
+    bench = BlockTestbench(dut, seed=7)
     bench.put(dut.i_stream, beats, idle=idle)
     bench.get("beats", dut.o_stream, len(beats), backpressure=backpressure)
     assert bench.run(2000)["beats"] == beats
@@ -31,7 +31,7 @@ def test_every_beat_passes_in_order(shape, idle, backpressure):
 def test_one_beat_a_cycle_one_cycle_late():
     """With ideal streams a beat taken in cycle i is offered in cycle i + 1, every cycle."""
     dut = SkidBuffer(unsigned(8))
-    bench = Bench(dut, seed=1)
+    bench = BlockTestbench(dut, seed=1)
     bench.put(dut.i_stream, list(range(1, 21)), idle=0)
     bench.get("beats", dut.o_stream, 20, backpressure=0)
     bench.record("valid", 22, dut.o_stream.valid, dut.o_stream.payload)
