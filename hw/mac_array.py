@@ -1,13 +1,17 @@
 """The MAC array: K x T int8 multipliers into T wrapping int32 accumulators."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import stream
-from amaranth.lib.wiring import In, Out
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out, flipped
 
 from .component import ArrayComponent
 from .multiplier import Multiplier
+from .queue import Queue
 
-__all__ = ["MACArray"]
+__all__ = ["MACArray", "SUMS_QUEUE_DEPTH"]
+
+#: Rows of sums a registered array (``ArrayConfig.registered``) holds for a slow ``sums`` sink.
+SUMS_QUEUE_DEPTH = 8
 
 
 class MACArray(ArrayComponent):
@@ -55,8 +59,12 @@ class MACArray(ArrayComponent):
         operands = self.operands.payload
         sum_width = self._config.SUM_WIDTH
 
-        advance = ~self.sums.valid | self.sums.ready
-        m.d.comb += self.operands.ready.eq(advance)
+        if self._config.registered:
+            advance = Const(1)
+            sums_queue = self._sums_queue(m)
+        else:
+            advance = ~self.sums.valid | self.sums.ready
+            m.d.comb += self.operands.ready.eq(advance)
 
         # Stage 1: products. Stage 2: adder trees; a K-term sum of int8 x int8 products fits in
         # 16 + ceil(log2 K) bits. Stage 3: accumulators.
@@ -85,7 +93,7 @@ class MACArray(ArrayComponent):
             operand_last = Signal()
             operand_split = Signal(range(lanes + 1))
             with m.If(advance):
-                m.d.sync += [operand_valid.eq(self.operands.valid),
+                m.d.sync += [operand_valid.eq(self.operands.valid & self.operands.ready),
                              operand_last.eq(operands.row_last)]
                 if span:
                     m.d.sync += operand_split.eq(Mux(operands.row_last, operands.split, lanes))
@@ -101,8 +109,9 @@ class MACArray(ArrayComponent):
                 product_last.eq(operand_last),
                 partial_valid.eq(product_valid),
                 partial_last.eq(product_last),
-                self.sums.valid.eq(partial_valid & partial_last),
             ]
+            if not self._config.registered:
+                m.d.sync += self.sums.valid.eq(partial_valid & partial_last)
             if span:
                 m.d.sync += product_split.eq(operand_split)
             for token in range(token_lanes):
@@ -112,22 +121,47 @@ class MACArray(ArrayComponent):
                             self._weight(lane, token) * operands.activations[lane][token])
                 terms = [products[lane][token] for lane in range(lanes)]
                 restart = 0
+                tree_sums = []
                 if span:
                     low = [Mux(lane < product_split, term, 0) for lane, term in enumerate(terms)]
                     high = [Mux(lane < product_split, 0, term) for lane, term in enumerate(terms)]
                     terms, restart = low, highs[token]
-                    m.d.sync += restart.eq(_adder_tree(high))
-                m.d.sync += partials[token].eq(_adder_tree(terms))
+                    tree_sums.append(restart.eq(_adder_tree(high)))
+                tree_sums.append(partials[token].eq(_adder_tree(terms)))
+                if self._config.registered:
+                    # The adder trees' registers load valid products only. (Without an enable
+                    # there, Yosys' ABC9 fails on some registered arrays, T = 3 among them.)
+                    with m.If(product_valid):
+                        m.d.sync += tree_sums
+                else:
+                    m.d.sync += tree_sums
                 total = (accumulators[token] + partials[token])[:sum_width].as_signed()
+                if self._config.registered:
+                    m.d.comb += sums_queue.i_stream.payload[token].eq(total)
                 with m.If(partial_valid & partial_last):
-                    m.d.sync += [
-                        self.sums.payload[token].eq(total),
-                        accumulators[token].eq(restart),
-                    ]
+                    if not self._config.registered:
+                        m.d.sync += self.sums.payload[token].eq(total)
+                    m.d.sync += accumulators[token].eq(restart)
                 with m.Elif(partial_valid):
                     m.d.sync += accumulators[token].eq(total)
 
+        if self._config.registered:
+            m.d.comb += sums_queue.i_stream.valid.eq(partial_valid & partial_last)
         return m
+
+    def _sums_queue(self, m):
+        """The queue of a registered array's sums, joined to ``sums``, and ``operands.ready``
+        as a register from its level."""
+        m.submodules.sums_queue = sums_queue = Queue(self._formats.sums, SUMS_QUEUE_DEPTH)
+        wiring.connect(m, sums_queue.o_stream, flipped(self.sums))
+        # ready is set from the level of the cycle before; a beat accepted now is counted in the
+        # level four cycles later (operand, product and partial stages, then the write), so
+        # the beats accepted in the four cycles before this one and in this one (five rows at
+        # most) are not yet counted: ready needs room for five.
+        ready = Signal(init=1)
+        m.d.sync += ready.eq(sums_queue.level <= SUMS_QUEUE_DEPTH - 5)
+        m.d.comb += self.operands.ready.eq(ready)
+        return sums_queue
 
     def _weight(self, lane, token):
         """The weight lane ``lane`` of an ``operands`` beat gives the multiplier of ``token``."""

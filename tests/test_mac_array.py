@@ -161,3 +161,21 @@ def test_registered_multipliers_add_one_stage():
     sums, valid = rtl_sums(case, idle=0, backpressure=0)
     assert sums == ref_sums(case)
     assert valid[:4] == [0] * 4 and valid[4:20] == [1] * 16, valid
+
+
+def test_registered_array_queues_rows_under_back_pressure():
+    """With ``registered`` the pipeline never holds: a slow ``sums`` sink fills the queue of
+    sums, ``operands.ready`` goes low before it overflows, and no row is lost or changed."""
+    config = dataclasses.replace(K4T2, registered=1)
+    case = Case("queue", config, random_beats(config, 40, 1, 31), 31)
+    formats = CoreFormats(config)
+    dut = MACArray(config)
+    testbench = BlockTestbench(dut, case.seed)
+    testbench.put(dut.operands, layout_beats(formats.array_operands, [
+        {"weights": w, "activations": a, "row_last": int(last)} for w, a, last in case.beats]))
+    testbench.get("sums", dut.sums, 40, backpressure=0.9)
+    testbench.record("ready", 600, dut.operands.ready)
+    results = testbench.run(600)
+    assert [list(beat) for beat in decode(formats.sums, results["sums"])] == ref_sums(case)
+    ready = [value for (value,) in results["ready"]]
+    assert 0 in ready and ready[0] == 1, "the queue never filled: the test proves nothing"
