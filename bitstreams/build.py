@@ -31,6 +31,7 @@ from ..hw.board_link import DEFAULT_BAUD, DEFAULT_CLOCK_HZ, design_digest, desig
 from ..hw.boards import BOARDS, DEFAULT_BOARD
 from ..hw.config import ArrayConfig, DEFAULT_CONFIG
 from ..hw.link_formats import MAX_PAYLOAD, PROTOCOL_VERSION, LinkFormats, layout_bytes
+from ..hw.mac_array import WEIGHT_COPY_PREFIX
 from ..hw.resources import LOGIC_ERROR, estimate_resources, estimate_timing
 from ..sim.toolchain import cache_dir, package_versions
 from ..hw.errors import InputError, MissingFileError, RunFailure, SparsemacError
@@ -295,6 +296,11 @@ def _tool_versions():
     return versions
 
 
+#: Yosys commands run on the design as read: the weight copies of a registered MAC array are
+#: kept apart (``keep`` on their registers), which Yosys would otherwise merge back into one.
+YOSYS_AFTER_READ = f"setattr -set keep 1 w:{WEIGHT_COPY_PREFIX}* %ci1 t:$dff %i"
+
+
 def board_design(config, clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD):
     """The :class:`~sparsemac.hw.board_top.ULX3STop` of ``config``, with its design hash."""
     from ..hw.board_top import ULX3STop
@@ -351,7 +357,8 @@ def synthesise(config, board, folder):
     """
     folder = Path(folder)
     platform_for(board).prepare(board_design(config), name="sparsemac").extract(folder)
-    (folder / "synth.ys").write_text("read_rtlil sparsemac.il\nsynth_ecp5 -top sparsemac\nstat\n")
+    (folder / "synth.ys").write_text(
+        f"read_rtlil sparsemac.il\n{YOSYS_AFTER_READ}\nsynth_ecp5 -top sparsemac\nstat\n")
     started = time.perf_counter()
     done = subprocess.run([os.environ.get("YOSYS", _tool_command(_TOOLS["YOSYS"])), "-q",
                            "-l", "synth.log", "synth.ys"], cwd=folder, capture_output=True)
@@ -517,7 +524,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         top, name="sparsemac",
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
         nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}",
-        ecppack_opts="--compress")
+        ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
     plan.extract(build_dir)
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
         raise RunFailure(f"the {board} build failed: see the logs in {build_dir} "

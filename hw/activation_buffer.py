@@ -84,13 +84,21 @@ class ActivationBuffer(JobComponent):
         m.d.comb += self.chunks.ready.eq(advance & full[read_bank])
         accept = self.chunks.valid & self.chunks.ready
         read_valid = Signal()
-        read_weights = Signal.like(self.chunks.payload.values)
+        # A registered array's (``ArrayConfig.registered``) data registers have no reset: the
+        # valid bits say what they hold, and a reset reaching every one is a long wire.
+        data_reset_less = bool(config.registered)
+        read_weights = Signal.like(self.chunks.payload.values, reset_less=data_reset_less)
         read_last = Signal()
+        if config.registered:
+            payload = Signal.like(self.operands.payload, reset_less=True)
+            m.d.comb += self.operands.payload.eq(payload)
+        else:
+            payload = self.operands.payload
         store = self._shared_banks if config.read_ports == 2 else self._replicas
         lane_data = store(m, load_column[:address_width], load_bank, read_bank, full, advance)
         for lane, data in enumerate(lane_data):
             with m.If(advance):
-                m.d.sync += self.operands.payload.activations[lane].eq(data)
+                m.d.sync += payload.activations[lane].eq(data)
 
         with m.If(advance):
             m.d.sync += [
@@ -98,15 +106,15 @@ class ActivationBuffer(JobComponent):
                 read_weights.eq(self.chunks.payload.values),
                 read_last.eq(self.chunks.payload.row_last),
                 self.operands.valid.eq(read_valid),
-                self.operands.payload.weights.eq(read_weights),
-                self.operands.payload.row_last.eq(read_last),
+                payload.weights.eq(read_weights),
+                payload.row_last.eq(read_last),
             ]
         if config.span_rows:
             read_split = Signal.like(self.chunks.payload.split)
             with m.If(advance):
                 m.d.sync += [
                     read_split.eq(self.chunks.payload.split),
-                    self.operands.payload.split.eq(read_split),
+                    payload.split.eq(read_split),
                 ]
         with m.If(accept & self.chunks.payload.block_last):
             m.d.sync += [

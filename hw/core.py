@@ -28,9 +28,11 @@ class SparseMACCore(ArrayComponent):
 
     The delta decoder is built only with ``ArrayConfig.delta_bits``, the operand select and the
     ``pairs`` stream only with ``ArrayConfig.dual_sparse``. With ``ArrayConfig.registered`` every
-    data input and ``sums`` pass a :class:`~sparsemac.hw.skid_buffer.SkidBuffer` at the core's
-    edge, so their ``valid``, ``ready`` and payload meet the host link's FIFOs through registers
-    only; ``job`` (whose ``ready`` is the state register's) and ``done`` (all registers) need none.
+    data input passes a :class:`~sparsemac.hw.skid_buffer.SkidBuffer` at the core's edge, so
+    its ``valid``, ``ready`` and payload meet the host link's FIFOs through registers only;
+    ``sums`` leave the MAC array's queue, whose ``valid`` and ``ready`` are registers and whose
+    payload is read from LUT RAM at a registered address; ``job`` (whose ``ready`` is the state
+    register's) and ``done`` (all registers) need none.
 
     A job is one weight matrix against ``token_blocks`` blocks of T tokens. For each block the
     host streams the block's activations (``cols`` beats, one column of T tokens per beat) and
@@ -85,12 +87,7 @@ class SparseMACCore(ArrayComponent):
         else:
             wiring.connect(m, streamer.chunks, activation_buffer.chunks)
         select = self._connect_operands(m, activation_buffer, mac_array, inputs)
-        if self._config.registered:
-            m.submodules.sums_edge = sums_edge = SkidBuffer(self._formats.sums)
-            wiring.connect(m, mac_array.sums, sums_edge.i_stream)
-            wiring.connect(m, sums_edge.o_stream, flipped(self.sums))
-        else:
-            wiring.connect(m, mac_array.sums, flipped(self.sums))
+        wiring.connect(m, mac_array.sums, flipped(self.sums))
 
         start = Signal()
         m.d.comb += start.eq(self.job.valid & self.job.ready)

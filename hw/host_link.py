@@ -109,6 +109,10 @@ class HostLink(ArrayComponent):
         wiring.connect(m, sender.tx, wiring.flipped(self.tx))
         clear = Signal()  # RESET: empties the FIFOs and the job register
         m.d.comb += self.core_reset.eq(clear)
+        if self._config.registered:
+            # A register, one cycle after the request (state Clear), rather than the decoded
+            # request itself: it fans out to every FIFO and the core, across the device.
+            m.d.sync += clear.eq(0)
 
         fifos, sums_fifo, sums_waiting = self._fifos(m, clear, sender)
 
@@ -149,6 +153,11 @@ class HostLink(ArrayComponent):
                         self._execute(m, request, status, reply, sums_count, sums_waiting,
                                       fifos, job_pending, running, done, clear)
 
+            if self._config.registered:
+                with m.State("Clear"):
+                    # The FIFOs are empty from the next cycle, whose reply reports their levels.
+                    m.next = "Reply"
+
             with m.State("Copy"):
                 # Read the buffer one byte per cycle, assemble beats, push each one the cycle
                 # after its last byte lands.
@@ -164,14 +173,24 @@ class HostLink(ArrayComponent):
                         m.d.sync += [beat_byte.eq(0), push.eq(1)]
                     with m.Else():
                         m.d.sync += beat_byte.eq(beat_byte + 1)
+                if self._config.registered:
+                    # A write enable per FIFO, each a register: the opcode's decoding and the
+                    # enable's wire to FIFOs across the device are then in different cycles.
+                    for opcode, fifo in fifos.items():
+                        push_fifo = Signal(name=f"push_{formats.fifo_streams[opcode]}")
+                        m.d.sync += push_fifo.eq(0)
+                        with m.If(read_valid & (beat_byte == beat_size - 1)):
+                            m.d.sync += push_fifo.eq(header.opcode == opcode)
+                        m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(push_fifo)]
                 with m.If(push):
                     with m.Switch(header.opcode):
                         with m.Case(Opcode.JOB):
                             m.d.sync += [core.job.payload.eq(assembly), job_pending.eq(1),
                                          done.eq(0)]
-                        for opcode, fifo in fifos.items():
-                            with m.Case(opcode):
-                                m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(1)]
+                        if not self._config.registered:
+                            for opcode, fifo in fifos.items():
+                                with m.Case(opcode):
+                                    m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(1)]
                 with m.If((read_address == length) & ~read_valid & ~push):
                     m.next = "Reply"
 
@@ -247,8 +266,17 @@ class HostLink(ArrayComponent):
         sums_fifo = SyncFIFOBuffered(width=len(Value.cast(core.sums.payload)),
                                      depth=fifo_depth(formats.sums_bytes))
         m.submodules.sums_fifo = ResetInserter(clear)(sums_fifo)
-        m.d.comb += [sums_fifo.w_data.eq(core.sums.payload), sums_fifo.w_en.eq(core.sums.valid),
-                     core.sums.ready.eq(sums_fifo.w_rdy)]
+        if self._config.registered:
+            # ready from a register, as the core's other edges: it fans out to the enables of
+            # a whole sums beat. Set while the FIFO held at most depth - 3 beats a cycle
+            # before, so it has room now even for a beat then in flight to its output register.
+            room = Signal(init=1)
+            m.d.sync += room.eq(sums_fifo.level <= sums_fifo.depth - 3)
+            m.d.comb += [sums_fifo.w_data.eq(core.sums.payload),
+                         sums_fifo.w_en.eq(core.sums.valid & room), core.sums.ready.eq(room)]
+        else:
+            m.d.comb += [sums_fifo.w_data.eq(core.sums.payload),
+                         sums_fifo.w_en.eq(core.sums.valid), core.sums.ready.eq(sums_fifo.w_rdy)]
         sums_waiting = Signal(range(sums_fifo.depth + 2))
         m.d.comb += sums_waiting.eq(sums_fifo.level + sender.sums.valid)
         with m.If(~sender.sums.valid | sender.sums.ready):
@@ -276,7 +304,11 @@ class HostLink(ArrayComponent):
                         m.d.sync += reply.eq(_Reply.CYCLES)
                     elif opcode == Opcode.RESET:
                         with m.If(length == 0):
-                            m.d.comb += clear.eq(1)
+                            if self._config.registered:
+                                m.d.sync += clear.eq(1)
+                                m.next = "Clear"
+                            else:
+                                m.d.comb += clear.eq(1)
                             m.d.sync += [job_pending.eq(0), running.eq(0), done.eq(0)]
             with m.Case(Opcode.READ_SUMS):
                 first = request.first_bytes

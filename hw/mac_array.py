@@ -8,10 +8,14 @@ from .component import ArrayComponent
 from .multiplier import Multiplier
 from .queue import Queue
 
-__all__ = ["MACArray", "SUMS_QUEUE_DEPTH"]
+__all__ = ["MACArray", "SUMS_QUEUE_DEPTH", "TOKENS_PER_WEIGHT_COPY", "WEIGHT_COPY_PREFIX"]
 
 #: Rows of sums a registered array (``ArrayConfig.registered``) holds for a slow ``sums`` sink.
-SUMS_QUEUE_DEPTH = 8
+SUMS_QUEUE_DEPTH = 16
+#: Token lanes that share a copy of a weight in a registered array.
+TOKENS_PER_WEIGHT_COPY = 4
+#: The name of each weight copy begins with this (bitstreams/build.py keeps them apart).
+WEIGHT_COPY_PREFIX = "weight_copy"
 
 
 class MACArray(ArrayComponent):
@@ -19,10 +23,11 @@ class MACArray(ArrayComponent):
 
     Three pipeline stages: the K x T products (registered, so block RAM output, multiplier and
     adders are not one long path), the T K-input adder trees, then the T accumulators; with
-    ``ArrayConfig.registered`` a fourth before them, as each product comes from a
-    :class:`~sparsemac.hw.multiplier.Multiplier` that registers its operands too (in an ECP5 DSP
-    block). On the last beat of a row the accumulator's total goes straight to ``sums``
-    and the accumulator restarts from the next beat, so consecutive rows cost no bubble.
+    ``ArrayConfig.registered`` two more before them: a fanout stage (the operands registered,
+    each weight copied near its multipliers) and the operand registers of a
+    :class:`~sparsemac.hw.multiplier.Multiplier` per product (in an ECP5 DSP block). On the
+    last beat of a row the accumulator's total goes straight to ``sums`` and the accumulator
+    restarts from the next beat, so consecutive rows cost no bubble.
     The accumulators are 32 bits and wrap on overflow, exactly as
     :func:`sparsemac.sw.golden.golden_matmul` does.
 
@@ -30,7 +35,7 @@ class MACArray(ArrayComponent):
     --------
     Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
     of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
-    ``sums`` three cycles after the beat was accepted (four with ``registered``). The whole
+    ``sums`` three cycles after the beat was accepted (five with ``registered``). The whole
     pipeline holds while ``sums`` is full and not ready, so back-pressure loses nothing.
 
     With ``span_rows`` each token's reduction is segmented at the beat's ``split``: two masked
@@ -74,7 +79,11 @@ class MACArray(ArrayComponent):
         product_valid = Signal()
         product_last = Signal()
         partial_shape = signed(2 * self._config.VALUE_WIDTH + max(lanes - 1, 1).bit_length())
-        partials = [Signal(partial_shape, name=f"partial{token}") for token in range(token_lanes)]
+        # A registered array's data registers have no reset (the valid bits say what they hold):
+        # a reset reaching every one of them is a long wire in a large array.
+        data_reset_less = bool(self._config.registered)
+        partials = [Signal(partial_shape, name=f"partial{token}", reset_less=data_reset_less)
+                    for token in range(token_lanes)]
         partial_valid = Signal()
         partial_last = Signal()
         accumulators = [Signal(signed(sum_width), name=f"accumulator{token}")
@@ -85,19 +94,11 @@ class MACArray(ArrayComponent):
             # "high" partial) restarts the accumulator instead of 0. Beats that close no row
             # count as split K, so every lane is then low.
             product_split = Signal(range(lanes + 1))
-            highs = [Signal(partial_shape, name=f"high{token}") for token in range(token_lanes)]
+            highs = [Signal(partial_shape, name=f"high{token}", reset_less=data_reset_less)
+                     for token in range(token_lanes)]
 
         if self._config.registered:
-            # The beat's row_last and split wait in the operand registers' stage too.
-            operand_valid = Signal()
-            operand_last = Signal()
-            operand_split = Signal(range(lanes + 1))
-            with m.If(advance):
-                m.d.sync += [operand_valid.eq(self.operands.valid & self.operands.ready),
-                             operand_last.eq(operands.row_last)]
-                if span:
-                    m.d.sync += operand_split.eq(Mux(operands.row_last, operands.split, lanes))
-            self._multipliers(m, advance, products)
+            operand_valid, operand_last, operand_split = self._registered_front(m, products)
         else:
             operand_valid, operand_last = self.operands.valid, operands.row_last
             if span:
@@ -155,11 +156,11 @@ class MACArray(ArrayComponent):
         m.submodules.sums_queue = sums_queue = Queue(self._formats.sums, SUMS_QUEUE_DEPTH)
         wiring.connect(m, sums_queue.o_stream, flipped(self.sums))
         # ready is set from the level of the cycle before; a beat accepted now is counted in the
-        # level four cycles later (operand, product and partial stages, then the write), so
-        # the beats accepted in the four cycles before this one and in this one (five rows at
-        # most) are not yet counted: ready needs room for five.
+        # level five cycles later (fanout, operand, product and partial stages, then the
+        # write), so the beats accepted in the five cycles before this one and in this one (six
+        # rows at most) are not yet counted: ready needs room for six.
         ready = Signal(init=1)
-        m.d.sync += ready.eq(sums_queue.level <= SUMS_QUEUE_DEPTH - 5)
+        m.d.sync += ready.eq(sums_queue.level <= SUMS_QUEUE_DEPTH - 6)
         m.d.comb += self.operands.ready.eq(ready)
         return sums_queue
 
@@ -168,19 +169,55 @@ class MACArray(ArrayComponent):
         weight = self.operands.payload.weights[lane]
         return weight[token] if self._config.dual_sparse else weight
 
-    def _multipliers(self, m, advance, products):
-        """Drives ``products`` from a :class:`~sparsemac.hw.multiplier.Multiplier` each, which
-        registers the operands as well: the products come a cycle later."""
-        for lane, row in enumerate(products):
-            for token, product in enumerate(row):
+    def _registered_front(self, m, products):
+        """With ``registered``: a fanout stage, then a
+        :class:`~sparsemac.hw.multiplier.Multiplier` per product, which registers its operands
+        and the product. Returns the valid, ``row_last`` and ``split`` of the beat in the
+        multipliers' operand registers.
+
+        The fanout stage registers every activation, and each weight once per
+        :data:`TOKENS_PER_WEIGHT_COPY` token lanes, so that a copy sits near its multipliers:
+        one weight register driving all T multipliers of its lane across the device is the
+        longest wire of a large array. The copies are named ``weight_copy…``, which the board
+        build keeps apart (Yosys would merge identical registers otherwise).
+        """
+        lanes, token_lanes = self._config.lanes, self._config.token_lanes
+        beat = self.operands.payload
+        weights, activations = {}, {}
+        for lane in range(lanes):
+            for token in range(token_lanes):
+                copy = token if self._config.dual_sparse else token // TOKENS_PER_WEIGHT_COPY
+                if (lane, copy) not in weights:
+                    weights[lane, copy] = Signal.like(self._weight(lane, token),
+                                                      name=f"{WEIGHT_COPY_PREFIX}{lane}_{copy}",
+                                                      reset_less=True)
+                    m.d.sync += weights[lane, copy].eq(self._weight(lane, token))
+                activations[lane, token] = Signal.like(beat.activations[lane][token],
+                                                       name=f"activation{lane}_{token}",
+                                                       reset_less=True)
+                m.d.sync += activations[lane, token].eq(beat.activations[lane][token])
                 m.submodules[f"multiplier{lane}_{token}"] = multiplier = Multiplier(
                     self._config.VALUE_WIDTH)
-                m.d.comb += [
-                    multiplier.a.eq(self._weight(lane, token)),
-                    multiplier.b.eq(self.operands.payload.activations[lane][token]),
-                    multiplier.enable.eq(advance),
-                    product.eq(multiplier.product),
-                ]
+                m.d.comb += [multiplier.a.eq(weights[lane, copy]),
+                             multiplier.b.eq(activations[lane, token]),
+                             multiplier.enable.eq(1),
+                             products[lane][token].eq(multiplier.product)]
+        # The beat's valid, row_last and split wait in both stages too.
+        valid, last, split = self.operands.valid & self.operands.ready, beat.row_last, None
+        if self._config.span_rows:
+            split = Mux(beat.row_last, beat.split, lanes)
+        for stage in ("fanout", "operand"):
+            valid, last = _register(m, valid, f"{stage}_valid"), _register(m, last, f"{stage}_last")
+            if split is not None:
+                split = _register(m, split, f"{stage}_split")
+        return valid, last, split
+
+
+def _register(m, value, name):
+    """``value`` a cycle later."""
+    register = Signal.like(value, name=name)
+    m.d.sync += register.eq(value)
+    return register
 
 
 def _adder_tree(terms):

@@ -14,9 +14,10 @@ class Queue(wiring.Component):
 
     Unlike :class:`amaranth.lib.fifo.SyncFIFO`, which keeps its level in a register of its own
     beside the pointers, the level here is the difference of the write and read pointers (each a
-    bit wider than an address), and the one other register, ``full``, is worked out anew in
-    every cycle from the pointers' next values. So a state of the registers that disagrees with
-    itself lasts at most one cycle, and k-induction proves the handshakes of a block holding a
+    bit wider than an address), and the two other registers, ``full`` and ``held`` (the
+    output's ``valid``), are worked out anew in every cycle from the pointers' next values. So
+    ``ready``, ``valid`` and the payload's address are registers, and a state of the registers
+    that disagrees with itself lasts at most one cycle, and k-induction proves the handshakes of a block holding a
     queue without being told how the queue works. ``full`` means the depth or more apart, so
     even pointers further apart than a queue can be drain instead of writing over the beat on
     offer.
@@ -77,6 +78,7 @@ class Queue(wiring.Component):
         write_pointer = Signal(address_width + 1)
         read_pointer = Signal(address_width + 1)
         full = Signal()
+        held = Signal()
         take = self.i_stream.valid & self.i_stream.ready
         give = self.o_stream.valid & self.o_stream.ready
         next_write = (write_pointer + take)[:address_width + 1]
@@ -86,11 +88,12 @@ class Queue(wiring.Component):
             read_pointer.eq(next_read),
             # Depth or more: the pointers' difference has its top bit set.
             full.eq((next_write - next_read)[address_width]),
+            held.eq(next_write != next_read),
         ]
         m.d.comb += [
             self.level.eq(write_pointer - read_pointer),
             self.i_stream.ready.eq(~full),
-            self.o_stream.valid.eq(write_pointer != read_pointer),
+            self.o_stream.valid.eq(held),
             write_port.addr.eq(write_pointer[:address_width]),
             write_port.data.eq(self.i_stream.payload),
             write_port.en.eq(take),

@@ -54,6 +54,7 @@ from amaranth.hdl import Shape
 from .boards import BOARDS, DEFAULT_BOARD
 from .config import check_config
 from .link_formats import MAX_PAYLOAD, LinkFormats, fifo_depth, layout_bytes
+from .mac_array import SUMS_QUEUE_DEPTH
 
 __all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate",
            "ResourceEstimate", "estimate_resources", "map_memory", "FMAX_ERROR",
@@ -193,6 +194,8 @@ def estimate_resources(config):
                   + _PAIRS_LINK_CELLS_PER_BIT * Shape.cast(formats.core.pairs).width)
     if config.registered:
         logic += sum(beat_widths.values()) + Shape.cast(formats.core.sums).width
+        memories.append(map_memory("sums queue", SUMS_QUEUE_DEPTH,
+                                   Shape.cast(formats.core.sums).width))
     return ResourceEstimate(multipliers=multipliers, logic_cells=logic,
                             memories=tuple(memories))
 

@@ -45,14 +45,17 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        skid = Signal(self._shape)
+        # The payload registers have no reset: only the valid bits say what they hold, and a
+        # reset fanning out to every payload bit is a long wire in a wide stream.
+        payload = Signal(self._shape, reset_less=True)
+        skid = Signal(self._shape, reset_less=True)
         skid_valid = Signal()
-        m.d.comb += self.i_stream.ready.eq(~skid_valid)
+        m.d.comb += [self.i_stream.ready.eq(~skid_valid), self.o_stream.payload.eq(payload)]
         with m.If(~self.o_stream.valid | self.o_stream.ready):
             # The output register takes the older beat: the skid's, else the input's.
             m.d.sync += [
                 self.o_stream.valid.eq(skid_valid | self.i_stream.valid),
-                self.o_stream.payload.eq(Mux(skid_valid, skid, self.i_stream.payload)),
+                payload.eq(Mux(skid_valid, skid, self.i_stream.payload)),
                 skid_valid.eq(0),
             ]
         with m.Elif(self.i_stream.valid & self.i_stream.ready):

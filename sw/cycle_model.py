@@ -13,8 +13,8 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
   block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
-  multiply, add, accumulate); seven with ``ArrayConfig.registered``, whose multipliers register
-  their operands and whose sums pass a skid buffer (:func:`pipeline_latency`). Its skid buffers
+  multiply, add, accumulate); seven with ``ArrayConfig.registered``, whose MAC array has a
+  fanout stage and multipliers that register their operands (:func:`pipeline_latency`). Its skid buffers
   on the inputs cost nothing here: with every input valid from the job's first cycle, each
   holds its stream's next beat whenever the core would take it.
 
@@ -60,8 +60,8 @@ SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
 DUAL_FIRST_BEAT = 1
 DUAL_PIPELINE_LATENCY = PIPELINE_LATENCY - 1
 
-#: Cycles ``ArrayConfig.registered`` adds to both: the multipliers' operand registers and the
-#: skid buffer on ``sums``.
+#: Cycles ``ArrayConfig.registered`` adds to both: the MAC array's fanout stage and the
+#: multipliers' operand registers.
 REGISTERED_LATENCY = 2
 
 

@@ -5,6 +5,7 @@ encoder and check its replies and the beats it hands the core. The end-to-end te
 board RTL under Verilator behind a pseudo-terminal and talk to it with :class:`FPGADevice`.
 """
 
+import dataclasses
 import os
 import random
 import re
@@ -50,11 +51,11 @@ def split_replies(data):
 
 
 def run_link(requests, *, expect_replies, sums=(), done=None, drain=("activations",),
-             seed=0, idle=0.2, backpressure=0.2, gap_cycles=0):
+             seed=0, idle=0.2, backpressure=0.2, gap_cycles=0, config=CONFIG):
     """Sends ``requests`` (lists of bytes, one per frame, each after the previous reply) to a
     HostLink; feeds ``sums`` beats and a ``done`` count on the core side; returns the replies
     and the beats that came out on each drained core input stream."""
-    link = HostLink(CONFIG, design_hash=DESIGN_HASH, clock_hz=4_000_000, baud=1_000_000,
+    link = HostLink(config, design_hash=DESIGN_HASH, clock_hz=4_000_000, baud=1_000_000,
                     timeout_cycles=TIMEOUT_CYCLES)
     sim = Simulator(link)
     sim.add_clock(1e-8)
@@ -180,39 +181,51 @@ def test_garbage_between_frames_is_skipped():
     assert replies[0][0].status == Status.OK and replies[0][0].tag == 9
 
 
-def test_data_frames_become_beats_in_order():
+#: The link of ``CONFIG`` as it is, and with registered edges (``r1``: a register per FIFO's
+#: write enable, a registered RESET and sums ``ready``).
+LINK_CONFIGS = pytest.mark.parametrize(
+    "config", [CONFIG, dataclasses.replace(CONFIG, registered=1)], ids=["plain", "registered"])
+
+
+@LINK_CONFIGS
+def test_data_frames_become_beats_in_order(config):
     rng = random.Random(3)
     beat_bytes = FORMATS.beat_bytes(Opcode.ACTIVATIONS)
     beats = [rng.randrange(1 << (8 * beat_bytes)) for _ in range(40)]
     payload = b"".join(beat.to_bytes(beat_bytes, "little") for beat in beats)
     frames = [request(Opcode.ACTIVATIONS, payload[:30], tag=1),
               request(Opcode.ACTIVATIONS, payload[30:], tag=2)]
-    replies, drained = run_link(frames, expect_replies=2)
+    replies, drained = run_link(frames, expect_replies=2, config=config)
     assert [header.status for header, _ in replies] == [Status.OK, Status.OK]
     assert drained["activations"] == beats
 
 
-def test_full_fifo_refuses_the_whole_frame():
+@LINK_CONFIGS
+def test_full_fifo_refuses_the_whole_frame(config):
     depth = fifo_depth(FORMATS.beat_bytes(Opcode.VALUES))
     per_frame = MAX_PAYLOAD // FORMATS.beat_bytes(Opcode.VALUES)
     frames = [request(Opcode.VALUES, bytes(MAX_PAYLOAD), tag=tag)
               for tag in range(depth // per_frame + 1)]
     replies, _ = run_link(frames + [request(Opcode.STATUS, tag=99)], drain=(),
-                          expect_replies=len(frames) + 1, idle=0, backpressure=0)
+                          expect_replies=len(frames) + 1, idle=0, backpressure=0, config=config)
     statuses = [header.status for header, _ in replies]
     assert statuses == [Status.OK] * (depth // per_frame) + [Status.NO_ROOM, Status.OK]
     # One beat has moved on into the register in front of the (stalled) core.
     assert unpack(FORMATS.status, replies[-1][1]).values_free == 1
 
 
-def test_sums_cycles_and_reset():
+@LINK_CONFIGS
+def test_sums_cycles_and_reset(config):
+    """With ``registered`` too, whose RESET clears the FIFOs a cycle later (from a register)
+    and whose sums FIFO says ready from a register."""
     rng = random.Random(5)
     sums = [rng.randrange(1 << 64) for _ in range(5)]
     read = FORMATS.read_sums.const({"count": 3}).as_bits().to_bytes(2, "little")
     frames = [request(Opcode.STATUS, tag=1), request(Opcode.READ_SUMS, read, tag=2),
               request(Opcode.READ_SUMS, read, tag=3), request(Opcode.READ_CYCLES, tag=4),
               request(Opcode.RESET, tag=5), request(Opcode.READ_CYCLES, tag=6)]
-    replies, _ = run_link(frames, sums=sums, done=12345, expect_replies=6, gap_cycles=50)
+    replies, _ = run_link(frames, sums=sums, done=12345, expect_replies=6, gap_cycles=50,
+                          config=config)
     assert unpack(FORMATS.status, replies[0][1]).sums_waiting == 5
     got = replies[1][1] + replies[2][1]
     assert [int.from_bytes(got[i:i + 8], "little") for i in range(0, len(got), 8)] == sums

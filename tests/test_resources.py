@@ -5,6 +5,7 @@ import pytest
 
 from sparsemac.bitstreams import build
 from sparsemac.hw.config import DEFAULT_CONFIG, ArrayConfig
+from sparsemac.hw.mac_array import SUMS_QUEUE_DEPTH
 from sparsemac.hw.resources import (FMAX_ERROR, LOGIC_ERROR, estimate_resources,
                                    estimate_timing, map_memory)
 
@@ -35,13 +36,15 @@ def test_a_yosys_synthesis_matches(tmp_path, key):
     # About 20 s: K=4 T=3 with a 512-column buffer (two 1024 x 18 block RAMs a replica); T not
     # a power of two makes the host link's reply length (beats x 12 bytes) a 13th multiplier.
     # Chunks that span rows add logic only (a second adder tree a token); so do registered
-    # edges, whose multipliers are the same 12 MULT18X18D, their registers inside.
+    # edges, whose multipliers are the same 12 MULT18X18D, their registers inside, and whose
+    # queue of sums (16 x 96 bits) is 24 LUT RAM cells.
     config = ArrayConfig.from_key(key)
     synthesised = build.synthesise(config, "ulx3s-85f", tmp_path)
     estimate = estimate_resources(config)
     assert (estimate.block_rams, estimate.multipliers) == (synthesised.bram, synthesised.dsp)
     assert (estimate.buffer_block_rams, estimate.multipliers) == (8, 13)
-    assert synthesised.lut_ram_cells == 0
+    lut_ram_cells = sum(memory.count * memory.lut_ram_cells for memory in estimate.memories)
+    assert synthesised.lut_ram_cells == lut_ram_cells == (24 if config.registered else 0)
     assert_logic_close(estimate, synthesised.logic_cells)
 
 
@@ -106,12 +109,16 @@ def test_a_dual_sparse_board_matches_its_place_and_route():
 
 def test_registered_edges_add_a_multiplexer_bit_per_stream_bit():
     # k4t3i512: activations 24, row pointers 32, columns 4 x 16 less the 7 unused high bits of
-    # the last lane's column, values 32, sums 96 bits. Yosys alone: 5 558 -> 5 811 cells.
+    # the last lane's column, values 32, sums 96 bits. Yosys alone: 5 558 -> 5 739 cells (with
+    # the queue of sums in 24 LUT RAM cells beside them).
     plain, registered = (estimate_resources(ArrayConfig.from_key(key))
                          for key in ("k4t3i512", "k4t3i512r1"))
     assert registered.logic_cells - plain.logic_cells == 24 + 32 + 64 - 7 + 32 + 96
-    assert (registered.memories, registered.multipliers) == (plain.memories, plain.multipliers)
-    assert_logic_close(registered, 5811)
+    queue = map_memory("sums queue", SUMS_QUEUE_DEPTH, 96)
+    assert (queue.block_rams, queue.lut_ram_cells) == (0, 24)
+    assert registered.memories == plain.memories + (queue,)
+    assert registered.multipliers == plain.multipliers
+    assert_logic_close(registered, 5739)
 
 
 #: The recorded place-and-route results (docs/results.md): Fmax in MHz, by config and seed;
