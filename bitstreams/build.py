@@ -40,7 +40,8 @@ __all__ = ["BOARDS", "DEFAULT_BOARD", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "desig
            "check_fits", "SynthesisCounts", "synthesise", "ResourceReport",
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
-           "default_output", "link_wire_bytes"]
+           "default_output", "link_wire_bytes", "PlacementResult", "place_design",
+           "YOSYS_AFTER_READ"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -457,6 +458,111 @@ def _kill_group(process):
     process.wait()
 
 
+def _start_build(config, board, clock_hz, baud, seed, time_limit, stage, log):
+    """Checks a build's inputs, says what it expects, and extracts the tools' script into the
+    build's cache folder (``stage`` tells a placement's from a whole build's). Returns the
+    start time, the deadline (or None), the folder, the build plan and the design digest."""
+    if time_limit is not None and not time_limit > 0:
+        raise InputError(f"the time limit must be a positive number of seconds, not "
+                         f"{time_limit!r}")
+    began = time.time()
+    deadline = None if time_limit is None else began + time_limit
+    check_fits(config, board)
+    for variable, name in _TOOLS.items():
+        os.environ.setdefault(variable, _tool_command(name))
+
+    digest = design_digest(config)
+    # The seed is in the name, so that builds of one design with different seeds can run at once.
+    build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_"
+                                        f"{digest.hex}{stage}")
+    log(f"{'placing' if stage else 'building'} {config.describe()} for {board} at "
+        f"{clock_hz / 1e6:g} MHz in {build_dir}")
+    timing = estimate_timing(config)
+    log(f"  expected: {timing.utilisation:.0%} of the logic, Fmax about "
+        f"{timing.fmax_mhz:.0f} MHz, {timing.routability}"
+        + ("" if timing.worth_building(clock_hz / 1e6) else
+           " (short of the clock or unroutable by sparsemac.hw.resources.estimate_timing)"))
+    plan = platform_for(board).prepare(
+        board_design(config, clock_hz, baud), name="sparsemac",
+        # The WebAssembly nextpnr sees only the build folder: the report path is relative.
+        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}"
+                     + (" --no-route" if stage else ""),
+        ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
+    plan.extract(build_dir)
+    return began, deadline, build_dir, plan, digest
+
+
+#: nextpnr's line with the Fmax it estimates (after placement, from predicted routing delays).
+_FMAX_LINE = re.compile(r"Max frequency for clock '[^']*': ([\d.]+) MHz \((?:PASS|FAIL) at "
+                        r"([\d.]+) MHz\)")
+
+
+@dataclass
+class PlacementResult:
+    """What :func:`place_design` found: the resources placed and nextpnr's Fmax estimate."""
+    #: The config's key.
+    config: str
+    #: Resources placed, and the Fmax nextpnr estimates from predicted routing delays (no
+    #: critical path: nextpnr reports one only after routing).
+    resources: ResourceReport
+    #: Wall time of synthesis and placement.
+    seconds: float
+
+    @property
+    def passed(self):
+        """Whether the placement's estimate meets the clock."""
+        return self.resources.meets_timing
+
+    def sections(self):
+        return [("Placement (no routing)", None,
+                 [["config", self.config], ["wall time", f"{self.seconds:.0f} s"],
+                  ["note", "Fmax is nextpnr's estimate before routing (routing delays "
+                           "predicted from distance); see docs/results.md for how it compared "
+                           "with routed builds"]]),
+                ("Resources and estimated timing", None,
+                 [[line] for line in self.resources.lines()])]
+
+    def as_json(self):
+        return {"passed": self.passed, "config": self.config, "seconds": self.seconds,
+                "resources": dataclasses.asdict(self.resources), "routed": False}
+
+
+def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
+                 baud=DEFAULT_BAUD, seed=1, time_limit=None, log=print):
+    """Synthesises and places the board design of ``config`` without routing it.
+
+    Minutes where a congested route takes an hour or more: a fast look at a config's logic and
+    at nextpnr's Fmax estimate, whose routing delays are predicted from the distance between
+    cells. Writes only to the build's cache folder.
+
+    Parameters and errors are those of :func:`build_bitstream` (no ``output``).
+
+    Returns
+    -------
+    PlacementResult
+    """
+    config = BOARDS[board].config if config is None and board in BOARDS else config
+    began, deadline, build_dir, plan, _ = _start_build(
+        config, board, clock_hz, baud, seed, time_limit, "_placed", log)
+    # The plan's script without its last step: ecppack has no routed design to pack.
+    script = (build_dir / f"{plan.script}.sh").read_text()
+    (build_dir / "place.sh").write_text("\n".join(
+        line for line in script.splitlines() if '"$ECPPACK"' not in line) + "\n")
+    started = time.perf_counter()
+    if _run_tools(build_dir, "place", began, deadline, log) != 0:
+        raise RunFailure(f"the {board} placement failed: see the logs in {build_dir} "
+                         "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)")
+    seconds = time.perf_counter() - started
+    estimates = _FMAX_LINE.findall((build_dir / "sparsemac.tim").read_text())
+    if not estimates:
+        raise RunFailure(f"nextpnr printed no Fmax estimate: see {build_dir / 'sparsemac.tim'}")
+    fmax, constraint = (float(value) for value in estimates[-1])
+    report = json.loads((build_dir / "report.json").read_text())
+    report["fmax"] = {"sync": {"achieved": fmax, "constraint": constraint}}
+    return PlacementResult(config=config.key(), resources=parse_nextpnr_report(report),
+                           seconds=seconds)
+
+
 def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
                     clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, time_limit=None,
                     log=print):
@@ -496,36 +602,11 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     RuntimeError
         If a tool fails (the message names the log to read).
     """
-    if time_limit is not None and not time_limit > 0:
-        raise InputError(f"the time limit must be a positive number of seconds, not "
-                         f"{time_limit!r}")
-    began = time.time()
-    deadline = None if time_limit is None else began + time_limit
     config = BOARDS[board].config if config is None and board in BOARDS else config
-    check_fits(config, board)
+    began, deadline, build_dir, plan, digest = _start_build(
+        config, board, clock_hz, baud, seed, time_limit, "", log)
     output = Path(default_output(config, board) if output is None else output)
-    for variable, name in _TOOLS.items():
-        os.environ.setdefault(variable, _tool_command(name))
-
-    digest = design_digest(config)
-    # The seed is in the name, so that builds of one design with different seeds can run at once.
-    build_dir = cache_dir("bitstreams",
-                          f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_{digest.hex}")
-    platform = platform_for(board)
-    top = board_design(config, clock_hz, baud)
-    log(f"building {config.describe()} for {board} at {clock_hz / 1e6:g} MHz in {build_dir}")
-    timing = estimate_timing(config)
-    log(f"  expected: {timing.utilisation:.0%} of the logic, Fmax about "
-        f"{timing.fmax_mhz:.0f} MHz, {timing.routability}"
-        + ("" if timing.worth_building(clock_hz / 1e6) else
-           " (short of the clock or unroutable by sparsemac.hw.resources.estimate_timing)"))
     started = time.perf_counter()
-    plan = platform.prepare(
-        top, name="sparsemac",
-        # The WebAssembly nextpnr sees only the build folder: the report path is relative.
-        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}",
-        ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
-    plan.extract(build_dir)
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
         raise RunFailure(f"the {board} build failed: see the logs in {build_dir} "
                            "(sparsemac.rpt for Yosys, sparsemac.tim for nextpnr)")

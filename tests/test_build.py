@@ -286,3 +286,29 @@ def test_a_build_reports_like_every_command(capsys):
     assert finish(argparse.Namespace(json=False), result) == 0
     out = capsys.readouterr().out
     assert "Resources and timing" in out and "DSP (MULT18X18D)" in out
+
+
+@pytest.mark.slow
+def test_a_placement_estimates_fmax_without_routing_or_writing(tmp_path, monkeypatch, capsys):
+    """``--place-only``: synthesis and placement of a small registered array (about a
+    minute), the resources placed and nextpnr's estimate, nothing written outside the cache."""
+    monkeypatch.chdir(tmp_path)
+    config = ArrayConfig.from_key("k2t2i64r1")
+    result = build.place_design(config, clock_hz=90_000_000, log=lambda _: None)
+    assert result.config == "k2t2i64r1"
+    assert result.resources.dsp == config.multipliers == 4
+    assert result.resources.constraint_mhz == 90.0
+    assert 20 < result.resources.fmax_mhz < 400
+    assert result.passed == (result.resources.fmax_mhz >= 90.0)
+    assert result.resources.critical_path == []
+    assert main(["build", "--config", "k2t2i64r1", "--clock-mhz", "90", "--place-only",
+                 "--json"]) == (0 if result.passed else 1)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["routed"] is False and printed["resources"]["dsp"] == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("other", [["--program"], ["--check"], ["--output", "x"]])
+def test_a_placement_writes_no_bitstream_so_refuses_its_options(other, capsys):
+    assert main(["build", "--place-only", *other]) == 2
+    assert "--place-only writes no bitstream" in capsys.readouterr().err

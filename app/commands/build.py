@@ -44,6 +44,10 @@ def add_arguments(parser):
     parser.add_argument("--check", action="store_true",
                         help="only say whether the bitstream in the output folder is stale "
                              "against the current RTL and config (exit 1 if stale)")
+    parser.add_argument("--place-only", action="store_true",
+                        help="synthesise and place without routing (minutes, not the hour a "
+                             "large design's route takes): the resources and nextpnr's Fmax "
+                             "estimate; writes nothing outside the build cache")
     parser.add_argument("--program", action="store_true",
                         help="load the bitstream into the board (building it first if stale) "
                              "with openFPGALoader or fujprog")
@@ -66,6 +70,16 @@ def _seconds(text):
     return value
 
 
+def _rates(args):
+    """The clock and baud rate asked for, as keyword arguments of the build functions."""
+    rates = {}
+    if args.clock_mhz is not None:
+        rates["clock_hz"] = round(args.clock_mhz * 1e6)
+    if args.baud is not None:
+        rates["baud"] = args.baud
+    return rates
+
+
 def find_programmer():
     """The (name, path) of the first programmer on PATH, or None."""
     for name in PROGRAMMERS:
@@ -83,6 +97,9 @@ def run(args):
     if args.board not in build.BOARDS:
         raise InputError(f"unknown board {args.board!r}: choose one of "
                          f"{', '.join(build.BOARDS)}")
+    if args.place_only and (args.program or args.check or args.output is not None):
+        raise InputError("--place-only writes no bitstream: it takes none of --program, "
+                         "--check and --output")
     config = config_from_args(args)
     build.check_fits(config, args.board)
     folder = (Path(args.output) if args.output is not None
@@ -110,6 +127,16 @@ def run(args):
               f"{config.describe()}")
         return 0
 
+    if args.place_only:
+        try:
+            result = build.place_design(config, args.board, seed=args.seed,
+                                        time_limit=args.time_limit, log=progress,
+                                        **_rates(args))
+        except build.BuildTimeout as error:
+            print(error, file=sys.stderr)
+            return TIMEOUT_EXIT
+        return finish(args, result)
+
     programmer = None
     if args.program:
         programmer = find_programmer()
@@ -118,14 +145,10 @@ def run(args):
             return 2
 
     if not args.program or stale_reason():
-        options = {}
-        if args.clock_mhz is not None:
-            options["clock_hz"] = round(args.clock_mhz * 1e6)
-        if args.baud is not None:
-            options["baud"] = args.baud
         try:
             result = build.build_bitstream(config, args.board, folder, seed=args.seed,
-                                           time_limit=args.time_limit, **options)
+                                           time_limit=args.time_limit, log=progress,
+                                           **_rates(args))
         except build.BuildTimeout as error:
             print(error, file=sys.stderr)
             return TIMEOUT_EXIT
