@@ -254,23 +254,28 @@ def _summarise_path(steps):
 
 
 @dataclass
-class BuildResult:
-    """What :func:`build_bitstream` wrote."""
-    #: The compressed bitstream, ``sparsemac.bit``.
-    bitstream: Path
-    #: ``manifest.json``: config, design hash, rates, tools and resources.
-    manifest: Path
-    #: ``report.txt``: the resources and timing for a reader.
-    report: Path
-    #: What place and route used and reached.
+class _ToolsRun:
+    """What a run of the tools reported, and how long it took."""
+    #: Resources used, and the Fmax reached (or estimated, before routing).
     resources: ResourceReport
-    #: Wall time of the whole build.
+    #: Wall time of the tools.
     seconds: float
 
     @property
     def passed(self):
-        """Whether the design meets its clock."""
+        """Whether the design meets (or is estimated to meet) its clock."""
         return self.resources.meets_timing
+
+
+@dataclass
+class BuildResult(_ToolsRun):
+    """What :func:`build_bitstream` wrote, beside the report of place and route."""
+    #: The compressed bitstream, ``sparsemac.bit``.
+    bitstream: Path = None
+    #: ``manifest.json``: config, design hash, rates, tools and resources.
+    manifest: Path = None
+    #: ``report.txt``: the resources and timing for a reader.
+    report: Path = None
 
     def sections(self):
         """The files written and the resource and timing report, as ``(title, header, rows)``
@@ -498,20 +503,11 @@ _FMAX_LINE = re.compile(r"Max frequency for clock '[^']*': ([\d.]+) MHz \((?:PAS
 
 
 @dataclass
-class PlacementResult:
-    """What :func:`place_design` found: the resources placed and nextpnr's Fmax estimate."""
+class PlacementResult(_ToolsRun):
+    """What :func:`place_design` found: the resources placed and nextpnr's Fmax estimate from
+    predicted routing delays (no critical path: nextpnr reports one only after routing)."""
     #: The config's key.
-    config: str
-    #: Resources placed, and the Fmax nextpnr estimates from predicted routing delays (no
-    #: critical path: nextpnr reports one only after routing).
-    resources: ResourceReport
-    #: Wall time of synthesis and placement.
-    seconds: float
-
-    @property
-    def passed(self):
-        """Whether the placement's estimate meets the clock."""
-        return self.resources.meets_timing
+    config: str = ""
 
     def sections(self):
         return [("Placement (no routing)", None,
