@@ -14,7 +14,7 @@ import time
 import pytest
 from distributed import LocalCluster
 
-from sparsemac.bitstreams.build import BuildResult, ResourceReport
+from sparsemac.bitstreams.build import BuildResult, PlacementResult, ResourceReport
 from sparsemac.hw.board_link import design_digest
 from sparsemac.hw.config import ArrayConfig
 from sparsemac.app import cli
@@ -308,6 +308,32 @@ def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypa
     assert builds[1].key != dataclasses.replace(builds[1], clock_mhz=60.0).key
     assert dataclasses.replace(builds[1], clock_mhz=60.0).key == \
         dataclasses.replace(builds[1], clock_mhz=None).key
+    assert row.routed is True
+
+
+def test_build_points_that_do_not_route_call_the_placement(monkeypatch):
+    """``route = false``: each build point is placed only; its row says so, and its key is
+    not a routed build's."""
+    spec = spec_of(build={"seeds": [3], "clock_mhz": 90, "route": False})
+    (build,) = [point for point in expand_points(spec) if point.kind == "build"][:1]
+    assert build.key != dataclasses.replace(build, route=True).key
+    calls = []
+
+    def fake_place(config, board, *, clock_hz, seed, time_limit, log):
+        calls.append((config, board, clock_hz, seed, time_limit))
+        resources = ResourceReport(lut4=15685, ff=11014, dsp=128, bram=73, totals={},
+                                   fmax_mhz=56.35, constraint_mhz=90.0)
+        return PlacementResult(resources=resources, seconds=1.0, config=config.key())
+
+    monkeypatch.setattr("sparsemac.bitstreams.build.place_design", fake_place)
+    monkeypatch.setattr("sparsemac.bitstreams.build.build_bitstream", None)
+    monkeypatch.setattr("sparsemac.app.pipelines.sweep.worker.bert_base_cycles",
+                        lambda config: 8_881_776)
+    row = run_point(build)
+    assert row.error == "" and row.routed is False
+    assert (row.dsp, row.fmax_mhz, row.critical_ns, row.critical_path) == (128, 56.35, None, "")
+    assert row.bert_base_s == 8_881_776 / 56.35e6
+    assert calls == [(ArrayConfig(), "ulx3s-85f", 90_000_000, 3, None)]
 
 
 def test_pareto_front():
@@ -357,6 +383,7 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
     ({"build": {"seeds": [1], "clock_mhz": 0}}, "[build] clock_mhz must be a positive number"),
     ({"build": {"seeds": [1], "time_limit_minutes": -5}},
      "[build] time_limit_minutes must be a positive number, not -5"),
+    ({"build": {"seeds": [1], "route": "no"}}, "[build] route must be true or false, not 'no'"),
 ])
 def test_bad_spec(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -53,6 +53,8 @@ class SweepPoint:
     clock_mhz: float | None = None
     #: The build point's time limit, s; not part of the key (a failed row is recomputed anyway).
     time_limit_s: float | None = None
+    #: False for a build point placed but not routed.
+    route: bool = True
 
     @property
     def key(self):
@@ -65,6 +67,8 @@ class SweepPoint:
             del parameters["activation"]
         if self.clock_mhz is None or self.clock_mhz == DEFAULT_CLOCK_HZ / 1e6:
             del parameters["clock_mhz"]
+        if self.route:
+            del parameters["route"]
         blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -118,7 +122,8 @@ def expand_points(spec):
         points.extend(SweepPoint(kind="build", config=config, design_hash=hashes[config],
                                  board=spec.build.board, build_seed=seed,
                                  clock_mhz=spec.build.clock_mhz,
-                                 time_limit_s=spec.build.time_limit_s)
+                                 time_limit_s=spec.build.time_limit_s,
+                                 route=spec.build.route)
                       for config in spec.configs for seed in spec.build.seeds)
     return points
 

@@ -99,11 +99,13 @@ class SweepReport:
         builds = [row for row in self.results if row.kind == "build" and not row.failed]
         if builds:
             sections.append((
-                "Board builds (BERT-base: 72 linears, 90 %, 128 tokens, at the build's Fmax)",
+                "Board builds (BERT-base: 72 linears, 90 %, 128 tokens, at the build's Fmax; "
+                "a placement's Fmax is nextpnr's estimate before routing)",
                 ["config", "seed", "clock", "Fmax", "LUT4", "FF", "DSP", "BRAM",
                  "critical path", "BERT-base"],
                 [[row.config, str(row.build_seed), f"{row.clock_mhz:g} MHz",
-                  f"{row.fmax_mhz:.2f} MHz", f"{row.lut4:,}", f"{row.ff:,}", str(row.dsp),
+                  f"{row.fmax_mhz:.2f} MHz" + ("" if row.routed else " (placed)"),
+                  f"{row.lut4:,}", f"{row.ff:,}", str(row.dsp),
                   str(row.bram), "-" if row.critical_ns is None
                   else f"{row.critical_ns:.2f} ns {row.critical_path}",
                   f"{row.bert_base_s:.3f} s"] for row in builds]))

@@ -36,6 +36,9 @@ class BuildSpec:
     clock_mhz: float = DEFAULT_CLOCK_HZ / 1e6
     #: Wall time one build may take; past it the build stops and its point fails. None: none.
     time_limit_s: float | None = None
+    #: False: synthesis and placement only, with nextpnr's Fmax estimate before routing
+    #: (minutes a point instead of an hour or more for a large array).
+    route: bool = True
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,8 @@ def _parse_build(section, fail):
     from ....bitstreams.build import BOARDS
 
     section = _parse_section(section, "build",
-                             ("seeds", "board", "clock_mhz", "time_limit_minutes"), fail)
+                             ("seeds", "board", "clock_mhz", "time_limit_minutes", "route"),
+                             fail)
     if section is None:
         return None
     seeds = section.get("seeds")
@@ -287,5 +291,8 @@ def _parse_build(section, fail):
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                 or not minutes > 0):
         fail(f"[build] time_limit_minutes must be a positive number, not {minutes!r}")
+    route = section.get("route", True)
+    if not isinstance(route, bool):
+        fail(f"[build] route must be true or false, not {route!r}")
     return BuildSpec(seeds=tuple(seeds), board=board, clock_mhz=float(clock_mhz),
-                     time_limit_s=None if minutes is None else 60.0 * minutes)
+                     time_limit_s=None if minutes is None else 60.0 * minutes, route=route)

@@ -108,8 +108,10 @@ class PointResult:
     dsp: int | None = None
     #: A build's DP16KD block RAMs.
     bram: int | None = None
-    #: A build's achieved Fmax.
+    #: A build's achieved Fmax (a placement's estimate if ``routed`` is False).
     fmax_mhz: float | None = None
+    #: For a build: True if placed and routed, False if placed only.
+    routed: bool | None = None
     #: A build's clock constraint, MHz.
     clock_mhz: float | None = None
     #: A build's critical path delay, ns.
@@ -148,7 +150,8 @@ class PointResult:
                    tokens=point.tokens, seed=point.seed if point.kind == "layer" else None,
                    verify=point.verify, board=point.board, build_seed=point.build_seed,
                    activation=point.activation if point.kind == "layer" else "",
-                   clock_mhz=point.clock_mhz)
+                   clock_mhz=point.clock_mhz,
+                   routed=point.route if point.kind == "build" else None)
 
     @property
     def failed(self):
@@ -282,16 +285,19 @@ def _measure_layer(point, result):
 
 
 def _measure_build(point, result):
-    from ....bitstreams.build import build_bitstream
+    from ....bitstreams.build import build_bitstream, place_design
     from ....sim.toolchain import cache_dir
 
     clock_hz = round(point.clock_mhz * 1e6)
-    # Not the committed folder: a sweep never replaces a release bitstream.
-    output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_{point.design_hash}"
-                                       f"_{clock_hz}_seed{point.build_seed}")
-    built = build_bitstream(point.config, point.board, output, clock_hz=clock_hz,
-                            seed=point.build_seed, time_limit=point.time_limit_s,
-                            log=lambda message: None)
+    options = dict(clock_hz=clock_hz, seed=point.build_seed, time_limit=point.time_limit_s,
+                   log=lambda message: None)
+    if point.route:
+        # Not the committed folder: a sweep never replaces a release bitstream.
+        output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_"
+                                           f"{point.design_hash}_{clock_hz}_seed{point.build_seed}")
+        built = build_bitstream(point.config, point.board, output, **options)
+    else:
+        built = place_design(point.config, point.board, **options)
     resources = built.resources
     result.lut4, result.ff, result.dsp, result.bram = (resources.lut4, resources.ff,
                                                        resources.dsp, resources.bram)
