@@ -7,7 +7,9 @@ Each subcommand lives in ``sparsemac.app.commands.<name>`` and defines ``HELP``,
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from ..hw.errors import InputError, MissingFileError, SparsemacError
 
@@ -44,7 +46,7 @@ def main(argv=None):
     """Runs one subcommand; returns its exit status.
 
     Exit status 2 means bad input (the message says what to fix), 1 a failed check or a device,
-    build or tool failure, 130 an interruption by Ctrl-C, 0 success. Only sparsemac's own
+    build or tool failure, 130 an interruption by Ctrl-C or SIGTERM, 0 success. Only sparsemac's own
     errors (:mod:`sparsemac.hw.errors`) become messages: any other exception is a bug and
     keeps its traceback.
     """
@@ -53,6 +55,10 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
+    # SIGTERM (a job scheduler's, `kill`'s) stops a command as Ctrl-C does: the tools it started
+    # are killed with it and it says what is kept, instead of leaving them running.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return args.handler(args) or 0
     except (InputError, MissingFileError) as error:
@@ -64,6 +70,13 @@ def main(argv=None):
     except SparsemacError as error:  # DeviceError, ToolMissingError, CoreTimeout, ...
         print(f"sparsemac {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -312,3 +312,35 @@ def test_a_placement_estimates_fmax_without_routing_or_writing(tmp_path, monkeyp
 def test_a_placement_writes_no_bitstream_so_refuses_its_options(other, capsys):
     assert main(["build", "--place-only", *other]) == 2
     assert "--place-only writes no bitstream" in capsys.readouterr().err
+
+
+
+def test_a_build_stopped_by_sigterm_kills_its_tools_and_writes_nothing(tmp_path):
+    """SIGTERM, as Ctrl-C: exit 130 with a message, the tools' process group gone, no output."""
+    import signal
+    import subprocess
+
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparsemac.app.cli", "build", "--config", "k1t1i8",
+         "--output", str(output)], stderr=subprocess.PIPE, text=True)
+    # The tools run under a shell that leads a process group of its own: the build's child.
+    deadline = time.monotonic() + 120
+    tools_group = None
+    while tools_group is None and time.monotonic() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == process.pid and int(fields[2]) == int(stat.parent.name):
+                tools_group = int(stat.parent.name)
+        time.sleep(0.2)
+    assert tools_group is not None, "the build started no tools within two minutes"
+    assert live_members(tools_group, settle_s=0) != []
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "sparsemac build: interrupted" in stderr
+    assert live_members(tools_group) == []
+    assert not output.exists()
