@@ -58,7 +58,8 @@ from .mac_array import SUMS_QUEUE_DEPTH
 
 __all__ = ["BLOCK_RAM_ASPECTS", "BLOCK_RAM_BYTES", "LOGIC_ERROR", "MemoryEstimate",
            "ResourceEstimate", "estimate_resources", "map_memory", "FMAX_ERROR",
-           "ROUTES_UP_TO", "HOPELESS_ABOVE", "TimingEstimate", "estimate_timing"]
+           "ROUTES_UP_TO", "HOPELESS_ABOVE", "ROUTED_MULTIPLIERS_UP_TO", "TimingEstimate",
+           "estimate_timing"]
 
 #: The DP16KD's (depth, width) aspect ratios: 18 Kbit each, the 36-bit one as a simple dual port.
 BLOCK_RAM_ASPECTS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
@@ -89,6 +90,10 @@ FMAX_ERROR = 0.10
 #: Logic utilisation up to which every recorded build routed, and above which none did.
 ROUTES_UP_TO = 0.25
 HOPELESS_ABOVE = 0.40
+#: The most multipliers of a build that routed here: the three builds of 128 (``k16t8i512``,
+#: and ``k4t32i512r1`` twice, at 18 % of the logic) were still congested after 40 to 60
+#: minutes of routing, so past this a small design is ``unknown``, not ``routes``.
+ROUTED_MULTIPLIERS_UP_TO = 64
 _BUFFER = "activation buffer"
 
 
@@ -240,11 +245,13 @@ def estimate_timing(config, logic_cells=None):
     stopped after 12 minutes at placement estimates of about 31 and 27 MHz, where it predicts 70
     and 49 MHz.
 
-    Routability is read off ``u`` alone: up to 0.25 (``k8t4`` 0.15, ``k8t8i1024p2`` 0.20,
-    ``k8t8i1024p2s1`` 0.24) every build routed, though ``k8t8i1024p2`` took up to an hour of
-    routing; ``k16t8i512`` (0.47) did not route. It misses what wide T costs in wiring:
-    ``k4t32i512r1`` (0.23, 128 multipliers) placed at an estimated 54.95 MHz, not 67.5, and had
-    a fifth of its arcs unrouted when its one-hour build stopped.
+    Routability is read off ``u`` and the multipliers: up to 0.25 (``k8t4`` 0.15,
+    ``k8t8i1024p2`` 0.20, ``k8t8i1024p2s1`` 0.24) every build routed, though ``k8t8i1024p2``
+    took up to an hour of routing; ``k16t8i512`` (0.47) did not route. ``u`` misses what wide T
+    costs in wiring: ``k4t32i512r1`` (0.23, 128 multipliers) placed at an estimated 54.95 MHz,
+    not 67.5, and had a fifth of its arcs unrouted when its one-hour build stopped (and a
+    second design of it a third after 40 minutes), so above
+    :data:`ROUTED_MULTIPLIERS_UP_TO` multipliers a config is at best ``unknown``.
 
     No ``registered`` build exists yet: such a config is predicted from its own (slightly
     larger) logic with the same fit, which assumes the chain its skid buffers cut is still
@@ -271,7 +278,7 @@ def estimate_timing(config, logic_cells=None):
         logic_cells = estimate_resources(config).logic_cells
     utilisation = logic_cells / BOARDS[DEFAULT_BOARD].totals["lut4"]
     fixed, spread = _PATH_FIT
-    if utilisation <= ROUTES_UP_TO:
+    if utilisation <= ROUTES_UP_TO and config.multipliers <= ROUTED_MULTIPLIERS_UP_TO:
         routability = "routes"
     elif utilisation <= HOPELESS_ABOVE:
         routability = "unknown"
