@@ -167,8 +167,14 @@ class HostLink(ArrayComponent):
                 with m.If(read_address != length):
                     m.d.sync += read_address.eq(read_address + 1)
                 m.d.sync += push.eq(0)
-                with m.If(read_valid):
-                    m.d.sync += assembly.word_select(beat_byte, 8).eq(receiver.payload.data)
+                byte_valid, byte = read_valid, receiver.payload.data
+                if self._config.registered:
+                    # Each byte lands in a register first: the buffer's block RAM is slow to
+                    # its output and far from the assembly register's bits.
+                    byte_valid, byte = Signal(name="byte_valid"), Signal(8, name="byte")
+                    m.d.sync += [byte_valid.eq(read_valid), byte.eq(receiver.payload.data)]
+                with m.If(byte_valid):
+                    m.d.sync += assembly.word_select(beat_byte, 8).eq(byte)
                     with m.If(beat_byte == beat_size - 1):
                         m.d.sync += [beat_byte.eq(0), push.eq(1)]
                     with m.Else():
@@ -179,7 +185,7 @@ class HostLink(ArrayComponent):
                     for opcode, fifo in fifos.items():
                         push_fifo = Signal(name=f"push_{formats.fifo_streams[opcode]}")
                         m.d.sync += push_fifo.eq(0)
-                        with m.If(read_valid & (beat_byte == beat_size - 1)):
+                        with m.If(byte_valid & (beat_byte == beat_size - 1)):
                             m.d.sync += push_fifo.eq(header.opcode == opcode)
                         m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(push_fifo)]
                 with m.If(push):
@@ -191,7 +197,8 @@ class HostLink(ArrayComponent):
                             for opcode, fifo in fifos.items():
                                 with m.Case(opcode):
                                     m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(1)]
-                with m.If((read_address == length) & ~read_valid & ~push):
+                reading = read_valid | byte_valid if self._config.registered else read_valid
+                with m.If((read_address == length) & ~reading & ~push):
                     m.next = "Reply"
 
             with m.State("Reply"):

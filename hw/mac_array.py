@@ -23,9 +23,10 @@ class MACArray(ArrayComponent):
 
     Three pipeline stages: the K x T products (registered, so block RAM output, multiplier and
     adders are not one long path), the T K-input adder trees, then the T accumulators; with
-    ``ArrayConfig.registered`` two more before them: a fanout stage (the operands registered,
-    each weight copied near its multipliers) and the operand registers of a
-    :class:`~sparsemac.hw.multiplier.Multiplier` per product (in an ECP5 DSP block). On the
+    ``ArrayConfig.registered`` three more: a fanout stage (the operands registered, each weight
+    copied near its multipliers), the operand registers of a
+    :class:`~sparsemac.hw.multiplier.Multiplier` per product (in an ECP5 DSP block), and a
+    register of each product in the logic, between the DSP block and its adder tree. On the
     last beat of a row the accumulator's total goes straight to ``sums`` and the accumulator
     restarts from the next beat, so consecutive rows cost no bubble.
     The accumulators are 32 bits and wrap on overflow, exactly as
@@ -35,7 +36,7 @@ class MACArray(ArrayComponent):
     --------
     Every ``operands`` beat contributes ``sum_k weights[k] * activations[k][t]`` to token ``t``
     of the current row; the beat with ``row_last`` set closes the row, whose sums are valid on
-    ``sums`` three cycles after the beat was accepted (five with ``registered``). The whole
+    ``sums`` three cycles after the beat was accepted (six with ``registered``). The whole
     pipeline holds while ``sums`` is full and not ready, so back-pressure loses nothing.
 
     With ``span_rows`` each token's reduction is segmented at the beat's ``split``: two masked
@@ -156,11 +157,11 @@ class MACArray(ArrayComponent):
         m.submodules.sums_queue = sums_queue = Queue(self._formats.sums, SUMS_QUEUE_DEPTH)
         wiring.connect(m, sums_queue.o_stream, flipped(self.sums))
         # ready is set from the level of the cycle before; a beat accepted now is counted in the
-        # level five cycles later (fanout, operand, product and partial stages, then the
-        # write), so the beats accepted in the five cycles before this one and in this one (six
-        # rows at most) are not yet counted: ready needs room for six.
+        # level six cycles later (fanout, operand, product, landed product and partial stages,
+        # then the write), so the beats accepted in the six cycles before this one and in this
+        # one (seven rows at most) are not yet counted: ready needs room for seven.
         ready = Signal(init=1)
-        m.d.sync += ready.eq(sums_queue.level <= SUMS_QUEUE_DEPTH - 6)
+        m.d.sync += ready.eq(sums_queue.level <= SUMS_QUEUE_DEPTH - 7)
         m.d.comb += self.operands.ready.eq(ready)
         return sums_queue
 
@@ -172,14 +173,16 @@ class MACArray(ArrayComponent):
     def _registered_front(self, m, products):
         """With ``registered``: a fanout stage, then a
         :class:`~sparsemac.hw.multiplier.Multiplier` per product, which registers its operands
-        and the product. Returns the valid, ``row_last`` and ``split`` of the beat in the
-        multipliers' operand registers.
+        and the product, then a register of each product in the logic. Returns the valid,
+        ``row_last`` and ``split`` of the beat in the multipliers' product registers.
 
         The fanout stage registers every activation, and each weight once per
         :data:`TOKENS_PER_WEIGHT_COPY` token lanes, so that a copy sits near its multipliers:
         one weight register driving all T multipliers of its lane across the device is the
         longest wire of a large array. The copies are named ``weight_copy…``, which the board
-        build keeps apart (Yosys would merge identical registers otherwise).
+        build keeps apart (Yosys would merge identical registers otherwise). The products'
+        registers in the logic cut the wire from each DSP block to its token's adder tree,
+        whose K multipliers may sit far apart in the DSP rows.
         """
         lanes, token_lanes = self._config.lanes, self._config.token_lanes
         beat = self.operands.payload
@@ -198,15 +201,18 @@ class MACArray(ArrayComponent):
                 m.d.sync += activations[lane, token].eq(beat.activations[lane][token])
                 m.submodules[f"multiplier{lane}_{token}"] = multiplier = Multiplier(
                     self._config.VALUE_WIDTH)
+                landed = Signal.like(multiplier.product, name=f"landed{lane}_{token}",
+                                     reset_less=True)
                 m.d.comb += [multiplier.a.eq(weights[lane, copy]),
                              multiplier.b.eq(activations[lane, token]),
                              multiplier.enable.eq(1),
-                             products[lane][token].eq(multiplier.product)]
-        # The beat's valid, row_last and split wait in both stages too.
+                             products[lane][token].eq(landed)]
+                m.d.sync += landed.eq(multiplier.product)
+        # The beat's valid, row_last and split wait in the stages before the landed products.
         valid, last, split = self.operands.valid & self.operands.ready, beat.row_last, None
         if self._config.span_rows:
             split = Mux(beat.row_last, beat.split, lanes)
-        for stage in ("fanout", "operand"):
+        for stage in ("fanout", "operand", "multiplier"):
             valid, last = _register(m, valid, f"{stage}_valid"), _register(m, last, f"{stage}_last")
             if split is not None:
                 split = _register(m, split, f"{stage}_split")

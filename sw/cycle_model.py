@@ -13,8 +13,9 @@ predicts the number its hardware cycle counter reports, cycle for cycle. The sch
   block is loaded; block ``j`` is loaded into bank
   ``j % 2`` once block ``j - 1`` is loaded and block ``j - 2`` has issued its last chunk;
 * the last chunk's sums leave five cycles after it is issued (read, register the read data,
-  multiply, add, accumulate); seven with ``ArrayConfig.registered``, whose MAC array has a
-  fanout stage and multipliers that register their operands (:func:`pipeline_latency`). Its skid buffers
+  multiply, add, accumulate); eight with ``ArrayConfig.registered``, whose MAC array has a
+  fanout stage, multipliers that register their operands, and its products registered again
+  in the logic (:func:`pipeline_latency`). Its skid buffers
   on the inputs cost nothing here: with every input valid from the job's first cycle, each
   holds its stream's next beat whenever the core would take it.
 
@@ -23,7 +24,7 @@ A DUAL job (:class:`~sparsemac.hw.formats.Sparsity`) sends each row of a token b
 ``n_t`` counts the row's nonzero weights whose column's activation in token ``t`` is nonzero
 (:func:`dual_row_beats`). It loads nothing: its beats are taken one a cycle from cycle 1 and the
 last one's sums leave four cycles after it (the operand select's register, multiply, add,
-accumulate; six with ``registered``): :func:`dual_job_cycles`.
+accumulate; seven with ``registered``): :func:`dual_job_cycles`.
 
 A layer is split into jobs by :func:`job_tiles`; each job is counted on its own, its first load
 and its drain included. A column tile is a job of its own width whose rows hold only their
@@ -60,9 +61,9 @@ SPAN_FIRST_CHUNK = FIRST_CHUNK + 1
 DUAL_FIRST_BEAT = 1
 DUAL_PIPELINE_LATENCY = PIPELINE_LATENCY - 1
 
-#: Cycles ``ArrayConfig.registered`` adds to both: the MAC array's fanout stage and the
-#: multipliers' operand registers.
-REGISTERED_LATENCY = 2
+#: Cycles ``ArrayConfig.registered`` adds to both: the MAC array's fanout stage, the
+#: multipliers' operand registers and the products' registers in the logic.
+REGISTERED_LATENCY = 3
 
 
 def pipeline_latency(config, dual=False):
@@ -415,7 +416,7 @@ def dual_job_cycles(beats, config):
     Returns
     -------
     CycleBreakdown
-        Nothing is loaded: ``total = beats + 4`` (``beats + 6`` with ``config.registered``).
+        Nothing is loaded: ``total = beats + 4`` (``beats + 7`` with ``config.registered``).
     """
     if beats < 1:
         raise InputError(f"a DUAL job has at least one pairs beat, not {beats}")

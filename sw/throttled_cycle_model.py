@@ -269,7 +269,7 @@ def throttled_dual_job_cycles(beats, rows, tokens, config, memory=None):
     one is offered, and a bucket that starts empty and holds at most one beat offers one every
     ``w = max(1, ceil(beat / rate))`` cycles, so the last beat is taken in cycle ``beats * w``
     (one later through the skid buffer of a registered array, ``ArrayConfig.registered``) and its
-    sums are accepted four cycles later (six with ``registered``).
+    sums are accepted four cycles later (seven with ``registered``).
 
     Parameters
     ----------

@@ -441,7 +441,7 @@ def test_a_dual_sparse_job_on_the_board_is_bit_exact_and_cycle_exact():
 @pytest.mark.slow
 def test_a_registered_board_is_bit_exact_and_cycle_exact():
     """Skid buffers between the link's FIFOs and the core (``r1``): a layer loaded whole runs
-    at the model's count, two cycles a job above the same board without them."""
+    at the model's count, three cycles a job above the same board without them."""
     from sparsemac.devices.board_sim import SimulatedBoard
     config = ArrayConfig.from_key(CONFIG.key() + "r1")
     weights, activations = pruned_layer(16, 40, 4, 0.3, seed=1)
@@ -454,7 +454,7 @@ def test_a_registered_board_is_bit_exact_and_cycle_exact():
             plain = open_device("reference", CONFIG).matmul(weights, activations, mode)
             assert torch.equal(result.sums, golden_matmul(weights, activations))
             assert result.job_cycles == expected.job_cycles
-            assert expected.cycles == plain.cycles + 2 * len(plain.job_cycles)
+            assert expected.cycles == plain.cycles + 3 * len(plain.job_cycles)
 
 
 def test_a_dual_sparse_job_is_refused_by_a_weight_only_board(device):

@@ -154,15 +154,15 @@ def test_latency_and_no_bubble_between_rows():
 
 
 @pytest.mark.parametrize("base", [K4T2, K8T4], ids=short)
-def test_registered_arrays_add_two_stages(base):
+def test_registered_arrays_add_three_stages(base):
     """With ``registered`` the operands pass a fanout stage and the multipliers' operand
-    registers: the same rows leave two cycles later, still one per cycle (K8T4: two copies of
-    each weight)."""
+    registers, and the products a register in the logic: the same rows leave three cycles
+    later, still one per cycle (K8T4: two copies of each weight)."""
     config = dataclasses.replace(base, registered=1)
     case = Case("throughput", config, random_beats(config, 16, 1, 19), 19)
     sums, valid = rtl_sums(case, idle=0, backpressure=0)
     assert sums == ref_sums(case)
-    assert valid[:5] == [0] * 5 and valid[5:21] == [1] * 16, valid
+    assert valid[:6] == [0] * 6 and valid[6:22] == [1] * 16, valid
 
 
 def test_registered_array_queues_rows_under_back_pressure():

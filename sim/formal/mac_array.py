@@ -10,8 +10,9 @@ __all__ = ["MACArrayHarness", "pipeline_stages", "rows_held"]
 
 def pipeline_stages(config):
     """Registers between an accepted ``operands`` beat and its ``sums`` beat: three, and the
-    fanout stage and the multipliers' operand registers with ``registered``."""
-    return 3 + 2 * config.registered
+    fanout stage, the multipliers' operand registers and the landed products with
+    ``registered``."""
+    return 3 + 3 * config.registered
 
 
 def rows_held(config):
