@@ -116,7 +116,7 @@ def _dual_memories(config):
                                                 ("amaranth", 1)])
 def test_dual_sparse_jobs_match_the_model_at_every_rate(backend, registered):
     """A DUAL job's pairs are the weight path's only stream: at every rate the core's count is
-    the model's, ``beats x w + 4`` (``+ 1 + 6`` throttled through the skid buffer of a registered
+    the model's, ``beats x w + 4`` (``+ 1 + 7`` throttled through the skid buffer of a registered
     array)."""
     config = dataclasses.replace(DUAL_SPARSE, registered=registered)
     weights = weights_with_row_lengths((5, 0, 1, 7, 3, 2, 2, 9, 1, 4), 20, seed=8)
