@@ -7,8 +7,8 @@ platform: the Verilator board simulation compiles exactly this, with a fast UART
 
 from fractions import Fraction
 
-from amaranth.hdl import (ClockDomain, ClockSignal, Const, Instance, Module, Mux, ResetInserter,
-                          Signal)
+from amaranth.hdl import (ClockDomain, ClockSignal, Const, DomainRenamer, Instance, Module, Mux,
+                          ResetInserter, ResetSignal, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -74,7 +74,10 @@ class BoardTop(ArrayComponent):
         m.submodules.link = link = HostLink(
             self._config, design_hash=self._design_hash, clock_hz=self._clock_hz,
             baud=self._baud, timeout_cycles=self._timeout_cycles)
-        m.submodules.core = core = ResetInserter(link.core_reset)(SparseMACCore(self._config))
+        if self._config.registered:
+            core = self._core_with_registered_reset(m, link)
+        else:
+            m.submodules.core = core = ResetInserter(link.core_reset)(SparseMACCore(self._config))
 
         m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx)]
         wiring.connect(m, receiver.o_stream, link.rx)
@@ -94,6 +97,19 @@ class BoardTop(ArrayComponent):
             m.d.comb += self.leds[index].eq(_stretch(m, event, stretch, f"led{index}"))
 
         return m
+
+
+    def _core_with_registered_reset(self, m, link):
+        """The core in a clock domain of its own on the board's clock, whose reset is one
+        register: the board's reset or the link's ``RESET``, a cycle later. Its thousands of
+        registers then have a single driver for their reset instead of a gate joining two."""
+        m.domains.core = ClockDomain("core")
+        core_reset = Signal(init=1)
+        m.d.sync += core_reset.eq(link.core_reset)
+        m.d.comb += [ClockSignal("core").eq(ClockSignal("sync")),
+                     ResetSignal("core").eq(core_reset)]
+        m.submodules.core = core = DomainRenamer("core")(SparseMACCore(self._config))
+        return core
 
 
 def _stretch(m, event, cycles, name):
