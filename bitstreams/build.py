@@ -267,15 +267,15 @@ class _ToolsRun:
         return self.resources.meets_timing
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildResult(_ToolsRun):
     """What :func:`build_bitstream` wrote, beside the report of place and route."""
     #: The compressed bitstream, ``sparsemac.bit``.
-    bitstream: Path = None
+    bitstream: Path
     #: ``manifest.json``: config, design hash, rates, tools and resources.
-    manifest: Path = None
+    manifest: Path
     #: ``report.txt``: the resources and timing for a reader.
-    report: Path = None
+    report: Path
 
     def sections(self):
         """The files written and the resource and timing report, as ``(title, header, rows)``
@@ -463,10 +463,12 @@ def _kill_group(process):
     process.wait()
 
 
-def _start_build(config, board, clock_hz, baud, seed, time_limit, stage, log):
+def _start_build(config, board, clock_hz, baud, seed, time_limit, route, log):
     """Checks a build's inputs, says what it expects, and extracts the tools' script into the
-    build's cache folder (``stage`` tells a placement's from a whole build's). Returns the
-    start time, the deadline (or None), the folder, the build plan and the design digest."""
+    build's cache folder (``route`` False: placement only, in a folder of its own). Returns the
+    config (the board's own for None), the start time, the deadline (or None), the folder, the
+    build plan and the design digest."""
+    config = BOARDS[board].config if config is None and board in BOARDS else config
     if time_limit is not None and not time_limit > 0:
         raise InputError(f"the time limit must be a positive number of seconds, not "
                          f"{time_limit!r}")
@@ -479,8 +481,8 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, stage, log):
     digest = design_digest(config)
     # The seed is in the name, so that builds of one design with different seeds can run at once.
     build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_"
-                                        f"{digest.hex}{stage}")
-    log(f"{'placing' if stage else 'building'} {config.describe()} for {board} at "
+                                        f"{digest.hex}{'' if route else '_placed'}")
+    log(f"{'building' if route else 'placing'} {config.describe()} for {board} at "
         f"{clock_hz / 1e6:g} MHz in {build_dir}")
     timing = estimate_timing(config)
     log(f"  expected: {timing.utilisation:.0%} of the logic, Fmax about "
@@ -491,10 +493,10 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, stage, log):
         board_design(config, clock_hz, baud), name="sparsemac",
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
         nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}"
-                     + (" --no-route" if stage else ""),
+                     + ("" if route else " --no-route"),
         ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
     plan.extract(build_dir)
-    return began, deadline, build_dir, plan, digest
+    return config, began, deadline, build_dir, plan, digest
 
 
 #: nextpnr's line with the Fmax it estimates (after placement, from predicted routing delays).
@@ -502,12 +504,12 @@ _FMAX_LINE = re.compile(r"Max frequency for clock '[^']*': ([\d.]+) MHz \((?:PAS
                         r"([\d.]+) MHz\)")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlacementResult(_ToolsRun):
     """What :func:`place_design` found: the resources placed and nextpnr's Fmax estimate from
     predicted routing delays (no critical path: nextpnr reports one only after routing)."""
     #: The config's key.
-    config: str = ""
+    config: str
 
     def sections(self):
         return [("Placement (no routing)", None,
@@ -537,9 +539,8 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
     -------
     PlacementResult
     """
-    config = BOARDS[board].config if config is None and board in BOARDS else config
-    began, deadline, build_dir, plan, _ = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, "_placed", log)
+    config, began, deadline, build_dir, plan, _ = _start_build(
+        config, board, clock_hz, baud, seed, time_limit, False, log)
     # The plan's script without its last step: ecppack has no routed design to pack.
     script = (build_dir / f"{plan.script}.sh").read_text()
     (build_dir / "place.sh").write_text("\n".join(
@@ -598,9 +599,8 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     RuntimeError
         If a tool fails (the message names the log to read).
     """
-    config = BOARDS[board].config if config is None and board in BOARDS else config
-    began, deadline, build_dir, plan, digest = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, "", log)
+    config, began, deadline, build_dir, plan, digest = _start_build(
+        config, board, clock_hz, baud, seed, time_limit, True, log)
     output = Path(default_output(config, board) if output is None else output)
     started = time.perf_counter()
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:

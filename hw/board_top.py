@@ -98,7 +98,6 @@ class BoardTop(ArrayComponent):
 
         return m
 
-
     def _core_with_registered_reset(self, m, link):
         """The core in a clock domain of its own on the board's clock, whose reset is one
         register: the board's reset or the link's ``RESET``, a cycle later. Its thousands of

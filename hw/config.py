@@ -69,9 +69,10 @@ class ArrayConfig:
     #: product is registered once. 1: for timing at the ECP5's limit, every data stream of the
     #: core passes a :class:`~sparsemac.hw.skid_buffer.SkidBuffer` (registered ``ready``,
     #: ``valid`` and payload); the MAC array registers its operands once more, with a copy of
-    #: each weight per four token lanes, each multiplier registers its operands and its
-    #: product, and each product is registered again in the logic (the input and output registers of an ECP5 MULT18X18D,
-    #: :class:`~sparsemac.hw.multiplier.Multiplier`); the array never stalls but queues its sums
+    #: each weight per four token lanes, each multiplier registers its operands and its product
+    #: (the input and output registers of an ECP5 MULT18X18D,
+    #: :class:`~sparsemac.hw.multiplier.Multiplier`), and each product is registered again in
+    #: the logic; the array never stalls but queues its sums
     #: (:class:`~sparsemac.hw.mac_array.MACArray`), and the host link's reset and sums ``ready``
     #: are registers. A job's last sums leave three cycles later
     #: (:func:`sparsemac.sw.cycle_model.pipeline_latency`), and a throttled input reaches the

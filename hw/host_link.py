@@ -173,21 +173,24 @@ class HostLink(ArrayComponent):
                     # its output and far from the assembly register's bits.
                     byte_valid, byte = Signal(name="byte_valid"), Signal(8, name="byte")
                     m.d.sync += [byte_valid.eq(read_valid), byte.eq(receiver.payload.data)]
+                push_fifos = {}
+                if self._config.registered:
+                    # A write enable per FIFO, each a register set with push: the opcode's
+                    # decoding and the enable's wire to FIFOs across the device are then in
+                    # different cycles.
+                    for opcode, fifo in fifos.items():
+                        push_fifos[opcode] = push_fifo = Signal(
+                            name=f"push_{formats.fifo_streams[opcode]}")
+                        m.d.sync += push_fifo.eq(0)
+                        m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(push_fifo)]
                 with m.If(byte_valid):
                     m.d.sync += assembly.word_select(beat_byte, 8).eq(byte)
                     with m.If(beat_byte == beat_size - 1):
                         m.d.sync += [beat_byte.eq(0), push.eq(1)]
+                        m.d.sync += [push_fifo.eq(header.opcode == opcode)
+                                     for opcode, push_fifo in push_fifos.items()]
                     with m.Else():
                         m.d.sync += beat_byte.eq(beat_byte + 1)
-                if self._config.registered:
-                    # A write enable per FIFO, each a register: the opcode's decoding and the
-                    # enable's wire to FIFOs across the device are then in different cycles.
-                    for opcode, fifo in fifos.items():
-                        push_fifo = Signal(name=f"push_{formats.fifo_streams[opcode]}")
-                        m.d.sync += push_fifo.eq(0)
-                        with m.If(byte_valid & (beat_byte == beat_size - 1)):
-                            m.d.sync += push_fifo.eq(header.opcode == opcode)
-                        m.d.comb += [fifo.w_data.eq(assembly), fifo.w_en.eq(push_fifo)]
                 with m.If(push):
                     with m.Switch(header.opcode):
                         with m.Case(Opcode.JOB):

@@ -39,6 +39,13 @@ class MACArray(ArrayComponent):
     ``sums`` three cycles after the beat was accepted (six with ``registered``). The whole
     pipeline holds while ``sums`` is full and not ready, so back-pressure loses nothing.
 
+    With ``registered`` the pipeline never holds, so no enable fans out from ``sums.ready`` to
+    every register and multiplier: the sums enter a queue of :data:`SUMS_QUEUE_DEPTH` rows
+    (first word through, so they leave as early as without it), and ``operands.ready`` is a
+    register, low while the queue lacks room for every row that may still be in flight. With
+    ``sums`` always ready it never goes low, so back-pressure loses nothing and costs no cycle
+    that a stall would not.
+
     With ``span_rows`` each token's reduction is segmented at the beat's ``split``: two masked
     adder trees sum the lanes below it (the "low" partial) and from it on (the "high" one). A
     ``row_last`` beat sends ``accumulator + low`` and restarts the accumulator at ``high``, the

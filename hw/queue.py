@@ -17,10 +17,10 @@ class Queue(wiring.Component):
     bit wider than an address), and the two other registers, ``full`` and ``held`` (the
     output's ``valid``), are worked out anew in every cycle from the pointers' next values. So
     ``ready``, ``valid`` and the payload's address are registers, and a state of the registers
-    that disagrees with itself lasts at most one cycle, and k-induction proves the handshakes of a block holding a
-    queue without being told how the queue works. ``full`` means the depth or more apart, so
-    even pointers further apart than a queue can be drain instead of writing over the beat on
-    offer.
+    that disagrees with itself lasts at most one cycle: k-induction proves the handshakes of a
+    block holding a queue without being told how the queue works. ``full`` means the depth or
+    more apart, so even pointers further apart than a queue can be drain instead of writing
+    over the beat on offer.
 
     Contract
     --------
