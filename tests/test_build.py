@@ -14,6 +14,7 @@ import pytest
 from sparsemac.bitstreams import build
 from sparsemac.hw.board_top import BoardTop, pll_settings
 from sparsemac.hw.config import ArrayConfig, DEFAULT_CONFIG
+from sparsemac.hw.errors import InputError
 from sparsemac.hw.link_formats import MAX_PAYLOAD
 from sparsemac.app.cli import main
 
@@ -308,11 +309,23 @@ def test_a_placement_estimates_fmax_without_routing_or_writing(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("other", [["--program"], ["--check"], ["--output", "x"]])
+@pytest.mark.parametrize("other", [["--program"], ["--check"], ["--output", "x"],
+                                   ["--router", "router2"]])
 def test_a_placement_writes_no_bitstream_so_refuses_its_options(other, capsys):
     assert main(["build", "--place-only", *other]) == 2
     assert "--place-only writes no bitstream" in capsys.readouterr().err
 
+
+def test_an_unknown_router_is_refused_before_any_tool_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["build", "--router", "router3"])
+    assert exit_status.value.code == 2
+    assert "invalid choice: 'router3'" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"unknown router 'fast': nextpnr-ecp5 has router1, "
+                                         r"router2"):
+        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=tmp_path / "out",
+                              router="fast")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_build_stopped_by_sigterm_kills_its_tools_and_writes_nothing(tmp_path):

@@ -26,7 +26,7 @@ INSTALL_HINT = ("no FPGA programmer found on PATH: install openFPGALoader (Debia
 
 
 def add_arguments(parser):
-    from ...bitstreams.build import BOARDS, DEFAULT_BOARD
+    from ...bitstreams.build import BOARDS, DEFAULT_BOARD, DEFAULT_ROUTER, ROUTERS
 
     parser.add_argument("--board", default=DEFAULT_BOARD,
                         help=f"target board (default: {DEFAULT_BOARD})")
@@ -38,6 +38,8 @@ def add_arguments(parser):
                         help="board clock made by the PLL from 25 MHz (default: 60)")
     parser.add_argument("--baud", type=positive_integer_argument, default=None, help="UART rate (default: 3000000)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--router", choices=ROUTERS, default=None,
+                        help=f"nextpnr's routing algorithm (default: {DEFAULT_ROUTER})")
     parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                         help="stop the build (killing the tools) if it runs longer; exit code "
                              f"{TIMEOUT_EXIT} (default: no limit)")
@@ -97,9 +99,10 @@ def run(args):
     if args.board not in build.BOARDS:
         raise InputError(f"unknown board {args.board!r}: choose one of "
                          f"{', '.join(build.BOARDS)}")
-    if args.place_only and (args.program or args.check or args.output is not None):
+    if args.place_only and (args.program or args.check or args.output is not None
+                            or args.router is not None):
         raise InputError("--place-only writes no bitstream: it takes none of --program, "
-                         "--check and --output")
+                         "--check, --output and --router")
     config = config_from_args(args)
     build.check_fits(config, args.board)
     folder = (Path(args.output) if args.output is not None
@@ -147,8 +150,9 @@ def run(args):
     if not args.program or stale_reason():
         try:
             result = build.build_bitstream(config, args.board, folder, seed=args.seed,
-                                           time_limit=args.time_limit, log=progress,
-                                           **_rates(args))
+                                           time_limit=args.time_limit,
+                                           router=args.router or build.DEFAULT_ROUTER,
+                                           log=progress, **_rates(args))
         except build.BuildTimeout as error:
             print(error, file=sys.stderr)
             return TIMEOUT_EXIT
