@@ -55,6 +55,8 @@ class SweepPoint:
     time_limit_s: float | None = None
     #: False for a build point placed but not routed.
     route: bool = True
+    #: A routed build point's nextpnr router.
+    router: str = "router1"
 
     @property
     def key(self):
@@ -69,6 +71,8 @@ class SweepPoint:
             del parameters["clock_mhz"]
         if self.route:
             del parameters["route"]
+        if self.router == "router1":
+            del parameters["router"]
         blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -123,7 +127,7 @@ def expand_points(spec):
                                  board=spec.build.board, build_seed=seed,
                                  clock_mhz=spec.build.clock_mhz,
                                  time_limit_s=spec.build.time_limit_s,
-                                 route=spec.build.route)
+                                 route=spec.build.route, router=spec.build.router)
                       for config in spec.configs for seed in spec.build.seeds)
     return points
 

@@ -39,6 +39,8 @@ class BuildSpec:
     #: False: synthesis and placement only, with nextpnr's Fmax estimate before routing
     #: (minutes a point instead of an hour or more for a large array).
     route: bool = True
+    #: nextpnr's routing algorithm, one of :data:`~sparsemac.bitstreams.build.ROUTERS`.
+    router: str = "router1"
 
 
 @dataclass(frozen=True)
@@ -267,11 +269,10 @@ def _parse_verify(section, fail):
 
 
 def _parse_build(section, fail):
-    from ....bitstreams.build import BOARDS
+    from ....bitstreams.build import BOARDS, DEFAULT_ROUTER, ROUTERS
 
-    section = _parse_section(section, "build",
-                             ("seeds", "board", "clock_mhz", "time_limit_minutes", "route"),
-                             fail)
+    section = _parse_section(section, "build", ("seeds", "board", "clock_mhz",
+                                                "time_limit_minutes", "route", "router"), fail)
     if section is None:
         return None
     seeds = section.get("seeds")
@@ -294,5 +295,11 @@ def _parse_build(section, fail):
     route = section.get("route", True)
     if not isinstance(route, bool):
         fail(f"[build] route must be true or false, not {route!r}")
+    router = section.get("router", DEFAULT_ROUTER)
+    if router not in ROUTERS:
+        fail(f"[build] router must be one of {', '.join(ROUTERS)}, not {router!r}")
+    if not route and "router" in section:
+        fail("[build] router is for routed builds: drop it, or route = false")
     return BuildSpec(seeds=tuple(seeds), board=board, clock_mhz=float(clock_mhz),
-                     time_limit_s=None if minutes is None else 60.0 * minutes, route=route)
+                     time_limit_s=None if minutes is None else 60.0 * minutes, route=route,
+                     router=router)

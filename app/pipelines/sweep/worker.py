@@ -295,7 +295,8 @@ def _measure_build(point, result):
         # Not the committed folder: a sweep never replaces a release bitstream.
         output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_"
                                            f"{point.design_hash}_{clock_hz}_seed{point.build_seed}")
-        built = build_bitstream(point.config, point.board, output, **options)
+        built = build_bitstream(point.config, point.board, output, router=point.router,
+                                **options)
     else:
         built = place_design(point.config, point.board, **options)
     resources = built.resources
