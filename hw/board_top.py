@@ -152,6 +152,22 @@ def pll_settings(input_hz, output_hz):
     ValueError
         If no divider set gives ``output_hz`` exactly.
     """
+    best = _exact_pll_settings(input_hz, output_hz)
+    if best is None:
+        below = next((hz for hz in range(int(output_hz) // 1_000_000 * 1_000_000, 0, -1_000_000)
+                      if _exact_pll_settings(input_hz, hz)), None)
+        above = next((hz for hz in range(-(-int(output_hz) // 1_000_000) * 1_000_000,
+                                         int(output_hz) + 100_000_001, 1_000_000)
+                      if _exact_pll_settings(input_hz, hz)), None)
+        nearest = " or ".join(f"{hz / 1e6:g}" for hz in (below, above) if hz is not None)
+        raise InputError(f"the ECP5 PLL cannot make exactly {output_hz / 1e6:g} MHz from "
+                         f"{input_hz / 1e6:g} MHz: the nearest whole-MHz clocks it can make are "
+                         f"{nearest} MHz")
+    return best
+
+
+def _exact_pll_settings(input_hz, output_hz):
+    """The dividers of :func:`pll_settings` with the highest VCO rate, or None."""
     best = None
     for clki_div in range(1, 129):
         pfd = Fraction(input_hz) / clki_div
@@ -165,10 +181,6 @@ def pll_settings(input_hz, output_hz):
             if 400e6 <= settings.vco_hz <= 800e6 and (best is None
                                                         or settings.vco_hz > best.vco_hz):
                 best = settings
-    if best is None:
-        raise InputError(f"the ECP5 PLL cannot make exactly {output_hz / 1e6:g} MHz from "
-                         f"{input_hz / 1e6:g} MHz: choose a rational multiple with a small "
-                         "denominator, e.g. 25 MHz x 6/5 = 30 MHz")
     return best
 
 

@@ -207,6 +207,9 @@ def test_pll_settings(output_hz):
 def test_pll_refuses_an_unreachable_rate():
     with pytest.raises(ValueError, match="cannot make exactly"):
         pll_settings(25e6, 33_333_333)
+    with pytest.raises(ValueError, match="cannot make exactly 72 MHz from 25 MHz: the nearest "
+                                         "whole-MHz clocks it can make are 70 or 75 MHz"):
+        pll_settings(25e6, 72_000_000)
 
 
 def test_board_estimate():
