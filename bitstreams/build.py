@@ -322,8 +322,7 @@ def platform_for(board):
     """A fresh amaranth-boards platform object for ``board``."""
     if board not in BOARDS:
         raise InputError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
-    import amaranth_boards.ulx3s as boards
-    return getattr(boards, BOARDS[board].platform)()
+    return BOARDS[board].make_platform()
 
 
 @dataclass(frozen=True)

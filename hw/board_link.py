@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from amaranth.back import rtlil
 
 from .board_top import BoardTop
+from .boards import BOARDS, DEFAULT_BOARD
 from .config import check_config
 
 __all__ = ["DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "DesignDigest", "design_digest", "design_hash"]
@@ -69,8 +70,10 @@ def design_digest(config):
     """The :class:`DesignDigest` of the board design of ``config``.
 
     The design is :class:`~sparsemac.hw.board_top.BoardTop` at :data:`DEFAULT_CLOCK_HZ` and
-    :data:`DEFAULT_BAUD` with design hash 0, converted to RTLIL without its ``src`` attributes.
-    Computed once per config and process (elaborating the default config takes seconds).
+    :data:`DEFAULT_BAUD` with design hash 0, elaborated for the default board's platform (so
+    what is built only for its FPGA, such as a registered array's DSP blocks, is hashed too) and
+    converted to RTLIL without its ``src`` attributes. Computed once per config and process
+    (elaborating the default config takes seconds).
 
     Raises
     ------
@@ -79,7 +82,8 @@ def design_digest(config):
     """
     check_config(config)
     top = BoardTop(config, clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, design_hash=0)
-    text = _SOURCE_LOCATION.sub("", rtlil.convert(top, name=HASHED_TOP))
+    platform = BOARDS[DEFAULT_BOARD].make_platform()
+    text = _SOURCE_LOCATION.sub("", rtlil.convert(top, name=HASHED_TOP, platform=platform))
     modules = {match.group(1): _digest(match.group(0)) for match in _MODULE.finditer(text)}
     return DesignDigest(value=int(_digest(text), 16), modules=modules)
 

@@ -28,6 +28,11 @@ class Board:
     #: The array config of its committed bitstream.
     config: ArrayConfig
 
+    def make_platform(self):
+        """A fresh amaranth-boards platform object for this board."""
+        import amaranth_boards.ulx3s as ulx3s_boards   # the only family of boards here
+        return getattr(ulx3s_boards, self.platform)()
+
 
 BOARDS = {
     # 64 multipliers: twice the default array's 32 (the 128-multiplier k16t8i512 placed but did

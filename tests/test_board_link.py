@@ -21,12 +21,13 @@ HW = Path(board_link.__file__).resolve().parent
 
 @pytest.fixture
 def edited_copy(tmp_path):
-    """A function ``(edits) -> design digest of SMALL`` from a copy of hw/ with ``edits``
-    (file name -> (old text, new text)) applied, imported as its own package."""
+    """A function ``(edits, **options) -> design digest of SMALL`` (with the config fields in
+    ``options``) from a copy of hw/ with ``edits`` (file name -> (old text, new text))
+    applied, imported as its own package."""
     package = f"hw_copy_{tmp_path.name.replace('-', '_')}"
     imported = []
 
-    def digest(edits):
+    def digest(edits, **options):
         shutil.copytree(HW, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
         for name, (old, new) in edits.items():
             path = tmp_path / package / name
@@ -38,7 +39,7 @@ def edited_copy(tmp_path):
         try:
             module = importlib.import_module(f"{package}.board_link")
             config_module = importlib.import_module(f"{package}.config")
-            config = config_module.ArrayConfig(**SMALL.as_dict())
+            config = config_module.ArrayConfig(**(SMALL.as_dict() | options))
             return module.design_digest(config)
         finally:
             sys.path.remove(str(tmp_path))
@@ -70,6 +71,17 @@ def test_a_logic_change_alters_the_hash_and_names_the_module(edited_copy):
                                               "m.d.comb += self.replies.ready.eq(sent[0])")})
     assert edited.value != current.value
     assert edited.changed_modules(current.modules) == ["sparsemac_board.link.sender"]
+
+
+def test_what_is_built_only_for_the_fpga_is_hashed_too(edited_copy):
+    """A registered array's multipliers are DSP blocks only on the ECP5 platform: the hash
+    elaborates for the board, so an edit there makes its bitstream stale."""
+    registered = ArrayConfig(**(SMALL.as_dict() | {"registered": 1}))
+    current = board_link.design_digest(registered)
+    edited = edited_copy({"multiplier.py": ('p_RESETMODE="SYNC"', 'p_RESETMODE="ASYNC"')},
+                         registered=1)
+    assert edited.value != current.value
+    assert all("mac_array" in name for name in edited.changed_modules(current.modules))
 
 
 def test_the_hash_follows_the_config():
