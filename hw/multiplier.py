@@ -82,14 +82,17 @@ class Multiplier(wiring.Component):
     def _instantiate_dsp(self, m):
         # The DSP's ports are single bits (A0 ... A17, P0 ... P35); the operands enter sign
         # extended to 18 bits, and the product's low bits are the exact 2 * width-bit product.
+        # The product bits above those are left unconnected: connected to wires nothing reads,
+        # they made Yosys' ABC9 fail an assertion when reintegrating the mapped design
+        # (``GetSize(conn.first) == GetSize(conn.second)``) on some arrays, e.g. k4t8i64p2r1.
         a, b = self.a.as_signed(), self.b.as_signed()
-        product = Signal(2 * DSP_WIDTH)
+        product = Signal(2 * self._width)
         ports = {}
         for bit in range(DSP_WIDTH):
             ports[f"i_A{bit}"] = a[min(bit, self._width - 1)]
             ports[f"i_B{bit}"] = b[min(bit, self._width - 1)]
             ports[f"i_C{bit}"] = 0
-        for bit in range(2 * DSP_WIDTH):
+        for bit in range(2 * self._width):
             ports[f"o_P{bit}"] = product[bit]
         registers = {f"p_REG_{name}_{setting}": value
                      for name in ("INPUTA", "INPUTB", "OUTPUT")
@@ -101,4 +104,4 @@ class Multiplier(wiring.Component):
             p_CAS_MATCH_REG="FALSE",
             i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
             i_CLK0=ClockSignal("sync"), i_CE0=self.enable, i_RST0=0)
-        m.d.comb += self.product.eq(product[:2 * self._width])
+        m.d.comb += self.product.eq(product)

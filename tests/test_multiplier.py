@@ -44,6 +44,8 @@ def test_ecp5_platform_instantiates_the_dsp_with_its_registers():
     for register in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"):
         assert f'parameter \\{register} "CLK0"' in text
     assert 'parameter \\REG_PIPELINE_CLK "NONE"' in text
+    # The 16 product bits are wired, the DSP's other 20 outputs are not.
+    assert "connect \\P15 " in text and "connect \\P16 " not in text
     assert "MULT18X18D" not in rtlil.convert(Multiplier(8))
 
 

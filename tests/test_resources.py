@@ -48,6 +48,14 @@ def test_a_yosys_synthesis_matches(tmp_path, key):
     assert_logic_close(estimate, synthesised.logic_cells)
 
 
+@pytest.mark.slow
+def test_a_registered_dual_port_array_synthesises(tmp_path):
+    """K=4 T=8 with the dual-port buffer, registered (about 15 s): its DSP blocks' unused
+    product bits, once wired, made Yosys' ABC9 fail an assertion on this array."""
+    config = ArrayConfig.from_key("k4t8i64p2r1")
+    synthesised = build.synthesise(config, "ulx3s-85f", tmp_path)
+    assert synthesised.dsp == estimate_resources(config).multipliers
+
 @pytest.mark.parametrize("depth, width, block_rams, lut_ram_cells", [
     (8192, 32, 16, 0),   # the default replica: 8192 x 2 sixteen times
     (1024, 64, 4, 0),    # K16T8 i512's replica: 1024 x 18 four times
