@@ -473,6 +473,8 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     config (the board's own for None), the start time, the deadline (or None), the folder, the
     build plan and the design digest."""
     config = BOARDS[board].config if config is None and board in BOARDS else config
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"the nextpnr seed must be a whole number of 0 or more, not {seed!r}")
     if router is not None and router not in ROUTERS:
         raise InputError(f"unknown router {router!r}: nextpnr-ecp5 has {', '.join(ROUTERS)}")
     if time_limit is not None and not time_limit > 0:
@@ -484,6 +486,9 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     for variable, name in _TOOLS.items():
         os.environ.setdefault(variable, _tool_command(name))
 
+    # The design first: a clock the PLL cannot make or a baud rate it cannot divide is refused
+    # before anything is written or said.
+    design = board_design(config, clock_hz, baud)
     digest = design_digest(config)
     # The seed is in the name, so that builds of one design with different seeds can run at once.
     build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_"
@@ -496,7 +501,7 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
         + ("" if timing.worth_building(clock_hz / 1e6) else
            " (short of the clock or unroutable by sparsemac.hw.resources.estimate_timing)"))
     plan = platform_for(board).prepare(
-        board_design(config, clock_hz, baud), name="sparsemac",
+        design, name="sparsemac",
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
         nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed} "
                      + ("--no-route" if router is None else f"--router {router}"),
@@ -601,7 +606,8 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     BoardFitError
         If the design cannot fit the board (checked before any synthesis).
     ValueError
-        If ``time_limit`` is not positive or ``router`` is not one of :data:`ROUTERS`.
+        If ``time_limit`` is not positive, ``seed`` is negative, ``router`` is not one of
+        :data:`ROUTERS`, or the PLL cannot make ``clock_hz`` (or the UART divide it to ``baud``).
     BuildTimeout
         If the build ran past ``time_limit`` (nothing is written to ``output``).
     RuntimeError

@@ -200,6 +200,14 @@ class ULX3STop(wiring.Component):
 
     OSCILLATOR_HZ = 25_000_000
 
+    def __new__(cls, config, *, clock_hz, baud, **kwargs):
+        # A clock the PLL cannot make, or a baud rate it cannot divide, is refused before the
+        # object exists, so it leaves no "created but never used" elaboratable to warn about.
+        if clock_hz != cls.OSCILLATOR_HZ:
+            pll_settings(cls.OSCILLATOR_HZ, clock_hz)
+        uart_divisor(clock_hz, baud)
+        return super().__new__(cls, config, clock_hz=clock_hz, baud=baud, src_loc_at=1, **kwargs)
+
     def __init__(self, config, *, clock_hz, baud, design_hash):
         self._board = BoardTop(config, clock_hz=clock_hz, baud=baud, design_hash=design_hash)
         self._clock_hz = clock_hz

@@ -319,6 +319,28 @@ def test_a_placement_writes_no_bitstream_so_refuses_its_options(other, capsys):
     assert "--place-only writes no bitstream" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--seed", "-1"], "argument --seed: expected a whole number of 0 or more, not '-1'"),
+    (["--clock-mhz", "72"], "the ECP5 PLL cannot make exactly 72 MHz from 25 MHz: the nearest "
+                            "whole-MHz clocks it can make are 70 or 75 MHz"),
+    (["--clock-mhz", "5"], "a 5 MHz clock is too slow for 3000000 baud"),
+])
+def test_a_bad_seed_or_clock_is_refused_before_anything_is_written(
+        arguments, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path / "cache"))
+    try:
+        status = main(["build", *arguments, "--output", str(tmp_path / "out")])
+    except SystemExit as exit_status:   # argparse's own refusals
+        status = exit_status.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message in err and "UnusedElaboratable" not in err
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "cache").rglob("*ulx3s*"))
+    with pytest.raises(InputError, match="the nextpnr seed must be a whole number of 0 or more"):
+        build.build_bitstream(BOARD_CONFIG, output=tmp_path / "out", seed=-3)
+
+
 def test_an_unknown_router_is_refused_before_any_tool_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["build", "--router", "router3"])

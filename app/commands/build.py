@@ -5,8 +5,8 @@ import shutil
 import subprocess
 import sys
 
-from .options import (add_config_arguments, config_from_args, positive_argument,
-                      positive_integer_argument)
+from .options import (add_config_arguments, config_from_args, non_negative_integer_argument,
+                      positive_argument, positive_integer_argument)
 from .report_output import finish
 from ...hw.errors import InputError
 
@@ -37,7 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--clock-mhz", type=positive_argument, default=None,
                         help="board clock made by the PLL from 25 MHz (default: 60)")
     parser.add_argument("--baud", type=positive_integer_argument, default=None, help="UART rate (default: 3000000)")
-    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--seed", type=non_negative_integer_argument, default=1,
+                        help="nextpnr placement seed (default: 1)")
     parser.add_argument("--router", choices=ROUTERS, default=None,
                         help=f"nextpnr's routing algorithm (default: {DEFAULT_ROUTER})")
     parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",

@@ -276,6 +276,11 @@ def positive_integer_argument(text):
     return _number(text, int, lambda value: value >= 1, "a whole number of at least 1")
 
 
+def non_negative_integer_argument(text):
+    """argparse type of a whole number of 0 or more (a nextpnr placement seed)."""
+    return _number(text, int, lambda value: value >= 0, "a whole number of 0 or more")
+
+
 def fraction_argument(text, what="sparsity"):
     """argparse type of a sparsity (or of `what`): a number from 0 to 1."""
     try:
