@@ -66,7 +66,6 @@ class ActivationBuffer(JobComponent):
         load_column = Signal.like(self.job.cols)
         if not config.registered:
             m.d.comb += self.fill.ready.eq((blocks_to_load != 0) & ~full[load_bank])
-        block_loaded = self.fill.valid & self.fill.ready & (load_column == cols - 1)
         with m.If(self.fill.valid & self.fill.ready):
             with m.If(load_column == cols - 1):
                 m.d.sync += [
@@ -135,16 +134,32 @@ class ActivationBuffer(JobComponent):
             ]
 
         if config.registered:
-            # A registered array's fill.ready is a register: it enables the wide input skid
-            # buffer's every payload bit, so it should not wait on gates. It is worked out from
-            # the next values of the state it reads, so it equals the plain expression.
-            next_blocks = Mux(self.start, self.job.token_blocks, blocks_to_load - block_loaded)
-            next_load_bank = Mux(self.start, 0, load_bank ^ block_loaded)
-            next_full = [(full[bank] | (block_loaded & (load_bank == bank)))
-                         & ~(block_read & (read_bank == bank)) for bank in range(2)]
-            m.d.sync += self.fill.ready.eq(
-                (next_blocks != 0) & ~Mux(next_load_bank, next_full[1], next_full[0]))
+            self._register_fill_ready(m, cols, load_column, blocks_to_load, load_bank, full,
+                                      read_bank, block_read)
         return m
+
+    def _register_fill_ready(self, m, cols, load_column, blocks_to_load, load_bank, full,
+                             read_bank, block_read):
+        """A registered array's ``fill.ready`` as a register: it enables the wide input skid
+        buffer's every payload bit, so it should not wait on gates. It is worked out from the
+        next values of the state it reads, so it equals the plain expression
+        ``(blocks_to_load != 0) & ~full[load_bank]`` cycle for cycle; every compare in it is
+        of registers, so only multiplexers lie between the handshakes and the register."""
+        # Whether the column being loaded is the block's last (load_column == cols - 1).
+        at_last_column = Signal()
+        accepted = self.fill.valid & self.fill.ready
+        with m.If(self.start):
+            m.d.sync += at_last_column.eq(self.job.cols == 1)
+        with m.Elif(accepted):
+            m.d.sync += at_last_column.eq(Mux(at_last_column, cols == 1, load_column + 2 == cols))
+        block_loaded = accepted & at_last_column
+        blocks_left = Mux(self.start, self.job.token_blocks != 0,
+                          Mux(block_loaded, blocks_to_load != 1, blocks_to_load != 0))
+        next_load_bank = Mux(self.start, 0, load_bank ^ block_loaded)
+        next_full = [(full[bank] | (block_loaded & (load_bank == bank)))
+                     & ~(block_read & (read_bank == bank)) for bank in range(2)]
+        m.d.sync += self.fill.ready.eq(
+            blocks_left & ~Mux(next_load_bank, next_full[1], next_full[0]))
 
     def _replicas(self, m, load_address, load_bank, read_bank, full, advance):
         """One memory per lane holding both banks, the bank the top address bit: each lane's

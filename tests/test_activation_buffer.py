@@ -129,3 +129,18 @@ def test_dual_port_read_held_while_its_bank_refills(case):
     activations, chunks = make_traffic(case)
     got, _ = run_buffer(case, activations, chunks, fill_idle=0, backpressure=0.8)
     check_operands(case, ref_operands(activations, chunks), got)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[6],
+                                  Case("dual-port-refill", CASES[6].config, 3, 12, 9)],
+                         ids=lambda case: case.id)
+def test_a_registered_buffer_takes_fill_beats_in_the_same_cycles(case):
+    """``registered`` makes ``fill.ready`` a register worked out from the next state: the
+    same random traffic (idle fill, back-pressure) meets the same ready in every cycle."""
+    activations, chunks = make_traffic(case)
+    plain_operands, plain_fill = run_buffer(case, activations, chunks, backpressure=0.5)
+    registered = Case(case.name, ArrayConfig(**(case.config.as_dict() | {"registered": 1})),
+                      case.cols, case.blocks, case.seed)
+    operands, fill = run_buffer(registered, activations, chunks, backpressure=0.5)
+    assert fill == plain_fill, registered.id
+    assert operands == plain_operands == ref_operands(activations, chunks)
