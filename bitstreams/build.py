@@ -470,9 +470,10 @@ def _kill_group(process):
 def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     """Checks a build's inputs, says what it expects, and extracts the tools' script into the
     build's cache folder (``router`` None: placement only, in a folder of its own). Returns the
-    config (the board's own for None), the start time, the deadline (or None), the folder, the
-    build plan and the design digest."""
+    config and the clock (the board's own for None), the start time, the deadline (or None),
+    the folder, the build plan and the design digest."""
     config = BOARDS[board].config if config is None and board in BOARDS else config
+    clock_hz = BOARDS[board].clock_hz if clock_hz is None and board in BOARDS else clock_hz
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"the nextpnr seed must be a whole number of 0 or more, not {seed!r}")
     if router is not None and router not in ROUTERS:
@@ -507,7 +508,7 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
                      + ("--no-route" if router is None else f"--router {router}"),
         ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
     plan.extract(build_dir)
-    return config, began, deadline, build_dir, plan, digest
+    return config, clock_hz, began, deadline, build_dir, plan, digest
 
 
 #: nextpnr's line with the Fmax it estimates (after placement, from predicted routing delays).
@@ -536,7 +537,7 @@ class PlacementResult(_ToolsRun):
                 "resources": dataclasses.asdict(self.resources), "routed": False}
 
 
-def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
+def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
                  baud=DEFAULT_BAUD, seed=1, time_limit=None, log=print):
     """Synthesises and places the board design of ``config`` without routing it.
 
@@ -550,7 +551,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
     -------
     PlacementResult
     """
-    config, began, deadline, build_dir, plan, _ = _start_build(
+    config, clock_hz, began, deadline, build_dir, plan, _ = _start_build(
         config, board, clock_hz, baud, seed, time_limit, None, log)
     # The plan's script without its last step: ecppack has no routed design to pack.
     script = (build_dir / f"{plan.script}.sh").read_text()
@@ -572,7 +573,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=DEFAULT_CLOCK_HZ,
 
 
 def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
-                    clock_hz=DEFAULT_CLOCK_HZ, baud=DEFAULT_BAUD, seed=1, time_limit=None,
+                    clock_hz=None, baud=DEFAULT_BAUD, seed=1, time_limit=None,
                     router=DEFAULT_ROUTER, log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
@@ -586,8 +587,11 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         Folder for the bitstream, manifest and report. Default: the committed folder
         (``bitstreams/<board>/``) for the board's own config, else
         ``./build/<board>-<config key>``.
-    clock_hz, baud : int
-        Board clock (made by the PLL) and UART rate.
+    clock_hz : int or None
+        Board clock (made by the PLL); None for the board's own
+        (:attr:`~sparsemac.hw.boards.Board.clock_hz`).
+    baud : int
+        UART rate.
     seed : int
         nextpnr placement seed.
     time_limit : float or None
@@ -613,7 +617,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     RuntimeError
         If a tool fails (the message names the log to read).
     """
-    config, began, deadline, build_dir, plan, digest = _start_build(
+    config, clock_hz, began, deadline, build_dir, plan, digest = _start_build(
         config, board, clock_hz, baud, seed, time_limit, router, log)
     output = Path(default_output(config, board) if output is None else output)
     started = time.perf_counter()

@@ -26,9 +26,11 @@ from .config import check_config
 
 __all__ = ["DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "DesignDigest", "design_digest", "design_hash"]
 
-#: The ``sync`` clock of the board design: the ECP5 PLL makes it from the 25 MHz oscillator
-#: (x 12/5); 3 Mbaud divides it exactly (20 cycles/bit). 45 MHz (x 9/5) is the next lower rate
-#: that 3 Mbaud divides.
+#: A ``sync`` clock of the board design the ECP5 PLL makes from the 25 MHz oscillator (x 12/5)
+#: and 3 Mbaud divides exactly (20 cycles/bit): the clock the design hash elaborates at, a
+#: sweep's build constraint unless it names one, and the core clock of the SDRAM model
+#: (:mod:`sparsemac.sw.memory`). A board's committed bitstream runs at its own clock,
+#: :attr:`sparsemac.hw.boards.Board.clock_hz`.
 DEFAULT_CLOCK_HZ = 60_000_000
 #: The UART rate of the board link: the FT231X on the ULX3S runs up to 3 Mbaud.
 DEFAULT_BAUD = 3_000_000

@@ -27,6 +27,9 @@ class Board:
     totals: dict
     #: The array config of its committed bitstream.
     config: ArrayConfig
+    #: The clock its committed bitstream runs at (the PLL's output), Hz: what ``sparsemac
+    #: build`` constrains a build for the board to unless told otherwise.
+    clock_hz: int
 
     def make_platform(self):
         """A fresh amaranth-boards platform object for this board."""
@@ -41,7 +44,8 @@ BOARDS = {
     "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
                        totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
                        config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
-                                          read_ports=2)),
+                                          read_ports=2),
+                       clock_hz=60_000_000),
 }
 
 #: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).

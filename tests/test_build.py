@@ -1,6 +1,7 @@
 """The board build flow, short of place and route: the committed bitstream, the report parser,
 the ULX3S design elaboration, the CLI, the PLL and the board time estimate."""
 
+import dataclasses
 import json
 import math
 import os
@@ -36,10 +37,20 @@ def test_committed_build_meets_its_clock():
     assert resources.meets_timing
     assert resources.fmax_mhz == manifest["resources"]["fmax_mhz"]
     assert resources.constraint_mhz == pytest.approx(manifest["clock_hz"] / 1e6, abs=0.01)
+    assert manifest["clock_hz"] == build.BOARDS["ulx3s-85f"].clock_hz
     assert resources.totals == build.BOARDS["ulx3s-85f"].totals
     assert resources.dsp == BOARD_CONFIG.multipliers == 64
     assert 0 < resources.bram <= resources.totals["bram"]
     assert "Fmax" in (COMMITTED / "report.txt").read_text()
+
+
+def test_check_reports_a_bitstream_built_at_another_clock_than_the_boards(monkeypatch, capsys):
+    board = build.BOARDS["ulx3s-85f"]
+    monkeypatch.setitem(build.BOARDS, "ulx3s-85f",
+                        dataclasses.replace(board, clock_hz=board.clock_hz + 15_000_000))
+    assert main(["build", "--check"]) == 1
+    assert (f"it was built with clock_hz {board.clock_hz}, not {board.clock_hz + 15_000_000}"
+            in capsys.readouterr().out)
 
 
 def test_check_reports_a_stale_bitstream(tmp_path, capsys):

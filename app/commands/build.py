@@ -35,7 +35,8 @@ def add_arguments(parser):
                         help="output folder (default: bitstreams/<board>/ for the board's own "
                              "config, else build/<board>-<config>)")
     parser.add_argument("--clock-mhz", type=positive_argument, default=None,
-                        help="board clock made by the PLL from 25 MHz (default: 60)")
+                        help="board clock made by the PLL from 25 MHz (default: the board's, "
+                             f"{BOARDS[DEFAULT_BOARD].clock_hz / 1e6:g} for {DEFAULT_BOARD})")
     parser.add_argument("--baud", type=positive_integer_argument, default=None, help="UART rate (default: 3000000)")
     parser.add_argument("--seed", type=non_negative_integer_argument, default=1,
                         help="nextpnr placement seed (default: 1)")
@@ -114,9 +115,12 @@ def run(args):
             manifest = build.read_manifest(folder)
         except FileNotFoundError as error:
             return str(error)
-        # A clock or baud rate asked for is part of what the bitstream must match.
-        asked = {"clock_hz": None if args.clock_mhz is None else round(args.clock_mhz * 1e6),
-                 "baud": args.baud}
+        # A clock or baud rate asked for is part of what the bitstream must match; the board's
+        # own config is built at the board's clock unless another is asked for.
+        board = build.BOARDS[args.board]
+        clock_hz = (round(args.clock_mhz * 1e6) if args.clock_mhz is not None
+                    else board.clock_hz if config == board.config else None)
+        asked = {"clock_hz": clock_hz, "baud": args.baud}
         for key, value in asked.items():
             if value is not None and manifest.get(key) != value:
                 return f"it was built with {key} {manifest.get(key)}, not {value}"
