@@ -77,7 +77,7 @@ TESTBENCHES = {testbench.name: testbench for testbench in (
                     "test_mac_array"),
 )}
 
-#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2`` is
+#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2r1`` is
 #: the ULX3S build (``hw.boards.BOARDS``; the default array, k8t4, is run by the
 #: Verilator device tests); the others put K and T at their extremes with a small activation
 #: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
@@ -86,7 +86,7 @@ TESTBENCHES = {testbench.name: testbench for testbench in (
 #: chunks that span rows (segmented adder trees); ``k5t3i512a1`` the same odd array with the
 #: dual-sparse mode, which its ``dual_sparse`` case runs (a weight per multiplier).
 NAMED_CONFIGS = {config.key(): config for config in (
-    ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024, read_ports=2),
+    ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024, read_ports=2, registered=1),
     ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
     ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),
     ArrayConfig(lanes=5, token_lanes=3, max_in_features=512, delta_bits=4),

@@ -22,8 +22,9 @@ SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
 #: K=1 T=1, K=4 T=16 and the odd K=5 T=3 (with the delta decoder, with chunks that span rows,
 #: and with the dual-sparse mode) with a 512-column buffer, and the ULX3S build K=8 T=8 (1024
-#: columns, dual-port buffer).
-CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k5t3i512a1", "k8t8i1024p2")
+#: columns, dual-port buffer, registered edges).
+CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k5t3i512a1",
+           "k8t8i1024p2r1")
 
 
 def _failure_report(run):
