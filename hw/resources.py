@@ -93,9 +93,10 @@ FMAX_ERROR = 0.10
 #: Logic utilisation up to which every recorded build routed, and above which none did.
 ROUTES_UP_TO = 0.25
 HOPELESS_ABOVE = 0.40
-#: The most multipliers of a build that routed here: the three builds of 128 (``k16t8i512``,
-#: and ``k4t32i512r1`` twice, at 18 % of the logic) were still congested after 40 to 60
-#: minutes of routing, so past this a small design is ``unknown``, not ``routes``.
+#: The most multipliers a build routed with here within 40 minutes: of the builds of 128,
+#: ``k16t8i512`` and two designs of ``k4t32i512r1`` at 90 MHz were still congested after 40 to
+#: 60 minutes of routing and a third, at 75 MHz, routed in 52, so past this a small design is
+#: ``unknown``, not ``routes``.
 ROUTED_MULTIPLIERS_UP_TO = 64
 _BUFFER = "activation buffer"
 
