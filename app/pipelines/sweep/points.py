@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ....bitstreams.build import DEFAULT_ROUTER
 from ....hw.board_link import DEFAULT_CLOCK_HZ, design_digest
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError
@@ -56,7 +57,7 @@ class SweepPoint:
     #: False for a build point placed but not routed.
     route: bool = True
     #: A routed build point's nextpnr router.
-    router: str = "router1"
+    router: str = DEFAULT_ROUTER
 
     @property
     def key(self):
@@ -71,7 +72,7 @@ class SweepPoint:
             del parameters["clock_mhz"]
         if self.route:
             del parameters["route"]
-        if self.router == "router1":
+        if self.router == DEFAULT_ROUTER:
             del parameters["router"]
         blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ....bitstreams.build import DEFAULT_ROUTER
 from ....hw.board_link import DEFAULT_CLOCK_HZ
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError, MissingFileError
@@ -40,7 +41,7 @@ class BuildSpec:
     #: (minutes a point instead of an hour or more for a large array).
     route: bool = True
     #: nextpnr's routing algorithm, one of :data:`~sparsemac.bitstreams.build.ROUTERS`.
-    router: str = "router1"
+    router: str = DEFAULT_ROUTER
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _parse_verify(section, fail):
 
 
 def _parse_build(section, fail):
-    from ....bitstreams.build import BOARDS, DEFAULT_ROUTER, ROUTERS
+    from ....bitstreams.build import BOARDS, ROUTERS
 
     section = _parse_section(section, "build", ("seeds", "board", "clock_mhz",
                                                 "time_limit_minutes", "route", "router"), fail)
