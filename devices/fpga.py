@@ -15,7 +15,7 @@ from ..bitstreams.build import BOARDS, DEFAULT_BOARD, check_fits
 from ..hw import board_link
 from ..hw.formats import ColumnIndex, Mode, Sparsity
 from ..hw.link_formats import (LinkFormats, Opcode, Status, REQUEST_SYNC, REPLY_SYNC, LINK_CRC,
-                               MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION, fifo_depth,
+                               MAX_PAYLOAD, IDENTIFICATION_MAGIC, PROTOCOL_VERSION,
                                layout_bytes)
 from ..sw.device import Device, DeviceError, JobResult
 from ..sw.packing import pack_job, unpack_sums
@@ -350,7 +350,7 @@ class FPGADevice(Device):
         # A job whose streams and sums all fit the FIFOs is loaded before it starts, so the core
         # runs at full rate and its counter matches the cycle model; a larger one is streamed
         # while the core runs, and its count includes the cycles spent waiting for the link.
-        preload = (sums_due <= fifo_depth(sums_bytes)
+        preload = (sums_due <= formats.sums_capacity
                    and all(len(beats) <= getattr(status, formats.free_field[opcode])
                            for opcode, beats in streams.items()))
         if not preload:

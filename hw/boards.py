@@ -38,15 +38,14 @@ class Board:
 
 
 BOARDS = {
-    # 64 multipliers with registered edges (r1): twice the default array's 32; the dual-port
-    # buffer of 1024 columns keeps it to 50 block RAMs, and wider layers run as column tiles.
-    # It routed at 88.83 MHz (router1, 17 minutes) and runs at 75 MHz, the fastest clock under
-    # that the PLL makes and 3 Mbaud divides exactly. 128 multipliers placed but did not route
-    # here; docs/results.md has the builds behind this choice.
+    # 128 multipliers (K = 4 lanes of T = 32 tokens) with registered edges (r1): four times
+    # the default array's 32, 128 of the device's 156 DSP blocks. It routed at 81.18 MHz
+    # (router1, 52 minutes) and runs at 75 MHz, the fastest clock under that the PLL makes and
+    # 3 Mbaud divides exactly. docs/results.md has the builds behind this choice.
     "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
                        totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
-                       config=ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024,
-                                          read_ports=2, registered=1),
+                       config=ArrayConfig(lanes=4, token_lanes=32, max_in_features=512,
+                                          registered=1),
                        clock_hz=75_000_000),
 }
 

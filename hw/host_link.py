@@ -279,7 +279,8 @@ class HostLink(ArrayComponent):
         if self._config.registered:
             # ready from a register, as the core's other edges: it fans out to the enables of
             # a whole sums beat. Set while the FIFO held at most depth - 3 beats a cycle
-            # before, so it has room now even for a beat then in flight to its output register.
+            # before, so it has room now even for a beat then in flight to its output register
+            # (what LinkFormats.sums_capacity counts on).
             room = Signal(init=1)
             m.d.sync += room.eq(sums_fifo.level <= sums_fifo.depth - 3)
             m.d.comb += [sums_fifo.w_data.eq(core.sums.payload),

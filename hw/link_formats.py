@@ -210,6 +210,15 @@ class LinkFormats:
         """Bytes of one ``sums`` beat."""
         return layout_bytes(self.core.sums)
 
+    @property
+    def sums_capacity(self):
+        """``sums`` beats the link takes from the core with none read by the host: the sums
+        FIFO's depth. A registered link's ready is a register, set while its FIFO held at most
+        depth - 3 beats a cycle before: its FIFO is sure to take depth - 2 beats, and the reply
+        sender's register one more."""
+        depth = fifo_depth(self.sums_bytes)
+        return depth - 1 if self.config.registered else depth
+
     def reply_length(self, opcode):
         """Payload bytes of the OK reply to ``opcode`` (``READ_SUMS``: per sums beat)."""
         opcode = Opcode(opcode)

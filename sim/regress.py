@@ -77,15 +77,17 @@ TESTBENCHES = {testbench.name: testbench for testbench in (
                     "test_mac_array"),
 )}
 
-#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k8t8i1024p2r1`` is
+#: The configurations ``--all-configs`` runs, by :meth:`ArrayConfig.key`. ``k4t32i512r1`` is
 #: the ULX3S build (``hw.boards.BOARDS``; the default array, k8t4, is run by the
-#: Verilator device tests); the others put K and T at their extremes with a small activation
+#: Verilator device tests); ``k8t8i1024p2r1``, its previous build, has the dual-port
+#: buffer; the others put K and T at their extremes with a small activation
 #: buffer, enough for the catalogue's 384-column cases; ``k5t3i512d4`` makes both
 #: odd (adder trees and lane padding that powers of two never exercise) and has the delta
 #: decoder, which its ``delta_gaps`` case runs; ``k5t3i512s1`` is the same odd array with
 #: chunks that span rows (segmented adder trees); ``k5t3i512a1`` the same odd array with the
 #: dual-sparse mode, which its ``dual_sparse`` case runs (a weight per multiplier).
 NAMED_CONFIGS = {config.key(): config for config in (
+    ArrayConfig(lanes=4, token_lanes=32, max_in_features=512, registered=1),
     ArrayConfig(lanes=8, token_lanes=8, max_in_features=1024, read_ports=2, registered=1),
     ArrayConfig(lanes=1, token_lanes=1, max_in_features=512),
     ArrayConfig(lanes=4, token_lanes=16, max_in_features=512),

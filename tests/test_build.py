@@ -39,7 +39,7 @@ def test_committed_build_meets_its_clock():
     assert resources.constraint_mhz == pytest.approx(manifest["clock_hz"] / 1e6, abs=0.01)
     assert manifest["clock_hz"] == build.BOARDS["ulx3s-85f"].clock_hz
     assert resources.totals == build.BOARDS["ulx3s-85f"].totals
-    assert resources.dsp == BOARD_CONFIG.multipliers == 64
+    assert resources.dsp == BOARD_CONFIG.multipliers == 128
     assert 0 < resources.bram <= resources.totals["bram"]
     assert "Fmax" in (COMMITTED / "report.txt").read_text()
 
@@ -67,8 +67,8 @@ def test_check_reports_a_stale_bitstream(tmp_path, capsys):
     manifest["config"] = ArrayConfig(lanes=4).as_dict()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert main(["build", "--check", "--output", str(tmp_path)]) == 1
-    assert ("the config differs: the bitstream is of K=4 T=4 in<=4096, not K=8 T=8 in<=1024 "
-            "dual-port buffer"
+    assert ("the config differs: the bitstream is of K=4 T=4 in<=4096, not K=4 T=32 in<=512 "
+            "registered"
             in capsys.readouterr().out)
     assert main(["build", "--check", "--output", str(tmp_path / "nothing")]) == 1
     assert "run `sparsemac build` first" in capsys.readouterr().out
@@ -196,14 +196,15 @@ def test_a_build_that_misses_timing_says_by_how_much_and_where():
     report["fmax"][clock]["constraint"] = 90.0
     resources = build.parse_nextpnr_report(report)
     assert resources.timing_shortfall() == (
-        "Fmax 88.83 MHz misses the 90 MHz clock by 1.17 MHz: 11.26 ns against a 11.11 ns "
-        "period, 0.15 ns too slow on the path from board.core.job$77.rows_TRELLIS_FF_Q "
-        "to board.core.done__valid_TRELLIS_FF_Q")
+        "Fmax 81.18 MHz misses the 90 MHz clock by 8.82 MHz: 12.32 ns against a 11.11 ns "
+        "period, 1.21 ns too slow on the path from board.link.replies__payload_TRELLIS_FF_Q_1 "
+        "to board.link.r_data$88_TRELLIS_FF_Q_551")
     assert resources.timing_shortfall() in resources.lines()
     met = build.parse_nextpnr_report(COMMITTED / "nextpnr-report.json")
     assert met.timing_shortfall() is None
     assert (met.critical_from, met.critical_to, met.critical_ns) == (
-        "board.core.job$77.rows_TRELLIS_FF_Q", "board.core.done__valid_TRELLIS_FF_Q", 11.26)
+        "board.link.replies__payload_TRELLIS_FF_Q_1", "board.link.r_data$88_TRELLIS_FF_Q_551",
+        12.32)
 
 
 @pytest.mark.parametrize("output_hz", [30e6, 37.5e6, 50e6, 62.5e6, 75e6])
@@ -296,7 +297,7 @@ def test_a_build_reports_like_every_command(capsys):
                                seconds=1.0)
     assert finish(argparse.Namespace(json=True), result) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["passed"] and report["resources"]["dsp"] == resources.dsp == 64
+    assert report["passed"] and report["resources"]["dsp"] == resources.dsp == 128
     assert finish(argparse.Namespace(json=False), result) == 0
     out = capsys.readouterr().out
     assert "Resources and timing" in out and "DSP (MULT18X18D)" in out

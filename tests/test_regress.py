@@ -21,10 +21,11 @@ from sparsemac.app.cli import main
 SEED = int(os.environ.get("SPARSEMAC_REGRESS_SEED", "1"))
 
 #: K=1 T=1, K=4 T=16 and the odd K=5 T=3 (with the delta decoder, with chunks that span rows,
-#: and with the dual-sparse mode) with a 512-column buffer, and the ULX3S build K=8 T=8 (1024
-#: columns, dual-port buffer, registered edges).
+#: and with the dual-sparse mode) with a 512-column buffer, the ULX3S build K=4 T=32 (512
+#: columns, registered edges) and the board's previous one, K=8 T=8 (1024 columns, dual-port
+#: buffer, registered edges).
 CONFIGS = ("k1t1i512", "k4t16i512", "k5t3i512d4", "k5t3i512s1", "k5t3i512a1",
-           "k8t8i1024p2r1")
+           "k4t32i512r1", "k8t8i1024p2r1")
 
 
 def _failure_report(run):
@@ -60,6 +61,8 @@ def test_configs_cover_lane_extremes():
     assert {1, 8, 16} <= {config.token_lanes for config in configs}
     # An odd K > 1: the adder tree then has an unpaired input at some level.
     assert any(config.lanes > 1 and config.lanes % 2 for config in configs)
+    # The dual-port buffer's bank multiplexer.
+    assert any(config.read_ports == 2 for config in configs)
 
 
 # The checker itself -----------------------------------------------------------------------

@@ -83,10 +83,10 @@ def test_board_estimate_from_the_committed_manifest(capsys):
 
 def test_board_estimate_refuses_another_config(capsys):
     status, _, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
-                                  "--lanes", "4")
+                                  "--lanes", "8")
     assert status == 2
-    assert "built for K=8 T=8 in<=1024 dual-port buffer registered, not K=4 T=8" in err
-    assert "--config k8t8i1024p2r1" in err
+    assert "built for K=4 T=32 in<=512 registered, not K=8 T=32" in err
+    assert "--config k4t32i512r1" in err
 
 
 def test_fpga_backend_needs_a_port(capsys):
@@ -208,7 +208,7 @@ def test_csv_report_matches_the_json(capsys, tmp_path):
 def test_config_is_spelled_one_way(capsys):
     status, _, err = run_simulate(capsys, "--backend", "reference", "--board", "ulx3s-85f",
                                   "--config", "k4t4")
-    assert status == 2 and "built for K=8 T=8" in err and "--config k8t8i1024p2r1" in err
+    assert status == 2 and "built for K=4 T=32" in err and "--config k4t32i512r1" in err
     with pytest.raises(SystemExit) as exit_info:
         run_simulate(capsys, "--config", "k8-t4")
     assert exit_info.value.code == 2
