@@ -19,7 +19,7 @@ from .host_link import HostLink
 from .uart import UARTReceiver, UARTTransmitter, uart_divisor
 from .errors import InputError
 
-__all__ = ["BoardTop", "ULX3STop", "PLLSettings", "pll_settings"]
+__all__ = ["BoardTop", "ULX3STop", "PLLSettings", "PLL_OUTPUT_HZ", "pll_settings"]
 
 #: Inter-byte time-out of a request frame, in seconds of the board clock.
 DEFAULT_TIMEOUT_S = 0.05
@@ -141,17 +141,25 @@ class PLLSettings:
                 f"CLKOP_DIV={self.clkop_div}, out={float(self.output_hz) / 1e6:g} MHz)")
 
 
+#: The EHXPLLL output's range, Hz (ECP5 data sheet, CLKOP).
+PLL_OUTPUT_HZ = (3_125_000, 400_000_000)
+
+
 def pll_settings(input_hz, output_hz):
     """EHXPLLL dividers that make exactly ``output_hz`` from ``input_hz``.
 
-    The phase detector runs at 3.125 to 400 MHz and the VCO at 400 to 800 MHz (ECP5 data sheet);
-    the highest VCO rate is chosen for the least jitter.
+    The phase detector runs at 3.125 to 400 MHz, the VCO at 400 to 800 MHz and the output at
+    3.125 to 400 MHz (ECP5 data sheet); the highest VCO rate is chosen for the least jitter.
 
     Raises
     ------
     ValueError
-        If no divider set gives ``output_hz`` exactly.
+        If ``output_hz`` is outside the output's range, or no divider set gives it exactly.
     """
+    if not PLL_OUTPUT_HZ[0] <= output_hz <= PLL_OUTPUT_HZ[1]:
+        low, high = (f"{hz / 1e6:g}" for hz in PLL_OUTPUT_HZ)
+        raise InputError(f"the ECP5 PLL's output runs at {low} to {high} MHz, not "
+                         f"{output_hz / 1e6:g} MHz")
     best = _exact_pll_settings(input_hz, output_hz)
     if best is None:
         below = next((hz for hz in range(int(output_hz) // 1_000_000 * 1_000_000, 0, -1_000_000)

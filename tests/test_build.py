@@ -221,6 +221,10 @@ def test_pll_refuses_an_unreachable_rate():
     with pytest.raises(ValueError, match="cannot make exactly 72 MHz from 25 MHz: the nearest "
                                          "whole-MHz clocks it can make are 70 or 75 MHz"):
         pll_settings(25e6, 72_000_000)
+    # 800 MHz has exact dividers (VCO 800 MHz, output divider 1), but the output stops at 400.
+    with pytest.raises(ValueError, match="the ECP5 PLL's output runs at 3.125 to 400 MHz, not "
+                                         "800 MHz"):
+        pll_settings(25e6, 800_000_000)
 
 
 def test_board_estimate():
@@ -335,6 +339,7 @@ def test_a_placement_writes_no_bitstream_so_refuses_its_options(other, capsys):
     (["--clock-mhz", "72"], "the ECP5 PLL cannot make exactly 72 MHz from 25 MHz: the nearest "
                             "whole-MHz clocks it can make are 70 or 75 MHz"),
     (["--clock-mhz", "5"], "a 5 MHz clock is too slow for 3000000 baud"),
+    (["--clock-mhz", "800"], "the ECP5 PLL's output runs at 3.125 to 400 MHz, not 800 MHz"),
 ])
 def test_a_bad_seed_or_clock_is_refused_before_anything_is_written(
         arguments, message, tmp_path, monkeypatch, capsys):
