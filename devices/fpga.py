@@ -347,9 +347,10 @@ class FPGADevice(Device):
 
         job = packed.job.to_bytes(formats.beat_bytes(Opcode.JOB), "little")
         status = self.status(Opcode.RESET)
-        # A job whose streams and sums all fit the FIFOs is loaded before it starts, so the core
-        # runs at full rate and its counter matches the cycle model; a larger one is streamed
-        # while the core runs, and its count includes the cycles spent waiting for the link.
+        # A job whose streams fit the FIFOs and whose sums the link can hold is loaded before it
+        # starts, so the core runs at full rate and its counter matches the cycle model; a
+        # larger one is streamed while the core runs, and its count includes the cycles spent
+        # waiting for the link.
         preload = (sums_due <= formats.sums_capacity
                    and all(len(beats) <= getattr(status, formats.free_field[opcode])
                            for opcode, beats in streams.items()))

@@ -279,10 +279,11 @@ class HostLink(ArrayComponent):
         if self._config.registered:
             # ready from a register, as the core's other edges: it fans out to the enables of
             # a whole sums beat. Set while the FIFO held at most depth - 3 beats a cycle
-            # before, so it has room now even for a beat then in flight to its output register
-            # (what LinkFormats.sums_capacity counts on).
+            # before, so it has room now even for a beat then in flight to its output register:
+            # LinkFormats.sums_capacity (depth - 1) less the reply sender's register and the
+            # beat in flight.
             room = Signal(init=1)
-            m.d.sync += room.eq(sums_fifo.level <= sums_fifo.depth - 3)
+            m.d.sync += room.eq(sums_fifo.level <= formats.sums_capacity - 2)
             m.d.comb += [sums_fifo.w_data.eq(core.sums.payload),
                          sums_fifo.w_en.eq(core.sums.valid & room), core.sums.ready.eq(room)]
         else:
