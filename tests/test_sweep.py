@@ -283,8 +283,8 @@ def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypa
     assert points[:10] == expand_points(spec_of())
     calls = []
 
-    def fake_build(config, board, output, *, clock_hz, seed, time_limit, router, log):
-        calls.append((config, board, output, clock_hz, seed, time_limit, router))
+    def fake_build(config, board, output, *, clock_hz, seed, time_limit, router, placer, log):
+        calls.append((config, board, output, clock_hz, seed, time_limit, router, placer))
         resources = ResourceReport(lut4=1234, ff=567, dsp=32, bram=141, totals={},
                                    fmax_mhz=75.1, constraint_mhz=90.0, critical_from="a",
                                    critical_to="b", critical_ns=13.3)
@@ -299,22 +299,26 @@ def test_build_points_call_the_board_build_outside_the_committed_folder(monkeypa
     assert (row.lut4, row.ff, row.dsp, row.bram, row.fmax_mhz) == (1234, 567, 32, 141, 75.1)
     assert (row.clock_mhz, row.critical_ns, row.critical_path) == (90, 13.3, "a -> b")
     assert (row.bert_base_cycles, row.bert_base_s) == (7_510_000, 7_510_000 / 75.1e6)
-    ((config, board, output, clock_hz, seed, time_limit, router),) = calls
-    assert (config, board, clock_hz, seed, time_limit, router) == (
-        ArrayConfig(), "ulx3s-85f", 90_000_000, 7, 1800.0, "router1")
+    ((config, board, output, clock_hz, seed, time_limit, router, placer),) = calls
+    assert (config, board, clock_hz, seed, time_limit, router, placer) == (
+        ArrayConfig(), "ulx3s-85f", 90_000_000, 7, 1800.0, "router1", "heap")
     assert "sweep-builds" in str(output) and "bitstreams/ulx3s" not in str(output)
     # The time limit is not part of a point's key; the clock is, unless it is the default.
     assert builds[1].key == dataclasses.replace(builds[1], time_limit_s=None).key
     assert builds[1].key != dataclasses.replace(builds[1], clock_mhz=60.0).key
     assert dataclasses.replace(builds[1], clock_mhz=60.0).key == \
         dataclasses.replace(builds[1], clock_mhz=None).key
-    # The router is, unless it is nextpnr's default.
+    # The router and placer are, unless they are nextpnr's defaults; the build folder is
+    # named by the key, so builds with other algorithms do not share one.
     assert builds[1].key != dataclasses.replace(builds[1], router="router2").key
+    assert builds[1].key != dataclasses.replace(builds[1], placer="static").key
+    assert builds[1].key in str(output)
     assert row.routed is True
     (routed2,) = [point for point in expand_points(spec_of(build={"seeds": [1],
-                                                                  "router": "router2"}))
+                                                                  "router": "router2",
+                                                                  "placer": "static"}))
                   if point.kind == "build"][:1]
-    assert routed2.router == "router2"
+    assert (routed2.router, routed2.placer) == ("router2", "static")
 
 
 def test_build_points_that_do_not_route_call_the_placement(monkeypatch):
@@ -325,8 +329,8 @@ def test_build_points_that_do_not_route_call_the_placement(monkeypatch):
     assert build.key != dataclasses.replace(build, route=True).key
     calls = []
 
-    def fake_place(config, board, *, clock_hz, seed, time_limit, log):
-        calls.append((config, board, clock_hz, seed, time_limit))
+    def fake_place(config, board, *, clock_hz, seed, time_limit, placer, log):
+        calls.append((config, board, clock_hz, seed, time_limit, placer))
         resources = ResourceReport(lut4=15685, ff=11014, dsp=128, bram=73, totals={},
                                    fmax_mhz=56.35, constraint_mhz=90.0)
         return PlacementResult(resources=resources, seconds=1.0, config=config.key())
@@ -339,7 +343,7 @@ def test_build_points_that_do_not_route_call_the_placement(monkeypatch):
     assert row.error == "" and row.routed is False
     assert (row.dsp, row.fmax_mhz, row.critical_ns, row.critical_path) == (128, 56.35, None, "")
     assert row.bert_base_s == 8_881_776 / 56.35e6
-    assert calls == [(ArrayConfig(), "ulx3s-85f", 90_000_000, 3, None)]
+    assert calls == [(ArrayConfig(), "ulx3s-85f", 90_000_000, 3, None, "heap")]
 
 
 def test_pareto_front():
@@ -394,6 +398,8 @@ def test_point_key_follows_every_parameter_and_the_design_hash():
      "[build] router must be one of router1, router2, not 'fast'"),
     ({"build": {"seeds": [1], "route": False, "router": "router2"}},
      "[build] router is for routed builds: drop it, or route = false"),
+    ({"build": {"seeds": [1], "placer": "fast"}},
+     "[build] placer must be one of heap, sa, static, not 'fast'"),
 ])
 def test_bad_spec(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -26,7 +26,8 @@ INSTALL_HINT = ("no FPGA programmer found on PATH: install openFPGALoader (Debia
 
 
 def add_arguments(parser):
-    from ...bitstreams.build import BOARDS, DEFAULT_BOARD, DEFAULT_ROUTER, ROUTERS
+    from ...bitstreams.build import (BOARDS, DEFAULT_BOARD, DEFAULT_PLACER, DEFAULT_ROUTER,
+                                     PLACERS, ROUTERS)
 
     parser.add_argument("--board", default=DEFAULT_BOARD,
                         help=f"target board (default: {DEFAULT_BOARD})")
@@ -42,6 +43,9 @@ def add_arguments(parser):
                         help="nextpnr placement seed (default: 1)")
     parser.add_argument("--router", choices=ROUTERS, default=None,
                         help=f"nextpnr's routing algorithm (default: {DEFAULT_ROUTER})")
+    parser.add_argument("--placer", choices=PLACERS, default=DEFAULT_PLACER,
+                        help="nextpnr's placement algorithm (default: "
+                             f"{DEFAULT_PLACER}; static spreads cells by density)")
     parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                         help="stop the build (killing the tools) if it runs longer; exit code "
                              f"{TIMEOUT_EXIT} (default: no limit)")
@@ -138,7 +142,8 @@ def run(args):
     if args.place_only:
         try:
             result = build.place_design(config, args.board, seed=args.seed,
-                                        time_limit=args.time_limit, log=progress,
+                                        time_limit=args.time_limit, placer=args.placer,
+                                        log=progress,
                                         **_rates(args))
         except build.BuildTimeout as error:
             print(error, file=sys.stderr)
@@ -157,6 +162,7 @@ def run(args):
             result = build.build_bitstream(config, args.board, folder, seed=args.seed,
                                            time_limit=args.time_limit,
                                            router=args.router or build.DEFAULT_ROUTER,
+                                           placer=args.placer,
                                            log=progress, **_rates(args))
         except build.BuildTimeout as error:
             print(error, file=sys.stderr)

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ....bitstreams.build import DEFAULT_ROUTER
+from ....bitstreams.build import DEFAULT_PLACER, DEFAULT_ROUTER
 from ....hw.board_link import DEFAULT_CLOCK_HZ, design_digest
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError
@@ -58,6 +58,8 @@ class SweepPoint:
     route: bool = True
     #: A routed build point's nextpnr router.
     router: str = DEFAULT_ROUTER
+    #: The build point's nextpnr placer.
+    placer: str = DEFAULT_PLACER
 
     @property
     def key(self):
@@ -74,6 +76,8 @@ class SweepPoint:
             del parameters["route"]
         if self.router == DEFAULT_ROUTER:
             del parameters["router"]
+        if self.placer == DEFAULT_PLACER:
+            del parameters["placer"]
         blob = json.dumps(parameters, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -128,7 +132,8 @@ def expand_points(spec):
                                  board=spec.build.board, build_seed=seed,
                                  clock_mhz=spec.build.clock_mhz,
                                  time_limit_s=spec.build.time_limit_s,
-                                 route=spec.build.route, router=spec.build.router)
+                                 route=spec.build.route, router=spec.build.router,
+                                 placer=spec.build.placer)
                       for config in spec.configs for seed in spec.build.seeds)
     return points
 

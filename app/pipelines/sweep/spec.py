@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ....bitstreams.build import DEFAULT_ROUTER
+from ....bitstreams.build import DEFAULT_PLACER, DEFAULT_ROUTER
 from ....hw.board_link import DEFAULT_CLOCK_HZ
 from ....hw.config import ArrayConfig
 from ....hw.errors import InputError, MissingFileError
@@ -42,6 +42,8 @@ class BuildSpec:
     route: bool = True
     #: nextpnr's routing algorithm, one of :data:`~sparsemac.bitstreams.build.ROUTERS`.
     router: str = DEFAULT_ROUTER
+    #: nextpnr's placement algorithm, one of :data:`~sparsemac.bitstreams.build.PLACERS`.
+    placer: str = DEFAULT_PLACER
 
 
 @dataclass(frozen=True)
@@ -270,10 +272,11 @@ def _parse_verify(section, fail):
 
 
 def _parse_build(section, fail):
-    from ....bitstreams.build import BOARDS, ROUTERS
+    from ....bitstreams.build import BOARDS, PLACERS, ROUTERS
 
     section = _parse_section(section, "build", ("seeds", "board", "clock_mhz",
-                                                "time_limit_minutes", "route", "router"), fail)
+                                                "time_limit_minutes", "route", "router",
+                                                "placer"), fail)
     if section is None:
         return None
     seeds = section.get("seeds")
@@ -301,6 +304,9 @@ def _parse_build(section, fail):
         fail(f"[build] router must be one of {', '.join(ROUTERS)}, not {router!r}")
     if not route and "router" in section:
         fail("[build] router is for routed builds: drop it, or route = false")
+    placer = section.get("placer", DEFAULT_PLACER)
+    if placer not in PLACERS:
+        fail(f"[build] placer must be one of {', '.join(PLACERS)}, not {placer!r}")
     return BuildSpec(seeds=tuple(seeds), board=board, clock_mhz=float(clock_mhz),
                      time_limit_s=None if minutes is None else 60.0 * minutes, route=route,
-                     router=router)
+                     router=router, placer=placer)

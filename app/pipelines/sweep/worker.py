@@ -290,11 +290,11 @@ def _measure_build(point, result):
 
     clock_hz = round(point.clock_mhz * 1e6)
     options = dict(clock_hz=clock_hz, seed=point.build_seed, time_limit=point.time_limit_s,
-                   log=lambda message: None)
+                   placer=point.placer, log=lambda message: None)
     if point.route:
-        # Not the committed folder: a sweep never replaces a release bitstream.
-        output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_"
-                                           f"{point.design_hash}_{clock_hz}_seed{point.build_seed}")
+        # Not the committed folder: a sweep never replaces a release bitstream. The point's key
+        # names the folder, so builds with another router or placer do not share one.
+        output = cache_dir("sweep-builds", f"{point.board}_{point.config.key()}_{point.key}")
         built = build_bitstream(point.config, point.board, output, router=point.router,
                                 **options)
     else:
