@@ -98,18 +98,24 @@ class SparseMACCore(ArrayComponent):
         for block in blocks:
             m.d.comb += [block.start.eq(start), block.job.eq(self.job.payload)]
 
-        # Count output rows to know when the job is over, and the cycles it took.
-        job = Signal.like(self.job.payload)
-        row = Signal.like(job.rows)
-        block = Signal.like(job.token_blocks)
+        # Count output rows to know when the job is over, and the cycles it took. The last row
+        # and block are worked out as the job is taken: a subtraction per sums beat would sit
+        # between the sums handshake and done.valid.
+        payload = self.job.payload
+        last_row = Signal.like(payload.rows)
+        last_block = Signal.like(payload.token_blocks)
+        row = Signal.like(payload.rows)
+        block = Signal.like(payload.token_blocks)
         cycles = Signal.like(self.done.payload)
-        last_sum = (row == job.rows - 1) & (block == job.token_blocks - 1)
+        last_sum = (row == last_row) & (block == last_block)
 
         with m.FSM():
             with m.State("Idle"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
-                    m.d.sync += [job.eq(self.job.payload), row.eq(0), block.eq(0), cycles.eq(0)]
+                    m.d.sync += [last_row.eq(payload.rows - 1),
+                                 last_block.eq(payload.token_blocks - 1),
+                                 row.eq(0), block.eq(0), cycles.eq(0)]
                     m.next = "Busy"
             with m.State("Busy"):
                 m.d.sync += cycles.eq(cycles + 1)
@@ -117,7 +123,7 @@ class SparseMACCore(ArrayComponent):
                     with m.If(last_sum):
                         m.d.sync += [self.done.valid.eq(1), self.done.payload.eq(cycles + 1)]
                         m.next = "Report"
-                    with m.Elif(row == job.rows - 1):
+                    with m.Elif(row == last_row):
                         m.d.sync += [row.eq(0), block.eq(block + 1)]
                     with m.Else():
                         m.d.sync += row.eq(row + 1)

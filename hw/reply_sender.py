@@ -59,11 +59,13 @@ class ReplySender(ArrayComponent):
         m.d.comb += reply_bytes.eq(header_bytes + reply.header.length)
         sent = Signal(16)                           # bytes sent, header included
         sums_byte = Signal(range(formats.sums_bytes))
+        # The CRC byte is next: a register set a byte ahead, as the length's sum and compare
+        # would otherwise sit before the sums handshake and the sums FIFO's read enable.
+        last = Signal()
 
         tx_byte = Signal(8)
         in_header = sent < header_bytes
         payload_index = (sent - header_bytes)[:len(sent)]
-        last = sent == reply_bytes                  # the CRC byte
         with m.If(in_header):
             m.d.comb += tx_byte.eq(reply.header.as_value().word_select(
                 sent[:(header_bytes - 1).bit_length()], 8))
@@ -79,7 +81,7 @@ class ReplySender(ArrayComponent):
                      crc.data.eq(tx_byte)]
 
         with m.If(self.tx.valid & self.tx.ready):
-            m.d.sync += sent.eq(sent + 1)
+            m.d.sync += [sent.eq(sent + 1), last.eq(sent + 1 == reply_bytes)]
             with m.If(sent == 0):
                 m.d.comb += crc.start.eq(1)         # the sync byte is not covered
             with m.Else():
@@ -91,7 +93,7 @@ class ReplySender(ArrayComponent):
                 with m.Else():
                     m.d.sync += sums_byte.eq(sums_byte + 1)
             with m.If(last):
-                m.d.sync += sent.eq(0)
+                m.d.sync += [sent.eq(0), last.eq(0)]
                 m.d.comb += self.replies.ready.eq(1)
 
         return m
