@@ -1,13 +1,18 @@
 """The reply sender of the host link: a reply frame out on a byte stream, CRC appended."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
 from .component import ArrayComponent
 from .link_formats import LINK_CRC, LinkFormats, layout_bytes
 
-__all__ = ["ReplySender"]
+__all__ = ["ReplySender", "SETTLE_CYCLES"]
+
+#: Cycles from a change of the sender's state to its byte on ``tx``: the byte is picked in two
+#: registered stages (the sums beat's 64-bit word, then the byte), so neither the byte
+#: multiplexer of a wide sums beat nor the CRC and UART behind it share a path.
+SETTLE_CYCLES = 2
 
 
 class ReplySender(ArrayComponent):
@@ -22,7 +27,9 @@ class ReplySender(ArrayComponent):
     Contract
     --------
     A ``replies`` beat (:attr:`LinkFormats.reply`) is accepted in the cycle its frame's last
-    byte (the CRC) is accepted on ``tx``. The payload is the first ``header.length`` bytes of
+    byte (the CRC) is accepted on ``tx``. ``tx`` is offered :data:`SETTLE_CYCLES` cycles after a
+    reply arrives and after each byte is accepted (a UART takes ten bit times a byte, so a
+    board's link loses nothing to it). The payload is the first ``header.length`` bytes of
     ``word``, or, with ``sums`` set, ``header.length`` bytes taken from whole ``sums`` beats:
     each beat is accepted with its last byte. The engine must have the beats ready: the sender
     does not wait on ``sums.valid``. The CRC covers every byte after the sync byte.
@@ -63,22 +70,34 @@ class ReplySender(ArrayComponent):
         # would otherwise sit before the sums handshake and the sums FIFO's read enable.
         last = Signal()
 
+        # The byte is worked out from the state of the cycle before, over two stages; tx waits
+        # until both stages hold the current state.
+        sums_word = Signal(64)
+        word_byte = Signal(3)
+        beat = self.sums.payload.as_value()
+        beat = Cat(beat, Const(0, -len(beat) % len(sums_word)))     # whole words
+        m.d.sync += [sums_word.eq(beat.word_select(sums_byte >> 3, len(sums_word))),
+                     word_byte.eq(sums_byte[:3])]
         tx_byte = Signal(8)
         in_header = sent < header_bytes
         payload_index = (sent - header_bytes)[:len(sent)]
         with m.If(in_header):
-            m.d.comb += tx_byte.eq(reply.header.as_value().word_select(
+            m.d.sync += tx_byte.eq(reply.header.as_value().word_select(
                 sent[:(header_bytes - 1).bit_length()], 8))
         with m.Elif(last):
-            m.d.comb += tx_byte.eq(crc.crc)
+            m.d.sync += tx_byte.eq(crc.crc)
         with m.Elif(reply.sums):
-            m.d.comb += tx_byte.eq(
-                self.sums.payload.as_value().word_select(sums_byte, 8))
+            m.d.sync += tx_byte.eq(sums_word.word_select(word_byte, 8))
         with m.Else():
-            m.d.comb += tx_byte.eq(reply.word.word_select(
+            m.d.sync += tx_byte.eq(reply.word.word_select(
                 payload_index[:(word_bytes - 1).bit_length()], 8))
-        m.d.comb += [self.tx.valid.eq(self.replies.valid), self.tx.payload.eq(tx_byte),
-                     crc.data.eq(tx_byte)]
+        settling = Signal(range(SETTLE_CYCLES + 1), init=SETTLE_CYCLES)
+        with m.If(~self.replies.valid | (self.tx.valid & self.tx.ready)):
+            m.d.sync += settling.eq(SETTLE_CYCLES)
+        with m.Elif(settling != 0):
+            m.d.sync += settling.eq(settling - 1)
+        m.d.comb += [self.tx.valid.eq(self.replies.valid & (settling == 0)),
+                     self.tx.payload.eq(tx_byte), crc.data.eq(tx_byte)]
 
         with m.If(self.tx.valid & self.tx.ready):
             m.d.sync += [sent.eq(sent + 1), last.eq(sent + 1 == reply_bytes)]

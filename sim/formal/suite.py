@@ -102,7 +102,7 @@ _PLAN = [
     (FrameReceiverHarness, "rx_ready", "prove", 2, ("k1t1",), ("k1t1",)),
     (FrameReceiverHarness, "cover", "cover", 24, ("k1t1",), ("k1t1",)),
     (ReplySenderHarness, "protocol", "bmc", 24, ("k1t1", "k2t2"), ("k1t1",)),
-    (ReplySenderHarness, "cover", "cover", 16, ("k1t1", "k2t2"), ("k1t1",)),
+    (ReplySenderHarness, "cover", "cover", 32, ("k1t1", "k2t2"), ("k1t1",)),
     (HostLinkHarness, "protocol", "bmc", 20, ("k1t1", "k2t2"), ("k1t1",)),
     (HostLinkHarness, "cover", "cover", 16, ("k1t1", "k2t2"), ("k1t1",)),
 ]
