@@ -9,10 +9,11 @@ from .link_formats import LINK_CRC, LinkFormats, layout_bytes
 
 __all__ = ["ReplySender", "SETTLE_CYCLES"]
 
-#: Cycles from a change of the sender's state to its byte on ``tx``: the byte is picked in two
+#: Cycles from a byte accepted on ``tx`` to the next offered: the byte is picked in two
 #: registered stages (the sums beat's 64-bit word, then the byte), so neither the byte
-#: multiplexer of a wide sums beat nor the CRC and UART behind it share a path.
-SETTLE_CYCLES = 2
+#: multiplexer of a wide sums beat nor the CRC and UART behind it share a path; and a beat's
+#: ``ready`` is a register, so the next beat reaches the link's register a cycle later.
+SETTLE_CYCLES = 3
 
 
 class ReplySender(ArrayComponent):
@@ -31,8 +32,9 @@ class ReplySender(ArrayComponent):
     reply arrives and after each byte is accepted (a UART takes ten bit times a byte, so a
     board's link loses nothing to it). The payload is the first ``header.length`` bytes of
     ``word``, or, with ``sums`` set, ``header.length`` bytes taken from whole ``sums`` beats:
-    each beat is accepted with its last byte. The engine must have the beats ready: the sender
-    does not wait on ``sums.valid``. The CRC covers every byte after the sync byte.
+    each beat is accepted the cycle after its last byte is (its ``ready`` is a register: it
+    enables every bit of the link's sums register). The engine must have the beats ready: the
+    sender does not wait on ``sums.valid``. The CRC covers every byte after the sync byte.
 
     Parameters
     ----------
@@ -71,7 +73,7 @@ class ReplySender(ArrayComponent):
         last = Signal()
 
         # The byte is worked out from the state of the cycle before, over two stages; tx waits
-        # until both stages hold the current state.
+        # until both stages hold the current state (and the next sums beat has arrived).
         sums_word = Signal(64)
         word_byte = Signal(3)
         beat = self.sums.payload.as_value()
@@ -99,6 +101,9 @@ class ReplySender(ArrayComponent):
         m.d.comb += [self.tx.valid.eq(self.replies.valid & (settling == 0)),
                      self.tx.payload.eq(tx_byte), crc.data.eq(tx_byte)]
 
+        beat_sent = Signal()                        # a sums beat's last byte went last cycle
+        m.d.comb += self.sums.ready.eq(beat_sent)
+        m.d.sync += beat_sent.eq(0)
         with m.If(self.tx.valid & self.tx.ready):
             m.d.sync += [sent.eq(sent + 1), last.eq(sent + 1 == reply_bytes)]
             with m.If(sent == 0):
@@ -107,8 +112,7 @@ class ReplySender(ArrayComponent):
                 m.d.comb += crc.valid.eq(1)
             with m.If(~in_header & ~last & reply.sums):
                 with m.If(sums_byte == formats.sums_bytes - 1):
-                    m.d.sync += sums_byte.eq(0)
-                    m.d.comb += self.sums.ready.eq(1)
+                    m.d.sync += [sums_byte.eq(0), beat_sent.eq(1)]
                 with m.Else():
                     m.d.sync += sums_byte.eq(sums_byte + 1)
             with m.If(last):
