@@ -39,14 +39,15 @@ class Board:
 
 BOARDS = {
     # 128 multipliers (K = 4 lanes of T = 32 tokens) with registered edges (r1): four times
-    # the default array's 32, 128 of the device's 156 DSP blocks. It routed at 81.18 MHz
-    # (router1, 52 minutes) and runs at 75 MHz, the fastest clock under that the PLL makes and
-    # 3 Mbaud divides exactly. docs/results.md has the builds behind this choice.
+    # the default array's 32, 128 of the device's 156 DSP blocks. It routed at 90.29 MHz
+    # (nextpnr's static placer, seed 1: 9 minutes for the whole build) and runs at 90 MHz, a
+    # clock the PLL makes and 3 Mbaud divides exactly. docs/results.md has the builds behind
+    # this choice.
     "ulx3s-85f": Board(name="ulx3s-85f", platform="ULX3S_85F_Platform", device="LFE5U-85F",
                        totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
                        config=ArrayConfig(lanes=4, token_lanes=32, max_in_features=512,
                                           registered=1),
-                       clock_hz=75_000_000),
+                       clock_hz=90_000_000),
 }
 
 #: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).

@@ -234,8 +234,9 @@ class TimingEstimate:
 
     @property
     def fmax_class(self):
-        """``90 MHz``, ``75 MHz`` or ``below 75 MHz``: the highest of the project's clock goals
-        (the issue's 90 MHz, the board's 75 MHz) the predicted Fmax reaches."""
+        """``90 MHz``, ``75 MHz`` or ``below 75 MHz``: the highest of the board's clocks (90 MHz,
+        and 75 MHz, the next below it that the PLL makes and 3 Mbaud divides) the predicted
+        Fmax reaches."""
         return next((f"{goal} MHz" for goal in (90, 75) if self.fmax_mhz >= goal),
                     "below 75 MHz")
 
@@ -272,8 +273,10 @@ def estimate_timing(config, logic_cells=None):
     the mean of what its two routed builds need: ``k8t8i1024p2r1`` at 88.83 MHz (9.41 ns;
     predicted 84.2 MHz, 5 % low) and ``k4t32i512r1`` at 81.18 MHz (10.64 ns, its host link's
     reply path; predicted 85.4 MHz, 5 % high). The plain fit had predicted 69.2 MHz for the
-    first: the chain the skid buffers cut was 3.2 ns of its path. Two builds are all this rests
-    on, and the seed alone moves a build by about 6 %.
+    first: the chain the skid buffers cut was 3.2 ns of its path. A later design of
+    ``k4t32i512r1`` (the reply path registered) routed at 90.29 MHz with nextpnr's static
+    placer (seed 1; 82.87 with seed 2): 5.4 % above the prediction, not refitted. A few builds
+    are all this rests on, and the seed alone moves a build by 6 to 9 %.
 
     The logic estimate counts what place and route counts (nextpnr's TRELLIS_COMB); Yosys alone
     reports fewer (k4t32i512r1: 13 069 against nextpnr's 14 764), so a synthesis
