@@ -9,8 +9,8 @@ from .link_formats import LINK_CRC, LinkFormats, layout_bytes
 
 __all__ = ["ReplySender", "SETTLE_CYCLES"]
 
-#: Cycles from a byte accepted on ``tx`` to the next offered: the byte is picked in two
-#: registered stages (the sums beat's 64-bit word, then the byte), so neither the byte
+#: Cycles ``tx`` waits when a reply arrives and after each byte it takes: the byte is picked in
+#: two registered stages (the sums beat's 64-bit word, then the byte), so neither the byte
 #: multiplexer of a wide sums beat nor the CRC and UART behind it share a path; and a beat's
 #: ``ready`` is a register, so the next beat reaches the link's register a cycle later.
 SETTLE_CYCLES = 3
@@ -28,9 +28,9 @@ class ReplySender(ArrayComponent):
     Contract
     --------
     A ``replies`` beat (:attr:`LinkFormats.reply`) is accepted in the cycle its frame's last
-    byte (the CRC) is accepted on ``tx``. ``tx`` is offered :data:`SETTLE_CYCLES` cycles after a
-    reply arrives and after each byte is accepted (a UART takes ten bit times a byte, so a
-    board's link loses nothing to it). The payload is the first ``header.length`` bytes of
+    byte (the CRC) is accepted on ``tx``. ``tx`` waits :data:`SETTLE_CYCLES` cycles when a reply
+    arrives and after each byte it takes (a UART takes ten bit times a byte, so a board's link
+    loses nothing to it). The payload is the first ``header.length`` bytes of
     ``word``, or, with ``sums`` set, ``header.length`` bytes taken from whole ``sums`` beats:
     each beat is accepted the cycle after its last byte is (its ``ready`` is a register: it
     enables every bit of the link's sums register). The engine must have the beats ready: the
