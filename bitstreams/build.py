@@ -475,10 +475,11 @@ def _kill_group(process):
 def _start_build(config, board, clock_hz, baud, seed, time_limit, router, placer, log):
     """Checks a build's inputs, says what it expects, and extracts the tools' script into the
     build's cache folder (``router`` None: placement only, in a folder of its own). Returns the
-    config and the clock (the board's own for None), the start time, the deadline (or None),
-    the folder, the build plan and the design digest."""
+    config and the clock (the board's own for None; the placer too), the start time, the
+    deadline (or None), the folder, the build plan and the design digest."""
     config = BOARDS[board].config if config is None and board in BOARDS else config
     clock_hz = BOARDS[board].clock_hz if clock_hz is None and board in BOARDS else clock_hz
+    placer = BOARDS[board].placer if placer is None and board in BOARDS else placer
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"the nextpnr seed must be a whole number of 0 or more, not {seed!r}")
     if router is not None and router not in ROUTERS:
@@ -548,7 +549,7 @@ class PlacementResult(_ToolsRun):
 
 
 def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
-                 baud=DEFAULT_BAUD, seed=1, time_limit=None, placer=DEFAULT_PLACER, log=print):
+                 baud=DEFAULT_BAUD, seed=1, time_limit=None, placer=None, log=print):
     """Synthesises and places the board design of ``config`` without routing it.
 
     Minutes where a congested route takes an hour or more: a fast look at a config's logic and
@@ -584,7 +585,7 @@ def place_design(config=None, board=DEFAULT_BOARD, *, clock_hz=None,
 
 def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
                     clock_hz=None, baud=DEFAULT_BAUD, seed=1, time_limit=None,
-                    router=DEFAULT_ROUTER, placer=DEFAULT_PLACER, log=print):
+                    router=DEFAULT_ROUTER, placer=None, log=print):
     """Synthesises, places, routes and packs the board design of ``config``.
 
     Parameters
@@ -608,8 +609,9 @@ def build_bitstream(config=None, board=DEFAULT_BOARD, output=None, *,
         Seconds the whole build may take; past them the tools' process group is killed.
     router : str
         nextpnr's routing algorithm, one of :data:`ROUTERS`.
-    placer : str
-        nextpnr's placement algorithm, one of :data:`PLACERS`.
+    placer : str or None
+        nextpnr's placement algorithm, one of :data:`PLACERS`; None for the board's own
+        (:attr:`~sparsemac.hw.boards.Board.placer`).
     log : callable
         Progress messages.
 

@@ -30,6 +30,9 @@ class Board:
     #: The clock its committed bitstream runs at (the PLL's output), Hz: what ``sparsemac
     #: build`` constrains a build for the board to unless told otherwise.
     clock_hz: int
+    #: nextpnr's placement algorithm of its committed bitstream: what ``sparsemac build``
+    #: places a build for the board with unless told otherwise.
+    placer: str
 
     def make_platform(self):
         """A fresh amaranth-boards platform object for this board."""
@@ -47,7 +50,7 @@ BOARDS = {
                        totals={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
                        config=ArrayConfig(lanes=4, token_lanes=32, max_in_features=512,
                                           registered=1),
-                       clock_hz=90_000_000),
+                       clock_hz=90_000_000, placer="static"),
 }
 
 #: The board a command means when it names none (``--backend fpga``, ``sparsemac build``).

@@ -38,6 +38,7 @@ def test_committed_build_meets_its_clock():
     assert resources.fmax_mhz == manifest["resources"]["fmax_mhz"]
     assert resources.constraint_mhz == pytest.approx(manifest["clock_hz"] / 1e6, abs=0.01)
     assert manifest["clock_hz"] == build.BOARDS["ulx3s-85f"].clock_hz
+    assert manifest["placer"] == build.BOARDS["ulx3s-85f"].placer
     assert resources.totals == build.BOARDS["ulx3s-85f"].totals
     assert resources.dsp == BOARD_CONFIG.multipliers == 128
     assert 0 < resources.bram <= resources.totals["bram"]
@@ -375,8 +376,9 @@ def test_an_unknown_router_or_placer_is_refused_before_any_tool_runs(option, val
 
 def test_the_placer_asked_for_reaches_nextpnr_and_names_the_build_folder(tmp_path,
                                                                          monkeypatch):
-    """The script nextpnr runs from carries ``--placer``; a build with another placer than
-    the default has a cache folder of its own (two can run at once)."""
+    """The script nextpnr runs from carries ``--placer`` (the board's when none is asked for);
+    a build with another placer than nextpnr's default has a cache folder of its own (two can
+    run at once)."""
     monkeypatch.setenv("SPARSEMAC_CACHE", str(tmp_path / "cache"))
     scripts = {}
 
@@ -393,6 +395,13 @@ def test_the_placer_asked_for_reaches_nextpnr_and_names_the_build_folder(tmp_pat
     assert static.endswith("_router1_static") and heap.endswith("_router1")
     assert "--placer static --router router1" in scripts[static]
     assert "--placer heap --router router1" in scripts[heap]
+    scripts.clear()
+    with pytest.raises(build.RunFailure):
+        build.build_bitstream(ArrayConfig.from_key("k1t1i8"), output=tmp_path / "out",
+                              log=lambda _: None)
+    ((board_placer, script),) = scripts.items()
+    assert build.BOARDS["ulx3s-85f"].placer == "static"
+    assert board_placer == static and "--placer static" in script
     assert not (tmp_path / "out").exists()
 
 

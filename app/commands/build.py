@@ -43,9 +43,10 @@ def add_arguments(parser):
                         help="nextpnr placement seed (default: 1)")
     parser.add_argument("--router", choices=ROUTERS, default=None,
                         help=f"nextpnr's routing algorithm (default: {DEFAULT_ROUTER})")
-    parser.add_argument("--placer", choices=PLACERS, default=DEFAULT_PLACER,
-                        help="nextpnr's placement algorithm (default: "
-                             f"{DEFAULT_PLACER}; static spreads cells by density)")
+    parser.add_argument("--placer", choices=PLACERS, default=None,
+                        help="nextpnr's placement algorithm (default: the board's, "
+                             f"{BOARDS[DEFAULT_BOARD].placer} for {DEFAULT_BOARD}; nextpnr's own "
+                             f"is {DEFAULT_PLACER}; static spreads cells by density)")
     parser.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                         help="stop the build (killing the tools) if it runs longer; exit code "
                              f"{TIMEOUT_EXIT} (default: no limit)")
